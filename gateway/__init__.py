@@ -1,0 +1,3 @@
+"""Callbridge: phone calls bridged to Gemini Live agents."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,24 @@
+"""Small asyncio helpers for owning tasks correctly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[object] | None) -> None:
+    """Cancel ``tasks`` and wait until they have really finished.
+
+    Unlike ``with suppress(CancelledError): await task``, this does not swallow a cancellation
+    aimed at the *caller* while it waits, and it retrieves each task's exception so none is
+    reported later as "never retrieved".
+    """
+    pending = {t for t in tasks if t is not None and not t.done()}
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    for task in tasks:
+        if task is not None and task.done() and not task.cancelled():
+            with contextlib.suppress(BaseException):
+                task.exception()

@@ -1,0 +1,109 @@
+"""Structured logging: JSON lines in production, one bound context per call, no secrets.
+
+Every library that logs through the standard ``logging`` module (uvicorn, websockets, the
+google-genai SDK) is routed through the same structlog processors, so a deployment gets one
+format and the secret scrubber sees every line, not only the gateway's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+import structlog
+
+#: Keys whose values are never written, whatever they hold.
+_SECRET_KEYS = frozenset(
+    {"api_key", "apikey", "authorization", "auth_token", "token", "secret", "password",
+     "x-goog-api-key", "x-twilio-signature", "gemini_api_key"}
+)  # fmt: skip
+_REDACTED = "[redacted]"
+
+_secret_values: set[str] = set()
+
+
+def register_secrets(values: Iterable[str | None]) -> None:
+    """Scrub these exact strings from every log line (keys, tokens), wherever they appear."""
+    for value in values:
+        if value and len(value) >= 6:
+            _secret_values.add(value)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        for secret in _secret_values:
+            if secret in value:
+                value = value.replace(secret, _REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {k: _REDACTED if str(k).lower() in _SECRET_KEYS else _scrub(v)
+                for k, v in value.items()}  # fmt: skip
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub(v) for v in value)
+    return value
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: drop secret-named fields and scrub registered secret values."""
+    for key in list(event_dict):
+        if key.lower() in _SECRET_KEYS:
+            event_dict[key] = _REDACTED
+        else:
+            event_dict[key] = _scrub(event_dict[key])
+    return event_dict
+
+
+def configure_logging(level: str = "info", fmt: str = "json") -> None:
+    """Install the processors for structlog and for stdlib loggers; safe to call again."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # At DEBUG, websockets and the SDK log whole frames: raw audio and, in handshakes, headers.
+    # Neither may reach a log, so they stay at WARNING even when the gateway is at DEBUG.
+    for name in ("websockets", "google_genai", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+
+
+def get_logger(name: str = "gateway") -> structlog.stdlib.BoundLogger:
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+    return logger

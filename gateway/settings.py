@@ -1,0 +1,106 @@
+"""Process settings from the environment (and ``.env``), validated once at start-up.
+
+Everything a deployment varies lives here, named exactly as the environment variable users set,
+so an error message can point at the variable to fix. Secrets are ``SecretStr``: they never
+appear in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    gemini_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("GEMINI_API_KEY", "GOOGLE_API_KEY")
+    )
+    #: Overrides ``model`` from agents.yaml (the model never changes within a call).
+    gemini_model: str | None = None
+    #: A proxy, a regional endpoint or the local Live simulator. TLS trust follows SSL_CERT_FILE.
+    gemini_base_url: str | None = None
+    #: Pinned: google-genai 3.x would otherwise dial ``v1``, which the docs do not publish.
+    gemini_api_version: str = "v1beta"
+    agents_file: Path = Path("agents.yaml")
+    #: Public base URL (``https://gw.example.com``) used to build the ``wss://`` stream URL.
+    public_url: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    #: Largest websocket message accepted from a carrier; Twilio's are ~400 bytes.
+    max_message_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    #: How far ahead of real time outbound audio is sent to the carrier. Enough to ride out
+    #: network jitter; small enough that the gateway, not the carrier, holds the rest.
+    playout_lead_ms: int = Field(default=240, ge=40, le=5000)
+    #: Caller audio kept while the model connection is being replaced (handoff, resume).
+    reconnect_buffer_ms: int = Field(default=2000, ge=0, le=30000)
+
+    @field_validator("gemini_api_key")
+    @classmethod
+    def _non_empty_key(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and not key.get_secret_value().strip():
+            return None
+        return key
+
+    @field_validator("gemini_base_url")
+    @classmethod
+    def _base_url(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http", "wss", "ws") or not parts.netloc:
+            raise ValueError("must be a URL such as https://127.0.0.1:9443")
+        return url
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            raise ValueError("must be an http(s) base URL such as https://gw.example.com")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query string or fragment")
+        return url.rstrip("/")
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    def stream_base(self) -> str | None:
+        """``wss://host[/prefix]`` from PUBLIC_URL, or None to derive it per request."""
+        if self.public_url is None:
+            return None
+        scheme, rest = self.public_url.split("://", 1)
+        return ("wss://" if scheme == "https" else "ws://") + rest
+
+
+_ENV_NAMES = {
+    "gemini_api_key": "GEMINI_API_KEY",
+    "GEMINI_API_KEY": "GEMINI_API_KEY",
+}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning pydantic's error into one line that names the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "settings"
+        name = _ENV_NAMES.get(field, field.upper())
+        message = err["msg"].removeprefix("Value error, ")
+        raise SettingsError(f"{name}: {message}") from None

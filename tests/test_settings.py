@@ -1,0 +1,87 @@
+"""Settings from the environment: aliases, defaults, clear errors, no secret leaks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import SettingsError, load_settings
+
+ENV_NAMES = (
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+    "GEMINI_MODEL",
+    "GEMINI_BASE_URL",
+    "GEMINI_API_VERSION",
+    "AGENTS_FILE",
+    "PUBLIC_URL",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "MAX_MESSAGE_BYTES",
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults() -> None:
+    settings = load_settings(_env_file=None)
+    assert settings.gemini_api_key is None
+    assert settings.gemini_api_version == "v1beta"
+    assert str(settings.agents_file) == "agents.yaml"
+    assert settings.public_url is None
+    assert settings.stream_base() is None
+
+
+def test_google_api_key_is_an_alias_and_gemini_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GOOGLE_API_KEY", "google-key-123")
+    settings = load_settings(_env_file=None)
+    assert settings.gemini_api_key is not None
+    assert settings.gemini_api_key.get_secret_value() == "google-key-123"
+    monkeypatch.setenv("GEMINI_API_KEY", "gemini-key-456")
+    settings = load_settings(_env_file=None)
+    assert settings.gemini_api_key is not None
+    assert settings.gemini_api_key.get_secret_value() == "gemini-key-456"
+    assert "gemini-key-456" not in repr(settings)
+
+
+def test_dotenv_is_read(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("GEMINI_API_KEY=from-dotenv-key\nGEMINI_MODEL=gemini-x\nUNRELATED=1\n")
+    settings = load_settings(_env_file=str(env))
+    assert settings.gemini_api_key is not None
+    assert settings.gemini_api_key.get_secret_value() == "from-dotenv-key"
+    assert settings.gemini_model == "gemini-x"
+
+
+def test_public_url_builds_the_wss_stream_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUBLIC_URL", "https://gw.example.com/")
+    assert load_settings(_env_file=None).stream_base() == "wss://gw.example.com"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("PUBLIC_URL", "gw.example.com", "PUBLIC_URL: must be an http(s) base URL"),
+        ("PUBLIC_URL", "https://gw.example.com/?x=1", "PUBLIC_URL: must not carry a query"),
+        ("GEMINI_BASE_URL", "localhost:9000", "GEMINI_BASE_URL: must be a URL"),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT:"),
+        ("MAX_MESSAGE_BYTES", "12", "MAX_MESSAGE_BYTES:"),
+    ],
+)
+def test_invalid_settings_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings(_env_file=None)
+    assert str(info.value).startswith(message)
+
+
+def test_an_invalid_key_setting_never_echoes_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEMINI_API_KEY", "   ")
+    assert load_settings(_env_file=None).gemini_api_key is None
