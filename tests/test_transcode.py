@@ -1,0 +1,223 @@
+"""Uplink/Downlink transcoders: framing, lengths, levels end to end, reset, L16 byte order."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.audio import analysis, g711
+from gateway.audio.transcode import (
+    L16_16K,
+    PCMA_8K,
+    PCMU_8K,
+    AudioFormat,
+    UnsupportedAudioFormat,
+    downlink_for,
+    uplink_for,
+)
+
+FORMATS = [
+    pytest.param(PCMU_8K, id="PCMU"),
+    pytest.param(PCMA_8K, id="PCMA"),
+    pytest.param(L16_16K, id="L16"),
+]
+LITTLE_L16 = AudioFormat("L16", 16000, "little")
+
+
+def _noise(samples: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(0, 6000, samples), -32768, 32767).astype("<i2").tobytes()
+
+
+def _carrier_to_pcm16le(fmt: AudioFormat, payload: bytes) -> npt.NDArray[np.int16]:
+    """Independent decoder for checking what the downlink produced."""
+    if fmt.encoding == "PCMU":
+        payload = g711.ulaw_decode(payload)
+    elif fmt.encoding == "PCMA":
+        payload = g711.alaw_decode(payload)
+    order = ">" if fmt.byteorder == "big" and fmt.encoding == "L16" else "<"
+    return np.frombuffer(payload, dtype=f"{order}i2").astype(np.int16)
+
+
+def _pcm16le_to_carrier(fmt: AudioFormat, pcm: bytes) -> bytes:
+    if fmt.encoding == "PCMU":
+        return g711.ulaw_encode(pcm)
+    if fmt.encoding == "PCMA":
+        return g711.alaw_encode(pcm)
+    return g711.pcm16_byteswap(pcm) if fmt.byteorder == "big" else pcm
+
+
+# --- AudioFormat ---------------------------------------------------------------------------------
+
+
+def test_format_constants() -> None:
+    assert (PCMU_8K.frame_bytes, PCMA_8K.frame_bytes, L16_16K.frame_bytes) == (160, 160, 640)
+    assert PCMU_8K.silence == b"\xff" * 160
+    assert PCMA_8K.silence == b"\xd5" * 160
+    assert L16_16K.silence == bytes(640)
+    assert L16_16K.byteorder == "big"
+    assert str(L16_16K) == "L16/16000/big-endian"
+    assert str(PCMU_8K) == "PCMU/8000"
+
+
+def test_format_validation() -> None:
+    with pytest.raises(UnsupportedAudioFormat, match="G722"):
+        AudioFormat("G722", 16000)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="whole 20 ms frames"):
+        AudioFormat("L16", 11025)
+    with pytest.raises(ValueError, match="byteorder"):
+        AudioFormat("L16", 16000, "middle")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt", [AudioFormat("PCMU", 16000), AudioFormat("L16", 48000)])
+def test_unsupported_formats_raise_a_clear_error(fmt: AudioFormat) -> None:
+    for factory in (uplink_for, downlink_for):
+        with pytest.raises(UnsupportedAudioFormat, match=f"{fmt}.*supported: PCMU/8000"):
+            factory(fmt)
+    assert issubclass(UnsupportedAudioFormat, ValueError)
+
+
+# --- Downlink ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", [*FORMATS, LITTLE_L16])
+@settings(max_examples=25, deadline=None)
+@given(chunks=st.lists(st.integers(0, 3001), min_size=1, max_size=12))
+def test_downlink_returns_only_whole_frames(fmt: AudioFormat, chunks: list[int]) -> None:
+    downlink = downlink_for(fmt)
+    pcm = _noise(sum(chunks), seed=1) + b"\x01"  # plus a dangling byte
+    frames, pos = [], 0
+    for size in chunks:
+        frames += downlink.feed(pcm[pos : pos + size])
+        pos += size
+    assert downlink.pending_bytes < fmt.frame_bytes
+    frames += downlink.flush()
+    assert all(len(frame) == fmt.frame_bytes for frame in frames)
+    assert downlink.pending_bytes == 0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_one_second_of_model_audio_is_fifty_frames_plus_the_flushed_tail(fmt: AudioFormat) -> None:
+    downlink = downlink_for(fmt)
+    tone = analysis.sine_pcm16(1000.0, 1.0, 24000, -10.0)
+    frames = [f for i in range(0, len(tone), 960) for f in downlink.feed(tone[i : i + 960])]
+    assert len(frames) == 50
+    tail = downlink.flush()
+    assert len(tail) == 1  # the <= 4 ms filter tail padded to one frame
+    assert downlink.flush() == []
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_flush_pads_with_codec_silence(fmt: AudioFormat) -> None:
+    downlink = downlink_for(fmt)
+    assert downlink.feed(bytes(2 * 24 * 30)) == [fmt.silence]  # 30 ms of digital silence
+    (last,) = downlink.flush()
+    assert last == fmt.silence  # μ-law pads with 0xFF, never 0x00
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_level_and_frequency_survive_the_downlink(fmt: AudioFormat) -> None:
+    downlink = downlink_for(fmt)
+    frames = downlink.feed(analysis.sine_pcm16(1000.0, 1.0, 24000, -10.0)) + downlink.flush()
+    pcm = _carrier_to_pcm16le(fmt, b"".join(frames))[fmt.sample_rate // 20 : fmt.sample_rate]
+    # G.711 SNR is ~37 dB: its noise moves the tone reading by < 0.1 dB; 0.5 dB is the spec.
+    assert analysis.tone_dbfs(pcm, fmt.sample_rate, 1000.0) == pytest.approx(-10.0, abs=0.5)
+    assert analysis.dominant_frequency(pcm, fmt.sample_rate) == pytest.approx(1000.0, abs=0.5)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_downlink_reset_drops_pending_audio(fmt: AudioFormat) -> None:
+    downlink = downlink_for(fmt)
+    loud = analysis.sine_pcm16(700.0, 0.03, 24000, 0.0)  # 30 ms: one frame out, 10 ms pending
+    assert len(downlink.feed(loud)) == 1
+    assert downlink.pending_bytes > 0
+    downlink.reset()
+    assert downlink.pending_bytes == 0
+    assert downlink.flush() == []
+    # After reset the old tone's filter tail must not leak into the next turn.
+    quiet = bytes(2 * 24 * 40)
+    assert downlink.feed(quiet) == [fmt.silence, fmt.silence]
+
+
+def test_l16_downlink_is_big_endian_by_default() -> None:
+    big, little = downlink_for(L16_16K), downlink_for(LITTLE_L16)
+    tone = analysis.sine_pcm16(440.0, 0.1, 24000, -3.0)
+    big_frames, little_frames = big.feed(tone), little.feed(tone)
+    assert [g711.pcm16_byteswap(f) for f in big_frames] == little_frames
+    samples = np.frombuffer(b"".join(big_frames), dtype=">i2")
+    assert analysis.tone_dbfs(samples[800:], 16000, 440.0) == pytest.approx(-3.0, abs=0.05)
+
+
+# --- Uplink --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", [PCMU_8K, PCMA_8K])
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(0, 400), max_size=10))
+def test_g711_uplink_doubles_the_sample_count(fmt: AudioFormat, sizes: list[int]) -> None:
+    uplink = uplink_for(fmt)
+    payload = _pcm16le_to_carrier(fmt, _noise(sum(sizes), seed=2))
+    pos = 0
+    for size in sizes:
+        out = uplink.feed(payload[pos : pos + size])
+        assert len(out) == 2 * 2 * size  # 2x the samples, 2 bytes each
+        pos += size
+
+
+def test_l16_uplink_only_swaps_bytes() -> None:
+    samples = (1, -2, 0x1234, -32768, 32767)
+    assert uplink_for(L16_16K).feed(struct.pack(">5h", *samples)) == struct.pack("<5h", *samples)
+    le = struct.pack("<5h", *samples)
+    assert uplink_for(LITTLE_L16).feed(le) == le
+    assert uplink_for(L16_16K).delay_ms == 0.0
+
+
+def test_l16_uplink_carries_a_dangling_byte() -> None:
+    uplink = uplink_for(L16_16K)
+    payload = struct.pack(">3h", 100, -200, 300)
+    assert uplink.feed(payload[:3]) == struct.pack("<h", 100)
+    assert uplink.feed(payload[3:]) == struct.pack("<2h", -200, 300)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_level_and_frequency_survive_the_uplink(fmt: AudioFormat) -> None:
+    uplink = uplink_for(fmt)
+    tone = analysis.sine_pcm16(1000.0, 1.0, fmt.sample_rate, -10.0)
+    payload = _pcm16le_to_carrier(fmt, tone)
+    out = b"".join(
+        uplink.feed(payload[i : i + fmt.frame_bytes])
+        for i in range(0, len(payload), fmt.frame_bytes)
+    )
+    pcm = np.frombuffer(out, dtype="<i2")
+    assert pcm.size == 16000
+    assert analysis.tone_dbfs(pcm[800:], 16000, 1000.0) == pytest.approx(-10.0, abs=0.5)
+    assert analysis.dominant_frequency(pcm[800:], 16000) == pytest.approx(1000.0, abs=0.5)
+
+
+@pytest.mark.parametrize("fmt", [PCMU_8K, PCMA_8K])
+def test_uplink_reset_matches_a_fresh_uplink(fmt: AudioFormat) -> None:
+    used, fresh = uplink_for(fmt), uplink_for(fmt)
+    used.feed(_pcm16le_to_carrier(fmt, _noise(500, seed=3)))
+    used.reset()
+    payload = _pcm16le_to_carrier(fmt, _noise(800, seed=4))
+    assert used.feed(payload) == fresh.feed(payload)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_round_trip_model_to_carrier_to_model(fmt: AudioFormat) -> None:
+    """24 kHz model audio -> carrier frames -> 16 kHz model input keeps level and pitch; the
+    delays of the two resamplers add up."""
+    downlink, uplink = downlink_for(fmt), uplink_for(fmt)
+    rng = np.random.default_rng(5)
+    freq = 1500.0
+    source = analysis.sine_pcm16(freq, 0.6, 24000, -12.0, phase=float(rng.uniform(0, 6)))
+    frames = downlink.feed(source) + downlink.flush()
+    back = np.frombuffer(b"".join(uplink.feed(f) for f in frames), dtype="<i2")[800:9600]
+    assert analysis.tone_dbfs(back, 16000, freq) == pytest.approx(-12.0, abs=0.5)
+    assert analysis.dominant_frequency(back, 16000) == pytest.approx(freq, abs=0.5)
+    assert downlink.delay_ms + uplink.delay_ms < 8.0
