@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[object] | None) -> None:
@@ -13,12 +12,12 @@ async def cancel_and_wait(*tasks: asyncio.Task[object] | None) -> None:
     aimed at the *caller* while it waits, and it retrieves each task's exception so none is
     reported later as "never retrieved".
     """
-    pending = {t for t in tasks if t is not None and not t.done()}
+    owned = [t for t in tasks if t is not None]
+    pending = [t for t in owned if not t.done()]
     for task in pending:
         task.cancel()
     if pending:
         await asyncio.wait(pending)
-    for task in tasks:
-        if task is not None and task.done() and not task.cancelled():
-            with contextlib.suppress(BaseException):
-                task.exception()
+    for task in owned:
+        if not task.cancelled():
+            task.exception()

@@ -1,0 +1,456 @@
+"""CallBridge: one phone call, from the carrier's ``start`` to the teardown of both sides.
+
+Three tasks run per call, all owned here and all cancelled and awaited when any one ends:
+
+- the *caller loop* reads the carrier socket: caller audio goes up to Gemini (transcoded), marks
+  and DTMF are handled, ``stop`` or a closed socket ends the call;
+- the *model loop* reads Gemini's events: speech goes down to the playout queue, barge-in
+  clears it, transcripts are kept, and a ``handoff_conversation`` call moves the conversation
+  to the next agent on a new connection;
+- the *playout* paces audio to the carrier and is the socket's only writer.
+
+Whatever ends the call — the caller hanging up, Gemini ending for good, a protocol error —
+the ``finally`` in :meth:`CallBridge.run` closes the Live session and the carrier socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+from google.genai import types
+
+from gateway.agents import Agent, AgentGraph, Stage
+from gateway.aio import cancel_and_wait
+from gateway.audio.transcode import Downlink, Uplink, downlink_for, uplink_for
+from gateway.carriers.base import (
+    AudioReceived,
+    CarrierCodec,
+    DtmfReceived,
+    MarkPlayed,
+    ProtocolError,
+    StreamStarted,
+    StreamStopped,
+)
+from gateway.handoff import (
+    HANDOFF_ACCEPTED,
+    dtmf_note,
+    greeting_turns,
+    handoff_rejected,
+    history_turns,
+    takeover_prompt,
+    user_turn,
+)
+from gateway.live.config import HANDOFF_TOOL, AgentPersona
+from gateway.live.events import (
+    AgentTranscript,
+    AudioOut,
+    CallerTranscript,
+    GoAway,
+    HandleUpdated,
+    Interrupted,
+    Reconnected,
+    SessionEnded,
+    ToolCall,
+    ToolCallCancelled,
+    TurnComplete,
+)
+from gateway.live.session import LiveConnectError, LiveSession
+from gateway.playout import Playout
+from gateway.transcript import Entry, Transcript
+
+#: Receives every call event (also logged); the demo prints them, tests assert on them.
+CallObserver = Callable[[str, Mapping[str, Any]], None]
+
+
+class CarrierSocket(Protocol):
+    """The carrier's websocket as the bridge needs it (adapted from Starlette in the app)."""
+
+    async def receive(self) -> str | bytes | None:
+        """The next message; ``None`` once the peer has disconnected."""
+        ...
+
+    async def send(self, text: str) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close if still open; never raises."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeOptions:
+    start_timeout_s: float = 10.0
+    max_message_bytes: int = 64 * 1024
+    playout_lead_ms: float = 240.0
+    reconnect_buffer_ms: int = 2000
+    #: Malformed messages tolerated on one call before it is judged broken or hostile.
+    max_bad_messages: int = 200
+
+
+@dataclass(slots=True)
+class CallStats:
+    bad_messages: int = 0
+    frames_in: int = 0
+    handoffs: int = 0
+    reconnects: int = 0
+    barge_ins: int = 0
+    handoff_ms: list[float] = field(default_factory=list)
+
+
+class CallBridge:
+    """Wires one carrier stream to one Gemini Live conversation."""
+
+    def __init__(
+        self,
+        socket: CarrierSocket,
+        codec: CarrierCodec,
+        *,
+        graph: AgentGraph,
+        new_live_session: Callable[[structlog.stdlib.BoundLogger], LiveSession],
+        options: BridgeOptions | None = None,
+        observers: tuple[CallObserver, ...] = (),
+    ) -> None:
+        self.socket = socket
+        self.codec = codec
+        self.graph = graph
+        self.options = options or BridgeOptions()
+        self.observers = observers
+        self.stats = CallStats()
+        self.transcript = Transcript()
+        self.end_reason = "not started"
+        self.stage: Stage = graph.first_stage
+        self.agent: Agent = graph.agent(self.stage.agent_id)
+        self.call_id = ""
+        self.log: structlog.stdlib.BoundLogger = structlog.get_logger("gateway.call").bind(
+            carrier=codec.carrier
+        )
+        self._new_live_session = new_live_session
+        self._live: LiveSession | None = None
+        self._uplink: Uplink | None = None
+        self._downlink: Downlink | None = None
+        self._playout: Playout | None = None
+        self._turns = 0
+        self._speaking = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Serve the call until it ends; always leaves both sides closed."""
+        tasks: list[asyncio.Task[str]] = []
+        started_at = time.monotonic()
+        try:
+            started = await self._await_start()
+            if started is None:
+                return
+            live = self._begin(started)
+            try:
+                _, elapsed = await live.open(self._persona(), opening=self._first_opening)
+            except LiveConnectError as exc:
+                self.end_reason = "model_unavailable"
+                self.log.error("call.model_unavailable", reason=exc.reason, code=exc.code)
+                return
+            self._emit("call.connected", live_connect_ms=round(elapsed, 1))
+            assert self._playout is not None
+            tasks = [
+                asyncio.create_task(self._caller_loop(), name="caller"),
+                asyncio.create_task(self._model_loop(), name="model"),
+                asyncio.create_task(self._run_playout(), name="playout"),
+            ]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finished = next(iter(done))
+            failure = None if finished.cancelled() else finished.exception()
+            if finished.cancelled():
+                self.end_reason = "cancelled"
+            elif failure is not None:
+                self.end_reason = f"error in {finished.get_name()}"
+                self.log.error("call.task_failed", task=finished.get_name(), exc_info=failure)
+            else:
+                self.end_reason = finished.result()
+        except asyncio.CancelledError:
+            self.end_reason = "cancelled"  # server shutdown; the finally still cleans up
+            raise
+        finally:
+            await cancel_and_wait(*tasks)
+            if self._live is not None:
+                await self._live.close()
+            await self.socket.close(1000, "call ended")
+            self._finish(time.monotonic() - started_at)
+
+    async def _await_start(self) -> StreamStarted | None:
+        try:
+            async with asyncio.timeout(self.options.start_timeout_s):
+                while True:
+                    data = await self.socket.receive()
+                    if data is None:
+                        self.end_reason = "caller_disconnected_before_start"
+                        return None
+                    try:
+                        event = self._parse(data)
+                    except ProtocolError as exc:
+                        if exc.fatal or not self._tolerate(str(exc)):
+                            self.end_reason = "protocol_error"
+                            self.log.warning("call.protocol_error", error=str(exc))
+                            return None
+                        continue
+                    if isinstance(event, StreamStarted):
+                        return event
+                    if isinstance(event, StreamStopped):
+                        self.end_reason = "caller_hung_up"
+                        return None
+        except TimeoutError:
+            self.end_reason = "no_start"
+            self.log.warning("call.no_start", timeout_s=self.options.start_timeout_s)
+            return None
+
+    def _begin(self, started: StreamStarted) -> LiveSession:
+        self.call_id = started.call_id
+        self.log = self.log.bind(
+            call_id=started.call_id, stream_id=started.stream_id, agent=self.agent.id
+        )
+        self._uplink = uplink_for(started.audio_format)
+        self._downlink = downlink_for(started.audio_format)
+        self._playout = Playout(self.codec, self.socket.send, lead_ms=self.options.playout_lead_ms)
+        live = self._live = self._new_live_session(self.log)
+        live.history_for_fresh_session = self._history_for_fresh_session
+        self._emit(
+            "call.started",
+            encoding=started.audio_format.encoding,
+            parameters=sorted(started.parameters),
+        )
+        return live
+
+    def _finish(self, duration: float) -> None:
+        self.transcript.finish_all()
+        playout = self._playout
+        self._emit(
+            "call.ended",
+            reason=self.end_reason,
+            duration_s=round(duration, 3),
+            handoffs=self.stats.handoffs,
+            reconnects=self.stats.reconnects,
+            barge_ins=self.stats.barge_ins,
+            bad_messages=self.stats.bad_messages,
+            frames_in=self.stats.frames_in,
+            frames_out=playout.frames_sent if playout else 0,
+            frames_dropped=playout.frames_dropped if playout else 0,
+            audio_dropped_bytes=self._live.audio_dropped_bytes if self._live else 0,
+        )
+
+    # ------------------------------------------------------------------ caller side
+
+    async def _caller_loop(self) -> str:
+        live, uplink, playout = self._live, self._uplink, self._playout
+        assert live is not None
+        assert uplink is not None
+        assert playout is not None
+        while True:
+            data = await self.socket.receive()
+            if data is None:
+                return "caller_disconnected"
+            try:
+                event = self._parse(data)
+            except ProtocolError as exc:
+                if exc.fatal or not self._tolerate(str(exc)):
+                    self.log.warning("call.protocol_error", error=str(exc))
+                    return "protocol_error"
+                continue
+            if isinstance(event, AudioReceived):
+                self.stats.frames_in += 1
+                await live.send_audio(uplink.feed(event.payload))
+            elif isinstance(event, MarkPlayed):
+                if playout.mark_echoed(event.name):
+                    self._emit("agent.playback_done", mark=event.name)
+            elif isinstance(event, DtmfReceived):
+                self._record(self.transcript.note("note", self.agent.id, f"DTMF {event.digit}"))
+                await live.send_text(dtmf_note(event.digit))
+            elif isinstance(event, StreamStopped):
+                return "caller_hung_up"
+
+    def _parse(self, data: str | bytes) -> Any:
+        if isinstance(data, bytes):
+            raise ProtocolError("binary frame (the carrier sends text)")
+        if len(data) > self.options.max_message_bytes:
+            raise ProtocolError(f"message of {len(data)} bytes exceeds the cap")
+        return self.codec.parse(data)
+
+    def _tolerate(self, problem: str) -> bool:
+        """Count a dropped message; False once the call has sent too many to keep."""
+        self.stats.bad_messages += 1
+        n = self.stats.bad_messages
+        if n <= 5 or n % 100 == 0:  # log the first few, then sample: a flood must not flood logs
+            self.log.warning("call.message_dropped", problem=problem, count=n)
+        return n <= self.options.max_bad_messages
+
+    # ------------------------------------------------------------------ model side
+
+    async def _model_loop(self) -> str:
+        live, downlink, playout = self._live, self._downlink, self._playout
+        assert live is not None
+        assert downlink is not None
+        assert playout is not None
+        while True:
+            event = await live.next_event()
+            if isinstance(event, AudioOut):
+                for frame in downlink.feed(event.pcm):
+                    playout.enqueue(frame)
+                if not self._speaking:
+                    self._speaking = True
+                    self._emit("agent.speaking")
+            elif isinstance(event, AgentTranscript):
+                self._record(self.transcript.agent_piece(event.text, self.agent.id))
+            elif isinstance(event, CallerTranscript):
+                self._record(self.transcript.caller_piece(event.text, self.agent.id))
+            elif isinstance(event, Interrupted):
+                dropped = playout.interrupt()
+                downlink.reset()
+                self._speaking = False
+                self.stats.barge_ins += 1
+                self._record(self.transcript.finish_agent(interrupted=True))
+                self._emit("agent.interrupted", frames_dropped=dropped)
+            elif isinstance(event, TurnComplete):
+                self._end_of_turn()
+            elif isinstance(event, ToolCall):
+                if not await self._on_tool_call(event):
+                    return "model_ended"
+            elif isinstance(event, HandleUpdated):
+                for entry in self.transcript.finish_all():
+                    self._record(entry)
+                self.transcript.mark_handle()
+            elif isinstance(event, Reconnected):
+                self.stats.reconnects += 1
+                self._emit("live.reconnected", reason=event.reason, resumed=event.resumed,
+                           ms=round(event.elapsed_ms, 1))  # fmt: skip
+            elif isinstance(event, GoAway):
+                self._emit("live.go_away", time_left=event.time_left)
+            elif isinstance(event, ToolCallCancelled):
+                self._emit("live.tool_call_cancelled", ids=list(event.call_ids))
+            elif isinstance(event, SessionEnded):
+                self.log.warning("call.model_ended", reason=event.reason, code=event.code)
+                return "model_ended"
+
+    def _end_of_turn(self) -> None:
+        downlink, playout = self._downlink, self._playout
+        assert downlink is not None
+        assert playout is not None
+        if self._speaking:
+            for frame in downlink.flush():
+                playout.enqueue(frame)
+            self._turns += 1
+            playout.mark(f"turn-{self._turns}")
+            self._speaking = False
+        for entry in self.transcript.finish_all():
+            self._record(entry)
+
+    async def _on_tool_call(self, call: ToolCall) -> bool:
+        """Answer a tool call; False if the call cannot continue (no model connection)."""
+        live = self._live
+        assert live is not None
+        if call.name != HANDOFF_TOOL:
+            self.log.warning("call.unknown_tool", name=call.name)
+            await live.send_tool_response(call.call_id, call.name, {"error": "unknown tool"})
+            return True
+        targets = {t.agent.id: t for t in self.graph.targets(self.stage)}
+        target = targets.get(str(call.args.get("target", "")))
+        if target is None:
+            self._emit("handoff.rejected", target=str(call.args.get("target"))[:80])
+            await live.send_tool_response(
+                call.call_id, call.name, handoff_rejected(call.args.get("target"), list(targets))
+            )
+            return True
+        reason = str(call.args.get("reason", ""))[:500]
+        summary = str(call.args.get("summary", ""))[:2000]
+        await live.send_tool_response(call.call_id, call.name, dict(HANDOFF_ACCEPTED))
+        return await self._hand_off(target.agent, target.stage, reason=reason, summary=summary)
+
+    async def _hand_off(self, agent: Agent, stage: Stage, *, reason: str, summary: str) -> bool:
+        """Move the call to ``agent`` on a new connection, keeping the conversation."""
+        live, downlink, playout = self._live, self._downlink, self._playout
+        assert live is not None
+        assert downlink is not None
+        assert playout is not None
+        # The old agent's words so far keep playing: push its resampler tail out too.
+        for frame in downlink.flush():
+            playout.enqueue(frame)
+        self._speaking = False
+        for entry in self.transcript.finish_all():
+            self._record(entry)
+        since = self.transcript.since_handle()
+        previous = self.agent
+        self._record(
+            self.transcript.note("handoff", agent.id, f"{previous.id} -> {agent.id}: {reason}")
+        )
+        self.stage, self.agent = stage, agent
+        self.log = self.log.bind(agent=agent.id)
+        live.log = self.log
+        prompt = takeover_prompt(agent, reason=reason, summary=summary, since=since)
+
+        def opening(resumed: bool) -> list[types.Content]:
+            if resumed:
+                return [user_turn(prompt)]
+            return history_turns(self.transcript.entries, prompt)
+
+        try:
+            resumed, elapsed = await live.open(self._persona(), opening=opening)
+        except LiveConnectError as exc:
+            self.log.error("handoff.failed", target=agent.id, reason=exc.reason, code=exc.code)
+            return False
+        self.stats.handoffs += 1
+        self.stats.handoff_ms.append(elapsed)
+        self._emit(
+            "handoff.completed",
+            from_agent=previous.id,
+            to_agent=agent.id,
+            phase=stage.phase,
+            resumed=resumed,
+            reconnect_ms=round(elapsed, 1),
+            reason=reason,
+        )
+        return True
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _run_playout(self) -> str:
+        assert self._playout is not None
+        try:
+            await self._playout.run()
+        except Exception as exc:  # the carrier socket is gone: the call is over
+            self.log.info("call.send_failed", error=type(exc).__name__)
+        return "caller_disconnected"
+
+    def _persona(self) -> AgentPersona:
+        return AgentPersona(self.agent, tuple(self.graph.targets(self.stage)))
+
+    def _first_opening(self, resumed: bool) -> list[types.Content]:
+        return [] if resumed else greeting_turns(self.agent)
+
+    def _history_for_fresh_session(self) -> list[types.Content]:
+        """After a fault with no usable handle: the transcript, then "carry on"."""
+        if not self.transcript.entries:
+            return greeting_turns(self.agent)
+        note = (
+            "[The connection was briefly interrupted.] Continue the conversation naturally "
+            "from where it stands, without mentioning the interruption."
+        )
+        return history_turns(self.transcript.entries, note)
+
+    def _record(self, entry: Entry | None) -> None:
+        if entry is not None:
+            self._emit(
+                "transcript",
+                speaker=entry.speaker,
+                agent_id=entry.agent_id,
+                text=entry.text,
+                at=entry.at,
+                interrupted=entry.interrupted,
+            )
+
+    def _emit(self, name: str, **fields: Any) -> None:
+        self.log.info(name, **fields)
+        if self.observers:
+            payload = {"call_id": self.call_id, "agent": self.agent.id, **fields}
+            for observer in self.observers:
+                observer(name, payload)

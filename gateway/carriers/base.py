@@ -1,0 +1,90 @@
+"""The carrier-neutral seam: what a phone carrier's media websocket means to the bridge.
+
+A carrier module is a *codec*, not a transport: it turns one websocket text message into one
+event and builds the text of outbound messages, with no socket inside (the h11 way). That keeps
+each carrier testable with plain strings, and lets the call bridge, the audio path and the
+Gemini session stay ignorant of Twilio's and Telnyx's field names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.audio.transcode import AudioFormat
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStarted:
+    """The stream is live: ids, the negotiated audio format, and the webhook's parameters."""
+
+    stream_id: str
+    call_id: str
+    audio_format: AudioFormat
+    parameters: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioReceived:
+    """One chunk of caller audio in the stream's codec (already base64-decoded)."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MarkPlayed:
+    """The carrier echoed a mark: the audio before it was played, *or* flushed by a clear."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfReceived:
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStopped:
+    """The carrier ended the stream (the caller hung up, or the call was redirected)."""
+
+
+CarrierEvent = StreamStarted | AudioReceived | MarkPlayed | DtmfReceived | StreamStopped
+
+
+class ProtocolError(ValueError):
+    """A message the gateway will not act on.
+
+    ``fatal`` messages make continuing unsafe or pointless (the stream's audio format is
+    unsupported, say), so the call is closed; the rest are dropped and counted.
+    """
+
+    def __init__(self, message: str, *, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.fatal = fatal
+
+
+class CarrierCodec(Protocol):
+    """Translates one carrier's websocket JSON to and from :data:`CarrierEvent`."""
+
+    #: Short carrier name for logs and metrics ("twilio").
+    carrier: str
+
+    def parse(self, text: str) -> CarrierEvent | None:
+        """One inbound text message → an event, or None for messages needing no action.
+
+        Raises :class:`ProtocolError` for anything malformed, unknown or out of order.
+        """
+        ...
+
+    def media(self, payload: bytes) -> str:
+        """Outbound audio (codec bytes, one or more whole 20 ms frames) → message text."""
+        ...
+
+    def mark(self, name: str) -> str:
+        """A mark the carrier echoes once the audio sent before it has been played."""
+        ...
+
+    def clear(self) -> str:
+        """Drop everything the carrier has buffered for playback (barge-in)."""
+        ...

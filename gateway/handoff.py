@@ -1,0 +1,89 @@
+"""The words the gateway says to Gemini around a handoff (the caller never hears them).
+
+A resumed session does not carry the tool call that triggered the handoff, nor anything said
+after its handle was issued, so the tool result alone would leave the new agent silent and
+half-informed. The takeover prompt closes that gap: it names the new role, passes on the old
+agent's reason and summary, and quotes what the caller said since the handle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from google.genai import types
+
+from gateway.agents import Agent
+from gateway.transcript import Entry
+
+#: The tool result the *old* agent receives: short, and telling it not to talk over the new one.
+HANDOFF_ACCEPTED = {
+    "result": "transferred",
+    "instructions": "The caller is being transferred now. Do not say anything more.",
+}
+
+
+def handoff_rejected(target: object, valid: Sequence[str]) -> dict[str, str]:
+    options = ", ".join(valid) if valid else "none"
+    return {
+        "error": f"Cannot transfer to {str(target)[:80]!r}. Valid targets: {options}. "
+        "Continue helping the caller yourself or choose a valid target.",
+    }
+
+
+def takeover_prompt(agent: Agent, *, reason: str, summary: str, since: Sequence[Entry]) -> str:
+    """Tell the new agent it has the call, why, and what it missed since the handle."""
+    lines = [
+        f"[Call transfer] You are now the {agent.role} and you are taking over this phone call "
+        "from a colleague.",
+    ]
+    if reason:
+        lines.append(f"Reason for the transfer: {reason}")
+    if summary:
+        lines.append(f"Your colleague's summary: {summary}")
+    said = [e.text for e in since if e.speaker == "caller"]
+    if said:
+        lines.append("Since then the caller said: " + " / ".join(f'"{t}"' for t in said))
+    lines.append(
+        f"Greet the caller, introduce yourself briefly as the {agent.role}, and continue the "
+        "conversation from where it stands. Do not mention this note."
+    )
+    return "\n".join(lines)
+
+
+def greeting_turns(agent: Agent) -> list[types.Content]:
+    """The first agent's opening, when it is configured to speak first."""
+    return [user_turn(agent.greeting)] if agent.greeting else []
+
+
+def dtmf_note(digit: str) -> str:
+    return f"[The caller pressed the {digit} key on their phone keypad.]"
+
+
+def history_turns(entries: Sequence[Entry], final_prompt: str) -> list[types.Content]:
+    """Re-seed a *fresh* session (no usable handle) with the transcript, then the prompt.
+
+    Consecutive lines of one side are merged because the API expects turns to alternate, and
+    the prompt goes last as a user turn so the model answers it.
+    """
+    turns: list[tuple[str, str]] = []
+    for entry in entries:
+        if entry.speaker == "caller":
+            role, text = "user", entry.text
+        elif entry.speaker == "agent":
+            role, text = "model", entry.text
+        else:
+            continue
+        if turns and turns[-1][0] == role:
+            turns[-1] = (role, f"{turns[-1][1]} {text}")
+        else:
+            turns.append((role, text))
+    prompt = final_prompt
+    if turns and turns[-1][0] == "user":
+        prompt = f"{turns.pop()[1]}\n\n{final_prompt}"
+    contents = [types.Content(role=r, parts=[types.Part(text=t)]) for r, t in turns]
+    contents.append(user_turn(prompt))
+    return contents
+
+
+def user_turn(text: str) -> types.Content:
+    return types.Content(role="user", parts=[types.Part(text=text)])

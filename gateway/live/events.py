@@ -1,0 +1,102 @@
+"""What a Gemini Live conversation tells the call bridge, in plain terms.
+
+The SDK's ``LiveServerMessage`` mixes audio, transcripts, tool calls and session bookkeeping in
+one nested object whose shape differs between model generations (one part per message on 2.5,
+several on 3.x). The session flattens each message into these events, in order, so the bridge
+handles one small thing at a time and never sees an SDK type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class AudioOut:
+    """Model speech: PCM16 little-endian, 24 kHz mono."""
+
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CallerTranscript:
+    """A piece of Gemini's transcription of the caller's speech."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentTranscript:
+    """A piece of Gemini's transcription of its own speech."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    call_id: str
+    name: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallCancelled:
+    call_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    """The caller spoke over the model: everything it has said but not yet played is void."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnComplete:
+    """The model finished its turn (its audio may still be playing to the caller)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandleUpdated:
+    """Gemini issued a session-resumption handle: a resume restores the state as of now."""
+
+    handle: str
+
+
+@dataclass(frozen=True, slots=True)
+class GoAway:
+    """The server will close this connection soon; ``time_left`` is a Duration like ``"50s"``."""
+
+    time_left: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnected:
+    """The session moved to a new connection without the bridge asking (fault or goAway)."""
+
+    reason: str
+    resumed: bool
+    elapsed_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    """The conversation with Gemini is over for good; the call cannot continue."""
+
+    reason: str
+    code: int | None = None
+
+
+LiveEvent = (
+    AudioOut
+    | CallerTranscript
+    | AgentTranscript
+    | ToolCall
+    | ToolCallCancelled
+    | Interrupted
+    | TurnComplete
+    | HandleUpdated
+    | GoAway
+    | Reconnected
+    | SessionEnded
+)

@@ -1,0 +1,146 @@
+"""Outbound audio to the carrier: paced, interruptible, and the socket's only writer.
+
+Gemini produces speech in bursts faster than real time. Forwarding each burst at once would park
+seconds of audio in the carrier's buffer, where the gateway can no longer take it back; holding
+it all here would make every network hiccup audible. So the gateway keeps the carrier a short,
+fixed *lead* ahead of real time (enough to ride out jitter) and holds the rest itself:
+
+- barge-in (:meth:`interrupt`) drops everything still held here and sends ``clear`` ahead of
+  any other message, so the caller stops hearing the agent within one frame;
+- a mark follows each agent turn, so an echo tells when the caller really heard the end of it
+  (an echo caused by a ``clear`` is recognised and not counted as played).
+
+Refills are batched (wake when the lead falls below ``lead - refill``, top it back up) so an idle
+call costs a few wake-ups a second, not fifty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from gateway.carriers.base import CarrierCodec
+
+
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    name: str
+
+
+class Playout:
+    """Queue of outbound frames and marks, drained by :meth:`run` at a paced rate."""
+
+    def __init__(
+        self,
+        codec: CarrierCodec,
+        send: Callable[[str], Awaitable[None]],
+        *,
+        frame_ms: float = 20.0,
+        lead_ms: float = 240.0,
+        refill_ms: float = 100.0,
+        max_queued_s: float = 300.0,
+    ) -> None:
+        self._codec = codec
+        self._send = send
+        self._frame_s = frame_ms / 1000
+        self._lead_s = lead_ms / 1000
+        self._refill_s = min(refill_ms / 1000, self._lead_s / 2)
+        self._max_items = int(max_queued_s / self._frame_s)
+        self._items: deque[bytes | _Mark] = deque()
+        self._control: deque[str] = deque()
+        self._wake = asyncio.Event()
+        #: Monotonic time at which the carrier will have played everything sent so far.
+        self._play_end = 0.0
+        self._outstanding: set[str] = set()
+        self._flushed: set[str] = set()
+        self.frames_sent = 0
+        self.frames_dropped = 0
+        self.first_frame_sent_at: float | None = None
+
+    @property
+    def queued_frames(self) -> int:
+        return sum(1 for item in self._items if not isinstance(item, _Mark))
+
+    def carrier_buffered_s(self, now: float | None = None) -> float:
+        """Audio sent to the carrier that it has (by our clock) not played yet."""
+        return max(0.0, self._play_end - (time.monotonic() if now is None else now))
+
+    def enqueue(self, frame: bytes) -> None:
+        if len(self._items) >= self._max_items:
+            self._items.popleft()  # a runaway producer; the oldest audio is the least useful
+            self.frames_dropped += 1
+        self._items.append(frame)
+        self._wake.set()
+
+    def mark(self, name: str) -> None:
+        """Queue a mark behind the frames already queued."""
+        self._items.append(_Mark(name))
+        self._wake.set()
+
+    def interrupt(self) -> int:
+        """Barge-in: forget queued audio, tell the carrier to flush its buffer. Returns frames."""
+        dropped = sum(1 for item in self._items if not isinstance(item, _Mark))
+        self._items.clear()
+        self.frames_dropped += dropped
+        # Always clear: our estimate of the carrier's buffer ignores network delay, and a clear
+        # of an empty buffer costs nothing.
+        self._control.append(self._codec.clear())
+        self._flushed |= self._outstanding
+        self._outstanding.clear()
+        self._play_end = 0.0
+        self._wake.set()
+        return dropped
+
+    def mark_echoed(self, name: str) -> bool:
+        """A mark came back; True if its audio was really played (not flushed by a clear)."""
+        if name in self._flushed:
+            self._flushed.discard(name)
+            return False
+        self._outstanding.discard(name)
+        return True
+
+    async def run(self) -> None:
+        """Drain the queue forever (cancel to stop); the only coroutine that sends."""
+        while True:
+            if self._control:
+                await self._send(self._control.popleft())
+                continue
+            if not self._items:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            now = time.monotonic()
+            ahead = self._play_end - now
+            if ahead > self._lead_s - self._refill_s and not isinstance(self._items[0], _Mark):
+                self._wake.clear()
+                # Sleep until the lead has drained by one refill, unless barge-in wakes us.
+                try:
+                    async with asyncio.timeout(ahead - (self._lead_s - self._refill_s)):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+                await self._top_up()
+                continue
+            await self._top_up()
+
+    async def _top_up(self) -> None:
+        """Send queued items until the carrier is a full lead ahead (or a clear is waiting)."""
+        while self._items and not self._control:
+            item = self._items[0]
+            if isinstance(item, _Mark):
+                self._items.popleft()
+                self._outstanding.add(item.name)
+                await self._send(self._codec.mark(item.name))
+                continue
+            now = time.monotonic()
+            if self._play_end - now >= self._lead_s:
+                return
+            self._items.popleft()
+            if self.first_frame_sent_at is None:
+                self.first_frame_sent_at = now
+            self._play_end = max(self._play_end, now) + self._frame_s
+            self.frames_sent += 1
+            await self._send(self._codec.media(item))

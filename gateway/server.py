@@ -1,0 +1,98 @@
+"""Assembling and running the gateway: settings + agents → app → uvicorn.
+
+Shared by ``gateway serve``, ``gateway demo`` and the tests, so that all three run the very
+same server (real uvicorn, real sockets) rather than three look-alikes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import structlog
+import uvicorn
+
+from gateway.agents import AgentGraph
+from gateway.app import GatewayState, create_app
+from gateway.bridge import CallObserver
+from gateway.live.client import make_client
+from gateway.live.session import LiveSession
+from gateway.settings import Settings
+
+#: PCM16 at 16 kHz: bytes per millisecond of caller audio sent to Gemini.
+_PCM16K_BYTES_PER_MS = 32
+
+
+def build_state(
+    settings: Settings,
+    graph: AgentGraph,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    observers: tuple[CallObserver, ...] = (),
+) -> GatewayState:
+    """One shared SDK client per process; one LiveSession per call."""
+    client = make_client(settings, ssl_context=ssl_context)
+    model = settings.gemini_model or graph.model
+    buffer_bytes = settings.reconnect_buffer_ms * _PCM16K_BYTES_PER_MS
+
+    def new_live_session(log: structlog.stdlib.BoundLogger) -> LiveSession:
+        return LiveSession(client, model, log=log, buffer_bytes=buffer_bytes)
+
+    return GatewayState(
+        settings=settings, graph=graph, new_live_session=new_live_session, observers=observers
+    )
+
+
+def uvicorn_config(state: GatewayState, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(state),
+        host=host,
+        port=port,
+        # Oversize carrier messages are refused by the websocket layer itself (close 1009).
+        ws_max_size=state.settings.max_message_bytes,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@dataclass(slots=True)
+class RunningGateway:
+    url: str
+    port: int
+    state: GatewayState
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+
+    async def wait_closed(self) -> None:
+        """Until the server stops by itself (SIGTERM/SIGINT with ``handle_signals``)."""
+        await asyncio.shield(self.task)
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    state: GatewayState, *, host: str = "127.0.0.1", port: int = 0, handle_signals: bool = False
+) -> AsyncIterator[RunningGateway]:
+    """Run the gateway on this event loop (port 0 picks a free one) until the block exits.
+
+    With ``handle_signals`` uvicorn turns SIGINT/SIGTERM into a graceful shutdown (``serve``);
+    embedded uses (tests, the demo) leave the process's signal handling alone.
+    """
+    server = uvicorn.Server(uvicorn_config(state, host, port))
+    if not handle_signals:
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    task = asyncio.create_task(server.serve(), name="uvicorn")
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # surfaces a bind error
+                raise RuntimeError("uvicorn stopped during start-up")
+            await asyncio.sleep(0.01)
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        yield RunningGateway(f"http://{host}:{bound}", bound, state, server, task)
+    finally:
+        server.should_exit = True
+        await task

@@ -1,0 +1,116 @@
+"""Playout: pacing ahead of real time, barge-in clearing, marks played vs flushed.
+
+The carrier here is a list that records what was sent and when: the Playout's contract is
+about the order and timing of messages, which a list shows exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from gateway.aio import cancel_and_wait
+from gateway.carriers.twilio import TwilioCodec
+from gateway.playout import Playout
+from tests.test_twilio_codec import start_message
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[tuple[float, dict[str, object]]] = []
+
+    async def send(self, text: str) -> None:
+        self.sent.append((time.monotonic(), json.loads(text)))
+
+    def events(self) -> list[str]:
+        return [str(m["event"]) for _, m in self.sent]
+
+
+def _codec() -> TwilioCodec:
+    codec = TwilioCodec()
+    codec.parse(start_message())
+    return codec
+
+
+async def test_sends_a_lead_at_once_then_paces_in_real_time() -> None:
+    rec = Recorder()
+    playout = Playout(_codec(), rec.send, lead_ms=200, refill_ms=100)
+    runner = asyncio.create_task(playout.run())
+    try:
+        t0 = time.monotonic()
+        for _ in range(50):  # one second of audio
+            playout.enqueue(b"\xff" * 160)
+        await asyncio.sleep(0.05)
+        assert 9 <= len(rec.sent) <= 11  # the lead (200 ms = 10 frames) goes out immediately
+        await asyncio.sleep(0.6)
+        sent = len(rec.sent)
+        elapsed = time.monotonic() - t0
+        # Never more than lead + real time ahead, never starved of a refill for long.
+        assert sent * 0.020 <= elapsed + 0.200 + 0.021
+        assert sent * 0.020 >= elapsed + 0.200 - 0.100 - 0.060
+    finally:
+        await cancel_and_wait(runner)
+
+
+async def test_interrupt_drops_queued_audio_and_clears_first() -> None:
+    rec = Recorder()
+    playout = Playout(_codec(), rec.send, lead_ms=100, refill_ms=50)
+    runner = asyncio.create_task(playout.run())
+    try:
+        for _ in range(100):
+            playout.enqueue(b"\x01" * 160)
+        playout.mark("turn-1")
+        await asyncio.sleep(0.03)
+        sent_before = len(rec.sent)
+        t_interrupt = time.monotonic()
+        dropped = playout.interrupt()
+        await asyncio.sleep(0.01)
+        assert dropped >= 90
+        clear_time, clear = rec.sent[sent_before]
+        assert clear["event"] == "clear"
+        assert clear_time - t_interrupt < 0.020  # within one frame
+        assert rec.events()[sent_before + 1 :] == []  # nothing stale follows the clear
+        # New audio after the barge-in goes out immediately.
+        playout.enqueue(b"\x02" * 160)
+        await asyncio.sleep(0.01)
+        assert rec.events()[-1] == "media"
+    finally:
+        await cancel_and_wait(runner)
+
+
+async def test_mark_echo_tells_played_from_flushed() -> None:
+    rec = Recorder()
+    playout = Playout(_codec(), rec.send, lead_ms=1000)
+    runner = asyncio.create_task(playout.run())
+    try:
+        playout.enqueue(b"\x01" * 160)
+        playout.mark("turn-1")
+        await asyncio.sleep(0.01)
+        assert rec.events() == ["media", "mark"]
+        assert playout.mark_echoed("turn-1") is True
+        playout.enqueue(b"\x01" * 160)
+        playout.mark("turn-2")
+        await asyncio.sleep(0.01)
+        playout.interrupt()
+        await asyncio.sleep(0.01)
+        assert rec.events()[-1] == "clear"
+        assert playout.mark_echoed("turn-2") is False  # echoed because of the clear
+    finally:
+        await cancel_and_wait(runner)
+
+
+@pytest.mark.parametrize("lead_ms", [40, 240])
+async def test_idle_playout_does_not_spin(lead_ms: int) -> None:
+    rec = Recorder()
+    playout = Playout(_codec(), rec.send, lead_ms=lead_ms)
+    runner = asyncio.create_task(playout.run())
+    try:
+        cpu0 = time.process_time()
+        await asyncio.sleep(0.3)
+        assert time.process_time() - cpu0 < 0.05
+        assert rec.sent == []
+    finally:
+        await cancel_and_wait(runner)
