@@ -1,0 +1,178 @@
+"""What the simulated caller says: a small description rendered to Twilio's wire format.
+
+A call script is a list of segments (``Silence``, ``Tone``, ``Wav``) rendered once, before the call,
+to μ-law 8 kHz bytes, the only format Twilio sends. Rendering ahead of time keeps the real-time
+sender free of DSP, and makes what the gateway should receive exactly known to tests.
+
+The CLI form is a comma-separated list, e.g. ``"silence:1.5,tone:440:1.0:-12,wav:hello.wav"``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gateway.simulator.playback import ULAW_SILENCE
+from gateway.simulator.wav import read_wav
+
+with warnings.catch_warnings():
+    # Deprecated stdlib module on 3.11/3.12; the `audioop-lts` package provides it on 3.13+.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
+
+__all__ = [
+    "SAMPLE_RATE",
+    "Segment",
+    "Silence",
+    "Tone",
+    "Wav",
+    "parse_spec",
+    "pcm16_to_ulaw",
+    "render",
+    "ulaw_to_pcm16",
+]
+
+SAMPLE_RATE = 8000
+"""Twilio Media Streams audio is always μ-law, 8000 Hz, mono: one byte per sample."""
+
+FADE_S = 0.005
+"""Tone fade-in/out length: long enough to avoid clicks, short enough not to blur onset timing."""
+
+
+def pcm16_to_ulaw(pcm16: bytes) -> bytes:
+    """Encode little-endian PCM16 samples as G.711 μ-law."""
+    return audioop.lin2ulaw(pcm16, 2)
+
+
+def ulaw_to_pcm16(ulaw: bytes) -> bytes:
+    """Decode G.711 μ-law to little-endian PCM16 samples."""
+    return audioop.ulaw2lin(ulaw, 2)
+
+
+def _samples(seconds: float) -> int:
+    return round(seconds * SAMPLE_RATE)
+
+
+def _check_seconds(seconds: float) -> None:
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"duration must be a finite number of seconds >= 0, got {seconds}")
+
+
+@dataclass(frozen=True)
+class Silence:
+    """Digital silence (μ-law 0xFF)."""
+
+    seconds: float
+
+    def __post_init__(self) -> None:
+        _check_seconds(self.seconds)
+
+    def render(self) -> bytes:
+        """Return the segment as μ-law 8 kHz."""
+        return bytes([ULAW_SILENCE]) * _samples(self.seconds)
+
+
+@dataclass(frozen=True)
+class Tone:
+    """A sine tone, ``dbfs`` relative to a full-scale sine, with 5 ms raised-cosine fades."""
+
+    hz: float
+    seconds: float
+    dbfs: float = -12.0
+
+    def __post_init__(self) -> None:
+        _check_seconds(self.seconds)
+        if not (math.isfinite(self.hz) and 0 < self.hz < SAMPLE_RATE / 2):
+            raise ValueError(f"tone frequency must be in (0, {SAMPLE_RATE // 2}) Hz, got {self.hz}")
+        if not (math.isfinite(self.dbfs) and self.dbfs <= 0):
+            raise ValueError(f"tone level must be <= 0 dBFS, got {self.dbfs}")
+
+    def render(self) -> bytes:
+        """Return the segment as μ-law 8 kHz."""
+        n = _samples(self.seconds)
+        t = np.arange(n) / SAMPLE_RATE
+        wave = 32767.0 * 10.0 ** (self.dbfs / 20.0) * np.sin(2.0 * np.pi * self.hz * t)
+        fade = min(_samples(FADE_S), n // 2)
+        if fade:
+            ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)
+            wave[:fade] *= ramp
+            wave[n - fade :] *= ramp[::-1]
+        pcm = np.rint(wave).astype("<i2").tobytes()
+        return pcm16_to_ulaw(pcm)
+
+
+@dataclass(frozen=True)
+class Wav:
+    """A WAV file (16-bit PCM, mono or stereo, any rate), resampled to 8 kHz."""
+
+    path: Path
+
+    def render(self) -> bytes:
+        """Return the segment as μ-law 8 kHz."""
+        return pcm16_to_ulaw(read_wav(self.path, SAMPLE_RATE))
+
+
+Segment = Silence | Tone | Wav
+
+
+def render(segments: Sequence[Segment]) -> bytes:
+    """Render segments back to back as μ-law 8 kHz bytes."""
+    return b"".join(segment.render() for segment in segments)
+
+
+def _number(text: str, what: str, item: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{item!r}: {what} must be a number, got {text!r}") from None
+
+
+def _parse_item(item: str) -> Segment:
+    kind, _, rest = item.partition(":")
+    kind = kind.strip().lower()
+    if kind == "wav":
+        # Everything after "wav:" is the path, so paths may contain ':' (but not ',').
+        if not rest.strip():
+            raise ValueError(f"{item!r}: expected wav:PATH")
+        return Wav(Path(rest.strip()))
+    args = [a.strip() for a in rest.split(":")] if rest else []
+    if kind == "silence":
+        if len(args) != 1:
+            raise ValueError(f"{item!r}: expected silence:SECONDS")
+        return Silence(_number(args[0], "SECONDS", item))
+    if kind == "tone":
+        if len(args) not in (2, 3):
+            raise ValueError(f"{item!r}: expected tone:HZ:SECONDS[:DBFS]")
+        hz = _number(args[0], "HZ", item)
+        seconds = _number(args[1], "SECONDS", item)
+        if len(args) == 3:
+            return Tone(hz, seconds, _number(args[2], "DBFS", item))
+        return Tone(hz, seconds)
+    raise ValueError(f"{item!r}: unknown segment {kind!r} (use silence, tone or wav)")
+
+
+def parse_spec(spec: str) -> list[Segment]:
+    """Parse ``"silence:1.5,tone:440:1.0:-12,wav:hello.wav"`` into segments.
+
+    Raises ``ValueError`` naming the offending item. Value checks (ranges) happen here too, so a
+    bad spec fails before the call starts; WAV files are only opened by :func:`render`.
+    """
+    items = [item.strip() for item in spec.split(",")]
+    if not any(items):
+        raise ValueError("empty caller audio spec")
+    segments: list[Segment] = []
+    for item in items:
+        if not item:
+            raise ValueError(f"empty item in caller audio spec {spec!r}")
+        try:
+            segments.append(_parse_item(item))
+        except ValueError as exc:
+            if str(exc).startswith(repr(item)):
+                raise
+            raise ValueError(f"{item!r}: {exc}") from None
+    return segments
