@@ -67,23 +67,27 @@ class RunningGateway:
     server: uvicorn.Server
     task: asyncio.Task[None]
 
+    def stop(self) -> None:
+        """Begin a graceful shutdown (safe to call from a signal handler)."""
+        self.server.should_exit = True
+
     async def wait_closed(self) -> None:
-        """Until the server stops by itself (SIGTERM/SIGINT with ``handle_signals``)."""
+        """Until the server has stopped (after :meth:`stop`)."""
         await asyncio.shield(self.task)
 
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    state: GatewayState, *, host: str = "127.0.0.1", port: int = 0, handle_signals: bool = False
+    state: GatewayState, *, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[RunningGateway]:
     """Run the gateway on this event loop (port 0 picks a free one) until the block exits.
 
-    With ``handle_signals`` uvicorn turns SIGINT/SIGTERM into a graceful shutdown (``serve``);
-    embedded uses (tests, the demo) leave the process's signal handling alone.
+    uvicorn's own signal capture is switched off: it re-raises the signal after shutting down,
+    which would kill the process before the rest of the program (the simulator, logs) has
+    cleaned up. ``gateway serve`` installs its own handlers and calls :meth:`stop` instead.
     """
     server = uvicorn.Server(uvicorn_config(state, host, port))
-    if not handle_signals:
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve(), name="uvicorn")
     try:
         while not server.started:

@@ -18,7 +18,6 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from gateway.audio.transcode import PCMU_8K
-
 from gateway.carriers.base import (
     AudioReceived,
     CarrierEvent,

@@ -1,0 +1,30 @@
+# Callbridge gateway image: Python 3.13 (audioop comes from audioop-lts there), non-root.
+FROM python:3.13-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    # 20 ms audio frames gain nothing from BLAS threads; keep numpy to one per process.
+    OPENBLAS_NUM_THREADS=1 \
+    PORT=8080 \
+    AGENTS_FILE=/app/agents.yaml \
+    LOG_FORMAT=json
+
+WORKDIR /app
+
+# Install the package first (cached while only agents.yaml changes).
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+RUN pip install . && gateway --help > /dev/null
+
+COPY agents.yaml ./agents.yaml
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin gateway
+USER gateway
+
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8080') + '/healthz', timeout=2)"]
+
+# Validate agents.yaml at start (one clear error and exit 2 if it is wrong), then serve.
+CMD ["gateway", "serve", "--host", "0.0.0.0"]

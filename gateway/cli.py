@@ -1,0 +1,159 @@
+"""``gateway serve | check | call | demo | simulator``.
+
+Configuration mistakes end here, before anything listens: one line naming the variable or
+the agents.yaml field, exit status 2, and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.agents import AgentGraph, AgentsFileError, load_agents
+from gateway.settings import Settings, SettingsError, load_settings
+
+EXIT_CONFIG = 2
+
+NO_KEY_MESSAGE = """\
+GEMINI_API_KEY is not set, so the gateway cannot reach Gemini.
+  Set it in the environment:   export GEMINI_API_KEY=your-key   (GOOGLE_API_KEY also works)
+  or in a .env file:            echo GEMINI_API_KEY=your-key >> .env
+  Get a key at https://aistudio.google.com/apikey
+Or try it without Gemini, answering calls with the built-in Live simulator:
+  gateway serve --simulator"""
+
+
+class ConfigError(Exception):
+    """A start-up problem to report as one message and exit status 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.run(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_CONFIG
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="Callbridge: phone calls bridged to Gemini Live agents.",
+    )
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the gateway (Twilio webhooks and media streams)")
+    serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    serve.add_argument(
+        "--simulator",
+        action="store_true",
+        help="answer calls with the built-in Live simulator instead of Gemini (no key, no cost)",
+    )
+    serve.set_defaults(run=_cmd_serve)
+
+    check = sub.add_parser("check", help="validate an agents file and print the agent graph")
+    check.add_argument("agents_file", nargs="?", help="default: AGENTS_FILE or agents.yaml")
+    check.set_defaults(run=_cmd_check)
+
+    call = sub.add_parser("call", help="place a simulated Twilio call to a running gateway")
+    call.add_argument("url", help="the gateway's base URL, e.g. http://127.0.0.1:8080")
+    call.add_argument("--wav", type=Path, help="what the caller says (a PCM WAV, any rate)")
+    call.add_argument(
+        "--audio",
+        help="what the caller says as segments, e.g. 'silence:3,tone:440:1.5,silence:4'",
+    )
+    call.add_argument("--out", type=Path, help="write what the caller heard to this WAV")
+    call.add_argument("--linger", type=float, default=3.0, help="seconds to listen after")
+    call.add_argument("--dtmf", action="append", default=[], metavar="DIGIT@SECONDS")
+    call.add_argument("--hangup", choices=("stop", "close"), default="stop")
+    call.add_argument("--stream-url", help="connect here instead of the TwiML's stream URL")
+    call.set_defaults(run=_cmd_call)
+
+    demo = sub.add_parser(
+        "demo", help="one simulated call with a handoff, against the built-in Live simulator"
+    )
+    demo.add_argument("--agents", type=Path, help="agents file (default: the bundled example)")
+    demo.add_argument("--out", type=Path, default=Path("heard.wav"))
+    demo.set_defaults(run=_cmd_demo)
+
+    sim = sub.add_parser("simulator", help="run the Live simulator alone (for GEMINI_BASE_URL)")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=9443)
+    sim.add_argument("--script", type=Path, help="YAML/JSON script of what the model says")
+    sim.add_argument("--ca-file", type=Path, default=Path("live-simulator-ca.pem"))
+    sim.set_defaults(run=_cmd_simulator)
+    return parser
+
+
+# ---------------------------------------------------------------------- shared start-up
+
+
+def load_config(agents_file: Path | None = None) -> tuple[Settings, AgentGraph]:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        graph = load_agents(agents_file or settings.agents_file)
+    except AgentsFileError as exc:
+        raise ConfigError(str(exc)) from None
+    return settings, graph
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    path = Path(args.agents_file) if args.agents_file else None
+    if path is None:
+        try:
+            path = load_settings().agents_file
+        except SettingsError as exc:
+            raise ConfigError(str(exc)) from None
+    try:
+        graph = load_agents(path)
+    except AgentsFileError as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"{path}: OK")
+    print(graph.describe())
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.runner import serve  # deferred: pulls in uvicorn, the SDK and numpy
+
+    settings, graph = load_config()
+    if settings.gemini_api_key is None and not args.simulator:
+        raise ConfigError(NO_KEY_MESSAGE)
+    asyncio.run(serve(settings, graph, host=args.host, port=args.port, simulator=args.simulator))
+    return 0
+
+
+def _cmd_call(args: argparse.Namespace) -> int:
+    from gateway.runner import place_call
+
+    if args.wav and args.audio:
+        raise ConfigError("give either --wav or --audio, not both")
+    return asyncio.run(place_call(args))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.simulator.demo import run_demo
+
+    return asyncio.run(run_demo(agents_file=args.agents, out=args.out))
+
+
+def _cmd_simulator(args: argparse.Namespace) -> int:
+    from gateway.runner import run_simulator
+
+    return asyncio.run(run_simulator(args))

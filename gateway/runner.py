@@ -1,0 +1,141 @@
+"""The long-running CLI commands: ``serve``, ``call`` and ``simulator``.
+
+Kept apart from ``cli.py`` so that ``gateway check`` (and a mistyped command) answers at once,
+without importing uvicorn, numpy and the google-genai SDK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from gateway.agents import AgentGraph
+from gateway.cli import ConfigError
+from gateway.logs import configure_logging, register_secrets
+from gateway.server import build_state, running_gateway
+from gateway.settings import Settings
+
+SIMULATOR_KEY = "simulator-key"
+
+
+async def serve(
+    settings: Settings, graph: AgentGraph, *, host: str, port: int, simulator: bool
+) -> None:
+    """Run until SIGTERM/SIGINT; with ``simulator`` Gemini is the built-in Live simulator."""
+    from pydantic import SecretStr
+
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.gemini_api_key is not None:
+        register_secrets([settings.gemini_api_key.get_secret_value()])
+    log = structlog.get_logger("gateway")
+    for warning in graph.warnings:
+        log.warning("agents.warning", detail=warning)
+    async with contextlib.AsyncExitStack() as stack:
+        ssl_context = None
+        if simulator:
+            from gateway.simulator.live_server import LiveSimulator
+
+            sim = await stack.enter_async_context(LiveSimulator())
+            settings = settings.model_copy(
+                update={"gemini_api_key": SecretStr(SIMULATOR_KEY), "gemini_base_url": sim.base_url}
+            )
+            ssl_context = sim.tls.client_context()
+            log.info("simulator.started", base_url=sim.base_url)
+        state = build_state(settings, graph, ssl_context=ssl_context)
+        gateway = await stack.enter_async_context(running_gateway(state, host=host, port=port))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, gateway.stop)
+        log.info(
+            "gateway.listening",
+            url=gateway.url,
+            model=settings.gemini_model or graph.model,
+            live_endpoint=settings.gemini_base_url or "default",
+            public_url=settings.public_url or "derived from requests",
+            agents=[a.id for a in graph.spec.agents],
+        )
+        await gateway.wait_closed()
+
+
+async def place_call(args: argparse.Namespace) -> int:
+    """``gateway call``: one simulated Twilio call; prints what happened."""
+    from gateway.simulator.caller import TwilioCaller
+    from gateway.simulator.caller_audio import Segment, Silence, Wav, parse_spec, render
+
+    segments: list[Segment]
+    if args.wav:
+        segments = [Silence(0.5), Wav(args.wav)]
+    elif args.audio:
+        try:
+            segments = parse_spec(args.audio)
+        except ValueError as exc:
+            raise ConfigError(f"--audio: {exc}") from None
+    else:
+        segments = [Silence(5.0)]
+    dtmf: list[tuple[float, str]] = []
+    for item in args.dtmf:
+        digit, _, at = item.partition("@")
+        try:
+            dtmf.append((float(at), digit))
+        except ValueError:
+            raise ConfigError(f"--dtmf {item!r}: expected DIGIT@SECONDS, e.g. 5@2.5") from None
+    try:
+        audio = render(segments)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        caller = TwilioCaller(
+            args.url,
+            audio=audio,
+            dtmf=dtmf,
+            hangup=args.hangup,
+            linger_s=args.linger,
+            stream_url=args.stream_url,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    result = await caller.run()
+    print(f"stream:      {result.stream_url}")
+    print(f"parameters:  {', '.join(sorted(result.parameters)) or 'none'}")
+    print(f"heard:       {result.media_bytes_received / 8000:.2f} s of agent audio")
+    print(f"clears:      {len(result.clear_times)}   marks echoed: {len(result.mark_echoes)}")
+    print(f"ended by:    {result.closed_by} (code {result.close_code})")
+    for violation in result.violations:
+        print(f"VIOLATION:   {violation}")
+    if args.out:
+        result.write_wav(args.out)
+        print(f"wrote:       {args.out}")
+    return 1 if result.violations else 0
+
+
+async def run_simulator(args: argparse.Namespace) -> int:
+    """``gateway simulator``: the Live simulator alone, for a gateway run separately."""
+    from gateway.simulator.live_server import LiveSimulator
+    from gateway.simulator.script import ScriptError, load_script
+
+    configure_logging("info", "console")
+    script = None
+    if args.script:
+        try:
+            script = load_script(args.script)
+        except (OSError, ScriptError) as exc:
+            raise ConfigError(f"{args.script}: {exc}") from None
+    async with LiveSimulator(script=script, host=args.host, port=args.port) as sim:
+        ca_file = await asyncio.to_thread(Path(args.ca_file).resolve)
+        await asyncio.to_thread(sim.tls.write_ca, ca_file)
+        print("Live simulator listening. Point a gateway at it with:", file=sys.stderr)
+        print(f"  export GEMINI_BASE_URL={sim.base_url}", file=sys.stderr)
+        print(f"  export SSL_CERT_FILE={ca_file}", file=sys.stderr)
+        print("  export GEMINI_API_KEY=anything", file=sys.stderr)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    return 0

@@ -1,0 +1,196 @@
+"""Audio for the Live simulator: the tone it speaks, the energy VAD it listens with, and a pitch
+estimator tests use to tell voices apart. Pure functions and a small state machine; no I/O.
+
+All audio is mono PCM16 little-endian, the format of the Gemini Live API (16 kHz in, 24 kHz out).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+INPUT_RATE = 16_000
+OUTPUT_RATE = 24_000
+VAD_WINDOW_MS = 20
+FADE_MS = 5
+_FULL_SCALE = 32768.0
+
+
+def tone_pcm16(
+    hz: float,
+    seconds: float,
+    level_dbfs: float = -12.0,
+    rate: int = OUTPUT_RATE,
+    fade_ms: float = FADE_MS,
+) -> bytes:
+    """A sine tone with linear fade-in/out (avoids clicks that would read as broadband speech)."""
+    count = max(0, round(seconds * rate))
+    if count == 0:
+        return b""
+    amplitude = 32767.0 * 10 ** (level_dbfs / 20)
+    samples = amplitude * np.sin(2 * np.pi * hz * np.arange(count) / rate)
+    fade = min(round(fade_ms * rate / 1000), count // 2)
+    if fade > 0:
+        ramp = np.linspace(0.0, 1.0, fade, endpoint=False)
+        samples[:fade] *= ramp
+        samples[-fade:] *= ramp[::-1]
+    return np.round(samples).astype("<i2").tobytes()
+
+
+def split_chunks(pcm: bytes, chunk_bytes: int) -> list[bytes]:
+    """Cut ``pcm`` into chunks of ``chunk_bytes`` (the last one may be shorter)."""
+    if chunk_bytes <= 0 or chunk_bytes % 2:
+        raise ValueError("chunk_bytes must be a positive even number")
+    return [pcm[i : i + chunk_bytes] for i in range(0, len(pcm), chunk_bytes)]
+
+
+def pcm_seconds(pcm: bytes | bytearray, rate: int) -> float:
+    """Duration of PCM16 mono audio."""
+    return len(pcm) / 2 / rate
+
+
+def _samples(pcm: bytes | bytearray) -> npt.NDArray[np.float64]:
+    usable = len(pcm) - len(pcm) % 2
+    return np.frombuffer(bytes(pcm[:usable]), dtype="<i2").astype(np.float64)
+
+
+def level_dbfs(pcm: bytes | bytearray) -> float:
+    """RMS level in dBFS (-inf for digital silence or no samples)."""
+    samples = _samples(pcm)
+    if samples.size == 0:
+        return -math.inf
+    rms = float(np.sqrt(np.mean(samples * samples)))
+    return 20 * math.log10(rms / _FULL_SCALE) if rms > 0 else -math.inf
+
+
+def dominant_frequency_hz(pcm: bytes | bytearray, rate: int) -> float:
+    """Frequency of the strongest spectral peak (Hann window, parabolic interpolation).
+
+    Accurate to well under 1 Hz for a steady tone of 0.1 s or more; 0.0 for silence.
+    """
+    samples = _samples(pcm)
+    if samples.size < 16 or not np.any(samples):
+        return 0.0
+    samples = (samples - samples.mean()) * np.hanning(samples.size)
+    spectrum = np.abs(np.fft.rfft(samples))
+    spectrum[0] = 0.0
+    peak = int(np.argmax(spectrum))
+    offset = 0.0
+    if 0 < peak < spectrum.size - 1:
+        left, centre, right = np.log(spectrum[peak - 1 : peak + 2] + 1e-12)
+        denominator = left - 2 * centre + right
+        if denominator != 0:
+            offset = 0.5 * (left - right) / denominator
+    return float((peak + offset) * rate / samples.size)
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    """Speech onset; ``at_s`` is the start of the first loud window, in stream seconds."""
+
+    at_s: float
+
+
+@dataclass(frozen=True)
+class SpeechEnded:
+    """End of an utterance; ``duration_s`` spans the first to the last loud window."""
+
+    at_s: float
+    duration_s: float
+
+
+VadEvent = SpeechStarted | SpeechEnded
+
+
+class EnergyVad:
+    """Energy voice-activity detector over fixed 20 ms windows.
+
+    An utterance starts once ``start_ms`` of consecutive windows are above ``threshold_dbfs`` and
+    ends once ``silence_ms`` of consecutive windows are below it. It works on stream time (the
+    audio itself), so a client may send faster than real time and get the same decisions.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = INPUT_RATE,
+        threshold_dbfs: float = -40.0,
+        start_ms: int = 100,
+        silence_ms: int = 400,
+    ) -> None:
+        if sample_rate <= 0:
+            raise ValueError("sample_rate must be positive")
+        self.sample_rate = sample_rate
+        self.threshold_dbfs = threshold_dbfs
+        self._window_samples = max(1, sample_rate * VAD_WINDOW_MS // 1000)
+        self._window_s = self._window_samples / sample_rate
+        self._start_windows = max(1, math.ceil(start_ms / VAD_WINDOW_MS))
+        self._silence_windows = max(1, math.ceil(silence_ms / VAD_WINDOW_MS))
+        self._pending = bytearray()
+        self._windows_seen = 0
+        self._loud_run = 0
+        self._quiet_run = 0
+        self._speech_start_window: int | None = None
+        self._last_loud_window = 0
+
+    @property
+    def in_speech(self) -> bool:
+        return self._speech_start_window is not None
+
+    def feed(self, pcm: bytes) -> list[VadEvent]:
+        """Add audio; return the onsets and ends it completes."""
+        self._pending += pcm
+        window_bytes = 2 * self._window_samples
+        whole = len(self._pending) // window_bytes
+        if whole == 0:
+            return []
+        block = np.frombuffer(bytes(self._pending[: whole * window_bytes]), dtype="<i2")
+        del self._pending[: whole * window_bytes]
+        windows = block.astype(np.float64).reshape(whole, self._window_samples)
+        rms = np.sqrt(np.mean(windows * windows, axis=1))
+        threshold_rms = _FULL_SCALE * 10 ** (self.threshold_dbfs / 20)
+        events: list[VadEvent] = []
+        for loud in (rms > threshold_rms).tolist():
+            event = self._step(bool(loud))
+            if event is not None:
+                events.append(event)
+        return events
+
+    def flush(self) -> list[VadEvent]:
+        """End the utterance in progress, if any (the client said its audio stream ended)."""
+        self._pending.clear()
+        self._loud_run = 0
+        if self._speech_start_window is None:
+            return []
+        return [self._end()]
+
+    def _step(self, loud: bool) -> VadEvent | None:
+        index = self._windows_seen
+        self._windows_seen += 1
+        if self._speech_start_window is None:
+            self._loud_run = self._loud_run + 1 if loud else 0
+            if self._loud_run < self._start_windows:
+                return None
+            self._speech_start_window = index - self._loud_run + 1
+            self._last_loud_window = index
+            self._quiet_run = 0
+            return SpeechStarted(at_s=self._speech_start_window * self._window_s)
+        if loud:
+            self._last_loud_window = index
+            self._quiet_run = 0
+            return None
+        self._quiet_run += 1
+        return self._end() if self._quiet_run >= self._silence_windows else None
+
+    def _end(self) -> SpeechEnded:
+        start = self._speech_start_window or 0
+        event = SpeechEnded(
+            at_s=self._windows_seen * self._window_s,
+            duration_s=(self._last_loud_window + 1 - start) * self._window_s,
+        )
+        self._speech_start_window = None
+        self._loud_run = 0
+        self._quiet_run = 0
+        return event

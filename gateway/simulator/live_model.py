@@ -1,0 +1,417 @@
+"""The simulated model behind one Live connection: listens (energy VAD or explicit activity
+signals), decides what to say (the script, else the documented defaults) and speaks as a
+separate turn task, so the connection's receive loop stays free to take a ``toolResponse`` or
+notice a barge-in.
+
+Message sequence of one model turn (``[...]`` only when the setup asked for it)::
+
+    (think_ms)  [sessionResumptionUpdate {}]          # not resumable while generating
+    serverContent.modelTurn audio chunk, [outputTranscription piece], ... (paced at speed x)
+    toolCall -> wait for toolResponse -> then_say chunks   # if the step has a tool call
+    generationComplete, turnComplete, usageMetadata, [sessionResumptionUpdate newHandle]
+
+For a caller turn ``[inputTranscription]`` is sent before the turn starts. A barge-in (speech
+onset while the turn runs or while its audio would still be playing at real time) cancels the
+turn and sends ``interrupted``, ``[toolCallCancellation]``, ``turnComplete``, ``[new handle]``.
+
+The engine owns exactly one task at a time (the current turn) and cancels and awaits it in
+:meth:`ConversationEngine.close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from websockets.exceptions import ConnectionClosed
+
+from gateway.simulator import live_messages as messages
+from gateway.simulator import live_protocol as proto
+from gateway.simulator.live_audio import (
+    OUTPUT_RATE,
+    EnergyVad,
+    SpeechEnded,
+    SpeechStarted,
+    split_chunks,
+    tone_pcm16,
+)
+from gateway.simulator.live_records import (
+    ConnectionRecord,
+    HistoryEntry,
+    HistoryKind,
+    SessionRecord,
+)
+from gateway.simulator.script import Script, Step, Trigger, default_step
+from gateway.simulator.voices import voice_pitch_hz
+
+logger = logging.getLogger("gateway.simulator")
+
+AUDIO_TOKENS_PER_SECOND = 32
+_WORD_RE = re.compile(r"\S+\s*")
+
+Send = Callable[[proto.JsonObject], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Timing and detection knobs shared by every connection of a simulator."""
+
+    speed: float = 2.0
+    chunk_ms: int = 40
+    think_ms: int = 150
+    vad_threshold_dbfs: float = -40.0
+    vad_start_ms: int = 100
+    vad_silence_ms: int = 400
+    tool_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.speed > 0:
+            raise ValueError("speed must be positive")
+        if self.chunk_ms <= 0 or self.think_ms < 0:
+            raise ValueError("chunk_ms must be positive and think_ms not negative")
+        if self.vad_start_ms <= 0 or self.vad_silence_ms <= 0:
+            raise ValueError("vad_start_ms and vad_silence_ms must be positive")
+        if not self.tool_timeout_s > 0:
+            raise ValueError("tool_timeout_s must be positive")
+
+
+def split_transcript(text: str, pieces: int) -> list[str]:
+    """Spread the words of ``text`` over ``pieces`` slots; the slots concatenate to the text."""
+    words = _WORD_RE.findall(text)
+    slots = [""] * max(pieces, 1)
+    for index, word in enumerate(words):
+        slots[index * len(slots) // len(words)] += word
+    return slots
+
+
+async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task``, wait until it has finished, and log an exception it ended with.
+
+    Uses ``asyncio.wait`` so that a cancellation of the *caller* is not swallowed.
+    """
+    if task is None:
+        return
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("simulator task %s failed", task.get_name(), exc_info=task.exception())
+
+
+class ConversationEngine:
+    """Turn logic of one connection. Feed it client events with :meth:`handle`."""
+
+    def __init__(
+        self,
+        *,
+        record: ConnectionRecord,
+        session: SessionRecord,
+        setup: proto.SetupInfo,
+        options: ModelOptions,
+        script: Script | None,
+        send: Send,
+        issue_handle: Callable[[], str],
+        new_call_id: Callable[[], str],
+    ) -> None:
+        self._record = record
+        self._session = session
+        self._setup = setup
+        self._options = options
+        self._script = script
+        self._send = send
+        self._issue_handle = issue_handle
+        self._new_call_id = new_call_id
+        self.system_instruction = setup.system_instruction
+        self._turn: asyncio.Task[None] | None = None
+        self._turn_entry: HistoryEntry | None = None
+        self._turn_count = 0
+        self._playback_end = 0.0
+        self._pending_calls: dict[str, tuple[str, asyncio.Future[proto.JsonObject]]] = {}
+        self._vad: EnergyVad | None = None
+        self._manual_bytes: int | None = None
+        self._manual_rate = proto.DEFAULT_INPUT_RATE
+
+    @property
+    def speaking(self) -> bool:
+        """Generating, or audio already sent would still be playing on a real-time client."""
+        generating = self._turn is not None and not self._turn.done()
+        return generating or time.monotonic() < self._playback_end
+
+    async def close(self) -> None:
+        """Cancel and await the running turn; resolve nothing further."""
+        turn, self._turn = self._turn, None
+        await cancel_and_wait(turn)
+
+    async def handle(self, event: proto.ClientEvent) -> None:
+        """Apply one client event (called by the connection's receive loop)."""
+        if isinstance(event, proto.AudioIn):
+            await self._on_audio(event)
+        elif isinstance(event, proto.OtherMediaIn):
+            self._note_mime(event.mime_type)
+        elif isinstance(event, proto.TextIn):
+            self._record.realtime_texts.append(event.text)
+            self._remember("text", event.text)
+            await self._answer("text")
+        elif isinstance(event, proto.ActivityIn):
+            await self._on_activity(event.kind)
+        elif isinstance(event, proto.ClientContentIn):
+            await self._on_client_content(event)
+        elif isinstance(event, proto.ToolResponseIn):
+            self._on_tool_response(event)
+        else:
+            self._record.context_updates.append(event.raw)
+            if event.system_instruction is not None:
+                self.system_instruction = event.system_instruction
+
+    # --- listening -----------------------------------------------------------------------------
+
+    def _note_mime(self, mime_type: str) -> None:
+        if mime_type not in self._record.realtime_mime_types:
+            self._record.realtime_mime_types.append(mime_type)
+
+    async def _on_audio(self, audio: proto.AudioIn) -> None:
+        self._note_mime(audio.mime_type)
+        if not audio.pcm:
+            return
+        if self._record.audio_in_started_at is None:
+            self._record.audio_in_started_at = time.monotonic()
+        self._record.audio_in += audio.pcm
+        if self._setup.manual_activity:
+            self._manual_rate = audio.rate
+            if self._manual_bytes is not None:
+                self._manual_bytes += len(audio.pcm)
+            return
+        if self._vad is None or self._vad.sample_rate != audio.rate:
+            self._vad = EnergyVad(
+                audio.rate,
+                self._options.vad_threshold_dbfs,
+                self._options.vad_start_ms,
+                self._options.vad_silence_ms,
+            )
+        for vad_event in self._vad.feed(audio.pcm):
+            await self._on_vad(vad_event)
+
+    async def _on_vad(self, event: SpeechStarted | SpeechEnded) -> None:
+        if isinstance(event, SpeechStarted):
+            if self.speaking:
+                await self._interrupt()
+        else:
+            await self._on_utterance(event.duration_s)
+
+    async def _on_activity(self, kind: str) -> None:
+        self._record.activity.append((time.monotonic(), kind))
+        if kind == "audioStreamEnd":
+            if self._vad is not None:
+                for vad_event in self._vad.flush():
+                    await self._on_vad(vad_event)
+            return
+        if not self._setup.manual_activity:
+            return  # activity signals only apply when automatic detection is disabled
+        if kind == "activityStart":
+            self._manual_bytes = 0
+            if self.speaking:
+                await self._interrupt()
+        elif self._manual_bytes is not None:
+            seconds = self._manual_bytes / 2 / self._manual_rate
+            self._manual_bytes = None
+            await self._on_utterance(seconds)
+
+    async def _on_client_content(self, content: proto.ClientContentIn) -> None:
+        self._record.client_contents.append(content.raw)
+        turns = list(content.turns)
+        final: tuple[str, str] | None = None
+        if content.turn_complete and turns and turns[-1][0] == "user":
+            final = turns.pop()
+        for role, text in turns:
+            self._remember("seed", text, role=role)
+        if content.turn_complete:
+            self._remember("text", final[1] if final else "", role="user")
+            await self._answer("text")
+
+    def _on_tool_response(self, response: proto.ToolResponseIn) -> None:
+        for item in response.responses:
+            self._record.tool_responses.append(item)
+            self._remember("tool_response", str(item.get("name", "")), data=item)
+            call_id = item.get("id") or self._pending_id_for(item.get("name"))
+            pending = self._pending_calls.get(call_id) if isinstance(call_id, str) else None
+            if pending is None:
+                logger.info("toolResponse for unknown or finished call %r ignored", call_id)
+            elif not pending[1].done():
+                pending[1].set_result(item)
+
+    def _pending_id_for(self, name: object) -> str | None:
+        matches = [cid for cid, (call, _) in self._pending_calls.items() if call == name]
+        return matches[0] if len(matches) == 1 else None
+
+    async def _on_utterance(self, seconds: float) -> None:
+        session = self._session
+        session.caller_utterances += 1
+        step = self._take_step("caller")
+        hear = (
+            step.hear
+            if step and step.hear is not None
+            else (f"caller utterance {session.caller_utterances} ({seconds:.1f} s)")
+        )
+        if step is None:
+            step = default_step(
+                "caller",
+                system_instruction=self.system_instruction,
+                function_declarations=self._setup.function_declarations,
+                caller_turns_answered=session.caller_turns_answered(self.system_instruction),
+                heard=[*session.heard_by(self.system_instruction), hear],
+            )
+        self._remember("caller", hear)
+        if self._setup.input_transcription:
+            await self._send(messages.input_transcription(hear))
+        await self._start_turn(step, "caller")
+
+    # --- answering -----------------------------------------------------------------------------
+
+    def _take_step(self, trigger: Trigger) -> Step | None:
+        if self._script is None:
+            return None
+        return self._script.take(trigger, self.system_instruction)
+
+    async def _answer(self, trigger: Trigger) -> None:
+        step = self._take_step(trigger) or default_step(
+            trigger,
+            system_instruction=self.system_instruction,
+            function_declarations=self._setup.function_declarations,
+            caller_turns_answered=self._session.caller_turns_answered(self.system_instruction),
+            heard=self._session.heard_by(self.system_instruction),
+        )
+        await self._start_turn(step, trigger)
+
+    async def _start_turn(self, step: Step, trigger: Trigger) -> None:
+        if self.speaking:
+            await self._interrupt()
+        await cancel_and_wait(self._turn)  # a finished turn: reap it
+        self._turn_count += 1
+        self._turn = asyncio.create_task(
+            self._run_turn(step, trigger),
+            name=f"sim-conn{self._record.index}-turn{self._turn_count}",
+        )
+
+    async def _interrupt(self) -> None:
+        """Barge-in: stop the turn at once, tell the client, close the turn."""
+        cancelled_calls = list(self._pending_calls)
+        turn, self._turn = self._turn, None
+        await cancel_and_wait(turn)
+        self._playback_end = 0.0
+        if self._turn_entry is not None:
+            self._turn_entry.interrupted = True  # cut off while generating or still playing
+        await self._send(messages.server_flag("interrupted"))
+        if cancelled_calls:
+            await self._send(messages.tool_call_cancellation(cancelled_calls))
+            for call_id in cancelled_calls:
+                self._remember("tool_cancelled", call_id)
+        await self._send(messages.server_flag("turnComplete"))
+        if self._setup.resumption_requested:
+            await self._send(messages.resumption_update(self._issue_handle()))
+
+    async def _run_turn(self, step: Step, trigger: Trigger) -> None:
+        entry = self._turn_entry = self._remember("model", "", trigger=trigger)
+        spoken_seconds = 0.0
+        try:
+            await asyncio.sleep(self._options.think_ms / 1000)
+            if self._setup.resumption_requested:
+                await self._send(messages.resumption_update(None))
+            if step.say:
+                spoken_seconds += await self._speak(step.say, step.say_seconds, step, entry)
+            if step.tool_call is not None:
+                answered = await self._call_tool(step.tool_call.name, step.tool_call.args)
+                if answered and step.then_say:
+                    spoken_seconds += await self._speak(
+                        step.then_say, step.then_say_seconds, step, entry
+                    )
+            await self._send(messages.server_flag("generationComplete"))
+            await self._send(messages.server_flag("turnComplete"))
+            await self._send(self._usage(spoken_seconds))
+            if self._setup.resumption_requested:
+                await self._send(messages.resumption_update(self._issue_handle()))
+        except ConnectionClosed:
+            entry.interrupted = True
+
+    async def _speak(self, text: str, seconds: float, step: Step, entry: HistoryEntry) -> float:
+        """Send ``text`` as paced audio chunks with transcript pieces; return the audio length."""
+        hz = step.tone_hz if step.tone_hz is not None else voice_pitch_hz(self._setup.voice)
+        pcm = tone_pcm16(hz, seconds, step.level_dbfs, OUTPUT_RATE)
+        chunk_bytes = 2 * max(1, OUTPUT_RATE * self._options.chunk_ms // 1000)
+        chunks = split_chunks(pcm, chunk_bytes)
+        pieces = split_transcript(text, len(chunks))
+        audio_out = "AUDIO" in self._setup.response_modalities
+        started = time.monotonic()
+        sent_seconds = 0.0
+        for index, chunk in enumerate(chunks):
+            if audio_out:
+                await self._send(messages.audio_chunk(chunk))
+                chunk_seconds = len(chunk) / 2 / OUTPUT_RATE
+                self._playback_end = max(self._playback_end, time.monotonic()) + chunk_seconds
+            elif pieces[index]:
+                await self._send(messages.text_chunk(pieces[index]))
+            if pieces[index]:
+                if audio_out and self._setup.output_transcription:
+                    await self._send(messages.output_transcription(pieces[index]))
+                entry.text += pieces[index]
+            sent_seconds += len(chunk) / 2 / OUTPUT_RATE
+            delay = started + sent_seconds / self._options.speed - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        return sent_seconds
+
+    async def _call_tool(self, name: str, args: proto.JsonObject) -> bool:
+        """Issue a function call and wait for its response; False if it timed out."""
+        call_id = self._new_call_id()
+        future: asyncio.Future[proto.JsonObject] = asyncio.get_running_loop().create_future()
+        self._pending_calls[call_id] = (name, future)
+        try:
+            await self._send(messages.tool_call([(call_id, name, args)]))
+            self._remember("tool_call", name, data={"id": call_id, "name": name, "args": args})
+            try:
+                await asyncio.wait_for(future, self._options.tool_timeout_s)
+            except TimeoutError:
+                logger.warning(
+                    "no toolResponse for %s (%s) within %.1f s; cancelling the call",
+                    call_id,
+                    name,
+                    self._options.tool_timeout_s,
+                )
+                del self._pending_calls[call_id]
+                await self._send(messages.tool_call_cancellation([call_id]))
+                self._remember("tool_cancelled", call_id)
+                return False
+            return True
+        finally:
+            self._pending_calls.pop(call_id, None)
+
+    def _usage(self, spoken_seconds: float) -> proto.JsonObject:
+        prompt_audio = round(self._record.audio_in_seconds * AUDIO_TOKENS_PER_SECOND)
+        prompt_text = sum(len(entry.text) for entry in self._session.history) // 4
+        response = max(1, round(spoken_seconds * AUDIO_TOKENS_PER_SECOND))
+        return messages.usage_metadata(prompt_audio, prompt_text, response)
+
+    def _remember(
+        self,
+        kind: HistoryKind,
+        text: str,
+        *,
+        role: str = "",
+        trigger: str | None = None,
+        data: proto.JsonObject | None = None,
+    ) -> HistoryEntry:
+        entry = HistoryEntry(
+            kind=kind,
+            text=text,
+            connection_index=self._record.index,
+            voice=self._setup.voice,
+            system_instruction=self.system_instruction,
+            at=time.monotonic(),
+            role=role,
+            trigger=trigger,
+            data=data,
+        )
+        self._session.history.append(entry)
+        return entry

@@ -1,0 +1,469 @@
+"""A local Gemini Live server: the real BidiGenerateContent websocket protocol over TLS on
+127.0.0.1, for the unmodified google-genai SDK (through ``HttpOptions.base_url``) and raw clients.
+
+Use it as an async context manager::
+
+    async with LiveSimulator(script=load_script("calls.yaml")) as sim:
+        client = genai.Client(api_key="test-key", http_options=types.HttpOptions(
+            base_url=sim.base_url, api_version="v1beta",
+            async_client_args={"ssl": sim.tls.client_context()}))
+        ...
+        assert sim.connections[0].voice == "Kore"
+
+What happens on a connection (see ``live_model`` for the turn sequence and ``script`` for what
+the model says):
+
+* handshake: the path must be the Live endpoint (else HTTP 404) and carry a key (else 401);
+* the first message must be a ``setup`` with a ``model`` (else close 1007), answered by
+  ``setupComplete``; ``sessionResumption`` creates or re-attaches a logical session (unknown
+  handle: 1008; the session still open on another connection: 1011; another model: 1007);
+* then caller audio, text and tool responses drive the simulated model until either side closes.
+  A malformed or unknown message closes that connection with 1007 and a reason; the server goes on.
+
+Fault hooks (:meth:`LiveSimulator.close`, :meth:`~LiveSimulator.go_away`,
+:meth:`~LiveSimulator.inject`, :meth:`~LiveSimulator.fail_next_connects`,
+:meth:`~LiveSimulator.forget_handles`) are also served over HTTP (``live_control``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Literal, TypeVar
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from gateway.simulator import live_handshake as handshake
+from gateway.simulator import live_messages as messages
+from gateway.simulator import live_protocol as proto
+from gateway.simulator.live_connection import (
+    LiveConnection,
+    check_close_code,
+    close_later,
+    record_close,
+)
+from gateway.simulator.live_control import Which, handle_control, is_control_path
+from gateway.simulator.live_model import ConversationEngine, ModelOptions
+from gateway.simulator.live_records import ConnectionRecord, SessionRecord
+from gateway.simulator.script import Script
+from gateway.simulator.tls import TlsMaterial, generate_tls
+
+logger = logging.getLogger("gateway.simulator")
+
+SETUP_TIMEOUT_S = 30.0
+CLOSE_TIMEOUT_S = 2.0
+_T = TypeVar("_T")
+
+
+class LiveSimulator:
+    """Local Gemini Live server. See the module docstring; all arguments are keyword-only."""
+
+    def __init__(
+        self,
+        *,
+        script: Script | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: TlsMaterial | None = None,
+        speed: float = 2.0,
+        chunk_ms: int = 40,
+        think_ms: int = 150,
+        vad_threshold_dbfs: float = -40.0,
+        vad_start_ms: int = 100,
+        vad_silence_ms: int = 400,
+        reject_resume_while_open: bool = True,
+        frames: Literal["binary", "text"] = "binary",
+        tool_timeout_s: float = 30.0,
+        http_control: bool = True,
+        setup_delay_ms: int = 0,
+    ) -> None:
+        if frames not in ("binary", "text"):
+            raise ValueError("frames must be 'binary' or 'text'")
+        self.script = script
+        self.options = ModelOptions(
+            speed=speed,
+            chunk_ms=chunk_ms,
+            think_ms=think_ms,
+            vad_threshold_dbfs=vad_threshold_dbfs,
+            vad_start_ms=vad_start_ms,
+            vad_silence_ms=vad_silence_ms,
+            tool_timeout_s=tool_timeout_s,
+        )
+        self.reject_resume_while_open = reject_resume_while_open
+        #: Delay before ``setupComplete``: the real service takes a few hundred ms to set up a
+        #: session, which is what a handoff's reconnect mostly waits for.
+        self.setup_delay_ms = setup_delay_ms
+        self.frames = frames
+        self.http_control = http_control
+        self._host = host
+        self._requested_port = port
+        self._tls = tls or generate_tls(_tls_names(host))
+        self._server: Server | None = None
+        self._port: int | None = None
+        self._connections: list[ConnectionRecord] = []
+        self._live: dict[int, LiveConnection] = {}
+        self._sessions: dict[int, SessionRecord] = {}
+        self._handles: dict[str, int] = {}
+        self._session_ids = itertools.count(1)
+        self._call_ids = itertools.count(1)
+        self._fail_connects: tuple[int, int, str] = (0, 1011, "")
+        self._changed = asyncio.Event()
+        self.internal_errors = 0
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> LiveSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start listening (idempotent)."""
+        if self._server is not None:
+            return
+        self._server = await serve(
+            self._handle,
+            self._host,
+            self._requested_port,
+            ssl=self._tls.server_context(),
+            process_request=self._process_request,
+            compression=None,
+            close_timeout=CLOSE_TIMEOUT_S,
+            server_header="callbridge-live-simulator",
+            logger=logging.getLogger("gateway.simulator.websockets"),
+        )
+        self._port = self._server.sockets[0].getsockname()[1]
+        logger.info("Live simulator listening on %s", self.base_url)
+
+    async def stop(self) -> None:
+        """Close every connection (1001) and wait until all handlers and their tasks are done."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        for connection in list(self._live.values()):
+            connection.server_closing = True
+        server.close()
+        await server.wait_closed()
+        logger.info("Live simulator stopped")
+
+    # --- properties ----------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """``https://HOST:PORT`` for ``HttpOptions.base_url`` (the SDK switches it to wss)."""
+        if self._port is None:
+            raise RuntimeError("the simulator is not started")
+        host = self._host if self._host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        return f"https://{host}:{self._port}"
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the simulator is not started")
+        return self._port
+
+    @property
+    def tls(self) -> TlsMaterial:
+        return self._tls
+
+    @property
+    def connections(self) -> list[ConnectionRecord]:
+        """Every connection accepted so far, in order (``connections[i].index == i``)."""
+        return self._connections
+
+    @property
+    def sessions(self) -> dict[int, SessionRecord]:
+        """Logical sessions by id, in creation order."""
+        return self._sessions
+
+    # --- fault hooks ---------------------------------------------------------------------------
+
+    async def close(self, code: int, reason: str = "", which: Which = "latest") -> int:
+        """Close open connection(s) with ``code``; returns how many were closed."""
+        check_close_code(code)
+        targets = self._pick(which)
+        for connection in targets:
+            await connection.close(code, reason)
+        return len(targets)
+
+    async def go_away(
+        self,
+        time_left: str | float = "10s",
+        close_after: float | None = None,
+        which: Which = "latest",
+    ) -> int:
+        """Send ``goAway``; with ``close_after`` also close 1011 after that many seconds."""
+        message = messages.go_away(messages.format_duration(time_left))
+        if close_after is not None and close_after < 0:
+            raise ValueError("close_after must not be negative")
+        targets = self._pick(which)
+        for connection in targets:
+            await self._send_or_ignore(connection, message)
+            if close_after is not None:
+                connection.spawn(
+                    close_later(connection, close_after),
+                    name=f"sim-conn{connection.record.index}-goaway-close",
+                )
+        return len(targets)
+
+    async def inject(self, message: proto.JsonObject, which: Which = "latest") -> int:
+        """Send any server message; it must have a top-level key the SDK knows."""
+        if messages.server_message_kind(message) is None:
+            raise ValueError(
+                f"message needs one of {sorted(messages.SERVER_MESSAGE_KEYS)} at the top level "
+                "(the SDK crashes on anything else)"
+            )
+        json.dumps(message)  # fail here, not in the connection, if it is not JSON
+        targets = self._pick(which)
+        for connection in targets:
+            await self._send_or_ignore(connection, message)
+        return len(targets)
+
+    def fail_next_connects(
+        self, n: int, code: int = 1011, reason: str = "simulated connect failure"
+    ) -> None:
+        """Close the next ``n`` connections with ``code`` right after their setup arrives."""
+        if n < 0:
+            raise ValueError("n must not be negative")
+        check_close_code(code)
+        self._fail_connects = (n, code, reason)
+
+    def forget_handles(self) -> None:
+        """Invalidate every resumption handle issued so far (later resumes are closed 1008)."""
+        self._handles.clear()
+
+    async def wait_for(
+        self,
+        predicate: Callable[[], _T],
+        timeout: float = 5.0,  # noqa: ASYNC109 - a deadline is the point of this helper
+    ) -> _T:
+        """Wait until ``predicate()`` is truthy and return its value (TimeoutError otherwise)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            changed = self._changed
+            value = predicate()
+            if value:
+                return value
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"condition not met within {timeout} s")
+            with contextlib.suppress(TimeoutError):  # woken by changes; polls catch the rest
+                await asyncio.wait_for(changed.wait(), min(remaining, 0.05))
+
+    async def wait_for_connections(
+        self,
+        n: int,
+        timeout: float = 5.0,  # noqa: ASYNC109 - a deadline is the point of this helper
+    ) -> list[ConnectionRecord]:
+        """Wait until ``n`` connections got past setup (answered or closed); return them all."""
+
+        def settled() -> bool:
+            done = [c for c in self._connections if c.setup_completed or c.closed_at is not None]
+            return len(done) >= n
+
+        await self.wait_for(settled, timeout)
+        return list(self._connections)
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _pick(self, which: Which) -> list[LiveConnection]:
+        live = sorted(self._live.values(), key=lambda c: c.record.index)
+        live = [c for c in live if c.ws.state is State.OPEN]
+        if which == "all":
+            return live
+        if which == "latest":
+            return live[-1:]
+        return [c for c in live if c.record.index == which]
+
+    async def _send_or_ignore(self, connection: LiveConnection, message: proto.JsonObject) -> None:
+        try:
+            await connection.send(message)
+        except ConnectionClosed:
+            logger.debug("connection %d closed before a hook message", connection.record.index)
+        self._notify()
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        target = request.path
+        if is_control_path(target):
+            if not self.http_control:
+                return connection.respond(404, "Not Found\n")
+            status, body = await handle_control(self, request.method, target)
+            response = connection.respond(status, json.dumps(body) + "\n")
+            del response.headers["Content-Type"]
+            response.headers["Content-Type"] = "application/json"
+            return response
+        if handshake.match_path(target) is None:
+            return connection.respond(404, "Not Found: not a Gemini Live endpoint\n")
+        if handshake.find_api_key(target, request.headers) is None:
+            return connection.respond(401, "Unauthorized: API key missing\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        request = ws.request
+        assert request is not None  # set before the handler runs
+        endpoint = handshake.match_path(request.path) or handshake.Endpoint("", "")
+        record = ConnectionRecord(
+            index=len(self._connections),
+            path=request.path.split("?", 1)[0],
+            api_version=endpoint.api_version,
+            method=endpoint.method,
+            api_key=handshake.find_api_key(request.path, request.headers) or "",
+            opened_at=time.monotonic(),
+        )
+        self._connections.append(record)
+        connection = LiveConnection(ws, record, binary=self.frames == "binary")
+        self._live[record.index] = connection
+        logger.info("connection %d opened (%s)", record.index, endpoint.api_version)
+        self._notify()
+        try:
+            await self._serve(connection)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            self.internal_errors += 1
+            logger.exception("connection %d: simulator error", record.index)
+            await connection.close(proto.CLOSE_INTERNAL_ERROR, "internal simulator error")
+        finally:
+            await connection.shutdown()
+            del self._live[record.index]
+            record_close(connection)
+            logger.info(
+                "connection %d closed by %s (%s %s)",
+                record.index,
+                record.closed_by,
+                record.close_code,
+                record.close_reason,
+            )
+            self._notify()
+
+    async def _serve(self, connection: LiveConnection) -> None:
+        ws, record = connection.ws, connection.record
+        try:
+            first = await asyncio.wait_for(ws.recv(), SETUP_TIMEOUT_S)
+        except TimeoutError:
+            await connection.close(proto.CLOSE_INVALID_DATA, "no setup received")
+            return
+        record.frames_received += 1
+        try:
+            raw = proto.decode_frame(first)
+            setup = proto.parse_setup(proto.normalise_message(raw))
+        except proto.ProtocolError as exc:
+            await connection.close(exc.code, exc.reason)
+            return
+        record.setup_raw = raw
+        record.setup = setup.normalised
+        record.model = setup.model
+        record.voice = setup.voice
+        record.system_instruction = setup.system_instruction
+        record.function_declarations = list(setup.function_declarations)
+        record.resumption_requested = setup.resumption_requested
+        record.handle_requested = setup.handle
+        remaining, code, reason = self._fail_connects
+        if remaining > 0:
+            self._fail_connects = (remaining - 1, code, reason)
+            record.injected_failure = True
+            await connection.close(code, reason)
+            return
+        try:
+            session = self._attach(record, setup)
+        except proto.ProtocolError as exc:
+            await connection.close(exc.code, exc.reason)
+            return
+        if self.setup_delay_ms > 0:
+            await asyncio.sleep(self.setup_delay_ms / 1000)
+        await connection.send(messages.setup_complete())
+        record.setup_completed = True
+        self._notify()
+        connection.engine = ConversationEngine(
+            record=record,
+            session=session,
+            setup=setup,
+            options=self.options,
+            script=self.script,
+            send=connection.send,
+            issue_handle=lambda: self._issue_handle(session),
+            new_call_id=lambda: f"function-call-{next(self._call_ids)}",
+        )
+        async for frame in ws:
+            record.frames_received += 1
+            try:
+                events = proto.parse_client_message(proto.parse_frame(frame))
+                for event in events:
+                    await connection.engine.handle(event)
+            except proto.ProtocolError as exc:
+                logger.info("connection %d: %s", record.index, exc.reason)
+                await connection.close(exc.code, exc.reason)
+                return
+            self._notify()
+
+    def _attach(self, record: ConnectionRecord, setup: proto.SetupInfo) -> SessionRecord:
+        """Find or create the logical session for a new connection (resumption rules)."""
+        if setup.handle is None:
+            session = SessionRecord(
+                id=next(self._session_ids),
+                model=setup.model,
+                resumable=setup.resumption_requested,
+                created_at=time.monotonic(),
+            )
+            self._sessions[session.id] = session
+        else:
+            session_id = self._handles.get(setup.handle)
+            if session_id is None:
+                raise proto.ProtocolError(
+                    "unknown session resumption handle", proto.CLOSE_POLICY_VIOLATION
+                )
+            session = self._sessions[session_id]
+            if not proto.same_model(session.model, setup.model):
+                raise proto.ProtocolError("the model cannot change on session resumption")
+            if self.reject_resume_while_open and self._session_in_use(session, record.index):
+                raise proto.ProtocolError(
+                    "session is still attached to an open connection",
+                    proto.CLOSE_INTERNAL_ERROR,
+                )
+            record.resumed = True
+        session.connection_indexes.append(record.index)
+        record.session_id = session.id
+        return session
+
+    def _session_in_use(self, session: SessionRecord, new_index: int) -> bool:
+        for index in session.connection_indexes:
+            other = self._live.get(index)
+            if index != new_index and other is not None and other.ws.state is State.OPEN:
+                return True
+        return False
+
+    def _issue_handle(self, session: SessionRecord) -> str:
+        handle = f"sim-{session.id}-{len(session.handles) + 1}"
+        session.handles.append(handle)
+        self._handles[handle] = session.id
+        return handle
+
+
+def _tls_names(host: str) -> tuple[str, ...]:
+    names = ["127.0.0.1", "localhost"]
+    if host not in ("", "0.0.0.0", "::") and host not in names:
+        names.insert(0, host)
+    return tuple(names)

@@ -1,0 +1,101 @@
+"""End-to-end harness: the real gateway (uvicorn on a free port), the real google-genai SDK
+pointed at the Live simulator over TLS, and the caller simulator speaking Twilio's protocol.
+
+Nothing here is mocked: a test drives a whole call through real sockets and then asserts on
+what each peer recorded (the simulator's setup/audio/tool responses, the caller's heard audio
+and clear/mark timings, the gateway's call events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from gateway.agents import AgentGraph, parse_agents
+from gateway.server import RunningGateway, build_state, running_gateway
+from gateway.settings import Settings
+from gateway.simulator.caller import TwilioCaller
+from gateway.simulator.caller_audio import Segment, render
+from gateway.simulator.caller_result import CallResult
+from gateway.simulator.live_server import LiveSimulator
+from gateway.simulator.script import Script, Step
+
+API_KEY = "test-api-key-0123456789"
+
+
+@dataclass
+class Harness:
+    sim: LiveSimulator
+    gateway: RunningGateway
+    graph: AgentGraph
+    events: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        """Fields of every call event with this name, in order."""
+        return [fields for _, event, fields in self.events if event == name]
+
+    async def call(
+        self, segments: Sequence[Segment] = (), *, linger_s: float = 1.0, **kwargs: Any
+    ) -> CallResult:
+        caller = TwilioCaller(self.gateway.url, audio=render(segments), linger_s=linger_s, **kwargs)
+        result = await caller.run()
+        await self.calls_finished()
+        return result
+
+    async def calls_finished(self, within_s: float = 5.0) -> None:
+        """Wait until the gateway has torn down every call."""
+        deadline = time.monotonic() + within_s
+        while self.gateway.state.calls:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(self.gateway.state.calls)} call(s) still running")
+            await asyncio.sleep(0.01)
+
+
+def agents(**changes: Any) -> AgentGraph:
+    """The example graph with fields changed: ``agent_triage={...}`` updates the agent with id
+    ``agent-triage``, ``stage_advising={...}`` the pipeline stage with phase ``advising``."""
+    from tests.test_agents import BASE
+
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    for agent in data["agents"]:
+        agent.update(changes.get(agent["id"].replace("-", "_"), {}))
+    for stage in data["pipeline"]:
+        stage.update(changes.get("stage_" + stage["phase"], {}))
+    return parse_agents(yaml.safe_dump(data))
+
+
+@contextlib.asynccontextmanager
+async def running(
+    *,
+    steps: Sequence[Step] = (),
+    graph: AgentGraph | None = None,
+    sim_options: dict[str, Any] | None = None,
+    **settings: Any,
+) -> AsyncIterator[Harness]:
+    # By default no agent speaks first, so a test's script alone decides what is said.
+    graph = graph or agents(agent_triage={"greeting": ""})
+    async with LiveSimulator(script=Script(steps), **(sim_options or {})) as sim:
+        config = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            gemini_api_key=API_KEY,  # type: ignore[arg-type]
+            gemini_base_url=sim.base_url,
+            **settings,
+        )
+        harness_events: list[tuple[float, str, dict[str, Any]]] = []
+
+        def observe(name: str, fields: Any) -> None:
+            harness_events.append((time.monotonic(), name, dict(fields)))
+
+        state = build_state(
+            config, graph, ssl_context=sim.tls.client_context(), observers=(observe,)
+        )
+        async with running_gateway(state) as gateway:
+            harness = Harness(sim, gateway, graph, harness_events)
+            yield harness
+            await harness.calls_finished()

@@ -1,0 +1,123 @@
+"""The ``gateway`` command as users run it: real processes, real ports, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.simulator.caller import TwilioCaller
+from gateway.simulator.caller_audio import Silence, Tone, render
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRUBBED = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GEMINI_BASE_URL", "PUBLIC_URL", "AGENTS_FILE",
+            "GEMINI_MODEL", "LOG_FORMAT", "LOG_LEVEL")  # fmt: skip
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    env.update(extra)
+    return env
+
+
+def gateway(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=_env(**env),
+        timeout=120,
+    )
+
+
+def test_check_prints_the_agent_graph(tmp_path: Path) -> None:
+    done = gateway("check", str(ROOT / "agents.yaml"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "start triage [agent-triage] -> hands off to: agent-advisor" in done.stdout
+
+
+def test_check_reports_one_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "agents.yaml"
+    text = (ROOT / "agents.yaml").read_text()
+    bad.write_text(text.replace("agent_id: agent-advisor", "agent_id: x"))
+    done = gateway("check", cwd=tmp_path)  # AGENTS_FILE defaults to ./agents.yaml
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: agents.yaml: pipeline[1].agent_id: unknown agent 'x' "
+        "(agents are: agent-triage, agent-advisor)"
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_without_a_key_says_how_to_set_one(tmp_path: Path) -> None:
+    (tmp_path / "agents.yaml").write_text((ROOT / "agents.yaml").read_text())
+    done = gateway("serve", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "GEMINI_API_KEY is not set" in done.stderr
+    assert "gateway serve --simulator" in done.stderr
+
+
+def test_invalid_settings_stop_start_up_naming_the_variable(tmp_path: Path) -> None:
+    (tmp_path / "agents.yaml").write_text((ROOT / "agents.yaml").read_text())
+    done = gateway("serve", cwd=tmp_path, GEMINI_API_KEY="k" * 20, PUBLIC_URL="gw.example.com")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: PUBLIC_URL: must be an http(s) base URL")
+    assert "k" * 20 not in done.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_serve_with_the_simulator_answers_a_call_and_stops_on_sigterm(tmp_path: Path) -> None:
+    (tmp_path / "agents.yaml").write_text((ROOT / "agents.yaml").read_text())
+    port = _free_port()
+    proc = subprocess.Popen(  # noqa: ASYNC220 -- a real server process, polled below
+        [sys.executable, "-m", "gateway", "serve", "--simulator", "--host", "127.0.0.1",
+         "--port", str(port)],
+        cwd=tmp_path, env=_env(LOG_FORMAT="json"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient() as http:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    if (await http.get(url + "/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "gateway did not come up"
+                assert proc.poll() is None, proc.communicate()[1]
+                await asyncio.sleep(0.1)
+        audio = render([Silence(4.0), Tone(300, 0.6), Silence(1.5)])
+        result = await TwilioCaller(url, audio=audio, linger_s=0.2).run()
+        assert result.violations == []
+        assert result.media_bytes_received > 8000  # the greeting, at least a second of it
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 0, stderr
+    assert '"event": "call.ended"' in stderr  # JSON logs, one line per event
+    assert '"call_id": "CA' in stderr
+
+
+@pytest.mark.timeout(90)
+def test_demo_runs_a_call_with_a_handoff(tmp_path: Path) -> None:
+    done = gateway("demo", "--out", str(tmp_path / "heard.wav"), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "HANDOFF             agent-triage -> agent-advisor: resumed" in done.stdout
+    assert "agent-advisor (Charon" in done.stdout
+    assert (tmp_path / "heard.wav").stat().st_size > 8000 * 2 * 10

@@ -1,0 +1,67 @@
+"""Deployment files, checked by reading them (no Docker engine runs here), and code quality.
+
+``.ci/run`` replays the image's install steps without Docker; these tests pin down what the
+Dockerfile and compose file must say so that replay stays faithful.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_audioop_comes_from_audioop_lts_only_on_python_313_and_later() -> None:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (audioop,) = [d for d in deps if d.startswith("audioop-lts")]
+    assert re.search(r";\s*python_version\s*>=\s*['\"]3\.13['\"]$", audioop)
+
+
+def test_dockerfile_builds_a_non_root_python_313_image_with_a_healthcheck() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.13-slim\b", text, re.M)
+    users = re.findall(r"^USER\s+(\S+)", text, re.M)
+    assert users and users[-1] not in ("root", "0")
+    assert re.search(r"^HEALTHCHECK .*\n?.*/healthz", text, re.M)
+    assert re.search(r"^RUN pip install \.", text, re.M)
+    assert re.search(r'^CMD \["gateway", "serve"', text, re.M)
+    for source in re.findall(r"^COPY (\S+)", text, re.M):
+        assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+
+
+def test_compose_runs_the_gateway_with_dotenv_and_a_mounted_agents_file() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    service = compose["services"]["gateway"]
+    assert service["build"] == "."
+    assert any(e["path"] == ".env" for e in service["env_file"])
+    mount = next(v for v in service["volumes"] if "agents.yaml" in v)
+    host, container, *_ = mount.split(":")
+    assert (ROOT / host).resolve() == ROOT / "agents.yaml"
+    assert service["environment"]["AGENTS_FILE"] == container
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    commands = re.findall(r"^\s*(python3 -m venv .venv && .*pytest.*)$", readme, re.M)
+    assert commands, "README lost its test command"
+    assert commands[0].strip() in ci
+
+
+def test_ruff_is_clean() -> None:
+    ruff = Path(sys.executable).with_name("ruff")
+    args = [str(ruff), "check", "gateway", "tests", "benchmarks"]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_mypy_strict_is_clean() -> None:
+    args = [sys.executable, "-m", "mypy", "--strict", "gateway"]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
