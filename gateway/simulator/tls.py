@@ -74,7 +74,7 @@ def generate_tls(hostnames: Iterable[str] = ("127.0.0.1", "localhost")) -> TlsMa
     names = list(hostnames)
     if not names:
         raise ValueError("generate_tls needs at least one hostname")
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     not_before, not_after = now - _CLOCK_SKEW, now + _VALIDITY
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
