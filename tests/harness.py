@@ -96,6 +96,22 @@ async def running(
             config, graph, ssl_context=sim.tls.client_context(), observers=(observe,)
         )
         async with running_gateway(state) as gateway:
+            baseline = asyncio.all_tasks()
             harness = Harness(sim, gateway, graph, harness_events)
             yield harness
             await harness.calls_finished()
+            await _no_tasks_left_beyond(baseline)
+
+
+async def _no_tasks_left_beyond(baseline: set[asyncio.Task[Any]], within_s: float = 3.0) -> None:
+    """Every task a call started (bridge, Live session, SDK socket) must be gone after it."""
+    deadline = time.monotonic() + within_s
+    while True:
+        extra = asyncio.all_tasks() - baseline - {asyncio.current_task()}
+        # The simulator's own per-connection handlers finish once the gateway has closed them.
+        if not extra:
+            return
+        if time.monotonic() > deadline:
+            names = sorted(t.get_name() + ": " + repr(t.get_coro()) for t in extra)
+            raise AssertionError("tasks outlived their call:\n" + "\n".join(names))
+        await asyncio.sleep(0.02)

@@ -121,3 +121,70 @@ def test_demo_runs_a_call_with_a_handoff(tmp_path: Path) -> None:
     assert "HANDOFF             agent-triage -> agent-advisor: resumed" in done.stdout
     assert "agent-advisor (Charon" in done.stdout
     assert (tmp_path / "heard.wav").stat().st_size > 8000 * 2 * 10
+
+
+async def _run(*args: str, cwd: Path, **env: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", *args, cwd=cwd, env=_env(**env),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_call_places_a_twilio_call_and_writes_what_was_heard(tmp_path: Path) -> None:
+    from gateway.audio.analysis import sine_pcm16
+    from gateway.simulator.wav import write_wav
+    from tests.harness import agents, running
+
+    await asyncio.to_thread(write_wav, tmp_path / "in.wav", sine_pcm16(440, 0.8, 16000), 16000)
+    async with running(graph=agents(agent_triage={"greeting": "Hi."})) as h:
+        code, out, err = await _run(
+            "call", h.gateway.url, "--wav", str(tmp_path / "in.wav"),
+            "--out", str(tmp_path / "heard.wav"), "--linger", "3", cwd=tmp_path,
+        )  # fmt: skip
+        received = len(h.sim.connections[0].audio_in)
+    assert code == 0, out + err
+    assert "VIOLATION" not in out
+    assert (tmp_path / "heard.wav").stat().st_size > 8000  # the greeting was heard
+    assert received >= 0.8 * 16000 * 2  # the WAV reached the model
+
+
+async def test_serve_reaches_a_separate_live_endpoint_via_base_url_and_ssl_cert_file(
+    tmp_path: Path,
+) -> None:
+    """The deployment path: GEMINI_BASE_URL + SSL_CERT_FILE, and the key never in the logs."""
+    from gateway.simulator.live_server import LiveSimulator
+
+    secret = "AIzaSy-not-a-real-key-0123456789abcdef"
+    (tmp_path / "agents.yaml").write_text((ROOT / "agents.yaml").read_text())
+    port = _free_port()
+    async with LiveSimulator() as sim:
+        await asyncio.to_thread(sim.tls.write_ca, tmp_path / "ca.pem")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port),
+            cwd=tmp_path, stderr=asyncio.subprocess.PIPE,
+            env=_env(GEMINI_API_KEY=secret, GEMINI_BASE_URL=sim.base_url,
+                     SSL_CERT_FILE=str(tmp_path / "ca.pem"), LOG_LEVEL="debug"),
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient() as http:
+                for _ in range(200):
+                    try:
+                        if (await http.get(url + "/healthz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.1)
+            result = await TwilioCaller(url, audio=render([Silence(2.0)]), linger_s=0.1).run()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(proc.communicate(), 20)
+        conn = sim.connections[0]
+    assert result.violations == []
+    assert result.media_bytes_received > 0
+    assert conn.api_key == secret and conn.api_version == "v1beta"
+    assert proc.returncode == 0
+    logs = err.decode()
+    assert '"event": "call.ended"' in logs
+    assert secret not in logs
