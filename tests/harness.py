@@ -43,9 +43,11 @@ class Harness:
     async def call(
         self, segments: Sequence[Segment] = (), *, linger_s: float = 1.0, **kwargs: Any
     ) -> CallResult:
+        """Place one call; every Twilio protocol violation by the gateway fails the test."""
         caller = TwilioCaller(self.gateway.url, audio=render(segments), linger_s=linger_s, **kwargs)
         result = await caller.run()
         await self.calls_finished()
+        result.raise_for_violations()
         return result
 
     async def calls_finished(self, within_s: float = 5.0) -> None:

@@ -174,3 +174,22 @@ async def test_a_stream_that_never_starts_is_closed() -> None:
     (ended,) = h.named("call.ended")
     assert ended["reason"] == "caller_disconnected_before_start"
     assert h.sim.connections == []
+
+
+async def test_a_flood_of_bad_messages_ends_only_that_call() -> None:
+    async with running() as h:
+        url = f"ws://127.0.0.1:{h.gateway.port}/twilio/stream"
+        async with websockets.connect(url) as ws:
+            start = {"event": "start", "start": {"streamSid": "MZflood", "callSid": "CAflood"},
+                     "streamSid": "MZflood"}  # fmt: skip
+            await ws.send(json.dumps(start))
+            await h.sim.wait_for_connections(1, timeout=3)
+            for _ in range(250):
+                await ws.send("{not json")
+            await asyncio.wait_for(ws.wait_closed(), 3)
+        await h.calls_finished()
+        conn = h.sim.connections[0]
+    (ended,) = h.named("call.ended")
+    assert ended["reason"] == "protocol_error"
+    assert ended["bad_messages"] == 201
+    assert conn.closed_by == "client"
