@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import logging
 import ssl
 from pathlib import Path
 
@@ -506,3 +507,17 @@ def test_default_steps() -> None:
         "parametersJsonSchema": {"properties": {"target": {"enum": ["x"]}}},
     }
     assert handoff_target([json_schema]) == "x"
+
+
+def test_credentials_are_redacted_from_websockets_logs(caplog: pytest.LogCaptureFixture) -> None:
+    assert handshake.redact_target(LIVE + "?alt=1&key=abc&access_token=t") == (
+        LIVE + "?alt=1&key=<redacted>&access_token=<redacted>"
+    )
+    log = handshake.RedactingLogger(logging.getLogger("gateway.simulator.test"))
+    with caplog.at_level(logging.DEBUG, logger="gateway.simulator.test"):
+        log.debug("< %s: %s", "X-Goog-Api-Key", "secret-1")
+        log.debug("< %s: %s", "Authorization", "Token secret-2")
+        log.debug("< GET %s HTTP/1.1", LIVE + "?key=secret-3")
+        log.debug("< %s: %s", "Host", "127.0.0.1")
+    assert "secret" not in caplog.text
+    assert "127.0.0.1" in caplog.text

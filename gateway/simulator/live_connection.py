@@ -93,8 +93,9 @@ def check_close_code(code: int) -> None:
 
 
 def _truncate_reason(reason: str) -> str:
-    """Close reasons are limited to 123 bytes of UTF-8."""
-    encoded = reason.encode("utf-8")
-    if len(encoded) <= 123:
-        return reason
-    return encoded[:120].decode("utf-8", errors="ignore") + "..."
+    """A close reason fit for the frame: valid UTF-8 (client data may hold lone surrogates) and
+    at most 123 bytes."""
+    encoded = reason.encode("utf-8", errors="backslashreplace")
+    if len(encoded) > 123:
+        encoded = encoded[:120] + b"..."
+    return encoded.decode("utf-8", errors="ignore")

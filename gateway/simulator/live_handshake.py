@@ -1,5 +1,6 @@
 """The HTTP side of a Gemini Live connection: which request targets are the Live endpoint and
-where the client's credential is. Pure functions over the raw request target and headers.
+where the client's credential is, and how to keep it out of logs. Pure functions over the raw
+request target and headers.
 
 The target is never parsed with ``urlsplit``: the SDK can send ``//ws/...`` (a base_url ending in
 ``/``), which urlsplit would read as a network location.
@@ -7,9 +8,11 @@ The target is never parsed with ``urlsplit``: the SDK can send ``//ws/...`` (a b
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs
 
 PATH_RE = re.compile(
@@ -59,3 +62,32 @@ def find_api_key(target: str, headers: Mapping[str, str]) -> str | None:
     if scheme.lower() == "token" and token.strip():
         return token.strip()
     return None
+
+
+_SECRET_HEADERS = frozenset({"x-goog-api-key", "authorization"})
+_SECRET_QUERY_RE = re.compile(r"(?P<name>[?&](?:key|access_token)=)[^&\s]*")
+
+
+def redact_target(target: str) -> str:
+    """The request target with ``key=`` and ``access_token=`` values replaced."""
+    return _SECRET_QUERY_RE.sub(r"\g<name><redacted>", target)
+
+
+class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Logger for the websockets library that keeps credentials out of its debug output.
+
+    At DEBUG level websockets logs every handshake header and the request line, which carry the
+    API key (``x-goog-api-key``, ``Authorization: Token``, ``?key=``).
+    """
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if not self.isEnabledFor(level):
+            return
+        cleaned = list(args)
+        for index, arg in enumerate(cleaned):
+            if not isinstance(arg, str):
+                continue
+            if arg.lower() in _SECRET_HEADERS and index + 1 < len(cleaned):
+                cleaned[index + 1] = "<redacted>"
+            cleaned[index] = redact_target(arg) if "=" in arg else arg
+        super().log(level, msg, *cleaned, **kwargs)

@@ -15,7 +15,8 @@ onset while the turn runs or while its audio would still be playing at real time
 turn and sends ``interrupted``, ``[toolCallCancellation]``, ``turnComplete``, ``[new handle]``.
 
 The engine owns exactly one task at a time (the current turn) and cancels and awaits it in
-:meth:`ConversationEngine.close`.
+:meth:`ConversationEngine.close`. A turn that fails unexpectedly reports to ``on_error`` (the
+connection then closes with 1011) instead of dying unseen.
 """
 
 from __future__ import annotations
@@ -71,8 +72,10 @@ class ModelOptions:
     def __post_init__(self) -> None:
         if not self.speed > 0:
             raise ValueError("speed must be positive")
-        if self.chunk_ms <= 0 or self.think_ms < 0:
-            raise ValueError("chunk_ms must be positive and think_ms not negative")
+        if not 0 < self.chunk_ms <= 5000:  # larger chunks approach the SDK's 1 MiB frame cap
+            raise ValueError("chunk_ms must be within 1..5000")
+        if self.think_ms < 0:
+            raise ValueError("think_ms must not be negative")
         if self.vad_start_ms <= 0 or self.vad_silence_ms <= 0:
             raise ValueError("vad_start_ms and vad_silence_ms must be positive")
         if not self.tool_timeout_s > 0:
@@ -115,6 +118,7 @@ class ConversationEngine:
         send: Send,
         issue_handle: Callable[[], str],
         new_call_id: Callable[[], str],
+        on_error: Callable[[BaseException], None],
     ) -> None:
         self._record = record
         self._session = session
@@ -124,6 +128,7 @@ class ConversationEngine:
         self._send = send
         self._issue_handle = issue_handle
         self._new_call_id = new_call_id
+        self._on_error = on_error
         self.system_instruction = setup.system_instruction
         self._turn: asyncio.Task[None] | None = None
         self._turn_entry: HistoryEntry | None = None
@@ -250,11 +255,9 @@ class ConversationEngine:
         session = self._session
         session.caller_utterances += 1
         step = self._take_step("caller")
-        hear = (
-            step.hear
-            if step and step.hear is not None
-            else (f"caller utterance {session.caller_utterances} ({seconds:.1f} s)")
-        )
+        hear = f"caller utterance {session.caller_utterances} ({seconds:.1f} s)"
+        if step is not None and step.hear is not None:
+            hear = step.hear
         if step is None:
             step = default_step(
                 "caller",
@@ -334,6 +337,9 @@ class ConversationEngine:
                 await self._send(messages.resumption_update(self._issue_handle()))
         except ConnectionClosed:
             entry.interrupted = True
+        except Exception as exc:  # a simulator bug: report it and let the owner close (1011)
+            logger.exception("connection %d: turn failed", self._record.index)
+            self._on_error(exc)
 
     async def _speak(self, text: str, seconds: float, step: Step, entry: HistoryEntry) -> float:
         """Send ``text`` as paced audio chunks with transcript pieces; return the audio length."""

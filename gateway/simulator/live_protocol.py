@@ -335,6 +335,9 @@ def parse_client_message(message: JsonObject) -> list[ClientEvent]:
         return [_client_content(body)]
     if kind == "toolResponse":
         return [_tool_response(body)]
+    unknown = sorted(set(body) - {"systemInstruction", "tools"})
+    if unknown:
+        raise ProtocolError(f"unknown contextUpdate field {unknown[0]!r}")
     instruction = body.get("systemInstruction")
     text = _instruction_text(instruction) if instruction is not None else None
     return [ContextUpdateIn(system_instruction=text, raw=body)]
@@ -359,9 +362,9 @@ def _realtime_events(body: JsonObject) -> list[ClientEvent]:
             raise ProtocolError("realtimeInput.text must be a string")
         events.append(TextIn(text))
     for name in ("activityStart", "activityEnd"):
-        if name in body:
-            if not isinstance(body[name], dict):
-                raise ProtocolError(f"realtimeInput.{name} must be an object")
+        if body.get(name) is not None:  # proto3 JSON: null means absent
+            if body[name] != {}:
+                raise ProtocolError(f"realtimeInput.{name} must be an empty object")
             events.append(ActivityIn(name))
     stream_end = body.get("audioStreamEnd")
     if stream_end is not None and not isinstance(stream_end, bool):

@@ -54,6 +54,7 @@ from gateway.simulator.live_connection import (
 from gateway.simulator.live_control import Which, handle_control, is_control_path
 from gateway.simulator.live_model import ConversationEngine, ModelOptions
 from gateway.simulator.live_records import ConnectionRecord, SessionRecord
+from gateway.simulator.live_sessions import SessionRegistry
 from gateway.simulator.script import Script
 from gateway.simulator.tls import TlsMaterial, generate_tls
 
@@ -61,6 +62,7 @@ logger = logging.getLogger("gateway.simulator")
 
 SETUP_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 2.0
+INTERNAL_ERROR_REASON = "internal simulator error"
 _T = TypeVar("_T")
 
 
@@ -88,6 +90,8 @@ class LiveSimulator:
     ) -> None:
         if frames not in ("binary", "text"):
             raise ValueError("frames must be 'binary' or 'text'")
+        if setup_delay_ms < 0:
+            raise ValueError("setup_delay_ms must not be negative")
         self.script = script
         self.options = ModelOptions(
             speed=speed,
@@ -111,9 +115,7 @@ class LiveSimulator:
         self._port: int | None = None
         self._connections: list[ConnectionRecord] = []
         self._live: dict[int, LiveConnection] = {}
-        self._sessions: dict[int, SessionRecord] = {}
-        self._handles: dict[str, int] = {}
-        self._session_ids = itertools.count(1)
+        self._registry = SessionRegistry()
         self._call_ids = itertools.count(1)
         self._fail_connects: tuple[int, int, str] = (0, 1011, "")
         self._changed = asyncio.Event()
@@ -146,7 +148,7 @@ class LiveSimulator:
             compression=None,
             close_timeout=CLOSE_TIMEOUT_S,
             server_header="callbridge-live-simulator",
-            logger=logging.getLogger("gateway.simulator.websockets"),
+            logger=handshake.RedactingLogger(logging.getLogger("gateway.simulator.websockets")),
         )
         self._port = self._server.sockets[0].getsockname()[1]
         logger.info("Live simulator listening on %s", self.base_url)
@@ -191,7 +193,7 @@ class LiveSimulator:
     @property
     def sessions(self) -> dict[int, SessionRecord]:
         """Logical sessions by id, in creation order."""
-        return self._sessions
+        return self._registry.sessions
 
     # --- fault hooks ---------------------------------------------------------------------------
 
@@ -213,7 +215,7 @@ class LiveSimulator:
         message = messages.go_away(messages.format_duration(time_left))
         if close_after is not None and close_after < 0:
             raise ValueError("close_after must not be negative")
-        targets = self._pick(which)
+        targets = self._pick(which, set_up_only=True)
         for connection in targets:
             await self._send_or_ignore(connection, message)
             if close_after is not None:
@@ -231,7 +233,7 @@ class LiveSimulator:
                 "(the SDK crashes on anything else)"
             )
         json.dumps(message)  # fail here, not in the connection, if it is not JSON
-        targets = self._pick(which)
+        targets = self._pick(which, set_up_only=True)
         for connection in targets:
             await self._send_or_ignore(connection, message)
         return len(targets)
@@ -247,7 +249,7 @@ class LiveSimulator:
 
     def forget_handles(self) -> None:
         """Invalidate every resumption handle issued so far (later resumes are closed 1008)."""
-        self._handles.clear()
+        self._registry.forget_handles()
 
     async def wait_for(
         self,
@@ -287,9 +289,15 @@ class LiveSimulator:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def _pick(self, which: Which) -> list[LiveConnection]:
+    def _pick(self, which: Which, *, set_up_only: bool = False) -> list[LiveConnection]:
+        """Open connections selected by ``which``; ``set_up_only`` skips those still in setup
+        (a message sent before ``setupComplete`` would be taken for the setup reply)."""
         live = sorted(self._live.values(), key=lambda c: c.record.index)
-        live = [c for c in live if c.ws.state is State.OPEN]
+        live = [
+            c
+            for c in live
+            if c.ws.state is State.OPEN and (c.record.setup_completed or not set_up_only)
+        ]
         if which == "all":
             return live
         if which == "latest":
@@ -343,9 +351,9 @@ class LiveSimulator:
         except ConnectionClosed:
             pass
         except Exception:
-            self.internal_errors += 1
             logger.exception("connection %d: simulator error", record.index)
-            await connection.close(proto.CLOSE_INTERNAL_ERROR, "internal simulator error")
+            self.internal_errors += 1
+            await connection.close(proto.CLOSE_INTERNAL_ERROR, INTERNAL_ERROR_REASON)
         finally:
             await connection.shutdown()
             del self._live[record.index]
@@ -388,7 +396,12 @@ class LiveSimulator:
             await connection.close(code, reason)
             return
         try:
-            session = self._attach(record, setup)
+            session = self._registry.attach(
+                record,
+                setup,
+                is_open=self._is_open,
+                reject_while_open=self.reject_resume_while_open,
+            )
         except proto.ProtocolError as exc:
             await connection.close(exc.code, exc.reason)
             return
@@ -404,8 +417,9 @@ class LiveSimulator:
             options=self.options,
             script=self.script,
             send=connection.send,
-            issue_handle=lambda: self._issue_handle(session),
+            issue_handle=lambda: self._registry.issue_handle(session),
             new_call_id=lambda: f"function-call-{next(self._call_ids)}",
+            on_error=lambda _: self._fail(connection),
         )
         async for frame in ws:
             record.frames_received += 1
@@ -419,47 +433,17 @@ class LiveSimulator:
                 return
             self._notify()
 
-    def _attach(self, record: ConnectionRecord, setup: proto.SetupInfo) -> SessionRecord:
-        """Find or create the logical session for a new connection (resumption rules)."""
-        if setup.handle is None:
-            session = SessionRecord(
-                id=next(self._session_ids),
-                model=setup.model,
-                resumable=setup.resumption_requested,
-                created_at=time.monotonic(),
-            )
-            self._sessions[session.id] = session
-        else:
-            session_id = self._handles.get(setup.handle)
-            if session_id is None:
-                raise proto.ProtocolError(
-                    "unknown session resumption handle", proto.CLOSE_POLICY_VIOLATION
-                )
-            session = self._sessions[session_id]
-            if not proto.same_model(session.model, setup.model):
-                raise proto.ProtocolError("the model cannot change on session resumption")
-            if self.reject_resume_while_open and self._session_in_use(session, record.index):
-                raise proto.ProtocolError(
-                    "session is still attached to an open connection",
-                    proto.CLOSE_INTERNAL_ERROR,
-                )
-            record.resumed = True
-        session.connection_indexes.append(record.index)
-        record.session_id = session.id
-        return session
+    def _is_open(self, index: int) -> bool:
+        connection = self._live.get(index)
+        return connection is not None and connection.ws.state is State.OPEN
 
-    def _session_in_use(self, session: SessionRecord, new_index: int) -> bool:
-        for index in session.connection_indexes:
-            other = self._live.get(index)
-            if index != new_index and other is not None and other.ws.state is State.OPEN:
-                return True
-        return False
-
-    def _issue_handle(self, session: SessionRecord) -> str:
-        handle = f"sim-{session.id}-{len(session.handles) + 1}"
-        session.handles.append(handle)
-        self._handles[handle] = session.id
-        return handle
+    def _fail(self, connection: LiveConnection) -> None:
+        """A connection's task failed unexpectedly: count it and close the connection (1011)."""
+        self.internal_errors += 1
+        connection.spawn(
+            connection.close(proto.CLOSE_INTERNAL_ERROR, INTERNAL_ERROR_REASON),
+            name=f"sim-conn{connection.record.index}-fail",
+        )
 
 
 def _tls_names(host: str) -> tuple[str, ...]:

@@ -1,0 +1,82 @@
+"""Logical Live sessions and their resumption handles: the rules for which connection may join
+which session. No I/O; "is that other connection still open" is asked through a callback.
+
+* a setup without ``sessionResumption`` starts a session that never gets handles;
+* ``sessionResumption: {}`` starts a resumable session;
+* ``sessionResumption: {handle}`` re-attaches to the session that issued the handle. An unknown
+  (or forgotten) handle is refused with 1008; a model different from the session's with 1007;
+  a session still attached to an open connection with 1011 (the real service refuses a resume
+  while the old socket is open) unless that check is turned off.
+
+Handles look like ``sim-{session}-{n}``; every handle issued stays valid until forgotten.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+
+from gateway.simulator import live_protocol as proto
+from gateway.simulator.live_records import ConnectionRecord, SessionRecord
+
+
+class SessionRegistry:
+    """Every logical session of a simulator, and the handles that lead to them."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[int, SessionRecord] = {}
+        self._handles: dict[str, int] = {}
+        self._ids = itertools.count(1)
+
+    def attach(
+        self,
+        record: ConnectionRecord,
+        setup: proto.SetupInfo,
+        *,
+        is_open: Callable[[int], bool],
+        reject_while_open: bool,
+    ) -> SessionRecord:
+        """Find or create the session for a new connection, or raise :class:`ProtocolError`.
+
+        ``is_open(index)`` tells whether the connection with that index is still open.
+        """
+        if setup.handle is None:
+            session = SessionRecord(
+                id=next(self._ids),
+                model=setup.model,
+                resumable=setup.resumption_requested,
+                created_at=time.monotonic(),
+            )
+            self.sessions[session.id] = session
+        else:
+            session_id = self._handles.get(setup.handle)
+            if session_id is None:
+                raise proto.ProtocolError(
+                    "unknown session resumption handle", proto.CLOSE_POLICY_VIOLATION
+                )
+            session = self.sessions[session_id]
+            if not proto.same_model(session.model, setup.model):
+                raise proto.ProtocolError("the model cannot change on session resumption")
+            if reject_while_open and any(
+                index != record.index and is_open(index) for index in session.connection_indexes
+            ):
+                raise proto.ProtocolError(
+                    "session is still attached to an open connection",
+                    proto.CLOSE_INTERNAL_ERROR,
+                )
+            record.resumed = True
+        session.connection_indexes.append(record.index)
+        record.session_id = session.id
+        return session
+
+    def issue_handle(self, session: SessionRecord) -> str:
+        """A new handle for ``session`` (after a completed or interrupted turn)."""
+        handle = f"sim-{session.id}-{len(session.handles) + 1}"
+        session.handles.append(handle)
+        self._handles[handle] = session.id
+        return handle
+
+    def forget_handles(self) -> None:
+        """Invalidate every handle issued so far."""
+        self._handles.clear()
