@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,6 +30,7 @@ from gateway.audio.transcode import Downlink, Uplink, downlink_for, uplink_for
 from gateway.carriers.base import (
     AudioReceived,
     CarrierCodec,
+    CarrierReportedError,
     DtmfReceived,
     MarkPlayed,
     ProtocolError,
@@ -62,6 +63,9 @@ from gateway.live.events import (
 from gateway.live.session import LiveConnectError, LiveSession
 from gateway.playout import Playout
 from gateway.transcript import Entry, Transcript
+
+#: End reasons where the caller is already gone, so there is nothing to hang up.
+CALLER_ENDED = frozenset({"caller_hung_up", "caller_disconnected"})
 
 #: Receives every call event (also logged); the demo prints them, tests assert on them.
 CallObserver = Callable[[str, Mapping[str, Any]], None]
@@ -113,6 +117,7 @@ class CallBridge:
         new_live_session: Callable[[structlog.stdlib.BoundLogger], LiveSession],
         options: BridgeOptions | None = None,
         observers: tuple[CallObserver, ...] = (),
+        hang_up: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.socket = socket
         self.codec = codec
@@ -129,6 +134,9 @@ class CallBridge:
             carrier=codec.carrier
         )
         self._new_live_session = new_live_session
+        #: Ends the phone call when the gateway (not the caller) ends it and closing the stream
+        #: alone would not (a Telnyx Call Control call).
+        self._hang_up = hang_up
         self._live: LiveSession | None = None
         self._uplink: Uplink | None = None
         self._downlink: Downlink | None = None
@@ -178,6 +186,11 @@ class CallBridge:
             if self._live is not None:
                 await self._live.close()
             await self.socket.close(1000, "call ended")
+            if self._hang_up is not None and self.call_id and self.end_reason not in CALLER_ENDED:
+                try:
+                    await self._hang_up(self.call_id)
+                except Exception as exc:
+                    self.log.warning("call.hangup_failed", error=str(exc))
             self._finish(time.monotonic() - started_at)
 
     async def _await_start(self) -> StreamStarted | None:
@@ -269,6 +282,9 @@ class CallBridge:
                 await live.send_text(dtmf_note(event.digit))
             elif isinstance(event, StreamStopped):
                 return "caller_hung_up"
+            elif isinstance(event, CarrierReportedError):
+                self.log.warning("carrier.error", code=event.code, title=event.title,
+                                 detail=event.detail)  # fmt: skip
 
     def _parse(self, data: str | bytes) -> Any:
         if isinstance(data, bytes):

@@ -18,6 +18,8 @@ import uvicorn
 from gateway.agents import AgentGraph
 from gateway.app import GatewayState, create_app
 from gateway.bridge import CallObserver
+from gateway.carriers.telnyx_api import CallControl
+from gateway.carriers.telnyx_signature import load_public_key
 from gateway.live.client import make_client
 from gateway.live.session import LiveSession
 from gateway.settings import Settings
@@ -41,8 +43,20 @@ def build_state(
     def new_live_session(log: structlog.stdlib.BoundLogger) -> LiveSession:
         return LiveSession(client, model, log=log, buffer_bytes=buffer_bytes)
 
+    telnyx_api = None
+    if settings.telnyx_api_key is not None:
+        telnyx_api = CallControl(
+            settings.telnyx_api_key.get_secret_value(), base_url=settings.telnyx_api_base
+        )
     return GatewayState(
-        settings=settings, graph=graph, new_live_session=new_live_session, observers=observers
+        settings=settings,
+        graph=graph,
+        new_live_session=new_live_session,
+        observers=observers,
+        telnyx_api=telnyx_api,
+        telnyx_public_key=(
+            load_public_key(settings.telnyx_public_key) if settings.telnyx_public_key else None
+        ),
     )
 
 

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.carriers.telnyx_signature import load_public_key
+
 
 class SettingsError(ValueError):
     """Settings that cannot be used; the message names the environment variable."""
@@ -45,8 +47,16 @@ class Settings(BaseSettings):
     playout_lead_ms: int = Field(default=240, ge=40, le=5000)
     #: Caller audio kept while the model connection is being replaced (handoff, resume).
     reconnect_buffer_ms: int = Field(default=2000, ge=0, le=30000)
+    #: Call Control API key: needed to answer Call Control webhooks and to hang those calls up.
+    telnyx_api_key: SecretStr | None = None
+    #: Base64 Ed25519 public key from the Telnyx portal; when set, unsigned webhooks get 403.
+    telnyx_public_key: str | None = None
+    telnyx_api_base: str = "https://api.telnyx.com/v2"
+    #: Codec asked of Telnyx both ways. G722 and L16 carry 16 kHz (wideband) audio; TeXML
+    #: documents G722 (not L16) for bidirectional streams, Call Control documents both.
+    telnyx_codec: Literal["PCMU", "PCMA", "G722", "L16"] = "PCMU"
 
-    @field_validator("gemini_api_key")
+    @field_validator("gemini_api_key", "telnyx_api_key")
     @classmethod
     def _non_empty_key(cls, key: SecretStr | None) -> SecretStr | None:
         if key is not None and not key.get_secret_value().strip():
@@ -74,6 +84,19 @@ class Settings(BaseSettings):
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query string or fragment")
         return url.rstrip("/")
+
+    @field_validator("telnyx_public_key")
+    @classmethod
+    def _telnyx_key(cls, key: str | None) -> str | None:
+        if not key or not key.strip():
+            return None
+        load_public_key(key)  # raises with the explanation
+        return key.strip()
+
+    @field_validator("telnyx_codec", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper().replace("-", "") if isinstance(value, str) else value
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -1,4 +1,5 @@
-"""Uplink/Downlink transcoders: framing, lengths, levels end to end, reset, L16 byte order."""
+"""Uplink/Downlink transcoders: framing, lengths, levels end to end, reset, L16 byte order, G.722,
+and the Telnyx media_format mapping."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.audio import analysis, g711
+from gateway.audio import analysis, g711, g722
+from gateway.audio.resample import model_to_wideband
 from gateway.audio.transcode import (
+    G722_16K,
     L16_16K,
     PCMA_8K,
     PCMU_8K,
     AudioFormat,
     UnsupportedAudioFormat,
     downlink_for,
+    telnyx_format,
     uplink_for,
 )
 
@@ -66,8 +70,8 @@ def test_format_constants() -> None:
 
 
 def test_format_validation() -> None:
-    with pytest.raises(UnsupportedAudioFormat, match="G722"):
-        AudioFormat("G722", 16000)  # type: ignore[arg-type]
+    with pytest.raises(UnsupportedAudioFormat, match="OPUS"):
+        AudioFormat("OPUS", 16000)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="whole 20 ms frames"):
         AudioFormat("L16", 11025)
     with pytest.raises(ValueError, match="byteorder"):
@@ -221,3 +225,190 @@ def test_round_trip_model_to_carrier_to_model(fmt: AudioFormat) -> None:
     assert analysis.tone_dbfs(back, 16000, freq) == pytest.approx(-12.0, abs=0.5)
     assert analysis.dominant_frequency(back, 16000) == pytest.approx(freq, abs=0.5)
     assert downlink.delay_ms + uplink.delay_ms < 8.0
+
+
+# --- G.722 ---------------------------------------------------------------------------------------
+# Measured with random phases: the codec moves a -12 dBFS tone by <= 0.01 dB at 1 kHz and <= 0.2 dB
+# at 6 kHz (upper sub-band, 2 bits per code) and its frequency by < 0.01 Hz; the bounds below are
+# those plus margin, far inside the 1 dB / 3 Hz that the bridge needs.
+
+G722_TONES = [pytest.param(1000.0, 0.05, id="1kHz"), pytest.param(6000.0, 0.4, id="6kHz")]
+
+
+def _g722_frames(pcm16k: bytes) -> list[bytes]:
+    codes = g722.G722Encoder().encode(pcm16k)
+    return [codes[i : i + 160] for i in range(0, len(codes), 160)]
+
+
+def _pcm16(pcm: bytes) -> npt.NDArray[np.int16]:
+    return np.frombuffer(pcm, dtype="<i2")
+
+
+def test_g722_format() -> None:
+    assert (G722_16K.encoding, G722_16K.sample_rate) == ("G722", 16000)
+    assert (G722_16K.samples_per_frame, G722_16K.frame_bytes) == (320, 160)
+    assert str(G722_16K) == "G722/16000"
+    # Silence is the encoding of PCM zeros, a pattern rather than one byte.
+    assert G722_16K.silence == g722.G722Encoder().encode(bytes(640))
+    assert len(G722_16K.silence) == 160
+    assert len(set(G722_16K.silence)) > 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(chunks=st.lists(st.integers(0, 3001), min_size=1, max_size=12))
+def test_g722_downlink_frames_do_not_depend_on_chunking(chunks: list[int]) -> None:
+    pcm = _noise(sum(chunks), seed=11) + b"\x01"  # plus a dangling byte
+    downlink = downlink_for(G722_16K)
+    frames, pos = [], 0
+    for size in chunks:
+        frames += downlink.feed(pcm[pos : pos + size])
+        assert downlink.pending_bytes < 160
+        pos += size
+    frames += downlink.feed(pcm[pos:]) + downlink.flush()
+    assert all(len(frame) == 160 for frame in frames)
+    assert downlink.pending_bytes == 0
+    whole = downlink_for(G722_16K)
+    assert frames == whole.feed(pcm) + whole.flush()
+
+
+def test_g722_one_second_is_fifty_frames_plus_the_flushed_tail() -> None:
+    downlink = downlink_for(G722_16K)
+    tone = analysis.sine_pcm16(1000.0, 1.0, 24000, -12.0)
+    frames = [f for i in range(0, len(tone), 960) for f in downlink.feed(tone[i : i + 960])]
+    assert len(frames) == 50
+    assert len(downlink.flush()) == 1  # the 2.25 ms resampler tail padded to one frame
+    assert downlink.flush() == []
+
+
+def test_g722_flush_pads_with_pcm_silence_before_encoding() -> None:
+    """The pad goes through the encoder, so it continues the ADPCM state of the tone before it:
+    the result equals encoding the resampled stream zero-padded to whole frames."""
+    tone = analysis.sine_pcm16(1000.0, 0.03, 24000, -6.0)  # 30 ms: one frame out, 10 ms pending
+    downlink = downlink_for(G722_16K)
+    frames = downlink.feed(tone)
+    assert len(frames) == 1
+    assert downlink.pending_bytes > 0
+    frames += downlink.flush()
+    resampler = model_to_wideband()
+    pcm = resampler.process(tone) + resampler.flush()
+    assert frames == _g722_frames(pcm + bytes(-len(pcm) % 640))
+    # The tone stops at 32.25 ms; after ~2 ms of ADPCM settling the pad decodes to near silence.
+    decoded = _pcm16(g722.G722Decoder().decode(b"".join(frames)))
+    assert analysis.rms_dbfs(decoded[35 * 16 :]) < -40.0
+
+
+def test_g722_silent_turn_is_codec_silence() -> None:
+    downlink = downlink_for(G722_16K)
+    assert downlink.feed(bytes(2 * 24 * 30)) == [G722_16K.silence]
+    (last,) = downlink.flush()
+    assert analysis.rms_dbfs(g722.G722Decoder().decode(G722_16K.silence + last)) < -70.0
+
+
+@pytest.mark.parametrize(("freq", "level_tol_db"), G722_TONES)
+def test_g722_downlink_keeps_level_and_frequency(freq: float, level_tol_db: float) -> None:
+    downlink = downlink_for(G722_16K)
+    frames = downlink.feed(analysis.sine_pcm16(freq, 1.0, 24000, -12.0)) + downlink.flush()
+    pcm = _pcm16(g722.G722Decoder().decode(b"".join(frames)))[800:16000]
+    assert analysis.tone_dbfs(pcm, 16000, freq) == pytest.approx(-12.0, abs=level_tol_db)
+    assert analysis.dominant_frequency(pcm, 16000) == pytest.approx(freq, abs=0.05)
+
+
+@pytest.mark.parametrize(("freq", "level_tol_db"), G722_TONES)
+def test_g722_uplink_keeps_level_and_frequency(freq: float, level_tol_db: float) -> None:
+    uplink = uplink_for(G722_16K)
+    frames = _g722_frames(analysis.sine_pcm16(freq, 1.0, 16000, -12.0))
+    out = [uplink.feed(frame) for frame in frames]
+    assert all(len(chunk) == 640 for chunk in out)  # 20 ms in, 20 ms out: no resampler
+    pcm = _pcm16(b"".join(out))
+    assert pcm.size == 16000
+    assert analysis.tone_dbfs(pcm[800:], 16000, freq) == pytest.approx(-12.0, abs=level_tol_db)
+    assert analysis.dominant_frequency(pcm[800:], 16000) == pytest.approx(freq, abs=0.05)
+
+
+def test_g722_uplink_decodes_odd_length_payloads_at_once() -> None:
+    """Unlike L16, every G.722 byte stands alone: nothing is held back."""
+    codes = b"".join(_g722_frames(_noise(320, seed=12)))
+    uplink = uplink_for(G722_16K)
+    assert len(uplink.feed(codes[:3])) == 12
+    assert uplink.feed(codes[3:]) == g722.G722Decoder().decode(codes)[12:]
+
+
+@pytest.mark.parametrize(("freq", "level_tol_db"), G722_TONES)
+def test_g722_round_trip_model_to_carrier_to_model(freq: float, level_tol_db: float) -> None:
+    downlink, uplink = downlink_for(G722_16K), uplink_for(G722_16K)
+    source = analysis.sine_pcm16(freq, 0.6, 24000, -12.0, phase=1.0)
+    frames = downlink.feed(source) + downlink.flush()
+    back = _pcm16(b"".join(uplink.feed(f) for f in frames))[800:9600]
+    assert analysis.tone_dbfs(back, 16000, freq) == pytest.approx(-12.0, abs=level_tol_db)
+    assert analysis.dominant_frequency(back, 16000) == pytest.approx(freq, abs=0.05)
+
+
+def test_g722_delays_add_up_to_the_measured_delay() -> None:
+    downlink, uplink = downlink_for(G722_16K), uplink_for(G722_16K)
+    source = _noise(24000, seed=13)
+    back = b"".join(uplink.feed(f) for f in downlink.feed(source) + downlink.flush())
+    reference = model_to_wideband()
+    ideal = reference.process(source) + reference.flush()  # same resampler, no codec
+    codec_ms = analysis.estimate_delay_ms(ideal, back, 16000, max_delay_ms=10.0)
+    assert codec_ms + reference.delay_ms == pytest.approx(
+        downlink.delay_ms + uplink.delay_ms, abs=0.05
+    )
+    assert uplink.delay_ms == pytest.approx(0.6875)
+    assert downlink.delay_ms + uplink.delay_ms < 4.0
+
+
+def test_g722_reset_matches_fresh_codecs() -> None:
+    downlink, uplink = downlink_for(G722_16K), uplink_for(G722_16K)
+    loud = analysis.sine_pcm16(700.0, 0.03, 24000, 0.0)
+    frames = downlink.feed(loud)
+    uplink.feed(b"".join(frames))
+    assert downlink.pending_bytes > 0
+    downlink.reset()
+    uplink.reset()
+    assert downlink.pending_bytes == 0
+    assert downlink.flush() == []
+    # Neither the filter tail nor the ADPCM state of the old turn may leak into the next one.
+    speech = _noise(24 * 60, seed=14)
+    fresh_down, fresh_up = downlink_for(G722_16K), uplink_for(G722_16K)
+    again = downlink.feed(speech)
+    assert len(again) == 3
+    assert again == fresh_down.feed(speech)
+    payload = b"".join(again)
+    assert uplink.feed(payload) == fresh_up.feed(payload)
+
+
+# --- Telnyx media_format -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("encoding", "rate", "expected"),
+    [
+        ("PCMU", 8000, PCMU_8K),
+        ("PCMA", 8000, PCMA_8K),
+        ("L16", 16000, L16_16K),
+        ("G722", 8000, G722_16K),  # the RTP clock rate (RFC 3551)
+        ("G722", 16000, G722_16K),  # the audio rate
+        ("g722", 16000, G722_16K),
+        (" pcmu ", 8000, PCMU_8K),
+    ],
+)
+def test_telnyx_format_maps_media_format(encoding: str, rate: int, expected: AudioFormat) -> None:
+    fmt = telnyx_format(encoding, rate)
+    assert fmt is expected  # L16 therefore big-endian, as Telnyx sends it
+    assert uplink_for(fmt).format is downlink_for(fmt).format is fmt  # all have transcoders
+
+
+@pytest.mark.parametrize(
+    ("encoding", "rate", "message"),
+    [
+        ("OPUS", 16000, "OPUS at 16000 Hz is not supported; use PCMU, PCMA, G722 or L16"),
+        ("", 8000, " at 8000 Hz is not supported; use PCMU, PCMA, G722 or L16"),
+        ("PCMU", 16000, "PCMU at 16000 Hz is not supported; Telnyx PCMU must be at 8000 Hz"),
+        ("L16", 8000, "L16 at 8000 Hz is not supported; Telnyx L16 must be at 16000 Hz"),
+        ("G722", 48000, "G722 at 48000 Hz is not supported; Telnyx G722 must be at 8000 or 16000"),
+    ],
+)
+def test_telnyx_format_rejects_the_rest(encoding: str, rate: int, message: str) -> None:
+    with pytest.raises(UnsupportedAudioFormat) as caught:
+        telnyx_format(encoding, rate)
+    assert str(caught.value).startswith(message)

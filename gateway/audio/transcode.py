@@ -1,22 +1,25 @@
 """Carrier codec <-> Gemini Live PCM, as the call bridge sees it: bytes in, bytes out.
 
 Gemini Live takes PCM16LE at 16 kHz and speaks PCM16LE at 24 kHz. Carriers send 20 ms RTP-style
-frames of G.711 (8 kHz) or L16 (16 kHz, big-endian network order by default). The bridge never
-touches numpy; it holds one ``Uplink`` and one ``Downlink`` per call.
+frames of G.711 (8 kHz), G.722 (16 kHz audio, 64 kbit/s) or L16 (16 kHz, big-endian network order
+by default). The bridge never touches numpy; it holds one ``Uplink`` and one ``Downlink`` per call.
 
 Framing policy: the uplink passes audio straight through (the model does not care about frame
 boundaries), while the downlink returns only whole 20 ms frames because carriers play fixed-ptime
-packets; the remainder waits for the next model chunk or for ``flush`` at the end of a turn, which
-pads it with codec silence (never zeros for μ-law: 0x00 is a loud click).
+packets. The downlink keeps its remainder as *PCM* at the carrier rate and encodes whole frames
+only: G.722 is stateful ADPCM, so the pad that ``flush`` adds at the end of a turn must be PCM
+silence run through the encoder (appending bytes would splice foreign codes into its state). For
+the stateless codecs this gives the same bytes as padding with their silence code (never zeros for
+μ-law: 0x00 is a loud click).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
-from gateway.audio import g711
+from gateway.audio import g711, g722
 from gateway.audio.resample import (
     StreamResampler,
     model_to_telephone,
@@ -24,14 +27,14 @@ from gateway.audio.resample import (
     telephone_to_model,
 )
 
-Encoding = Literal["PCMU", "PCMA", "L16"]
+Encoding = Literal["PCMU", "PCMA", "L16", "G722"]
 ByteOrder = Literal["big", "little"]
 
 FRAME_MS: Final = 20
 MODEL_INPUT_RATE: Final = 16000
 MODEL_OUTPUT_RATE: Final = 24000
 
-_BYTES_PER_SAMPLE: Final[dict[str, int]] = {"PCMU": 1, "PCMA": 1, "L16": 2}
+_BITS_PER_SAMPLE: Final[dict[str, int]] = {"PCMU": 8, "PCMA": 8, "L16": 16, "G722": 4}
 _SILENCE_BYTE: Final[dict[str, int]] = {
     "PCMU": g711.ULAW_SILENCE,
     "PCMA": g711.ALAW_SILENCE,
@@ -56,9 +59,9 @@ class AudioFormat:
     byteorder: ByteOrder = "big"
 
     def __post_init__(self) -> None:
-        if self.encoding not in _BYTES_PER_SAMPLE:
+        if self.encoding not in _BITS_PER_SAMPLE:
             raise UnsupportedAudioFormat(
-                f"unknown encoding {self.encoding!r}; known: {', '.join(_BYTES_PER_SAMPLE)}"
+                f"unknown encoding {self.encoding!r}; known: {', '.join(_BITS_PER_SAMPLE)}"
             )
         if self.byteorder not in ("big", "little"):
             raise ValueError(f"byteorder must be 'big' or 'little', got {self.byteorder!r}")
@@ -73,12 +76,18 @@ class AudioFormat:
 
     @property
     def frame_bytes(self) -> int:
-        """Bytes per 20 ms frame: 160 for G.711 at 8 kHz, 640 for L16 at 16 kHz."""
-        return self.samples_per_frame * _BYTES_PER_SAMPLE[self.encoding]
+        """Bytes per 20 ms frame: 160 for G.711 at 8 kHz and G.722, 640 for L16 at 16 kHz."""
+        return self.samples_per_frame * _BITS_PER_SAMPLE[self.encoding] // 8
 
     @property
     def silence(self) -> bytes:
-        """One 20 ms frame of codec silence."""
+        """One 20 ms frame of codec silence: what a fresh encoder makes of 20 ms of PCM zeros.
+
+        One repeated byte except for G.722, whose silence is a pattern (and is only what a stream
+        *starts* with: the ADPCM state makes later silent frames differ).
+        """
+        if self.encoding == "G722":
+            return g722.encoded_silence(self.samples_per_frame)
         return bytes((_SILENCE_BYTE[self.encoding],)) * self.frame_bytes
 
     def __str__(self) -> str:
@@ -89,8 +98,10 @@ class AudioFormat:
 PCMU_8K: Final = AudioFormat("PCMU", 8000)
 PCMA_8K: Final = AudioFormat("PCMA", 8000)
 L16_16K: Final = AudioFormat("L16", 16000)
+G722_16K: Final = AudioFormat("G722", 16000)
 
-_SUPPORTED: Final = "PCMU/8000, PCMA/8000, L16/16000 (either byte order)"
+_SUPPORTED: Final = "PCMU/8000, PCMA/8000, L16/16000 (either byte order), G722/16000"
+_WIDEBAND: Final = frozenset({"L16", "G722"})
 
 
 def _identity(data: bytes) -> bytes:
@@ -98,7 +109,7 @@ def _identity(data: bytes) -> bytes:
 
 
 def _check_supported(fmt: AudioFormat) -> None:
-    rate_ok = fmt.sample_rate == (16000 if fmt.encoding == "L16" else 8000)
+    rate_ok = fmt.sample_rate == (16000 if fmt.encoding in _WIDEBAND else 8000)
     if not rate_ok:
         raise UnsupportedAudioFormat(f"no transcoder for {fmt}; supported: {_SUPPORTED}")
 
@@ -108,25 +119,39 @@ def _l16_swap(fmt: AudioFormat) -> Callable[[bytes], bytes]:
     return g711.pcm16_byteswap if fmt.byteorder == "big" else _identity
 
 
+class CodecState(Protocol):
+    """The part of a stateful codec (G.722) that the transcoders manage besides its function."""
+
+    @property
+    def delay_ms(self) -> float: ...
+
+    def reset(self) -> None: ...
+
+
 class Uplink:
     """Carrier payloads -> PCM16LE at 16 kHz for the model.
 
-    G.711 is decoded and upsampled 8 -> 16 kHz (so output bytes are exactly 4x input bytes); L16 at
-    16 kHz is only byte-swapped. A malformed odd-length L16 payload keeps its dangling byte for the
-    next call rather than shifting every later sample by one byte.
+    G.711 is decoded and upsampled 8 -> 16 kHz (so output bytes are exactly 4x input bytes); G.722
+    is decoded straight to 16 kHz (4 bytes out per byte in); L16 at 16 kHz is only byte-swapped. A
+    malformed odd-length L16 payload keeps its dangling byte for the next call rather than shifting
+    every later sample by one byte.
     """
 
-    __slots__ = ("_decode", "_format", "_odd", "_resampler")
+    __slots__ = ("_codec", "_decode", "_format", "_odd", "_resampler", "_whole_samples")
 
     def __init__(
         self,
         fmt: AudioFormat,
         decode: Callable[[bytes], bytes],
         resampler: StreamResampler | None,
+        *,
+        codec: CodecState | None = None,
     ) -> None:
         self._format = fmt
         self._decode = decode
         self._resampler = resampler
+        self._codec = codec
+        self._whole_samples = fmt.encoding == "L16"  # every G.711 or G.722 byte decodes alone
         self._odd = b""
 
     @property
@@ -135,44 +160,53 @@ class Uplink:
 
     @property
     def delay_ms(self) -> float:
-        """Algorithmic delay added on the way to the model."""
-        return self._resampler.delay_ms if self._resampler else 0.0
+        """Algorithmic delay added on the way to the model (resampler plus decoder QMF)."""
+        resampler = self._resampler.delay_ms if self._resampler else 0.0
+        return resampler + (self._codec.delay_ms if self._codec else 0.0)
 
     def feed(self, payload: bytes) -> bytes:
         """Decode one carrier payload (any length); returns PCM16LE 16 kHz, possibly empty."""
         if self._resampler is not None:
             return self._resampler.process(self._decode(payload))
-        if self._odd:
-            payload = self._odd + payload
-            self._odd = b""
-        if len(payload) & 1:
-            self._odd = payload[-1:]
+        if self._whole_samples:
+            if self._odd:
+                payload = self._odd + payload
+                self._odd = b""
+            if len(payload) & 1:
+                self._odd = payload[-1:]
         return self._decode(payload)
 
     def reset(self) -> None:
-        """Forget filter state (e.g. after a media stream restart)."""
+        """Forget filter and codec state (e.g. after a media stream restart)."""
         self._odd = b""
         if self._resampler is not None:
             self._resampler.reset()
+        if self._codec is not None:
+            self._codec.reset()
 
 
 class Downlink:
-    """Model PCM16LE at 24 kHz -> whole 20 ms carrier frames."""
+    """Model PCM16LE at 24 kHz -> whole 20 ms carrier frames.
 
-    __slots__ = ("_encode", "_format", "_frame_bytes", "_pending", "_resampler", "_silence_byte")
+    ``encode`` takes PCM16LE at the carrier rate and is only ever given whole frames.
+    """
+
+    __slots__ = ("_codec", "_encode", "_format", "_frame_pcm", "_pending", "_resampler")
 
     def __init__(
         self,
         fmt: AudioFormat,
         encode: Callable[[bytes], bytes],
         resampler: StreamResampler,
+        *,
+        codec: CodecState | None = None,
     ) -> None:
         self._format = fmt
         self._encode = encode
         self._resampler = resampler
-        self._frame_bytes = fmt.frame_bytes
-        self._silence_byte = fmt.silence[:1]
-        self._pending = bytearray()
+        self._codec = codec
+        self._frame_pcm = 2 * fmt.samples_per_frame
+        self._pending = bytearray()  # PCM16LE at the carrier rate, less than one frame
 
     @property
     def format(self) -> AudioFormat:
@@ -180,39 +214,43 @@ class Downlink:
 
     @property
     def delay_ms(self) -> float:
-        """Algorithmic delay of the resampler (framing adds up to one frame on top)."""
-        return self._resampler.delay_ms
+        """Algorithmic delay of the resampler and encoder QMF (framing adds up to one frame)."""
+        return self._resampler.delay_ms + (self._codec.delay_ms if self._codec else 0.0)
 
     @property
     def pending_bytes(self) -> int:
-        """Encoded bytes waiting for a whole frame."""
-        return len(self._pending)
+        """Encoded size of the audio waiting for a whole frame (rounded down for G.722)."""
+        return len(self._pending) * self._format.frame_bytes // self._frame_pcm
 
     def _frames(self) -> list[bytes]:
         pending = self._pending
-        size = self._frame_bytes
-        whole = len(pending) - len(pending) % size
-        frames = [bytes(pending[i : i + size]) for i in range(0, whole, size)]
+        whole = len(pending) - len(pending) % self._frame_pcm
+        if not whole:
+            return []
+        encoded = self._encode(bytes(pending[:whole]))
         del pending[:whole]
-        return frames
+        size = self._format.frame_bytes
+        return [encoded[i : i + size] for i in range(0, len(encoded), size)]
 
     def feed(self, pcm24k: bytes) -> list[bytes]:
         """Accept a model chunk (any length); returns the whole frames it completes."""
-        self._pending += self._encode(self._resampler.process(pcm24k))
+        self._pending += self._resampler.process(pcm24k)
         return self._frames()
 
     def flush(self) -> list[bytes]:
-        """End of a model turn: emit the filter tail and pad the last frame with codec silence."""
-        self._pending += self._encode(self._resampler.flush())
-        partial = len(self._pending) % self._frame_bytes
+        """End of a model turn: emit the filter tail, padded to a whole frame with PCM silence."""
+        self._pending += self._resampler.flush()
+        partial = len(self._pending) % self._frame_pcm
         if partial:
-            self._pending += self._silence_byte * (self._frame_bytes - partial)
+            self._pending += bytes(self._frame_pcm - partial)
         return self._frames()
 
     def reset(self) -> None:
-        """Barge-in: drop the unsent remainder and the filter state."""
+        """Barge-in: drop the unsent remainder, the filter state and the codec state."""
         self._pending.clear()
         self._resampler.reset()
+        if self._codec is not None:
+            self._codec.reset()
 
 
 def uplink_for(fmt: AudioFormat) -> Uplink:
@@ -222,6 +260,9 @@ def uplink_for(fmt: AudioFormat) -> Uplink:
         return Uplink(fmt, g711.ulaw_decode, telephone_to_model())
     if fmt.encoding == "PCMA":
         return Uplink(fmt, g711.alaw_decode, telephone_to_model())
+    if fmt.encoding == "G722":
+        decoder = g722.G722Decoder()
+        return Uplink(fmt, decoder.decode, None, codec=decoder)
     return Uplink(fmt, _l16_swap(fmt), None)
 
 
@@ -232,4 +273,37 @@ def downlink_for(fmt: AudioFormat) -> Downlink:
         return Downlink(fmt, g711.ulaw_encode, model_to_telephone())
     if fmt.encoding == "PCMA":
         return Downlink(fmt, g711.alaw_encode, model_to_telephone())
+    if fmt.encoding == "G722":
+        encoder = g722.G722Encoder()
+        return Downlink(fmt, encoder.encode, model_to_wideband(), codec=encoder)
     return Downlink(fmt, _l16_swap(fmt), model_to_wideband())
+
+
+_TELNYX: Final[dict[tuple[str, int], AudioFormat]] = {
+    ("PCMU", 8000): PCMU_8K,
+    ("PCMA", 8000): PCMA_8K,
+    ("L16", 16000): L16_16K,
+    ("G722", 16000): G722_16K,
+    ("G722", 8000): G722_16K,  # the RTP clock rate, not the audio rate
+}
+
+
+def telnyx_format(encoding: str, sample_rate: int) -> AudioFormat:
+    """The format of a Telnyx media stream from its ``start.media_format`` fields.
+
+    Telnyx reports G.722 at either 8000 (the RTP clock rate, set by mistake in RFC 1890 and kept by
+    RFC 3551) or 16000 (the audio rate); both mean 16 kHz audio. L16 is network (big-endian) order.
+    """
+    name = encoding.strip().upper()
+    fmt = _TELNYX.get((name, sample_rate))
+    if fmt is not None:
+        return fmt
+    rates = sorted({rate for known, rate in _TELNYX if known == name})
+    if not rates:
+        raise UnsupportedAudioFormat(
+            f"{encoding} at {sample_rate} Hz is not supported; use PCMU, PCMA, G722 or L16"
+        )
+    raise UnsupportedAudioFormat(
+        f"{name} at {sample_rate} Hz is not supported; "
+        f"Telnyx {name} must be at {' or '.join(map(str, rates))} Hz"
+    )

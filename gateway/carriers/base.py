@@ -49,7 +49,18 @@ class StreamStopped:
     """The carrier ended the stream (the caller hung up, or the call was redirected)."""
 
 
-CarrierEvent = StreamStarted | AudioReceived | MarkPlayed | DtmfReceived | StreamStopped
+@dataclass(frozen=True, slots=True)
+class CarrierReportedError:
+    """The carrier rejected something the gateway sent (Telnyx ``error`` event)."""
+
+    code: str
+    title: str
+    detail: str = ""
+
+
+CarrierEvent = (
+    StreamStarted | AudioReceived | MarkPlayed | DtmfReceived | StreamStopped | CarrierReportedError
+)
 
 
 class ProtocolError(ValueError):
@@ -67,7 +78,7 @@ class ProtocolError(ValueError):
 class CarrierCodec(Protocol):
     """Translates one carrier's websocket JSON to and from :data:`CarrierEvent`."""
 
-    #: Short carrier name for logs and metrics ("twilio").
+    #: Short carrier name for logs and metrics ("twilio", "telnyx").
     carrier: str
 
     def parse(self, text: str) -> CarrierEvent | None:

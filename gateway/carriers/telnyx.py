@@ -1,0 +1,187 @@
+"""Telnyx media streaming, as pure message ↔ event translation, plus the TeXML that starts it.
+
+The protocol mirrors Twilio's with different names (``stream_id`` at the top level,
+``start.call_control_id``, ``start.media_format.sample_rate``, ``sequence_number``), and three
+differences that matter:
+
+- outbound ``media``/``mark``/``clear`` carry **no** stream id;
+- media order is not guaranteed, so frames are put back in order by ``media.chunk``
+  (:class:`~gateway.carriers.reorder.Reorderer`) and duplicates dropped;
+- the call's codec is negotiated (PCMU, PCMA, G.722, L16) and announced in ``start``.
+
+Bidirectional audio needs ``bidirectionalMode="rtp"``: the default mode, ``mp3``, takes one MP3
+file per second and cannot carry a conversation.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+from gateway.audio.transcode import UnsupportedAudioFormat, telnyx_format
+from gateway.carriers.base import (
+    AudioReceived,
+    CarrierEvent,
+    CarrierReportedError,
+    DtmfReceived,
+    MarkPlayed,
+    ProtocolError,
+    StreamStarted,
+    StreamStopped,
+)
+from gateway.carriers.reorder import Reorderer
+
+_DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
+#: Codecs the gateway can ask Telnyx for, and the sampling rate to ask with.
+TELNYX_CODECS: dict[str, int] = {"PCMU": 8000, "PCMA": 8000, "G722": 16000, "L16": 16000}
+
+
+class TelnyxCodec:
+    """One Telnyx stream's codec: ids from ``start``, reordering of inbound media."""
+
+    carrier = "telnyx"
+
+    def __init__(self, *, reorder_window: int = 3) -> None:
+        self.stream_id: str | None = None
+        self.client_state: str | None = None
+        self.reorder = Reorderer(reorder_window, first=1)  # media.chunk counts from 1
+
+    def parse(self, text: str) -> CarrierEvent | None:
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            raise ProtocolError("message is not JSON") from None
+        if not isinstance(msg, dict):
+            raise ProtocolError("message is not a JSON object")
+        event = msg.get("event")
+        if event == "media":
+            return self._media(msg)
+        if event == "start":
+            return self._start(msg)
+        if event == "connected":
+            return None
+        if event == "error":
+            payload = msg.get("payload")
+            if not isinstance(payload, dict):
+                payload = {}
+            return CarrierReportedError(
+                code=str(payload.get("code", "")),
+                title=str(payload.get("title", ""))[:100],
+                detail=str(payload.get("detail", ""))[:300],
+            )
+        if event not in ("mark", "dtmf", "stop"):
+            raise ProtocolError(f"unknown event {str(event)[:40]!r}")
+        if self.stream_id is None:
+            raise ProtocolError(f"{event!r} before 'start'")
+        self._check_stream(msg)
+        if event == "stop":
+            return StreamStopped()
+        if event == "mark":
+            mark = msg.get("mark")
+            name = mark.get("name") if isinstance(mark, dict) else None
+            if not isinstance(name, str):
+                raise ProtocolError("mark without a name")
+            return MarkPlayed(name)
+        dtmf = msg.get("dtmf")
+        digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
+        if not isinstance(digit, str) or len(digit) != 1 or digit not in _DTMF_DIGITS:
+            raise ProtocolError("dtmf without a valid digit")
+        return DtmfReceived(digit.upper())
+
+    def media(self, payload: bytes) -> str:
+        return '{"event":"media","media":{"payload":"' + base64.b64encode(payload).decode() + '"}}'
+
+    def mark(self, name: str) -> str:
+        return '{"event":"mark","mark":{"name":' + json.dumps(name) + "}}"
+
+    def clear(self) -> str:
+        return '{"event":"clear"}'
+
+    def _start(self, msg: dict[str, Any]) -> StreamStarted:
+        if self.stream_id is not None:
+            raise ProtocolError("second 'start' on one stream")
+        start = msg.get("start")
+        stream_id = msg.get("stream_id")
+        if not isinstance(start, dict) or not isinstance(stream_id, str) or not stream_id:
+            raise ProtocolError("'start' without stream_id", fatal=True)
+        call_id = start.get("call_control_id")
+        if not isinstance(call_id, str) or not call_id:
+            raise ProtocolError("'start' without call_control_id", fatal=True)
+        fmt = start.get("media_format")
+        if not isinstance(fmt, dict):
+            raise ProtocolError("'start' without media_format", fatal=True)
+        try:
+            audio_format = telnyx_format(str(fmt.get("encoding")), _int(fmt.get("sample_rate")))
+        except UnsupportedAudioFormat as exc:
+            raise ProtocolError(str(exc), fatal=True) from None
+        if fmt.get("channels", 1) not in (1, "1"):
+            raise ProtocolError(f"unsupported channel count {fmt.get('channels')!r}", fatal=True)
+        # <Parameter>s arrive in start; the key is undocumented, so accept both spellings.
+        params = start.get("custom_parameters", start.get("customParameters")) or {}
+        if isinstance(params, list):  # Call Control's [{"name": …, "value": …}] form
+            params = {p.get("name"): p.get("value") for p in params if isinstance(p, dict)}
+        if not isinstance(params, dict):
+            raise ProtocolError("custom_parameters is not an object", fatal=True)
+        self.stream_id = stream_id
+        state = start.get("client_state")
+        self.client_state = state if isinstance(state, str) else None
+        return StreamStarted(
+            stream_id=stream_id,
+            call_id=call_id,
+            audio_format=audio_format,
+            parameters={str(k): str(v) for k, v in params.items()},
+        )
+
+    def _media(self, msg: dict[str, Any]) -> AudioReceived | None:
+        if self.stream_id is None:
+            raise ProtocolError("'media' before 'start'")
+        self._check_stream(msg)
+        media = msg.get("media")
+        if not isinstance(media, dict):
+            raise ProtocolError("media without a media object")
+        if media.get("track", "inbound") != "inbound":
+            raise ProtocolError(f"media on track {str(media.get('track'))[:20]!r}")
+        payload = media.get("payload")
+        if not isinstance(payload, str):
+            raise ProtocolError("media without a payload")
+        try:
+            audio = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError("media payload is not valid base64") from None
+        number = _int(media.get("chunk", msg.get("sequence_number")))
+        if number < 0:  # unnumbered: nothing to reorder by
+            return AudioReceived(audio)
+        frames = self.reorder.push(number, audio)
+        if not frames:
+            return None
+        return AudioReceived(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def _check_stream(self, msg: dict[str, Any]) -> None:
+        stream_id = msg.get("stream_id")
+        if stream_id is not None and stream_id != self.stream_id:
+            raise ProtocolError("message for another stream_id")
+
+
+def _int(value: object) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload,no-any-return]
+    except (TypeError, ValueError):
+        return -1
+
+
+def connect_stream_texml(stream_url: str, codec: str, parameters: Mapping[str, str]) -> str:
+    """TeXML that streams the call both ways in ``codec`` (RTP mode)."""
+    rate = TELNYX_CODECS[codec]
+    params = "".join(
+        f"<Parameter name={quoteattr(k)} value={quoteattr(v)}/>" for k, v in parameters.items()
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f'<Response><Connect><Stream url={quoteattr(stream_url)} track="inbound_track"'
+        f' codec="{codec}" bidirectionalMode="rtp" bidirectionalCodec="{codec}"'
+        f' bidirectionalSamplingRate="{rate}">{params}</Stream></Connect></Response>'
+    )

@@ -1,0 +1,80 @@
+"""The few Telnyx Call Control commands the gateway issues: answer, stream, hang up.
+
+A Call Control application drives the call from JSON webhooks: the gateway answers
+``call.initiated`` and starts a bidirectional RTP stream on ``call.answered`` (streaming before
+the call is answered fails). Each command carries a ``command_id`` so Telnyx can de-duplicate a
+retried request, and "call already ended" answers are treated as success: the goal state holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import Any
+
+import httpx
+
+from gateway.carriers.telnyx import TELNYX_CODECS
+
+#: client_state put on calls the gateway answered through Call Control. It comes back in the
+#: stream's ``start`` message, which is how a stream knows it must hang up through the API.
+CALL_CONTROL_STATE = base64.b64encode(b"callbridge:call-control").decode()
+_ALREADY_ENDED = "90018"
+
+
+class TelnyxApiError(Exception):
+    pass
+
+
+class CallControl:
+    """Call Control REST client; one per process, shared by all calls."""
+
+    def __init__(self, api_key: str, *, base_url: str, client: httpx.AsyncClient | None = None):
+        self._base = base_url.rstrip("/")
+        self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(5.0))
+        self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def answer(self, call_control_id: str) -> None:
+        await self._command(call_control_id, "answer", {"client_state": CALL_CONTROL_STATE})
+
+    async def start_streaming(self, call_control_id: str, stream_url: str, codec: str) -> None:
+        await self._command(
+            call_control_id,
+            "streaming_start",
+            {
+                "stream_url": stream_url,
+                "stream_track": "inbound_track",
+                "stream_codec": codec,
+                "stream_bidirectional_mode": "rtp",
+                "stream_bidirectional_codec": codec,
+                "stream_bidirectional_sampling_rate": TELNYX_CODECS[codec],
+                "client_state": CALL_CONTROL_STATE,
+            },
+        )
+
+    async def hangup(self, call_control_id: str) -> None:
+        await self._command(call_control_id, "hangup", {})
+
+    async def _command(self, call_control_id: str, action: str, body: dict[str, Any]) -> None:
+        url = f"{self._base}/calls/{call_control_id}/actions/{action}"
+        payload = {**body, "command_id": str(uuid.uuid4())}
+        try:
+            response = await self._client.post(url, json=payload, headers=self._headers)
+        except httpx.HTTPError as exc:
+            raise TelnyxApiError(f"{action}: {type(exc).__name__}") from None
+        if response.status_code < 300:
+            return
+        if response.status_code == 422 and _error_code(response) == _ALREADY_ENDED:
+            return
+        raise TelnyxApiError(f"{action}: HTTP {response.status_code} {_error_code(response)}")
+
+
+def _error_code(response: httpx.Response) -> str:
+    try:
+        errors = response.json().get("errors") or [{}]
+        return str(errors[0].get("code", ""))
+    except (ValueError, AttributeError, IndexError):
+        return ""

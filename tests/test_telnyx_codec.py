@@ -1,0 +1,216 @@
+"""Telnyx media streaming codec, reordering, TeXML and Ed25519 signatures, with plain bytes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.carriers.base import (
+    AudioReceived,
+    CarrierReportedError,
+    DtmfReceived,
+    MarkPlayed,
+    ProtocolError,
+    StreamStarted,
+    StreamStopped,
+)
+from gateway.carriers.reorder import Reorderer
+from gateway.carriers.telnyx import TelnyxCodec, connect_stream_texml
+from gateway.carriers.telnyx_signature import SignatureError, load_public_key, verify
+
+STREAM = "32DE0DEA-53CB-4B21-89A4-9E1819C043BC"
+CALL = "v3:T02llQxIyaRkhfRKxgAP8nY511EhFLizdvdUKJiSw8d6A9BborherQ"
+
+
+def start(encoding: str = "PCMU", rate: int = 8000, **extra: object) -> str:
+    body = {
+        "event": "start",
+        "sequence_number": "1",
+        "start": {
+            "user_id": "3E6F995F-85F7-4705-9741-53B116D28237",
+            "call_control_id": CALL,
+            "call_session_id": "ff55a038-6f5d-11ef-9692-02420aeffb1f",
+            "from": "+13122010094",
+            "to": "+13122123456",
+            "client_state": "aGF2ZSBhIG5pY2UgZGF5ID1d",
+            "media_format": {"encoding": encoding, "sample_rate": rate, "channels": 1},
+            **extra,
+        },
+        "stream_id": STREAM,
+    }
+    return json.dumps(body)
+
+
+def media(chunk: int, payload: bytes = b"\xff" * 160, stream: str = STREAM) -> str:
+    return json.dumps({
+        "event": "media", "sequence_number": str(chunk + 2),
+        "media": {"track": "inbound", "chunk": str(chunk), "timestamp": str(chunk * 20),
+                  "payload": base64.b64encode(payload).decode()},
+        "stream_id": stream,
+    })  # fmt: skip
+
+
+def started(**kwargs: object) -> TelnyxCodec:
+    codec = TelnyxCodec()
+    assert codec.parse('{"event": "connected", "version": "1.0.0"}') is None
+    assert isinstance(codec.parse(start(**kwargs)), StreamStarted)  # type: ignore[arg-type]
+    return codec
+
+
+@pytest.mark.parametrize(
+    ("encoding", "rate", "expected"),
+    [("PCMU", 8000, ("PCMU", 8000)), ("PCMA", 8000, ("PCMA", 8000)),
+     ("L16", 16000, ("L16", 16000)), ("G722", 8000, ("G722", 16000)),
+     ("G722", 16000, ("G722", 16000))],
+)  # fmt: skip
+def test_start_announces_ids_and_the_negotiated_codec(
+    encoding: str, rate: int, expected: tuple[str, int]
+) -> None:
+    event = TelnyxCodec().parse(start(encoding, rate, custom_parameters={"a": "1"}))
+    assert isinstance(event, StreamStarted)
+    assert (event.stream_id, event.call_id) == (STREAM, CALL)
+    assert (event.audio_format.encoding, event.audio_format.sample_rate) == expected
+    assert dict(event.parameters) == {"a": "1"}
+
+
+def test_unsupported_codecs_end_the_stream_clearly() -> None:
+    with pytest.raises(ProtocolError, match="OPUS") as info:
+        TelnyxCodec().parse(start("OPUS", 16000))
+    assert info.value.fatal
+
+
+def test_inbound_events_and_client_state() -> None:
+    codec = started()
+    assert codec.client_state == "aGF2ZSBhIG5pY2UgZGF5ID1d"
+    assert codec.parse(media(1, b"\x01" * 160)) == AudioReceived(b"\x01" * 160)
+    dtmf = {"event": "dtmf", "stream_id": STREAM, "occurred_at": "2025-06-05T08:54:19Z",
+            "sequence_number": "5", "dtmf": {"digit": "1"}}  # fmt: skip
+    assert codec.parse(json.dumps(dtmf)) == DtmfReceived("1")
+    mark = {"event": "mark", "stream_id": STREAM, "sequence_number": "6", "mark": {"name": "t"}}
+    assert codec.parse(json.dumps(mark)) == MarkPlayed("t")
+    error = {"event": "error", "stream_id": STREAM,
+             "payload": {"code": 100003, "title": "malformed_frame", "detail": "bad"}}  # fmt: skip
+    assert codec.parse(json.dumps(error)) == CarrierReportedError(
+        "100003", "malformed_frame", "bad"
+    )
+    stop = {"event": "stop", "sequence_number": "7", "stream_id": STREAM,
+            "stop": {"user_id": "u", "call_control_id": CALL}}  # fmt: skip
+    assert codec.parse(json.dumps(stop)) == StreamStopped()
+
+
+def test_outbound_messages_carry_no_stream_id() -> None:
+    codec = started()
+    assert json.loads(codec.media(b"\x01\x02")) == {"event": "media", "media": {"payload": "AQI="}}
+    assert json.loads(codec.mark("turn-1")) == {"event": "mark", "mark": {"name": "turn-1"}}
+    assert json.loads(codec.clear()) == {"event": "clear"}
+
+
+def test_out_of_order_and_duplicate_frames_are_put_right() -> None:
+    codec = started()
+    frames = {n: bytes([n]) * 160 for n in range(1, 7)}
+    out: list[bytes] = []
+    for n in (1, 3, 2, 2, 5, 4, 4, 6, 1):
+        event = codec.parse(media(n, frames[n]))
+        if event is not None:
+            assert isinstance(event, AudioReceived)
+            out.append(event.payload)
+    assert b"".join(out) == b"".join(frames[n] for n in range(1, 7))
+    assert codec.reorder.duplicates + codec.reorder.late == 3
+
+
+@given(st.integers(min_value=1, max_value=60), st.integers(min_value=0, max_value=5),
+       st.randoms(use_true_random=False))  # fmt: skip
+def test_reorderer_restores_any_shuffle_within_its_window(
+    count: int, window: int, rng: random.Random
+) -> None:
+    order = list(range(count))
+    # Displace each frame by at most `window` positions, and duplicate some.
+    for i in range(0, count, window + 1):
+        block = order[i : i + window + 1]
+        rng.shuffle(block)
+        order[i : i + window + 1] = block
+    arrivals = [n for n in order for _ in range(2 if rng.random() < 0.2 else 1)]
+    r = Reorderer(window, first=0)
+    released = [p for n in arrivals for p in r.push(n, n.to_bytes(2, "big"))] + r.drain()
+    assert [int.from_bytes(p, "big") for p in released] == list(range(count))
+    assert r.lost == 0
+
+
+def test_reorderer_gives_up_on_a_lost_frame_after_the_window() -> None:
+    r = Reorderer(2, first=0)
+    assert r.push(0, b"0") == [b"0"]
+    assert r.push(2, b"2") == []  # 1 is missing: hold
+    assert r.push(3, b"3") == []
+    assert r.push(4, b"4") == [b"2", b"3", b"4"]  # 1 is lost: release the rest
+    assert r.lost == 1
+    assert r.push(1, b"1") == []  # too late now
+    assert r.late == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        '{"event": "media", "media": {"payload": "AAAA"}}',
+        json.dumps({"event": "teleport"}),
+        media(1, stream="other-stream"),
+        json.dumps({"event": "media", "stream_id": STREAM, "media": {"payload": "%%%"}}),
+    ],
+)
+def test_bad_messages_are_droppable(text: str) -> None:
+    codec = TelnyxCodec() if "AAAA" in text else started()
+    with pytest.raises(ProtocolError) as info:
+        codec.parse(text)
+    assert not info.value.fatal
+
+
+def test_texml_streams_both_ways_in_rtp_mode() -> None:
+    xml = connect_stream_texml("wss://gw.example.com/telnyx/stream", "G722", {"x": "1"})
+    stream = ET.fromstring(xml).find("./Connect/Stream")
+    assert stream is not None
+    assert stream.attrib["url"] == "wss://gw.example.com/telnyx/stream"
+    assert stream.attrib["bidirectionalMode"] == "rtp"
+    assert stream.attrib["bidirectionalCodec"] == "G722"
+    assert stream.attrib["codec"] == "G722"
+    assert stream.attrib["bidirectionalSamplingRate"] == "16000"
+    assert [(p.attrib["name"], p.attrib["value"]) for p in stream] == [("x", "1")]
+
+
+def _keys() -> tuple[Ed25519PrivateKey, str]:
+    private = Ed25519PrivateKey.generate()
+    raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return private, base64.b64encode(raw).decode()
+
+
+def _signed(private: Ed25519PrivateKey, body: bytes, ts: int) -> dict[str, str]:
+    signature = private.sign(str(ts).encode() + b"|" + body)
+    return {"telnyx-signature-ed25519": base64.b64encode(signature).decode(),
+            "telnyx-timestamp": str(ts)}  # fmt: skip
+
+
+def test_signatures_valid_tampered_stale_and_missing() -> None:
+    private, public = _keys()
+    key = load_public_key(public)
+    body = b'{"data":{"event_type":"call.initiated"}}'
+    now = int(time.time())
+    verify(key, _signed(private, body, now), body, now)
+    with pytest.raises(SignatureError, match="invalid"):
+        verify(key, _signed(private, body, now), body.replace(b"initiated", b"answered"), now)
+    with pytest.raises(SignatureError, match="stale"):
+        verify(key, _signed(private, body, now - 301), body, now)
+    with pytest.raises(SignatureError, match="missing"):
+        verify(key, {}, body, now)
+    other, _ = _keys()
+    with pytest.raises(SignatureError, match="invalid"):
+        verify(key, _signed(other, body, now), body, now)
+    with pytest.raises(ValueError, match="32 bytes"):
+        load_public_key("not-a-key")
