@@ -40,6 +40,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
+class Fallback(_Strict):
+    """What the caller gets when Gemini is gone for good: a spoken apology, or a transfer.
+
+    Better than dead air: the gateway ends the stream and the carrier says ``say`` (then hangs
+    up), or dials ``transfer_to`` (E.164 like ``+15551234567``, or a ``sip:`` URI).
+    """
+
+    say: str = "Sorry, we cannot continue this call right now. Please call again later."
+    transfer_to: str = Field(default="", pattern=r"^(|\+[1-9][0-9]{6,14}|sips?:\S+)$")
+
+
 class Agent(_Strict):
     """One agent: who it is (identity block), how it sounds (voice) and how it opens."""
 
@@ -51,6 +62,8 @@ class Agent(_Strict):
     voice: str = "Puck"
     greeting: str = ""
     tools: tuple[str, ...] = ()
+    #: Overrides the file's top-level ``fallback`` while this agent is active.
+    fallback: Fallback | None = None
 
     @field_validator("tools")
     @classmethod
@@ -96,6 +109,7 @@ class AgentsFile(_Strict):
     model: str = Field(default=DEFAULT_MODEL, min_length=1)
     agents: tuple[Agent, ...] = Field(min_length=1)
     pipeline: tuple[Stage, ...] = Field(min_length=1)
+    fallback: Fallback = Fallback()
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +141,10 @@ class AgentGraph:
 
     def agent(self, agent_id: str) -> Agent:
         return self._agents[agent_id]
+
+    def fallback(self, agent: Agent | None = None) -> Fallback:
+        """The fallback in force while ``agent`` is active (the file's default otherwise)."""
+        return agent.fallback if agent is not None and agent.fallback else self.spec.fallback
 
     def stage(self, phase: str) -> Stage:
         return self._stages[phase]

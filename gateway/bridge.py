@@ -61,11 +61,28 @@ from gateway.live.events import (
     TurnComplete,
 )
 from gateway.live.session import LiveConnectError, LiveSession
+from gateway.metrics import Metrics
 from gateway.playout import Playout
 from gateway.transcript import Entry, Transcript
 
 #: End reasons where the caller is already gone, so there is nothing to hang up.
 CALLER_ENDED = frozenset({"caller_hung_up", "caller_disconnected"})
+#: End reasons where Gemini is gone for good: the active agent's fallback runs.
+MODEL_FAILED = frozenset({"model_ended", "model_unavailable"})
+
+
+def outcome(end_reason: str) -> str:
+    """The ``gateway_calls_total{outcome}`` label for an end reason (a small, fixed set)."""
+    if end_reason in CALLER_ENDED:
+        return "completed"
+    if end_reason in MODEL_FAILED:
+        return "model_failed"
+    if end_reason in ("idle_timeout", "max_duration", "drained", "unauthorized", "protocol_error"):
+        return end_reason
+    if end_reason in ("no_start", "caller_disconnected_before_start"):
+        return "abandoned"
+    return "error"
+
 
 #: Receives every call event (also logged); the demo prints them, tests assert on them.
 CallObserver = Callable[[str, Mapping[str, Any]], None]
@@ -93,6 +110,27 @@ class BridgeOptions:
     reconnect_buffer_ms: int = 2000
     #: Malformed messages tolerated on one call before it is judged broken or hostile.
     max_bad_messages: int = 200
+    #: Seconds; 0 for no limit.
+    max_duration_s: float = 0.0
+    #: Seconds with neither caller media nor agent audio before the call is judged dead.
+    idle_timeout_s: float = 60.0
+
+
+def _always(_: StreamStarted) -> str | None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CallHooks:
+    """Decisions that belong to the deployment and the carrier, not to the bridge."""
+
+    #: None to bridge the stream, else why it is refused (checked before Gemini is dialled).
+    authorize: Callable[[StreamStarted], str | None] = _always
+    #: Ends the phone call when the gateway ends it and closing the stream alone would not.
+    hang_up: Callable[[str], Awaitable[None]] | None = None
+    #: Runs the active agent's fallback when Gemini is gone for good; True if that also took
+    #: care of ending the call (so ``hang_up`` must not cut it short).
+    fallback: Callable[[str, Agent], Awaitable[bool]] | None = None
 
 
 @dataclass(slots=True)
@@ -117,7 +155,8 @@ class CallBridge:
         new_live_session: Callable[[structlog.stdlib.BoundLogger], LiveSession],
         options: BridgeOptions | None = None,
         observers: tuple[CallObserver, ...] = (),
-        hang_up: Callable[[str], Awaitable[None]] | None = None,
+        hooks: CallHooks | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.socket = socket
         self.codec = codec
@@ -134,9 +173,15 @@ class CallBridge:
             carrier=codec.carrier
         )
         self._new_live_session = new_live_session
-        #: Ends the phone call when the gateway (not the caller) ends it and closing the stream
-        #: alone would not (a Telnyx Call Control call).
-        self._hang_up = hang_up
+        self._hooks = hooks or CallHooks()
+        self._metrics = metrics
+        self._frames_in = metrics.audio_frames.labels("in") if metrics else None
+        self._frames_out = metrics.audio_frames.labels("out") if metrics else None
+        self._end_requested: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._begun_at: float | None = None
+        self._last_activity = time.monotonic()
+        #: When the current cue for an agent turn happened (connect, caller speech, handoff).
+        self._cue_at: float | None = None
         self._live: LiveSession | None = None
         self._uplink: Uplink | None = None
         self._downlink: Downlink | None = None
@@ -146,6 +191,11 @@ class CallBridge:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def request_end(self, reason: str) -> None:
+        """End the call politely from outside (drain timeout): the fallback verbs then play."""
+        if not self._end_requested.done():
+            self._end_requested.set_result(reason)
+
     async def run(self) -> None:
         """Serve the call until it ends; always leaves both sides closed."""
         tasks: list[asyncio.Task[str]] = []
@@ -154,19 +204,29 @@ class CallBridge:
             started = await self._await_start()
             if started is None:
                 return
+            refusal = self._hooks.authorize(started)
+            if refusal is not None:
+                self.end_reason = "unauthorized"
+                self.log.warning("call.unauthorized", reason=refusal, call_id=started.call_id)
+                await self.socket.close(1008, "unauthorized")
+                return
             live = self._begin(started)
             try:
                 _, elapsed = await live.open(self._persona(), opening=self._first_opening)
             except LiveConnectError as exc:
                 self.end_reason = "model_unavailable"
+                self._count_error("live_connect")
                 self.log.error("call.model_unavailable", reason=exc.reason, code=exc.code)
                 return
+            self._cue_at = time.monotonic() if self.agent.greeting else None
             self._emit("call.connected", live_connect_ms=round(elapsed, 1))
             assert self._playout is not None
             tasks = [
                 asyncio.create_task(self._caller_loop(), name="caller"),
                 asyncio.create_task(self._model_loop(), name="model"),
                 asyncio.create_task(self._run_playout(), name="playout"),
+                asyncio.create_task(self._watchdog(), name="watchdog"),
+                asyncio.create_task(self._wait_for_end_request(), name="end-request"),
             ]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finished = next(iter(done))
@@ -185,13 +245,33 @@ class CallBridge:
             await cancel_and_wait(*tasks)
             if self._live is not None:
                 await self._live.close()
+            handled = await self._run_fallback()
             await self.socket.close(1000, "call ended")
-            if self._hang_up is not None and self.call_id and self.end_reason not in CALLER_ENDED:
-                try:
-                    await self._hang_up(self.call_id)
-                except Exception as exc:
-                    self.log.warning("call.hangup_failed", error=str(exc))
+            await self._run_hang_up(handled)
             self._finish(time.monotonic() - started_at)
+
+    async def _run_fallback(self) -> bool:
+        fallback = self._hooks.fallback
+        if fallback is None or self.end_reason not in MODEL_FAILED or not self.call_id:
+            return False
+        try:
+            return await fallback(self.call_id, self.agent)
+        except Exception as exc:
+            self._count_error("fallback")
+            self.log.warning("call.fallback_failed", error=str(exc))
+            return False
+
+    async def _run_hang_up(self, fallback_handled: bool) -> None:
+        hang_up = self._hooks.hang_up
+        if hang_up is None or fallback_handled or not self.call_id:
+            return
+        if self.end_reason in CALLER_ENDED or self._begun_at is None:
+            return
+        try:
+            await hang_up(self.call_id)
+        except Exception as exc:
+            self._count_error("hangup")
+            self.log.warning("call.hangup_failed", error=str(exc))
 
     async def _await_start(self) -> StreamStarted | None:
         try:
@@ -227,6 +307,9 @@ class CallBridge:
         self._uplink = uplink_for(started.audio_format)
         self._downlink = downlink_for(started.audio_format)
         self._playout = Playout(self.codec, self.socket.send, lead_ms=self.options.playout_lead_ms)
+        self._begun_at = self._last_activity = time.monotonic()
+        if self._metrics is not None:
+            self._metrics.active_calls.inc()
         live = self._live = self._new_live_session(self.log)
         live.history_for_fresh_session = self._history_for_fresh_session
         self._emit(
@@ -239,6 +322,16 @@ class CallBridge:
     def _finish(self, duration: float) -> None:
         self.transcript.finish_all()
         playout = self._playout
+        metrics = self._metrics
+        if metrics is not None:
+            if self._begun_at is not None:
+                metrics.active_calls.dec()
+            metrics.calls.labels(outcome(self.end_reason)).inc()
+            if playout is not None and playout.frames_overflowed:
+                metrics.dropped_frames.labels("overflow").inc(playout.frames_overflowed)
+            if self._live is not None and self._live.audio_dropped_bytes:
+                frames = self._live.audio_dropped_bytes // 640  # 20 ms of PCM16 at 16 kHz
+                metrics.dropped_frames.labels("reconnect_buffer").inc(frames)
         self._emit(
             "call.ended",
             reason=self.end_reason,
@@ -273,6 +366,9 @@ class CallBridge:
                 continue
             if isinstance(event, AudioReceived):
                 self.stats.frames_in += 1
+                self._last_activity = time.monotonic()
+                if self._frames_in is not None:
+                    self._frames_in.inc()
                 await live.send_audio(uplink.feed(event.payload))
             elif isinstance(event, MarkPlayed):
                 if playout.mark_echoed(event.name):
@@ -283,6 +379,7 @@ class CallBridge:
             elif isinstance(event, StreamStopped):
                 return "caller_hung_up"
             elif isinstance(event, CarrierReportedError):
+                self._count_error("carrier")
                 self.log.warning("carrier.error", code=event.code, title=event.title,
                                  detail=event.detail)  # fmt: skip
 
@@ -296,6 +393,7 @@ class CallBridge:
     def _tolerate(self, problem: str) -> bool:
         """Count a dropped message; False once the call has sent too many to keep."""
         self.stats.bad_messages += 1
+        self._count_error("bad_message")
         n = self.stats.bad_messages
         if n <= 5 or n % 100 == 0:  # log the first few, then sample: a flood must not flood logs
             self.log.warning("call.message_dropped", problem=problem, count=n)
@@ -311,20 +409,27 @@ class CallBridge:
         while True:
             event = await live.next_event()
             if isinstance(event, AudioOut):
-                for frame in downlink.feed(event.pcm):
+                frames = downlink.feed(event.pcm)
+                for frame in frames:
                     playout.enqueue(frame)
+                self._last_activity = time.monotonic()
+                if self._frames_out is not None:
+                    self._frames_out.inc(len(frames))
                 if not self._speaking:
                     self._speaking = True
-                    self._emit("agent.speaking")
+                    self._agent_started_speaking()
             elif isinstance(event, AgentTranscript):
                 self._record(self.transcript.agent_piece(event.text, self.agent.id))
             elif isinstance(event, CallerTranscript):
+                self._cue_at = time.monotonic()  # the caller spoke: the next audio answers it
                 self._record(self.transcript.caller_piece(event.text, self.agent.id))
             elif isinstance(event, Interrupted):
                 dropped = playout.interrupt()
                 downlink.reset()
                 self._speaking = False
                 self.stats.barge_ins += 1
+                if self._metrics is not None:
+                    self._metrics.dropped_frames.labels("barge_in").inc(dropped)
                 self._record(self.transcript.finish_agent(interrupted=True))
                 self._emit("agent.interrupted", frames_dropped=dropped)
             elif isinstance(event, TurnComplete):
@@ -338,8 +443,10 @@ class CallBridge:
                 self.transcript.mark_handle()
             elif isinstance(event, Reconnected):
                 self.stats.reconnects += 1
-                self._emit("live.reconnected", reason=event.reason, resumed=event.resumed,
-                           ms=round(event.elapsed_ms, 1))  # fmt: skip
+                if self._metrics is not None:
+                    self._metrics.live_reconnects.labels(event.reason).inc()
+                self._emit("live.reconnected", reason=event.reason, detail=event.detail,
+                           resumed=event.resumed, ms=round(event.elapsed_ms, 1))  # fmt: skip
             elif isinstance(event, GoAway):
                 self._emit("live.go_away", time_left=event.time_left)
             elif isinstance(event, ToolCallCancelled):
@@ -412,10 +519,15 @@ class CallBridge:
         try:
             resumed, elapsed = await live.open(self._persona(), opening=opening)
         except LiveConnectError as exc:
+            self._count_error("live_connect")
             self.log.error("handoff.failed", target=agent.id, reason=exc.reason, code=exc.code)
             return False
+        self._cue_at = time.monotonic()
         self.stats.handoffs += 1
         self.stats.handoff_ms.append(elapsed)
+        if self._metrics is not None:
+            self._metrics.handoffs.inc()
+            self._metrics.handoff_seconds.observe(elapsed / 1000)
         self._emit(
             "handoff.completed",
             from_agent=previous.id,
@@ -428,6 +540,35 @@ class CallBridge:
         return True
 
     # ------------------------------------------------------------------ helpers
+
+    async def _wait_for_end_request(self) -> str:
+        return await self._end_requested
+
+    async def _watchdog(self) -> str:
+        """End calls that hang: nothing heard from either side, or past the duration limit."""
+        opts = self.options
+        step = min(1.0, opts.idle_timeout_s / 4)
+        while True:
+            await asyncio.sleep(step)
+            now = time.monotonic()
+            if opts.max_duration_s and now - (self._begun_at or now) >= opts.max_duration_s:
+                return "max_duration"
+            if now - self._last_activity >= opts.idle_timeout_s:
+                return "idle_timeout"
+
+    def _agent_started_speaking(self) -> None:
+        if self._cue_at is not None:
+            latency = time.monotonic() - self._cue_at
+            self._cue_at = None
+            if self._metrics is not None:
+                self._metrics.first_audio_seconds.observe(latency)
+            self._emit("agent.speaking", first_audio_ms=round(latency * 1000, 1))
+        else:
+            self._emit("agent.speaking")
+
+    def _count_error(self, kind: str) -> None:
+        if self._metrics is not None:
+            self._metrics.errors.labels(kind).inc()
 
     async def _run_playout(self) -> str:
         assert self._playout is not None

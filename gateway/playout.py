@@ -57,7 +57,9 @@ class Playout:
         self._outstanding: set[str] = set()
         self._flushed: set[str] = set()
         self.frames_sent = 0
+        #: Dropped by barge-in (never sent), and by a runaway producer overflowing the queue.
         self.frames_dropped = 0
+        self.frames_overflowed = 0
         self.first_frame_sent_at: float | None = None
 
     @property
@@ -71,7 +73,7 @@ class Playout:
     def enqueue(self, frame: bytes) -> None:
         if len(self._items) >= self._max_items:
             self._items.popleft()  # a runaway producer; the oldest audio is the least useful
-            self.frames_dropped += 1
+            self.frames_overflowed += 1
         self._items.append(frame)
         self._wake.set()
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import structlog
 
 from gateway.agents import AgentGraph
+from gateway.aio import cancel_and_wait
 from gateway.cli import ConfigError
 from gateway.logs import configure_logging, register_secrets
 from gateway.server import build_state, running_gateway
@@ -31,8 +32,7 @@ async def serve(
     from pydantic import SecretStr
 
     configure_logging(settings.log_level, settings.log_format)
-    if settings.gemini_api_key is not None:
-        register_secrets([settings.gemini_api_key.get_secret_value()])
+    register_secrets(settings.secrets())
     log = structlog.get_logger("gateway")
     for warning in graph.warnings:
         log.warning("agents.warning", detail=warning)
@@ -50,8 +50,16 @@ async def serve(
         state = build_state(settings, graph, ssl_context=ssl_context)
         gateway = await stack.enter_async_context(running_gateway(state, host=host, port=port))
         loop = asyncio.get_running_loop()
+        draining: list[asyncio.Task[None]] = []
+
+        def on_signal() -> None:
+            if draining:  # a second signal: stop now
+                gateway.stop()
+            else:
+                draining.append(loop.create_task(gateway.drain(settings.drain_timeout)))
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, gateway.stop)
+            loop.add_signal_handler(sig, on_signal)
         log.info(
             "gateway.listening",
             url=gateway.url,
@@ -61,6 +69,8 @@ async def serve(
             agents=[a.id for a in graph.spec.agents],
         )
         await gateway.wait_closed()
+        for task in draining:
+            await cancel_and_wait(task)
 
 
 async def place_call(args: argparse.Namespace) -> int:

@@ -20,8 +20,10 @@ from gateway.app import GatewayState, create_app
 from gateway.bridge import CallObserver
 from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.telnyx_signature import load_public_key
+from gateway.carriers.twilio_api import TwilioRest
 from gateway.live.client import make_client
 from gateway.live.session import LiveSession
+from gateway.security import StreamTokens
 from gateway.settings import Settings
 
 #: PCM16 at 16 kHz: bytes per millisecond of caller audio sent to Gemini.
@@ -48,12 +50,26 @@ def build_state(
         telnyx_api = CallControl(
             settings.telnyx_api_key.get_secret_value(), base_url=settings.telnyx_api_base
         )
+    twilio_rest = None
+    if settings.twilio_auth_token is not None and settings.twilio_account_sid:
+        twilio_rest = TwilioRest(
+            settings.twilio_account_sid,
+            settings.twilio_auth_token.get_secret_value(),
+            base_url=settings.twilio_api_base,
+        )
+    if settings.gateway_secret is not None:
+        secret = settings.gateway_secret.get_secret_value().encode()
+        tokens = StreamTokens(secret, ttl_s=settings.stream_token_ttl)
+    else:
+        tokens = StreamTokens.ephemeral(ttl_s=settings.stream_token_ttl)
     return GatewayState(
         settings=settings,
         graph=graph,
         new_live_session=new_live_session,
+        tokens=tokens,
         observers=observers,
         telnyx_api=telnyx_api,
+        twilio_rest=twilio_rest,
         telnyx_public_key=(
             load_public_key(settings.telnyx_public_key) if settings.telnyx_public_key else None
         ),
@@ -82,8 +98,26 @@ class RunningGateway:
     task: asyncio.Task[None]
 
     def stop(self) -> None:
-        """Begin a graceful shutdown (safe to call from a signal handler)."""
+        """Stop serving now (live calls are ended); see :meth:`drain` for the polite way."""
         self.server.should_exit = True
+
+    async def drain(self, timeout_s: float, *, grace_s: float = 5.0) -> None:
+        """Stop taking calls, let live ones finish for ``timeout_s``, end the rest, stop.
+
+        readyz turns 503 at once, so a load balancer stops sending new calls; new webhooks
+        get a polite busy message. Calls still up after the timeout are ended politely (the
+        fallback verbs play), and get ``grace_s`` to close before the server stops.
+        """
+        state = self.state
+        state.draining = True
+        log = structlog.get_logger("gateway")
+        log.info("gateway.draining", active_calls=len(state.calls), timeout_s=timeout_s)
+        if state.calls and not await state.wait_idle(timeout_s):
+            log.info("gateway.drain_timeout", ending_calls=len(state.calls))
+            for bridge in list(state.calls.values()):
+                bridge.request_end("drained")
+            await state.wait_idle(grace_s)
+        self.stop()
 
     async def wait_closed(self) -> None:
         """Until the server has stopped (after :meth:`stop`)."""

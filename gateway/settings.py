@@ -56,7 +56,34 @@ class Settings(BaseSettings):
     #: documents G722 (not L16) for bidirectional streams, Call Control documents both.
     telnyx_codec: Literal["PCMU", "PCMA", "G722", "L16"] = "PCMU"
 
-    @field_validator("gemini_api_key", "telnyx_api_key")
+    # --- security ---------------------------------------------------------------------------
+    #: When set, every Twilio webhook and stream upgrade must carry a valid X-Twilio-Signature.
+    twilio_auth_token: SecretStr | None = None
+    #: With TWILIO_AUTH_TOKEN: lets the active agent's fallback replace a failed call's TwiML.
+    twilio_account_sid: str | None = None
+    twilio_api_base: str = "https://api.twilio.com"
+    #: HMAC key for stream tokens. Unset: a random per-process key (one replica only).
+    gateway_secret: SecretStr | None = None
+    #: How long after the webhook a stream may start with its token.
+    stream_token_ttl: float = Field(default=120.0, ge=5.0, le=3600.0)
+
+    # --- limits -----------------------------------------------------------------------------
+    #: Calls over this get a polite busy message instead of a stream.
+    max_concurrent_calls: int = Field(default=200, ge=1)
+    #: Seconds; a call is then ended politely (0 = no limit).
+    max_call_duration: float = Field(default=3600.0, ge=0.0)
+    #: Seconds with neither caller media nor model audio before a call is judged dead.
+    call_idle_timeout: float = Field(default=60.0, ge=1.0)
+    #: Seconds live calls may run on after SIGTERM before they are ended politely.
+    drain_timeout: float = Field(default=30.0, ge=0.0)
+
+    # --- Gemini Live connection -------------------------------------------------------------
+    #: Websocket keepalive towards Gemini. Pongs have been seen to take 8-30 s under load, and a
+    #: missed one kills the connection (1011), so the timeout is generous.
+    live_ping_interval: float = Field(default=20.0, ge=1.0)
+    live_ping_timeout: float = Field(default=30.0, ge=1.0)
+
+    @field_validator("gemini_api_key", "telnyx_api_key", "twilio_auth_token", "gateway_secret")
     @classmethod
     def _non_empty_key(cls, key: SecretStr | None) -> SecretStr | None:
         if key is not None and not key.get_secret_value().strip():
@@ -102,6 +129,19 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("gateway_secret")
+    @classmethod
+    def _long_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and len(secret.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. openssl rand -hex 32)")
+        return secret
+
+    def secrets(self) -> list[str]:
+        """Every secret value configured, for the log scrubber."""
+        keys = (self.gemini_api_key, self.telnyx_api_key, self.twilio_auth_token,
+                self.gateway_secret)  # fmt: skip
+        return [k.get_secret_value() for k in keys if k is not None]
 
     def stream_base(self) -> str | None:
         """``wss://host[/prefix]`` from PUBLIC_URL, or None to derive it per request."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 
 import websockets
 
@@ -144,9 +145,11 @@ async def test_bad_input_is_dropped_or_ends_only_that_call() -> None:
             await ws.send(b"\x00\x01binary")
             await ws.send(json.dumps({"event": "teleport"}))
             await ws.send(json.dumps({"event": "media", "media": {"payload": "AAAA"}}))  # early
+            token = h.gateway.state.tokens.mint("twilio", "CAbad", time.time())
             start = {"event": "start", "start": {"streamSid": "MZbad", "callSid": "CAbad",
                      "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000,
-                                     "channels": 1}}, "streamSid": "MZbad"}  # fmt: skip
+                                     "channels": 1}, "customParameters": {"token": token}},
+                     "streamSid": "MZbad"}  # fmt: skip
             await ws.send(json.dumps(start))
             await ws.send(json.dumps({"event": "media", "streamSid": "MZbad",
                                       "media": {"payload": "%%%"}}))  # fmt: skip
@@ -180,8 +183,10 @@ async def test_a_flood_of_bad_messages_ends_only_that_call() -> None:
     async with running() as h:
         url = f"ws://127.0.0.1:{h.gateway.port}/twilio/stream"
         async with websockets.connect(url) as ws:
-            start = {"event": "start", "start": {"streamSid": "MZflood", "callSid": "CAflood"},
-                     "streamSid": "MZflood"}  # fmt: skip
+            token = h.gateway.state.tokens.mint("twilio", "CAflood", time.time())
+            start = {"event": "start", "streamSid": "MZflood",
+                     "start": {"streamSid": "MZflood", "callSid": "CAflood",
+                               "customParameters": {"token": token}}}  # fmt: skip
             await ws.send(json.dumps(start))
             await h.sim.wait_for_connections(1, timeout=3)
             for _ in range(250):

@@ -24,7 +24,12 @@ from gateway.carriers.base import (
     StreamStopped,
 )
 from gateway.carriers.reorder import Reorderer
-from gateway.carriers.telnyx import TelnyxCodec, connect_stream_texml
+from gateway.carriers.telnyx import (
+    TelnyxCodec,
+    call_control_state,
+    connect_stream_texml,
+    token_from_state,
+)
 from gateway.carriers.telnyx_signature import SignatureError, load_public_key, verify
 
 STREAM = "32DE0DEA-53CB-4B21-89A4-9E1819C043BC"
@@ -88,9 +93,18 @@ def test_unsupported_codecs_end_the_stream_clearly() -> None:
     assert info.value.fatal
 
 
-def test_inbound_events_and_client_state() -> None:
+def test_a_call_control_client_state_carries_the_stream_token() -> None:
+    codec = TelnyxCodec()
+    event = codec.parse(start(client_state=call_control_state("v1.123.abc")))
+    assert isinstance(event, StreamStarted)
+    assert event.parameters["token"] == "v1.123.abc"
+    assert codec.call_control is True
+    assert token_from_state("aGF2ZSBhIG5pY2UgZGF5ID1d") is None  # someone else's state
+
+
+def test_inbound_events() -> None:
     codec = started()
-    assert codec.client_state == "aGF2ZSBhIG5pY2UgZGF5ID1d"
+    assert codec.call_control is False
     assert codec.parse(media(1, b"\x01" * 160)) == AudioReceived(b"\x01" * 160)
     dtmf = {"event": "dtmf", "stream_id": STREAM, "occurred_at": "2025-06-05T08:54:19Z",
             "sequence_number": "5", "dtmf": {"digit": "1"}}  # fmt: skip

@@ -36,6 +36,11 @@ from gateway.carriers.base import (
 from gateway.carriers.reorder import Reorderer
 
 _DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
+#: client_state prefix on streams the gateway started through Call Control. It comes back in
+#: the stream's ``start`` (with the stream token after it): that is how the token reaches a
+#: stream that has no <Parameter>s, and how the stream knows to hang up through the API.
+CALL_CONTROL_PREFIX = "callbridge-cc:"
+
 #: Codecs the gateway can ask Telnyx for, and the sampling rate to ask with.
 TELNYX_CODECS: dict[str, int] = {"PCMU": 8000, "PCMA": 8000, "G722": 16000, "L16": 16000}
 
@@ -47,7 +52,8 @@ class TelnyxCodec:
 
     def __init__(self, *, reorder_window: int = 3) -> None:
         self.stream_id: str | None = None
-        self.client_state: str | None = None
+        #: True for streams started by a Call Control ``streaming_start`` (not TeXML).
+        self.call_control = False
         self.reorder = Reorderer(reorder_window, first=1)  # media.chunk counts from 1
 
     def parse(self, text: str) -> CarrierEvent | None:
@@ -127,13 +133,16 @@ class TelnyxCodec:
         if not isinstance(params, dict):
             raise ProtocolError("custom_parameters is not an object", fatal=True)
         self.stream_id = stream_id
-        state = start.get("client_state")
-        self.client_state = state if isinstance(state, str) else None
+        parameters = {str(k): str(v) for k, v in params.items()}
+        token = token_from_state(start.get("client_state"))
+        if token is not None:
+            self.call_control = True
+            parameters.setdefault("token", token)
         return StreamStarted(
             stream_id=stream_id,
             call_id=call_id,
             audio_format=audio_format,
-            parameters={str(k): str(v) for k, v in params.items()},
+            parameters=parameters,
         )
 
     def _media(self, msg: dict[str, Any]) -> AudioReceived | None:
@@ -166,6 +175,22 @@ class TelnyxCodec:
             raise ProtocolError("message for another stream_id")
 
 
+def call_control_state(token: str) -> str:
+    """The client_state that carries a stream token through Call Control."""
+    return base64.b64encode((CALL_CONTROL_PREFIX + token).encode()).decode()
+
+
+def token_from_state(client_state: object) -> str | None:
+    """The stream token inside a Call Control client_state, or None if it is not ours."""
+    if not isinstance(client_state, str) or not client_state:
+        return None
+    try:
+        decoded = base64.b64decode(client_state, validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return decoded[len(CALL_CONTROL_PREFIX) :] if decoded.startswith(CALL_CONTROL_PREFIX) else None
+
+
 def _int(value: object) -> int:
     try:
         return int(value)  # type: ignore[call-overload,no-any-return]
@@ -173,8 +198,13 @@ def _int(value: object) -> int:
         return -1
 
 
-def connect_stream_texml(stream_url: str, codec: str, parameters: Mapping[str, str]) -> str:
-    """TeXML that streams the call both ways in ``codec`` (RTP mode)."""
+def connect_stream_texml(
+    stream_url: str, codec: str, parameters: Mapping[str, str], after: str = ""
+) -> str:
+    """TeXML that streams the call both ways in ``codec`` (RTP mode).
+
+    As with Twilio, the verbs in ``after`` run when the gateway closes the stream.
+    """
     rate = TELNYX_CODECS[codec]
     params = "".join(
         f"<Parameter name={quoteattr(k)} value={quoteattr(v)}/>" for k, v in parameters.items()
@@ -183,5 +213,5 @@ def connect_stream_texml(stream_url: str, codec: str, parameters: Mapping[str, s
         '<?xml version="1.0" encoding="UTF-8"?>'
         f'<Response><Connect><Stream url={quoteattr(stream_url)} track="inbound_track"'
         f' codec="{codec}" bidirectionalMode="rtp" bidirectionalCodec="{codec}"'
-        f' bidirectionalSamplingRate="{rate}">{params}</Stream></Connect></Response>'
+        f' bidirectionalSamplingRate="{rate}">{params}</Stream></Connect>{after}</Response>'
     )

@@ -14,11 +14,10 @@ from typing import Any
 
 import httpx
 
-from gateway.carriers.telnyx import TELNYX_CODECS
+from gateway.carriers.telnyx import TELNYX_CODECS, call_control_state
 
-#: client_state put on calls the gateway answered through Call Control. It comes back in the
-#: stream's ``start`` message, which is how a stream knows it must hang up through the API.
-CALL_CONTROL_STATE = base64.b64encode(b"callbridge:call-control").decode()
+#: client_state of the fallback announcement: its ``call.speak.ended`` webhook means hang up.
+FALLBACK_STATE = base64.b64encode(b"callbridge-fallback").decode()
 _ALREADY_ENDED = "90018"
 
 
@@ -38,9 +37,11 @@ class CallControl:
         await self._client.aclose()
 
     async def answer(self, call_control_id: str) -> None:
-        await self._command(call_control_id, "answer", {"client_state": CALL_CONTROL_STATE})
+        await self._command(call_control_id, "answer", {})
 
-    async def start_streaming(self, call_control_id: str, stream_url: str, codec: str) -> None:
+    async def start_streaming(
+        self, call_control_id: str, stream_url: str, codec: str, token: str
+    ) -> None:
         await self._command(
             call_control_id,
             "streaming_start",
@@ -51,12 +52,25 @@ class CallControl:
                 "stream_bidirectional_mode": "rtp",
                 "stream_bidirectional_codec": codec,
                 "stream_bidirectional_sampling_rate": TELNYX_CODECS[codec],
-                "client_state": CALL_CONTROL_STATE,
+                "client_state": call_control_state(token),
             },
         )
 
     async def hangup(self, call_control_id: str) -> None:
         await self._command(call_control_id, "hangup", {})
+
+    async def speak(self, call_control_id: str, text: str) -> None:
+        """Say ``text``; the gateway hangs up when its ``call.speak.ended`` arrives."""
+        body = {"payload": text, "voice": "female", "language": "en-US",
+                "client_state": FALLBACK_STATE}  # fmt: skip
+        await self._command(call_control_id, "speak", body)
+
+    async def transfer(self, call_control_id: str, to: str) -> None:
+        await self._command(call_control_id, "transfer", {"to": to})
+
+    async def reject(self, call_control_id: str) -> None:
+        """Refuse an incoming call with a busy signal (over capacity, draining)."""
+        await self._command(call_control_id, "reject", {"cause": "USER_BUSY"})
 
     async def _command(self, call_control_id: str, action: str, body: dict[str, Any]) -> None:
         url = f"{self._base}/calls/{call_control_id}/actions/{action}"

@@ -144,11 +144,13 @@ def _field(msg: Mapping[str, Any], obj: str, key: str) -> Any:
     return inner.get(key) if isinstance(inner, dict) else None
 
 
-def connect_stream_twiml(stream_url: str, parameters: Mapping[str, str]) -> str:
+def connect_stream_twiml(stream_url: str, parameters: Mapping[str, str], after: str = "") -> str:
     """TwiML that hands the call's audio to ``stream_url`` both ways.
 
     ``<Connect>`` (not ``<Start>``) makes the stream bidirectional and holds the call for as long
-    as the websocket is open; with nothing after it, closing the socket ends the call. The URL
+    as the websocket is open. The verbs in ``after`` run only when the *gateway* closes the
+    socket (a caller who hangs up has ended the call already): that is where the fallback goes,
+    so a gateway that has to give up on a call still says something instead of dead air. The URL
     must not carry a query string (Twilio rejects it), so per-call data travels as
     ``<Parameter>``s and arrives in ``start.customParameters``.
     """
@@ -163,13 +165,25 @@ def connect_stream_twiml(stream_url: str, parameters: Mapping[str, str]) -> str:
         '<?xml version="1.0" encoding="UTF-8"?>'
         f"<Response><Connect><Stream url={quoteattr(stream_url)}>"
         + "".join(params)
-        + "</Stream></Connect></Response>"
+        + "</Stream></Connect>"
+        + after
+        + "</Response>"
     )
+
+
+def fallback_verbs(say: str, transfer_to: str = "") -> str:
+    """TwiML (and TeXML) verbs for a call the gateway cannot continue: dial, or apologise."""
+    if transfer_to.startswith("sip"):
+        return f"<Dial><Sip>{escape(transfer_to)}</Sip></Dial>"
+    if transfer_to:
+        return f"<Dial>{escape(transfer_to)}</Dial>"
+    return f"<Say>{escape(say)}</Say><Hangup/>" if say else "<Hangup/>"
 
 
 def say_twiml(message: str) -> str:
     """A polite spoken message and hang-up, for calls the gateway cannot take."""
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        f"<Response><Say>{escape(message)}</Say><Hangup/></Response>"
-    )
+    return twiml_document(fallback_verbs(message))
+
+
+def twiml_document(verbs: str) -> str:
+    return '<?xml version="1.0" encoding="UTF-8"?><Response>' + verbs + "</Response>"

@@ -24,8 +24,8 @@ def make_client(settings: Settings, *, ssl_context: ssl.SSLContext | None = None
     ws_args: dict[str, Any] = {
         "open_timeout": 10,
         "close_timeout": 2,
-        "ping_interval": 20,
-        "ping_timeout": 20,
+        "ping_interval": settings.live_ping_interval,
+        "ping_timeout": settings.live_ping_timeout,
     }
     if ssl_context is not None:
         ws_args["ssl"] = ssl_context

@@ -72,11 +72,16 @@ class GoAway:
 
 @dataclass(frozen=True, slots=True)
 class Reconnected:
-    """The session moved to a new connection without the bridge asking (fault or goAway)."""
+    """The session moved to a new connection without the bridge asking.
+
+    ``reason`` is ``goaway`` (planned: the server announced the end of the connection) or
+    ``dropped`` (a fault); ``detail`` says more (close code and reason).
+    """
 
     reason: str
     resumed: bool
     elapsed_ms: float
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)

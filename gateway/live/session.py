@@ -303,7 +303,7 @@ class LiveSession:
                     continue  # a connection we already replaced or closed
                 if self._closed:
                     return SessionEnded("closed")
-                return await self._recover(f"dropped ({item.code}: {item.reason})", item.code)
+                return await self._recover("dropped", f"{item.code}: {item.reason}", item.code)
             if isinstance(item, GoAway):
                 self._schedule_goaway(item.time_left)
             elif isinstance(item, TurnComplete | Interrupted):
@@ -319,18 +319,24 @@ class LiveSession:
         # Leave a margin for the reconnect itself before the server cuts the connection.
         self._goaway_deadline = time.monotonic() + max(0.0, seconds - 2.0)
 
-    async def _recover(self, reason: str, code: int | None = None) -> SessionEnded | Reconnected:
-        """Move the conversation to a new connection, with bounded retries and backoff."""
+    async def _recover(
+        self, kind: str, detail: str = "", code: int | None = None
+    ) -> SessionEnded | Reconnected:
+        """Move the conversation to a new connection, with bounded retries and backoff.
+
+        ``kind`` is ``goaway`` (planned, never counted as a failure) or ``dropped``. Failures
+        are counted across reconnects and forgiven once a connection has been stable for a
+        while, so a connection that keeps dropping ends the call instead of looping forever.
+        """
         self._goaway_deadline = None
         persona = self.persona
-        if persona is None or self._closed:
-            return SessionEnded(reason, code)
-        if code in PERMANENT_CLOSE_CODES:
+        reason = f"{kind} ({detail})" if detail else kind
+        if persona is None or self._closed or code in PERMANENT_CLOSE_CODES:
             return SessionEnded(reason, code)
         conn = self._conn
         if conn is not None and time.monotonic() - conn.opened_at > self._stable_after:
             self._failures = 0
-        planned = reason == "goaway"
+        planned = kind == "goaway"
         last: LiveConnectError | None = None
         for attempt in range(self._max_retries):
             if not planned:
@@ -349,7 +355,7 @@ class LiveSession:
                     break
                 continue
             self.log.info("live.reconnected", reason=reason, resumed=resumed, ms=round(elapsed, 1))
-            return Reconnected(reason=reason, resumed=resumed, elapsed_ms=elapsed)
+            return Reconnected(kind, resumed=resumed, elapsed_ms=elapsed, detail=detail)
         if last is not None:
             return SessionEnded(f"{reason}; reconnect failed: {last.reason}", last.code)
         return SessionEnded(reason, code)
