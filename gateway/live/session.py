@@ -100,6 +100,7 @@ class LiveSession:
         log: structlog.stdlib.BoundLogger | None = None,
         buffer_bytes: int = 64_000,
         max_retries: int = 3,
+        max_drops: int = 5,
         retry_backoff_s: Sequence[float] = (0.0, 0.3, 1.0),
         stable_after_s: float = 30.0,
         connect_timeout_s: float = 10.0,
@@ -126,7 +127,8 @@ class LiveSession:
         self._pending_bytes = 0
         self._accepting = False
         self._closed = False
-        self._failures = 0
+        self._drops = 0
+        self._max_drops = max_drops
         self._goaway_deadline: float | None = None
         self._model_idle = True
         self._reconnect_now = False
@@ -152,15 +154,7 @@ class LiveSession:
         started = time.perf_counter()
         self._accepting = False
         await self._drop_connection()
-        handle = self.handle if resume else None
-        try:
-            conn = await self._connect(persona, handle)
-        except LiveConnectError as exc:
-            if handle is None or exc.code not in PERMANENT_CLOSE_CODES:
-                raise
-            self.log.warning("live.resume_rejected", code=exc.code, reason=exc.reason)
-            self.handle = None
-            conn = await self._connect(persona, None)
+        conn = await self._dial(persona, self.handle if resume else None)
         self._conn = conn
         self.persona = persona
         self._model_idle = True
@@ -179,6 +173,31 @@ class LiveSession:
         self._pending.clear()
         self._pending_bytes = 0
         await self._drop_connection()
+
+    async def _dial(self, persona: AgentPersona, handle: str | None) -> _Connection:
+        """Connect, retrying transient failures with backoff (the first try is immediate).
+
+        A rejected handle (1007/1008) is not retried as such: the conversation continues on a
+        fresh session instead, which the opening turns re-seed from the gateway's transcript.
+        """
+        last: LiveConnectError | None = None
+        for attempt in range(self._max_retries):
+            delay = self._backoff[min(attempt, len(self._backoff) - 1)]
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                return await self._connect(persona, handle)
+            except LiveConnectError as exc:
+                last = exc
+                if handle is not None and exc.code in PERMANENT_CLOSE_CODES:
+                    self.log.warning("live.resume_rejected", code=exc.code, reason=exc.reason)
+                    self.handle = handle = None
+                    continue
+                self.log.warning("live.connect_failed", attempt=attempt + 1, reason=exc.reason)
+                if exc.permanent:
+                    break
+        assert last is not None
+        raise last
 
     async def _connect(self, persona: AgentPersona, handle: str | None) -> _Connection:
         config = live_config(persona, handle=handle)
@@ -322,43 +341,30 @@ class LiveSession:
     async def _recover(
         self, kind: str, detail: str = "", code: int | None = None
     ) -> SessionEnded | Reconnected:
-        """Move the conversation to a new connection, with bounded retries and backoff.
+        """Move the conversation to a new connection after a goAway or a drop.
 
-        ``kind`` is ``goaway`` (planned, never counted as a failure) or ``dropped``. Failures
-        are counted across reconnects and forgiven once a connection has been stable for a
-        while, so a connection that keeps dropping ends the call instead of looping forever.
+        ``kind`` is ``goaway`` (planned, never counted as a failure) or ``dropped``. Drops are
+        counted across reconnects and forgiven once a connection has been stable for a while,
+        so a connection that keeps dropping ends the call instead of looping forever.
         """
         self._goaway_deadline = None
         persona = self.persona
         reason = f"{kind} ({detail})" if detail else kind
         if persona is None or self._closed or code in PERMANENT_CLOSE_CODES:
             return SessionEnded(reason, code)
-        conn = self._conn
-        if conn is not None and time.monotonic() - conn.opened_at > self._stable_after:
-            self._failures = 0
-        planned = kind == "goaway"
-        last: LiveConnectError | None = None
-        for attempt in range(self._max_retries):
-            if not planned:
-                self._failures += 1
-                if self._failures > self._max_retries:
-                    break
-            delay = self._backoff[min(attempt, len(self._backoff) - 1)]
-            if delay:
-                await asyncio.sleep(delay)
-            try:
-                resumed, elapsed = await self.open(persona, opening=self._reopening)
-            except LiveConnectError as exc:
-                last = exc
-                self.log.warning("live.reconnect_failed", attempt=attempt + 1, reason=exc.reason)
-                if exc.permanent:
-                    break
-                continue
-            self.log.info("live.reconnected", reason=reason, resumed=resumed, ms=round(elapsed, 1))
-            return Reconnected(kind, resumed=resumed, elapsed_ms=elapsed, detail=detail)
-        if last is not None:
-            return SessionEnded(f"{reason}; reconnect failed: {last.reason}", last.code)
-        return SessionEnded(reason, code)
+        if kind != "goaway":
+            conn = self._conn
+            if conn is not None and time.monotonic() - conn.opened_at > self._stable_after:
+                self._drops = 0
+            self._drops += 1
+            if self._drops > self._max_drops:
+                return SessionEnded(f"{reason}; the connection keeps dropping", code)
+        try:
+            resumed, elapsed = await self.open(persona, opening=self._reopening)
+        except LiveConnectError as exc:
+            return SessionEnded(f"{reason}; reconnect failed: {exc.reason}", exc.code)
+        self.log.info("live.reconnected", reason=reason, resumed=resumed, ms=round(elapsed, 1))
+        return Reconnected(kind, resumed=resumed, elapsed_ms=elapsed, detail=detail)
 
     def _reopening(self, resumed: bool) -> Sequence[types.Content]:
         return () if resumed else self.history_for_fresh_session()
