@@ -80,36 +80,54 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_serve_with_the_simulator_answers_a_call_and_stops_on_sigterm(tmp_path: Path) -> None:
+async def _wait_healthy(http: httpx.AsyncClient, url: str, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if (await http.get(url + "/healthz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "gateway did not come up"
+        assert proc.poll() is None, proc.communicate()[1]
+        await asyncio.sleep(0.1)
+
+
+async def test_sigterm_drains_live_calls_then_exits_0(tmp_path: Path) -> None:
+    """serve --simulator answers a call; SIGTERM mid-call: readyz 503 at once, new calls get a
+    busy message, the live call runs to its end, then the process exits 0."""
     (tmp_path / "agents.yaml").write_text((ROOT / "agents.yaml").read_text())
     port = _free_port()
     proc = subprocess.Popen(  # noqa: ASYNC220 -- a real server process, polled below
         [sys.executable, "-m", "gateway", "serve", "--simulator", "--host", "127.0.0.1",
          "--port", str(port)],
-        cwd=tmp_path, env=_env(LOG_FORMAT="json"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        cwd=tmp_path, env=_env(LOG_FORMAT="json", DRAIN_TIMEOUT="30"), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
     try:
-        url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient() as http:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if (await http.get(url + "/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "gateway did not come up"
-                assert proc.poll() is None, proc.communicate()[1]
-                await asyncio.sleep(0.1)
-        audio = render([Silence(4.0), Tone(300, 0.6), Silence(1.5)])
-        result = await TwilioCaller(url, audio=audio, linger_s=0.2).run()
-        assert result.violations == []
-        assert result.media_bytes_received > 8000  # the greeting, at least a second of it
+            await _wait_healthy(http, url, proc)
+            assert (await http.get(url + "/readyz")).status_code == 200
+            audio = render([Silence(4.0), Tone(300, 0.6), Silence(1.5)])
+            call = asyncio.create_task(TwilioCaller(url, audio=audio, linger_s=0.2).run())
+            await asyncio.sleep(1.5)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            ready = await http.get(url + "/readyz")
+            busy = await http.post(url + "/twilio/voice", data={"CallSid": "CA" + "3" * 32})
+            result = await call
+        _, stderr = await asyncio.to_thread(proc.communicate, timeout=20)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=20)
+        if proc.poll() is None:
+            proc.kill()
+    assert ready.status_code == 503
+    assert "<Connect>" not in busy.text and "<Say>" in busy.text
+    assert result.violations == []
+    assert result.closed_by == "caller"  # the live call was not cut
+    assert result.media_bytes_received > 8000  # the greeting, at least a second of it
     assert proc.returncode == 0, stderr
+    assert '"event": "gateway.draining"' in stderr
     assert '"event": "call.ended"' in stderr  # JSON logs, one line per event
     assert '"call_id": "CA' in stderr
 
@@ -157,6 +175,9 @@ async def test_serve_reaches_a_separate_live_endpoint_via_base_url_and_ssl_cert_
     from gateway.simulator.live_server import LiveSimulator
 
     secret = "AIzaSy-not-a-real-key-0123456789abcdef"
+    others = {"TWILIO_AUTH_TOKEN": "twilio-token-secret-abcdef012345",
+              "GATEWAY_SECRET": "gateway-secret-value-abcdef012345",
+              "TELNYX_API_KEY": "KEY0123456789telnyx-secret-abcdef"}  # fmt: skip
     (tmp_path / "agents.yaml").write_text((ROOT / "agents.yaml").read_text())
     port = _free_port()
     async with LiveSimulator() as sim:
@@ -164,7 +185,7 @@ async def test_serve_reaches_a_separate_live_endpoint_via_base_url_and_ssl_cert_
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port),
             cwd=tmp_path, stderr=asyncio.subprocess.PIPE,
-            env=_env(GEMINI_API_KEY=secret, GEMINI_BASE_URL=sim.base_url,
+            env=_env(GEMINI_API_KEY=secret, GEMINI_BASE_URL=sim.base_url, **others,
                      SSL_CERT_FILE=str(tmp_path / "ca.pem"), LOG_LEVEL="debug"),
         )  # fmt: skip
         try:
@@ -176,7 +197,12 @@ async def test_serve_reaches_a_separate_live_endpoint_via_base_url_and_ssl_cert_
                             break
                     except httpx.TransportError:
                         await asyncio.sleep(0.1)
-            result = await TwilioCaller(url, audio=render([Silence(2.0)]), linger_s=0.1).run()
+            result = await TwilioCaller(
+                url,
+                audio=render([Silence(2.0)]),
+                linger_s=0.1,
+                auth_token=others["TWILIO_AUTH_TOKEN"],
+            ).run()
         finally:
             proc.send_signal(signal.SIGTERM)
             _, err = await asyncio.wait_for(proc.communicate(), 20)
@@ -187,4 +213,6 @@ async def test_serve_reaches_a_separate_live_endpoint_via_base_url_and_ssl_cert_
     assert proc.returncode == 0
     logs = err.decode()
     assert '"event": "call.ended"' in logs
-    assert secret not in logs
+    stream_token = result.parameters["token"]  # a credential too, for its few minutes
+    for value in (secret, *others.values(), stream_token):
+        assert value not in logs
