@@ -1,8 +1,12 @@
-"""What a simulated Twilio call observed: the record tests assert on and the CLI prints.
+"""What a simulated call (Twilio or Telnyx) observed: the record tests assert on and the CLI prints.
 
 Times are ``time.monotonic()`` values so in-process tests can compare them with timestamps taken
-by other peers (the gateway, the Live simulator). ``heard`` is on the *call timeline*: byte ``i``
-is what the caller heard ``i / 8000`` seconds after the ``start`` message was sent.
+by other peers (the gateway, the Live simulator, the fake Telnyx API). ``heard`` is on the *call
+timeline*, which starts when the ``start`` message was sent. Its format depends on the carrier:
+Twilio's is μ-law 8 kHz exactly as received (byte ``i`` was heard ``i / 8000`` s in); Telnyx's is
+PCM16LE at ``heard_rate`` (8000 or 16000), decoded from the negotiated codec as each frame
+arrived, because several codecs (G.722 is stateful ADPCM) cannot be compared byte for byte.
+``heard_pcm()`` gives PCM16 for both.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from gateway.simulator.twilio_peer import violation_kind
 from gateway.simulator.wav import write_wav
 
 __all__ = [
+    "ApiRequest",
     "CallEvent",
     "CallResult",
     "EventKind",
     "MarkEcho",
     "ProtocolViolationError",
     "TimingStats",
+    "WebhookDelivery",
 ]
 
 EventKind = Literal[
@@ -39,6 +45,9 @@ EventKind = Literal[
     "violation",  # detail: the violation string
     "hangup",  # the caller is hanging up (detail: stop | close | drop)
     "closed",  # the WebSocket is closed; detail: "gateway" or "caller"
+    "webhook",  # Telnyx: a webhook was delivered; detail: "<event> <HTTP status>"
+    "api_command",  # Telnyx: the gateway called the fake API; detail: "<action> <HTTP status>"
+    "error_sent",  # Telnyx: an `error` event answered a frame Telnyx rejects; detail: the code
 ]
 
 
@@ -87,6 +96,36 @@ class TimingStats:
         )
 
 
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One webhook the simulated carrier POSTed to the gateway (Telnyx records every one)."""
+
+    time: float
+    event: str  # "texml" for the TeXML fetch, else the Call Control event_type
+    status: int | None  # None: no HTTP answer
+    latency_s: float
+    signature: str  # how it was signed: valid | tampered | stale | missing
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    """One request the gateway made to the fake Telnyx Call Control API, and the answer."""
+
+    time: float
+    method: str
+    path: str
+    action: str  # e.g. "answer", "streaming_start", "hangup"; "" when the path is not a command
+    body: Any  # parsed JSON (None if the body was not JSON)
+    status: int  # HTTP status the fake API answered
+    violations: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def accepted(self) -> bool:
+        """The command took effect (HTTP 2xx)."""
+        return 200 <= self.status < 300
+
+
 class ProtocolViolationError(AssertionError):
     """Raised by :meth:`CallResult.raise_for_violations`."""
 
@@ -96,13 +135,13 @@ class CallResult:
     """Everything observed during one call (also readable live, while the call runs)."""
 
     webhook_url: str
-    call_sid: str
-    account_sid: str
-    stream_sid: str
+    call_sid: str  # Telnyx: the call_control_id (TeXML's CallSid)
+    account_sid: str  # Telnyx: the user_id (TeXML's AccountSid)
+    stream_sid: str  # Telnyx: the stream_id
     webhook_status: int | None = None
     webhook_latency_s: float | None = None
-    twiml: str = ""
-    twiml_stream_url: str | None = None  # the <Stream url> as Twilio would use it
+    twiml: str = ""  # the webhook answer (Telnyx: TeXML)
+    twiml_stream_url: str | None = None  # the <Stream url> as the carrier would use it
     stream_url: str | None = None  # the URL actually connected to (may be an override)
     parameters: dict[str, str] = field(default_factory=dict)
     started_at: float | None = None
@@ -114,9 +153,9 @@ class CallResult:
     mark_echoes: list[MarkEcho] = field(default_factory=list)
     media_messages_received: int = 0
     media_bytes_received: int = 0
-    odd_media_sizes: list[int] = field(default_factory=list)  # payloads not a multiple of 160
+    odd_media_sizes: list[int] = field(default_factory=list)  # not whole 20 ms frames (160 B)
     first_media_time: float | None = None
-    unplayed_bytes: int = 0  # gateway audio still buffered when the call ended (cut off)
+    unplayed_bytes: int = 0  # gateway audio (in `heard`'s format) still buffered at the end
     unechoed_marks: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -125,6 +164,45 @@ class CallResult:
     closed_by: Literal["gateway", "caller"] | None = None  # None: no stream was opened
     send_timing: TimingStats = field(default_factory=TimingStats)
     playout_timing: TimingStats = field(default_factory=TimingStats)
+    # What Telnyx adds (the defaults describe a Twilio call):
+    carrier: Literal["twilio", "telnyx"] = "twilio"
+    mode: str = "twiml"  # twiml | texml | call-control
+    codec: str = "PCMU"  # what the caller sends (Telnyx start.media_format.encoding)
+    bidirectional_codec: str = "PCMU"  # what the gateway must send back
+    heard_rate: int = SAMPLE_RATE  # samples per second on the heard timeline
+    heard_encoding: Literal["ulaw", "pcm16"] = "ulaw"
+    call_session_id: str = ""
+    webhooks: list[WebhookDelivery] = field(default_factory=list)
+    api_requests: list[ApiRequest] = field(default_factory=list)
+
+    @property
+    def call_control_id(self) -> str:
+        """Telnyx's name for the call id (TeXML's ``CallSid``)."""
+        return self.call_sid
+
+    @property
+    def stream_id(self) -> str:
+        """Telnyx's name for the stream id."""
+        return self.stream_sid
+
+    @property
+    def heard_bytes_per_second(self) -> int:
+        """Bytes of ``heard`` per second of call time."""
+        return self.heard_rate * (1 if self.heard_encoding == "ulaw" else 2)
+
+    @property
+    def heard_s(self) -> float:
+        """Length of the heard timeline in seconds."""
+        return len(self.heard) / self.heard_bytes_per_second
+
+    @property
+    def unplayed_s(self) -> float:
+        """Gateway audio still buffered when the call ended, in seconds."""
+        return self.unplayed_bytes / self.heard_bytes_per_second
+
+    def api_actions(self) -> list[str]:
+        """The Call Control commands the gateway sent for this call, in order."""
+        return [r.action for r in self.api_requests]
 
     def call_time(self, t: float) -> float:
         """Seconds between ``start`` and monotonic time ``t``."""
@@ -133,29 +211,31 @@ class CallResult:
         return t - self.started_at
 
     def heard_pcm(self) -> bytes:
-        """What the caller heard, as PCM16 8 kHz on the call timeline."""
-        return ulaw_to_pcm16(self.heard)
+        """What the caller heard, as PCM16LE at ``heard_rate`` on the call timeline."""
+        return ulaw_to_pcm16(self.heard) if self.heard_encoding == "ulaw" else self.heard
 
     def heard_between(self, start_s: float, end_s: float) -> bytes:
-        """μ-law heard between two call times (seconds after ``start``)."""
-        return self.heard[round(start_s * SAMPLE_RATE) : round(end_s * SAMPLE_RATE)]
+        """``heard`` between two call times (seconds after ``start``), in its own format."""
+        width = self.heard_bytes_per_second // self.heard_rate
+        start, end = round(start_s * self.heard_rate), round(end_s * self.heard_rate)
+        return self.heard[start * width : end * width]
 
     def heard_onset_s(self, min_level: int = 64) -> float | None:
         """Call time of the first heard sample with ``|PCM16| > min_level`` (None: silence)."""
         pcm = np.frombuffer(self.heard_pcm(), dtype="<i2").astype(np.int32)
         loud = np.flatnonzero(np.abs(pcm) > min_level)
-        return float(loud[0]) / SAMPLE_RATE if loud.size else None
+        return float(loud[0]) / self.heard_rate if loud.size else None
 
     def write_wav(self, path: str | Path) -> None:
-        """Save what the caller heard as a mono PCM16 8 kHz WAV."""
-        write_wav(path, self.heard_pcm(), SAMPLE_RATE)
+        """Save what the caller heard as a mono PCM16 WAV at ``heard_rate``."""
+        write_wav(path, self.heard_pcm(), self.heard_rate)
 
     def violation_kinds(self) -> list[str]:
-        """The :class:`~gateway.simulator.twilio_peer.Violation` value of each violation."""
+        """The kind of each violation (a ``twilio_peer.Violation`` or ``telnyx_peer`` value)."""
         return [violation_kind(v) for v in self.violations]
 
     def raise_for_violations(self) -> None:
-        """Fail loudly if the gateway broke Twilio's protocol anywhere in the call."""
+        """Fail loudly if the gateway broke the carrier's protocol anywhere in the call."""
         if self.violations:
             lines = "\n  ".join(self.violations)
             raise ProtocolViolationError(f"{len(self.violations)} violation(s):\n  {lines}")
@@ -163,19 +243,24 @@ class CallResult:
     def summary(self) -> str:
         """A few human-readable lines for the CLI."""
         lines = [f"call {self.call_sid} -> {self.webhook_url} (HTTP {self.webhook_status})"]
+        if self.carrier != "twilio":
+            lines.append(
+                f"{self.carrier} {self.mode}: caller sends {self.codec}, gateway must send "
+                f"{self.bidirectional_codec}; commands {self.api_actions()}"
+            )
         if self.started_at is not None and self.ended_at is not None:
             lines.append(
                 f"stream {self.stream_url}: {self.ended_at - self.started_at:.2f} s, "
                 f"ended by {self.closed_by} (close {self.close_code} {self.close_reason!r})"
             )
             lines.append(
-                f"heard {len(self.heard) / SAMPLE_RATE:.2f} s; received "
+                f"heard {self.heard_s:.2f} s; received "
                 f"{self.media_messages_received} media ({self.media_bytes_received} bytes), "
                 f"{len(self.clear_times)} clear, {len(self.mark_echoes)} marks echoed"
             )
             if self.unplayed_bytes or self.unechoed_marks:
                 lines.append(
-                    f"cut off at hang-up: {self.unplayed_bytes / SAMPLE_RATE:.2f} s unplayed, "
+                    f"cut off at hang-up: {self.unplayed_s:.2f} s unplayed, "
                     f"marks never echoed: {self.unechoed_marks}"
                 )
             lines.append(

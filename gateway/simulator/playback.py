@@ -1,9 +1,11 @@
-"""Sans-I/O model of Twilio's outbound playback buffer on a two-way Media Stream.
+"""Sans-I/O model of a carrier's outbound playback buffer on a two-way media stream.
 
 Twilio buffers every ``media`` payload the gateway sends and plays it in order at 8000 μ-law
 bytes per second; a ``mark`` sits in that byte stream exactly where it was sent and is echoed
 back once the audio before it has played; ``clear`` drops everything buffered and echoes every
-mark not echoed yet (so an echo means "played *or* flushed"). The caller simulator needs exactly
+mark not echoed yet (so an echo means "played *or* flushed"). Telnyx documents the same mark and
+``clear`` semantics; its simulator feeds the buffer decoded PCM16, so the buffer deals only in
+bytes and a fill byte. The caller simulator needs exactly
 that behaviour to decide what the caller *heard* and when to echo marks, and it must be testable
 with plain bytes, so this module has no sockets and no clock: whoever owns the clock calls
 :meth:`PlaybackBuffer.play` once per playout tick.
@@ -31,12 +33,17 @@ class PlaybackBuffer:
     """Audio and marks queued by the gateway, consumed by a playout clock.
 
     ``capacity_bytes`` bounds the buffered audio (``None``: unbounded). Audio beyond the bound is
-    dropped and counted in :attr:`discarded_bytes`, as Twilio does past 10 minutes.
+    dropped and counted in :attr:`discarded_bytes`, as Twilio does past 10 minutes. ``silence``
+    is the byte ``play`` pads with when the buffer runs dry: μ-law silence by default, 0 for a
+    PCM16 timeline (every pushed chunk must then be whole samples).
     """
 
-    def __init__(self, capacity_bytes: int | None = None) -> None:
+    def __init__(self, capacity_bytes: int | None = None, *, silence: int = ULAW_SILENCE) -> None:
         if capacity_bytes is not None and capacity_bytes < 0:
             raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
+        if not 0 <= silence <= 255:
+            raise ValueError(f"silence must be a byte value, got {silence}")
+        self._silence = bytes([silence])
         self._capacity = capacity_bytes
         self._chunks: deque[bytes] = deque()
         self._head_skip = 0  # bytes of _chunks[0] already consumed
@@ -61,7 +68,7 @@ class PlaybackBuffer:
         return self._discarded
 
     def push_media(self, payload: bytes) -> int:
-        """Queue μ-law audio after everything already queued; return how many bytes were kept."""
+        """Queue audio after everything already queued; return how many bytes were kept."""
         accepted = len(payload)
         if self._capacity is not None:
             accepted = max(0, min(accepted, self._capacity - self._buffered))
@@ -98,7 +105,7 @@ class PlaybackBuffer:
         return names
 
     def play(self, n_bytes: int) -> tuple[bytes, list[str]]:
-        """Emit the next ``n_bytes`` of audio, padded with μ-law silence when the buffer runs dry.
+        """Emit the next ``n_bytes`` of audio, padded with silence when the buffer runs dry.
 
         Returns ``(audio, marks)``: ``audio`` is always exactly ``n_bytes`` long; ``marks`` are
         the marks whose preceding audio had been emitted by earlier calls (see module docstring).
@@ -116,5 +123,5 @@ class PlaybackBuffer:
             if self._head_skip == len(head):
                 self._chunks.popleft()
                 self._head_skip = 0
-        out += bytes([ULAW_SILENCE]) * (n_bytes - len(out))
+        out += self._silence * (n_bytes - len(out))
         return bytes(out), marks

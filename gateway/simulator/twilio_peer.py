@@ -10,6 +10,9 @@ Validation is deliberately strict: each rule is one Twilio documents (error code
 so a gateway that passes here does not produce debugger errors on a real call. A problem is
 reported as a violation string ``"<kind>: <detail>"``, where ``<kind>`` is a :class:`Violation`
 value, stable for tests to match.
+
+:class:`GatewayFrame`, :func:`format_violation` and :func:`loads_strict` are carrier-neutral and
+shared with :mod:`gateway.simulator.telnyx_peer`.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ __all__ = [
     "DTMF_DIGITS",
     "FRAME_BYTES",
     "FRAME_S",
+    "DuplicateKeyError",
     "GatewayFrame",
     "Violation",
     "connected_message",
     "dtmf_message",
     "encode",
     "format_violation",
+    "loads_strict",
     "mark_message",
     "media_message",
     "new_sid",
@@ -80,7 +85,7 @@ class Violation(StrEnum):
     BUFFER_OVERFLOW = "buffer-overflow"  # > 10 minutes of audio buffered (31931)
 
 
-def format_violation(kind: Violation, detail: str) -> str:
+def format_violation(kind: StrEnum, detail: str) -> str:
     """A violation string: ``"<kind>: <detail>"``."""
     return f"{kind.value}: {detail}"
 
@@ -196,8 +201,10 @@ _INNER_FIELDS: dict[str, frozenset[str]] = {
 class GatewayFrame:
     """One frame from the gateway, parsed and checked.
 
-    Twilio ignores a message with any violation, so ``event`` is ``None`` unless the message is
-    valid and should be acted on; ``message`` is the parsed JSON object whenever there was one.
+    The carrier ignores a message with any violation, so ``event`` is ``None`` unless the message
+    is valid and should be acted on; ``message`` is the parsed JSON object whenever there was one.
+    ``reply`` is what the carrier sends back about this frame (Telnyx's ``error`` event; Twilio
+    never answers).
     """
 
     event: Literal["media", "mark", "clear"] | None = None
@@ -205,21 +212,28 @@ class GatewayFrame:
     payload: bytes = b""
     mark_name: str = ""
     violations: list[str] = field(default_factory=list)
+    reply: dict[str, Any] | None = None
 
 
-class _DuplicateKeyError(ValueError):
-    pass
+class DuplicateKeyError(ValueError):
+    """A JSON object repeats a key; ``json`` would silently keep the last value."""
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     keys = [key for key, _ in pairs]
     if len(keys) != len(set(keys)):
-        raise _DuplicateKeyError(sorted({k for k in keys if keys.count(k) > 1}))
+        raise DuplicateKeyError(sorted({k for k in keys if keys.count(k) > 1}))
     return dict(pairs)
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def loads_strict(text: str) -> Any:
+    """Parse JSON as a strict peer must: repeated keys raise :class:`DuplicateKeyError`, and
+    ``NaN``/``Infinity`` (accepted by Python's ``json``, not JSON) raise ``ValueError``."""
+    return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
 
 
 def parse_gateway_frame(frame: str | bytes, stream_sid: str) -> GatewayFrame:
@@ -233,10 +247,8 @@ def parse_gateway_frame(frame: str | bytes, stream_sid: str) -> GatewayFrame:
         )
         return out
     try:
-        message = json.loads(
-            frame, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant
-        )
-    except _DuplicateKeyError as exc:
+        message = loads_strict(frame)
+    except DuplicateKeyError as exc:
         out.violations.append(
             format_violation(Violation.DUPLICATE_KEY, f"keys {exc} repeated (31951)")
         )

@@ -1,0 +1,437 @@
+"""A local, strict fake of Telnyx's Call Control REST API (``POST /v2/calls/{id}/actions/{cmd}``).
+
+A Call Control gateway answers a call, starts its media stream and hangs it up through REST
+commands, so a Telnyx caller simulator in that mode needs somewhere for those commands to land.
+:class:`TelnyxApiSimulator` serves them on 127.0.0.1 with uvicorn in its own thread (so it adds
+no tasks to the event loop under test, whose leftover tasks the tests count), checks every
+request as Telnyx would (``Authorization: Bearer``, the JSON schema of each command, the call's
+state) and tells the caller of each command in the caller's own loop.
+
+The decisions are pure: :func:`apply_command` takes a :class:`CallRecord` and a request body and
+returns the HTTP answer, the violations and the negotiated stream; the server only parses HTTP,
+holds a lock and forwards. Error bodies use Telnyx's ``{"errors": [{code, title, detail}]}``
+shape; 90018 ("Call has already ended") and 10005 ("Resource not found") are Telnyx's own codes,
+the other codes are assumptions (marked below).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final, Literal
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway.simulator.caller_result import ApiRequest
+from gateway.simulator.telnyx_peer import Violation
+from gateway.simulator.telnyx_webhook import CC_FIELDS, StreamSetup, check_stream_url, negotiate
+from gateway.simulator.twilio_peer import format_violation
+
+__all__ = ["CallRecord", "Listener", "Outcome", "TelnyxApiSimulator", "apply_command"]
+
+CallState = Literal["parked", "answered", "ended"]
+Listener = Callable[[ApiRequest, StreamSetup | None], None]
+"""Told of every command on its call, in the loop that registered it."""
+
+OK: Final = {"data": {"result": "ok"}}
+_ENDED: Final = (
+    "90018",
+    "Call has already ended",
+    "This call is no longer active and can't receive commands.",
+)
+_NOT_FOUND: Final = ("10005", "Resource not found", "")
+_UNAUTHORIZED: Final = ("10009", "Authentication failed", "")  # assumed code
+_INVALID: Final = ("10015", "Invalid parameter", "")  # assumed code
+_WRONG_STATE: Final = ("90034", "Invalid call state", "")  # assumed code
+
+_STREAM_FIELDS: Final = frozenset(
+    {*CC_FIELDS.values(), "stream_bidirectional_target_legs", "stream_auth_token"}
+)
+_COMMON: Final = frozenset({"client_state", "command_id"})
+_ANSWER_EXTRA: Final = """billing_group_id custom_headers sip_headers preferred_codecs
+    send_silence_when_idle webhook_url webhook_url_method sound_modifications transcription
+    transcription_config record record_channels record_format record_max_length
+    record_timeout_secs record_track record_trim record_custom_file_name"""
+_KNOWN_FIELDS: Final[dict[str, frozenset[str]]] = {
+    "answer": _COMMON | _STREAM_FIELDS | set(_ANSWER_EXTRA.split()),
+    "streaming_start": _COMMON | _STREAM_FIELDS | {"custom_parameters", "enable_dialogflow"},
+    "streaming_stop": _COMMON | {"stream_id"},
+    "hangup": _COMMON | {"custom_headers"},
+    "reject": _COMMON | {"cause"},
+}
+_UNSIMULATED_NAMES: Final = """transfer bridge playback_start playback_stop speak gather
+    gather_using_audio gather_using_speak gather_stop record_start record_stop send_dtmf
+    fork_start fork_stop transcription_start transcription_stop client_state_update refer enqueue
+    leave_queue suppression_start suppression_stop ai_assistant_start ai_assistant_stop"""
+_UNSIMULATED: Final = frozenset(_UNSIMULATED_NAMES.split())
+# Telnyx's enums (what it accepts at all), checked before the conversation rules of negotiate().
+_ENUMS: Final[dict[str, frozenset[object]]] = {
+    "stream_track": frozenset({"inbound_track", "outbound_track", "both_tracks"}),
+    "stream_codec": frozenset({"PCMU", "PCMA", "G722", "OPUS", "AMR-WB", "L16", "default"}),
+    "stream_bidirectional_mode": frozenset({"mp3", "rtp"}),
+    "stream_bidirectional_codec": frozenset({"PCMU", "PCMA", "G722", "OPUS", "AMR-WB", "L16"}),
+    "stream_bidirectional_sampling_rate": frozenset({8000, 16000, 22050, 24000, 48000}),
+    "stream_bidirectional_target_legs": frozenset({"both", "self", "opposite"}),
+}
+
+
+@dataclass
+class CallRecord:
+    """One call as the API sees it; mutated only by :func:`apply_command` and ``end_call``."""
+
+    call_control_id: str
+    call_codec: str = "PCMU"
+    require_wss: bool = False
+    state: CallState = "parked"
+    streaming: bool = False
+    client_state: str | None = None
+    command_ids: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Outcome:
+    """What the API answers one command, and what it found wrong with it."""
+
+    status: int
+    body: dict[str, Any]
+    violations: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    setup: StreamSetup | None = None  # a stream this command started
+
+
+def _error(status: int, error: tuple[str, str, str], detail: str = "") -> Outcome:
+    code, title, default = error
+    body = {"errors": [{"code": code, "title": title, "detail": detail or default}]}
+    return Outcome(status, body)
+
+
+def apply_command(call: CallRecord, action: str, body: object) -> Outcome:
+    """Apply one Call Control command to ``call`` as Telnyx would (pure, no I/O)."""
+    if action not in _KNOWN_FIELDS and action not in _UNSIMULATED:
+        out = _error(404, _NOT_FOUND, f"unknown command {action!r}")
+        text = f"POST .../actions/{action}: Telnyx has no such command"
+        out.violations.append(format_violation(Violation.API_UNKNOWN_ACTION, text))
+        return out
+    if not isinstance(body, dict):
+        out = _error(422, _INVALID, "the body must be a JSON object")
+        text = f"{action}: body is {type(body).__name__}, not a JSON object"
+        out.violations.append(format_violation(Violation.API_BAD_REQUEST, text))
+        return out
+    if call.state == "ended":
+        out = _error(422, _ENDED)
+        if action != "hangup":  # a hang-up racing the caller's is normal
+            out.warnings.append(f"{action} after the call ended (422 90018)")
+        return out
+    schema = _schema_violations(action, body)
+    if schema:
+        out = _error(422, _INVALID, "; ".join(schema))
+        out.violations += schema
+        return out
+    command_id = body.get("command_id")
+    if isinstance(command_id, str) and command_id in call.command_ids:
+        return Outcome(200, OK, warnings=[f"{action}: repeated command_id, ignored as a retry"])
+    out = _transition(call, action, body)
+    if 200 <= out.status < 300:
+        if isinstance(command_id, str):
+            call.command_ids.add(command_id)
+        if isinstance(body.get("client_state"), str):
+            call.client_state = body["client_state"]
+    unknown = sorted(body.keys() - _KNOWN_FIELDS.get(action, body.keys()))
+    if unknown:
+        out.warnings.append(f"{action}: fields not in Telnyx's schema, ignored: {unknown}")
+    return out
+
+
+def _transition(call: CallRecord, action: str, body: dict[str, Any]) -> Outcome:
+    def wrong_state(why: str) -> Outcome:
+        out = _error(422, _WRONG_STATE, why)
+        out.violations.append(format_violation(Violation.CALL_CONTROL_ORDER, f"{action}: {why}"))
+        return out
+
+    if action == "answer":
+        if call.state != "parked":
+            return wrong_state("the call is already answered")
+        call.state = "answered"
+        return _start_stream(call, body) if "stream_url" in body else Outcome(200, OK)
+    if action == "streaming_start":
+        if call.state == "parked":
+            return wrong_state(
+                "the call is not answered yet (Telnyx fails it): answer on call.initiated and "
+                "stream on call.answered, or pass stream_url with answer"
+            )
+        if call.streaming:
+            return wrong_state("a stream is already running; Telnyx allows one per call")
+        return _start_stream(call, body)
+    if action == "streaming_stop":
+        if not call.streaming:
+            return wrong_state("no stream is running")
+        call.streaming = False
+        return Outcome(200, OK)
+    if action == "reject":
+        if call.state != "parked":
+            return wrong_state("only a call that is not answered yet can be rejected")
+        call.state = "ended"
+        return Outcome(200, OK)
+    if action == "hangup":
+        call.state, call.streaming = "ended", False
+        return Outcome(200, OK)
+    return Outcome(200, OK, warnings=[f"{action} accepted but not simulated"])
+
+
+def _start_stream(call: CallRecord, body: dict[str, Any]) -> Outcome:
+    setup = StreamSetup()
+    setup.url, setup.violations, setup.warnings = check_stream_url(
+        body.get("stream_url"), require_wss=call.require_wss, field_name="stream_url"
+    )
+    negotiate(body, CC_FIELDS, call_codec=call.call_codec, out=setup)
+    for item in body.get("custom_parameters") or ():
+        setup.parameters[item["name"]] = item["value"]
+    call.streaming = setup.url is not None
+    return Outcome(200, OK, list(setup.violations), list(setup.warnings), setup)
+
+
+def _schema_violations(action: str, body: dict[str, Any]) -> list[str]:
+    """Values Telnyx itself refuses with 422: wrong types, values outside its enums."""
+    found: list[str] = []
+
+    def bad(text: str) -> None:
+        found.append(format_violation(Violation.API_INVALID_PARAMETER, f"{action}: {text}"))
+
+    for name in ("command_id", "stream_url", "stream_auth_token"):
+        if name in body and not isinstance(body[name], str):
+            bad(f"{name} must be a string, got {type(body[name]).__name__}")
+    state = body.get("client_state")
+    if state is not None and not _is_base64(state):
+        bad(f"client_state must be base64, got {str(state)[:40]!r}")
+    if action == "streaming_start" and "stream_url" not in body:
+        bad("stream_url is required")
+    if action in ("answer", "streaming_start"):
+        for name, allowed in _ENUMS.items():
+            value = body.get(name)
+            if name in body and (type(value) not in (str, int) or value not in allowed):
+                bad(f"{name}={value!r} is not one of {sorted(map(str, allowed))} (case-sensitive)")
+    params = body.get("custom_parameters")
+    if params is not None and not (
+        isinstance(params, list)
+        and all(
+            isinstance(p, dict)
+            and isinstance(p.get("name"), str)
+            and isinstance(p.get("value"), str)
+            for p in params
+        )
+    ):
+        found.append(
+            format_violation(
+                Violation.PARAMETER_INVALID,
+                f"{action}: custom_parameters must be a list of {{name, value}} strings",
+            )
+        )
+    return found
+
+
+def _is_base64(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+@dataclass
+class _Registration:
+    loop: asyncio.AbstractEventLoop
+    listener: Listener
+
+
+class TelnyxApiSimulator:
+    """The fake API server; use as ``async with TelnyxApiSimulator() as api: ...``.
+
+    Point the gateway at ``api.base_url`` (``TELNYX_API_BASE``) with ``api.api_key``
+    (``TELNYX_API_KEY``). Requests for calls no caller registered get 404 and land in
+    :attr:`violations`; everything is in :attr:`requests`.
+    """
+
+    def __init__(self, *, api_key: str | None = None) -> None:
+        self.api_key = api_key or "KEY" + secrets.token_hex(16).upper()
+        self._lock = threading.Lock()
+        self._calls: dict[str, CallRecord] = {}
+        self._listeners: dict[str, _Registration] = {}
+        self._requests: list[ApiRequest] = []
+        self._violations: list[str] = []
+        self._port: int | None = None
+        app = Starlette(
+            routes=[
+                Route(
+                    "/v2/calls/{call_id:str}/actions/{action:str}", self._command, methods=["POST"]
+                ),
+                Route(
+                    "/{path:path}", self._unknown, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]
+                ),
+            ]
+        )
+        config = uvicorn.Config(
+            app, lifespan="off", log_level="warning", access_log=False, ws="none"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The TCP port on 127.0.0.1 (known once entered)."""
+        if self._port is None:
+            raise RuntimeError("enter the simulator first: async with TelnyxApiSimulator() as api")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        """What ``TELNYX_API_BASE`` must be, e.g. ``http://127.0.0.1:PORT/v2``."""
+        return f"http://127.0.0.1:{self.port}/v2"
+
+    @property
+    def requests(self) -> list[ApiRequest]:
+        """Every request received, in order."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def violations(self) -> list[str]:
+        """Violations not attributable to a registered call (unknown ids, unknown endpoints)."""
+        with self._lock:
+            return list(self._violations)
+
+    async def __aenter__(self) -> TelnyxApiSimulator:
+        if self._thread is not None:
+            raise RuntimeError("a TelnyxApiSimulator serves once; create another")
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self._port = sock.getsockname()[1]
+        self._thread = threading.Thread(
+            target=self._serve, args=(sock,), name=f"telnyx-api-{self._port}", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                await self.__aexit__(None, None, None)
+                raise RuntimeError("the fake Telnyx API did not start")
+            await asyncio.sleep(0.005)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._server.should_exit = True
+        deadline = time.monotonic() + 10
+        while self._thread and self._thread.is_alive() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)  # a thread ending cannot set an asyncio.Event
+
+    def _serve(self, sock: socket.socket) -> None:
+        """The server thread: its own event loop, closed (with the socket) when it stops."""
+        with sock:
+            asyncio.run(self._server.serve([sock]))
+
+    def register(
+        self,
+        call_control_id: str,
+        listener: Listener,
+        *,
+        call_codec: str = "PCMU",
+        require_wss: bool = False,
+        answered: bool = False,
+    ) -> None:
+        """Create a call; ``listener`` hears of every command on it, in the calling loop."""
+        record = CallRecord(call_control_id, call_codec, require_wss)
+        if answered:
+            record.state = "answered"
+        with self._lock:
+            self._calls[call_control_id] = record
+            self._listeners[call_control_id] = _Registration(asyncio.get_running_loop(), listener)
+
+    def end_call(self, call_control_id: str) -> None:
+        """The call ended on the carrier side: later commands get 422 90018."""
+        with self._lock:
+            record = self._calls.get(call_control_id)
+            if record is not None:
+                record.state, record.streaming = "ended", False
+
+    def unregister(self, call_control_id: str) -> None:
+        """Stop telling the caller; the call's record (ended) stays, as on Telnyx."""
+        self.end_call(call_control_id)
+        with self._lock:
+            self._listeners.pop(call_control_id, None)
+
+    # --- HTTP (runs in the server thread) -------------------------------------------------------
+
+    async def _command(self, request: Request) -> JSONResponse:
+        call_id = str(request.path_params["call_id"])
+        action = str(request.path_params["action"])
+        raw = await request.body()
+        try:
+            body: object = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            body = None
+        auth = request.headers.get("authorization")
+        with self._lock:
+            record = self._calls.get(call_id)
+            if auth != f"Bearer {self.api_key}":
+                how = "missing" if auth is None else "wrong"
+                text = f"{action}: Authorization is {how}; send Bearer <TELNYX_API_KEY>"
+                out = _error(401, _UNAUTHORIZED, "the API key is missing or wrong")
+                out.violations.append(format_violation(Violation.API_UNAUTHORIZED, text))
+            elif record is None:
+                out = _error(404, _NOT_FOUND, f"no call {call_id!r}")
+                text = f"{action} on call_control_id {call_id!r}, which Telnyx never issued"
+                out.violations.append(format_violation(Violation.API_UNKNOWN_CALL, text))
+            else:
+                out = apply_command(record, action, body)
+            entry = ApiRequest(
+                time=time.monotonic(),
+                method="POST",
+                path=request.url.path,
+                action=action,
+                body=body,
+                status=out.status,
+                violations=tuple(out.violations),
+                warnings=tuple(out.warnings),
+            )
+            self._requests.append(entry)
+            registration = self._listeners.get(call_id) if record is not None else None
+            if registration is None:
+                self._violations += out.violations
+        if registration is not None:
+            # RuntimeError: the caller's loop has closed, so nobody is listening any more.
+            with contextlib.suppress(RuntimeError):
+                registration.loop.call_soon_threadsafe(registration.listener, entry, out.setup)
+        return JSONResponse(out.body, status_code=out.status)
+
+    async def _unknown(self, request: Request) -> JSONResponse:
+        text = f"{request.method} {request.url.path}: not a Call Control endpoint"
+        with self._lock:
+            self._requests.append(
+                ApiRequest(time.monotonic(), request.method, request.url.path, "", None, 404)
+            )
+            self._violations.append(format_violation(Violation.API_UNKNOWN_ACTION, text))
+        return _error_response(404, _NOT_FOUND, text)
+
+
+def _error_response(status: int, error: tuple[str, str, str], detail: str) -> JSONResponse:
+    return JSONResponse(_error(status, error, detail).body, status_code=status)
