@@ -1,5 +1,6 @@
 """End-to-end harness: the real gateway (uvicorn on a free port), the real google-genai SDK
-pointed at the Live simulator over TLS, and the caller simulator speaking Twilio's protocol.
+pointed at the Live simulator over TLS, and a caller simulator speaking the real protocol of
+the carrier under test (Twilio; Telnyx TeXML or Call Control, with the fake Call Control API).
 
 Nothing here is mocked: a test drives a whole call through real sockets and then asserts on
 what each peer recorded (the simulator's setup/audio/tool responses, the caller's heard audio
@@ -26,8 +27,44 @@ from gateway.simulator.caller_audio import Segment, render
 from gateway.simulator.caller_result import CallResult
 from gateway.simulator.live_server import LiveSimulator
 from gateway.simulator.script import Script, Step
+from gateway.simulator.telnyx_api import TelnyxApiSimulator
+from gateway.simulator.telnyx_caller import TelnyxCaller
 
 API_KEY = "test-api-key-0123456789"
+TELNYX_API_KEY = "KEY-telnyx-test-0123456789"
+
+
+@dataclass(frozen=True)
+class Carrier:
+    """Who carries the call in a test: the carrier, the stream codec, and (Telnyx) the mode."""
+
+    name: str = "twilio"
+    codec: str = "PCMU"
+    mode: str = "texml"
+
+    @property
+    def rate(self) -> int:
+        """Sample rate of what the caller hears and says."""
+        return 16000 if self.codec in ("G722", "L16") else 8000
+
+    def __str__(self) -> str:
+        if self.name == "twilio":
+            return "twilio"
+        return f"telnyx-{self.mode}-{self.codec}"
+
+
+TWILIO = Carrier()
+#: Every carrier path: Twilio, and Telnyx TeXML for each codec plus Call Control.
+ALL_CARRIERS = [
+    TWILIO,
+    Carrier("telnyx", "PCMU"),
+    Carrier("telnyx", "PCMA"),
+    Carrier("telnyx", "G722"),
+    Carrier("telnyx", "L16"),
+    Carrier("telnyx", "PCMU", "call-control"),
+]
+#: One of each kind, for behaviour that does not depend on the codec.
+CARRIER_KINDS = [TWILIO, Carrier("telnyx", "PCMU"), Carrier("telnyx", "G722", "call-control")]
 
 
 @dataclass
@@ -36,6 +73,8 @@ class Harness:
     gateway: RunningGateway
     graph: AgentGraph
     events: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
+    carrier: Carrier = TWILIO
+    telnyx_api: TelnyxApiSimulator | None = None
 
     def named(self, name: str) -> list[dict[str, Any]]:
         """Fields of every call event with this name, in order."""
@@ -44,8 +83,20 @@ class Harness:
     async def call(
         self, segments: Sequence[Segment] = (), *, linger_s: float = 1.0, **kwargs: Any
     ) -> CallResult:
-        """Place one call; every Twilio protocol violation by the gateway fails the test."""
-        caller = TwilioCaller(self.gateway.url, audio=render(segments), linger_s=linger_s, **kwargs)
+        """Place one call; every protocol violation by the gateway fails the test."""
+        caller: TwilioCaller | TelnyxCaller
+        if self.carrier.name == "twilio":
+            audio = render(segments)
+            caller = TwilioCaller(self.gateway.url, audio=audio, linger_s=linger_s, **kwargs)
+        else:
+            caller = TelnyxCaller(
+                self.gateway.url,
+                speech=segments,
+                linger_s=linger_s,
+                mode=self.carrier.mode,  # type: ignore[arg-type]
+                api=self.telnyx_api,
+                **kwargs,
+            )
         result = await caller.run()
         await self.calls_finished()
         result.raise_for_violations()
@@ -79,14 +130,37 @@ async def running(
     steps: Sequence[Step] = (),
     graph: AgentGraph | None = None,
     sim_options: dict[str, Any] | None = None,
+    carrier: Carrier = TWILIO,
     **settings: Any,
 ) -> AsyncIterator[Harness]:
     # By default no agent speaks first, so a test's script alone decides what is said.
     graph = graph or agents(agent_triage={"greeting": ""})
+    async with contextlib.AsyncExitStack() as stack:
+        telnyx_api = None
+        if carrier.name == "telnyx":
+            settings.setdefault("telnyx_codec", carrier.codec)
+            if carrier.mode == "call-control":
+                telnyx_api = await stack.enter_async_context(
+                    TelnyxApiSimulator(api_key=TELNYX_API_KEY)
+                )
+                settings.update(telnyx_api_key=TELNYX_API_KEY, telnyx_api_base=telnyx_api.base_url)
+        async with _running(steps, graph, sim_options, settings) as harness:
+            harness.carrier = carrier
+            harness.telnyx_api = telnyx_api
+            yield harness
+
+
+@contextlib.asynccontextmanager
+async def _running(
+    steps: Sequence[Step],
+    graph: AgentGraph,
+    sim_options: dict[str, Any] | None,
+    settings: dict[str, Any],
+) -> AsyncIterator[Harness]:
     async with LiveSimulator(script=Script(steps), **(sim_options or {})) as sim:
         config = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            gemini_api_key=API_KEY,  # type: ignore[arg-type]
+            _env_file=None,
+            gemini_api_key=API_KEY,
             gemini_base_url=sim.base_url,
             **settings,
         )

@@ -189,12 +189,23 @@ def test_command_violations(action: str, body: Any, status: int, expected: list[
 
 def test_unsimulated_commands_and_unknown_fields_are_warnings() -> None:
     call = CallRecord("v3:x", state="answered")
-    out = apply_command(call, "transfer", {"to": "+18005550100"})
+    out = apply_command(call, "playback_start", {"audio_url": "https://example.com/a.mp3"})
     assert (out.status, out.violations) == (200, [])
     assert "not simulated" in out.warnings[0]
     typo = apply_command(call, "hangup", {"comand_id": "x"})
     assert typo.status == 200
     assert "comand_id" in typo.warnings[0]
+
+
+def test_speak_needs_an_answered_call_and_a_payload_and_transfer_ends_it() -> None:
+    parked = CallRecord("v3:p")
+    assert apply_command(parked, "speak", {"payload": "hi"}).status == 422
+    call = CallRecord("v3:x", state="answered")
+    assert apply_command(call, "speak", {"voice": "female"}).status == 422
+    assert apply_command(call, "speak", {"payload": "Sorry.", "voice": "female"}).status == 200
+    assert call.state == "answered"
+    assert apply_command(call, "transfer", {"to": "+18005550100"}).status == 200
+    assert call.state == "ended"
 
 
 async def test_the_server_checks_auth_ids_and_paths() -> None:

@@ -72,8 +72,10 @@ _KNOWN_FIELDS: Final[dict[str, frozenset[str]]] = {
     "streaming_stop": _COMMON | {"stream_id"},
     "hangup": _COMMON | {"custom_headers"},
     "reject": _COMMON | {"cause"},
+    "speak": _COMMON | {"payload", "payload_type", "voice", "language", "service_level"},
+    "transfer": _COMMON | {"to", "from", "from_display_name", "audio_url", "timeout_secs"},
 }
-_UNSIMULATED_NAMES: Final = """transfer bridge playback_start playback_stop speak gather
+_UNSIMULATED_NAMES: Final = """bridge playback_start playback_stop gather
     gather_using_audio gather_using_speak gather_stop record_start record_stop send_dtmf
     fork_start fork_stop transcription_start transcription_stop client_state_update refer enqueue
     leave_queue suppression_start suppression_stop ai_assistant_start ai_assistant_stop"""
@@ -188,6 +190,15 @@ def _transition(call: CallRecord, action: str, body: dict[str, Any]) -> Outcome:
         return Outcome(200, OK)
     if action == "hangup":
         call.state, call.streaming = "ended", False
+        return Outcome(200, OK)
+    if action in ("speak", "transfer"):
+        if call.state != "answered":
+            return wrong_state(f"only an answered call can {action}")
+        missing = "payload" if action == "speak" else "to"
+        if not isinstance(body.get(missing), str) or not body[missing]:
+            return _error(422, _INVALID, f"{missing} is required")
+        if action == "transfer":
+            call.state, call.streaming = "ended", False  # the caller is now someone else's
         return Outcome(200, OK)
     return Outcome(200, OK, warnings=[f"{action} accepted but not simulated"])
 

@@ -311,7 +311,7 @@ class TelnyxCaller(StreamCaller):
             source = "callee"
         elif not self._streamed or self.result.closed_by == "caller":
             source = "caller"  # hung up, or gave up waiting for an answer or a stream
-        elif await self._wait_command({"hangup"}, "", "") is not None:
+        elif await self._after_close_commands():
             source = "callee"
         else:
             text = (
@@ -333,6 +333,26 @@ class TelnyxCaller(StreamCaller):
             ended |= {"hangup_cause": "originator_cancel", "hangup_source": source}
             ended["sip_hangup_cause"] = "487"
         await self._event("call.hangup", ended)
+
+    async def _after_close_commands(self) -> bool:
+        """The gateway closed the stream: it must now end the call through the API.
+
+        ``hangup`` or ``transfer`` ends it; ``speak`` is played (``call.speak.started``, a
+        pause as long as the words, ``call.speak.ended`` with its client_state, as Telnyx
+        sends them) and the gateway must then hang up.
+        """
+        command = await self._wait_command({"hangup", "transfer", "speak"}, "", "")
+        if command is None:
+            return False
+        request = command[0]
+        if request.action != "speak":
+            return True
+        body = request.body if isinstance(request.body, dict) else {}
+        state = {"client_state": body.get("client_state")}
+        await self._event("call.speak.started", state)
+        await asyncio.sleep(min(2.0, 0.02 * len(str(body.get("payload", "")))))
+        await self._event("call.speak.ended", {**state, "status": "completed"})
+        return await self._wait_command({"hangup"}, "", "") is not None
 
     async def _cleanup(self) -> None:
         self._done = True
