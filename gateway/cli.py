@@ -65,8 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("agents_file", nargs="?", help="default: AGENTS_FILE or agents.yaml")
     check.set_defaults(run=_cmd_check)
 
-    call = sub.add_parser("call", help="place a simulated Twilio call to a running gateway")
+    call = sub.add_parser(
+        "call", help="place a simulated Twilio or Telnyx call to a running gateway"
+    )
     call.add_argument("url", help="the gateway's base URL, e.g. http://127.0.0.1:8080")
+    call.add_argument("--carrier", choices=("twilio", "telnyx"), default="twilio")
+    call.add_argument(
+        "--reorder", type=int, default=0, metavar="N",
+        help="telnyx: shuffle media within windows of N frames, as Telnyx may deliver them",
+    )  # fmt: skip
     call.add_argument("--wav", type=Path, help="what the caller says (a PCM WAV, any rate)")
     call.add_argument(
         "--audio",

@@ -74,16 +74,19 @@ async def serve(
 
 
 async def place_call(args: argparse.Namespace) -> int:
-    """``gateway call``: one simulated Twilio call; prints what happened."""
+    """``gateway call``: one simulated Twilio or Telnyx call; prints what happened."""
     from gateway.simulator.caller import TwilioCaller
     from gateway.simulator.caller_audio import Segment, Silence, Wav, parse_spec, render
+    from gateway.simulator.caller_result import CallResult
+    from gateway.simulator.telnyx_caller import TelnyxCaller
 
+    telnyx = args.carrier == "telnyx"
     segments: list[Segment]
     if args.wav:
         segments = [Silence(0.5), Wav(args.wav)]
     elif args.audio:
-        try:
-            segments = parse_spec(args.audio)
+        try:  # a Telnyx call may be wideband: allow tones up to 8 kHz there
+            segments = parse_spec(args.audio, rate=16000 if telnyx else 8000)
         except ValueError as exc:
             raise ConfigError(f"--audio: {exc}") from None
     else:
@@ -95,31 +98,28 @@ async def place_call(args: argparse.Namespace) -> int:
             dtmf.append((float(at), digit))
         except ValueError:
             raise ConfigError(f"--dtmf {item!r}: expected DIGIT@SECONDS, e.g. 5@2.5") from None
+    caller: TwilioCaller | TelnyxCaller
     try:
-        audio = render(segments)
+        common = {"dtmf": dtmf, "hangup": args.hangup, "linger_s": args.linger,
+                  "stream_url": args.stream_url}  # fmt: skip
+        if telnyx:
+            caller = TelnyxCaller(args.url, speech=segments, reorder_window=args.reorder, **common)
+        else:
+            caller = TwilioCaller(args.url, audio=render(segments), **common)
     except (OSError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
-    try:
-        caller = TwilioCaller(
-            args.url,
-            audio=audio,
-            dtmf=dtmf,
-            hangup=args.hangup,
-            linger_s=args.linger,
-            stream_url=args.stream_url,
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    result = await caller.run()
+    result: CallResult = await caller.run()
+    print(f"carrier:     {args.carrier}" + (f" ({result.codec})" if telnyx else ""))
     print(f"stream:      {result.stream_url}")
     print(f"parameters:  {', '.join(sorted(result.parameters)) or 'none'}")
-    print(f"heard:       {result.media_bytes_received / 8000:.2f} s of agent audio")
+    agent_s = result.media_messages_received * 0.020  # the gateway sends 20 ms per message
+    print(f"heard:       {result.heard_s:.2f} s of call, {agent_s:.2f} s of it agent audio")
     print(f"clears:      {len(result.clear_times)}   marks echoed: {len(result.mark_echoes)}")
     print(f"ended by:    {result.closed_by} (code {result.close_code})")
     for violation in result.violations:
         print(f"VIOLATION:   {violation}")
     if args.out:
-        result.write_wav(args.out)
+        await asyncio.to_thread(result.write_wav, args.out)
         print(f"wrote:       {args.out}")
     return 1 if result.violations else 0
 
