@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from gateway.agents import AgentGraph
+from gateway.aio import cancel_and_wait
 from gateway.bridge import BridgeOptions, CallBridge, CallHooks, CallObserver
 from gateway.carriers.base import CarrierCodec, StreamStarted
 from gateway.carriers.telnyx_api import CallControl
@@ -194,7 +195,11 @@ def create_app(state: GatewayState) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
+        lag_probe = asyncio.create_task(state.metrics.watch_event_loop_lag(), name="lag-probe")
+        try:
+            yield
+        finally:
+            await cancel_and_wait(lag_probe)
         # Calls still running at shutdown are ended (each bridge closes both sides).
         for task in list(state.calls):
             task.cancel()

@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.agents import AgentGraph, AgentsFileError, load_agents
@@ -142,8 +142,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings, graph = load_config()
     if settings.gemini_api_key is None and not args.simulator:
         raise ConfigError(NO_KEY_MESSAGE)
-    asyncio.run(serve(settings, graph, host=args.host, port=args.port, simulator=args.simulator))
+    with asyncio.Runner(loop_factory=_fast_loop()) as runner:
+        runner.run(serve(settings, graph, host=args.host, port=args.port, simulator=args.simulator))
     return 0
+
+
+def _fast_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when available: the gateway is a socket shuffler, and uvloop's I/O path costs
+    a fraction of asyncio's per message (measured in benchmarks/load.py)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _cmd_call(args: argparse.Namespace) -> int:

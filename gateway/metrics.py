@@ -14,6 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 #: Seconds; handoffs are dominated by Gemini's session setup (~0.2–0.5 s on the real service).
 _HANDOFF_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0)
 _FIRST_AUDIO_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+#: How often the event loop's responsiveness is sampled.
+LAG_PROBE_S = 0.05
 
 
 def _task_count() -> float:
@@ -79,6 +82,21 @@ class Metrics:
             registry=r,
         )
         self.traced_memory.set_function(_traced_bytes)
+
+        self.event_loop_lag = Histogram(
+            "gateway_event_loop_lag_seconds",
+            "How late a timer fires on the event loop: audio waits this long on a busy loop.",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+
+    async def watch_event_loop_lag(self) -> None:
+        """Sample loop lag forever (cancel to stop): a 20 Hz timer's overshoot."""
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            self.event_loop_lag.observe(max(0.0, loop.time() - before - LAG_PROBE_S))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -42,6 +42,7 @@ class Playout:
         lead_ms: float = 240.0,
         refill_ms: float = 100.0,
         max_queued_s: float = 300.0,
+        max_batch: int = 5,
     ) -> None:
         self._codec = codec
         self._send = send
@@ -49,6 +50,7 @@ class Playout:
         self._lead_s = lead_ms / 1000
         self._refill_s = min(refill_ms / 1000, self._lead_s / 2)
         self._max_items = int(max_queued_s / self._frame_s)
+        self._max_batch = max(1, max_batch)
         self._items: deque[bytes | _Mark] = deque()
         self._control: deque[str] = deque()
         self._wake = asyncio.Event()
@@ -129,7 +131,12 @@ class Playout:
             await self._top_up()
 
     async def _top_up(self) -> None:
-        """Send queued items until the carrier is a full lead ahead (or a clear is waiting)."""
+        """Send queued items until the carrier is a full lead ahead (or a clear is waiting).
+
+        Frames that go out together are joined into one media message (whole 20 ms frames,
+        at most ``max_batch``): each message costs a JSON envelope, a websocket frame and a
+        syscall, so a 100 ms refill as one message instead of five is most of the send cost.
+        """
         while self._items and not self._control:
             item = self._items[0]
             if isinstance(item, _Mark):
@@ -138,11 +145,18 @@ class Playout:
                 await self._send(self._codec.mark(item.name))
                 continue
             now = time.monotonic()
-            if self._play_end - now >= self._lead_s:
+            room = self._lead_s - max(0.0, self._play_end - now)
+            frames: list[bytes] = []
+            while len(frames) < self._max_batch and room - len(frames) * self._frame_s > 0:
+                head = self._items[0] if self._items else None
+                if not isinstance(head, bytes):
+                    break  # a mark, or nothing left
+                self._items.popleft()
+                frames.append(head)
+            if not frames:
                 return
-            self._items.popleft()
             if self.first_frame_sent_at is None:
                 self.first_frame_sent_at = now
-            self._play_end = max(self._play_end, now) + self._frame_s
-            self.frames_sent += 1
-            await self._send(self._codec.media(item))
+            self._play_end = max(self._play_end, now) + self._frame_s * len(frames)
+            self.frames_sent += len(frames)
+            await self._send(self._codec.media(frames[0] if len(frames) == 1 else b"".join(frames)))

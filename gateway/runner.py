@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from pathlib import Path
@@ -49,6 +50,7 @@ async def serve(
             log.info("simulator.started", base_url=sim.base_url)
         state = build_state(settings, graph, ssl_context=ssl_context)
         gateway = await stack.enter_async_context(running_gateway(state, host=host, port=port))
+        freeze_startup_heap()
         loop = asyncio.get_running_loop()
         draining: list[asyncio.Task[None]] = []
 
@@ -71,6 +73,18 @@ async def serve(
         await gateway.wait_closed()
         for task in draining:
             await cancel_and_wait(task)
+
+
+def freeze_startup_heap() -> None:
+    """Keep the garbage collector off everything that exists once the gateway is up.
+
+    The imported SDKs (google-genai's types, pydantic, numpy, FastAPI) leave ~130k objects
+    that live forever; a full collection walks them all, and took 65 ms idle and over 200 ms
+    under load — a stall of the event loop, heard as a gap by every caller at once. Frozen,
+    they are skipped, and collections only look at what calls allocate.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def place_call(args: argparse.Namespace) -> int:

@@ -181,8 +181,10 @@ class ConversationEngine:
         self._note_mime(audio.mime_type)
         if not audio.pcm:
             return
+        now = time.monotonic()
         if self._record.audio_in_started_at is None:
-            self._record.audio_in_started_at = time.monotonic()
+            self._record.audio_in_started_at = now
+        self._record.audio_in_chunks.append((now, len(audio.pcm)))
         self._record.audio_in += audio.pcm
         if self._setup.manual_activity:
             self._manual_rate = audio.rate

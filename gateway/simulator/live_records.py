@@ -140,6 +140,8 @@ class ConnectionRecord:
     realtime_mime_types: list[str] = field(default_factory=list)
     audio_in: bytearray = field(default_factory=bytearray, repr=False)
     audio_in_started_at: float | None = None
+    #: (monotonic arrival time, bytes) of every audio message, for latency measurements.
+    audio_in_chunks: list[tuple[float, int]] = field(default_factory=list, repr=False)
     client_contents: list[JsonObject] = field(default_factory=list, repr=False)
     realtime_texts: list[str] = field(default_factory=list)
     activity: list[tuple[float, str]] = field(default_factory=list, repr=False)
