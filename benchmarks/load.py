@@ -260,10 +260,20 @@ async def run_level(n: int, args: argparse.Namespace) -> Level:
         ) as sim:
             sim.tls.write_ca(tmp / "ca.pem")
             port = _free_port()
-            env = {**os.environ, "GEMINI_API_KEY": "bench-key", "SSL_CERT_FILE": str(tmp / "ca.pem"),
-                   "GEMINI_BASE_URL": sim.base_url, "LOG_LEVEL": "warning",
-                   "MAX_CONCURRENT_CALLS": "10000", "OPENBLAS_NUM_THREADS": "1"}  # fmt: skip
-            log = open(args.gateway_log, "ab") if args.gateway_log else subprocess.DEVNULL  # noqa: SIM115
+            env = {
+                **os.environ,
+                "GEMINI_API_KEY": "bench-key",
+                "SSL_CERT_FILE": str(tmp / "ca.pem"),
+                "GEMINI_BASE_URL": sim.base_url,
+                "LOG_LEVEL": "warning",
+                "MAX_CONCURRENT_CALLS": "10000",
+                "OPENBLAS_NUM_THREADS": "1",
+            }
+            log = (
+                open(args.gateway_log, "ab")  # noqa: SIM115, ASYNC230 -- before any load
+                if args.gateway_log
+                else subprocess.DEVNULL
+            )
             gateway = subprocess.Popen(  # noqa: ASYNC220 -- started once per level
                 [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port",
                  str(port)], cwd=tmp, env=env, stderr=log,
@@ -398,6 +408,11 @@ HEADER = (
 )
 
 
+def _machine() -> str:
+    cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+    return f"{cpu.group(1) if cpu else platform.processor()}, {os.cpu_count()} cores"
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", default="1,10,50,100")
@@ -410,9 +425,8 @@ async def main() -> None:
     parser.add_argument("--gateway-log", help="append the gateway's stderr (logs) to this file")
     parser.add_argument("--nice", type=int, default=10, help="niceness of the load generators")
     args = parser.parse_args()
-    cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-    print(f"machine: {cpu.group(1) if cpu else platform.processor()}, {os.cpu_count()} cores; "
-          f"Python {platform.python_version()}; {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")  # fmt: skip
+    print(f"machine: {_machine()}; Python {platform.python_version()}; "
+          f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")  # fmt: skip
     print(f"command: {' '.join(sys.argv)}")
     print(f"simulator: think {args.think_ms} ms, setup {args.setup_delay_ms} ms, "
           f"audio at {args.speed}x real time\n")  # fmt: skip
