@@ -213,3 +213,22 @@ async def test_invalid_argument_and_policy_closes_are_permanent(code: int) -> No
     assert result.closed_by == "gateway"
     assert len(h.sim.connections) == 1  # no retry
     assert h.named("live.reconnected") == []
+
+
+async def test_a_drop_right_as_the_model_calls_the_handoff_tool_is_survived() -> None:
+    steps = [
+        Step(on="caller", when=TRIAGE, hear="advice please", say="One moment.", seconds=0.4,
+             tool_call=ToolCallSpec("handoff_conversation", {"target": "agent-advisor",
+                                    "reason": "advice", "summary": "wants advice"})),
+        Step(on="text", when=ADVISOR, say="Advisor here.", seconds=0.6),
+    ]  # fmt: skip
+    async with running(steps=steps) as h:
+        call = asyncio.create_task(h.call([Silence(0.4), Tone(300, 0.5), Silence(3.0)]))
+        await h.sim.wait_for(lambda: bool(h.sim.connections) and bool(
+            h.sim.connections[0].sent_times("", kind="toolCall")), timeout=5)  # fmt: skip
+        await h.sim.close(1011, "backend fault", which="all")
+        result = await call
+        conns = h.sim.connections
+    assert result.closed_by == "caller"  # the call went on to its natural end
+    assert conns[-1].voice == "Charon" and conns[-1].setup_completed  # with the new agent
+    assert h.named("call.ended")[0]["reason"] == "caller_hung_up"
