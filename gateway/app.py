@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
@@ -35,6 +35,24 @@ from gateway.security import StreamTokens
 from gateway.settings import Settings
 
 LiveSessionFactory = Callable[[structlog.stdlib.BoundLogger], LiveSession]
+
+#: Sent by a reverse proxy that asks another replica when one answers 503 (deploy/nginx).
+RETRY_HEADER = "x-callbridge-retry"
+
+
+def proxy_retries(request: Request | WebSocket) -> bool:
+    """Whether the proxy in front will ask another replica if this one answers 503.
+
+    Then a refusal (draining, full) is passed on with 503 rather than answered with the final
+    busy message, which the caller would hear although another replica has room. The proxy asks
+    its last replica without the header, so some replica always gives the final answer.
+    """
+    return request.headers.get(RETRY_HEADER) == "503"
+
+
+def pass_on(refusal: str) -> PlainTextResponse:
+    """The answer that makes a retrying proxy ask another replica."""
+    return PlainTextResponse(f"{refusal}: ask another replica", 503, headers={"Retry-After": "1"})
 
 
 @dataclass(slots=True)

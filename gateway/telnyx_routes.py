@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from gateway.agents import Agent
-from gateway.app import GatewayState, public_url, run_call
+from gateway.app import GatewayState, pass_on, proxy_retries, public_url, run_call
 from gateway.bridge import CallHooks
 from gateway.carriers.telnyx import TelnyxCodec, connect_stream_texml
 from gateway.carriers.telnyx_api import FALLBACK_STATE, TelnyxApiError
@@ -50,6 +50,9 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
         if not call_id:
             return PlainTextResponse("missing CallSid: this endpoint is for Telnyx webhooks", 400)
         refusal = state.refusal()
+        if refusal is not None and proxy_retries(request):
+            log.info("telnyx.call_passed_on", call_id=call_id, reason=refusal)
+            return pass_on(refusal)
         if refusal is not None:
             state.metrics.calls.labels(f"rejected_{refusal}").inc()
             log.warning("telnyx.call_refused", call_id=call_id, reason=refusal)
@@ -80,6 +83,9 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
         try:
             if kind == "call.initiated" and payload.get("direction") != "outgoing":
                 refusal = state.refusal()
+                if refusal is not None and proxy_retries(request):
+                    log.info("telnyx.call_passed_on", call_id=call_id, reason=refusal)
+                    return pass_on(refusal)
                 if refusal is not None:
                     state.metrics.calls.labels(f"rejected_{refusal}").inc()
                     await api.reject(call_id)
@@ -103,6 +109,11 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
 
     @app.websocket(STREAM_PATH)
     async def telnyx_stream(websocket: WebSocket) -> None:
+        refusal = state.refusal()
+        if refusal is not None and proxy_retries(websocket):
+            log.info("telnyx.stream_passed_on", reason=refusal)
+            await websocket.send_denial_response(pass_on(refusal))
+            return
         codec = TelnyxCodec()
 
         async def hang_up(call_id: str) -> None:

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response
 
 from gateway.agents import Agent
-from gateway.app import GatewayState, public_url, run_call
+from gateway.app import GatewayState, pass_on, proxy_retries, public_url, run_call
 from gateway.bridge import CallHooks
 from gateway.carriers.twilio import (
     TwilioCodec,
@@ -65,6 +65,9 @@ def add_twilio_routes(app: FastAPI, state: GatewayState) -> None:
         if not call_sid:
             return PlainTextResponse("missing CallSid: this endpoint is for Twilio webhooks", 400)
         refusal = state.refusal()
+        if refusal is not None and proxy_retries(request):
+            log.info("twilio.call_passed_on", call_id=call_sid, reason=refusal)
+            return pass_on(refusal)
         if refusal is not None:
             state.metrics.calls.labels(f"rejected_{refusal}").inc()
             log.warning("twilio.call_refused", call_id=call_sid, reason=refusal)
@@ -87,6 +90,11 @@ def add_twilio_routes(app: FastAPI, state: GatewayState) -> None:
                 log.warning("twilio.stream_signature_rejected", url=url)
                 await websocket.close(code=1008)  # before accept: the upgrade gets HTTP 403
                 return
+        refusal = state.refusal()
+        if refusal is not None and proxy_retries(websocket):
+            log.info("twilio.stream_passed_on", reason=refusal)
+            await websocket.send_denial_response(pass_on(refusal))
+            return
 
         async def fallback(call_sid: str, agent: Agent) -> bool:
             """Replace the call's TwiML with the active agent's fallback (needs REST creds)."""

@@ -163,3 +163,18 @@ async def test_fuzzed_stream_messages_never_hurt_the_gateway_or_other_calls(
             health = await http.get(h.gateway.url + "/healthz")
     assert result.closed_by == "caller"
     assert health.status_code == 200
+
+
+async def test_behind_a_retrying_proxy_a_refusal_is_passed_on_with_503() -> None:
+    retry = {"X-Callbridge-Retry": "503"}
+    async with (
+        running(max_concurrent_calls=1) as h,
+        httpx.AsyncClient(base_url=h.gateway.url) as http,
+    ):
+        live = asyncio.create_task(h.call([Silence(1.5)], linger_s=0.1))
+        await h.sim.wait_for_connections(1, timeout=3)
+        passed_on = await http.post("/twilio/voice", data=FORM, headers=retry)
+        final = await http.post("/twilio/voice", data=FORM)  # the proxy's last try: no header
+        await live
+    assert passed_on.status_code == 503 and passed_on.headers["retry-after"] == "1"
+    assert final.status_code == 200 and "busy" in final.text
