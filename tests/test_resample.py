@@ -2,7 +2,7 @@
 
 Levels are measured on the *output stream* with gateway.audio.analysis after skipping the start-up
 transient (50 ms, many times the <= 4 ms group delay). The presets' specs: passband flat within
-±0.5 dB over 300-3400 Hz (7 kHz for wideband), images/aliases >= 60 dB down, delay <= 3/5/5 ms.
+±0.5 dB over 300-3400 Hz (7 kHz for wideband), images/aliases >= 60 dB down, delay <= 3.5/5/5 ms.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ PRESETS = [
     pytest.param(model_to_telephone, id="24k-8k"),
     pytest.param(model_to_wideband, id="24k-16k"),
 ]
-DELAY_BUDGET_MS = {telephone_to_model: 3.0, model_to_telephone: 5.0, model_to_wideband: 5.0}
+DELAY_BUDGET_MS = {telephone_to_model: 3.5, model_to_telephone: 5.0, model_to_wideband: 5.0}
 PASSBAND_TOP_HZ = {telephone_to_model: 3400, model_to_telephone: 3400, model_to_wideband: 7000}
 
 SKIP_S = 0.05  # start-up transient skipped before measuring
