@@ -86,6 +86,10 @@ def uvicorn_config(state: GatewayState, host: str, port: int) -> uvicorn.Config:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        # Longer than the idle timeout of the load balancers that reuse upstream connections
+        # (typically 60 s): with uvicorn's 5 s default the gateway closes an idle connection just
+        # as the balancer reuses it, and that request fails (a 502 for the carrier's webhook).
+        timeout_keep_alive=75,
     )
 
 

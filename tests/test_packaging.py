@@ -6,6 +6,8 @@ Dockerfile and compose file must say so that replay stays faithful.
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import re
 import subprocess
 import sys
@@ -65,3 +67,32 @@ def test_mypy_strict_is_clean() -> None:
     args = [sys.executable, "-m", "mypy", "--strict", "gateway"]
     done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _top_level_imports(package: Path) -> set[str]:
+    names: set[str] = set()
+    for source in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_every_third_party_import_of_the_gateway_is_a_declared_dependency() -> None:
+    # A package that is only present because a developer installed it by hand passes every test
+    # here and breaks the image and CI's fresh venv: compare the code's imports with pyproject.
+    declared = {
+        re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0].strip().lower().replace("_", "-")
+        for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    distributions = importlib.metadata.packages_distributions()
+    missing = {}
+    for name in _top_level_imports(ROOT / "gateway"):
+        if name == "gateway" or name in sys.stdlib_module_names:
+            continue
+        owners = {d.lower().replace("_", "-") for d in distributions.get(name, [])}
+        if not owners & declared:
+            missing[name] = sorted(owners) or ["(not installed)"]
+    assert not missing, f"imported by gateway/ but not in [project].dependencies: {missing}"
