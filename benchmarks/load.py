@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.audio.analysis import dominant_frequency, rms_dbfs  # noqa: E402
+from gateway.cli import _fast_loop  # noqa: E402
 from gateway.simulator.caller import TwilioCaller  # noqa: E402
 from gateway.simulator.caller_audio import Segment, Silence, Tone, render  # noqa: E402
 from gateway.simulator.live_server import LiveSimulator  # noqa: E402
@@ -78,11 +79,13 @@ def caller_audio(index: int, duration: float) -> list[Segment]:
     return segments
 
 
-def _worker(url: str, indexes: list[int], duration: float, ramp: float, out: Any) -> None:
+def _worker(
+    url: str, indexes: list[int], total: int, duration: float, ramp: float, out: Any
+) -> None:
     """One caller process: runs its callers, sends back what each observed."""
 
     async def one(i: int) -> dict[str, Any]:
-        await asyncio.sleep(ramp * i / max(1, len(indexes)))
+        await asyncio.sleep(ramp * i / total)
         result = await TwilioCaller(
             url, audio=render(caller_audio(i, duration)), linger_s=0.3
         ).run()
@@ -94,11 +97,16 @@ def _worker(url: str, indexes: list[int], duration: float, ramp: float, out: Any
     async def run() -> list[dict[str, Any]]:
         return await asyncio.gather(*(one(i) for i in indexes))
 
-    out.send(asyncio.run(run()))
+    with asyncio.Runner(loop_factory=_fast_loop()) as runner:
+        out.send(runner.run(run()))
     out.close()
 
 
 # ---------------------------------------------------------------------- the gateway process
+
+
+def _cpus(spec: str) -> set[int]:
+    return {int(c) for c in spec.split(",") if c.strip()}
 
 
 def _free_port() -> int:
@@ -110,6 +118,12 @@ def _free_port() -> int:
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load_cpu_s(workers: list[Any]) -> float:
+    """CPU seconds of the load generators: this process (the Live simulator) and the callers."""
+    own = os.times()
+    return own.user + own.system + sum(_cpu_s(w.pid) for w in workers)
 
 
 def _rss_mb(pid: int) -> float:
@@ -235,6 +249,7 @@ class Level:
     cpu_pct_per_call: float
     rss_mb_per_call: float
     lag_p99_ms: float
+    load_cpu_pct: float
     lost: int
     late: int
     violations: int
@@ -274,10 +289,17 @@ async def run_level(n: int, args: argparse.Namespace) -> Level:
                 if args.gateway_log
                 else subprocess.DEVNULL
             )
+            gateway_cpus, load_cpus = _cpus(args.gateway_cpus), _cpus(args.load_cpus)
             gateway = subprocess.Popen(  # noqa: ASYNC220 -- started once per level
                 [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port",
                  str(port)], cwd=tmp, env=env, stderr=log,
+                preexec_fn=(lambda: os.sched_setaffinity(0, gateway_cpus)) if gateway_cpus
+                else None,
             )  # fmt: skip
+            if load_cpus:
+                # The simulator (this process) and the caller workers (spawned later, they
+                # inherit it) stay off the gateway's cores, so "% of a core" is the gateway's own.
+                os.sched_setaffinity(0, load_cpus)
             url = f"http://127.0.0.1:{port}"
             if args.nice and os.nice(0) == 0:
                 # The load generators (this process: the Live simulator; the caller workers
@@ -314,7 +336,7 @@ async def _drive(
             receiver, sender = ctx.Pipe(duplex=False)
             indexes = list(range(w, n, workers))
             proc = ctx.Process(
-                target=_worker, args=(url, indexes, args.duration, args.ramp, sender)
+                target=_worker, args=(url, indexes, n, args.duration, args.ramp, sender)
             )
             proc.start()
             pipes.append(receiver)
@@ -322,11 +344,13 @@ async def _drive(
         # Steady window: after the ramp, before the first callers finish.
         await asyncio.sleep(args.ramp + 0.5)
         cpu0, t0 = _cpu_s(pid), time.monotonic()
+        load0 = _load_cpu_s(procs)
         peak_rss = _rss_mb(pid)
         while time.monotonic() - t0 < max(2.0, args.duration - args.ramp - 2.0):
             await asyncio.sleep(0.5)
             peak_rss = max(peak_rss, _rss_mb(pid))
         cpu1, t1 = _cpu_s(pid), time.monotonic()
+        load1 = _load_cpu_s(procs)
         results: list[dict[str, Any]] = []
         for receiver in pipes:
             results += await asyncio.to_thread(receiver.recv)
@@ -357,6 +381,12 @@ async def _drive(
             j = int(np.searchsorted(media, start))
             if j < len(media) and (j == 0 or media[j - 1] < start - 0.3):
                 down.append((media[j] - start) * 1000)
+                if os.environ.get("LOAD_DEBUG") and down[-1] > 10:
+                    print(
+                        f"  slow down: caller {r['index']} +{start - r['started_at']:.2f}s "
+                        f"{down[-1]:.1f} ms",
+                        file=sys.stderr,
+                    )
     # handoff gaps and late frames, from what the callers heard
     handoff_gaps: list[float] = []
     late = 0
@@ -381,6 +411,7 @@ async def _drive(
         cpu_pct_per_call=(cpu1 - cpu0) / (t1 - t0) / n * 100,
         rss_mb_per_call=(peak_rss - idle_rss) / n,
         lag_p99_ms=_quantile(lag_before, lag_after, 0.99) * 1000,
+        load_cpu_pct=(load1 - load0) / (t1 - t0) * 100,
         lost=lost,
         late=late,
         violations=sum(len(r["violations"]) for r in results),
@@ -397,6 +428,7 @@ def _row(level: Level) -> str:
         f"≤{level.first_audio_p50:.0f} / ≤{level.first_audio_p99:.0f} | "
         f"{_pct(gaps, 50):.0f} / {max(gaps, default=float('nan')):.0f} ({len(gaps)}) | "
         f"{level.cpu_pct_per_call:.2f} | {level.rss_mb_per_call:.2f} | ≤{level.lag_p99_ms:.0f} | "
+        f"{level.load_cpu_pct:.0f} | "
         f"{level.lost} | {level.late} | {level.violations} | {'yes' if level.ok else 'no'} |"
     )
 
@@ -404,7 +436,7 @@ def _row(level: Level) -> str:
 HEADER = (
     "| calls | caller→Live ms p50/p99/max | Live→caller ms p50/p99/max | first audio net ms "
     "p50/p99 | handoff gap net ms p50/max (n) | CPU % core/call | RSS MB/call | loop lag "
-    "p99 ms | lost | late | violations | SLO met |\n|" + "---|" * 12
+    "p99 ms | load gen. CPU % | lost | late | violations | SLO met |\n|" + "---|" * 13
 )
 
 
@@ -424,6 +456,10 @@ async def main() -> None:
     parser.add_argument("--speed", type=float, default=2.0, help="model audio vs real time")
     parser.add_argument("--gateway-log", help="append the gateway's stderr (logs) to this file")
     parser.add_argument("--nice", type=int, default=10, help="niceness of the load generators")
+    parser.add_argument(
+        "--gateway-cpus", default="0", help="CPUs the gateway may run on ('' = any)"
+    )
+    parser.add_argument("--load-cpus", default="1", help="CPUs of the simulator and callers")
     args = parser.parse_args()
     print(f"machine: {_machine()}; Python {platform.python_version()}; "
           f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")  # fmt: skip
@@ -437,4 +473,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=_fast_loop()) as runner:
+        runner.run(main())

@@ -174,4 +174,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_simulator(args: argparse.Namespace) -> int:
     from gateway.runner import run_simulator
 
-    return asyncio.run(run_simulator(args))
+    # The simulator serves load tests too (benchmarks/load.py): uvloop's TLS and socket paths
+    # let one process play the model for several times more calls.
+    with asyncio.Runner(loop_factory=_fast_loop()) as runner:
+        return runner.run(run_simulator(args))

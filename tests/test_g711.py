@@ -96,3 +96,10 @@ def test_pcm16_byteswap() -> None:
     assert big == struct.pack(">3h", 1, -2, 0x1234)
     assert g711.pcm16_byteswap(big) == little
     assert g711.pcm16_byteswap(little + b"\x55") == big
+
+
+@given(st.binary(min_size=0, max_size=1281))
+def test_pcm16_rms_matches_the_textbook_definition(pcm: bytes) -> None:
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
+    expected = float(np.sqrt(np.mean(samples * samples))) if samples.size else 0.0
+    assert abs(g711.pcm16_rms(pcm) - expected) <= 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -10,7 +11,7 @@ from google.genai.live import AsyncSession
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.live.session import INPUT_MIME, realtime_audio_message
+from gateway.live.fast_path import INPUT_MIME, model_audio, realtime_audio_message
 
 
 class _CapturingSocket:
@@ -40,3 +41,91 @@ async def test_fast_path_message_equals_the_sdks(pcm: bytes) -> None:
 async def test_the_sdk_session_still_exposes_the_socket_the_fast_path_uses() -> None:
     session = AsyncSession(api_client=API_CLIENT, websocket=_CapturingSocket())  # type: ignore[arg-type]
     assert callable(getattr(getattr(session, "_ws", None), "send", None))
+
+
+class _ReplaySocket:
+    """A websocket that hands the SDK one given frame."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    async def recv(self, decode: bool | None = None) -> bytes:
+        return self.raw
+
+
+async def _sdk_parse(raw: bytes) -> types.LiveServerMessage:
+    session = AsyncSession(api_client=API_CLIENT, websocket=_ReplaySocket(raw))  # type: ignore[arg-type]
+    async for message in session.receive():
+        return message
+    raise AssertionError("the SDK yielded nothing")
+
+
+def _audio_message(chunks: list[bytes], **extra: Any) -> bytes:
+    parts = [
+        {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": base64.b64encode(c).decode()}}
+        for c in chunks
+    ]
+    return json.dumps({"serverContent": {"modelTurn": {"parts": parts}, **extra}}).encode()
+
+
+def _sdk_audio(message: types.LiveServerMessage) -> bytes:
+    content = message.server_content
+    assert content is not None and content.model_turn is not None
+    return b"".join(
+        p.inline_data.data or b"" for p in content.model_turn.parts or [] if p.inline_data
+    )
+
+
+@given(st.lists(st.binary(min_size=1, max_size=3000), min_size=1, max_size=3))
+async def test_gemini_audio_takes_the_fast_path_and_decodes_as_the_sdk_does(
+    chunks: list[bytes],
+) -> None:
+    raw = _audio_message(chunks)
+    pcm = model_audio(raw)
+    assert pcm is not None, "a plain audio message must take the fast path"
+    assert pcm == _sdk_audio(await _sdk_parse(raw)) == b"".join(chunks)
+    assert model_audio(raw.decode()) == pcm  # text frames too
+
+
+_EXTRAS: list[dict[str, Any]] = [
+    {"turnComplete": True},
+    {"interrupted": True},
+    {"generationComplete": True},
+    {"outputTranscription": {"text": "hello"}},
+    {"inputTranscription": {"text": "hi"}},
+]
+
+
+@given(st.binary(min_size=1, max_size=500), st.sampled_from(_EXTRAS))
+async def test_audio_with_anything_else_in_it_is_left_to_the_sdk(
+    pcm: bytes, extra: dict[str, Any]
+) -> None:
+    raw = _audio_message([pcm], **extra)
+    assert model_audio(raw) is None
+    message = await _sdk_parse(raw)
+    assert _sdk_audio(message) == pcm  # the SDK still has it all
+
+
+def test_other_messages_and_malformed_frames_are_left_to_the_sdk() -> None:
+    audio = {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": "AAAA"}}
+    audio_16k = {"inlineData": {"mimeType": "audio/pcm;rate=16000", "data": "AAAA"}}
+    garbled = {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": "not base64!"}}
+    for message in [
+        {"serverContent": {"modelTurn": {"parts": [audio]}}, "usageMetadata": {}},
+        {"serverContent": {"modelTurn": {"parts": [audio, {"text": "x"}]}}},
+        {"serverContent": {"modelTurn": {"parts": [audio_16k]}}},
+        {"serverContent": {"modelTurn": {"parts": [garbled]}}},
+        {"serverContent": {"modelTurn": {"parts": []}}},
+        {"toolCall": {"functionCalls": [{"name": "inlineData"}]}},
+        {"sessionResumptionUpdate": {"newHandle": "h", "resumable": True}},
+        {"goAway": {"timeLeft": "5s"}},
+    ]:  # fmt: skip
+        assert model_audio(json.dumps(message).encode()) is None, message
+    assert model_audio(b"{not json inlineData") is None
+    assert model_audio(b"[1, 2, 3]") is None
+
+
+async def test_the_sdk_session_still_reads_through_its_socket_recv() -> None:
+    # The receive fast path replaces the session's _ws with a tap whose recv the SDK must call.
+    raw = _audio_message([b"\x01\x02"])
+    assert _sdk_audio(await _sdk_parse(raw)) == b"\x01\x02"

@@ -39,7 +39,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audio.transcode import AudioFormat
 from gateway.simulator import telnyx_peer as peer
-from gateway.simulator.caller import HangupMode, MessageBuilder, StreamCaller
+from gateway.simulator.caller import (
+    HangupMode,
+    MessageBuilder,
+    StreamCaller,
+    default_ssl_context,
+)
 from gateway.simulator.caller_audio import MAX_RATE, Segment, render_pcm
 from gateway.simulator.caller_result import ApiRequest, CallEvent, CallResult, WebhookDelivery
 from gateway.simulator.caller_state import StreamRules
@@ -199,7 +204,7 @@ class TelnyxCaller(StreamCaller):
         self._http = httpx.AsyncClient(
             timeout=self._webhook_timeout,
             trust_env=self._use_env_proxy,
-            verify=self._ssl if self._ssl is not None else True,
+            verify=self._ssl if self._ssl is not None else default_ssl_context(),
         )
         if self._mode == "texml":
             setup = await self._texml()
