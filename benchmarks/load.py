@@ -82,9 +82,12 @@ def caller_audio(index: int, duration: float) -> list[Segment]:
 
 
 def _worker(
-    url: str, indexes: list[int], total: int, duration: float, ramp: float, out: Any
+    url: str, indexes: list[int], total: int, duration: float, ramp: float, nice: int, out: Any
 ) -> None:
     """One caller process: runs its callers, sends back what each observed."""
+    # Callers yield the CPU to the gateway (and the simulator) when they share a core. Only
+    # workers are niced: a process that was niced would pass it on to later gateways it starts.
+    os.nice(nice)
 
     async def one(i: int) -> dict[str, Any]:
         await asyncio.sleep(ramp * i / total)
@@ -302,10 +305,6 @@ async def run_level(n: int, args: argparse.Namespace) -> Level:
                 # inherit it) stay off the gateway's cores, so "% of a core" is the gateway's own.
                 os.sched_setaffinity(0, load_cpus)
             url = f"http://127.0.0.1:{port}"
-            if args.nice and os.nice(0) == 0:
-                # The load generators (this process: the Live simulator; the caller workers
-                # inherit it) yield the CPU to the gateway, as they would on their own machines.
-                os.nice(args.nice)
             try:
                 return await _drive(n, args, sim, gateway.pid, url, setup_s)
             finally:
@@ -337,7 +336,7 @@ async def _drive(
             receiver, sender = ctx.Pipe(duplex=False)
             indexes = list(range(w, n, workers))
             proc = ctx.Process(
-                target=_worker, args=(url, indexes, n, args.duration, args.ramp, sender)
+                target=_worker, args=(url, indexes, n, args.duration, args.ramp, args.nice, sender)
             )
             proc.start()
             pipes.append(receiver)
@@ -464,7 +463,7 @@ async def main() -> None:
     parser.add_argument("--setup-delay-ms", type=int, default=100)
     parser.add_argument("--speed", type=float, default=2.0, help="model audio vs real time")
     parser.add_argument("--gateway-log", help="append the gateway's stderr (logs) to this file")
-    parser.add_argument("--nice", type=int, default=10, help="niceness of the load generators")
+    parser.add_argument("--nice", type=int, default=10, help="niceness of the caller workers")
     parser.add_argument(
         "--gateway-cpus", default="0", help="CPUs the gateway may run on ('' = any)"
     )
