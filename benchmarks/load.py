@@ -373,6 +373,10 @@ async def _drive(
                 replayed += 1
             else:
                 up.append((arrived - sent_at) * 1000)
+                if os.environ.get("LOAD_DEBUG") and up[-1] > 8:
+                    near = min((abs(sent_at - c.opened_at), "open") for c in sim.connections)
+                    print(f"  slow up: caller {r['index']} +{sent_at - r['started_at']:.2f}s "
+                          f"{up[-1]:.1f} ms; nearest {near}", file=sys.stderr)  # fmt: skip
     # Live → caller: first chunk of each model turn → first media of it at the caller;
     # first audio: the caller frame that ended an utterance (by the simulator's VAD) → the
     # first media of the answer at the caller, net of the simulator's think time.
