@@ -20,10 +20,8 @@ What is proven, and how:
   call placed was bridged exactly once and ended by its caller.
 
 A drained replica keeps answering new webhooks until it exits, and round robin keeps sending
-them. Only with the gateway change described in ``deploy/README.md`` ("Draining behind a
-proxy") does it pass them on (503) rather than answer busy; ``GATEWAY_PASSES_ON_REFUSALS`` says
-which behaviour the gateway in this tree has, and the drain test checks the flag against the
-gateway, so neither can change silently.
+them: it passes them on to the proxy with a 503 (``deploy/README.md``, "Draining behind a
+proxy") rather than answering busy, so new calls land on the other replicas.
 """
 
 from __future__ import annotations
@@ -59,9 +57,6 @@ REPLICAS = 3
 SECRET = "replica-test-secret-0123456789abcdef"
 #: Long enough that the drained replica's calls end on their own: it exits as soon as it is idle.
 DRAIN_TIMEOUT_S = 20.0
-#: True once the gateway answers a retrying proxy's refused webhook or stream with 503 (the
-#: change in deploy/README.md); the drain test fails if this disagrees with the gateway.
-GATEWAY_PASSES_ON_REFUSALS = True
 CALLER_ENDED = ("caller_hung_up", "caller_disconnected")
 
 pytestmark = pytest.mark.skipif(
@@ -408,7 +403,7 @@ async def test_one_replica_drains_during_live_calls_and_no_call_is_lost(tmp_path
             data={"CallSid": "CA" + "0" * 32},
             headers={"X-Callbridge-Retry": "503"},
         )
-        passes_on = probe.status_code == 503
+        assert probe.status_code == 503, "a draining replica must pass a retried webhook on"
 
         new = await place(tasks, c.proxy_url, count=6, seconds=3.0, gap_s=0.3)
         live_results = await asyncio.gather(*(task for _, task in live))
@@ -419,7 +414,6 @@ async def test_one_replica_drains_during_live_calls_and_no_call_is_lost(tmp_path
         await settled(c, [r.call_sid for r in bridged])
         victim_events = victim.events()
         started_at, ended_at = c.where("call.started"), c.where("call.ended")
-        refused_by_victim = set(victim.call_ids("twilio.call_refused"))
         retried = [line for line in access_lines(c) if re.search(r"upstream_status=503, ", line)]
 
     # The live calls on the draining replica (and everywhere) ran to their natural end.
@@ -441,33 +435,17 @@ async def test_one_replica_drains_during_live_calls_and_no_call_is_lost(tmp_path
 
     failed = {r.call_sid: problems(r, c.proxy_url) for r in new_results}
     failed = {call_id: why for call_id, why in failed.items() if why}
-    if passes_on != GATEWAY_PASSES_ON_REFUSALS:
-        pytest.fail(
-            f"a draining gateway answers a retrying proxy with HTTP {probe.status_code}, but "
-            f"GATEWAY_PASSES_ON_REFUSALS is {GATEWAY_PASSES_ON_REFUSALS}: update the flag if the "
-            "gateway change in deploy/README.md landed, else it regressed"
-        )
-    if passes_on:
-        # New calls all went to replicas with room: the drained one passed its share on.
-        assert failed == {}, failed
-        new_ids = {r.call_sid for r in new_results}
-        assert not new_ids & set(victim.call_ids("call.started"))
-        assert not new_ids & set(victim.call_ids("twilio.voice"))
-        assert retried, "no request was retried on another replica"
-    else:
-        # Today: the calls that failed are exactly those the draining replica answered busy.
-        assert set(failed) <= refused_by_victim, failed
-        assert not set(failed) & set(started_at), "a refused call was bridged anyway"
+    # New calls all went to replicas with room: the drained one passed its share on.
+    assert failed == {}, failed
+    new_ids = {r.call_sid for r in new_results}
+    assert not new_ids & set(victim.call_ids("call.started"))
+    assert not new_ids & set(victim.call_ids("twilio.voice"))
+    assert retried, "no request was retried on another replica"
     print(
         f"drained replica {victim.index}: {len(live_on_victim)} live calls ended by their "
         f"callers, exit {exit_code} after {drain_s:.1f} s; new calls failed: {len(failed)}; "
         f"retried requests: {len(retried)}; {time.monotonic() - started:.1f} s"
     )
-    if not passes_on:
-        pytest.xfail(
-            f"{len(failed)} of {len(new_results)} new calls got the draining replica's busy "
-            "message: the gateway must answer a retrying proxy with 503 (deploy/README.md)"
-        )
 
 
 # --- the proxy's retry contract, on fake replicas --------------------------------------------
