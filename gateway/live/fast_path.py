@@ -24,7 +24,7 @@ from typing import Any, Final
 INPUT_MIME: Final = "audio/pcm;rate=16000"
 _PREFIX: Final = '{"realtime_input":{"audio":{"data":"'
 _SUFFIX: Final = '","mime_type":"' + INPUT_MIME + '"}}}'
-#: A cheap pre-check on the raw frame before parsing it (every audio message starts so).
+#: A cheap pre-check on the raw frame before parsing it: every audio message contains it.
 _AUDIO_HINT: Final = b"inlineData"
 
 

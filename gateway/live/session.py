@@ -448,7 +448,8 @@ class _AudioTap:
 
     async def recv(self, decode: bool | None = None) -> str | bytes:
         while True:
-            raw: str | bytes = await self._ws.recv(decode=decode)
+            # Called as the SDK calls it: with decode=False, or bare when that raised TypeError.
+            raw: str | bytes = await (self._ws.recv() if decode is None else self._ws.recv(decode))
             pcm = model_audio(raw)
             if pcm is None:
                 return raw
