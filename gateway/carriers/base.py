@@ -8,9 +8,12 @@ Gemini session stay ignorant of Twilio's and Telnyx's field names.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.audio.transcode import AudioFormat
 
@@ -73,6 +76,37 @@ class ProtocolError(ValueError):
     def __init__(self, message: str, *, fatal: bool = False) -> None:
         super().__init__(message)
         self.fatal = fatal
+
+
+def load_object(text: str) -> dict[str, Any]:
+    """A carrier message as a JSON object; both carriers send nothing else."""
+    try:
+        msg = json.loads(text)
+    except ValueError:
+        raise ProtocolError("message is not JSON") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("message is not a JSON object")
+    return msg
+
+
+def media_object(msg: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """The ``media`` object of an inbound media message and its decoded audio.
+
+    Twilio and Telnyx agree on this part (``media.track``, base64 ``media.payload``); only the
+    inbound track is the caller.
+    """
+    media = msg.get("media")
+    if not isinstance(media, dict):
+        raise ProtocolError("media without a media object")
+    if media.get("track", "inbound") != "inbound":
+        raise ProtocolError(f"media on track {str(media.get('track'))[:20]!r}")
+    payload = media.get("payload")
+    if not isinstance(payload, str):
+        raise ProtocolError("media without a payload")
+    try:
+        return media, base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("media payload is not valid base64") from None
 
 
 class CarrierCodec(Protocol):

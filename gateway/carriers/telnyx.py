@@ -16,7 +16,6 @@ file per second and cannot carry a conversation.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +31,8 @@ from gateway.carriers.base import (
     ProtocolError,
     StreamStarted,
     StreamStopped,
+    load_object,
+    media_object,
 )
 from gateway.carriers.reorder import Reorderer
 
@@ -57,12 +58,7 @@ class TelnyxCodec:
         self.reorder = Reorderer(reorder_window, first=1)  # media.chunk counts from 1
 
     def parse(self, text: str) -> CarrierEvent | None:
-        try:
-            msg = json.loads(text)
-        except ValueError:
-            raise ProtocolError("message is not JSON") from None
-        if not isinstance(msg, dict):
-            raise ProtocolError("message is not a JSON object")
+        msg = load_object(text)
         event = msg.get("event")
         if event == "media":
             return self._media(msg)
@@ -149,18 +145,7 @@ class TelnyxCodec:
         if self.stream_id is None:
             raise ProtocolError("'media' before 'start'")
         self._check_stream(msg)
-        media = msg.get("media")
-        if not isinstance(media, dict):
-            raise ProtocolError("media without a media object")
-        if media.get("track", "inbound") != "inbound":
-            raise ProtocolError(f"media on track {str(media.get('track'))[:20]!r}")
-        payload = media.get("payload")
-        if not isinstance(payload, str):
-            raise ProtocolError("media without a payload")
-        try:
-            audio = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise ProtocolError("media payload is not valid base64") from None
+        media, audio = media_object(msg)
         number = _int(media.get("chunk", msg.get("sequence_number")))
         if number < 0:  # unnumbered: nothing to reorder by
             return AudioReceived(audio)
