@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from gateway.agents import AgentGraph
+from gateway.agents import AgentGraph, Fallback
 from gateway.aio import cancel_and_wait
 from gateway.bridge import BridgeOptions, CallBridge, CallHooks, CallObserver
 from gateway.carriers.base import CarrierCodec, StreamStarted
@@ -99,6 +99,26 @@ class GatewayState:
         if len(self.calls) >= self.settings.max_concurrent_calls:
             return "capacity"
         return None
+
+    def admit_call(
+        self, request: Request, log: structlog.stdlib.BoundLogger, carrier: str, call_id: str
+    ) -> Response | str | None:
+        """A new call's webhook: None to take it; a Response (503) that passes it on to a
+        retrying proxy; or the reason it is refused for good, counted and logged, after which
+        the route gives the carrier its final busy answer."""
+        refusal = self.refusal()
+        if refusal is None:
+            return None
+        if proxy_retries(request):
+            log.info(f"{carrier}.call_passed_on", call_id=call_id, reason=refusal)
+            return pass_on(refusal)
+        self.metrics.calls.labels(f"rejected_{refusal}").inc()
+        log.warning(f"{carrier}.call_refused", call_id=call_id, reason=refusal)
+        return refusal
+
+    def opening_fallback(self) -> Fallback:
+        """The fallback in force when a call starts: the first stage's agent's, or the file's."""
+        return self.graph.fallback(self.graph.agent(self.graph.first_stage.agent_id))
 
     def authorize(self, carrier: str) -> Callable[[StreamStarted], str | None]:
         """The stream check: a token minted for this very call, and room for it."""

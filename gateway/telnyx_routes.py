@@ -49,18 +49,15 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
         call_id = str(form.get("CallSid") or "")
         if not call_id:
             return PlainTextResponse("missing CallSid: this endpoint is for Telnyx webhooks", 400)
-        refusal = state.refusal()
-        if refusal is not None and proxy_retries(request):
-            log.info("telnyx.call_passed_on", call_id=call_id, reason=refusal)
-            return pass_on(refusal)
-        if refusal is not None:
-            state.metrics.calls.labels(f"rejected_{refusal}").inc()
-            log.warning("telnyx.call_refused", call_id=call_id, reason=refusal)
+        refused = state.admit_call(request, log, "telnyx", call_id)
+        if isinstance(refused, Response):
+            return refused
+        if refused is not None:
             return Response(say_twiml(BUSY_MESSAGE), media_type="text/xml")
         token = state.tokens.mint("telnyx", call_id, time.time())
         params = {"call_control_id": call_id, **caller_ids(form), "token": token}
         url = public_url(request, settings, STREAM_PATH, ws=True)
-        fallback = state.graph.fallback(state.graph.agent(state.graph.first_stage.agent_id))
+        fallback = state.opening_fallback()
         after = fallback_verbs(fallback.say, fallback.transfer_to)
         log.info("telnyx.voice", call_id=call_id, stream_url=url)
         texml = connect_stream_texml(url, settings.telnyx_codec, params, after)
@@ -82,12 +79,10 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
             )
         try:
             if kind == "call.initiated" and payload.get("direction") != "outgoing":
-                refusal = state.refusal()
-                if refusal is not None and proxy_retries(request):
-                    log.info("telnyx.call_passed_on", call_id=call_id, reason=refusal)
-                    return pass_on(refusal)
-                if refusal is not None:
-                    state.metrics.calls.labels(f"rejected_{refusal}").inc()
+                refused = state.admit_call(request, log, "telnyx", call_id)
+                if isinstance(refused, Response):
+                    return refused
+                if refused is not None:
                     await api.reject(call_id)
                 else:
                     await api.answer(call_id)

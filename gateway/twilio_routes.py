@@ -64,18 +64,15 @@ def add_twilio_routes(app: FastAPI, state: GatewayState) -> None:
         call_sid = str(form.get("CallSid") or "")
         if not call_sid:
             return PlainTextResponse("missing CallSid: this endpoint is for Twilio webhooks", 400)
-        refusal = state.refusal()
-        if refusal is not None and proxy_retries(request):
-            log.info("twilio.call_passed_on", call_id=call_sid, reason=refusal)
-            return pass_on(refusal)
-        if refusal is not None:
-            state.metrics.calls.labels(f"rejected_{refusal}").inc()
-            log.warning("twilio.call_refused", call_id=call_sid, reason=refusal)
+        refused = state.admit_call(request, log, "twilio", call_sid)
+        if isinstance(refused, Response):
+            return refused
+        if refused is not None:
             return Response(say_twiml(BUSY_MESSAGE), media_type="text/xml")
         token = state.tokens.mint("twilio", call_sid, time.time())
         params = {"call_sid": call_sid, **caller_ids(form), "token": token}
         url = public_url(request, settings, STREAM_PATH, ws=True)
-        fallback = state.graph.fallback(state.graph.agent(state.graph.first_stage.agent_id))
+        fallback = state.opening_fallback()
         after = fallback_verbs(fallback.say, fallback.transfer_to)
         log.info("twilio.voice", call_id=call_sid, stream_url=url)
         return Response(connect_stream_twiml(url, params, after), media_type="text/xml")
