@@ -90,6 +90,11 @@ class StreamCaller:
     re-raises the first such exception once everything is closed.
     """
 
+    #: The carrier's documented error codes for a stream that cannot connect and for broken
+    #: WebSocket framing, quoted in those violations (None: the carrier documents none).
+    CONNECT_FAILED_CODE: str | None = None
+    FRAMING_ERROR_CODE: str | None = None
+
     def __init__(
         self,
         result: CallResult,
@@ -186,11 +191,15 @@ class StreamCaller:
 
     def _connect_failed(self, url: str, exc: Exception) -> str:
         """The violation text for a WebSocket that could not be opened."""
-        raise NotImplementedError
+        detail = f"{url}: {type(exc).__name__}: {exc}{_code(self.CONNECT_FAILED_CODE)}"
+        return format_violation(Violation.STREAM_CONNECT_FAILED, detail)
 
     def _framing_violation(self, code: int, reason: str) -> str:
         """The violation text for a gateway that broke WebSocket framing."""
-        raise NotImplementedError
+        detail = f"the caller's WebSocket closed with {code} {reason!r}"
+        return format_violation(
+            Violation.WEBSOCKET_PROTOCOL, detail + _code(self.FRAMING_ERROR_CODE)
+        )
 
     def _connected_message(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -440,6 +449,9 @@ class TwilioCaller(StreamCaller):
     is as described on :class:`StreamCaller`.
     """
 
+    CONNECT_FAILED_CODE = "31920"
+    FRAMING_ERROR_CODE = "31924"
+
     def __init__(
         self,
         gateway_url: str,
@@ -543,14 +555,6 @@ class TwilioCaller(StreamCaller):
         signed = self.result.twiml_stream_url or url
         return {"x-twilio-signature": twilio_signature(self._auth_token, signed, {})}
 
-    def _connect_failed(self, url: str, exc: Exception) -> str:
-        detail = f"{url}: {type(exc).__name__}: {exc} (31920)"
-        return format_violation(Violation.STREAM_CONNECT_FAILED, detail)
-
-    def _framing_violation(self, code: int, reason: str) -> str:
-        detail = f"the caller's WebSocket closed with {code} {reason!r} (31924)"
-        return format_violation(Violation.WEBSOCKET_PROTOCOL, detail)
-
     def _connected_message(self) -> dict[str, Any]:
         return peer.connected_message()
 
@@ -589,6 +593,10 @@ class TwilioCaller(StreamCaller):
 
     def _echo_builder(self, name: str) -> MessageBuilder:
         return partial(peer.mark_message, stream_sid=self.result.stream_sid, name=name)
+
+
+def _code(carrier_code: str | None) -> str:
+    return f" ({carrier_code})" if carrier_code else ""
 
 
 async def _sleep_until(deadline: float) -> float:

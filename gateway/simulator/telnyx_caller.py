@@ -513,14 +513,6 @@ class TelnyxCaller(StreamCaller):
             for number in due:
                 self._held.pop(number, None)
 
-    def _connect_failed(self, url: str, exc: Exception) -> str:
-        detail = f"{url}: {type(exc).__name__}: {exc}"
-        return format_violation(Violation.STREAM_CONNECT_FAILED, detail)
-
-    def _framing_violation(self, code: int, reason: str) -> str:
-        detail = f"the caller's WebSocket closed with {code} {reason!r}"
-        return format_violation(Violation.WEBSOCKET_PROTOCOL, detail)
-
     def _connected_message(self) -> dict[str, Any]:
         return peer.connected_message()
 
