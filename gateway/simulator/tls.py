@@ -69,6 +69,21 @@ class TlsMaterial:
         return target
 
 
+def _signing_key_usage(*, ca: bool) -> x509.KeyUsage:
+    """ECDSA keys sign (TLS handshakes); only the CA's also signs certificates and CRLs."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def generate_tls(hostnames: Iterable[str] = ("127.0.0.1", "localhost")) -> TlsMaterial:
     """Create a fresh CA and a leaf certificate valid for ``hostnames`` (IPs and DNS names)."""
     names = list(hostnames)
@@ -89,20 +104,7 @@ def generate_tls(hostnames: Iterable[str] = ("127.0.0.1", "localhost")) -> TlsMa
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_signing_key_usage(ca=True), critical=True)
         .add_extension(ca_ski, critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -118,20 +120,7 @@ def generate_tls(hostnames: Iterable[str] = ("127.0.0.1", "localhost")) -> TlsMa
         .not_valid_after(not_after)
         .add_extension(x509.SubjectAlternativeName(_san_entries(names)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_signing_key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
             x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()), critical=False
