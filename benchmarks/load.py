@@ -54,12 +54,13 @@ from gateway.audio.analysis import dominant_frequency, rms_dbfs  # noqa: E402
 from gateway.cli import _fast_loop  # noqa: E402
 from gateway.simulator.caller import TwilioCaller  # noqa: E402
 from gateway.simulator.caller_audio import Segment, Silence, Tone, render  # noqa: E402
+from gateway.simulator.live_model import ModelOptions  # noqa: E402
 from gateway.simulator.live_server import LiveSimulator  # noqa: E402
 from gateway.simulator.voices import voice_pitch_hz  # noqa: E402
 
 FRAME_S = 0.020
-#: The Live simulator's default end-of-utterance silence (its VAD's ``silence_ms``).
-VAD_SILENCE_S = 0.400
+#: The Live simulator's end-of-utterance silence (its VAD's ``silence_ms``; the default is used).
+VAD_SILENCE_S = ModelOptions().vad_silence_ms / 1000
 VOICES = ("Aoede", "Charon")
 
 
@@ -327,7 +328,6 @@ async def _drive(
         await asyncio.sleep(0.5)
         idle_rss = _rss_mb(pid)
         metrics_before = (await http.get(url + "/metrics")).text
-        sim_connections_before = len(sim.connections)
 
         workers = max(1, min(args.workers, n))
         pipes, procs = [], []
@@ -367,8 +367,7 @@ async def _drive(
     for r in results:
         arrivals = [t for c in sessions.get(r["index"], []) for t, _ in c.audio_in_chunks]
         lost += max(0, len(r["sent"]) - len(arrivals) - 3)  # ≤ 3 in flight at hang-up
-        for (sent_at, chunk), arrived in zip(r["sent"], arrivals, strict=False):
-            del chunk
+        for (sent_at, _), arrived in zip(r["sent"], arrivals, strict=False):
             if any(a <= sent_at <= b for a, b in gaps_without):
                 replayed += 1
             else:
@@ -411,7 +410,6 @@ async def _drive(
         handoff_gaps += [g * FRAME_S * 1000 for g in gaps]
     lag_before, _ = _histogram(metrics_before, "gateway_event_loop_lag_seconds")
     lag_after, _ = _histogram(metrics_after, "gateway_event_loop_lag_seconds")
-    del sim_connections_before
     return Level(
         calls=n,
         up=up,
