@@ -12,16 +12,17 @@ Those agent ids become the ``target`` enum of the ``handoff_conversation`` tool.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 #: The 30 prebuilt Gemini Live voices (Firebase "Configuration options for the Live API").
-#: A voice outside this list is a warning, not an error: Google adds voices without notice.
+#: Any other name is an error at start-up: the alternative is every call failing at connect.
 GEMINI_VOICES: tuple[str, ...] = (
     "Zephyr", "Kore", "Orus", "Autonoe", "Umbriel", "Erinome", "Laomedeia", "Schedar",
     "Achird", "Sadachbia", "Puck", "Fenrir", "Aoede", "Enceladus", "Algieba", "Algenib",
@@ -51,6 +52,10 @@ class Fallback(_Strict):
     transfer_to: str = Field(default="", pattern=r"^(|\+[1-9][0-9]{6,14}|sips?:\S+)$")
 
 
+#: What a caller hears when the gateway has no room for the call.
+BUSY = Fallback(say="All of our lines are busy right now. Please call again in a few minutes.")
+
+
 class Agent(_Strict):
     """One agent: who it is (identity block), how it sounds (voice) and how it opens."""
 
@@ -71,10 +76,23 @@ class Agent(_Strict):
         unknown = [t for t in tools if t not in BUILTIN_TOOLS]
         if unknown:
             raise ValueError(
-                f"unknown tool {unknown[0]!r}; built-in tools are: {', '.join(BUILTIN_TOOLS)} "
+                f"unknown tool {unknown[0]!r}{did_you_mean(unknown[0], BUILTIN_TOOLS)} "
+                f"built-in tools are: {', '.join(BUILTIN_TOOLS)} "
                 "(handoff_conversation is added automatically from the pipeline)"
             )
         return tools
+
+    @field_validator("voice")
+    @classmethod
+    def _known_voice(cls, voice: str) -> str:
+        """A prebuilt voice, its case normalised (``aoede`` is ``Aoede``)."""
+        by_lower = {v.lower(): v for v in GEMINI_VOICES}
+        if voice.lower() in by_lower:
+            return by_lower[voice.lower()]
+        raise ValueError(
+            f"unknown voice {voice!r}{did_you_mean(voice, GEMINI_VOICES)} "
+            f"Gemini's voices are: {', '.join(GEMINI_VOICES)}"
+        )
 
     def system_instruction(self) -> str:
         """The agent's prompt plus its identity block, exactly as Gemini receives it.
@@ -190,11 +208,6 @@ class AgentGraph:
             if agent.id in seen_ids:
                 errors.append(f"agents[{i}].id: duplicate agent id {agent.id!r}")
             seen_ids.add(agent.id)
-            if agent.voice not in GEMINI_VOICES:
-                self.warnings.append(
-                    f"agents[{i}].voice: {agent.voice!r} is not one of Gemini's 30 prebuilt voices "
-                    f"({', '.join(GEMINI_VOICES[:5])}, ...); the call may fail at connect time"
-                )
         seen_phases: set[str] = set()
         for i, stage in enumerate(self.spec.pipeline):
             if stage.phase in seen_phases:
@@ -203,14 +216,23 @@ class AgentGraph:
         for i, stage in enumerate(self.spec.pipeline):
             if stage.agent_id not in self._agents:
                 errors.append(
-                    f"pipeline[{i}].agent_id: unknown agent {stage.agent_id!r} "
-                    f"(agents are: {', '.join(self._agents)})"
+                    f"pipeline[{i}].agent_id: unknown agent {stage.agent_id!r}"
+                    f"{did_you_mean(stage.agent_id, self._agents)} "
+                    f"agents are: {', '.join(self._agents)}"
                 )
             if stage.next is not None and stage.next not in self._stages:
-                errors.append(f"pipeline[{i}].next: unknown phase {stage.next!r}")
+                errors.append(
+                    f"pipeline[{i}].next: unknown phase {stage.next!r}"
+                    f"{did_you_mean(stage.next, self._stages)} "
+                    f"phases are: {', '.join(self._stages)}"
+                )
             for j, phase in enumerate(stage.can_return_to):
                 if phase not in self._stages:
-                    errors.append(f"pipeline[{i}].can_return_to[{j}]: unknown phase {phase!r}")
+                    errors.append(
+                        f"pipeline[{i}].can_return_to[{j}]: unknown phase {phase!r}"
+                        f"{did_you_mean(phase, self._stages)} "
+                        f"phases are: {', '.join(self._stages)}"
+                    )
         if errors:
             raise AgentsFileError(f"{self.source}: {errors[0]}")
         reachable = self._reachable_phases()
@@ -265,13 +287,28 @@ def load_agents(path: str | Path) -> AgentGraph:
     return parse_agents(text, source=str(path))
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'system_prompt'?"`` for the nearest choice (case-insensitive), else
+    ``";"``, so a message reads on either way."""
+    options = {c.lower(): c for c in choices}
+    near = difflib.get_close_matches(word.lower(), options, n=1, cutoff=0.6)
+    return f"; did you mean {options[near[0]]!r}?" if near else ";"
+
+
 def _first_error(exc: ValidationError, data: Any) -> str:
-    """Render pydantic's first error as ``agents[1].voice: problem`` for humans."""
-    err = exc.errors()[0]
+    """Render pydantic's first error as ``agents[1].voice: problem`` for humans.
+
+    A misspelt key comes first: ``sytem_prompt`` also makes ``system_prompt`` "missing", and
+    the typo is what the user has to fix.
+    """
+    errors = exc.errors()
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     location = _format_location(err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden":
-        message = "unknown key (check its spelling)"
+        keys = _keys_at(err["loc"])
+        key = str(err["loc"][-1])
+        message = f"unknown key{did_you_mean(key, keys)} valid keys here: {', '.join(keys)}"
     elif kind == "missing":
         message = "required field is missing"
     elif kind in ("string_too_short", "too_short"):
@@ -281,6 +318,28 @@ def _first_error(exc: ValidationError, data: Any) -> str:
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
     return f"{location}: {message}" if location else message
+
+
+def _keys_at(loc: Sequence[int | str]) -> list[str]:
+    """The keys valid where ``loc``'s last key was found (its parent's model fields)."""
+    model: type[BaseModel] | None = AgentsFile
+    for item in loc[:-1]:
+        if isinstance(item, int) or model is None:
+            continue
+        field = model.model_fields.get(item)
+        model = _model_in(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model class inside ``Agent``, ``tuple[Agent, ...]`` or ``Fallback | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _format_location(loc: Sequence[int | str]) -> str:

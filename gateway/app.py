@@ -1,8 +1,9 @@
-"""The HTTP surface: the app factory, operational routes, and how a stream becomes a call.
+"""The HTTP surface: the app factory, operational routes, and the state the routes share.
 
-Carrier routes live in :mod:`gateway.twilio_routes` and :mod:`gateway.telnyx_routes`; this
-module owns what they share — the gateway's state (live calls, capacity, draining) and
-:func:`run_call`, which hands an accepted websocket to a :class:`~gateway.bridge.CallBridge`.
+Carrier routes live in :mod:`gateway.twilio_routes` and :mod:`gateway.telnyx_routes` (only those
+of the carriers in ``CARRIERS`` are registered); how their websockets become calls is
+:mod:`gateway.streams`. This module owns what they share — the gateway's state: live calls,
+sockets still proving themselves, capacity, draining, the one-stream-per-call ledger.
 
 Operations: ``GET /healthz`` (200 while the process is up), ``GET /readyz`` (200 while taking
 calls, 503 while draining or full), ``GET /metrics`` (Prometheus text format).
@@ -12,32 +13,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from gateway.agents import AgentGraph, Fallback
 from gateway.aio import cancel_and_wait
-from gateway.bridge import BridgeOptions, CallBridge, CallHooks, CallObserver
-from gateway.carriers.base import CarrierCodec, StreamStarted
+from gateway.bridge import BridgeOptions, CallBridge, CallObserver
 from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.twilio_api import TwilioRest
 from gateway.live.session import LiveSession
 from gateway.metrics import Metrics
-from gateway.security import StreamTokens
+from gateway.security import StreamLedger, StreamTokens
 from gateway.settings import Settings
 
 LiveSessionFactory = Callable[[structlog.stdlib.BoundLogger], LiveSession]
 
 #: Sent by a reverse proxy that asks another replica when one answers 503 (deploy/nginx).
 RETRY_HEADER = "x-callbridge-retry"
+#: A refused upgrade or webhook is logged this many times per reason, then every 100th: a
+#: flood of them must not flood the logs.
+_REFUSALS_LOGGED = 10
 
 
 def proxy_retries(request: Request | WebSocket) -> bool:
@@ -68,10 +70,16 @@ class GatewayState:
     telnyx_api: CallControl | None = None
     telnyx_public_key: Ed25519PublicKey | None = None
     twilio_rest: TwilioRest | None = None
+    #: Admitted calls: these count for capacity, readyz and gateway_active_calls.
     calls: dict[asyncio.Task[None], CallBridge] = field(default_factory=dict)
+    #: Accepted sockets that are not calls (yet): waiting for a start that proves them, or
+    #: being refused politely. Owned here so shutdown ends them too.
+    pending: set[asyncio.Task[None]] = field(default_factory=set)
+    ledger: StreamLedger = field(default_factory=lambda: StreamLedger(retention_s=900.0))
     draining: bool = False
     #: Set whenever no call is live (drain waits on it).
     idle: asyncio.Event = field(default_factory=lambda: _set(asyncio.Event()))
+    _refusals: dict[str, int] = field(default_factory=dict)
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no call is live, for at most ``timeout_s``; True if idle."""
@@ -87,10 +95,31 @@ class GatewayState:
         return BridgeOptions(
             max_message_bytes=s.max_message_bytes,
             playout_lead_ms=s.playout_lead_ms,
-            reconnect_buffer_ms=s.reconnect_buffer_ms,
             max_duration_s=s.max_call_duration,
             idle_timeout_s=s.call_idle_timeout,
+            log_transcripts=s.log_transcripts,
         )
+
+    def has_room(self) -> bool:
+        return len(self.calls) < self.settings.max_concurrent_calls
+
+    def enter_call(self, task: asyncio.Task[None], bridge: CallBridge) -> None:
+        """``task``'s socket is a call from now on."""
+        self.pending.discard(task)
+        self.calls[task] = bridge
+        self.idle.clear()
+
+    def leave(self, task: asyncio.Task[None]) -> None:
+        """``task``'s socket is gone, call or not."""
+        self.pending.discard(task)
+        if self.calls.pop(task, None) is not None and not self.calls:
+            self.idle.set()
+
+    def log_refusal(self, log: structlog.stdlib.BoundLogger, event: str, **fields: Any) -> None:
+        """Log a refused upgrade or webhook: the first few per event, then every 100th."""
+        n = self._refusals[event] = self._refusals.get(event, 0) + 1
+        if n <= _REFUSALS_LOGGED or n % 100 == 0:
+            log.warning(event, count=n, **fields)
 
     def refusal(self) -> str | None:
         """Why a new call cannot be taken now (draining, full), or None."""
@@ -120,21 +149,6 @@ class GatewayState:
         """The fallback in force when a call starts: the first stage's agent's, or the file's."""
         return self.graph.fallback(self.graph.agent(self.graph.first_stage.agent_id))
 
-    def authorize(self, carrier: str) -> Callable[[StreamStarted], str | None]:
-        """The stream check: a token minted for this very call, and room for it."""
-
-        def check(started: StreamStarted) -> str | None:
-            problem = self.tokens.check(
-                started.parameters.get("token"), carrier, started.call_id, time.time()
-            )
-            if problem is None and len(self.calls) > self.settings.max_concurrent_calls:
-                problem = "over capacity"
-            if problem is not None:
-                self.metrics.errors.labels("stream_auth").inc()
-            return problem
-
-        return check
-
     async def aclose(self) -> None:
         for client in (self.telnyx_api, self.twilio_rest):
             if client is not None:
@@ -144,40 +158,6 @@ class GatewayState:
 def _set(event: asyncio.Event) -> asyncio.Event:
     event.set()
     return event
-
-
-class StarletteCarrierSocket:
-    """Adapts Starlette's WebSocket to the bridge's small :class:`CarrierSocket` protocol."""
-
-    def __init__(self, websocket: WebSocket) -> None:
-        self._ws = websocket
-        self._gone = False
-
-    async def receive(self) -> str | bytes | None:
-        if self._gone:
-            return None
-        try:
-            message = await self._ws.receive()
-        except (WebSocketDisconnect, RuntimeError):
-            self._gone = True
-            return None
-        if message["type"] == "websocket.disconnect":
-            self._gone = True
-            return None
-        text = message.get("text")
-        if text is not None:
-            return str(text)
-        return bytes(message.get("bytes") or b"")
-
-    async def send(self, text: str) -> None:
-        await self._ws.send_text(text)
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        if self._gone or self._ws.application_state == WebSocketState.DISCONNECTED:
-            return
-        self._gone = True
-        with contextlib.suppress(Exception):
-            await self._ws.close(code, reason)
 
 
 def public_url(request: Request | WebSocket, settings: Settings, path: str, *, ws: bool) -> str:
@@ -200,33 +180,6 @@ def public_url(request: Request | WebSocket, settings: Settings, path: str, *, w
     return f"{scheme}://{host}{path}"
 
 
-async def run_call(
-    state: GatewayState, websocket: WebSocket, codec: CarrierCodec, hooks: CallHooks
-) -> None:
-    """Accept a carrier stream and serve it as one call; registered so drain can end it."""
-    await websocket.accept()
-    bridge = CallBridge(
-        StarletteCarrierSocket(websocket),
-        codec,
-        graph=state.graph,
-        new_live_session=state.new_live_session,
-        options=state.bridge_options(),
-        observers=state.observers,
-        hooks=hooks,
-        metrics=state.metrics,
-    )
-    task = asyncio.current_task()
-    assert task is not None
-    state.calls[task] = bridge
-    state.idle.clear()
-    try:
-        await bridge.run()
-    finally:
-        state.calls.pop(task, None)
-        if not state.calls:
-            state.idle.set()
-
-
 def create_app(state: GatewayState) -> FastAPI:
     from gateway.telnyx_routes import add_telnyx_routes
     from gateway.twilio_routes import add_twilio_routes
@@ -238,11 +191,13 @@ def create_app(state: GatewayState) -> FastAPI:
             yield
         finally:
             await cancel_and_wait(lag_probe)
-        # Calls still running at shutdown are ended (each bridge closes both sides).
-        for task in list(state.calls):
+        # Calls (and sockets not yet calls) still running at shutdown are ended: each bridge
+        # closes both sides.
+        tasks = [*state.calls, *state.pending]
+        for task in tasks:
             task.cancel()
-        if state.calls:
-            await asyncio.wait(list(state.calls))
+        if tasks:
+            await asyncio.wait(tasks)
         await state.aclose()
 
     app = FastAPI(title="Callbridge gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -262,6 +217,10 @@ def create_app(state: GatewayState) -> FastAPI:
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    add_twilio_routes(app, state)
-    add_telnyx_routes(app, state)
+    # A carrier not served has no routes at all: its webhooks answer 404, and its stream
+    # upgrades are refused (Starlette denies a websocket no route matches with 403).
+    if "twilio" in state.settings.served_carriers:
+        add_twilio_routes(app, state)
+    if "telnyx" in state.settings.served_carriers:
+        add_telnyx_routes(app, state)
     return app

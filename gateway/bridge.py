@@ -18,15 +18,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 from google.genai import types
 
-from gateway.agents import Agent, AgentGraph, Stage
+from gateway.agents import BUSY, Agent, AgentGraph, Fallback, Stage
 from gateway.aio import cancel_and_wait
-from gateway.audio.transcode import Downlink, Uplink, downlink_for, uplink_for
+from gateway.audio.budget import RealTimeBudget
+from gateway.audio.transcode import FRAME_MS, Downlink, Uplink, downlink_for, uplink_for
 from gateway.carriers.base import (
     AudioReceived,
     CarrierCodec,
@@ -82,7 +83,10 @@ def outcome(end_reason: str) -> str:
         return "completed"
     if end_reason in MODEL_FAILED:
         return "model_failed"
-    if end_reason in ("idle_timeout", "max_duration", "drained", "unauthorized", "protocol_error"):
+    if end_reason in (
+        "idle_timeout", "max_duration", "drained", "unauthorized", "protocol_error",
+        "rejected_capacity",
+    ):  # fmt: skip
         return end_reason
     if end_reason in ("no_start", "caller_disconnected_before_start"):
         return "abandoned"
@@ -109,19 +113,31 @@ class CarrierSocket(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class BridgeOptions:
-    start_timeout_s: float = 10.0
+    #: A carrier sends ``start`` right after the upgrade; a socket silent this long is not one.
+    start_timeout_s: float = 5.0
     max_message_bytes: int = 64 * 1024
     playout_lead_ms: float = 240.0
-    reconnect_buffer_ms: int = 2000
     #: Malformed messages tolerated on one call before it is judged broken or hostile.
     max_bad_messages: int = 200
     #: Seconds; 0 for no limit.
     max_duration_s: float = 0.0
     #: Seconds with neither caller media nor agent audio before the call is judged dead.
     idle_timeout_s: float = 60.0
+    #: Transcript text in the logs (personal data); observers always get it.
+    log_transcripts: bool = False
 
 
-def _always(_: StreamStarted) -> str | None:
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a stream's ``start`` does not make it a call."""
+
+    #: The ``gateway_calls_total`` outcome: ``unauthorized`` or ``rejected_capacity``.
+    outcome: str
+    #: For the log.
+    reason: str
+
+
+def _admit_all(_: StreamStarted) -> Refusal | None:
     return None
 
 
@@ -129,23 +145,26 @@ def _always(_: StreamStarted) -> str | None:
 class CallHooks:
     """Decisions that belong to the deployment and the carrier, not to the bridge."""
 
-    #: None to bridge the stream, else why it is refused (checked before Gemini is dialled).
-    authorize: Callable[[StreamStarted], str | None] = _always
+    #: Decides, before Gemini is dialled, whether the started stream becomes a call: None to
+    #: bridge it (the hook has then counted it as a call), else why not.
+    admit: Callable[[StreamStarted], Refusal | None] = _admit_all
     #: Ends the phone call when the gateway ends it and closing the stream alone would not.
     hang_up: Callable[[str], Awaitable[None]] | None = None
-    #: Runs the active agent's fallback when Gemini is gone for good; True if that also took
-    #: care of ending the call (so ``hang_up`` must not cut it short).
-    fallback: Callable[[str, Agent], Awaitable[bool]] | None = None
+    #: Gives the caller a fallback (the active agent's when Gemini is gone for good, the busy
+    #: message when there is no room) through the carrier's API; True if that also took care
+    #: of ending the call (so ``hang_up`` must not cut it short), False if it could not.
+    fallback: Callable[[StreamStarted, Fallback], Awaitable[bool]] | None = None
 
 
 @dataclass(slots=True)
 class CallStats:
     bad_messages: int = 0
     frames_in: int = 0
+    #: Whether caller audio ever ran ahead of real time (and some was dropped).
+    audio_ahead: bool = False
     handoffs: int = 0
     reconnects: int = 0
     barge_ins: int = 0
-    handoff_ms: list[float] = field(default_factory=list)
 
 
 class CallBridge:
@@ -174,6 +193,8 @@ class CallBridge:
         self.stage: Stage = graph.first_stage
         self.agent: Agent = graph.agent(self.stage.agent_id)
         self.call_id = ""
+        self._started: StreamStarted | None = None
+        self._budget: RealTimeBudget | None = None
         self.log: structlog.stdlib.BoundLogger = structlog.get_logger("gateway.call").bind(
             carrier=codec.carrier
         )
@@ -209,11 +230,9 @@ class CallBridge:
             started = await self._await_start()
             if started is None:
                 return
-            refusal = self._hooks.authorize(started)
+            refusal = self._hooks.admit(started)
             if refusal is not None:
-                self.end_reason = "unauthorized"
-                self.log.warning("call.unauthorized", reason=refusal, call_id=started.call_id)
-                await self.socket.close(1008, "unauthorized")
+                await self._refuse(started, refusal)
                 return
             live = self._begin(started)
             try:
@@ -255,12 +274,32 @@ class CallBridge:
             await self._run_hang_up(handled)
             self._finish(time.monotonic() - started_at)
 
+    async def _refuse(self, started: StreamStarted, refusal: Refusal) -> None:
+        """A start that does not become a call. Over capacity, the caller (whose token proved
+        the call is real) hears the busy message where the carrier's API allows; otherwise
+        closing the stream runs the verbs after ``</Connect>``. An unauthorized stream gets
+        nothing: its call id is not to be trusted with an API call."""
+        self.end_reason = refusal.outcome
+        self.log = self.log.bind(call_id=started.call_id)
+        self.log.warning(f"call.{refusal.outcome}", reason=refusal.reason)
+        if refusal.outcome == "unauthorized":
+            self._count_error("stream_auth")
+            await self.socket.close(1008, "unauthorized")
+            return
+        await self._give_fallback(started, BUSY)
+        await self.socket.close(1000, "busy")
+
     async def _run_fallback(self) -> bool:
-        fallback = self._hooks.fallback
-        if fallback is None or self.end_reason not in MODEL_FAILED or not self.call_id:
+        if self.end_reason not in MODEL_FAILED or self._started is None:
+            return False
+        return await self._give_fallback(self._started, self.graph.fallback(self.agent))
+
+    async def _give_fallback(self, started: StreamStarted, fallback: Fallback) -> bool:
+        hook = self._hooks.fallback
+        if hook is None:
             return False
         try:
-            return await fallback(self.call_id, self.agent)
+            return await hook(started, fallback)
         except Exception as exc:
             self._count_error("fallback")
             self.log.warning("call.fallback_failed", error=str(exc))
@@ -306,6 +345,7 @@ class CallBridge:
 
     def _begin(self, started: StreamStarted) -> LiveSession:
         self.call_id = started.call_id
+        self._started = started
         self.log = self.log.bind(
             call_id=started.call_id, stream_id=started.stream_id, agent=self.agent.id
         )
@@ -313,6 +353,8 @@ class CallBridge:
         self._downlink = downlink_for(started.audio_format)
         self._playout = Playout(self.codec, self.socket.send, lead_ms=self.options.playout_lead_ms)
         self._begun_at = self._last_activity = time.monotonic()
+        fmt = started.audio_format
+        self._budget = RealTimeBudget(fmt.frame_bytes * 1000 / FRAME_MS, started_at=self._begun_at)
         if self._metrics is not None:
             self._metrics.active_calls.inc()
         live = self._live = self._new_live_session(self.log)
@@ -337,6 +379,8 @@ class CallBridge:
             if self._live is not None and self._live.audio_dropped_bytes:
                 frames = self._live.audio_dropped_bytes // 640  # 20 ms of PCM16 at 16 kHz
                 metrics.dropped_frames.labels("reconnect_buffer").inc(frames)
+            if self._budget is not None and self._budget.dropped_s:
+                metrics.caller_audio_dropped_seconds.inc(self._budget.dropped_s)
         self._emit(
             "call.ended",
             reason=self.end_reason,
@@ -349,15 +393,17 @@ class CallBridge:
             frames_out=playout.frames_sent if playout else 0,
             frames_dropped=playout.frames_dropped if playout else 0,
             audio_dropped_bytes=self._live.audio_dropped_bytes if self._live else 0,
+            caller_audio_dropped_s=round(self._budget.dropped_s, 3) if self._budget else 0.0,
         )
 
     # ------------------------------------------------------------------ caller side
 
     async def _caller_loop(self) -> str:
-        live, uplink, playout = self._live, self._uplink, self._playout
+        live, uplink, playout, budget = self._live, self._uplink, self._playout, self._budget
         assert live is not None
         assert uplink is not None
         assert playout is not None
+        assert budget is not None
         handled = 0
         while True:
             handled += 1
@@ -375,7 +421,10 @@ class CallBridge:
                 continue
             if isinstance(event, AudioReceived):
                 self.stats.frames_in += 1
-                self._last_activity = time.monotonic()
+                now = self._last_activity = time.monotonic()
+                if not budget.admit(len(event.payload), now):
+                    self._audio_ahead_of_time()
+                    continue
                 if self._frames_in is not None:
                     self._frames_in.inc()
                 await live.send_audio(uplink.feed(event.payload))
@@ -391,6 +440,18 @@ class CallBridge:
                 self._count_error("carrier")
                 self.log.warning("carrier.error", code=event.code, title=event.title,
                                  detail=event.detail)  # fmt: skip
+
+    def _audio_ahead_of_time(self) -> None:
+        """Caller audio beyond real time was dropped: say so once per call (it is counted)."""
+        assert self._budget is not None
+        if not self.stats.audio_ahead:
+            self.stats.audio_ahead = True
+            self._count_error("caller_audio_ahead")
+            self.log.warning(
+                "call.caller_audio_ahead_of_real_time",
+                admitted_s=round(self._budget.admitted_s, 2),
+                detail="audio arriving faster than a phone can send it is dropped",
+            )
 
     def _parse(self, data: str | bytes) -> Any:
         if isinstance(data, bytes):
@@ -537,7 +598,6 @@ class CallBridge:
             return False
         self._cue_at = time.monotonic()
         self.stats.handoffs += 1
-        self.stats.handoff_ms.append(elapsed)
         if self._metrics is not None:
             self._metrics.handoffs.inc()
             self._metrics.handoff_seconds.observe(elapsed / 1000)
@@ -548,7 +608,7 @@ class CallBridge:
             phase=stage.phase,
             resumed=resumed,
             reconnect_ms=round(elapsed, 1),
-            reason=reason,
+            _private={"reason": reason},  # the model's words about the caller
         )
         return True
 
@@ -613,14 +673,22 @@ class CallBridge:
                 "transcript",
                 speaker=entry.speaker,
                 agent_id=entry.agent_id,
-                text=entry.text,
                 at=entry.at,
                 interrupted=entry.interrupted,
+                chars=len(entry.text),
+                _private={"text": entry.text},
             )
 
-    def _emit(self, name: str, **fields: Any) -> None:
-        self.log.info(name, **fields)
+    def _emit(self, name: str, _private: Mapping[str, Any] | None = None, **fields: Any) -> None:
+        """Log a call event and tell the observers. ``_private`` fields (what was said, what
+        the model wrote about the caller) are personal data: observers get them, the log only
+        with ``LOG_TRANSCRIPTS=true``."""
+        private = _private or {}
+        if self.options.log_transcripts:
+            self.log.info(name, **fields, **private)
+        else:
+            self.log.info(name, **fields)
         if self.observers:
-            payload = {"call_id": self.call_id, "agent": self.agent.id, **fields}
+            payload = {"call_id": self.call_id, "agent": self.agent.id, **fields, **private}
             for observer in self.observers:
                 observer(name, payload)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +24,13 @@ GEMINI_API_KEY is not set, so the gateway cannot reach Gemini.
   Get a key at https://aistudio.google.com/apikey
 Or try it without Gemini, answering calls with the built-in Live simulator:
   gateway serve --simulator"""
+
+UNVERIFIED_MESSAGE = """\
+refusing to serve {carriers} without webhook verification: anyone who finds this
+server could place calls to your agents and spend your Gemini quota.
+{missing}
+  Serve only the carriers you use:   CARRIERS=twilio   (or telnyx)
+  Experiments only, never production: ALLOW_UNSIGNED_WEBHOOKS=true"""
 
 
 class ConfigError(Exception):
@@ -52,8 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the gateway (Twilio webhooks and media streams)")
-    serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    serve.add_argument("--host", help="default: HOST, else 0.0.0.0")
+    serve.add_argument("--port", type=port_number, help="default: PORT, else 8080")
     serve.add_argument(
         "--simulator",
         action="store_true",
@@ -89,13 +95,13 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="one simulated call with a handoff, against the built-in Live simulator"
     )
-    demo.add_argument("--agents", type=Path, help="agents file (default: the bundled example)")
+    demo.add_argument("--agents", type=Path, help="agents file (default: AGENTS_FILE, else ./agents.yaml, else the bundled example)")
     demo.add_argument("--out", type=Path, default=Path("heard.wav"))
     demo.set_defaults(run=_cmd_demo)
 
     sim = sub.add_parser("simulator", help="run the Live simulator alone (for GEMINI_BASE_URL)")
     sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=9443)
+    sim.add_argument("--port", type=port_number, default=9443)
     sim.add_argument("--script", type=Path, help="YAML/JSON script of what the model says")
     sim.add_argument("--ca-file", type=Path, default=Path("live-simulator-ca.pem"))
     sim.set_defaults(run=_cmd_simulator)
@@ -103,6 +109,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------- shared start-up
+
+
+def port_number(text: str) -> int:
+    """argparse type for ports: a short usage error, not a traceback or a wrapped number."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1-65535, got {port}")
+    return port
 
 
 def load_config(agents_file: Path | None = None) -> tuple[Settings, AgentGraph]:
@@ -140,10 +157,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from gateway.runner import serve  # deferred: pulls in uvicorn, the SDK and numpy
 
     settings, graph = load_config()
-    if settings.gemini_api_key is None and not args.simulator:
-        raise ConfigError(NO_KEY_MESSAGE)
+    if not args.simulator:
+        if settings.gemini_api_key is None:
+            raise ConfigError(NO_KEY_MESSAGE)
+        missing = settings.unverified_carriers()
+        if missing and not settings.allow_unsigned_webhooks:
+            carriers = settings.carriers.replace(",", " and ")
+            raise ConfigError(
+                UNVERIFIED_MESSAGE.format(
+                    carriers=carriers, missing="\n".join(f"  {line}" for line in missing)
+                )
+            )
+    host = args.host or settings.host
+    port = args.port or settings.port
     with asyncio.Runner(loop_factory=_fast_loop()) as runner:
-        runner.run(serve(settings, graph, host=args.host, port=args.port, simulator=args.simulator))
+        runner.run(serve(settings, graph, host=host, port=port, simulator=args.simulator))
     return 0
 
 

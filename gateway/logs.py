@@ -3,11 +3,18 @@
 Every library that logs through the standard ``logging`` module (uvicorn, websockets, the
 google-genai SDK) is routed through the same structlog processors, so a deployment gets one
 format and the secret scrubber sees every line, not only the gateway's own.
+
+What never reaches a log, at any level: configured secrets (scrubbed wherever they appear),
+stream tokens (recognised by their shape, and in stream URL paths), signature and
+authorization headers, audio (the libraries that would log frames are held above DEBUG), and
+transcript text unless ``LOG_TRANSCRIPTS=true`` (the bridge decides that). Phone numbers are
+logged masked (:func:`mask_number`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any
@@ -20,8 +27,26 @@ _SECRET_KEYS = frozenset(
      "x-goog-api-key", "x-twilio-signature", "gemini_api_key"}
 )  # fmt: skip
 _REDACTED = "[redacted]"
+#: Stream tokens by shape (gateway.security), and whatever follows a stream route's path: a
+#: token in a URL is logged by uvicorn itself ("WebSocket /twilio/stream/<token>" [accepted]).
+_TOKEN_SHAPES = re.compile(
+    r"v[0-9]\.[A-Za-z0-9_-]{2,}\.[0-9]{6,12}\.[A-Za-z0-9_-]{20,}"
+    r"|(?<=/stream/)[^\s\"'?/]+"
+    r"|(?i:(?<=x-twilio-signature: )|(?<=authorization: )|(?<=streaming-auth-token: ))\S+"
+)
 
 _secret_values: set[str] = set()
+
+
+def mask_number(number: object) -> str:
+    """A phone number as logs may show it: the last 4 digits (``***0100``); other caller ids
+    (``client:alice``, ``sip:…``) as their kind only."""
+    if not isinstance(number, str) or not number:
+        return ""
+    digits = [c for c in number if c.isdigit()]
+    if len(digits) >= 7 and len(digits) >= len(number) - 3:
+        return "***" + "".join(digits[-4:])
+    return number.split(":", 1)[0] + ":***" if ":" in number else "***"
 
 
 def register_secrets(values: Iterable[str | None]) -> None:
@@ -36,6 +61,8 @@ def _scrub(value: Any) -> Any:
         for secret in _secret_values:
             if secret in value:
                 value = value.replace(secret, _REDACTED)
+        if "v" in value or "/stream/" in value or ": " in value:
+            value = _TOKEN_SHAPES.sub(_REDACTED, value)
         return value
     if isinstance(value, dict):
         return {k: _REDACTED if str(k).lower() in _SECRET_KEYS else _scrub(v)
@@ -95,13 +122,18 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # At DEBUG, websockets and the SDK log whole frames: raw audio and, in handshakes, headers.
-    # Neither may reach a log, so they stay at WARNING even when the gateway is at DEBUG.
-    for name in ("websockets", "google_genai", "httpx", "httpcore"):
+    # At DEBUG, websockets and the SDK log whole frames: raw audio and, in handshakes, headers
+    # (a Twilio stream upgrade's X-Twilio-Signature never changes for its URL, so it could be
+    # replayed). uvicorn hands its own "uvicorn.error" logger to the websockets library, so it
+    # logs the same frames and headers. None of that may reach a log: these stay at WARNING
+    # (uvicorn's at INFO, its connection lines) even when the gateway is at DEBUG.
+    for name in ("websockets", "google_genai", "httpx", "httpcore", "hpack"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+        logger.setLevel(max(logging.INFO, logging.getLevelName(level.upper())))
 
 
 def get_logger(name: str = "gateway") -> structlog.stdlib.BoundLogger:

@@ -67,6 +67,11 @@ class Metrics:
             "gateway_dropped_frames", "Audio frames dropped, by cause.", ["reason"], registry=r
         )
         self.errors = Counter("gateway_errors", "Errors by kind.", ["kind"], registry=r)
+        self.caller_audio_dropped_seconds = Counter(
+            "gateway_caller_audio_dropped_seconds",
+            "Caller audio dropped for arriving faster than real time (plus a 1 s allowance).",
+            registry=r,
+        )
         #: A leak detector: with no calls up, this returns to the same small number.
         self.event_loop_tasks = Gauge(
             "gateway_event_loop_tasks", "Asyncio tasks alive in the gateway's loop.", registry=r

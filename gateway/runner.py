@@ -37,6 +37,14 @@ async def serve(
     log = structlog.get_logger("gateway")
     for warning in graph.warnings:
         log.warning("agents.warning", detail=warning)
+    unverified = [] if simulator else settings.unverified_carriers()
+    if unverified:  # only reachable with ALLOW_UNSIGNED_WEBHOOKS=true (cli.py refuses otherwise)
+        log.warning(
+            "security.unsigned_webhooks_allowed",
+            risk="anyone who finds this server can place calls to your agents and spend your "
+            "Gemini quota; set the verification keys before taking real calls",
+            missing=unverified,
+        )
     async with contextlib.AsyncExitStack() as stack:
         ssl_context = None
         if simulator:

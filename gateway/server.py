@@ -23,7 +23,7 @@ from gateway.carriers.telnyx_signature import load_public_key
 from gateway.carriers.twilio_api import TwilioRest
 from gateway.live.client import make_client
 from gateway.live.session import LiveSession
-from gateway.security import StreamTokens
+from gateway.security import StreamLedger, StreamTokens
 from gateway.settings import Settings
 
 #: PCM16 at 16 kHz: bytes per millisecond of caller audio sent to Gemini.
@@ -51,11 +51,9 @@ def build_state(
             settings.telnyx_api_key.get_secret_value(), base_url=settings.telnyx_api_base
         )
     twilio_rest = None
-    if settings.twilio_auth_token is not None and settings.twilio_account_sid:
+    if settings.twilio_auth_token is not None:
         twilio_rest = TwilioRest(
-            settings.twilio_account_sid,
-            settings.twilio_auth_token.get_secret_value(),
-            base_url=settings.twilio_api_base,
+            settings.twilio_auth_token.get_secret_value(), base_url=settings.twilio_api_base
         )
     if settings.gateway_secret is not None:
         secret = settings.gateway_secret.get_secret_value().encode()
@@ -67,6 +65,8 @@ def build_state(
         graph=graph,
         new_live_session=new_live_session,
         tokens=tokens,
+        # Longer than a token lives, so a replayed webhook's fresh token is refused as well.
+        ledger=StreamLedger(retention_s=max(900.0, 2 * settings.stream_token_ttl)),
         observers=observers,
         telnyx_api=telnyx_api,
         twilio_rest=twilio_rest,

@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.carriers.telnyx_signature import load_public_key
 
+#: The carriers the gateway can serve, in the order CARRIERS is normalised to.
+CARRIER_NAMES: tuple[str, ...] = ("twilio", "telnyx")
+
 
 class SettingsError(ValueError):
     """Settings that cannot be used; the message names the environment variable."""
@@ -57,6 +60,16 @@ class Settings(BaseSettings):
     telnyx_codec: Literal["PCMU", "PCMA", "G722", "L16"] = "PCMU"
 
     # --- security ---------------------------------------------------------------------------
+    #: Which carriers' routes exist at all; the others answer 404 and refuse stream upgrades.
+    carriers: str = "twilio,telnyx"
+    #: The explicit opt-out of start-up's refusal to serve a carrier whose webhooks it cannot
+    #: verify (no TWILIO_AUTH_TOKEN / TELNYX_PUBLIC_KEY). For experiments only.
+    allow_unsigned_webhooks: bool = False
+    #: Stream sockets that have not yet proved themselves (no token in their URL), across all
+    #: routes: over it a new token-less upgrade is refused. They never count as calls.
+    max_pending_streams: int = Field(default=64, ge=1, le=100_000)
+    #: Transcript text (what callers and agents said) in the logs: personal data, so off.
+    log_transcripts: bool = False
     #: When set, every Twilio webhook and stream upgrade must carry a valid X-Twilio-Signature.
     twilio_auth_token: SecretStr | None = None
     #: With TWILIO_AUTH_TOKEN: lets the active agent's fallback replace a failed call's TwiML.
@@ -76,6 +89,11 @@ class Settings(BaseSettings):
     call_idle_timeout: float = Field(default=60.0, ge=1.0)
     #: Seconds live calls may run on after SIGTERM before they are ended politely.
     drain_timeout: float = Field(default=30.0, ge=0.0)
+
+    # --- listening ------------------------------------------------------------------------
+    #: Defaults for ``gateway serve --host/--port``.
+    host: str = Field(default="0.0.0.0", min_length=1)
+    port: int = Field(default=8080, ge=1, le=65535)
 
     # --- Gemini Live connection -------------------------------------------------------------
     #: Websocket keepalive towards Gemini. Pongs have been seen to take 8-30 s under load, and a
@@ -120,6 +138,20 @@ class Settings(BaseSettings):
         load_public_key(key)  # raises with the explanation
         return key.strip()
 
+    @field_validator("carriers")
+    @classmethod
+    def _carriers(cls, value: str) -> str:
+        names = [name.strip().lower() for name in value.split(",") if name.strip()]
+        unknown = [name for name in names if name not in CARRIER_NAMES]
+        if unknown:
+            raise ValueError(
+                f"unknown carrier {unknown[0]!r}; use a comma-separated list of "
+                f"{', '.join(CARRIER_NAMES)}"
+            )
+        if not names:
+            raise ValueError(f"name at least one carrier: {', '.join(CARRIER_NAMES)}")
+        return ",".join(name for name in CARRIER_NAMES if name in names)
+
     @field_validator("telnyx_codec", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
@@ -136,6 +168,23 @@ class Settings(BaseSettings):
         if secret is not None and len(secret.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters (e.g. openssl rand -hex 32)")
         return secret
+
+    @property
+    def served_carriers(self) -> frozenset[str]:
+        """The carriers whose routes the app registers (CARRIERS)."""
+        return frozenset(self.carriers.split(","))
+
+    def unverified_carriers(self) -> list[str]:
+        """``"Twilio needs TWILIO_AUTH_TOKEN"``-style lines for every served carrier whose
+        webhooks cannot be verified: anyone could then place calls and spend Gemini quota."""
+        missing = []
+        if "twilio" in self.served_carriers and self.twilio_auth_token is None:
+            missing.append("Twilio needs TWILIO_AUTH_TOKEN (Twilio console: Account, Auth Token)")
+        if "telnyx" in self.served_carriers and self.telnyx_public_key is None:
+            missing.append(
+                "Telnyx needs TELNYX_PUBLIC_KEY (Telnyx portal: Keys & Credentials, Public Key)"
+            )
+        return missing
 
     def secrets(self) -> list[str]:
         """Every secret value configured, for the log scrubber."""

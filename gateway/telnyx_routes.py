@@ -1,15 +1,17 @@
 """Telnyx: ``POST /telnyx/voice`` (TeXML for form posts, Call Control for JSON webhooks, also
-at ``/telnyx/call-control``) and ``WS /telnyx/stream``.
+at ``/telnyx/call-control``) and ``WS /telnyx/stream[/<token>]``.
 
-With ``TELNYX_PUBLIC_KEY`` set, every webhook must carry a fresh Ed25519 signature. A Call
-Control call is answered on ``call.initiated`` and streamed on ``call.answered`` (streaming an
-unanswered call fails); its stream token travels in ``client_state`` because Call Control
-streams carry no ``<Parameter>``s.
+With ``TELNYX_PUBLIC_KEY`` set (``gateway serve`` insists on it, see ``CARRIERS``), every
+webhook must carry a fresh Ed25519 signature. Telnyx signs no stream upgrade, so the stream
+token carries the proof (see :mod:`gateway.streams`): in the stream URL's path for both kinds
+of call, and also, for TeXML, as a ``<Parameter>`` (``start.custom_parameters``), and for Call
+Control as ``stream_auth_token`` (the ``x-telnyx-streaming-auth-token`` upgrade header) and in
+``client_state``. A Call Control call is answered on ``call.initiated`` and streamed on
+``call.answered`` (streaming an unanswered call fails).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -17,15 +19,19 @@ import structlog
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from gateway.agents import Agent
-from gateway.app import GatewayState, pass_on, proxy_retries, public_url, run_call
+from gateway.agents import BUSY, Fallback
+from gateway.app import GatewayState, public_url
 from gateway.bridge import CallHooks
+from gateway.carriers.base import ProtocolError, StreamStarted, load_object
 from gateway.carriers.telnyx import TelnyxCodec, connect_stream_texml
 from gateway.carriers.telnyx_api import FALLBACK_STATE, TelnyxApiError
 from gateway.carriers.telnyx_signature import SignatureError
 from gateway.carriers.telnyx_signature import verify as verify_signature
 from gateway.carriers.twilio import fallback_verbs, say_twiml
-from gateway.twilio_routes import BUSY_MESSAGE, caller_ids
+from gateway.logs import mask_number
+from gateway.security import MAX_CALL_ID
+from gateway.streams import TELNYX_AUTH_HEADER, serve_stream
+from gateway.twilio_routes import caller_ids
 
 STREAM_PATH = "/telnyx/stream"
 
@@ -41,35 +47,42 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
                 verify_signature(state.telnyx_public_key, request.headers, body, time.time())
             except SignatureError as exc:
                 state.metrics.errors.labels("signature").inc()
-                log.warning("telnyx.signature_rejected", reason=str(exc), path=request.url.path)
+                state.log_refusal(
+                    log, "telnyx.signature_rejected", reason=str(exc), path=request.url.path
+                )
                 return PlainTextResponse("invalid or missing Telnyx signature", 403)
         if request.headers.get("content-type", "").startswith("application/json"):
             return await call_control_event(request, body)
         form = await request.form()
-        call_id = str(form.get("CallSid") or "")
-        if not call_id:
+        call_id = form.get("CallSid")
+        if not isinstance(call_id, str) or not 0 < len(call_id) <= MAX_CALL_ID:
             return PlainTextResponse("missing CallSid: this endpoint is for Telnyx webhooks", 400)
+        if state.ledger.streamed("telnyx", call_id, time.time()):
+            state.log_refusal(log, "telnyx.webhook_replayed", call_id=call_id)
+            return PlainTextResponse("this call already has its stream", 409)
         refused = state.admit_call(request, log, "telnyx", call_id)
         if isinstance(refused, Response):
             return refused
         if refused is not None:
-            return Response(say_twiml(BUSY_MESSAGE), media_type="text/xml")
+            return Response(say_twiml(BUSY.say), media_type="text/xml")
         token = state.tokens.mint("telnyx", call_id, time.time())
         params = {"call_control_id": call_id, **caller_ids(form), "token": token}
-        url = public_url(request, settings, STREAM_PATH, ws=True)
+        url = public_url(request, settings, f"{STREAM_PATH}/{token}", ws=True)
         fallback = state.opening_fallback()
         after = fallback_verbs(fallback.say, fallback.transfer_to)
-        log.info("telnyx.voice", call_id=call_id, stream_url=url)
+        log.info("telnyx.voice", call_id=call_id, caller=mask_number(form.get("From")))
         texml = connect_stream_texml(url, settings.telnyx_codec, params, after)
         return Response(texml, media_type="text/xml")
 
     async def call_control_event(request: Request, body: bytes) -> Response:
         try:
-            data = json.loads(body)["data"]
-            kind = str(data["event_type"])
+            data = load_object(body.decode())["data"]
+            kind = str(data["event_type"])[:64]
             payload: dict[str, Any] = data["payload"]
-            call_id = str(payload["call_control_id"])
-        except (ValueError, KeyError, TypeError):
+            call_id = payload["call_control_id"]
+            if not isinstance(call_id, str) or not 0 < len(call_id) <= MAX_CALL_ID:
+                raise TypeError("call_control_id")
+        except (ProtocolError, UnicodeDecodeError, KeyError, TypeError):
             return PlainTextResponse("not a Telnyx Call Control webhook", 400)
         api = state.telnyx_api
         if api is None:
@@ -87,8 +100,8 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
                 else:
                     await api.answer(call_id)
             elif kind == "call.answered":
-                url = public_url(request, settings, STREAM_PATH, ws=True)
                 token = state.tokens.mint("telnyx", call_id, time.time())
+                url = public_url(request, settings, f"{STREAM_PATH}/{token}", ws=True)
                 await api.start_streaming(call_id, url, settings.telnyx_codec, token)
             elif kind == "call.speak.ended" and payload.get("client_state") == FALLBACK_STATE:
                 await api.hangup(call_id)  # the fallback apology has been said
@@ -102,13 +115,7 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
     app.add_api_route("/telnyx/voice", telnyx_webhook, methods=["POST"])
     app.add_api_route("/telnyx/call-control", telnyx_webhook, methods=["POST"])
 
-    @app.websocket(STREAM_PATH)
-    async def telnyx_stream(websocket: WebSocket) -> None:
-        refusal = state.refusal()
-        if refusal is not None and proxy_retries(websocket):
-            log.info("telnyx.stream_passed_on", reason=refusal)
-            await websocket.send_denial_response(pass_on(refusal))
-            return
+    async def telnyx_stream(websocket: WebSocket, token: str | None) -> None:
         codec = TelnyxCodec()
 
         async def hang_up(call_id: str) -> None:
@@ -116,15 +123,24 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
             if state.telnyx_api is not None and codec.call_control:
                 await state.telnyx_api.hangup(call_id)
 
-        async def fallback(call_id: str, agent: Agent) -> bool:
+        async def fallback(started: StreamStarted, chosen: Fallback) -> bool:
             if state.telnyx_api is None or not codec.call_control:
                 return False  # TeXML: the verbs after </Connect> run when the stream closes
-            chosen = state.graph.fallback(agent)
             if chosen.transfer_to:
-                await state.telnyx_api.transfer(call_id, chosen.transfer_to)
+                await state.telnyx_api.transfer(started.call_id, chosen.transfer_to)
             else:
-                await state.telnyx_api.speak(call_id, chosen.say)
+                await state.telnyx_api.speak(started.call_id, chosen.say)
             return True
 
-        hooks = CallHooks(authorize=state.authorize("telnyx"), hang_up=hang_up, fallback=fallback)
-        await run_call(state, websocket, codec, hooks)
+        hooks = CallHooks(hang_up=hang_up, fallback=fallback)
+        await serve_stream(
+            state, websocket, carrier="telnyx", codec=codec, hooks=hooks, token=token
+        )
+
+    @app.websocket(STREAM_PATH)
+    async def telnyx_stream_bare(websocket: WebSocket) -> None:
+        await telnyx_stream(websocket, websocket.headers.get(TELNYX_AUTH_HEADER))
+
+    @app.websocket(STREAM_PATH + "/{token}")
+    async def telnyx_stream_with_token(websocket: WebSocket, token: str) -> None:
+        await telnyx_stream(websocket, token)

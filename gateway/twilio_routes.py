@@ -1,8 +1,10 @@
-"""Twilio: ``POST /twilio/voice`` answers with TwiML, ``WS /twilio/stream`` carries the call.
+"""Twilio: ``POST /twilio/voice`` answers with TwiML, ``WS /twilio/stream[/<token>]`` carries
+the call.
 
-With ``TWILIO_AUTH_TOKEN`` set, both must carry a valid ``X-Twilio-Signature`` — the webhook
-over its public URL and form parameters, the websocket upgrade over its ``wss://`` URL alone.
-Independently of that, the stream must present the token minted in the TwiML.
+With ``TWILIO_AUTH_TOKEN`` set (``gateway serve`` insists on it, see ``CARRIERS``), both must
+carry a valid ``X-Twilio-Signature``: the webhook over its public URL and form parameters, the
+websocket upgrade over its ``wss://`` URL alone (token path included). Independently of that,
+the stream must present the token minted in the TwiML (see :mod:`gateway.streams`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import structlog
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response
 
-from gateway.agents import Agent
-from gateway.app import GatewayState, pass_on, proxy_retries, public_url, run_call
+from gateway.agents import BUSY, Fallback
+from gateway.app import GatewayState, public_url
 from gateway.bridge import CallHooks
+from gateway.carriers.base import StreamStarted
 from gateway.carriers.twilio import (
     TwilioCodec,
     connect_stream_twiml,
@@ -25,10 +28,11 @@ from gateway.carriers.twilio import (
     say_twiml,
     twiml_document,
 )
-from gateway.security import twilio_signature_valid
+from gateway.logs import mask_number
+from gateway.security import MAX_CALL_ID, twilio_signature_valid
+from gateway.streams import serve_stream
 
 STREAM_PATH = "/twilio/stream"
-BUSY_MESSAGE = "All of our lines are busy right now. Please call again in a few minutes."
 
 
 def caller_ids(form: Mapping[str, Any]) -> dict[str, str]:
@@ -59,48 +63,56 @@ def add_twilio_routes(app: FastAPI, state: GatewayState) -> None:
                 auth_token, url, form, request.headers.get("x-twilio-signature")
             ):
                 state.metrics.errors.labels("signature").inc()
-                log.warning("twilio.signature_rejected", url=url)
+                state.log_refusal(log, "twilio.signature_rejected", url=url)
                 return PlainTextResponse("invalid or missing X-Twilio-Signature", 403)
-        call_sid = str(form.get("CallSid") or "")
-        if not call_sid:
+        call_sid = form.get("CallSid")
+        if not isinstance(call_sid, str) or not 0 < len(call_sid) <= MAX_CALL_ID:
             return PlainTextResponse("missing CallSid: this endpoint is for Twilio webhooks", 400)
+        if state.ledger.streamed("twilio", call_sid, time.time()):
+            state.log_refusal(log, "twilio.webhook_replayed", call_id=call_sid)
+            return PlainTextResponse("this call already has its stream", 409)
         refused = state.admit_call(request, log, "twilio", call_sid)
         if isinstance(refused, Response):
             return refused
         if refused is not None:
-            return Response(say_twiml(BUSY_MESSAGE), media_type="text/xml")
+            return Response(say_twiml(BUSY.say), media_type="text/xml")
         token = state.tokens.mint("twilio", call_sid, time.time())
         params = {"call_sid": call_sid, **caller_ids(form), "token": token}
-        url = public_url(request, settings, STREAM_PATH, ws=True)
+        url = public_url(request, settings, f"{STREAM_PATH}/{token}", ws=True)
         fallback = state.opening_fallback()
         after = fallback_verbs(fallback.say, fallback.transfer_to)
-        log.info("twilio.voice", call_id=call_sid, stream_url=url)
+        log.info("twilio.voice", call_id=call_sid, caller=mask_number(form.get("From")))
         return Response(connect_stream_twiml(url, params, after), media_type="text/xml")
 
-    @app.websocket(STREAM_PATH)
-    async def twilio_stream(websocket: WebSocket) -> None:
+    async def twilio_stream(websocket: WebSocket, token: str | None) -> None:
         if auth_token is not None:
-            url = public_url(websocket, settings, STREAM_PATH, ws=True)
+            url = public_url(websocket, settings, websocket.url.path, ws=True)
             signature = websocket.headers.get("x-twilio-signature")
             if not twilio_signature_valid(auth_token, url, {}, signature):
                 state.metrics.errors.labels("signature").inc()
-                log.warning("twilio.stream_signature_rejected", url=url)
+                state.log_refusal(log, "twilio.stream_signature_rejected")
                 await websocket.close(code=1008)  # before accept: the upgrade gets HTTP 403
                 return
-        refusal = state.refusal()
-        if refusal is not None and proxy_retries(websocket):
-            log.info("twilio.stream_passed_on", reason=refusal)
-            await websocket.send_denial_response(pass_on(refusal))
-            return
 
-        async def fallback(call_sid: str, agent: Agent) -> bool:
-            """Replace the call's TwiML with the active agent's fallback (needs REST creds)."""
-            if state.twilio_rest is None:
+        async def fallback(started: StreamStarted, chosen: Fallback) -> bool:
+            """Replace the call's TwiML (the fallback, or the busy message) through the REST
+            API: the account is TWILIO_ACCOUNT_SID, else the stream's own ``accountSid``."""
+            account = settings.twilio_account_sid or started.account_id
+            if state.twilio_rest is None or not account:
                 return False  # the verbs after </Connect> run when the stream closes
-            chosen = state.graph.fallback(agent)
             verbs = fallback_verbs(chosen.say, chosen.transfer_to)
-            await state.twilio_rest.update_call(call_sid, twiml_document(verbs))
+            await state.twilio_rest.update_call(account, started.call_id, twiml_document(verbs))
             return True
 
-        hooks = CallHooks(authorize=state.authorize("twilio"), fallback=fallback)
-        await run_call(state, websocket, TwilioCodec(), hooks)
+        hooks = CallHooks(fallback=fallback)
+        await serve_stream(
+            state, websocket, carrier="twilio", codec=TwilioCodec(), hooks=hooks, token=token
+        )
+
+    @app.websocket(STREAM_PATH)
+    async def twilio_stream_bare(websocket: WebSocket) -> None:
+        await twilio_stream(websocket, None)
+
+    @app.websocket(STREAM_PATH + "/{token}")
+    async def twilio_stream_with_token(websocket: WebSocket, token: str) -> None:
+        await twilio_stream(websocket, token)

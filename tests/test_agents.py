@@ -113,7 +113,21 @@ def test_terminal_stage_without_returns_has_no_targets() -> None:
             "pipeline[1].can_return_to[0]: unknown phase 'lobby'",
         ),
         ("agents.0.system_prompt", "   ", "agents[0].system_prompt: must not be empty"),
-        ("agents.0.voise", "Aoede", "agents[0].voise: unknown key"),
+        ("agents.0.voise", "Aoede", "agents[0].voise: unknown key; did you mean 'voice'?"),
+        ("agents.0.sytem_prompt", "Hi.", "agents[0].sytem_prompt: unknown key; did you mean"
+         " 'system_prompt'? valid keys here: id, role,"),
+        ("pipeline.0.nxt", "advising", "pipeline[0].nxt: unknown key; did you mean 'next'?"),
+        ("fallback", {"sey": "Sorry."}, "fallback.sey: unknown key; did you mean 'say'?"),
+        ("modle", "gemini-x", "modle: unknown key; did you mean 'model'?"),
+        ("pipeline.0.agent_id", "agent-trage",
+         "pipeline[0].agent_id: unknown agent 'agent-trage'; did you mean 'agent-triage'?"),
+        ("pipeline.0.next", "advsing",
+         "pipeline[0].next: unknown phase 'advsing'; did you mean 'advising'?"),
+        ("agents.1.voice", "Hal9000", "agents[1].voice: unknown voice 'Hal9000'; Gemini's voices"),
+        ("agents.1.voice", "Charonn", "agents[1].voice: unknown voice 'Charonn'; did you mean"
+         " 'Charon'?"),
+        ("agents.0.tools", ["google_serch"], "unknown tool 'google_serch'; did you mean"
+         " 'google_search'?"),
         ("pipeline.0.next", None, "pipeline[1]: stage 'advising' is unreachable"),
         ("agents.0.role", _DELETE, "agents[0].role: required field is missing"),
         ("agents.0.tools", ["fax"], "agents[0].tools: unknown tool 'fax'"),
@@ -132,10 +146,11 @@ def test_invalid_files_stop_with_one_message_naming_the_field(
     assert "\n" not in text
 
 
-def test_unknown_voice_is_a_warning_not_an_error() -> None:
-    graph = parse_agents(_with("agents.1.voice", "Hal9000"))
-    assert len(graph.warnings) == 1
-    assert "agents[1].voice: 'Hal9000'" in graph.warnings[0]
+@pytest.mark.parametrize("written", ["charon", "CHARON", " Charon "])
+def test_a_voice_in_another_case_is_accepted_and_normalised(written: str) -> None:
+    graph = parse_agents(_with("agents.1.voice", written))
+    assert graph.agent("agent-advisor").voice == "Charon"
+    assert graph.warnings == []
 
 
 def test_yaml_syntax_errors_and_missing_files_are_clear(tmp_path: Path) -> None:

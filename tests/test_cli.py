@@ -19,7 +19,9 @@ from gateway.simulator.caller_audio import Silence, Tone, render
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRUBBED = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GEMINI_BASE_URL", "PUBLIC_URL", "AGENTS_FILE",
-            "GEMINI_MODEL", "LOG_FORMAT", "LOG_LEVEL")  # fmt: skip
+            "GEMINI_MODEL", "LOG_FORMAT", "LOG_LEVEL", "HOST", "PORT", "CARRIERS",
+            "TWILIO_AUTH_TOKEN", "TELNYX_PUBLIC_KEY", "ALLOW_UNSIGNED_WEBHOOKS",
+            "LOG_TRANSCRIPTS")  # fmt: skip
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -52,8 +54,8 @@ def test_check_reports_one_clear_error(tmp_path: Path) -> None:
     done = gateway("check", cwd=tmp_path)  # AGENTS_FILE defaults to ./agents.yaml
     assert done.returncode == 2
     assert done.stderr.strip() == (
-        "error: agents.yaml: pipeline[1].agent_id: unknown agent 'x' "
-        "(agents are: agent-triage, agent-advisor)"
+        "error: agents.yaml: pipeline[1].agent_id: unknown agent 'x'; "
+        "agents are: agent-triage, agent-advisor"
     )
     assert "Traceback" not in done.stderr
 
@@ -72,6 +74,92 @@ def test_invalid_settings_stop_start_up_naming_the_variable(tmp_path: Path) -> N
     assert done.returncode == 2
     assert done.stderr.startswith("error: PUBLIC_URL: must be an http(s) base URL")
     assert "k" * 20 not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PORT": "70000"}, "error: PORT: "),
+        ({"PORT": "0"}, "error: PORT: "),
+        ({"CARRIERS": "twilio,fax"}, "error: CARRIERS: unknown carrier 'fax'"),
+        ({"MAX_PENDING_STREAMS": "0"}, "error: MAX_PENDING_STREAMS: "),
+        ({"ALLOW_UNSIGNED_WEBHOOKS": "perhaps"}, "error: ALLOW_UNSIGNED_WEBHOOKS: "),
+        ({"LOG_TRANSCRIPTS": "perhaps"}, "error: LOG_TRANSCRIPTS: "),
+    ],
+)
+def test_every_invalid_setting_stops_start_up_with_one_line(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    (tmp_path / "agents.yaml").write_text((ROOT / "agents.yaml").read_text())
+    done = gateway("serve", cwd=tmp_path, GEMINI_API_KEY="k" * 20, **env)
+    assert done.returncode == 2
+    assert done.stderr.startswith(message), done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", [("serve",), ("serve", "--simulator"), ("demo",), ("check",)])
+def test_a_port_that_is_not_a_number_stops_every_command_with_one_line(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    (tmp_path / "agents.yaml").write_text((ROOT / "agents.yaml").read_text())
+    done = gateway(*command, cwd=tmp_path, GEMINI_API_KEY="k" * 20, PORT="abc")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: PORT: "), done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("port", ["70000", "0", "-1", "http", "8080.5"])
+@pytest.mark.parametrize("command", ["serve", "simulator"])
+def test_cli_ports_are_validated_1_to_65535(tmp_path: Path, port: str, command: str) -> None:
+    done = gateway(command, "--port", port, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "argument --port:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_serve_refuses_to_start_with_unverified_webhooks(tmp_path: Path) -> None:
+    """The default configuration must not let strangers open calls: no verification key for
+    a served carrier, no start (whatever GEMINI_BASE_URL says)."""
+    (tmp_path / "agents.yaml").write_text((ROOT / "agents.yaml").read_text())
+    key = {"GEMINI_API_KEY": "k" * 20, "GEMINI_BASE_URL": "https://127.0.0.1:9"}
+    both = gateway("serve", cwd=tmp_path, **key)
+    twilio_only = gateway("serve", cwd=tmp_path, CARRIERS="twilio", **key)
+    telnyx_half = gateway(
+        "serve", cwd=tmp_path, TWILIO_AUTH_TOKEN="t" * 32, **key
+    )  # Twilio verified, Telnyx still served and not
+    for done in (both, twilio_only, telnyx_half):
+        assert done.returncode == 2
+        assert done.stderr.startswith("error: refusing to serve")
+        assert "ALLOW_UNSIGNED_WEBHOOKS=true" in done.stderr and "Traceback" not in done.stderr
+        assert "t" * 32 not in done.stderr
+    assert "TWILIO_AUTH_TOKEN" in both.stderr and "TELNYX_PUBLIC_KEY" in both.stderr
+    assert "TWILIO_AUTH_TOKEN" in twilio_only.stderr
+    assert "TELNYX_PUBLIC_KEY" not in twilio_only.stderr
+    assert "TELNYX_PUBLIC_KEY" in telnyx_half.stderr
+    assert "TWILIO_AUTH_TOKEN" not in telnyx_half.stderr
+
+
+async def test_allow_unsigned_webhooks_starts_with_a_warning_naming_the_risk(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "agents.yaml").write_text((ROOT / "agents.yaml").read_text())
+    port = _free_port()
+    proc = subprocess.Popen(  # noqa: ASYNC220 -- a real server process, polled below
+        [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, env=_env(GEMINI_API_KEY="k" * 20, ALLOW_UNSIGNED_WEBHOOKS="true",
+                               CARRIERS="twilio"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient() as http:
+            await _wait_healthy(http, f"http://127.0.0.1:{port}", proc)
+            telnyx = await http.post(f"http://127.0.0.1:{port}/telnyx/voice", data={"a": "b"})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.to_thread(proc.communicate, timeout=20)
+    assert telnyx.status_code == 404  # CARRIERS=twilio: no Telnyx routes at all
+    (warning,) = [line for line in stderr.splitlines() if "unsigned_webhooks_allowed" in line]
+    assert '"level": "warning"' in warning
+    assert "spend your Gemini quota" in warning and "TWILIO_AUTH_TOKEN" in warning
 
 
 def _free_port() -> int:
@@ -141,6 +229,59 @@ def test_demo_runs_a_call_with_a_handoff(tmp_path: Path) -> None:
     assert (tmp_path / "heard.wav").stat().st_size > 8000 * 2 * 10
 
 
+USER_AGENTS = """\
+agents:
+  - id: front-desk
+    role: Front desk
+    system_prompt: Greet and route.
+    voice: kore
+    greeting: Greet the caller.
+  - id: billing
+    role: Billing specialist
+    system_prompt: Answer billing questions.
+    voice: Puck
+pipeline:
+  - phase: desk
+    agent_id: front-desk
+    next: bills
+  - phase: bills
+    agent_id: billing
+"""
+
+
+@pytest.mark.timeout(90)
+def test_demo_uses_the_users_own_agents_file(tmp_path: Path) -> None:
+    """Edit agents.yaml, run the demo, hear the edit: ./agents.yaml is what the demo runs."""
+    (tmp_path / "agents.yaml").write_text(USER_AGENTS)
+    done = gateway("demo", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "agents: agents.yaml" in done.stdout
+    assert "HANDOFF             front-desk -> billing: resumed" in done.stdout
+    assert "billing (Puck" in done.stdout and "front-desk (Kore" in done.stdout
+
+
+def test_demo_picks_agents_file_then_dot_agents_yaml_then_the_bundled_example(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.simulator.demo import demo_agents, demo_script
+
+    monkeypatch.chdir(tmp_path)
+    for name in SCRUBBED:
+        monkeypatch.delenv(name, raising=False)
+    assert demo_agents(None).source == "bundled example agents.yaml"
+    (tmp_path / "agents.yaml").write_text(USER_AGENTS)
+    assert demo_agents(None).source == "agents.yaml"
+    alone = tmp_path / "alone.yaml"
+    single_stage = "pipeline:\n  - {phase: desk, agent_id: front-desk}\n"
+    alone.write_text(USER_AGENTS.split("pipeline:")[0] + single_stage)
+    monkeypatch.setenv("AGENTS_FILE", str(alone))
+    graph = demo_agents(None)
+    assert graph.source == str(alone)
+    # No agent to hand off to: the demo still runs, scripted without a handoff.
+    assert all(step.tool_call is None for step in demo_script(graph).steps)
+    assert demo_agents(tmp_path / "agents.yaml").source == str(tmp_path / "agents.yaml")
+
+
 async def _run(*args: str, cwd: Path, **env: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", *args, cwd=cwd, env=_env(**env),
@@ -186,7 +327,8 @@ async def test_serve_reaches_a_separate_live_endpoint_via_base_url_and_ssl_cert_
             sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port),
             cwd=tmp_path, stderr=asyncio.subprocess.PIPE,
             env=_env(GEMINI_API_KEY=secret, GEMINI_BASE_URL=sim.base_url, **others,
-                     SSL_CERT_FILE=str(tmp_path / "ca.pem"), LOG_LEVEL="debug"),
+                     SSL_CERT_FILE=str(tmp_path / "ca.pem"), LOG_LEVEL="debug",
+                     CARRIERS="twilio"),
         )  # fmt: skip
         try:
             url = f"http://127.0.0.1:{port}"

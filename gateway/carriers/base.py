@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,6 +27,8 @@ class StreamStarted:
     call_id: str
     audio_format: AudioFormat
     parameters: Mapping[str, str] = field(default_factory=dict)
+    #: The carrier account the call belongs to (Twilio ``accountSid``), when it says.
+    account_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,15 +81,93 @@ class ProtocolError(ValueError):
         self.fatal = fatal
 
 
+#: Carrier messages nest 3 deep; JSON nested ~1000 deep makes the parser raise RecursionError.
+MAX_JSON_DEPTH = 16
+#: ``<Parameter>``s kept from a start message, and the length kept of each name and value.
+MAX_PARAMETERS = 32
+MAX_PARAMETER_NAME = 64
+MAX_PARAMETER_VALUE = 1000
+#: Ids the carriers send (``CA…``, ``MZ…``, ``v3:…``): printable ASCII, no spaces, bounded.
+_ID = re.compile(r"[\x21-\x7e]{1,256}")
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
 def load_object(text: str) -> dict[str, Any]:
-    """A carrier message as a JSON object; both carriers send nothing else."""
+    """A carrier message as a JSON object; both carriers send nothing else.
+
+    Nesting is bounded *before* parsing: a 2 KB message nested 1000 deep would otherwise raise
+    RecursionError out of ``json.loads``. The two counts are a cheap filter (a media message
+    has two opening braces); only a suspicious message pays for the exact depth.
+    """
+    if text.count("{") + text.count("[") > MAX_JSON_DEPTH and _depth(text) > MAX_JSON_DEPTH:
+        raise ProtocolError(f"message nested deeper than {MAX_JSON_DEPTH}")
     try:
         msg = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: belt and braces for the check above
         raise ProtocolError("message is not JSON") from None
     if not isinstance(msg, dict):
         raise ProtocolError("message is not a JSON object")
     return msg
+
+
+def _depth(text: str) -> int:
+    """How deep the brackets of a JSON text nest, strings ignored; stops past the bound."""
+    depth = deepest = 0
+    for match in _BRACKET.finditer(_STRING.sub("", text)):
+        if match.group() in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                break
+        else:
+            depth -= 1
+    return deepest
+
+
+def bounded_int(value: object, *, high: int = 2**31 - 1) -> int | None:
+    """A JSON number or digit string as an int in ``0..high``, else None.
+
+    Carriers send counters as strings (``"chunk": "2"``) and rates as numbers; anything else
+    (a 5000-digit string, ``1e999``, ``"²"``, a bool) is refused here rather than raising
+    ``ValueError``/``OverflowError`` wherever it is converted.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and 0 < len(value) <= 12 and value.isascii() and value.isdigit():
+        number = int(value)
+    else:
+        return None
+    return number if 0 <= number <= high else None
+
+
+def carrier_id(value: object, what: str) -> str:
+    """An id from a start message (stream, call, account), or a fatal ProtocolError."""
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise ProtocolError(f"'start' without a valid {what}", fatal=True)
+    return value
+
+
+def custom_parameters(raw: object) -> dict[str, str]:
+    """``<Parameter>``s from a start message: an object (Twilio, Telnyx TeXML) or a list of
+    ``{name, value}`` (Telnyx Call Control's request shape), scalars only, bounded in count and
+    size; anything else in there is dropped rather than trusted."""
+    if raw is None:
+        return {}
+    if isinstance(raw, dict):
+        items = list(raw.items())
+    elif isinstance(raw, list):
+        items = [(p.get("name"), p.get("value")) for p in raw if isinstance(p, dict)]
+    else:
+        raise ProtocolError("custom parameters are not an object", fatal=True)
+    out: dict[str, str] = {}
+    for name, value in items[:MAX_PARAMETERS]:
+        scalar = isinstance(value, str | int | float) and not isinstance(value, bool)
+        if isinstance(name, str) and name and scalar:
+            out[name[:MAX_PARAMETER_NAME]] = str(value)[:MAX_PARAMETER_VALUE]
+    return out
 
 
 def media_object(msg: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:

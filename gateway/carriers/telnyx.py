@@ -31,6 +31,9 @@ from gateway.carriers.base import (
     ProtocolError,
     StreamStarted,
     StreamStopped,
+    bounded_int,
+    carrier_id,
+    custom_parameters,
     load_object,
     media_object,
 )
@@ -107,29 +110,29 @@ class TelnyxCodec:
         if self.stream_id is not None:
             raise ProtocolError("second 'start' on one stream")
         start = msg.get("start")
-        stream_id = msg.get("stream_id")
-        if not isinstance(start, dict) or not isinstance(stream_id, str) or not stream_id:
-            raise ProtocolError("'start' without stream_id", fatal=True)
-        call_id = start.get("call_control_id")
-        if not isinstance(call_id, str) or not call_id:
-            raise ProtocolError("'start' without call_control_id", fatal=True)
+        if not isinstance(start, dict):
+            raise ProtocolError("'start' without a start object", fatal=True)
+        stream_id = carrier_id(msg.get("stream_id"), "stream_id")
+        call_id = carrier_id(start.get("call_control_id"), "call_control_id")
         fmt = start.get("media_format")
         if not isinstance(fmt, dict):
             raise ProtocolError("'start' without media_format", fatal=True)
+        rate = bounded_int(fmt.get("sample_rate"), high=192_000)
+        encoding = str(fmt.get("encoding"))[:20]
         try:
-            audio_format = telnyx_format(str(fmt.get("encoding")), _int(fmt.get("sample_rate")))
+            audio_format = telnyx_format(encoding, -1 if rate is None else rate)
         except UnsupportedAudioFormat as exc:
             raise ProtocolError(str(exc), fatal=True) from None
         if fmt.get("channels", 1) not in (1, "1"):
-            raise ProtocolError(f"unsupported channel count {fmt.get('channels')!r}", fatal=True)
-        # <Parameter>s arrive in start; the key is undocumented, so accept both spellings.
-        params = start.get("custom_parameters", start.get("customParameters")) or {}
-        if isinstance(params, list):  # Call Control's [{"name": …, "value": …}] form
-            params = {p.get("name"): p.get("value") for p in params if isinstance(p, dict)}
-        if not isinstance(params, dict):
-            raise ProtocolError("custom_parameters is not an object", fatal=True)
+            raise ProtocolError(
+                f"unsupported channel count {str(fmt.get('channels'))[:20]!r}", fatal=True
+            )
+        # <Parameter>s arrive as start.custom_parameters, an object (Telnyx's AsyncAPI spec,
+        # "Stream call media over WebSocket"); the Twilio spelling and Call Control's request
+        # shape, a list of {name, value}, are accepted too, as nothing has shown them unused.
+        raw = start.get("custom_parameters", start.get("customParameters"))
+        parameters = custom_parameters(raw)
         self.stream_id = stream_id
-        parameters = {str(k): str(v) for k, v in params.items()}
         token = token_from_state(start.get("client_state"))
         if token is not None:
             self.call_control = True
@@ -146,8 +149,8 @@ class TelnyxCodec:
             raise ProtocolError("'media' before 'start'")
         self._check_stream(msg)
         media, audio = media_object(msg)
-        number = _int(media.get("chunk", msg.get("sequence_number")))
-        if number < 0:  # unnumbered: nothing to reorder by
+        number = bounded_int(media.get("chunk", msg.get("sequence_number")))
+        if number is None:  # unnumbered (or numbered nonsensically): nothing to reorder by
             return AudioReceived(audio)
         frames = self.reorder.push(number, audio)
         if not frames:
@@ -167,20 +170,13 @@ def call_control_state(token: str) -> str:
 
 def token_from_state(client_state: object) -> str | None:
     """The stream token inside a Call Control client_state, or None if it is not ours."""
-    if not isinstance(client_state, str) or not client_state:
+    if not isinstance(client_state, str) or not client_state or len(client_state) > 4096:
         return None
     try:
         decoded = base64.b64decode(client_state, validate=True).decode()
     except (ValueError, UnicodeDecodeError):
         return None
     return decoded[len(CALL_CONTROL_PREFIX) :] if decoded.startswith(CALL_CONTROL_PREFIX) else None
-
-
-def _int(value: object) -> int:
-    try:
-        return int(value)  # type: ignore[call-overload,no-any-return]
-    except (TypeError, ValueError):
-        return -1
 
 
 def connect_stream_texml(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -52,6 +53,9 @@ class CallControl:
                 "stream_bidirectional_mode": "rtp",
                 "stream_bidirectional_codec": codec,
                 "stream_bidirectional_sampling_rate": TELNYX_CODECS[codec],
+                # The token is in stream_url's path too; Telnyx also sends this one as the
+                # x-telnyx-streaming-auth-token upgrade header (its AsyncAPI spec).
+                "stream_auth_token": token,
                 "client_state": call_control_state(token),
             },
         )
@@ -73,7 +77,7 @@ class CallControl:
         await self._command(call_control_id, "reject", {"cause": "USER_BUSY"})
 
     async def _command(self, call_control_id: str, action: str, body: dict[str, Any]) -> None:
-        url = f"{self._base}/calls/{call_control_id}/actions/{action}"
+        url = f"{self._base}/calls/{quote(call_control_id, safe=':')}/actions/{action}"
         payload = {**body, "command_id": str(uuid.uuid4())}
         try:
             response = await self._client.post(url, json=payload, headers=self._headers)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
@@ -25,11 +26,15 @@ from gateway.carriers.base import (
     ProtocolError,
     StreamStarted,
     StreamStopped,
+    carrier_id,
+    custom_parameters,
     load_object,
     media_object,
 )
 
 _DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
+#: What a Twilio account SID looks like; only such a value is used in a REST URL.
+_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 #: Twilio: "the combined length of each <Parameter> name and value must be under 500 characters".
 MAX_PARAMETER_CHARS = 499
 
@@ -86,10 +91,12 @@ class TwilioCodec:
         start = msg.get("start")
         if not isinstance(start, dict):
             raise ProtocolError("'start' without a start object", fatal=True)
-        sid = start.get("streamSid", msg.get("streamSid"))
-        call_sid = start.get("callSid")
-        if not isinstance(sid, str) or not sid or not isinstance(call_sid, str) or not call_sid:
-            raise ProtocolError("'start' without streamSid/callSid", fatal=True)
+        sid = carrier_id(start.get("streamSid", msg.get("streamSid")), "streamSid")
+        call_sid = carrier_id(start.get("callSid"), "callSid")
+        account = start.get("accountSid")
+        account_sid = account if isinstance(account, str) else ""
+        if not _ACCOUNT_SID.fullmatch(account_sid):
+            account_sid = ""
         fmt = start.get("mediaFormat")
         if isinstance(fmt, dict) and (
             fmt.get("encoding") != "audio/x-mulaw"
@@ -97,9 +104,7 @@ class TwilioCodec:
             or fmt.get("channels", 1) != 1
         ):
             raise ProtocolError(f"unsupported media format {fmt!r}", fatal=True)
-        params = start.get("customParameters") or {}
-        if not isinstance(params, dict):
-            raise ProtocolError("customParameters is not an object", fatal=True)
+        params = custom_parameters(start.get("customParameters"))
         self.stream_sid = sid
         quoted = json.dumps(sid)
         self._media_prefix = '{"event":"media","streamSid":' + quoted + ',"media":{"payload":"'
@@ -109,7 +114,8 @@ class TwilioCodec:
             stream_id=sid,
             call_id=call_sid,
             audio_format=PCMU_8K,
-            parameters={str(k): str(v) for k, v in params.items()},
+            parameters=params,
+            account_id=account_sid,
         )
 
     def _media(self, msg: dict[str, Any]) -> AudioReceived:

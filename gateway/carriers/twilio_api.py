@@ -1,15 +1,20 @@
 """The one Twilio REST call the gateway makes: replacing a live call's TwiML.
 
-Used for the active agent's fallback when Gemini is gone for good: the new TwiML (an apology
-or a ``<Dial>``) ends the media stream and runs at once. Without credentials the gateway
-falls back to the verbs placed after ``</Connect>`` in the original TwiML instead.
+Used for the active agent's fallback when Gemini is gone for good, and for the busy message
+when a stream arrives with no room for it: the new TwiML (an apology or a ``<Dial>``) ends the
+media stream and runs at once. Without the auth token the gateway falls back to the verbs
+placed after ``</Connect>`` in the original TwiML instead.
 """
 
 from __future__ import annotations
 
+import re
+
 import httpx
 
 _ALREADY_ENDED = 20404
+#: Only SID-shaped values go into a REST URL path (they come from the call's own messages).
+_SID = re.compile(r"[A-Za-z0-9]{2,64}")
 
 
 class TwilioApiError(Exception):
@@ -17,25 +22,30 @@ class TwilioApiError(Exception):
 
 
 class TwilioRest:
+    """Twilio's REST API under the auth token that signs the webhooks; the account is given
+    per call (``TWILIO_ACCOUNT_SID``, or the ``accountSid`` of the call's own stream)."""
+
     def __init__(
         self,
-        account_sid: str,
         auth_token: str,
         *,
         base_url: str = "https://api.twilio.com",
         client: httpx.AsyncClient | None = None,
     ) -> None:
-        self._base = f"{base_url.rstrip('/')}/2010-04-01/Accounts/{account_sid}"
-        self._auth = httpx.BasicAuth(account_sid, auth_token)
+        self._base = f"{base_url.rstrip('/')}/2010-04-01/Accounts"
+        self._auth_token = auth_token
         self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(5.0))
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def update_call(self, call_sid: str, twiml: str) -> None:
-        url = f"{self._base}/Calls/{call_sid}.json"
+    async def update_call(self, account_sid: str, call_sid: str, twiml: str) -> None:
+        if not (_SID.fullmatch(account_sid) and _SID.fullmatch(call_sid)):
+            raise TwilioApiError("update call: not a Twilio account or call SID")
+        url = f"{self._base}/{account_sid}/Calls/{call_sid}.json"
+        auth = httpx.BasicAuth(account_sid, self._auth_token)
         try:
-            response = await self._client.post(url, data={"Twiml": twiml}, auth=self._auth)
+            response = await self._client.post(url, data={"Twiml": twiml}, auth=auth)
         except httpx.HTTPError as exc:
             raise TwilioApiError(f"update call: {type(exc).__name__}") from None
         if response.status_code < 300:

@@ -211,6 +211,8 @@ def _start_stream(call: CallRecord, body: dict[str, Any]) -> Outcome:
     negotiate(body, CC_FIELDS, call_codec=call.call_codec, out=setup)
     for item in body.get("custom_parameters") or ():
         setup.parameters[item["name"]] = item["value"]
+    if isinstance(body.get("stream_auth_token"), str):
+        setup.auth_token = body["stream_auth_token"]
     call.streaming = setup.url is not None
     return Outcome(200, OK, list(setup.violations), list(setup.warnings), setup)
 

@@ -190,6 +190,7 @@ class TelnyxCaller(StreamCaller):
         self.frames: list[bytes] = []
         """The encoded inbound payloads, one per 20 ms (speech then linger), once negotiated."""
         self._client_state: str | None = None
+        self._stream_auth_token: str | None = None
         self._commands: list[_Command] = []
         self._cursor = 0
         self._api_changed = asyncio.Event()
@@ -297,6 +298,7 @@ class TelnyxCaller(StreamCaller):
 
     def _report(self, setup: StreamSetup, *, with_violations: bool = True) -> None:
         self.result.parameters = dict(setup.parameters)
+        self._stream_auth_token = setup.auth_token
         if with_violations:
             self.result.warnings += setup.warnings
             for text in setup.violations:
@@ -513,8 +515,13 @@ class TelnyxCaller(StreamCaller):
             for number in due:
                 self._held.pop(number, None)
 
+    def _ws_headers(self, url: str) -> dict[str, str]:
+        if self._stream_auth_token is None:
+            return {}
+        return {peer.STREAMING_AUTH_TOKEN: self._stream_auth_token}
+
     def _connected_message(self) -> dict[str, Any]:
-        return peer.connected_message()
+        return peer.connected_message(self._stream_auth_token)
 
     def _start_builder(self) -> MessageBuilder:
         res, ids, fmt = self.result, self._ids, self._inbound

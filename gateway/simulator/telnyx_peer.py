@@ -141,9 +141,18 @@ def occurred_at(wall_time: float) -> str:
 # --- messages Telnyx sends ----------------------------------------------------------------------
 
 
-def connected_message() -> dict[str, Any]:
-    """First message on the socket: no ``protocol`` (unlike Twilio), no sequence number."""
-    return {"event": "connected", "version": "1.0.0"}
+#: Where a Call Control ``stream_auth_token`` arrives: this upgrade header, and the same key in
+#: the connected frame (Telnyx AsyncAPI spec, "Stream call media over WebSocket").
+STREAMING_AUTH_TOKEN = "x-telnyx-streaming-auth-token"
+
+
+def connected_message(auth_token: str | None = None) -> dict[str, Any]:
+    """First message on the socket: no ``protocol`` (unlike Twilio), no sequence number; the
+    stream's ``stream_auth_token`` when one was given."""
+    message: dict[str, Any] = {"event": "connected", "version": "1.0.0"}
+    if auth_token is not None:
+        message[STREAMING_AUTH_TOKEN] = auth_token
+    return message
 
 
 def start_message(

@@ -173,6 +173,9 @@ class StreamSetup:
 
     url: str | None = None
     parameters: dict[str, str] = field(default_factory=dict)
+    #: Call Control's ``stream_auth_token``: sent as the ``x-telnyx-streaming-auth-token``
+    #: upgrade header and in the ``connected`` frame (Telnyx AsyncAPI spec).
+    auth_token: str | None = None
     inbound: AudioFormat = FORMATS["PCMU"]
     outbound: AudioFormat = FORMATS["PCMU"]
     violations: list[str] = field(default_factory=list)
