@@ -95,7 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="one simulated call with a handoff, against the built-in Live simulator"
     )
-    demo.add_argument("--agents", type=Path, help="agents file (default: AGENTS_FILE, else ./agents.yaml, else the bundled example)")
+    demo.add_argument(
+        "--agents",
+        type=Path,
+        help="agents file (default: AGENTS_FILE, else ./agents.yaml, else the bundled example)",
+    )
     demo.add_argument("--out", type=Path, default=Path("heard.wav"))
     demo.set_defaults(run=_cmd_demo)
 

@@ -20,7 +20,7 @@ from gateway.agents import AgentGraph
 from gateway.aio import cancel_and_wait
 from gateway.cli import ConfigError
 from gateway.logs import configure_logging, register_secrets
-from gateway.server import build_state, running_gateway
+from gateway.server import build_state, max_connections, running_gateway
 from gateway.settings import Settings
 
 SIMULATOR_KEY = "simulator-key"
@@ -57,6 +57,9 @@ async def serve(
             ssl_context = sim.tls.client_context()
             log.info("simulator.started", base_url=sim.base_url)
         state = build_state(settings, graph, ssl_context=ssl_context)
+        raise_open_file_limit(
+            max_connections(settings) + 2 * settings.max_concurrent_calls + 64, log
+        )
         gateway = await stack.enter_async_context(running_gateway(state, host=host, port=port))
         freeze_startup_heap()
         loop = asyncio.get_running_loop()
@@ -81,6 +84,30 @@ async def serve(
         await gateway.wait_closed()
         for task in draining:
             await cancel_and_wait(task)
+
+
+def raise_open_file_limit(needed: int, log: structlog.stdlib.BoundLogger) -> None:
+    """Raise the soft open-file limit to the hard one (1024 soft is common), and warn when even
+    that cannot hold ``needed`` descriptors: a call takes two (carrier, Gemini), and when they
+    run out every new call fails at once."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = max(soft, needed) if hard == resource.RLIM_INFINITY else hard
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft < needed:
+        log.warning(
+            "gateway.open_file_limit_low",
+            limit=soft,
+            needed=needed,
+            hint="raise the nofile limit (ulimit -n, the container's ulimits) or lower "
+            "MAX_CONCURRENT_CALLS",
+        )
 
 
 def freeze_startup_heap() -> None:

@@ -21,6 +21,7 @@ from gateway.bridge import CallObserver
 from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.telnyx_signature import load_public_key
 from gateway.carriers.twilio_api import TwilioRest
+from gateway.connections import guarded_h11
 from gateway.live.client import make_client
 from gateway.live.session import LiveSession
 from gateway.security import StreamLedger, StreamTokens
@@ -76,11 +77,23 @@ def build_state(
     )
 
 
+def max_connections(settings: Settings) -> int:
+    """Open connections one replica accepts: its calls, its pending streams, and room for the
+    webhooks, probes and scrapes around them and for refused upgrades on their way out. More
+    are closed as they are accepted, so descriptors remain for the calls' Gemini sockets."""
+    return settings.max_concurrent_calls + settings.max_pending_streams + 1024
+
+
 def uvicorn_config(state: GatewayState, host: str, port: int) -> uvicorn.Config:
+    refused = state.metrics.errors
     return uvicorn.Config(
         create_app(state),
         host=host,
         port=port,
+        http=guarded_h11(
+            max_connections=max_connections(state.settings),
+            on_refused=lambda kind: refused.labels(kind).inc(),
+        ),
         # Oversize carrier messages are refused by the websocket layer itself (close 1009).
         ws_max_size=state.settings.max_message_bytes,
         log_config=None,

@@ -18,6 +18,10 @@ from typing import Any
 
 import uvicorn
 import yaml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from gateway.agents import AgentGraph, parse_agents
 from gateway.server import RunningGateway, build_state, running_gateway
@@ -209,3 +213,19 @@ async def serving(app: Any) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+class FakeTwilioRest:
+    """Just enough of Twilio's REST API to see the fallback TwiML the gateway sends."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+
+        async def update(request: Request) -> JSONResponse:
+            form = await request.form()
+            self.requests.append({"path": request.url.path, "auth": request.headers.get(
+                "authorization"), "twiml": form.get("Twiml")})  # fmt: skip
+            return JSONResponse({"sid": request.path_params["sid"], "status": "in-progress"})
+
+        path = "/2010-04-01/Accounts/{account}/Calls/{sid}.json"
+        self.app = Starlette(routes=[Route(path, update, methods=["POST"])])

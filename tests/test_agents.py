@@ -114,20 +114,36 @@ def test_terminal_stage_without_returns_has_no_targets() -> None:
         ),
         ("agents.0.system_prompt", "   ", "agents[0].system_prompt: must not be empty"),
         ("agents.0.voise", "Aoede", "agents[0].voise: unknown key; did you mean 'voice'?"),
-        ("agents.0.sytem_prompt", "Hi.", "agents[0].sytem_prompt: unknown key; did you mean"
-         " 'system_prompt'? valid keys here: id, role,"),
+        (
+            "agents.0.sytem_prompt",
+            "Hi.",
+            "agents[0].sytem_prompt: unknown key; did you mean"
+            " 'system_prompt'? valid keys here: id, role,",
+        ),
         ("pipeline.0.nxt", "advising", "pipeline[0].nxt: unknown key; did you mean 'next'?"),
         ("fallback", {"sey": "Sorry."}, "fallback.sey: unknown key; did you mean 'say'?"),
         ("modle", "gemini-x", "modle: unknown key; did you mean 'model'?"),
-        ("pipeline.0.agent_id", "agent-trage",
-         "pipeline[0].agent_id: unknown agent 'agent-trage'; did you mean 'agent-triage'?"),
-        ("pipeline.0.next", "advsing",
-         "pipeline[0].next: unknown phase 'advsing'; did you mean 'advising'?"),
+        (
+            "pipeline.0.agent_id",
+            "agent-trage",
+            "pipeline[0].agent_id: unknown agent 'agent-trage'; did you mean 'agent-triage'?",
+        ),
+        (
+            "pipeline.0.next",
+            "advsing",
+            "pipeline[0].next: unknown phase 'advsing'; did you mean 'advising'?",
+        ),
         ("agents.1.voice", "Hal9000", "agents[1].voice: unknown voice 'Hal9000'; Gemini's voices"),
-        ("agents.1.voice", "Charonn", "agents[1].voice: unknown voice 'Charonn'; did you mean"
-         " 'Charon'?"),
-        ("agents.0.tools", ["google_serch"], "unknown tool 'google_serch'; did you mean"
-         " 'google_search'?"),
+        (
+            "agents.1.voice",
+            "Charonn",
+            "agents[1].voice: unknown voice 'Charonn'; did you mean 'Charon'?",
+        ),
+        (
+            "agents.0.tools",
+            ["google_serch"],
+            "unknown tool 'google_serch'; did you mean 'google_search'?",
+        ),
         ("pipeline.0.next", None, "pipeline[1]: stage 'advising' is unreachable"),
         ("agents.0.role", _DELETE, "agents[0].role: required field is missing"),
         ("agents.0.tools", ["fax"], "agents[0].tools: unknown tool 'fax'"),

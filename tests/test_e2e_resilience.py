@@ -7,18 +7,13 @@ and handle, and how much caller audio was lost.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from gateway.simulator.caller_audio import Silence, Tone
 from gateway.simulator.caller_result import CallResult
 from gateway.simulator.script import Step, ToolCallSpec
-from tests.harness import Harness, agents, running, serving
+from tests.harness import FakeTwilioRest, Harness, agents, running, serving
 
 GREETING = agents(agent_triage={"greeting": "Greet the caller."})
 TRIAGE = "Role: Triage receptionist"
@@ -152,22 +147,6 @@ async def test_a_rejected_handle_becomes_a_fresh_session_seeded_from_the_transcr
     assert "I'd like to open an account." in seeded
     (event,) = h.named("live.reconnected")
     assert event["resumed"] is False
-
-
-class FakeTwilioRest:
-    """Just enough of Twilio's REST API to see the fallback TwiML the gateway sends."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-
-        async def update(request: Request) -> JSONResponse:
-            form = await request.form()
-            self.requests.append({"path": request.url.path, "auth": request.headers.get(
-                "authorization"), "twiml": form.get("Twiml")})  # fmt: skip
-            return JSONResponse({"sid": request.path_params["sid"], "status": "in-progress"})
-
-        path = "/2010-04-01/Accounts/{account}/Calls/{sid}.json"
-        self.app = Starlette(routes=[Route(path, update, methods=["POST"])])
 
 
 async def test_a_permanent_failure_ends_the_call_with_the_active_agents_fallback() -> None:

@@ -27,7 +27,7 @@ async def test_voice_webhook_answers_connect_stream_twiml() -> None:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/xml")
         url, params = _stream(response.text)
-        assert url == f"ws://127.0.0.1:{h.gateway.port}/twilio/stream"
+        assert url == f"ws://127.0.0.1:{h.gateway.port}/twilio/stream/{params['token']}"
         assert "?" not in url
         assert params["call_sid"] == FORM["CallSid"]
         assert params["from"] == FORM["From"]
@@ -37,7 +37,8 @@ async def test_voice_webhook_answers_connect_stream_twiml() -> None:
             data=FORM,
             headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "abc.ngrok.app"},
         )
-        assert _stream(behind_proxy.text)[0] == "wss://abc.ngrok.app/twilio/stream"
+        url, params = _stream(behind_proxy.text)
+        assert url == f"wss://abc.ngrok.app/twilio/stream/{params['token']}"
 
         missing = await http.post("/twilio/voice", data={"From": "+1"})
         assert missing.status_code == 400
@@ -53,4 +54,5 @@ async def test_public_url_wins_over_the_request() -> None:
         httpx.AsyncClient(base_url=h.gateway.url) as http,
     ):
         response = await http.post("/twilio/voice", data=FORM)
-        assert _stream(response.text)[0] == "wss://gw.example.com/twilio/stream"
+        url, params = _stream(response.text)
+        assert url == f"wss://gw.example.com/twilio/stream/{params['token']}"

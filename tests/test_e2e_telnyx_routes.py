@@ -35,11 +35,12 @@ async def test_texml_connects_a_bidirectional_rtp_stream(codec: str, rate: str) 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/xml")
     stream = _stream(response.text)
-    assert stream.attrib["url"] == f"ws://127.0.0.1:{h.gateway.port}/telnyx/stream"
+    params = {p.attrib["name"]: p.attrib["value"] for p in stream.findall("Parameter")}
+    base = f"ws://127.0.0.1:{h.gateway.port}/telnyx/stream/"
+    assert stream.attrib["url"] == base + params["token"]
     assert stream.attrib["bidirectionalMode"] == "rtp"
     assert stream.attrib["bidirectionalCodec"] == codec
     assert stream.attrib["bidirectionalSamplingRate"] == rate
-    params = {p.attrib["name"]: p.attrib["value"] for p in stream.findall("Parameter")}
     assert params["call_control_id"] == "v3:abc123"
 
 

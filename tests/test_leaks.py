@@ -28,6 +28,7 @@ from gateway.simulator.caller_audio import Silence, Tone, render
 from tests.test_cli import ROOT, _env, _free_port
 
 CALLS = 200
+AUTH_TOKEN = "leak-test-twilio-auth-token"
 CONCURRENCY = 20
 
 
@@ -52,7 +53,8 @@ async def gateway_process(tmp: Path) -> AsyncIterator[tuple[str, int]]:
                  "--port", str(port)],
                 cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 env={**env, "GEMINI_API_KEY": "leak-test-key", "SSL_CERT_FILE": str(tmp / "ca.pem"),
-                     "GEMINI_BASE_URL": f"https://127.0.0.1:{sim_port}",
+                     "GEMINI_BASE_URL": f"https://127.0.0.1:{sim_port}", "CARRIERS": "twilio",
+                     "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
                      "MAX_CONCURRENT_CALLS": "500", "PYTHONTRACEMALLOC": "1"},
             )  # fmt: skip
             await _until_up(http, url + "/healthz", gw)
@@ -98,7 +100,7 @@ async def _one_call(url: str, rng: random.Random) -> None:
     # Two short utterances: the default simulated agent answers the first and hands off on
     # the second, so random hang-up points land in every phase of a call.
     audio = render([Silence(0.2), Tone(300, 0.3), Silence(0.6), Tone(300, 0.3), Silence(2.0)])
-    caller = TwilioCaller(url, audio=audio, linger_s=0.5,
+    caller = TwilioCaller(url, audio=audio, linger_s=0.5, auth_token=AUTH_TOKEN,
                           hangup=rng.choice(["stop", "close", "drop"]))  # fmt: skip
 
     async def hang_up_later() -> None:

@@ -17,7 +17,8 @@ around it:
 Speech is rendered at the inbound codec's own rate and encoded per codec (G.722 and L16 carry a
 real 16 kHz signal); what the gateway sends back is checked against the *bidirectional* codec and
 decoded to PCM16 on arrival for the heard timeline. ``reorder_window``/``duplicate_every`` model
-Telnyx's unordered delivery (see :func:`~gateway.simulator.telnyx_peer.media_send_plan`).
+Telnyx's unordered delivery, ``burst_frames`` a network that stalls and then catches up in
+order (see :func:`~gateway.simulator.telnyx_peer.media_send_plan`).
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class TelnyxCaller(StreamCaller):
         parameters_key: str | None = "custom_parameters",
         reorder_window: int = 0,
         duplicate_every: int = 0,
+        burst_frames: int = 0,
         seed: int | None = None,
         stream_url: str | None = None,
         require_wss: bool = False,
@@ -127,8 +129,10 @@ class TelnyxCaller(StreamCaller):
             raise ValueError(f"signature must be valid, tampered, stale or missing: {signature!r}")
         if call_codec not in FORMATS:
             raise ValueError(f"call_codec must be one of {sorted(FORMATS)}, got {call_codec!r}")
-        if reorder_window < 0 or duplicate_every < 0:
-            raise ValueError("reorder_window and duplicate_every must be >= 0")
+        if reorder_window < 0 or duplicate_every < 0 or burst_frames < 0:
+            raise ValueError("reorder_window, duplicate_every and burst_frames must be >= 0")
+        if reorder_window > 1 and burst_frames > 1:
+            raise ValueError("give reorder_window or burst_frames, not both")
         self._speech = tuple(speech)
         fmt = FORMATS[call_codec]
         # Rendered at 16 kHz to size the call (any tone below 8 kHz renders); re-rendered at
@@ -178,11 +182,12 @@ class TelnyxCaller(StreamCaller):
         self._parameters_key = parameters_key
         self._plan = peer.media_send_plan(
             self._total_chunks,
-            window=reorder_window,
+            window=max(reorder_window, burst_frames),
             duplicate_every=duplicate_every,
             rng=random.Random(seed),
+            shuffle=burst_frames <= 1,
         )
-        self._reordering = reorder_window > 1 or duplicate_every > 0
+        self._reordering = reorder_window > 1 or duplicate_every > 0 or burst_frames > 1
         self._held: dict[int, dict[str, Any]] = {}
         self._stream_url_override, self._require_wss = stream_url, require_wss
         self._command_timeout, self._grace = command_timeout_s, hangup_grace_s

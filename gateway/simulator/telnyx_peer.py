@@ -247,12 +247,18 @@ def error_message(*, stream_id: str, code: int, title: str, detail: str) -> dict
 
 
 def media_send_plan(
-    total: int, *, window: int = 0, duplicate_every: int = 0, rng: random.Random | None = None
+    total: int,
+    *,
+    window: int = 0,
+    duplicate_every: int = 0,
+    rng: random.Random | None = None,
+    shuffle: bool = True,
 ) -> list[list[int]]:
     """When each inbound media chunk is sent, to model Telnyx's unordered delivery.
 
     ``plan[k - 1]`` lists the chunks sent at the capture time of chunk ``k``, in wire order.
-    Chunks go in consecutive blocks of ``window``; a block is shuffled and sent once its last
+    Chunks go in consecutive blocks of ``window``; a block is shuffled (unless ``shuffle`` is
+    False: a network that stalls and then delivers in order, in bursts) and sent once its last
     chunk is captured (never before a chunk exists). Every ``duplicate_every``-th message sent
     is sent again right after itself. ``window`` <= 1 and no duplicates: chunk ``k`` at ``k``.
     """
@@ -264,7 +270,7 @@ def media_send_plan(
     sent = 0
     for first in range(1, total + 1, size):
         block = list(range(first, min(first + size, total + 1)))
-        if len(block) > 1:
+        if len(block) > 1 and shuffle:
             rng.shuffle(block)
         slot = plan[max(block) - 1]
         for chunk in block:

@@ -1,0 +1,96 @@
+"""Connection-level defences uvicorn leaves to the application: slow requests, socket floods.
+
+uvicorn's h11 protocol arms its keep-alive timer only *after* a response, so a client that
+opens a connection and sends its headers a byte at a time (slowloris) holds the connection,
+and a file descriptor, for as long as it likes. And nothing bounds how many connections are
+open at once: a flood of them exhausts the process's descriptors, and then every call fails.
+:func:`guarded_h11` returns uvicorn's h11 protocol with both bounds added:
+
+- a request must arrive whole (headers, and body if any) within ``request_timeout_s`` of its
+  first byte, and a new connection must start its first request as quickly; past that it is
+  closed. Between requests the documented keep-alive timeout applies, as before; once a
+  connection is upgraded to a websocket it is the stream's business (``start`` within 5 s);
+- at most ``max_connections`` connections (HTTP and websocket) are open at once; one more is
+  aborted as it is accepted, before it costs more than that.
+
+The h11 protocol is used explicitly (not uvicorn's "auto", which prefers httptools when it is
+installed) so these bounds hold whatever else is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+#: Seconds a request has to arrive whole (the issue's slowloris bound).
+REQUEST_TIMEOUT_S = 10.0
+
+#: States in which h11 still expects more of the current request from the client.
+_RECEIVING = (h11.IDLE, h11.SEND_BODY)
+
+
+def guarded_h11(
+    *,
+    max_connections: int,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
+    on_refused: Callable[[str], None] = lambda _: None,
+) -> type[H11Protocol]:
+    """uvicorn's h11 protocol class with a request deadline and a connection cap.
+
+    ``on_refused("request_timeout" | "connection_limit")`` is called for each connection the
+    guards close (the gateway counts them in ``gateway_errors_total``).
+    """
+
+    class GuardedH11Protocol(H11Protocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            if len(self.server_state.connections) >= max_connections:
+                self.transport = transport  # connection_lost still runs and expects it
+                transport.abort()
+                on_refused("connection_limit")
+                return
+            super().connection_made(transport)
+            self._arm()  # the first request must start, and arrive, in time too
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.transport.get_protocol() is not self:
+                self._disarm()  # upgraded to a websocket
+            elif self.conn.their_state in _RECEIVING:
+                self._arm()  # part of a request is here: the rest is due by the deadline
+            else:
+                self._disarm()  # the whole request arrived (or the connection is closing)
+
+        def handle_websocket_upgrade(self, event: h11.Request) -> None:
+            self._disarm()
+            super().handle_websocket_upgrade(event)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._deadline is None:
+                self._deadline = self.loop.call_later(request_timeout_s, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            if self.transport.is_closing() or self.transport.get_protocol() is not self:
+                return
+            if self.conn.their_state in _RECEIVING:
+                on_refused("request_timeout")
+                self.transport.close()
+
+    return GuardedH11Protocol
