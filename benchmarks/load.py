@@ -287,6 +287,8 @@ async def run_level(n: int, args: argparse.Namespace) -> Level:
                 "GEMINI_BASE_URL": sim.base_url,
                 "LOG_LEVEL": "warning",
                 "MAX_CONCURRENT_CALLS": "10000",
+                "CARRIERS": "twilio",
+                "ALLOW_UNSIGNED_WEBHOOKS": "true",  # a benchmark, not a deployment
                 "OPENBLAS_NUM_THREADS": "1",
             }
             log = (

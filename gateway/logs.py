@@ -32,7 +32,8 @@ _REDACTED = "[redacted]"
 _TOKEN_SHAPES = re.compile(
     r"v[0-9]\.[A-Za-z0-9_-]{2,}\.[0-9]{6,12}\.[A-Za-z0-9_-]{20,}"
     r"|(?<=/stream/)[^\s\"'?/]+"
-    r"|(?i:(?<=x-twilio-signature: )|(?<=authorization: )|(?<=streaming-auth-token: ))\S+"
+    r"|(?i:(?<=x-twilio-signature: )|(?<=authorization: )|(?<=streaming-auth-token: ))"
+    r"[^\r\n\"']+"
 )
 
 _secret_values: set[str] = set()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +18,7 @@ import pytest
 
 from gateway.simulator.caller import TwilioCaller
 from gateway.simulator.caller_audio import Silence, Tone, render
+from gateway.simulator.twilio_webhook import twilio_signature
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRUBBED = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GEMINI_BASE_URL", "PUBLIC_URL", "AGENTS_FILE",
@@ -312,7 +315,8 @@ async def test_call_places_a_twilio_call_and_writes_what_was_heard(tmp_path: Pat
 async def test_serve_reaches_a_separate_live_endpoint_via_base_url_and_ssl_cert_file(
     tmp_path: Path,
 ) -> None:
-    """The deployment path: GEMINI_BASE_URL + SSL_CERT_FILE, and the key never in the logs."""
+    """The deployment path: GEMINI_BASE_URL + SSL_CERT_FILE; and at LOG_LEVEL=debug, with every
+    library logging, no key, token, signature, audio, transcript or whole number in the log."""
     from gateway.simulator.live_server import LiveSimulator
 
     secret = "AIzaSy-not-a-real-key-0123456789abcdef"
@@ -341,7 +345,7 @@ async def test_serve_reaches_a_separate_live_endpoint_via_base_url_and_ssl_cert_
                         await asyncio.sleep(0.1)
             result = await TwilioCaller(
                 url,
-                audio=render([Silence(2.0)]),
+                audio=render([Silence(1.0), Tone(300, 0.6), Silence(2.5)]),
                 linger_s=0.1,
                 auth_token=others["TWILIO_AUTH_TOKEN"],
             ).run()
@@ -356,5 +360,14 @@ async def test_serve_reaches_a_separate_live_endpoint_via_base_url_and_ssl_cert_
     logs = err.decode()
     assert '"event": "call.ended"' in logs
     stream_token = result.parameters["token"]  # a credential too, for its few minutes
-    for value in (secret, *others.values(), stream_token):
+    assert result.twiml_stream_url is not None and stream_token in result.twiml_stream_url
+    # The upgrade's signature never changes for its URL: logged, it could be replayed.
+    upgrade_signature = twilio_signature(others["TWILIO_AUTH_TOKEN"], result.twiml_stream_url, {})
+    for value in (secret, *others.values(), stream_token, upgrade_signature):
         assert value not in logs
+    assert "/twilio/stream/[redacted]" in logs  # uvicorn's own "WebSocket …" line, scrubbed
+    assert not re.search(r"[A-Za-z0-9+/]{100,}", logs)  # no base64 audio
+    assert "4155550123" not in logs and '"caller": "***0123"' in logs  # numbers masked
+    transcripts = [json.loads(line) for line in logs.splitlines() if '"transcript"' in line]
+    assert transcripts and all("text" not in t for t in transcripts)
+    assert "Traceback" not in logs

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from gateway.agents import parse_agents
+from gateway.security import StreamTokens
 from gateway.settings import Settings
 from gateway.telnyx_routes import STREAM_PATH as TELNYX_STREAM
 from gateway.twilio_routes import STREAM_PATH as TWILIO_STREAM
@@ -41,7 +42,7 @@ SECRET_SETTINGS = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "TELNYX_API_KEY", "TWILIO
 
 def setting_names() -> set[str]:
     """Every environment variable the gateway reads: its settings, their aliases, HOST, PORT."""
-    names = {"HOST", "PORT"}  # read by `gateway serve` itself (gateway/cli.py)
+    names: set[str] = set()
     for name, info in Settings.model_fields.items():
         names.add(name.upper())
         alias = info.validation_alias
@@ -158,8 +159,10 @@ def test_nginx_routes_each_gateway_path_with_the_right_timeouts_and_retries(
     regex = [loc for loc in server.all("location") if loc.args[0] == "~"]
     assert len(regex) == 1
     streams = regex[0]
+    token = StreamTokens(b"0123456789abcdef").mint("telnyx", "v3:abc", 1.0)
     for path in (TWILIO_STREAM, TELNYX_STREAM):
         assert re.search(streams.args[1], path), path
+        assert re.search(streams.args[1], f"{path}/{token}"), path  # the webhook answer's URL
     for path in WEBHOOKS:
         assert not re.search(streams.args[1], path), path
     # A call is one websocket for up to MAX_CALL_DURATION.

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import logging
 import random
 import time
-from collections.abc import Iterator
 
 import pytest
 import websockets
@@ -25,15 +23,6 @@ MEDIA = json.dumps(
 )
 
 
-@pytest.fixture
-def records(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    caplog.set_level(logging.DEBUG)
-    yield caplog
-    tracebacks = [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
-    assert not tracebacks, [r.getMessage() for r in tracebacks]
-    assert "Exception in ASGI application" not in caplog.text
-
-
 async def _open_call(h: Harness, call_sid: str) -> websockets.ClientConnection:
     url, _ = stream_url_of((await webhook(h, call_sid)).text)
     return await websockets.connect(url)
@@ -47,7 +36,7 @@ async def _until_closed(ws: websockets.ClientConnection) -> int | None:
         return exc.rcvd.code if exc.rcvd else None
 
 
-@pytest.mark.usefixtures("records")
+@pytest.mark.usefixtures("structured_logs")
 async def test_deep_nesting_before_and_after_start_is_dropped_and_the_call_goes_on() -> None:
     deep = '{"event": "media", "media": ' + "[" * 1000 + "]" * 1000 + "}"
     assert len(deep) < 2100
@@ -68,7 +57,7 @@ async def test_deep_nesting_before_and_after_start_is_dropped_and_the_call_goes_
     assert 'outcome="error"' not in metrics
 
 
-@pytest.mark.usefixtures("records")
+@pytest.mark.usefixtures("structured_logs")
 @pytest.mark.parametrize(
     "token",
     ["v2.Q0E.17650001²0." + "a" * 32, "v2.Q0E." + "9" * 5000 + "." + "a" * 32, "²", "%00",
@@ -89,7 +78,7 @@ async def test_odd_tokens_are_refused_not_raised(token: str) -> None:
     assert [e["reason"] for e in h.named("call.ended")] == ["unauthorized"]
 
 
-@pytest.mark.usefixtures("records")
+@pytest.mark.usefixtures("structured_logs")
 async def test_fuzzed_frames_of_every_class_leave_one_log_line_each_and_no_error() -> None:
     """A few hundred mutated Twilio frames on one live call: each is dropped (or acted on) and
     the call ends as a protocol error once there are too many, never as an error."""

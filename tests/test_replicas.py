@@ -49,12 +49,14 @@ from starlette.types import Receive, Scope, Send
 from gateway.simulator.caller import TwilioCaller
 from gateway.simulator.caller_audio import Silence, Tone, render
 from gateway.simulator.caller_result import CallResult
+from gateway.simulator.twilio_webhook import twilio_signature
 from tests.test_cli import ROOT, _env, _free_port
 
 NGINX = Path("/usr/sbin/nginx")
 DEPLOY_CONF = ROOT / "deploy" / "nginx" / "gateway.conf"
 REPLICAS = 3
 SECRET = "replica-test-secret-0123456789abcdef"
+AUTH_TOKEN = "replica-test-twilio-auth-token"
 #: Long enough that the drained replica's calls end on their own: it exits as soon as it is idle.
 DRAIN_TIMEOUT_S = 20.0
 CALLER_ENDED = ("caller_hung_up", "caller_disconnected")
@@ -233,6 +235,9 @@ async def cluster(tmp: Path) -> AsyncIterator[Cluster]:
             "SSL_CERT_FILE": str(tmp / "ca.pem"),
             "GATEWAY_SECRET": SECRET,
             "DRAIN_TIMEOUT": str(DRAIN_TIMEOUT_S),
+            # Deployed as documented: verified webhooks and stream upgrades.
+            "CARRIERS": "twilio",
+            "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         }
         async with httpx.AsyncClient(verify=False) as http:
             await until_ok(http, f"https://127.0.0.1:{sim_port}/_sim/health", sim)
@@ -265,7 +270,7 @@ def new_caller(proxy_url: str, seconds: float) -> TwilioCaller:
     """A call of about ``seconds``: the agent greets, the caller says something, then hangs up."""
     audio = render([Silence(1.0), Tone(300, 0.5), Silence(max(0.5, seconds - 1.8))])
     return TwilioCaller(proxy_url, audio=audio, linger_s=0.3, webhook_timeout_s=30,
-                        connect_timeout_s=30)  # fmt: skip
+                        connect_timeout_s=30, auth_token=AUTH_TOKEN)  # fmt: skip
 
 
 @asynccontextmanager
@@ -348,11 +353,14 @@ async def test_calls_cross_replicas_through_the_proxy(tmp_path: Path) -> None:
             for r in c.replicas
         ]
         # What the gateway builds the stream URL from, as an outer TLS terminator sets it.
+        form = {"CallSid": "CA" + "f" * 32}
         forwarded = await http.post(
             c.proxy_url + "/twilio/voice",
-            data={"CallSid": "CA" + "f" * 32},
-            headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "gw.example.com"},
-        )
+            data=form,
+            headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "gw.example.com",
+                     "X-Twilio-Signature": twilio_signature(
+                         AUTH_TOKEN, "https://gw.example.com/twilio/voice", form)},
+        )  # fmt: skip
         metrics_public = await http.get(c.proxy_url + "/metrics")
     for result in results:
         assert problems(result, c.proxy_url) == [], result.summary()
@@ -363,8 +371,11 @@ async def test_calls_cross_replicas_through_the_proxy(tmp_path: Path) -> None:
     assert crossed, f"every call stayed on one replica: {webhook_at} {stream_at}"
     assert len({stream_at[i][0] for i in ids}) >= 2, "the streams all went to one replica"
     assert sum(completed) == len(ids)
-    assert "wss://gw.example.com/twilio/stream" in forwarded.text
+    assert "wss://gw.example.com/twilio/stream/" in forwarded.text
     assert metrics_public.status_code == 404
+    streams = [line for line in access_lines(c) if "/twilio/stream/" in line]
+    assert len(streams) >= len(ids) and all("/twilio/stream/[token]" in s for s in streams)
+    assert not any(re.search(r"v2\.[A-Za-z0-9_-]+\.[0-9]+\.", line) for line in access_lines(c))
     print(
         f"{len(crossed)}/{len(ids)} calls crossed replicas; streams per replica "
         f"{[sum(stream_at[i] == [r.index] for i in ids) for r in c.replicas]}; "
@@ -398,10 +409,12 @@ async def test_one_replica_drains_during_live_calls_and_no_call_is_lost(tmp_path
                 break
             await asyncio.sleep(0.05)
         assert (await http.get(victim.url + "/readyz")).status_code == 503
+        form = {"CallSid": "CA" + "0" * 32}
+        signature = twilio_signature(AUTH_TOKEN, victim.url + "/twilio/voice", form)
         probe = await http.post(
             victim.url + "/twilio/voice",
-            data={"CallSid": "CA" + "0" * 32},
-            headers={"X-Callbridge-Retry": "503"},
+            data=form,
+            headers={"X-Callbridge-Retry": "503", "X-Twilio-Signature": signature},
         )
         assert probe.status_code == 503, "a draining replica must pass a retried webhook on"
 
