@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -90,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--dtmf", action="append", default=[], metavar="DIGIT@SECONDS")
     call.add_argument("--hangup", choices=("stop", "close"), default="stop")
     call.add_argument("--stream-url", help="connect here instead of the TwiML's stream URL")
+    call.add_argument(
+        "--auth-token",
+        default=os.environ.get("TWILIO_AUTH_TOKEN") or None,
+        help="twilio: sign the webhook and stream as Twilio does (default: TWILIO_AUTH_TOKEN)",
+    )
     call.set_defaults(run=_cmd_call)
 
     demo = sub.add_parser(

@@ -50,6 +50,21 @@ def mask_number(number: object) -> str:
     return number.split(":", 1)[0] + ":***" if ":" in number else "***"
 
 
+class PerConnectionLines(logging.Filter):
+    """Drops uvicorn's and websockets' line-per-connection chatter ("connection open",
+    ``"WebSocket /path" [accepted]``, "connection rejected (403 Forbidden)"): an access log the
+    gateway does not keep (its own call events say more), and a flood of refused sockets would
+    otherwise flood the log. Kept at DEBUG, where it helps and is scrubbed like everything."""
+
+    _CHATTER = ("connection open", "connection closed", "connection rejected")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO or logging.getLogger().level <= logging.DEBUG:
+            return True
+        message = str(record.msg)
+        return not (message.startswith(self._CHATTER) or '"WebSocket %s"' in message)
+
+
 def register_secrets(values: Iterable[str | None]) -> None:
     """Scrub these exact strings from every log line (keys, tokens), wherever they appear."""
     for value in values:
@@ -133,6 +148,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []
+        logger.filters[:] = [PerConnectionLines()]
         logger.propagate = True
         logger.setLevel(max(logging.INFO, logging.getLevelName(level.upper())))
 

@@ -154,7 +154,9 @@ async def place_call(args: argparse.Namespace) -> int:
         if telnyx:
             caller = TelnyxCaller(args.url, speech=segments, reorder_window=args.reorder, **common)
         else:
-            caller = TwilioCaller(args.url, audio=render(segments), **common)
+            caller = TwilioCaller(
+                args.url, audio=render(segments), auth_token=args.auth_token, **common
+            )
     except (OSError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     result: CallResult = await caller.run()

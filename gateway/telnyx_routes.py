@@ -99,6 +99,9 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
                     await api.reject(call_id)
                 else:
                     await api.answer(call_id)
+            elif kind == "call.answered" and state.ledger.streamed("telnyx", call_id, time.time()):
+                # Redelivered (Telnyx retries webhooks) or replayed: the call has its stream.
+                state.log_refusal(log, "telnyx.webhook_replayed", call_id=call_id)
             elif kind == "call.answered":
                 token = state.tokens.mint("telnyx", call_id, time.time())
                 url = public_url(request, settings, f"{STREAM_PATH}/{token}", ws=True)

@@ -390,6 +390,16 @@ def test_autoscaler_and_disruption_budget_select_the_deployment(
     assert pdb["spec"].get("maxUnavailable", 0) >= 1 or "minAvailable" in pdb["spec"]
 
 
+def test_env_example_lists_every_security_setting() -> None:
+    text = (ROOT / ".env.example").read_text()
+    named = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, re.M))
+    security = {"CARRIERS", "TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID", "TELNYX_PUBLIC_KEY",
+                "TELNYX_API_KEY", "ALLOW_UNSIGNED_WEBHOOKS", "MAX_PENDING_STREAMS",
+                "GATEWAY_SECRET", "STREAM_TOKEN_TTL", "LOG_TRANSCRIPTS"}  # fmt: skip
+    assert security <= named, security - named
+    assert named <= setting_names(), named - setting_names()
+
+
 def test_example_ingress_keeps_hour_long_calls_and_reaches_the_service(
     k8s: dict[str, dict[str, Any]],
 ) -> None:

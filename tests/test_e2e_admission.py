@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from gateway.carriers.telnyx import call_control_state
 from gateway.simulator.caller import TwilioCaller
 from gateway.simulator.caller_audio import Silence, Tone, render
 from gateway.simulator.telnyx_caller import TelnyxCaller
@@ -46,6 +47,12 @@ def twilio_start(call_sid: str, token: str | None = None) -> str:
                   "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000,
                                   "channels": 1}},
     })  # fmt: skip
+
+
+def telnyx_start(call_id: str, **start: str) -> str:
+    media_format = {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}
+    return json.dumps({"event": "start", "stream_id": "s-" + call_id, "start": {
+        "call_control_id": call_id, "media_format": media_format, **start}})  # fmt: skip
 
 
 def stream_url_of(twiml: str) -> tuple[str, dict[str, str]]:
@@ -333,15 +340,7 @@ async def test_without_an_api_a_stream_with_no_room_still_counts_as_capacity() -
         first = asyncio.create_task(h.call([Tone(300, 1.0)], linger_s=0.5))
         await until(lambda: bool(h.gateway.state.calls))
         async with websockets.connect(url) as ws:
-            start = {
-                "event": "start",
-                "stream_id": "s2",
-                "start": {
-                    "call_control_id": "v3:second",
-                    "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1},
-                },
-            }
-            await ws.send(json.dumps(start))
+            await ws.send(telnyx_start("v3:second"))
             code = await close_code(ws)
         await first
     assert code == 1000  # closing runs the TeXML after </Connect>
@@ -360,16 +359,7 @@ async def test_call_control_streams_with_no_room_hear_the_busy_message_spoken() 
         h.telnyx_api.register("v3:second", lambda *_: None, answered=True)
         url = f"ws://127.0.0.1:{h.gateway.port}/telnyx/stream/{token}"
         async with websockets.connect(url) as ws:
-            start = {
-                "event": "start",
-                "stream_id": "s2",
-                "start": {
-                    "call_control_id": "v3:second",
-                    "client_state": base64.b64encode(b"callbridge-cc:" + token.encode()).decode(),
-                    "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1},
-                },
-            }
-            await ws.send(json.dumps(start))
+            await ws.send(telnyx_start("v3:second", client_state=call_control_state(token)))
             await close_code(ws)
         await first
     speaks = [r for r in h.telnyx_api.requests if r.action == "speak"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 import pytest
 
-from gateway.logs import _scrub, mask_number
+from gateway.logs import PerConnectionLines, _scrub, mask_number
 from gateway.simulator.caller_audio import Silence, Tone
 from gateway.simulator.script import Step
 from tests.conftest import StructuredLogs
@@ -71,3 +73,24 @@ def test_secrets_in_library_lines_are_scrubbed(line: str) -> None:
     assert "[redacted]" in scrubbed
     for secret in ("v2.Q0E", "L/OH5", "KEY0123", "v2.djM6", "aaaa", "bbbb", "cccc"):
         assert secret not in scrubbed
+
+
+def test_per_connection_chatter_is_dropped_unless_debugging() -> None:
+    chatter = PerConnectionLines()
+
+    def record(msg: str, level: int = logging.INFO) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", level, __file__, 1, msg, (), None)
+
+    root = logging.getLogger()
+    before = root.level
+    try:
+        root.setLevel(logging.INFO)
+        assert not chatter.filter(record("connection open"))
+        assert not chatter.filter(record("connection rejected (%d %s)"))
+        assert not chatter.filter(record('%s - "WebSocket %s" [accepted]'))
+        assert chatter.filter(record("Uvicorn running on %s"))
+        assert chatter.filter(record("connection closed", logging.WARNING))
+        root.setLevel(logging.DEBUG)
+        assert chatter.filter(record("connection open"))
+    finally:
+        root.setLevel(before)
