@@ -135,6 +135,8 @@ class Refusal:
     outcome: str
     #: For the log.
     reason: str
+    #: The ``gateway_errors_total`` kind an unauthorized stream counts as.
+    error_kind: str = "stream_auth"
 
 
 def _admit_all(_: StreamStarted) -> Refusal | None:
@@ -283,7 +285,7 @@ class CallBridge:
         self.log = self.log.bind(call_id=started.call_id)
         self.log.warning(f"call.{refusal.outcome}", reason=refusal.reason)
         if refusal.outcome == "unauthorized":
-            self._count_error("stream_auth")
+            self._count_error(refusal.error_kind)
             await self.socket.close(1008, "unauthorized")
             return
         await self._give_fallback(started, BUSY)

@@ -114,8 +114,7 @@ async def _run(
         except StreamTokenError as exc:
             return Refusal("unauthorized", str(exc))
         if not state.ledger.claim(claim, time.time()):
-            state.metrics.errors.labels("stream_reused").inc()
-            return Refusal("unauthorized", "stream token already used")
+            return Refusal("unauthorized", "stream token already used", "stream_reused")
         if not state.has_room():
             return Refusal("rejected_capacity", "no room at start")
         state.enter_call(task, bridge)
