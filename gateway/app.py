@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.datastructures import FormData
+from starlette.requests import ClientDisconnect
 
 from gateway.agents import AgentGraph, Fallback
 from gateway.aio import cancel_and_wait
@@ -158,6 +160,27 @@ class GatewayState:
 def _set(event: asyncio.Event) -> asyncio.Event:
     event.set()
     return event
+
+
+#: What a route answers a client that left before its request had arrived (nobody reads it).
+CLIENT_GONE = Response(status_code=400)
+
+
+async def read_body(request: Request) -> bytes | None:
+    """The whole request body, or None if the client left first (the 10 s request deadline
+    closes slow ones): that is the client's business, not an error with a traceback."""
+    try:
+        return await request.body()
+    except ClientDisconnect:
+        return None
+
+
+async def read_form(request: Request) -> FormData | None:
+    """The request's form, or None if the client left before sending it all."""
+    try:
+        return await request.form()
+    except ClientDisconnect:
+        return None
 
 
 def public_url(request: Request | WebSocket, settings: Settings, path: str, *, ws: bool) -> str:

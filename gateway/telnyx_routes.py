@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from gateway.agents import BUSY, Fallback
-from gateway.app import GatewayState, public_url
+from gateway.app import CLIENT_GONE, GatewayState, public_url, read_body, read_form
 from gateway.bridge import CallHooks
 from gateway.carriers.base import ProtocolError, StreamStarted, load_object
 from gateway.carriers.telnyx import TelnyxCodec, connect_stream_texml
@@ -41,7 +41,9 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
     settings = state.settings
 
     async def telnyx_webhook(request: Request) -> Response:
-        body = await request.body()
+        body = await read_body(request)
+        if body is None:
+            return CLIENT_GONE
         if state.telnyx_public_key is not None:
             try:
                 verify_signature(state.telnyx_public_key, request.headers, body, time.time())
@@ -53,7 +55,9 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
                 return PlainTextResponse("invalid or missing Telnyx signature", 403)
         if request.headers.get("content-type", "").startswith("application/json"):
             return await call_control_event(request, body)
-        form = await request.form()
+        form = await read_form(request)
+        if form is None:
+            return CLIENT_GONE
         call_id = form.get("CallSid")
         if not isinstance(call_id, str) or not 0 < len(call_id) <= MAX_CALL_ID:
             return PlainTextResponse("missing CallSid: this endpoint is for Telnyx webhooks", 400)

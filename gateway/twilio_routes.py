@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response
 
 from gateway.agents import BUSY, Fallback
-from gateway.app import GatewayState, public_url
+from gateway.app import CLIENT_GONE, GatewayState, public_url, read_form
 from gateway.bridge import CallHooks
 from gateway.carriers.base import StreamStarted
 from gateway.carriers.twilio import (
@@ -54,7 +54,9 @@ def add_twilio_routes(app: FastAPI, state: GatewayState) -> None:
 
     @app.post("/twilio/voice")
     async def twilio_voice(request: Request) -> Response:
-        form = await request.form()
+        form = await read_form(request)
+        if form is None:
+            return CLIENT_GONE
         if auth_token is not None:
             url = public_url(request, settings, request.url.path, ws=False)
             if request.url.query:

@@ -20,13 +20,19 @@ class StructuredLogs:
         self._caplog = caplog
 
     @property
+    def records(self) -> list[logging.LogRecord]:
+        """The records of the test's setup and call (``caplog.records`` alone is the current
+        phase's: at teardown, only the teardown's)."""
+        return self._caplog.get_records("setup") + self._caplog.get_records("call")
+
+    @property
     def text(self) -> str:
-        return self._caplog.text
+        return "\n".join(r.getMessage() for r in self.records)
 
     def events(self, name: str) -> list[dict[str, Any]]:
         """The gateway's log events called ``name``, as the JSON objects that were written."""
         out = []
-        for record in self._caplog.records:
+        for record in self.records:
             message = record.getMessage()
             if message.startswith("{") and f'"event": "{name}"' in message:
                 out.append(json.loads(message))
@@ -35,7 +41,7 @@ class StructuredLogs:
     def tracebacks(self) -> list[str]:
         return [
             r.getMessage()
-            for r in self._caplog.records
+            for r in self.records
             if r.exc_info or "Traceback" in r.getMessage() or "Exception in ASGI" in r.getMessage()
         ]
 

@@ -28,6 +28,9 @@ from gateway.simulator.telnyx_caller import TelnyxCaller
 from gateway.simulator.twilio_webhook import twilio_signature
 from tests.harness import Carrier, FakeTwilioRest, Harness, running, serving
 
+#: Every test here also fails if anything in the log holds a traceback.
+pytestmark = pytest.mark.usefixtures("structured_logs")
+
 AUTH_TOKEN = "twilio-auth-token-0123456789"
 ACCOUNT = "AC" + "2" * 32
 

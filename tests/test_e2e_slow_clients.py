@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
@@ -18,6 +19,9 @@ from starlette.routing import Route
 
 from gateway.connections import REQUEST_TIMEOUT_S, guarded_h11
 from tests.harness import running
+
+#: Every test here also fails if anything in the log holds a traceback (a body cut short, say).
+pytestmark = pytest.mark.usefixtures("structured_logs")
 
 GET_HEAD = b"GET /healthz HTTP/1.1\r\nHost: gw.example.com\r\n"
 POST_HEAD = (
