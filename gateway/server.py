@@ -16,7 +16,7 @@ import structlog
 import uvicorn
 
 from gateway.agents import AgentGraph
-from gateway.app import GatewayState, create_app
+from gateway.app import create_app
 from gateway.bridge import CallObserver
 from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.telnyx_signature import load_public_key
@@ -26,6 +26,7 @@ from gateway.live.client import make_client
 from gateway.live.session import LiveSession
 from gateway.security import StreamLedger, StreamTokens
 from gateway.settings import Settings
+from gateway.state import GatewayState
 
 #: PCM16 at 16 kHz: bytes per millisecond of caller audio sent to Gemini.
 _PCM16K_BYTES_PER_MS = 32

@@ -31,10 +31,10 @@ from fastapi import WebSocket
 from fastapi.responses import PlainTextResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from gateway.app import GatewayState, pass_on, proxy_retries
 from gateway.bridge import CallBridge, CallHooks, Refusal
 from gateway.carriers.base import CarrierCodec, StreamStarted
 from gateway.security import StreamGrant, StreamTokenError
+from gateway.state import GatewayState, pass_on, proxy_retries
 
 #: The header Telnyx sends a Call Control stream's ``stream_auth_token`` in (Telnyx AsyncAPI
 #: spec, "Stream call media over WebSocket": the connected frame and this upgrade header).

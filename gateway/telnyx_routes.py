@@ -20,7 +20,6 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from gateway.agents import BUSY, Fallback
-from gateway.app import CLIENT_GONE, GatewayState, public_url, read_body, read_form
 from gateway.bridge import CallHooks
 from gateway.carriers.base import ProtocolError, StreamStarted, load_object
 from gateway.carriers.telnyx import TelnyxCodec, connect_stream_texml
@@ -30,6 +29,7 @@ from gateway.carriers.telnyx_signature import verify as verify_signature
 from gateway.carriers.twilio import fallback_verbs, say_twiml
 from gateway.logs import mask_number
 from gateway.security import MAX_CALL_ID
+from gateway.state import CLIENT_GONE, GatewayState, public_url, read_body, read_form
 from gateway.streams import TELNYX_AUTH_HEADER, serve_stream
 from gateway.twilio_routes import caller_ids
 

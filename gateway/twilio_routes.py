@@ -18,7 +18,6 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response
 
 from gateway.agents import BUSY, Fallback
-from gateway.app import CLIENT_GONE, GatewayState, public_url, read_form
 from gateway.bridge import CallHooks
 from gateway.carriers.base import StreamStarted
 from gateway.carriers.twilio import (
@@ -30,6 +29,7 @@ from gateway.carriers.twilio import (
 )
 from gateway.logs import mask_number
 from gateway.security import MAX_CALL_ID, twilio_signature_valid
+from gateway.state import CLIENT_GONE, GatewayState, public_url, read_form
 from gateway.streams import serve_stream
 
 STREAM_PATH = "/twilio/stream"
