@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.agents import AgentGraph, AgentsFileError, load_agents
-from gateway.settings import Settings, SettingsError, load_settings
+from gateway.settings import ConfigError, Settings, SettingsError, load_settings
 
 EXIT_CONFIG = 2
 
@@ -32,10 +32,6 @@ server could place calls to your agents and spend your Gemini quota.
 {missing}
   Serve only the carriers you use:   CARRIERS=twilio   (or telnyx)
   Experiments only, never production: ALLOW_UNSIGNED_WEBHOOKS=true"""
-
-
-class ConfigError(Exception):
-    """A start-up problem to report as one message and exit status 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -68,10 +68,6 @@ def guarded_h11(
             else:
                 self._disarm()  # the whole request arrived (or the connection is closing)
 
-        def handle_websocket_upgrade(self, event: h11.Request) -> None:
-            self._disarm()
-            super().handle_websocket_upgrade(event)
-
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)

@@ -18,10 +18,9 @@ import structlog
 
 from gateway.agents import AgentGraph
 from gateway.aio import cancel_and_wait
-from gateway.cli import ConfigError
 from gateway.logs import configure_logging, register_secrets
-from gateway.server import build_state, max_connections, running_gateway
-from gateway.settings import Settings
+from gateway.server import build_state, open_files_needed, running_gateway
+from gateway.settings import ConfigError, Settings
 
 SIMULATOR_KEY = "simulator-key"
 
@@ -57,9 +56,7 @@ async def serve(
             ssl_context = sim.tls.client_context()
             log.info("simulator.started", base_url=sim.base_url)
         state = build_state(settings, graph, ssl_context=ssl_context)
-        raise_open_file_limit(
-            max_connections(settings) + 2 * settings.max_concurrent_calls + 64, log
-        )
+        raise_open_file_limit(open_files_needed(settings), log)
         gateway = await stack.enter_async_context(running_gateway(state, host=host, port=port))
         freeze_startup_heap()
         loop = asyncio.get_running_loop()

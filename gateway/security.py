@@ -38,6 +38,15 @@ MAX_CALL_ID = 256
 class StreamTokenError(ValueError):
     """A stream token that does not admit the stream; the message says why (for the log)."""
 
+    #: The ``gateway_errors_total`` kind it is counted as.
+    kind = "stream_auth"
+
+
+class StreamReusedError(StreamTokenError):
+    """A valid token whose call has had its stream already."""
+
+    kind = "stream_reused"
+
 
 @dataclass(frozen=True, slots=True)
 class StreamGrant:

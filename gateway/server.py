@@ -85,6 +85,12 @@ def max_connections(settings: Settings) -> int:
     return settings.max_concurrent_calls + settings.max_pending_streams + 1024
 
 
+def open_files_needed(settings: Settings) -> int:
+    """Descriptors a full replica holds: its connections, and per call a Gemini socket and a
+    carrier REST connection, plus the process's own files."""
+    return max_connections(settings) + 2 * settings.max_concurrent_calls + 64
+
+
 def uvicorn_config(state: GatewayState, host: str, port: int) -> uvicorn.Config:
     refused = state.metrics.errors
     return uvicorn.Config(

@@ -20,6 +20,12 @@ from gateway.carriers.telnyx_signature import load_public_key
 CARRIER_NAMES: tuple[str, ...] = ("twilio", "telnyx")
 
 
+class ConfigError(Exception):
+    """A start-up problem to report as one message and exit status 2 (any command: bad
+    settings, a bad agents file, bad arguments). Lives here, below the commands, so that
+    the commands' helpers (runner, demo) can raise it without importing the CLI."""
+
+
 class SettingsError(ValueError):
     """Settings that cannot be used; the message names the environment variable."""
 

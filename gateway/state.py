@@ -9,6 +9,7 @@ the app factory (:mod:`gateway.app`) all import it from here, and nothing here i
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.twilio_api import TwilioRest
 from gateway.live.session import LiveSession
 from gateway.metrics import Metrics
-from gateway.security import StreamLedger, StreamTokens
+from gateway.security import StreamGrant, StreamLedger, StreamReusedError, StreamTokens
 from gateway.settings import Settings
 
 LiveSessionFactory = Callable[[structlog.stdlib.BoundLogger], LiveSession]
@@ -96,6 +97,19 @@ class GatewayState:
             log_transcripts=s.log_transcripts,
         )
 
+    def claim_stream(self, token: object, carrier: str, call_id: str | None = None) -> StreamGrant:
+        """Check ``token`` (for ``call_id``, when the stream has said which call it is) and
+        claim that call's one stream; raises :class:`StreamTokenError` (or its
+        :class:`StreamReusedError`) if it admits nothing."""
+        now = time.time()
+        if call_id is None:
+            grant = self.tokens.verify(token, carrier, now)
+        else:
+            grant = self.tokens.check(token, carrier, call_id, now)
+        if not self.ledger.claim(grant, now):
+            raise StreamReusedError("stream token already used")
+        return grant
+
     def has_room(self) -> bool:
         return len(self.calls) < self.settings.max_concurrent_calls
 
@@ -121,16 +135,20 @@ class GatewayState:
         """Why a new call cannot be taken now (draining, full), or None."""
         if self.draining:
             return "draining"
-        if len(self.calls) >= self.settings.max_concurrent_calls:
+        if not self.has_room():
             return "capacity"
         return None
 
     def admit_call(
         self, request: Request, log: structlog.stdlib.BoundLogger, carrier: str, call_id: str
     ) -> Response | str | None:
-        """A new call's webhook: None to take it; a Response (503) that passes it on to a
-        retrying proxy; or the reason it is refused for good, counted and logged, after which
-        the route gives the carrier its final busy answer."""
+        """A new call's webhook: None to take it; a Response (409 for a call that already had
+        its stream: a replay, which gets no fresh token; 503 to pass it on to a retrying
+        proxy); or the reason it is refused for good, counted and logged, after which the
+        route gives the carrier its final busy answer."""
+        if self.ledger.streamed(carrier, call_id, time.time()):
+            self.log_refusal(log, f"{carrier}.webhook_replayed", call_id=call_id)
+            return PlainTextResponse("this call already has its stream", 409)
         refusal = self.refusal()
         if refusal is None:
             return None

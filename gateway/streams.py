@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from dataclasses import replace
 
 import structlog
@@ -35,10 +34,6 @@ from gateway.bridge import CallBridge, CallHooks, Refusal
 from gateway.carriers.base import CarrierCodec, StreamStarted
 from gateway.security import StreamGrant, StreamTokenError
 from gateway.state import GatewayState, pass_on, proxy_retries
-
-#: The header Telnyx sends a Call Control stream's ``stream_auth_token`` in (Telnyx AsyncAPI
-#: spec, "Stream call media over WebSocket": the connected frame and this upgrade header).
-TELNYX_AUTH_HEADER = "x-telnyx-streaming-auth-token"
 
 
 async def serve_stream(
@@ -70,19 +65,11 @@ async def serve_stream(
         await _run(state, websocket, carrier, codec, hooks, grant=None)
         return
     try:
-        grant = state.tokens.verify(token, carrier, time.time())
+        grant = state.claim_stream(token, carrier)
     except StreamTokenError as exc:
-        state.metrics.errors.labels("stream_auth").inc()
+        state.metrics.errors.labels(exc.kind).inc()
         state.log_refusal(log, f"{carrier}.stream_refused", reason=str(exc))
-        await _deny(websocket, "invalid stream token", 403)
-        return
-    if not state.ledger.claim(grant, time.time()):
-        state.metrics.errors.labels("stream_reused").inc()
-        state.log_refusal(
-            log, f"{carrier}.stream_refused", reason="stream token already used",
-            call_id=grant.call_id,
-        )  # fmt: skip
-        await _deny(websocket, "this call already has its stream", 403)
+        await _deny(websocket, "invalid, expired or already used stream token", 403)
         return
     await _run(state, websocket, carrier, codec, hooks, grant=grant)
 
@@ -108,13 +95,9 @@ async def _run(
                 return Refusal("rejected_capacity", "no room at the upgrade")
             return None
         try:
-            claim = state.tokens.check(
-                started.parameters.get("token"), carrier, started.call_id, time.time()
-            )
+            state.claim_stream(started.parameters.get("token"), carrier, started.call_id)
         except StreamTokenError as exc:
-            return Refusal("unauthorized", str(exc))
-        if not state.ledger.claim(claim, time.time()):
-            return Refusal("unauthorized", "stream token already used", "stream_reused")
+            return Refusal("unauthorized", str(exc), exc.kind)
         if not state.has_room():
             return Refusal("rejected_capacity", "no room at start")
         state.enter_call(task, bridge)

@@ -21,16 +21,15 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from gateway.agents import BUSY, Fallback
 from gateway.bridge import CallHooks
-from gateway.carriers.base import ProtocolError, StreamStarted, load_object
-from gateway.carriers.telnyx import TelnyxCodec, connect_stream_texml
+from gateway.carriers.base import ProtocolError, StreamStarted, is_carrier_id, load_object
+from gateway.carriers.telnyx import STREAM_AUTH_HEADER, TelnyxCodec, connect_stream_texml
 from gateway.carriers.telnyx_api import FALLBACK_STATE, TelnyxApiError
 from gateway.carriers.telnyx_signature import SignatureError
 from gateway.carriers.telnyx_signature import verify as verify_signature
 from gateway.carriers.twilio import fallback_verbs, say_twiml
 from gateway.logs import mask_number
-from gateway.security import MAX_CALL_ID
 from gateway.state import CLIENT_GONE, GatewayState, public_url, read_body, read_form
-from gateway.streams import TELNYX_AUTH_HEADER, serve_stream
+from gateway.streams import serve_stream
 from gateway.twilio_routes import caller_ids
 
 STREAM_PATH = "/telnyx/stream"
@@ -59,11 +58,8 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
         if form is None:
             return CLIENT_GONE
         call_id = form.get("CallSid")
-        if not isinstance(call_id, str) or not 0 < len(call_id) <= MAX_CALL_ID:
+        if not is_carrier_id(call_id):
             return PlainTextResponse("missing CallSid: this endpoint is for Telnyx webhooks", 400)
-        if state.ledger.streamed("telnyx", call_id, time.time()):
-            state.log_refusal(log, "telnyx.webhook_replayed", call_id=call_id)
-            return PlainTextResponse("this call already has its stream", 409)
         refused = state.admit_call(request, log, "telnyx", call_id)
         if isinstance(refused, Response):
             return refused
@@ -84,7 +80,7 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
             kind = str(data["event_type"])[:64]
             payload: dict[str, Any] = data["payload"]
             call_id = payload["call_control_id"]
-            if not isinstance(call_id, str) or not 0 < len(call_id) <= MAX_CALL_ID:
+            if not is_carrier_id(call_id):
                 raise TypeError("call_control_id")
         except (ProtocolError, UnicodeDecodeError, KeyError, TypeError):
             return PlainTextResponse("not a Telnyx Call Control webhook", 400)
@@ -146,7 +142,7 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
 
     @app.websocket(STREAM_PATH)
     async def telnyx_stream_bare(websocket: WebSocket) -> None:
-        await telnyx_stream(websocket, websocket.headers.get(TELNYX_AUTH_HEADER))
+        await telnyx_stream(websocket, websocket.headers.get(STREAM_AUTH_HEADER))
 
     @app.websocket(STREAM_PATH + "/{token}")
     async def telnyx_stream_with_token(websocket: WebSocket, token: str) -> None:

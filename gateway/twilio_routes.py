@@ -19,7 +19,7 @@ from fastapi.responses import PlainTextResponse, Response
 
 from gateway.agents import BUSY, Fallback
 from gateway.bridge import CallHooks
-from gateway.carriers.base import StreamStarted
+from gateway.carriers.base import StreamStarted, is_carrier_id
 from gateway.carriers.twilio import (
     TwilioCodec,
     connect_stream_twiml,
@@ -28,7 +28,7 @@ from gateway.carriers.twilio import (
     twiml_document,
 )
 from gateway.logs import mask_number
-from gateway.security import MAX_CALL_ID, twilio_signature_valid
+from gateway.security import twilio_signature_valid
 from gateway.state import CLIENT_GONE, GatewayState, public_url, read_form
 from gateway.streams import serve_stream
 
@@ -68,11 +68,8 @@ def add_twilio_routes(app: FastAPI, state: GatewayState) -> None:
                 state.log_refusal(log, "twilio.signature_rejected", url=url)
                 return PlainTextResponse("invalid or missing X-Twilio-Signature", 403)
         call_sid = form.get("CallSid")
-        if not isinstance(call_sid, str) or not 0 < len(call_sid) <= MAX_CALL_ID:
+        if not is_carrier_id(call_sid):
             return PlainTextResponse("missing CallSid: this endpoint is for Twilio webhooks", 400)
-        if state.ledger.streamed("twilio", call_sid, time.time()):
-            state.log_refusal(log, "twilio.webhook_replayed", call_id=call_sid)
-            return PlainTextResponse("this call already has its stream", 409)
         refused = state.admit_call(request, log, "twilio", call_sid)
         if isinstance(refused, Response):
             return refused

@@ -56,3 +56,13 @@ async def test_public_url_wins_over_the_request() -> None:
         response = await http.post("/twilio/voice", data=FORM)
         url, params = _stream(response.text)
         assert url == f"wss://gw.example.com/twilio/stream/{params['token']}"
+
+
+async def test_a_call_id_no_carrier_sends_is_a_bad_request_not_a_server_error() -> None:
+    """Ids are bounded printable ASCII (as in a stream's start), checked before a token is
+    minted for them: a 200-character non-ASCII CallSid used to raise inside the minting."""
+    odd = ["é" * 200, "CA 1", "x" * 257, "CA\x00"]
+    async with running() as h, httpx.AsyncClient(base_url=h.gateway.url) as http:
+        twilio = [await http.post("/twilio/voice", data={**FORM, "CallSid": s}) for s in odd]
+        telnyx = [await http.post("/telnyx/voice", data={**FORM, "CallSid": s}) for s in odd]
+    assert [r.status_code for r in twilio + telnyx] == [400] * 8

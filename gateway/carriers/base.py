@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from gateway.audio.transcode import AudioFormat
 
@@ -143,9 +143,14 @@ def bounded_int(value: object, *, high: int = 2**31 - 1) -> int | None:
     return number if 0 <= number <= high else None
 
 
+def is_carrier_id(value: object) -> TypeGuard[str]:
+    """Whether ``value`` looks like an id a carrier sends (in a start message or a webhook)."""
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
+
+
 def carrier_id(value: object, what: str) -> str:
-    """An id from a start message (stream, call, account), or a fatal ProtocolError."""
-    if not isinstance(value, str) or not _ID.fullmatch(value):
+    """An id from a start message (stream, call), or a fatal ProtocolError."""
+    if not is_carrier_id(value):
         raise ProtocolError(f"'start' without a valid {what}", fatal=True)
     return value
 

@@ -45,6 +45,11 @@ _DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
 #: stream that has no <Parameter>s, and how the stream knows to hang up through the API.
 CALL_CONTROL_PREFIX = "callbridge-cc:"
 
+#: Where Telnyx sends a Call Control stream's ``stream_auth_token``: this upgrade header, and
+#: the same key in the ``connected`` frame (Telnyx AsyncAPI spec, "Stream call media over
+#: WebSocket").
+STREAM_AUTH_HEADER = "x-telnyx-streaming-auth-token"
+
 #: Codecs the gateway can ask Telnyx for, and the sampling rate to ask with.
 TELNYX_CODECS: dict[str, int] = {"PCMU": 8000, "PCMA": 8000, "G722": 16000, "L16": 16000}
 

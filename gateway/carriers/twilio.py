@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
@@ -28,13 +27,12 @@ from gateway.carriers.base import (
     StreamStopped,
     carrier_id,
     custom_parameters,
+    is_carrier_id,
     load_object,
     media_object,
 )
 
 _DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
-#: What a Twilio account SID looks like; only such a value is used in a REST URL.
-_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 #: Twilio: "the combined length of each <Parameter> name and value must be under 500 characters".
 MAX_PARAMETER_CHARS = 499
 
@@ -93,10 +91,8 @@ class TwilioCodec:
             raise ProtocolError("'start' without a start object", fatal=True)
         sid = carrier_id(start.get("streamSid", msg.get("streamSid")), "streamSid")
         call_sid = carrier_id(start.get("callSid"), "callSid")
-        account = start.get("accountSid")
-        account_sid = account if isinstance(account, str) else ""
-        if not _ACCOUNT_SID.fullmatch(account_sid):
-            account_sid = ""
+        account = start.get("accountSid")  # only used in a REST URL, which checks its shape
+        account_sid = account if is_carrier_id(account) else ""
         fmt = start.get("mediaFormat")
         if isinstance(fmt, dict) and (
             fmt.get("encoding") != "audio/x-mulaw"

@@ -21,11 +21,10 @@ from typing import Any
 
 from gateway.agents import AgentGraph, AgentsFileError, load_agents, parse_agents
 from gateway.audio.analysis import dominant_frequency, rms_dbfs
-from gateway.cli import ConfigError
 from gateway.live.config import HANDOFF_TOOL
 from gateway.logs import configure_logging
 from gateway.server import build_state, running_gateway
-from gateway.settings import Settings, SettingsError, load_settings
+from gateway.settings import ConfigError, Settings, SettingsError, load_settings
 from gateway.simulator.caller import TwilioCaller
 from gateway.simulator.caller_audio import Segment, Silence, Tone, render
 from gateway.simulator.live_server import LiveSimulator

@@ -39,6 +39,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audio.transcode import AudioFormat
+from gateway.carriers.telnyx import STREAM_AUTH_HEADER
 from gateway.simulator import telnyx_peer as peer
 from gateway.simulator.caller import (
     HangupMode,
@@ -523,7 +524,7 @@ class TelnyxCaller(StreamCaller):
     def _ws_headers(self, url: str) -> dict[str, str]:
         if self._stream_auth_token is None:
             return {}
-        return {peer.STREAMING_AUTH_TOKEN: self._stream_auth_token}
+        return {STREAM_AUTH_HEADER: self._stream_auth_token}
 
     def _connected_message(self) -> dict[str, Any]:
         return peer.connected_message(self._stream_auth_token)

@@ -27,6 +27,7 @@ from typing import Any, Final, Literal
 
 from gateway.audio import g711, g722
 from gateway.audio.transcode import G722_16K, L16_16K, PCMA_8K, PCMU_8K, AudioFormat
+from gateway.carriers.telnyx import STREAM_AUTH_HEADER
 from gateway.simulator.twilio_peer import (
     DuplicateKeyError,
     GatewayFrame,
@@ -141,17 +142,12 @@ def occurred_at(wall_time: float) -> str:
 # --- messages Telnyx sends ----------------------------------------------------------------------
 
 
-#: Where a Call Control ``stream_auth_token`` arrives: this upgrade header, and the same key in
-#: the connected frame (Telnyx AsyncAPI spec, "Stream call media over WebSocket").
-STREAMING_AUTH_TOKEN = "x-telnyx-streaming-auth-token"
-
-
 def connected_message(auth_token: str | None = None) -> dict[str, Any]:
     """First message on the socket: no ``protocol`` (unlike Twilio), no sequence number; the
     stream's ``stream_auth_token`` when one was given."""
     message: dict[str, Any] = {"event": "connected", "version": "1.0.0"}
     if auth_token is not None:
-        message[STREAMING_AUTH_TOKEN] = auth_token
+        message[STREAM_AUTH_HEADER] = auth_token
     return message
 
 
