@@ -352,7 +352,7 @@ class CallBridge:
             call_id=started.call_id, stream_id=started.stream_id, agent=self.agent.id
         )
         self._uplink = uplink_for(started.audio_format)
-        self._downlink = downlink_for(started.audio_format)
+        self._downlink = downlink_for(started.outbound_format)
         self._playout = Playout(self.codec, self.socket.send, lead_ms=self.options.playout_lead_ms)
         self._begun_at = self._last_activity = time.monotonic()
         fmt = started.audio_format

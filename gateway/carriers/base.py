@@ -29,6 +29,13 @@ class StreamStarted:
     parameters: Mapping[str, str] = field(default_factory=dict)
     #: The carrier account the call belongs to (Twilio ``accountSid``), when it says.
     account_id: str = ""
+    #: The format the carrier expects the gateway's audio in, when it differs from the
+    #: caller's (Telnyx plays its ``bidirectionalCodec``, transcoded where it can).
+    downlink_format: AudioFormat | None = None
+
+    @property
+    def outbound_format(self) -> AudioFormat:
+        return self.downlink_format or self.audio_format
 
 
 @dataclass(frozen=True, slots=True)
