@@ -1,13 +1,15 @@
 """CallBridge: one phone call, from the carrier's ``start`` to the teardown of both sides.
 
-Three tasks run per call, all owned here and all cancelled and awaited when any one ends:
+Five tasks run per call, all owned here and all cancelled and awaited when any one ends:
 
 - the *caller loop* reads the carrier socket: caller audio goes up to Gemini (transcoded), marks
   and DTMF are handled, ``stop`` or a closed socket ends the call;
 - the *model loop* reads Gemini's events: speech goes down to the playout queue, barge-in
   clears it, transcripts are kept, and a ``handoff_conversation`` call moves the conversation
   to the next agent on a new connection;
-- the *playout* paces audio to the carrier and is the socket's only writer.
+- the *playout* paces audio to the carrier and is the socket's only writer;
+- the *watchdog* ends a call nobody is on (idle) or one past its duration limit;
+- the *end request* waits for the server to ask for the end (drain).
 
 Whatever ends the call — the caller hanging up, Gemini ending for good, a protocol error —
 the ``finally`` in :meth:`CallBridge.run` closes the Live session and the carrier socket.
@@ -44,6 +46,7 @@ from gateway.handoff import (
     greeting_turns,
     handoff_rejected,
     history_turns,
+    recap_turns,
     takeover_prompt,
     user_turn,
 )
@@ -61,7 +64,7 @@ from gateway.live.events import (
     ToolCallCancelled,
     TurnComplete,
 )
-from gateway.live.session import LiveConnectError, LiveSession
+from gateway.live.session import Conversation, LiveConnectError, LiveSession
 from gateway.metrics import Metrics
 from gateway.playout import Playout
 from gateway.transcript import Entry, Transcript
@@ -95,6 +98,8 @@ def outcome(end_reason: str) -> str:
 
 #: Receives every call event (also logged); the demo prints them, tests assert on them.
 CallObserver = Callable[[str, Mapping[str, Any]], None]
+#: Builds the call's Live session: the call's logger and what seeds a new connection.
+LiveSessionFactory = Callable[[structlog.stdlib.BoundLogger, Conversation], LiveSession]
 
 
 class CarrierSocket(Protocol):
@@ -178,7 +183,7 @@ class CallBridge:
         codec: CarrierCodec,
         *,
         graph: AgentGraph,
-        new_live_session: Callable[[structlog.stdlib.BoundLogger], LiveSession],
+        new_live_session: LiveSessionFactory,
         options: BridgeOptions | None = None,
         observers: tuple[CallObserver, ...] = (),
         hooks: CallHooks | None = None,
@@ -238,7 +243,7 @@ class CallBridge:
                 return
             live = self._begin(started)
             try:
-                _, elapsed = await live.open(self._persona(), opening=self._first_opening)
+                _, elapsed = await live.open(self._persona())
             except LiveConnectError as exc:
                 self.end_reason = "model_unavailable"
                 self._count_error("live_connect")
@@ -359,8 +364,7 @@ class CallBridge:
         self._budget = RealTimeBudget(fmt.frame_bytes * 1000 / FRAME_MS, started_at=self._begun_at)
         if self._metrics is not None:
             self._metrics.active_calls.inc()
-        live = self._live = self._new_live_session(self.log)
-        live.history_for_fresh_session = self._history_for_fresh_session
+        live = self._live = self._new_live_session(self.log, _CallConversation(self))
         self._emit(
             "call.started",
             encoding=started.audio_format.encoding,
@@ -378,8 +382,8 @@ class CallBridge:
             metrics.calls.labels(outcome(self.end_reason)).inc()
             if playout is not None and playout.frames_overflowed:
                 metrics.dropped_frames.labels("overflow").inc(playout.frames_overflowed)
-            if self._live is not None and self._live.audio_dropped_bytes:
-                frames = self._live.audio_dropped_bytes // 640  # 20 ms of PCM16 at 16 kHz
+            if self._live is not None and self._live.audio_dropped_ms:
+                frames = int(self._live.audio_dropped_ms // FRAME_MS)
                 metrics.dropped_frames.labels("reconnect_buffer").inc(frames)
             if self._budget is not None and self._budget.dropped_s:
                 metrics.caller_audio_dropped_seconds.inc(self._budget.dropped_s)
@@ -394,7 +398,7 @@ class CallBridge:
             frames_in=self.stats.frames_in,
             frames_out=playout.frames_sent if playout else 0,
             frames_dropped=playout.frames_dropped if playout else 0,
-            audio_dropped_bytes=self._live.audio_dropped_bytes if self._live else 0,
+            audio_dropped_ms=round(self._live.audio_dropped_ms) if self._live else 0,
             caller_audio_dropped_s=round(self._budget.dropped_s, 3) if self._budget else 0.0,
         )
 
@@ -584,7 +588,6 @@ class CallBridge:
         )
         self.stage, self.agent = stage, agent
         self.log = self.log.bind(agent=agent.id)
-        live.log = self.log
         prompt = takeover_prompt(agent, reason=reason, summary=summary, since=since)
 
         def opening(resumed: bool) -> list[types.Content]:
@@ -593,7 +596,7 @@ class CallBridge:
             return history_turns(self.transcript.entries, prompt)
 
         try:
-            resumed, elapsed = await live.open(self._persona(), opening=opening)
+            resumed, elapsed = await live.hand_off(self._persona(), opening)
         except LiveConnectError as exc:
             self._count_error("live_connect")
             self.log.error("handoff.failed", target=agent.id, reason=exc.reason, code=exc.code)
@@ -656,19 +659,6 @@ class CallBridge:
     def _persona(self) -> AgentPersona:
         return AgentPersona(self.agent, tuple(self.graph.targets(self.stage)))
 
-    def _first_opening(self, resumed: bool) -> list[types.Content]:
-        return [] if resumed else greeting_turns(self.agent)
-
-    def _history_for_fresh_session(self) -> list[types.Content]:
-        """After a fault with no usable handle: the transcript, then "carry on"."""
-        if not self.transcript.entries:
-            return greeting_turns(self.agent)
-        note = (
-            "[The connection was briefly interrupted.] Continue the conversation naturally "
-            "from where it stands, without mentioning the interruption."
-        )
-        return history_turns(self.transcript.entries, note)
-
     def _record(self, entry: Entry | None) -> None:
         if entry is not None:
             self._emit(
@@ -694,3 +684,38 @@ class CallBridge:
             payload = {"call_id": self.call_id, "agent": self.agent.id, **fields, **private}
             for observer in self.observers:
                 observer(name, payload)
+
+
+class _CallConversation:
+    """The call's side of :class:`~gateway.live.session.Conversation`: what a new Live
+    connection is told first, from the active agent and the call's transcript."""
+
+    __slots__ = ("_bridge",)
+
+    def __init__(self, bridge: CallBridge) -> None:
+        self._bridge = bridge
+
+    def greeting(self) -> list[types.Content]:
+        return greeting_turns(self._bridge.agent)
+
+    def reseed(self) -> list[types.Content]:
+        """After a fault with no usable handle: the transcript, then "carry on"."""
+        bridge = self._bridge
+        self._close_utterances(cut_off=False)
+        if not bridge.transcript.entries:
+            return greeting_turns(bridge.agent)
+        note = (
+            "[The connection was briefly interrupted.] Continue the conversation naturally "
+            "from where it stands, without mentioning the interruption."
+        )
+        return history_turns(bridge.transcript.entries, note)
+
+    def recap(self, *, cut_off: bool) -> tuple[list[types.Content], bool]:
+        self._close_utterances(cut_off=cut_off)
+        return recap_turns(self._bridge.transcript.since_handle(), cut_off=cut_off)
+
+    def _close_utterances(self, *, cut_off: bool) -> None:
+        """The connection died mid-utterance: what was transcribed so far is all there is."""
+        bridge = self._bridge
+        bridge._record(bridge.transcript.finish_caller())
+        bridge._record(bridge.transcript.finish_agent(interrupted=cut_off))

@@ -43,6 +43,9 @@ def takeover_prompt(agent: Agent, *, reason: str, summary: str, since: Sequence[
     said = [e.text for e in since if e.speaker == "caller"]
     if said:
         lines.append("Since then the caller said: " + " / ".join(f'"{t}"' for t in said))
+    notes = [e.text for e in since if e.speaker == "note"]
+    if notes:
+        lines.append("Meanwhile: " + "; ".join(notes))
     lines.append(
         f"Greet the caller, introduce yourself briefly as the {agent.role}, and continue the "
         "conversation from where it stands. Do not mention this note."
@@ -83,6 +86,42 @@ def history_turns(entries: Sequence[Entry], final_prompt: str) -> list[types.Con
     contents = [types.Content(role=r, parts=[types.Part(text=t)]) for r, t in turns]
     contents.append(user_turn(prompt))
     return contents
+
+
+def recap_turns(since: Sequence[Entry], *, cut_off: bool) -> tuple[list[types.Content], bool]:
+    """Tell a resumed session what its handle does not hold; and whether it should answer.
+
+    Used when replaying the caller's audio would not do (the model had begun answering, which
+    the replay would restart from the start, or the audio exceeded the replay bound). The model
+    answers when it was cut off mid-answer (it carries on from where the caller stopped hearing
+    it) or when the caller spoke last; otherwise the recap only informs and the model waits.
+    """
+    lines = [
+        "[The connection was briefly interrupted and the last moments of the call were lost. "
+        "This is what happened since.]"
+    ]
+    last_speaker = ""
+    for entry in since:
+        if entry.speaker == "caller":
+            lines.append(f'The caller said: "{entry.text}"')
+        elif entry.speaker == "agent":
+            cut = " (cut off here)" if entry.interrupted else ""
+            lines.append(f'You said: "{entry.text}"{cut}')
+        else:
+            lines.append(f"[{entry.text}]")
+            continue
+        last_speaker = entry.speaker
+    answer = cut_off or last_speaker == "caller"
+    if cut_off:
+        lines.append(
+            "You were cut off while answering. Continue from where you stopped, without "
+            "repeating what the caller already heard and without mentioning the interruption."
+        )
+    elif answer:
+        lines.append("Answer the caller now, without mentioning the interruption.")
+    else:
+        lines.append("Do not speak now: wait for the caller. Do not mention the interruption.")
+    return [user_turn("\n".join(lines))], answer
 
 
 def user_turn(text: str) -> types.Content:

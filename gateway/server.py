@@ -23,13 +23,11 @@ from gateway.carriers.telnyx_signature import load_public_key
 from gateway.carriers.twilio_api import TwilioRest
 from gateway.connections import guarded_h11
 from gateway.live.client import make_client
-from gateway.live.session import LiveSession
+from gateway.live.machine import Policy
+from gateway.live.session import Conversation, LiveSession
 from gateway.security import StreamLedger, StreamTokens
 from gateway.settings import Settings
 from gateway.state import GatewayState
-
-#: PCM16 at 16 kHz: bytes per millisecond of caller audio sent to Gemini.
-_PCM16K_BYTES_PER_MS = 32
 
 
 def build_state(
@@ -42,10 +40,12 @@ def build_state(
     """One shared SDK client per process; one LiveSession per call."""
     client = make_client(settings, ssl_context=ssl_context)
     model = settings.gemini_model or graph.model
-    buffer_bytes = settings.reconnect_buffer_ms * _PCM16K_BYTES_PER_MS
+    policy = Policy(replay_limit_ms=settings.resume_replay_ms)
 
-    def new_live_session(log: structlog.stdlib.BoundLogger) -> LiveSession:
-        return LiveSession(client, model, log=log, buffer_bytes=buffer_bytes)
+    def new_live_session(
+        log: structlog.stdlib.BoundLogger, conversation: Conversation
+    ) -> LiveSession:
+        return LiveSession(client, model, conversation, log=log, policy=policy)
 
     telnyx_api = None
     if settings.telnyx_api_key is not None:

@@ -11,13 +11,24 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.carriers.telnyx_signature import load_public_key
 
 #: The carriers the gateway can serve, in the order CARRIERS is normalised to.
 CARRIER_NAMES: tuple[str, ...] = ("twilio", "telnyx")
+#: The TELNYX_CODEC values TeXML's <Stream bidirectionalCodec> documents: not L16. The same
+#: list as ``gateway.carriers.telnyx.TEXML_CODECS`` (not imported: it pulls in numpy, and
+#: ``gateway check`` answers without).
+TEXML_CODECS: tuple[str, ...] = ("PCMU", "PCMA", "G722")
 
 
 class ConfigError(Exception):
@@ -54,16 +65,22 @@ class Settings(BaseSettings):
     #: How far ahead of real time outbound audio is sent to the carrier. Enough to ride out
     #: network jitter; small enough that the gateway, not the carrier, holds the rest.
     playout_lead_ms: int = Field(default=240, ge=40, le=5000)
-    #: Caller audio kept while the model connection is being replaced (handoff, resume).
-    reconnect_buffer_ms: int = Field(default=2000, ge=0, le=30000)
+    #: Caller audio kept since the newest resumption handle, replayed when a connection is
+    #: resumed (and queued while one is being replaced); beyond it a text recap is sent.
+    resume_replay_ms: int = Field(default=15000, ge=0, le=60000)
     #: Call Control API key: needed to answer Call Control webhooks and to hang those calls up.
     telnyx_api_key: SecretStr | None = None
     #: Base64 Ed25519 public key from the Telnyx portal; when set, unsigned webhooks get 403.
     telnyx_public_key: str | None = None
     telnyx_api_base: str = "https://api.telnyx.com/v2"
     #: Codec asked of Telnyx both ways. G722 and L16 carry 16 kHz (wideband) audio; TeXML
-    #: documents G722 (not L16) for bidirectional streams, Call Control documents both.
+    #: documents G722 (not L16) for bidirectional streams, Call Control documents both. Telnyx
+    #: may stream the caller in the call's own codec; the gateway still speaks this one
+    #: (carriers/telnyx.py has the rule and its sources).
     telnyx_codec: Literal["PCMU", "PCMA", "G722", "L16"] = "PCMU"
+    #: Whether /telnyx/voice answers TeXML (form) webhooks; false serves Call Control only,
+    #: which TELNYX_CODEC=L16 needs.
+    telnyx_texml: bool = True
 
     # --- security ---------------------------------------------------------------------------
     #: Which carriers' routes exist at all; the others answer 404 and refuse stream upgrades.
@@ -175,6 +192,21 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 16 characters (e.g. openssl rand -hex 32)")
         return secret
 
+    @model_validator(mode="after")
+    def _texml_codec(self) -> Settings:
+        """TeXML's ``<Stream bidirectionalCodec>`` documents no L16: refuse to offer it.
+
+        The message names its variables itself (a rule across settings has no one field).
+        """
+        texml = "telnyx" in self.served_carriers and self.telnyx_texml
+        if texml and self.telnyx_codec not in TEXML_CODECS:
+            raise ValueError(
+                f"TELNYX_CODEC: {self.telnyx_codec} is documented for Telnyx Call Control only, "
+                f"and TeXML is served (its <Stream> takes {', '.join(TEXML_CODECS)}); choose "
+                "one of those, or set TELNYX_TEXML=false to serve Call Control alone"
+            )
+        return self
+
     @property
     def served_carriers(self) -> frozenset[str]:
         """The carriers whose routes the app registers (CARRIERS)."""
@@ -218,7 +250,9 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else "settings"
-        name = _ENV_NAMES.get(field, field.upper())
         message = err["msg"].removeprefix("Value error, ")
+        if not err["loc"]:  # a rule across settings: its message names the variables
+            raise SettingsError(message) from None
+        field = str(err["loc"][0])
+        name = _ENV_NAMES.get(field, field.upper())
         raise SettingsError(f"{name}: {message}") from None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,15 +21,12 @@ from starlette.datastructures import FormData
 from starlette.requests import ClientDisconnect
 
 from gateway.agents import AgentGraph, Fallback
-from gateway.bridge import BridgeOptions, CallBridge, CallObserver
+from gateway.bridge import BridgeOptions, CallBridge, CallObserver, LiveSessionFactory
 from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.twilio_api import TwilioRest
-from gateway.live.session import LiveSession
 from gateway.metrics import Metrics
 from gateway.security import StreamGrant, StreamLedger, StreamReusedError, StreamTokens
 from gateway.settings import Settings
-
-LiveSessionFactory = Callable[[structlog.stdlib.BoundLogger], LiveSession]
 
 #: Sent by a reverse proxy that asks another replica when one answers 503 (deploy/nginx).
 RETRY_HEADER = "x-callbridge-retry"

@@ -182,16 +182,50 @@ async def test_a_permanent_failure_ends_the_call_with_the_active_agents_fallback
 
 
 @pytest.mark.parametrize("code", [1007, 1008])
-async def test_invalid_argument_and_policy_closes_are_permanent(code: int) -> None:
+async def test_a_refused_first_setup_is_permanent(code: int) -> None:
+    """A bad key, model or config: the first setup of the call is refused, nothing is retried."""
     async with running() as h:
-        call = asyncio.create_task(h.call([Silence(4.0)], linger_s=0.1))
+        h.sim.fail_next_connects(5, code=code, reason="refused")
+        result = await asyncio.wait_for(h.call([Silence(2.0)], linger_s=0.1), 5)
+    assert result.closed_by == "gateway"
+    assert len(h.sim.connections) == 1  # no retry loop against a bad key
+    assert h.named("call.ended")[0]["reason"] == "model_unavailable"
+
+
+@pytest.mark.parametrize("code", [1007, 1008])
+async def test_a_mid_call_policy_close_is_resumed_and_the_call_continues(code: int) -> None:
+    async with running() as h:
+        call = asyncio.create_task(h.call([Silence(3.0)], linger_s=0.1))
         await h.sim.wait_for_connections(1, timeout=3)
         await asyncio.sleep(0.2)
-        await h.sim.close(code, "permanent")
-        result = await asyncio.wait_for(call, 5)
-    assert result.closed_by == "gateway"
-    assert len(h.sim.connections) == 1  # no retry
-    assert h.named("live.reconnected") == []
+        await h.sim.close(code, "The operation was aborted")
+        result = await asyncio.wait_for(call, 6)
+        conns = h.sim.connections
+    assert result.closed_by == "caller"  # the call went on to its natural end
+    assert len(conns) == 2 and conns[1].setup_completed
+    (event,) = h.named("live.reconnected")
+    assert event["reason"] == "dropped" and str(code) in event["detail"]
+    assert h.named("call.ended")[0]["reason"] == "caller_hung_up"
+
+
+async def test_repeated_policy_closes_resume_then_reseed_then_end_with_the_fallback() -> None:
+    steps = [Step(on="text", say="hello", seconds=0.3)]
+    async with running(steps=steps, graph=GREETING) as h:
+        call = asyncio.create_task(h.call([Silence(6.0)], linger_s=0.1))
+        await _wait_turn_complete(h, 0)  # the greeting is over and a handle was issued
+        for n in (1, 2, 3):
+            await h.sim.wait_for(
+                lambda n=n: len([c for c in h.sim.connections if c.setup_completed]) >= n, 5
+            )
+            await asyncio.sleep(0.3)
+            await h.sim.close(1008, "The operation was aborted")
+        result = await asyncio.wait_for(call, 8)
+        conns = h.sim.connections
+    assert len(conns) == 3
+    assert conns[1].resumed  # first: one resume attempt
+    assert not conns[2].resumed and conns[2].handle_requested is None  # then a fresh session
+    assert result.closed_by == "gateway"  # then the end, politely
+    assert h.named("call.ended")[0]["reason"] == "model_ended"
 
 
 async def test_a_drop_right_as_the_model_calls_the_handoff_tool_is_survived() -> None:

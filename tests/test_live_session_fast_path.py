@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from google.genai import types
 
 import gateway.live.session as session_module
 from gateway.agents import Agent
@@ -26,6 +27,19 @@ from tests.harness import agents
 TLS = generate_tls()
 
 
+class _Greeting:
+    """Opens with nothing and never needs to reseed (no fault is injected here)."""
+
+    def greeting(self) -> list[types.Content]:
+        return []
+
+    def reseed(self) -> list[types.Content]:
+        return []
+
+    def recap(self, *, cut_off: bool) -> tuple[list[types.Content], bool]:
+        return [], False
+
+
 def _persona() -> AgentPersona:
     graph = agents()
     agent: Agent = graph.agent(graph.first_stage.agent_id)
@@ -38,7 +52,7 @@ async def _one_turn(fast: bool) -> tuple[list[LiveEvent], bytes, bytes]:
     async with LiveSimulator(tls=TLS, think_ms=5, speed=20.0, script=script) as sim:
         settings = Settings(gemini_api_key="test-key", gemini_base_url=sim.base_url)
         client = make_client(settings, ssl_context=sim.tls.client_context())
-        session = LiveSession(client, "gemini-test", audio_fast_path=fast)
+        session = LiveSession(client, "gemini-test", _Greeting(), audio_fast_path=fast)
         try:
             await session.open(_persona())
             for i in range(0, len(caller_audio), 640):

@@ -3,7 +3,7 @@
 The SDK's ``LiveServerMessage`` mixes audio, transcripts, tool calls and session bookkeeping in
 one nested object whose shape differs between model generations (one part per message on 2.5,
 several on 3.x). The session flattens each message into these events, in order, so the bridge
-handles one small thing at a time and never sees an SDK type.
+handles one small thing at a time without walking SDK message types.
 """
 
 from __future__ import annotations
@@ -58,9 +58,14 @@ class TurnComplete:
 
 @dataclass(frozen=True, slots=True)
 class HandleUpdated:
-    """Gemini issued a session-resumption handle: a resume restores the state as of now."""
+    """Gemini issued a session-resumption handle: a resume restores the state as of now.
+
+    ``consumed_index`` is the server's ``lastConsumedClientMessageIndex`` when it sends one
+    (only with transparent resumption, a Vertex feature): the last client message it covers.
+    """
 
     handle: str
+    consumed_index: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,12 @@ has the profiles). So, for exactly these two shapes and nothing else:
   PCM; any other message (a transcription, ``turnComplete``, a tool call, an audio message with
   anything extra in it) returns None and goes through the SDK as usual.
 
-Tests pin both to the SDK's own behaviour (tests/test_live_fast_path.py), so an SDK or API change
-makes them fail rather than silently diverge. Pure functions: no I/O, no state.
+Tests pin both to the SDK's own behaviour (tests/test_live_fast_path.py), and :func:`usable`
+checks the same at run time, once per process, against the SDK actually installed: the session
+must keep its socket in ``_ws`` and the SDK's converters must produce and accept exactly these
+bytes. Otherwise the SDK path is used, with one warning. :func:`understood` tells frames the SDK
+can parse from those that would make it raise (no top-level key it knows), which the receive
+side skips instead of taking the connection for dead.
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ import base64
 import binascii
 import json
 from typing import Any, Final
+
+import structlog
+import websockets.exceptions
+from google import genai
+from google.genai import types
 
 INPUT_MIME: Final = "audio/pcm;rate=16000"
 _PREFIX: Final = '{"realtime_input":{"audio":{"data":"'
@@ -81,4 +90,113 @@ def _part_audio(part: Any) -> bytes | None:
             return base64.urlsafe_b64decode(data)
         return binascii.a2b_base64(data, strict_mode=True)
     except (binascii.Error, ValueError):
+        return None
+
+
+#: Top-level keys of a server message the SDK's converter reads (camelCase, as the server
+#: writes them); a frame with none of them makes ``AsyncSession._receive`` raise.
+KNOWN_SERVER_KEYS: Final = frozenset(
+    field.alias or name for name, field in types.LiveServerMessage.model_fields.items()
+)
+
+
+def understood(raw: bytes | str) -> bool:
+    """False for a frame the SDK would fail on: valid JSON with no top-level key it knows.
+
+    Anything else (including malformed JSON and error frames with a ``code``) goes to the SDK,
+    which reports it in its usual way.
+    """
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return True
+    if not isinstance(message, dict) or not message or "code" in message:
+        return True
+    return any(message.get(key) is not None for key in KNOWN_SERVER_KEYS)
+
+
+def keys_of(raw: bytes | str) -> list[str]:
+    """The top-level keys of a frame, shortened, for a log line (never the content)."""
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return []
+    return [str(key)[:40] for key in list(message)[:5]] if isinstance(message, dict) else []
+
+
+_verdict: bool | None = None
+
+
+async def usable(client: genai.Client, log: structlog.stdlib.BoundLogger) -> bool:
+    """Whether the fast paths match the installed SDK (checked once per process)."""
+    global _verdict
+    if _verdict is None:
+        problem = await sdk_mismatch(client)
+        _verdict = problem is None
+        if problem is not None:
+            log.warning("live.fast_path_disabled", reason=problem)
+    return _verdict
+
+
+async def sdk_mismatch(client: genai.Client) -> str | None:
+    """What differs between the fast paths and the SDK, or None: a sample sent and received
+    through a real ``AsyncSession`` built around a recording socket."""
+    from google.genai import live  # the SDK's live module: only needed for this check
+
+    sample = bytes(range(256)) * 3  # every byte value; its base64 has '+' and '/' (or - _)
+    frame = json.dumps(
+        {
+            "serverContent": {
+                "modelTurn": {
+                    "parts": [
+                        {
+                            "inlineData": {
+                                "mimeType": "audio/pcm;rate=24000",
+                                "data": base64.b64encode(sample).decode(),
+                            }
+                        }
+                    ]
+                }
+            }
+        }
+    )
+    socket = _RecordingSocket(frame)
+    try:
+        session = live.AsyncSession(api_client=client._api_client, websocket=socket)  # type: ignore[arg-type]
+        if getattr(session, "_ws", None) is not socket:
+            return "the SDK session does not keep its socket in _ws"
+        await session.send_realtime_input(audio=types.Blob(data=sample, mime_type=INPUT_MIME))
+        if len(socket.sent) != 1 or json.loads(socket.sent[0]) != json.loads(
+            realtime_audio_message(sample)
+        ):
+            return "the SDK builds realtime audio messages differently"
+        async for message in session.receive():
+            parts = message.server_content.model_turn.parts  # type: ignore[union-attr]
+            if parts[0].inline_data.data != sample or model_audio(frame) != sample:  # type: ignore[index,union-attr]
+                return "the SDK reads model audio differently"
+            break
+        else:
+            return "the SDK did not read the sample frame through recv"
+    except Exception as exc:  # any surprise means "do not assume"
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+class _RecordingSocket:
+    """Enough of a websocket for :func:`sdk_mismatch`: records sends, yields one frame."""
+
+    def __init__(self, frame: str) -> None:
+        self.sent: list[str] = []
+        self._frames = [frame]
+
+    async def send(self, message: str) -> None:
+        self.sent.append(message)
+
+    async def recv(self, decode: bool | None = None) -> str | bytes:
+        if not self._frames:
+            raise websockets.exceptions.ConnectionClosedOK(None, None)
+        frame = self._frames.pop(0)
+        return frame.encode() if decode is False else frame
+
+    async def close(self) -> None:
         return None

@@ -2,17 +2,21 @@
 
 A Gemini Live *connection* is short-lived: it cannot change its config, it ends about every ten
 minutes, and it can drop. The *session* — the conversation — outlives connections through
-resumption handles. This class owns that difference so the bridge does not have to:
+resumption handles. Every decision about that (when to move, what to dial, what to replay,
+when to give up) is made by the pure :class:`~gateway.live.machine.SessionMachine`; this class
+is its asyncio driver: it dials through the SDK, runs one receive task per connection, sends,
+and tells the machine what happened.
 
-- it holds the newest handle (an empty ``sessionResumptionUpdate`` never erases it);
-- ``open()`` replaces the connection: the old one is closed *first* (Gemini rejects a resume while
-  it is open), the new one resumes with the handle, or starts fresh when there is none or it is
-  rejected, and caller audio sent meanwhile is buffered (bounded) and replayed in order;
-- the receive loop survives the SDK's habits (``receive()`` stops at every ``turnComplete``; even
-  a normal close raises ``APIError``) and turns messages into plain :mod:`gateway.live.events`;
-- a dropped connection or a ``goAway`` is resumed inside :meth:`next_event`, in the consumer's
-  task, so connection changes never race each other; only a failure that retrying cannot fix
-  reaches the bridge, as :class:`SessionEnded`.
+- Events reach the bridge through :meth:`LiveSession.next_event`, in the consumer's task, and
+  only from the current connection: what an old connection still had queued (a second function
+  call of a ``toolCall`` that triggered a handoff, a late handle) is dropped there.
+- A dropped connection, a failed send anywhere, or a ``goAway`` is handled inside
+  :meth:`next_event`, so connection changes never race each other; only a failure the machine
+  gives up on reaches the bridge, as :class:`SessionEnded`.
+- What a new connection is told first comes from the :class:`Conversation` the bridge passes
+  in: the greeting, a recap since the handle, or the whole transcript for a fresh session.
+- The SDK's habits are handled here: ``receive()`` stops at every ``turnComplete``; a normal
+  close raises ``APIError``; a closed socket makes every ``send_*`` raise ``ConnectionClosed``.
 """
 
 from __future__ import annotations
@@ -21,10 +25,9 @@ import asyncio
 import contextlib
 import re
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 import websockets.exceptions
@@ -32,6 +35,8 @@ from google import genai
 from google.genai import errors, types
 
 from gateway.aio import cancel_and_wait
+from gateway.audio.vad import voiced
+from gateway.live import fast_path
 from gateway.live.config import AgentPersona, live_config
 from gateway.live.events import (
     AgentTranscript,
@@ -48,20 +53,37 @@ from gateway.live.events import (
     TurnComplete,
 )
 from gateway.live.fast_path import INPUT_MIME, model_audio, realtime_audio_message
+from gateway.live.machine import Dial, End, Opening, Policy, Recover, Sent, SessionMachine
 
-#: Close codes after which retrying the same request is pointless: 1007 invalid argument
-#: (bad setup), 1008 policy (unknown or expired handle, bad key on some paths).
-PERMANENT_CLOSE_CODES = frozenset({1007, 1008})
 #: HTTP answers to the websocket upgrade that no retry will change.
 PERMANENT_HTTP_STATUSES = frozenset({400, 401, 403, 404})
+#: What a send on a connection that is gone raises (the SDK passes the socket's errors on).
+SEND_ERRORS = (websockets.exceptions.ConnectionClosed, errors.APIError)
 
-#: Builds the turns sent right after a connection opens; the flag says whether it resumed
-#: (the model remembers the call) or started fresh (the model must be told the history).
-OpeningFactory = Callable[[bool], Sequence[types.Content]]
+#: Builds a handoff's opening turns; the flag says whether the session resumed (the model
+#: remembers the call) or started fresh (the model must be told the history).
+TakeoverFactory = Callable[[bool], Sequence[types.Content]]
+
+
+class Conversation(Protocol):
+    """What the call knows about its conversation: the one way a new connection is seeded."""
+
+    def greeting(self) -> Sequence[types.Content]:
+        """The first agent's opening on a fresh call (empty: wait for the caller)."""
+        ...
+
+    def reseed(self) -> Sequence[types.Content]:
+        """Everything so far, for a fresh session that remembers nothing (or the greeting)."""
+        ...
+
+    def recap(self, *, cut_off: bool) -> tuple[Sequence[types.Content], bool]:
+        """What was said since the newest handle, for a resumed session that lost it; and
+        whether the model should answer now (it was cut off, or the caller is owed a reply)."""
+        ...
 
 
 class LiveConnectError(Exception):
-    """A connection attempt failed; ``permanent`` when retrying cannot help."""
+    """No connection could be opened; ``permanent`` when retrying cannot help."""
 
     def __init__(self, reason: str, *, code: int | None = None, permanent: bool = False) -> None:
         super().__init__(reason)
@@ -76,19 +98,20 @@ class _Connection:
     session: Any  # google.genai.live.AsyncSession; typed loosely: it is an SDK preview class
     stack: contextlib.AsyncExitStack
     resumed: bool
-    opened_at: float
     reader: asyncio.Task[None] | None = None
     #: The SDK session's websocket ``send``, for the audio fast path (None: use the SDK).
-    raw_send: Callable[[str], Awaitable[None]] | None = None
+    raw_send: Callable[[str], Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class _Dropped:
-    """Internal: a connection's receive loop ended without being asked to."""
+    """Internal: a connection's receive loop ended, or a send on it failed."""
 
-    generation: int
     code: int | None
     reason: str
+
+
+_Item = tuple[int, "LiveEvent | _Dropped"]
 
 
 class LiveSession:
@@ -98,113 +121,114 @@ class LiveSession:
         self,
         client: genai.Client,
         model: str,
+        conversation: Conversation,
         *,
         log: structlog.stdlib.BoundLogger | None = None,
-        buffer_bytes: int = 64_000,
-        max_retries: int = 3,
-        max_drops: int = 5,
-        retry_backoff_s: Sequence[float] = (0.0, 0.3, 1.0),
-        stable_after_s: float = 30.0,
+        policy: Policy | None = None,
         connect_timeout_s: float = 10.0,
         audio_fast_path: bool = True,
     ) -> None:
         self.model = model
-        self.handle: str | None = None
         self.persona: AgentPersona | None = None
-        #: Called when a fault forces a *fresh* session (handle rejected or never issued): the
-        #: bridge returns the transcript as turns so the model does not lose the conversation.
-        self.history_for_fresh_session: Callable[[], Sequence[types.Content]] = lambda: ()
-        self.audio_dropped_bytes = 0
-        #: The bridge rebinds this when the active agent changes, so lines carry the call context.
         self.log: structlog.stdlib.BoundLogger = log or structlog.get_logger("gateway.live")
+        self.machine = SessionMachine(policy or Policy())
         self._client = client
-        self._buffer_limit = buffer_bytes
-        self._max_retries = max_retries
-        self._backoff = tuple(retry_backoff_s) or (0.0,)
-        self._stable_after = stable_after_s
+        self._conversation = conversation
         self._connect_timeout = connect_timeout_s
         self._audio_fast_path = audio_fast_path
         self._conn: _Connection | None = None
-        self._generation = 0
-        self._events: asyncio.Queue[LiveEvent | _Dropped] = asyncio.Queue(maxsize=1024)
-        self._pending: deque[bytes] = deque()
-        self._pending_bytes = 0
-        self._accepting = False
-        self._closed = False
-        self._drops = 0
-        self._max_drops = max_drops
-        self._goaway_deadline: float | None = None
-        self._model_idle = True
-        self._reconnect_now = False
+        self._events: asyncio.Queue[_Item] = asyncio.Queue(maxsize=1024)
+        self._takeover: TakeoverFactory | None = None
+        self._due: Recover | End | None = None
+        self._tool_calls: dict[str, int] = {}
+        self._ended_reported = False
 
     @property
     def connected(self) -> bool:
         return self._conn is not None
 
+    @property
+    def handle(self) -> str | None:
+        return self.machine.handle
+
+    @property
+    def audio_dropped_ms(self) -> float:
+        """Caller audio the replay bound pushed out over the call."""
+        return self.machine.journal.dropped_ms
+
     # ------------------------------------------------------------------ connection lifecycle
 
-    async def open(
-        self, persona: AgentPersona, *, opening: OpeningFactory | None = None, resume: bool = True
-    ) -> tuple[bool, float]:
-        """Become ``persona`` on a new connection; returns (resumed, elapsed ms).
+    async def open(self, persona: AgentPersona) -> tuple[bool, float]:
+        """The call's first connection, opened with the greeting; returns (resumed, ms).
 
-        The current connection (if any) is closed before the new one is dialled. With
-        ``resume`` and a held handle the new connection resumes the conversation; if that
-        handle is rejected, a fresh session is opened instead and ``opening(False)`` must
-        re-seed it. Raises :class:`LiveConnectError` when no connection could be opened.
+        Raises :class:`LiveConnectError` when no connection could be opened.
         """
-        if self._closed:
-            raise LiveConnectError("session is closed", permanent=True)
-        started = time.perf_counter()
-        self._accepting = False
-        await self._drop_connection()
-        conn = await self._dial(persona, self.handle if resume else None)
-        self._conn = conn
         self.persona = persona
-        self._model_idle = True
-        conn.reader = asyncio.create_task(self._read(conn), name=f"live-read-{conn.generation}")
-        turns = list(opening(conn.resumed)) if opening else []
-        if turns:
-            await self._send_turns(conn, turns)
-        await self._flush_pending(conn)
-        self._accepting = True
-        return conn.resumed, (time.perf_counter() - started) * 1000
+        return await self._establish(self.machine.start())
+
+    async def hand_off(
+        self, persona: AgentPersona, takeover: TakeoverFactory
+    ) -> tuple[bool, float]:
+        """Become ``persona`` on a new connection that resumes the conversation.
+
+        The current connection is closed before the new one is dialled (Gemini refuses a
+        resume while it is open). ``takeover(resumed)`` gives the opening turns: a note for a
+        resumed session, the history plus the note for a fresh one (the handle was refused).
+        """
+        self.persona = persona
+        self.log = self.log.bind(agent=persona.agent.id)
+        self._takeover = takeover
+        return await self._establish(self.machine.handoff())
 
     async def close(self) -> None:
-        """End the conversation: close the connection and drop buffered audio. Idempotent."""
-        self._closed = True
-        self._accepting = False
-        self._pending.clear()
-        self._pending_bytes = 0
+        """End the conversation: close the connection and forget what was queued. Idempotent."""
+        self.machine.close()
         await self._drop_connection()
 
-    async def _dial(self, persona: AgentPersona, handle: str | None) -> _Connection:
-        """Connect, retrying transient failures with backoff (the first try is immediate).
-
-        A rejected handle (1007/1008) is not retried as such: the conversation continues on a
-        fresh session instead, which the opening turns re-seed from the gateway's transcript.
-        """
-        last: LiveConnectError | None = None
-        for attempt in range(self._max_retries):
-            delay = self._backoff[min(attempt, len(self._backoff) - 1)]
-            if delay:
-                await asyncio.sleep(delay)
+    async def _establish(self, action: Dial | End) -> tuple[bool, float]:
+        """Carry out the machine's dial, and whatever it decides when that fails, until a
+        connection is open and its opening sent (or the machine gives up)."""
+        started = time.perf_counter()
+        await self._drop_connection()
+        while True:
+            if isinstance(action, End):
+                raise LiveConnectError(action.reason, code=action.code, permanent=True)
+            if action.delay_s:
+                await asyncio.sleep(action.delay_s)
             try:
-                return await self._connect(persona, handle)
+                conn = await self._connect(action)
             except LiveConnectError as exc:
-                last = exc
-                if handle is not None and exc.code in PERMANENT_CLOSE_CODES:
-                    self.log.warning("live.resume_rejected", code=exc.code, reason=exc.reason)
-                    self.handle = handle = None
-                    continue
-                self.log.warning("live.connect_failed", attempt=attempt + 1, reason=exc.reason)
-                if exc.permanent:
-                    break
-        assert last is not None
-        raise last
+                self.log.warning(
+                    "live.connect_failed",
+                    code=exc.code,
+                    reason=exc.reason,
+                    resume=bool(action.handle),
+                )
+                action = self.machine.dial_failed(exc.code, permanent=exc.permanent)
+                continue
+            self._conn = conn
+            conn.reader = asyncio.create_task(self._read(conn), name=f"live-read-{conn.generation}")
+            opening = self.machine.opened(resumed=conn.resumed, now=time.monotonic())
+            try:
+                await self._send_opening(conn, opening)
+            except SEND_ERRORS as exc:
+                step = self.machine.closed(
+                    conn.generation, _close_code(exc), "closed while opening", now=time.monotonic()
+                )
+                await self._drop_connection()
+                self.log.warning("live.opening_failed", code=_close_code(exc))
+                if step is None:  # cannot happen: the connection is the current one
+                    raise LiveConnectError("connection lost while opening") from exc
+                action = step.dial if isinstance(step, Recover) else step
+                continue
+            self.machine.opening_sent()
+            if opening.kind == "handoff":
+                self._takeover = None
+            return conn.resumed, (time.perf_counter() - started) * 1000
 
-    async def _connect(self, persona: AgentPersona, handle: str | None) -> _Connection:
-        config = live_config(persona, handle=handle)
+    async def _connect(self, dial: Dial) -> _Connection:
+        assert self.persona is not None
+        config = live_config(self.persona, handle=dial.handle)
         stack = contextlib.AsyncExitStack()
         try:
             async with asyncio.timeout(self._connect_timeout):
@@ -216,18 +240,12 @@ class LiveSession:
             if isinstance(exc, Exception):
                 raise _connect_error(exc) from exc
             raise
-        self._generation += 1
-        ws = getattr(session, "_ws", None)
-        if self._audio_fast_path and callable(getattr(ws, "recv", None)):
-            session._ws = _AudioTap(ws, self._events)  # type: ignore[assignment]
-        return _Connection(
-            generation=self._generation,
-            session=session,
-            stack=stack,
-            resumed=handle is not None,
-            opened_at=time.monotonic(),
-            raw_send=getattr(ws, "send", None) if self._audio_fast_path else None,
-        )
+        raw_send = None
+        if self._audio_fast_path and await fast_path.usable(self._client, self.log):
+            ws = session._ws
+            session._ws = _AudioTap(ws, dial.generation, self._events, self.log)  # type: ignore[assignment]
+            raw_send = ws.send
+        return _Connection(dial.generation, session, stack, dial.handle is not None, None, raw_send)
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -240,40 +258,58 @@ class LiveSession:
             with contextlib.suppress(Exception):
                 await conn.stack.aclose()
 
+    async def _send_opening(self, conn: _Connection, opening: Opening) -> None:
+        """The opening the machine chose, then whatever was queued meanwhile, in order."""
+        turns: Sequence[types.Content] = ()
+        complete = True
+        if opening.kind == "first":
+            turns = self._conversation.greeting()
+        elif opening.kind == "handoff":
+            turns = self._takeover(conn.resumed) if self._takeover else ()
+        elif opening.kind == "reseed":
+            turns = self._conversation.reseed()
+        elif opening.kind == "recap":
+            turns, complete = self._conversation.recap(cut_off=opening.cut_off)
+        if turns:
+            entry = Sent("turns", turns=tuple(turns), complete=complete)
+            self.machine.resend(entry)
+            await self._send_entry(conn, entry)
+        for entry in opening.replay:
+            self.machine.resend(entry)
+            await self._send_entry(conn, entry)
+        # Audio keeps arriving while this awaits and is queued behind; the final emptiness
+        # check and opening_sent() (which lets sends go straight out) happen without an await.
+        while queued := self.machine.journal.unsent():
+            for entry in queued:
+                self.machine.deliver(entry)
+                await self._send_entry(conn, entry)
+        if opening.replay:
+            self.log.info("live.replayed", messages=len(opening.replay))
+
     # ------------------------------------------------------------------ sending
 
     async def send_audio(self, pcm16k: bytes) -> None:
-        """Caller audio (PCM16 16 kHz); buffered while no connection can take it."""
-        conn = self._conn
-        if self._accepting and conn is not None:
-            try:
-                await self._send_audio_on(conn, pcm16k)
-                return
-            except (websockets.exceptions.ConnectionClosed, errors.APIError):
-                self._accepting = False  # the reader reports the drop; keep the audio meanwhile
-        if not self._closed:
-            self._buffer(pcm16k)
-
-    @staticmethod
-    async def _send_audio_on(conn: _Connection, pcm16k: bytes) -> None:
-        if conn.raw_send is not None:
-            await conn.raw_send(realtime_audio_message(pcm16k))
-        else:
-            await conn.session.send_realtime_input(
-                audio=types.Blob(data=pcm16k, mime_type=INPUT_MIME)
-            )
+        """Caller audio (PCM16 16 kHz); journalled for a resume, queued while reconnecting."""
+        await self._submit(Sent("audio", pcm=pcm16k, voiced=voiced(pcm16k)))
 
     async def send_text(self, text: str) -> None:
-        """A user text turn on the current connection (a prompt the caller does not hear)."""
-        conn = self._conn
-        if conn is not None:
-            await self._send_turns(
-                conn, [types.Content(role="user", parts=[types.Part(text=text)])]
-            )
+        """A user text turn (a note the caller does not hear); queued while reconnecting."""
+        turn = types.Content(role="user", parts=[types.Part(text=text)])
+        await self._submit(Sent("turns", turns=(turn,)))
 
     async def send_tool_response(self, call_id: str, name: str, response: dict[str, Any]) -> None:
+        """Answer a tool call, on the connection that made it only.
+
+        A resumed or replaced connection does not know the calls of the one before it, so an
+        answer for those is dropped (the model asks again if it still needs it).
+        """
+        generation = self._tool_calls.pop(call_id, None)
         conn = self._conn
-        if conn is None:
+        if generation is None or conn is None or conn.generation != generation:
+            self.log.warning("live.stale_tool_call_ignored", name=name)
+            return
+        if not self.machine.is_current(generation):
+            self.log.warning("live.stale_tool_call_ignored", name=name)
             return
         try:
             await conn.session.send_tool_response(
@@ -281,14 +317,45 @@ class LiveSession:
                     types.FunctionResponse(id=call_id, name=name, response=response)
                 ]
             )
-        except (websockets.exceptions.ConnectionClosed, errors.APIError) as exc:
-            self.log.warning("live.tool_response_failed", name=name, error=str(exc))
+        except SEND_ERRORS as exc:
+            self._send_failed(conn, exc)
 
-    async def _send_turns(self, conn: _Connection, turns: Sequence[types.Content]) -> None:
-        """Send prompt/history turns and ask for a reply.
+    async def _submit(self, entry: Sent) -> None:
+        if self.machine.record(entry, now=time.monotonic()) is None:
+            return  # queued: the opening of the next connection delivers it
+        conn = self._conn
+        assert conn is not None  # accepting implies a connection
+        try:
+            await self._send_entry(conn, entry)
+        except SEND_ERRORS as exc:
+            entry.carried_by = None  # nobody heard it: the next connection must get it
+            self._send_failed(conn, exc)
+
+    def _send_failed(self, conn: _Connection, exc: Exception) -> None:
+        """Stop sending on ``conn`` and let the consumer's next_event handle the loss."""
+        self.machine.send_failed(conn.generation)
+        with contextlib.suppress(asyncio.QueueFull):  # then the reader reports it too
+            self._events.put_nowait((conn.generation, _Dropped(_close_code(exc), "send failed")))
+
+    async def _send_entry(self, conn: _Connection, entry: Sent) -> None:
+        if entry.kind == "audio":
+            if conn.raw_send is not None:
+                await conn.raw_send(realtime_audio_message(entry.pcm))
+            else:
+                await conn.session.send_realtime_input(
+                    audio=types.Blob(data=entry.pcm, mime_type=INPUT_MIME)
+                )
+        else:
+            await self._send_turns(conn, entry.turns, complete=entry.complete)  # type: ignore[arg-type]
+
+    async def _send_turns(
+        self, conn: _Connection, turns: Sequence[types.Content], *, complete: bool
+    ) -> None:
+        """Send prompt/history turns; with ``complete`` the model answers them.
 
         Gemini 3.x rejects ``clientContent`` once a conversation is under way (close 1007), so
-        for those models the turns are flattened into one realtime text input instead.
+        for those models the turns are flattened into one realtime text input instead (which
+        the model always answers).
         """
         if self.model.removeprefix("models/").startswith("gemini-3"):
             text = "\n\n".join(
@@ -296,91 +363,72 @@ class LiveSession:
             )
             await conn.session.send_realtime_input(text=text)
         else:
-            await conn.session.send_client_content(turns=list(turns), turn_complete=True)
-
-    def _buffer(self, pcm: bytes) -> None:
-        self._pending.append(pcm)
-        self._pending_bytes += len(pcm)
-        while self._pending_bytes > self._buffer_limit and self._pending:
-            dropped = self._pending.popleft()  # oldest first: the newest speech matters most
-            self._pending_bytes -= len(dropped)
-            self.audio_dropped_bytes += len(dropped)
-
-    async def _flush_pending(self, conn: _Connection) -> None:
-        # Audio arriving while this runs is appended to the same deque, so order is kept; the
-        # final emptiness check and ``_accepting = True`` in open() happen without an await.
-        while self._pending:
-            chunk = self._pending.popleft()
-            self._pending_bytes -= len(chunk)
-            await self._send_audio_on(conn, chunk)
+            await conn.session.send_client_content(turns=list(turns), turn_complete=complete)
 
     # ------------------------------------------------------------------ receiving
 
     async def next_event(self) -> LiveEvent:
         """The next event of the conversation, reconnecting transparently when needed."""
+        machine = self.machine
         while True:
-            if self._reconnect_now:
-                self._reconnect_now = False
-                return await self._recover("goaway")
+            if self._due is not None:
+                due, self._due = self._due, None
+                return await self._carry_out(due)
+            if machine.phase == "ended":
+                return self._session_ended()
+            deadline = machine.next_deadline()
             try:
-                timeout = None
-                if self._goaway_deadline is not None:
-                    timeout = max(0.0, self._goaway_deadline - time.monotonic())
-                item = await asyncio.wait_for(self._events.get(), timeout)
+                if deadline is None:
+                    generation, item = await self._events.get()
+                else:
+                    timeout = max(0.0, deadline - time.monotonic())
+                    generation, item = await asyncio.wait_for(self._events.get(), timeout)
             except TimeoutError:
-                self._reconnect_now = True
+                self._due = machine.tick(time.monotonic())
                 continue
             if isinstance(item, _Dropped):
-                if item.generation != self._generation or self._conn is None:
-                    continue  # a connection we already replaced or closed
-                if self._closed:
-                    return SessionEnded("closed")
-                return await self._recover("dropped", f"{item.code}: {item.reason}", item.code)
-            if isinstance(item, GoAway):
-                self._schedule_goaway(item.time_left)
-            elif isinstance(item, TurnComplete | Interrupted):
-                self._model_idle = True
-            elif isinstance(item, AudioOut | ToolCall):
-                self._model_idle = False
-            elif isinstance(item, HandleUpdated) and self._goaway_deadline and self._model_idle:
-                self._reconnect_now = True  # fresh handle, model idle: the best moment to move
+                self._due = machine.closed(generation, item.code, item.reason, now=time.monotonic())
+                continue
+            if not machine.is_current(generation):
+                continue  # from a connection already replaced: never acted on
+            self._due = self._observe(generation, item)
             return item
 
-    def _schedule_goaway(self, time_left: str | None) -> None:
-        seconds = _duration_seconds(time_left) if time_left else 10.0
-        # Leave a margin for the reconnect itself before the server cuts the connection.
-        self._goaway_deadline = time.monotonic() + max(0.0, seconds - 2.0)
+    def _observe(self, generation: int, event: LiveEvent) -> Recover | None:
+        """Tell the machine what this event means for the connection's policy."""
+        machine, now = self.machine, time.monotonic()
+        if isinstance(event, AudioOut | AgentTranscript):
+            machine.model_output(generation)
+        elif isinstance(event, ToolCall):
+            machine.model_output(generation)
+            self._tool_calls[event.call_id] = generation
+        elif isinstance(event, TurnComplete | Interrupted):
+            return machine.turn_boundary(generation, now=now)
+        elif isinstance(event, HandleUpdated):
+            return machine.handle_updated(
+                generation, event.handle, consumed_index=event.consumed_index, now=now
+            )
+        elif isinstance(event, GoAway):
+            seconds = _duration_seconds(event.time_left) if event.time_left else None
+            return machine.go_away(generation, seconds, now=now)
+        return None
 
-    async def _recover(
-        self, kind: str, detail: str = "", code: int | None = None
-    ) -> SessionEnded | Reconnected:
-        """Move the conversation to a new connection after a goAway or a drop.
-
-        ``kind`` is ``goaway`` (planned, never counted as a failure) or ``dropped``. Drops are
-        counted across reconnects and forgiven once a connection has been stable for a while,
-        so a connection that keeps dropping ends the call instead of looping forever.
-        """
-        self._goaway_deadline = None
-        persona = self.persona
-        reason = f"{kind} ({detail})" if detail else kind
-        if persona is None or self._closed or code in PERMANENT_CLOSE_CODES:
-            return SessionEnded(reason, code)
-        if kind != "goaway":
-            conn = self._conn
-            if conn is not None and time.monotonic() - conn.opened_at > self._stable_after:
-                self._drops = 0
-            self._drops += 1
-            if self._drops > self._max_drops:
-                return SessionEnded(f"{reason}; the connection keeps dropping", code)
+    async def _carry_out(self, step: Recover | End) -> SessionEnded | Reconnected:
+        if isinstance(step, End):
+            await self._drop_connection()
+            return self._session_ended()
+        self._tool_calls.clear()  # calls of the old connection are never answered on a new one
         try:
-            resumed, elapsed = await self.open(persona, opening=self._reopening)
-        except LiveConnectError as exc:
-            return SessionEnded(f"{reason}; reconnect failed: {exc.reason}", exc.code)
-        self.log.info("live.reconnected", reason=reason, resumed=resumed, ms=round(elapsed, 1))
-        return Reconnected(kind, resumed=resumed, elapsed_ms=elapsed, detail=detail)
+            resumed, elapsed = await self._establish(step.dial)
+        except LiveConnectError:
+            return self._session_ended()
+        return Reconnected(step.reason, resumed=resumed, elapsed_ms=elapsed, detail=step.detail)
 
-    def _reopening(self, resumed: bool) -> Sequence[types.Content]:
-        return () if resumed else self.history_for_fresh_session()
+    def _session_ended(self) -> SessionEnded:
+        ended = self.machine.ended
+        if ended is None:
+            return SessionEnded("closed")
+        return SessionEnded(ended.reason, ended.code)
 
     async def _read(self, conn: _Connection) -> None:
         code: int | None = None
@@ -389,8 +437,8 @@ class LiveSession:
             while True:  # receive() stops after every turnComplete; the connection does not
                 async with contextlib.aclosing(conn.session.receive()) as messages:
                     async for message in messages:
-                        for event in self._translate(message):
-                            await self._events.put(event)
+                        for event in _translate(message):
+                            await self._events.put((conn.generation, event))
         except errors.APIError as exc:
             code, reason = exc.code, str(exc.details or exc.message or exc.status or "closed")
         except websockets.exceptions.ConnectionClosed as exc:
@@ -398,62 +446,87 @@ class LiveSession:
             reason = exc.rcvd.reason if exc.rcvd else "connection lost"
         except Exception as exc:  # the SDK raises TypeError/ValueError on frames it cannot parse
             reason = f"{type(exc).__name__}: {exc}"
-        await self._events.put(_Dropped(conn.generation, code, reason))
+        await self._events.put((conn.generation, _Dropped(code, reason)))
 
-    def _translate(self, message: types.LiveServerMessage) -> list[LiveEvent]:
-        out: list[LiveEvent] = []
-        content = message.server_content
-        if content is not None:
-            if content.model_turn is not None and content.model_turn.parts:
-                for part in content.model_turn.parts:  # 3.x models put several parts in one
-                    blob = part.inline_data
-                    if blob is not None and blob.data and _is_24k_pcm(blob.mime_type):
-                        out.append(AudioOut(blob.data))
-            if content.input_transcription is not None and content.input_transcription.text:
-                out.append(CallerTranscript(content.input_transcription.text))
-            if content.output_transcription is not None and content.output_transcription.text:
-                out.append(AgentTranscript(content.output_transcription.text))
-            if content.interrupted:
-                out.append(Interrupted())
-            if content.turn_complete:
-                out.append(TurnComplete())
-        if message.tool_call is not None:
-            for call in message.tool_call.function_calls or []:
-                out.append(ToolCall(call.id or "", call.name or "", dict(call.args or {})))
-        if message.tool_call_cancellation is not None:
-            out.append(ToolCallCancelled(tuple(message.tool_call_cancellation.ids or ())))
-        update = message.session_resumption_update
-        if update is not None and update.resumable and update.new_handle:
-            self.handle = update.new_handle  # an empty update means "not now", never "forget"
-            out.append(HandleUpdated(update.new_handle))
-        if message.go_away is not None:
-            out.append(GoAway(message.go_away.time_left))
-        return out
+
+def _translate(message: types.LiveServerMessage) -> list[LiveEvent]:
+    out: list[LiveEvent] = []
+    content = message.server_content
+    if content is not None:
+        if content.model_turn is not None and content.model_turn.parts:
+            for part in content.model_turn.parts:  # 3.x models put several parts in one
+                blob = part.inline_data
+                if blob is not None and blob.data and _is_24k_pcm(blob.mime_type):
+                    out.append(AudioOut(blob.data))
+        if content.input_transcription is not None and content.input_transcription.text:
+            out.append(CallerTranscript(content.input_transcription.text))
+        if content.output_transcription is not None and content.output_transcription.text:
+            out.append(AgentTranscript(content.output_transcription.text))
+        if content.interrupted:
+            out.append(Interrupted())
+        if content.turn_complete:
+            out.append(TurnComplete())
+    if message.tool_call is not None:
+        for call in message.tool_call.function_calls or []:
+            out.append(ToolCall(call.id or "", call.name or "", dict(call.args or {})))
+    if message.tool_call_cancellation is not None:
+        out.append(ToolCallCancelled(tuple(message.tool_call_cancellation.ids or ())))
+    update = message.session_resumption_update
+    if update is not None and update.resumable and update.new_handle:
+        # An empty update means "not now", never "forget".
+        consumed = getattr(update, "last_consumed_client_message_index", None)
+        out.append(HandleUpdated(update.new_handle, consumed))
+    if message.go_away is not None:
+        out.append(GoAway(message.go_away.time_left))
+    return out
 
 
 class _AudioTap:
     """Stands in for the SDK session's websocket and takes model-audio messages off the top.
 
     The SDK's receive loop calls ``recv``; every message that is only model audio is turned
-    into an :class:`AudioOut` here and queued, everything else is handed to the SDK unchanged,
+    into an :class:`AudioOut` here and queued, a frame with no top-level key the SDK knows
+    (which would make it raise) is skipped, and everything else is handed to the SDK unchanged,
     in order, so the events of one connection keep their order. Everything but ``recv`` is the
     real socket's (``send``, ``close``, the close code the SDK reads on errors).
     """
 
-    __slots__ = ("_events", "_ws")
+    __slots__ = ("_events", "_generation", "_log", "_warned", "_ws")
 
-    def __init__(self, ws: Any, events: asyncio.Queue[LiveEvent | _Dropped]) -> None:
+    def __init__(
+        self,
+        ws: Any,
+        generation: int,
+        events: asyncio.Queue[_Item],
+        log: structlog.stdlib.BoundLogger,
+    ) -> None:
         self._ws = ws
+        self._generation = generation
         self._events = events
+        self._log = log
+        self._warned = False
 
     async def recv(self, decode: bool | None = None) -> str | bytes:
         while True:
             # Called as the SDK calls it: with decode=False, or bare when that raised TypeError.
             raw: str | bytes = await (self._ws.recv() if decode is None else self._ws.recv(decode))
             pcm = model_audio(raw)
-            if pcm is None:
+            if pcm is not None:
+                await self._events.put((self._generation, AudioOut(pcm)))
+            elif fast_path.understood(raw):
                 return raw
-            await self._events.put(AudioOut(pcm))
+            elif not self._warned:
+                self._warned = True
+                self._log.warning("live.unknown_message_skipped", head=fast_path.keys_of(raw))
+
+    def __aiter__(self) -> _AudioTap:
+        return self  # an SDK that iterates the socket gets the same filtering
+
+    async def __anext__(self) -> str | bytes:
+        try:
+            return await self.recv()
+        except websockets.exceptions.ConnectionClosedOK:
+            raise StopAsyncIteration from None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ws, name)
@@ -467,18 +540,25 @@ def _is_24k_pcm(mime: str | None) -> bool:
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
 
-def _duration_seconds(value: str) -> float:
+def _duration_seconds(value: str) -> float | None:
     match = _DURATION.match(value)
-    return float(match.group(1)) if match else 10.0
+    return float(match.group(1)) if match else None
+
+
+def _close_code(exc: BaseException) -> int | None:
+    if isinstance(exc, errors.APIError):
+        return exc.code
+    if isinstance(exc, websockets.exceptions.ConnectionClosed):
+        return exc.rcvd.code if exc.rcvd else 1006
+    return None
 
 
 def _connect_error(exc: Exception) -> LiveConnectError:
     if isinstance(exc, LiveConnectError):
         return exc
     if isinstance(exc, errors.APIError):
-        code = exc.code
         reason = str(exc.details or exc.message or exc.status or "connect failed")
-        return LiveConnectError(reason, code=code, permanent=code in PERMANENT_CLOSE_CODES)
+        return LiveConnectError(reason, code=exc.code)
     if isinstance(exc, websockets.exceptions.InvalidStatus):
         status = exc.response.status_code
         return LiveConnectError(

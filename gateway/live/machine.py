@@ -1,0 +1,543 @@
+"""The policy of one call's Gemini Live session, as a state machine with no I/O.
+
+The driver (:mod:`gateway.live.session`) owns sockets, tasks and the SDK; this module owns every
+decision about them, so each one can be tested with plain method calls and a fake clock, the way
+``h11`` and ``websockets``' ``Protocol`` are tested with plain bytes. The driver tells the machine
+what happened (a connection opened or failed, a message arrived, a send failed, a connection
+closed, time passed, the bridge asked for a handoff) and does what the answer says: dial with
+this handle, open with this kind of opening, replay these messages, end with this reason.
+
+What it decides, and why (sources in ``../shared/reference/gemini-live-protocol.md`` §10):
+
+- **Phases.** ``idle`` → ``connecting`` → ``open`` → (``connecting`` again for a handoff, a
+  goAway or a drop) … → ``ended``. Every dial gets a new *generation*; anything a connection
+  reports after it was replaced is stale and ignored (a tool call from an old connection is
+  never answered on a new one), and every new connection starts with no goAway deadline.
+- **Resume without loss.** A handle restores the server's state *as of the handle* (the SDK's
+  docstring of ``last_consumed_client_message_index``; ``transparent`` resumption is Vertex-only).
+  So the machine keeps a :class:`Journal` of what was sent since the newest handle — caller audio
+  and text turns — and a resumed connection gets it again. Where the server says how far it
+  consumed (``lastConsumedClientMessageIndex``, numbered from the setup message as 0, an
+  assumption: the numbering is undocumented) the journal is trimmed to what follows; without it
+  a new handle empties the journal. Audio beyond ``replay_limit_ms`` or a model answer already
+  under way since the handle make a text *recap* (from the gateway's transcript) the better
+  opening: replaying the caller's audio would make the model start that answer again.
+- **goAway.** Move at once when the handle is *current* (no caller voice and no model output
+  since it) and the model is idle; otherwise at the next moment that is true (a fresh handle or
+  a turn boundary with the caller silent), or at the deadline minus ``goaway_margin_s``.
+- **Drops.** Counted and forgiven after ``stable_after_s`` of a stable connection; more than
+  ``max_drops`` ends the session. A mid-call close with 1007/1008 (native-audio sessions are
+  reported to get these and to work again after a reconnect) gets one resume, then one fresh
+  session reseeded from the transcript, then the end. The very first setup of a call answered
+  with 1007/1008 (a bad key, model or config) ends at once: no retry loop against a bad key.
+- **Dial retries.** Transient failures are retried with backoff (the first retry is immediate);
+  a rejected handle is replaced by a fresh session, whose opening reseeds it from the transcript.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+#: Close codes after which the same setup will be refused again: 1007 invalid argument (bad
+#: setup), 1008 policy (unknown or expired handle; a bad key on some paths).
+POLICY_CLOSE_CODES = frozenset({1007, 1008})
+
+Phase = Literal["idle", "connecting", "open", "ended"]
+#: Why a connection is being dialled.
+Purpose = Literal["first", "handoff", "goaway", "dropped"]
+#: What a newly opened connection must be sent first (see :class:`Opening`).
+OpeningKind = Literal["first", "handoff", "replay", "recap", "reseed"]
+
+#: Bytes per millisecond of the caller audio sent to Gemini (PCM16, 16 kHz, mono).
+BYTES_PER_MS = 32
+#: Unvoiced audio kept at the head of the journal when nothing voiced precedes it: enough for
+#: the model to hear the start of speech in context, while a silent line costs nothing.
+SILENT_LEAD_MS = 500
+
+
+@dataclass(slots=True, eq=False)
+class Sent:
+    """A message for the model: caller audio (``pcm``) or turns (``turns``, SDK ``Content``
+    objects the machine never looks into; ``complete`` asks the model to answer them)."""
+
+    kind: Literal["audio", "turns"]
+    pcm: bytes = b""
+    turns: tuple[object, ...] = ()
+    complete: bool = True
+    voiced: bool = False
+    #: (generation, index) of the connection message that carried it; None while unsent.
+    carried_by: tuple[int, int] | None = None
+
+    @property
+    def ms(self) -> float:
+        return len(self.pcm) / BYTES_PER_MS
+
+
+class Journal:
+    """What the model was sent, or is yet to be sent, since the newest resumption handle.
+
+    Sent entries are the part a resume must replay; unsent ones (queued while no connection
+    could take them) are delivered after any opening. Audio is bounded by ``limit_ms``: beyond
+    it the oldest audio goes and :attr:`overflowed` says the replay can no longer be faithful.
+    """
+
+    def __init__(self, limit_ms: float) -> None:
+        self.limit_ms = limit_ms
+        self.entries: deque[Sent] = deque()
+        self.audio_ms = 0.0
+        self.overflowed = False
+        #: Audio the bound pushed out (ms), over the call.
+        self.dropped_ms = 0.0
+        #: Whether any entry holds voiced audio (else leading silence is trimmed).
+        self._voiced = False
+
+    def add(self, entry: Sent) -> None:
+        self.entries.append(entry)
+        if entry.kind != "audio":
+            return
+        self.audio_ms += entry.ms
+        self._voiced = self._voiced or entry.voiced
+        if not self._voiced:
+            self._trim_silence()
+        while self.audio_ms > self.limit_ms:
+            if not self._drop_oldest_audio():
+                break
+
+    def unsent(self) -> list[Sent]:
+        return [e for e in self.entries if e.carried_by is None]
+
+    def sent(self) -> list[Sent]:
+        return [e for e in self.entries if e.carried_by is not None]
+
+    def forget_sent(self, through: tuple[int, int] | None = None) -> None:
+        """Drop entries the server's state now includes: all sent ones, or those carried by
+        generation ``through[0]`` up to message index ``through[1]``."""
+        kept: deque[Sent] = deque()
+        for entry in self.entries:
+            carried = entry.carried_by
+            included = carried is not None and (through is None or carried <= through)
+            if not included:
+                kept.append(entry)
+        self.entries = kept
+        self.audio_ms = sum(e.ms for e in kept if e.kind == "audio")
+        self._voiced = any(e.voiced for e in kept)
+        self.overflowed = False
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.audio_ms = 0.0
+        self._voiced = False
+        self.overflowed = False
+
+    def _trim_silence(self) -> None:
+        while self.audio_ms > SILENT_LEAD_MS:
+            head = self.entries[0]
+            if head.kind != "audio":
+                return  # a text turn is never dropped
+            self.entries.popleft()
+            self.audio_ms -= head.ms
+
+    def _drop_oldest_audio(self) -> bool:
+        for i, entry in enumerate(self.entries):
+            if entry.kind == "audio":
+                del self.entries[i]
+                self.audio_ms -= entry.ms
+                self.dropped_ms += entry.ms
+                self.overflowed = True
+                return True
+        return False
+
+
+# ---------------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class Dial:
+    """Open connection ``generation``, resuming ``handle`` (None: a fresh session), after
+    waiting ``delay_s``."""
+
+    generation: int
+    handle: str | None
+    purpose: Purpose
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """What to send on a connection that just opened, before anything else.
+
+    - ``first``: the first agent's greeting turns (a fresh call);
+    - ``handoff``: the bridge's takeover turns (for a resumed or a fresh session);
+    - ``replay``: ``replay`` as it is, in order (a resume that loses nothing);
+    - ``recap``: a text turn telling the model what happened since the handle, from the
+      transcript (the replay would be unfaithful or would restart an answer);
+    - ``reseed``: the whole transcript (a fresh session after a rejected or missing handle).
+
+    ``cut_off`` says whether the model was interrupted mid-answer (the recap then asks it to
+    carry on). Whatever was queued meanwhile (:meth:`Journal.unsent`) follows the opening.
+    """
+
+    kind: OpeningKind
+    replay: tuple[Sent, ...] = ()
+    cut_off: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Recover:
+    """Move the conversation to a new connection: ``reason`` is ``goaway`` or ``dropped``."""
+
+    reason: Literal["goaway", "dropped"]
+    detail: str
+    dial: Dial
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """The session is over for good."""
+
+    reason: str
+    code: int | None = None
+
+
+# ---------------------------------------------------------------------------------- machine
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    max_dial_attempts: int = 3
+    retry_backoff_s: tuple[float, ...] = (0.0, 0.3, 1.0)
+    max_drops: int = 5
+    stable_after_s: float = 30.0
+    goaway_margin_s: float = 2.0
+    #: Without a ``timeLeft`` in the goAway, assume this much.
+    goaway_default_s: float = 10.0
+    #: After a turn boundary, how long to wait for the handle that usually follows it.
+    boundary_grace_s: float = 0.5
+    #: Caller voice within this long counts as "the caller is speaking".
+    voice_hangover_s: float = 0.4
+    replay_limit_ms: float = 15_000.0
+
+
+@dataclass(slots=True)
+class _Dialling:
+    purpose: Purpose
+    handle: str | None
+    attempt: int = 1
+    #: The handle was refused, so this dial is a fresh session replacing a resume.
+    handle_rejected: bool = False
+
+
+@dataclass(slots=True)
+class _Flags:
+    """What happened since the newest handle (the resumable state's blind spot)."""
+
+    caller_voice: bool = False
+    model_output: bool = False
+    #: The model's turn ended (turnComplete or interrupted) after its last output.
+    model_done: bool = True
+
+
+@dataclass(slots=True)
+class SessionMachine:
+    """See the module docstring. Times are ``time.monotonic()`` seconds, passed in."""
+
+    policy: Policy = field(default_factory=Policy)
+    phase: Phase = "idle"
+    generation: int = 0
+    handle: str | None = None
+    journal: Journal = field(init=False)
+    #: The current connection has completed its opening and takes messages.
+    accepting: bool = False
+    drops: int = 0
+    policy_closes: int = 0
+    ended: End | None = None
+    _dialling: _Dialling | None = None
+    _opened_at: float = 0.0
+    _ever_opened: bool = False
+    _next_index: int = 1
+    _since: _Flags = field(default_factory=_Flags)
+    _model_busy: bool = False
+    _last_voice_at: float = -1e9
+    _goaway_deadline: float | None = None
+    _goaway_pending: bool = False
+    _boundary_at: float | None = None
+    _force_fresh: bool = False
+
+    def __post_init__(self) -> None:
+        self.journal = Journal(self.policy.replay_limit_ms)
+
+    # ------------------------------------------------------------------ dialling
+
+    def start(self) -> Dial:
+        """The call's first connection: a fresh session."""
+        assert self.phase == "idle", self.phase
+        return self._dial("first", None)
+
+    def handoff(self) -> Dial:
+        """The bridge moves the call to another agent: resume the newest handle."""
+        self._check_live()
+        return self._dial("handoff", self.handle)
+
+    def dial_failed(self, code: int | None, *, permanent: bool) -> Dial | End:
+        """The dial could not open a connection (refused at the upgrade or at setup)."""
+        dialling = self._dialling
+        assert dialling is not None and self.phase == "connecting"
+        if code in POLICY_CLOSE_CODES:
+            if dialling.handle is not None:
+                # The handle was refused: go on with a fresh session, reseeded by the opening.
+                self.handle = None
+                return self._redial(dialling, handle=None, handle_rejected=True, attempt=1)
+            # A fresh setup refused: a bad key, model or config. Retrying cannot help.
+            return self._end("the Live API refused the setup", code)
+        if permanent:
+            return self._end("the Live API refused the connection", code)
+        if dialling.attempt >= self.policy.max_dial_attempts:
+            return self._end(f"could not connect after {dialling.attempt} attempts", code)
+        return self._redial(dialling, handle=dialling.handle, attempt=dialling.attempt + 1)
+
+    def opened(self, *, resumed: bool, now: float) -> Opening:
+        """The dialled connection completed its setup: what to send first."""
+        dialling = self._dialling
+        assert dialling is not None and self.phase == "connecting"
+        self._dialling = None
+        self.phase = "open"
+        self._opened_at = now
+        self._ever_opened = True
+        self._next_index = 1  # 0 was the setup message
+        self._goaway_deadline = None
+        self._goaway_pending = False
+        self._boundary_at = None
+        self._model_busy = False
+        since = self._since
+        self._since = _Flags()
+        purpose = dialling.purpose
+        if purpose == "first":
+            return self._opening("first")
+        if purpose == "handoff":
+            # The takeover turns carry what was said since the handle (from the transcript).
+            return self._opening("handoff")
+        if not resumed:
+            return self._opening("reseed")
+        cut_off = since.model_output and not since.model_done
+        if self.journal.overflowed or since.model_output:
+            return self._opening("recap", cut_off=cut_off)
+        entries = tuple(self.journal.entries)
+        self.journal.clear()  # each entry is journalled again as it is sent on this connection
+        for entry in entries:
+            entry.carried_by = None
+        return Opening("replay", replay=entries)
+
+    def opening_sent(self) -> None:
+        """The opening went out: the connection now takes the caller's audio directly."""
+        if self.phase == "open":
+            self.accepting = True
+
+    # ------------------------------------------------------------------ sending
+
+    def record(self, entry: Sent, *, now: float) -> int | None:
+        """``entry`` is about to be sent (returns its message index on the current
+        connection) or queued (None) when no connection takes messages."""
+        if entry.voiced:
+            self._last_voice_at = now
+            self._since.caller_voice = True
+        if self.phase == "ended":
+            return None
+        index: int | None = None
+        if self.accepting:
+            index = self._next_index
+            self._next_index += 1
+            entry.carried_by = (self.generation, index)
+        self.journal.add(entry)
+        return index
+
+    def resend(self, entry: Sent) -> int:
+        """``entry``, from a replay, is being sent again on the current connection."""
+        self._carry(entry)
+        self.journal.add(entry)
+        return entry.carried_by[1]  # type: ignore[index]
+
+    def deliver(self, entry: Sent) -> int:
+        """``entry``, queued in the journal meanwhile, is being sent on the current connection."""
+        self._carry(entry)
+        return entry.carried_by[1]  # type: ignore[index]
+
+    def _carry(self, entry: Sent) -> None:
+        entry.carried_by = (self.generation, self._next_index)
+        self._next_index += 1
+
+    def send_failed(self, generation: int) -> None:
+        """A send on connection ``generation`` raised: it is gone. Nothing more goes out on it;
+        the driver reports the loss as :meth:`closed`, from the consumer's side."""
+        if self.is_current(generation):
+            self.accepting = False
+
+    # ------------------------------------------------------------------ receiving
+
+    def is_current(self, generation: int) -> bool:
+        return generation == self.generation and self.phase != "ended"
+
+    def model_output(self, generation: int) -> None:
+        """Model audio, transcription of it, or a tool call arrived."""
+        if self.is_current(generation):
+            self._since.model_output = True
+            self._since.model_done = False
+            self._model_busy = True
+            self._boundary_at = None
+
+    def turn_boundary(self, generation: int, *, now: float) -> Recover | None:
+        """turnComplete or interrupted: the model is idle again."""
+        if not self.is_current(generation):
+            return None
+        self._since.model_done = True
+        self._model_busy = False
+        if self._goaway_pending:
+            self._boundary_at = now
+        return self._maybe_move(now)
+
+    def handle_updated(
+        self, generation: int, handle: str, *, consumed_index: int | None, now: float
+    ) -> Recover | None:
+        """A resumable ``sessionResumptionUpdate`` with a new handle."""
+        if not self.is_current(generation):
+            return None
+        self.handle = handle
+        self._since = _Flags(model_done=not self._model_busy)
+        self.journal.forget_sent(None if consumed_index is None else (generation, consumed_index))
+        return self._maybe_move(now)
+
+    def go_away(self, generation: int, time_left_s: float | None, *, now: float) -> Recover | None:
+        if not self.is_current(generation) or self.phase != "open":
+            return None
+        seconds = self.policy.goaway_default_s if time_left_s is None else time_left_s
+        self._goaway_deadline = now + max(0.0, seconds - self.policy.goaway_margin_s)
+        self._goaway_pending = True
+        if not self._model_busy:
+            self._boundary_at = now  # idle already: the next quiet moment is as good as any
+        return self._maybe_move(now, handle_required=True)
+
+    def closed(
+        self, generation: int, code: int | None, reason: str, *, now: float
+    ) -> Recover | End | None:
+        """Connection ``generation`` is gone (closed by the server, lost, or a send failed)."""
+        if not self.is_current(generation) or self.phase != "open":
+            return None  # replaced already, or the dial in progress will report on its own
+        detail = f"{code}: {reason}" if code is not None else reason
+        stable = now - self._opened_at > self.policy.stable_after_s
+        if stable:
+            self.drops = 0
+            self.policy_closes = 0
+        self.drops += 1
+        if self.drops > self.policy.max_drops:
+            return self._end(f"dropped ({detail}); the connection keeps dropping", code)
+        if code in POLICY_CLOSE_CODES:
+            self.policy_closes += 1
+            if self.policy_closes > 2:
+                return self._end(f"dropped ({detail}) again after a fresh session", code)
+            if self.policy_closes == 2:
+                self.handle = None  # the resume did not help: a fresh session, reseeded
+        return self._recover("dropped", detail)
+
+    def tick(self, now: float) -> Recover | None:
+        """Time passed: a goAway deadline or the grace after a turn boundary may be due."""
+        if self.phase != "open" or not self._goaway_pending:
+            return None
+        if self._goaway_deadline is not None and now >= self._goaway_deadline:
+            return self._recover("goaway", "deadline")
+        return self._maybe_move(now)
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` must be called next (None: no timer is running)."""
+        if self.phase != "open" or not self._goaway_pending:
+            return None
+        times = [t for t in (self._goaway_deadline,) if t is not None]
+        if self._boundary_at is not None and not self._model_busy:
+            quiet_at = self._last_voice_at + self.policy.voice_hangover_s
+            times.append(max(self._boundary_at + self.policy.boundary_grace_s, quiet_at))
+        return min(times) if times else None
+
+    def close(self) -> None:
+        """The call is over: nothing more is dialled or queued."""
+        if self.phase != "ended":
+            self._end("closed", None)
+        self.journal.clear()
+
+    # ------------------------------------------------------------------ internals
+
+    def _caller_speaking(self, now: float) -> bool:
+        return now - self._last_voice_at < self.policy.voice_hangover_s
+
+    def _maybe_move(self, now: float, *, handle_required: bool = False) -> Recover | None:
+        """With a goAway pending, move now if this is a good moment."""
+        if not self._goaway_pending or self.phase != "open":
+            return None
+        if self._model_busy or self._caller_speaking(now):
+            return None
+        current = self.handle is not None and not (
+            self._since.caller_voice or self._since.model_output
+        )
+        if current:
+            return self._recover("goaway", "handle current, model idle")
+        if handle_required:
+            return None
+        due = self._boundary_at is not None and now >= self._boundary_at + (
+            self.policy.boundary_grace_s
+        )
+        if due:
+            return self._recover("goaway", "turn boundary")
+        return None
+
+    def _recover(self, reason: Literal["goaway", "dropped"], detail: str) -> Recover:
+        dial = self._dial(reason, self.handle)
+        return Recover(reason, detail, dial)
+
+    def _dial(self, purpose: Purpose, handle: str | None) -> Dial:
+        self.phase = "connecting"
+        self.accepting = False
+        self._goaway_deadline = None
+        self._goaway_pending = False
+        self._boundary_at = None
+        self.generation += 1
+        self._dialling = _Dialling(purpose, handle)
+        return Dial(self.generation, handle, purpose)
+
+    def _redial(
+        self,
+        dialling: _Dialling,
+        *,
+        handle: str | None,
+        attempt: int,
+        handle_rejected: bool = False,
+    ) -> Dial:
+        backoff = self.policy.retry_backoff_s or (0.0,)
+        delay = backoff[min(attempt - 1, len(backoff) - 1)]
+        self.generation += 1
+        self._dialling = _Dialling(
+            dialling.purpose, handle, attempt, handle_rejected or dialling.handle_rejected
+        )
+        return Dial(self.generation, handle, dialling.purpose, delay)
+
+    def _opening(self, kind: OpeningKind, *, cut_off: bool = False) -> Opening:
+        # What was sent since the handle is now covered by the opening (greeting, takeover
+        # note, recap or reseed, from the transcript); what was never sent still follows it.
+        self.journal.forget_sent()
+        return Opening(kind, cut_off=cut_off)
+
+    def _end(self, reason: str, code: int | None) -> End:
+        self.phase = "ended"
+        self.accepting = False
+        self._dialling = None
+        self._goaway_deadline = None
+        self._goaway_pending = False
+        self.ended = End(reason, code)
+        return self.ended
+
+    def _check_live(self) -> None:
+        if self.phase in ("idle", "ended"):
+            raise RuntimeError(f"the session is {self.phase}")
+
+
+def audio_ms(entries: Sequence[Sent]) -> float:
+    return sum(e.ms for e in entries if e.kind == "audio")
