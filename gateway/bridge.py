@@ -42,6 +42,7 @@ from gateway.carriers.base import (
 )
 from gateway.handoff import (
     HANDOFF_ACCEPTED,
+    context_turns,
     dtmf_note,
     greeting_turns,
     handoff_rejected,
@@ -698,17 +699,23 @@ class _CallConversation:
     def greeting(self) -> list[types.Content]:
         return greeting_turns(self._bridge.agent)
 
-    def reseed(self) -> list[types.Content]:
+    def reseed(self, *, until_handle: bool) -> tuple[list[types.Content], bool]:
         """After a fault with no usable handle: the transcript, then "carry on"."""
         bridge = self._bridge
         self._close_utterances(cut_off=False)
-        if not bridge.transcript.entries:
-            return greeting_turns(bridge.agent)
+        transcript = bridge.transcript
+        if until_handle:
+            entries = transcript.entries[: transcript.handle_index]
+            if not entries:
+                return greeting_turns(bridge.agent), True
+            return context_turns(entries), False
+        if not transcript.entries:
+            return greeting_turns(bridge.agent), True
         note = (
             "[The connection was briefly interrupted.] Continue the conversation naturally "
             "from where it stands, without mentioning the interruption."
         )
-        return history_turns(bridge.transcript.entries, note)
+        return history_turns(transcript.entries, note), True
 
     def recap(self, *, cut_off: bool) -> tuple[list[types.Content], bool]:
         self._close_utterances(cut_off=cut_off)

@@ -68,18 +68,7 @@ def history_turns(entries: Sequence[Entry], final_prompt: str) -> list[types.Con
     Consecutive lines of one side are merged because the API expects turns to alternate, and
     the prompt goes last as a user turn so the model answers it.
     """
-    turns: list[tuple[str, str]] = []
-    for entry in entries:
-        if entry.speaker == "caller":
-            role, text = "user", entry.text
-        elif entry.speaker == "agent":
-            role, text = "model", entry.text
-        else:
-            continue
-        if turns and turns[-1][0] == role:
-            turns[-1] = (role, f"{turns[-1][1]} {text}")
-        else:
-            turns.append((role, text))
+    turns = _alternating(entries)
     prompt = final_prompt
     if turns and turns[-1][0] == "user":
         prompt = f"{turns.pop()[1]}\n\n{final_prompt}"
@@ -122,6 +111,27 @@ def recap_turns(since: Sequence[Entry], *, cut_off: bool) -> tuple[list[types.Co
     else:
         lines.append("Do not speak now: wait for the caller. Do not mention the interruption.")
     return [user_turn("\n".join(lines))], answer
+
+
+def context_turns(entries: Sequence[Entry]) -> list[types.Content]:
+    """The transcript as turns for a fresh session to know, sent without asking for a reply."""
+    return [types.Content(role=r, parts=[types.Part(text=t)]) for r, t in _alternating(entries)]
+
+
+def _alternating(entries: Sequence[Entry]) -> list[tuple[str, str]]:
+    turns: list[tuple[str, str]] = []
+    for entry in entries:
+        if entry.speaker == "caller":
+            role, text = "user", entry.text
+        elif entry.speaker == "agent":
+            role, text = "model", entry.text
+        else:
+            continue
+        if turns and turns[-1][0] == role:
+            turns[-1] = (role, f"{turns[-1][1]} {text}")
+        else:
+            turns.append((role, text))
+    return turns
 
 
 def user_turn(text: str) -> types.Content:

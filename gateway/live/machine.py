@@ -174,7 +174,8 @@ class Opening:
     - ``replay``: ``replay`` as it is, in order (a resume that loses nothing);
     - ``recap``: a text turn telling the model what happened since the handle, from the
       transcript (the replay would be unfaithful or would restart an answer);
-    - ``reseed``: the whole transcript (a fresh session after a rejected or missing handle).
+    - ``reseed``: a fresh session after a rejected or missing handle. With ``replay``, the
+      transcript up to the handle as context, then ``replay``; without, the whole transcript.
 
     ``cut_off`` says whether the model was interrupted mid-answer (the recap then asks it to
     carry on). Whatever was queued meanwhile (:meth:`Journal.unsent`) follows the opening.
@@ -255,6 +256,8 @@ class SessionMachine:
     policy_closes: int = 0
     ended: End | None = None
     _dialling: _Dialling | None = None
+    #: Why the current connection was dialled.
+    _purpose: Purpose = "first"
     _opened_at: float = 0.0
     _ever_opened: bool = False
     _next_index: int = 1
@@ -304,6 +307,7 @@ class SessionMachine:
         assert dialling is not None and self.phase == "connecting"
         self._dialling = None
         self.phase = "open"
+        self._purpose = dialling.purpose
         self._opened_at = now
         self._ever_opened = True
         self._next_index = 1  # 0 was the setup message
@@ -319,16 +323,15 @@ class SessionMachine:
         if purpose == "handoff":
             # The takeover turns carry what was said since the handle (from the transcript).
             return self._opening("handoff")
+        faithful = not (self.journal.overflowed or since.model_output)
         if not resumed:
-            return self._opening("reseed")
-        cut_off = since.model_output and not since.model_done
-        if self.journal.overflowed or since.model_output:
+            # A fresh session: the transcript up to the handle, then the journal (nothing
+            # lost); or, when the journal will not do, the whole transcript.
+            return self._replaying("reseed") if faithful else self._opening("reseed")
+        if not faithful:
+            cut_off = since.model_output and not since.model_done
             return self._opening("recap", cut_off=cut_off)
-        entries = tuple(self.journal.entries)
-        self.journal.clear()  # each entry is journalled again as it is sent on this connection
-        for entry in entries:
-            entry.carried_by = None
-        return Opening("replay", replay=entries)
+        return self._replaying("replay")
 
     def opening_sent(self) -> None:
         """The opening went out: the connection now takes the caller's audio directly."""
@@ -438,6 +441,11 @@ class SessionMachine:
                 return self._end(f"dropped ({detail}) again after a fresh session", code)
             if self.policy_closes == 2:
                 self.handle = None  # the resume did not help: a fresh session, reseeded
+        if not self.accepting and self._purpose in ("first", "handoff"):
+            # Lost before its opening went out: the next connection must still greet the
+            # caller or take the call over, so it is dialled for the same purpose.
+            dial = self._dial(self._purpose, self.handle)
+            return Recover("dropped", detail, dial)
         return self._recover("dropped", detail)
 
     def tick(self, now: float) -> Recover | None:
@@ -518,6 +526,13 @@ class SessionMachine:
             dialling.purpose, handle, attempt, handle_rejected or dialling.handle_rejected
         )
         return Dial(self.generation, handle, dialling.purpose, delay)
+
+    def _replaying(self, kind: OpeningKind) -> Opening:
+        entries = tuple(self.journal.entries)
+        self.journal.clear()  # each entry is journalled again as it is sent on this connection
+        for entry in entries:
+            entry.carried_by = None
+        return Opening(kind, replay=entries)
 
     def _opening(self, kind: OpeningKind, *, cut_off: bool = False) -> Opening:
         # What was sent since the handle is now covered by the opening (greeting, takeover

@@ -72,8 +72,10 @@ class Conversation(Protocol):
         """The first agent's opening on a fresh call (empty: wait for the caller)."""
         ...
 
-    def reseed(self) -> Sequence[types.Content]:
-        """Everything so far, for a fresh session that remembers nothing (or the greeting)."""
+    def reseed(self, *, until_handle: bool) -> tuple[Sequence[types.Content], bool]:
+        """The history, for a fresh session that remembers nothing: up to the newest handle
+        (as context only: what followed is replayed as it was sent) or all of it, and then
+        "carry on"; and whether the model should answer now."""
         ...
 
     def recap(self, *, cut_off: bool) -> tuple[Sequence[types.Content], bool]:
@@ -267,7 +269,7 @@ class LiveSession:
         elif opening.kind == "handoff":
             turns = self._takeover(conn.resumed) if self._takeover else ()
         elif opening.kind == "reseed":
-            turns = self._conversation.reseed()
+            turns, complete = self._conversation.reseed(until_handle=bool(opening.replay))
         elif opening.kind == "recap":
             turns, complete = self._conversation.recap(cut_off=opening.cut_off)
         if turns:
