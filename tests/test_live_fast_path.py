@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any
 
+import pytest
+import structlog
+import structlog.testing
 from google.genai import Client, types
 from google.genai.live import AsyncSession
 from hypothesis import given
 from hypothesis import strategies as st
+from websockets.exceptions import ConnectionClosedOK
 
+from gateway.live import fast_path
 from gateway.live.fast_path import INPUT_MIME, model_audio, realtime_audio_message
+from gateway.live.session import _AudioTap
 
 
 class _CapturingSocket:
@@ -129,3 +136,90 @@ async def test_the_sdk_session_still_reads_through_its_socket_recv() -> None:
     # The receive fast path replaces the session's _ws with a tap whose recv the SDK must call.
     raw = _audio_message([b"\x01\x02"])
     assert _sdk_audio(await _sdk_parse(raw)) == b"\x01\x02"
+
+
+# ------------------------------------------------------------------ the run-time check
+
+
+async def test_the_run_time_check_finds_the_installed_sdk_matching() -> None:
+    assert await fast_path.sdk_mismatch(Client(api_key="test-key")) is None
+
+
+async def test_the_run_time_check_reports_a_builder_that_no_longer_matches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(
+        fast_path, "realtime_audio_message", lambda pcm: realtime_audio_message(pcm)[:-3] + "}}}"
+    )
+    problem = await fast_path.sdk_mismatch(Client(api_key="test-key"))
+    assert problem is not None and "differently" in problem
+
+
+async def test_the_run_time_check_reports_an_sdk_without_the_socket_attribute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = AsyncSession.__init__
+
+    def init(self: AsyncSession, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self._socket = self._ws  # type: ignore[attr-defined]
+        del self._ws
+
+    monkeypatch.setattr(AsyncSession, "__init__", init)
+    problem = await fast_path.sdk_mismatch(Client(api_key="test-key"))
+    assert problem is not None and "_ws" in problem
+
+
+# ------------------------------------------------------------------ frames the SDK cannot parse
+
+
+class _ScriptedSocket:
+    """Plays frames to whoever reads, then closes normally."""
+
+    def __init__(self, frames: list[str]) -> None:
+        self.frames = list(frames)
+
+    async def recv(self, decode: bool | None = None) -> str:
+        if not self.frames:
+            raise ConnectionClosedOK(None, None)
+        return self.frames.pop(0)
+
+
+def test_frames_without_a_known_top_level_key_are_told_apart() -> None:
+    assert not fast_path.understood('{"somethingNew": {"x": 1}}')
+    assert not fast_path.understood('{"serverContent": null}')
+    assert fast_path.understood('{"serverContent": {"turnComplete": true}}')
+    assert fast_path.understood('{"somethingNew": {}, "goAway": {"timeLeft": "5s"}}')
+    assert fast_path.understood('{"code": 1011, "message": "x"}')  # the SDK's error path
+    assert fast_path.understood("not json")  # the SDK reports it as it always has
+    assert fast_path.keys_of('{"somethingNew": {"secret": "x"}}') == ["somethingNew"]
+
+
+@given(st.dictionaries(st.text(max_size=12), st.integers(), max_size=4))
+def test_understood_never_raises(message: dict[str, int]) -> None:
+    fast_path.understood(json.dumps(message))
+
+
+async def test_the_sdk_reading_through_the_tap_skips_an_unknown_frame_once_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    frames = [
+        '{"somethingNew": {"detail": "private"}}',
+        '{"anotherNew": {}}',
+        '{"serverContent": {"turnComplete": true}}',
+    ]
+    events: asyncio.Queue[Any] = asyncio.Queue()
+    log = structlog.get_logger("test")
+    tap = _AudioTap(_ScriptedSocket(frames), 1, events, log)
+    session = AsyncSession(api_client=API_CLIENT, websocket=tap)  # type: ignore[arg-type]
+    with structlog.testing.capture_logs() as logs:
+        messages = [m async for m in session.receive()]
+    assert len(messages) == 1 and messages[0].server_content.turn_complete  # type: ignore[union-attr]
+    (warning,) = [e for e in logs if e["event"] == "live.unknown_message_skipped"]
+    assert warning["head"] == ["somethingNew"] and "private" not in str(warning)
+
+
+async def test_the_tap_also_serves_an_sdk_that_iterates_the_socket() -> None:
+    frames = ['{"unknown": 1}', '{"serverContent": {"turnComplete": true}}']
+    tap = _AudioTap(_ScriptedSocket(frames), 1, asyncio.Queue(), structlog.get_logger("t"))
+    assert [frame async for frame in tap] == [frames[1]]

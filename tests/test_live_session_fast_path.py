@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import structlog.testing
 from google.genai import types
 
 import gateway.live.session as session_module
@@ -101,3 +102,21 @@ async def test_fast_and_sdk_paths_give_the_same_conversation(
     said = "".join(e.text for e in fast_events if isinstance(e, AgentTranscript))
     assert said == "".join(e.text for e in sdk_events if isinstance(e, AgentTranscript))
     assert said.strip() == "Hello there, how can I help?"
+
+
+async def test_an_sdk_the_fast_paths_do_not_match_gets_the_sdk_path_and_one_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run-time check fails (here: the builder no longer equals the SDK's output): every
+    call still works, through the SDK's own path, and the reason is logged once."""
+    monkeypatch.setattr(fast_path, "_verdict", None)
+    monkeypatch.setattr(fast_path, "realtime_audio_message", lambda pcm: '{"realtime_input": {}}')
+    recognised: list[bool] = []
+    monkeypatch.setattr(session_module, "model_audio", lambda raw: recognised.append(True) or None)
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(2):
+            _events, audio, heard = await _one_turn(fast=True)
+            assert len(audio) > 16_000 and len(heard) == 6400
+    assert not recognised  # the tap was never installed
+    warnings = [e for e in logs if e["event"] == "live.fast_path_disabled"]
+    assert len(warnings) == 1 and "differently" in warnings[0]["reason"]
