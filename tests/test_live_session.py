@@ -1,0 +1,138 @@
+"""LiveSession, the machine's driver, through the real SDK against the Live simulator.
+
+What only the driver can get wrong: a send on a connection the server just closed, answers to
+tool calls of a connection that was replaced, and events of an old connection reaching the
+bridge. Each test works a session directly, as the bridge does, without a phone call around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from google.genai import types
+
+from gateway.agents import Agent
+from gateway.live.client import make_client
+from gateway.live.config import AgentPersona
+from gateway.live.events import LiveEvent, Reconnected, SessionEnded, ToolCall
+from gateway.live.session import LiveSession
+from gateway.settings import Settings
+from gateway.simulator.live_server import LiveSimulator
+from gateway.simulator.script import Script, Step, ToolCallSpec
+from gateway.simulator.tls import generate_tls
+from tests.harness import agents
+
+TLS = generate_tls()
+FRAME = bytes(640)
+
+
+class _Conversation:
+    def greeting(self) -> list[types.Content]:
+        return []
+
+    def reseed(self, *, until_handle: bool) -> tuple[list[types.Content], bool]:
+        return [], False
+
+    def recap(self, *, cut_off: bool) -> tuple[list[types.Content], bool]:
+        return [], False
+
+
+def _persona() -> AgentPersona:
+    graph = agents()
+    agent: Agent = graph.agent(graph.first_stage.agent_id)
+    return AgentPersona(agent, tuple(graph.targets(graph.first_stage)))
+
+
+@asynccontextmanager
+async def _session(
+    steps: list[Step] | None = None,
+) -> AsyncIterator[tuple[LiveSimulator, LiveSession]]:
+    async with LiveSimulator(tls=TLS, think_ms=5, speed=20.0, script=Script(steps or [])) as sim:
+        settings = Settings(_env_file=None, gemini_api_key="test-key", gemini_base_url=sim.base_url)
+        client = make_client(settings, ssl_context=sim.tls.client_context())
+        session = LiveSession(client, "gemini-test", _Conversation())
+        try:
+            await session.open(_persona())
+            yield sim, session
+        finally:
+            await session.close()
+
+
+async def _until(session: LiveSession, kind: type[LiveEvent], within: float = 5.0) -> LiveEvent:
+    async with asyncio.timeout(within):
+        while True:
+            event = await session.next_event()
+            if isinstance(event, kind):
+                return event
+            assert not isinstance(event, SessionEnded), event
+
+
+async def test_sends_to_a_connection_the_server_closed_are_kept_for_the_next_one() -> None:
+    async with _session() as (sim, session):
+        await sim.wait_for_connections(1)
+        await sim.close(1011, "internal error")
+        await sim.wait_for(lambda: sim.connections[0].closed_at is not None)
+        # The consumer has not noticed yet: these sends hit a closed socket and must not raise.
+        for _ in range(10):
+            await session.send_audio(FRAME)
+        await session.send_text("[The caller pressed the 5 key on their phone keypad.]")
+        event = await _until(session, Reconnected)
+        assert isinstance(event, Reconnected) and event.reason == "dropped"
+        await sim.wait_for(lambda: len(sim.connections) == 2 and sim.connections[1].setup_completed)
+        await sim.wait_for(lambda: bool(sim.connections[1].client_contents))
+    texts = [
+        p["text"]
+        for m in sim.connections[1].client_contents
+        for t in m["turns"]
+        for p in t["parts"]
+    ]
+    assert any("5 key" in t for t in texts)
+    assert len(sim.connections[1].audio_in) >= 10 * len(FRAME)
+
+
+async def test_a_tool_call_of_a_replaced_connection_is_never_answered_on_the_new_one() -> None:
+    steps = [
+        Step(on="text", say="One moment.", seconds=0.2,
+             tool_call=ToolCallSpec("lookup", {"q": "x"}), then_say="Done.", then_seconds=0.2),
+    ]  # fmt: skip
+    async with _session(steps) as (sim, session):
+        await session.send_text("hello")
+        call = await _until(session, ToolCall)
+        assert isinstance(call, ToolCall)
+        await sim.close(1011, "internal error")
+        await _until(session, Reconnected)
+        await session.send_tool_response(call.call_id, call.name, {"ok": True})
+        await asyncio.sleep(0.2)
+    assert len(sim.connections) == 2
+    assert all(not c.tool_responses for c in sim.connections)
+
+
+async def test_the_second_call_of_a_tool_call_message_is_dropped_after_a_handoff() -> None:
+    calls = {
+        "toolCall": {
+            "functionCalls": [
+                {
+                    "id": f"call-{n}",
+                    "name": "handoff_conversation",
+                    "args": {"target": "agent-advisor", "reason": "r", "summary": "s"},
+                }
+                for n in (1, 2)
+            ]
+        }
+    }
+    async with _session() as (sim, session):
+        await sim.wait_for_connections(1)
+        await sim.inject(calls)
+        first = await _until(session, ToolCall)
+        assert isinstance(first, ToolCall) and first.call_id == "call-1"
+        await session.send_tool_response(first.call_id, first.name, {"result": "transferred"})
+        await session.hand_off(_persona(), lambda resumed: [])
+        # Whatever the old connection still had queued (call-2) never reaches the bridge.
+        try:
+            event: LiveEvent | None = await asyncio.wait_for(session.next_event(), 0.5)
+        except TimeoutError:
+            event = None
+    assert not isinstance(event, ToolCall)
+    assert [r["id"] for r in sim.connections[0].tool_responses] == ["call-1"]
