@@ -134,3 +134,28 @@ async def test_a_key_pressed_during_a_reconnect_reaches_the_model_after_it() -> 
     assert "pressed the 5 key" in texts(conns[1])
     (reconnected,) = h.named("live.reconnected")
     assert reconnected["reason"] == "dropped"
+
+
+async def test_a_drop_mid_answer_is_recapped_so_the_answer_is_not_restarted() -> None:
+    steps = [
+        Step(on="text", say="hello", seconds=0.3),
+        Step(on="caller", when=TRIAGE, hear="What are your hours?",
+             say="We are open from nine to five on weekdays and ten to two on Saturdays.",
+             seconds=2.0),
+        Step(on="text", when=TRIAGE, say="and ten to two on Saturdays.", seconds=0.6),
+    ]  # fmt: skip
+    async with running(steps=steps, graph=GREETING) as h:
+        call = asyncio.create_task(h.call([Silence(1.0), Tone(300, 0.6), Silence(5.0)]))
+        await _greeted(h)
+        await h.sim.wait_for(lambda: len(h.sim.connections[0].sent_times("audio")) > 30, 6)
+        await h.sim.close(1011, "internal error")  # about 0.8 s into the 2 s answer
+        await call
+        conns = h.sim.connections
+    assert len(conns) == 2 and conns[1].resumed
+    (recap,) = [p["text"] for m in conns[1].client_contents for t in m["turns"] for p in t["parts"]]
+    assert 'The caller said: "What are your hours?"' in recap
+    assert 'You said: "We are open' in recap and "(cut off here)" in recap
+    assert "Continue from where you stopped" in recap
+    assert conns[1].client_contents[0]["turnComplete"] is True
+    # Nothing of the caller's question was replayed as audio: the model did not hear it twice.
+    assert _utterances(h, conns[1]) == []
