@@ -4,6 +4,7 @@ websockets client where the SDK cannot go) over TLS on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import time
@@ -626,7 +627,12 @@ async def test_resume_while_the_old_connection_is_open() -> None:
         sim.reject_resume_while_open = False
         async with live(sim, config(resume=handle)):
             await sim.wait_for_connections(3)
+            await say_text(session, "still here")  # on the old connection the session left
+            await inbox.next(turn_complete)
         assert sim.connections[2].resumed
+        record = sim.sessions[1]
+        assert record.texts("text") == ["hi"]  # the resumed session never learns of it
+        assert record.texts("text", include_lost=True) == ["hi", "still here"]
 
 
 async def test_model_cannot_change_on_resume() -> None:
@@ -638,6 +644,202 @@ async def test_model_cannot_change_on_resume() -> None:
             async with sdk(sim).aio.live.connect(model="other-model", config=config(resume=handle)):
                 pass
         assert caught.value.code == 1007
+
+
+# --- resumption restores the state as of the handle --------------------------------------------
+
+
+async def test_a_text_turn_after_the_newest_handle_is_lost_on_resume() -> None:
+    script = Script(
+        [
+            Step(on="text", say="Hello.", seconds=0.05),
+            Step(on="text", say="Let me write that down.", seconds=20.0),  # 0.4 s at 50x
+        ]
+    )
+    async with fast_sim(script=script) as sim:
+        async with live(sim, config(resume=True)) as (session, inbox):
+            _, handle = await text_turn(session, inbox)
+            await asyncio.sleep(0.1)  # "Hello." has played; the next text is no barge-in
+            await say_text(session, "my account number is 42")
+            await inbox.next(lambda m: content(m).output_transcription)  # answering ...
+        # ... when the socket goes: no handle was issued after the text.
+        await sim.wait_for(lambda: not sim.connections[0].is_open)
+        first = sim.connections[0]
+        assert first.handles_issued == [(handle, 1)]  # setup = 0, the first text = 1
+        assert first.client_messages == [(0, "setup"), (1, "client_content"), (2, "client_content")]
+        assert not any("last consumed" in s for s in first.sent_summaries())  # not transparent
+        async with live(sim, config(resume=handle)) as (session, inbox):
+            turn, _ = await text_turn(session, inbox)
+        resumed = sim.connections[1]
+        assert resumed.resumed_from == handle
+        assert resumed.rolled_back == 2  # the text and the half-said answer to it
+        record = sim.sessions[1]
+        assert record.texts("text") == ["hi", "hi"]
+        assert record.texts("text", include_lost=True) == ["hi", "my account number is 42", "hi"]
+        assert [(e.kind, e.connection_index) for e in record.lost] == [("text", 0), ("model", 0)]
+        assert all("my account number" not in text for text in record.texts())
+        # The resumed model's prompt counts only what it knows.
+        (usage,) = [m.usage_metadata for m in turn if m.usage_metadata]
+        assert usage.prompt_token_count == sum(len(t) for t in record.texts()) // 4
+
+
+async def test_caller_audio_after_the_newest_handle_is_lost_on_resume() -> None:
+    script = Script(
+        [
+            Step(on="text", say="Hello.", seconds=0.05),
+            Step(on="caller", say="Hmm, let me see.", seconds=20.0),
+        ]
+    )
+    async with fast_sim(script=script) as sim:
+        async with live(sim, config(resume=True)) as (session, inbox):
+            _, handle = await text_turn(session, inbox)
+            await asyncio.sleep(0.1)
+            await send_audio(session, speech(0.6) + silence(0.45))
+            assert heard(await inbox.next(is_heard)) == "caller utterance 1 (0.6 s)"
+        await sim.wait_for(lambda: not sim.connections[0].is_open)
+        assert len(sim.connections[0].handles_issued) == 1
+        async with live(sim, config(resume=handle)) as (session, inbox):
+            await send_audio(session, speech(2.4) + silence(0.45))
+            # The model never heard the first utterance: this is its first.
+            assert heard(await inbox.next(is_heard)) == "caller utterance 1 (2.4 s)"
+            await inbox.next(turn_complete)
+        record = sim.sessions[1]
+        assert record.utterances_heard(1) == [pytest.approx(2.4, abs=0.03)]
+        assert record.utterances_heard() == [pytest.approx(2.4, abs=0.03)]
+        assert record.utterances_heard(include_lost=True) == [
+            pytest.approx(0.6, abs=0.03),
+            pytest.approx(2.4, abs=0.03),
+        ]
+        assert record.caller_utterances == 1
+        assert sim.connections[1].rolled_back == 2  # the utterance and the answer begun
+
+
+def _audio_message(pcm: bytes) -> str:
+    blob = {"data": base64.b64encode(pcm).decode(), "mimeType": "audio/pcm;rate=16000"}
+    return json.dumps({"realtimeInput": {"audio": blob}})
+
+
+async def _next_update(ws: Any) -> types.LiveServerMessage:
+    """The next ``sessionResumptionUpdate`` with a handle, parsed as the SDK parses it."""
+    async with asyncio.timeout(WAIT_S):
+        async for frame in ws:
+            message = types.LiveServerMessage._from_response(response=json.loads(frame), kwargs={})
+            if new_handle(message):
+                return message
+    raise AssertionError("connection closed")
+
+
+def _consumed(message: types.LiveServerMessage) -> int | None:
+    assert message.session_resumption_update is not None
+    return message.session_resumption_update.last_consumed_client_message_index
+
+
+async def test_transparent_handles_carry_the_last_consumed_client_message_index() -> None:
+    """Vertex AI's transparent resumption, with a raw client (the SDK refuses ``transparent``
+    for the Developer API). Replaying what was sent after the index loses nothing."""
+    loud = [_audio_message(tone_pcm16(1000.0, 0.02, -20.0, 16000)) for _ in range(10)]
+    quiet = [_audio_message(silence(0.02)) for _ in range(25)]
+    while_talking = json.dumps({"realtimeInput": {"text": "while talking"}})
+
+    def setup(handle: str | None = None) -> str:
+        resumption: dict[str, Any] = {"transparent": True}
+        if handle:
+            resumption["handle"] = handle
+        generation = {"responseModalities": ["TEXT"]}  # no playback: no barge-ins
+        return json.dumps(
+            {
+                "setup": {
+                    "model": MODEL,
+                    "sessionResumption": resumption,
+                    "generationConfig": generation,
+                }
+            }
+        )
+
+    async with fast_sim() as sim:
+        cfg = config(resume=True)
+        assert cfg.session_resumption is not None
+        cfg.session_resumption.transparent = True
+        with pytest.raises(ValueError, match="transparent"):
+            await sdk(sim).aio.live.connect(model=MODEL, config=cfg).__aenter__()
+        uri = sim.base_url.replace("https", "wss") + LIVE_PATH + "?key=k"
+        ctx = sim.tls.client_context()
+        async with ws_connect(uri, ssl=ctx) as ws:
+            await ws.send(setup())  # message 0
+            await ws.recv()
+            await ws.send(json.dumps({"realtimeInput": {"text": "hi"}}))  # 1
+            assert _consumed(await _next_update(ws)) == 1
+            for message in loud:  # 2-11: an utterance starts ...
+                await ws.send(message)
+            await ws.send(while_talking)  # 12: ... and a text arrives while it is open
+            update = await _next_update(ws)  # after the answer to the text
+            assert _consumed(update) == 1
+            handle = new_handle(update)
+            assert handle is not None
+        await sim.wait_for(lambda: not sim.connections[0].is_open)
+        first = sim.connections[0]
+        assert first.transparent
+        assert first.client_messages == [
+            (0, "setup"),
+            (1, "text"),
+            *[(index, "audio") for index in range(2, 12)],
+            (12, "text"),
+        ]
+        assert [consumed for _, consumed in first.handles_issued] == [1, 1]
+        assert any(s.endswith("(last consumed 1)") for s in first.sent_summaries())
+
+        # A transparent client resumes and replays what it sent after message 1.
+        async with ws_connect(uri, ssl=ctx) as ws:
+            await ws.send(setup(handle))
+            await ws.recv()
+            for message in [*loud, while_talking, *quiet]:
+                await ws.send(message)
+            while (consumed := _consumed(await _next_update(ws))) is not None and consumed < 31:
+                pass
+            assert consumed is not None and 31 <= consumed <= 36  # 400 ms of silence ended it
+        session = sim.sessions[1]
+        assert sim.connections[1].resumed_from == handle
+        assert session.texts("text") == ["hi", "while talking"]  # once, not twice
+        assert session.utterances_heard() == [pytest.approx(0.2)]
+        assert session.utterances_heard(1) == [pytest.approx(0.2)]
+        assert [(e.kind, e.text) for e in session.lost][:1] == [("text", "while talking")]
+
+
+async def test_a_tool_response_on_a_new_connection_does_not_answer_the_old_call() -> None:
+    script = Script(
+        [
+            Step(on="text", say="Hello.", seconds=0.05),
+            Step(
+                on="text",
+                say="Let me check.",
+                seconds=0.05,
+                tool_call=ToolCallSpec("lookup_order", {"order_id": "A17"}),
+                then_say="Your order shipped.",
+            ),
+        ]
+    )
+    async with fast_sim(script=script) as sim:
+        async with live(sim, config(resume=True)) as (session, inbox):
+            _, handle = await text_turn(session, inbox)
+            await asyncio.sleep(0.1)
+            await say_text(session, "where is my order?")
+            call = only_call(await inbox.next(lambda m: m.tool_call))
+        await sim.wait_for(lambda: not sim.connections[0].is_open)
+        async with live(sim, config(resume=handle)) as (session, inbox):
+            # A client bug: answering the old connection's call on the new connection.
+            response = types.FunctionResponse(id=call.id, name=call.name, response={"ok": True})
+            await session.send_tool_response(function_responses=[response])
+            resumed = sim.connections[1]
+            await sim.wait_for(lambda: resumed.stray_tool_responses)
+            await asyncio.sleep(0.1)
+            assert transcript([m for _, m in inbox.messages]) == ""  # no "Your order shipped."
+        assert resumed.stray_tool_responses == [
+            {"id": call.id, "name": "lookup_order", "response": {"ok": True}}
+        ]
+        record = sim.sessions[1]
+        assert [e.kind for e in record.known] == ["text", "model"]
+        assert [e.kind for e in record.lost] == ["text", "model", "tool_call"]
+        assert "tool_response" not in [e.kind for e in record.history]
 
 
 # --- fault hooks -------------------------------------------------------------------------------

@@ -148,6 +148,27 @@ class EnergyVad:
     def in_speech(self) -> bool:
         return self._speech_start_window is not None
 
+    @property
+    def undecided_from(self) -> int | None:
+        """Byte offset in the stream fed so far where audio not yet decided on starts, or None.
+
+        Undecided: an utterance in progress (from its first loud window), a run of loud windows
+        too short to be one yet, or a partial window waiting for more audio. Audio before this
+        offset has had its full effect (an ended utterance, or nothing).
+        """
+        window_bytes = 2 * self._window_samples
+        if self._speech_start_window is not None:
+            return self._speech_start_window * window_bytes
+        if self._loud_run:
+            return (self._windows_seen - self._loud_run) * window_bytes
+        if self._pending:
+            return self._windows_seen * window_bytes
+        return None
+
+    def byte_offset(self, at_s: float) -> int:
+        """Byte offset of a stream time reported by an event (``SpeechStarted.at_s``)."""
+        return 2 * round(at_s * self.sample_rate)
+
     def feed(self, pcm: bytes) -> list[VadEvent]:
         """Add audio; return the onsets and ends it completes."""
         self._pending += pcm

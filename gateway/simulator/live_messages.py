@@ -83,11 +83,18 @@ def go_away(time_left: str) -> JsonObject:
     return {"goAway": {"timeLeft": time_left}}
 
 
-def resumption_update(handle: str | None) -> JsonObject:
-    """A new handle, or ``{}`` (proto3 omits defaults) while the session is not resumable."""
+def resumption_update(handle: str | None, last_consumed_index: int | None = None) -> JsonObject:
+    """A new handle, or ``{}`` (proto3 omits defaults) while the session is not resumable.
+
+    ``last_consumed_index`` (only for a setup that asked for ``transparent``) is an int64, which
+    proto3 JSON writes as a string, e.g. ``"lastConsumedClientMessageIndex": "12"``.
+    """
     if handle is None:
         return {"sessionResumptionUpdate": {}}
-    return {"sessionResumptionUpdate": {"newHandle": handle, "resumable": True}}
+    update: JsonObject = {"newHandle": handle, "resumable": True}
+    if last_consumed_index is not None:
+        update["lastConsumedClientMessageIndex"] = str(last_consumed_index)
+    return {"sessionResumptionUpdate": update}
 
 
 def usage_metadata(
@@ -146,7 +153,11 @@ def summarise(message: Mapping[str, Any]) -> str:
     if kind == "goAway":
         return str(body.get("timeLeft", ""))
     if kind == "sessionResumptionUpdate":
-        return str(body["newHandle"]) if body.get("newHandle") else "not resumable"
+        if not body.get("newHandle"):
+            return "not resumable"
+        consumed = body.get("lastConsumedClientMessageIndex")
+        suffix = f" (last consumed {consumed})" if consumed is not None else ""
+        return f"{body['newHandle']}{suffix}"
     if kind == "usageMetadata":
         return f"totalTokenCount={body.get('totalTokenCount')}"
     return ""

@@ -17,6 +17,26 @@ turn and sends ``interrupted``, ``[toolCallCancellation]``, ``turnComplete``, ``
 The engine owns exactly one task at a time (the current turn) and cancels and awaits it in
 :meth:`ConversationEngine.close`. A turn that fails unexpectedly reports to ``on_error`` (the
 connection then closes with 1011) instead of dying unseen.
+
+Resumption state. Client messages are numbered per connection from 0 (the setup). Every handle
+captures the session as it is when issued, minus the effects of client messages after the
+handle's *last consumed* message (see ``live_sessions``: a resume restores exactly that). A
+message is consumed once it and every message before it have had their full effect: text,
+``clientContent``, tool responses and context updates when handled; caller audio once the VAD
+has decided on it (silence, a click too short to be speech, or an utterance that has ended and
+is in the history). Audio of an utterance still being heard, and any message after it, is not
+consumed; entries a later non-audio message already caused (a text turn and the model's answer)
+are left out of the handle's state, so a client that replays everything after the index gets
+them once. Only a setup with ``sessionResumption.transparent: true`` gets the index on the wire
+(``lastConsumedClientMessageIndex``, as Vertex AI sends it); the Developer API never sends it.
+ASSUMPTION (unverified against the real service): the setup is message 0 and the index names
+the last message whose effect is in the handle's state; granularity is whole messages, so a
+message whose audio straddles the end of an utterance counts as not consumed (replaying its
+quiet tail is harmless).
+
+A ``toolResponse`` answers only a call pending on *this* connection (the real service does not
+know a call id issued on an earlier connection of the session); any other function response is
+logged, recorded in ``ConnectionRecord.stray_tool_responses`` and ignored.
 """
 
 from __future__ import annotations
@@ -25,7 +45,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from websockets.exceptions import ConnectionClosed
@@ -116,7 +136,7 @@ class ConversationEngine:
         options: ModelOptions,
         script: Script | None,
         send: Send,
-        issue_handle: Callable[[], str],
+        issue_handle: Callable[[int], str],
         new_call_id: Callable[[], str],
         on_error: Callable[[BaseException], None],
     ) -> None:
@@ -138,6 +158,30 @@ class ConversationEngine:
         self._vad: EnergyVad | None = None
         self._manual_bytes: int | None = None
         self._manual_rate = proto.DEFAULT_INPUT_RATE
+        # Client message bookkeeping for handles (see the module docstring).
+        self._message_index = 0  # the message being handled (setup = 0)
+        self._handled_index = 0  # the last message fully handled
+        self._vad_bytes = 0  # bytes fed to the current VAD
+        self._audio_marks: list[tuple[int, int]] = []  # (message, VAD stream end) not decided
+        self._open_byte: int | None = None  # VAD stream offset where undecided audio starts
+        self._manual_open: int | None = None  # the activityStart of an open manual utterance
+
+    @property
+    def last_consumed_index(self) -> int:
+        """Index of the last client message that, with all before it, has had its full effect."""
+        first_open = self._first_open_message()
+        if first_open is None:
+            return self._handled_index
+        return min(self._handled_index, first_open - 1)
+
+    def _first_open_message(self) -> int | None:
+        candidates = [] if self._manual_open is None else [self._manual_open]
+        if self._open_byte is not None:
+            open_byte = self._open_byte
+            audio = next((index for index, end in self._audio_marks if end > open_byte), None)
+            if audio is not None:
+                candidates.append(audio)
+        return min(candidates, default=None)
 
     @property
     def speaking(self) -> bool:
@@ -150,15 +194,22 @@ class ConversationEngine:
         turn, self._turn = self._turn, None
         await cancel_and_wait(turn)
 
+    async def handle_message(self, index: int, events: Sequence[proto.ClientEvent]) -> None:
+        """Apply the events of client message ``index`` (called by the receive loop)."""
+        self._message_index = index
+        for event in events:
+            await self.handle(event)
+        self._handled_index = index
+
     async def handle(self, event: proto.ClientEvent) -> None:
-        """Apply one client event (called by the connection's receive loop)."""
+        """Apply one client event of the current message."""
         if isinstance(event, proto.AudioIn):
             await self._on_audio(event)
         elif isinstance(event, proto.OtherMediaIn):
             self._note_mime(event.mime_type)
         elif isinstance(event, proto.TextIn):
             self._record.realtime_texts.append(event.text)
-            self._remember("text", event.text)
+            self._remember("text", event.text, message_index=self._message_index)
             await self._answer("text")
         elif isinstance(event, proto.ActivityIn):
             await self._on_activity(event.kind)
@@ -198,32 +249,53 @@ class ConversationEngine:
                 self._options.vad_start_ms,
                 self._options.vad_silence_ms,
             )
-        for vad_event in self._vad.feed(audio.pcm):
-            await self._on_vad(vad_event)
+            self._vad_bytes = 0  # what the old detector had not decided on is gone
+            self._audio_marks.clear()
+            self._open_byte = None
+        vad = self._vad
+        self._vad_bytes += len(audio.pcm)
+        self._audio_marks.append((self._message_index, self._vad_bytes))
+        for vad_event in vad.feed(audio.pcm):
+            await self._on_vad(vad, vad_event)
+        self._settle_audio(vad)
 
-    async def _on_vad(self, event: SpeechStarted | SpeechEnded) -> None:
+    def _settle_audio(self, vad: EnergyVad) -> None:
+        """After a message's audio: note where undecided audio starts, forget decided marks."""
+        self._open_byte = open_byte = vad.undecided_from
+        if open_byte is None:
+            self._audio_marks.clear()
+        else:
+            self._audio_marks = [mark for mark in self._audio_marks if mark[1] > open_byte]
+
+    async def _on_vad(self, vad: EnergyVad, event: SpeechStarted | SpeechEnded) -> None:
         if isinstance(event, SpeechStarted):
+            self._open_byte = vad.byte_offset(event.at_s)  # undecided until the utterance ends
             if self.speaking:
                 await self._interrupt()
         else:
+            self._open_byte = None  # in the history before anything can issue a handle
             await self._on_utterance(event.duration_s)
 
     async def _on_activity(self, kind: str) -> None:
         self._record.activity.append((time.monotonic(), kind))
         if kind == "audioStreamEnd":
-            if self._vad is not None:
-                for vad_event in self._vad.flush():
-                    await self._on_vad(vad_event)
+            vad = self._vad
+            if vad is not None:
+                for vad_event in vad.flush():
+                    await self._on_vad(vad, vad_event)
+                self._settle_audio(vad)
             return
         if not self._setup.manual_activity:
             return  # activity signals only apply when automatic detection is disabled
         if kind == "activityStart":
             self._manual_bytes = 0
+            self._manual_open = self._message_index
             if self.speaking:
                 await self._interrupt()
         elif self._manual_bytes is not None:
             seconds = self._manual_bytes / 2 / self._manual_rate
             self._manual_bytes = None
+            self._manual_open = None
             await self._on_utterance(seconds)
 
     async def _on_client_content(self, content: proto.ClientContentIn) -> None:
@@ -233,21 +305,36 @@ class ConversationEngine:
         if content.turn_complete and turns and turns[-1][0] == "user":
             final = turns.pop()
         for role, text in turns:
-            self._remember("seed", text, role=role)
+            self._remember("seed", text, role=role, message_index=self._message_index)
         if content.turn_complete:
-            self._remember("text", final[1] if final else "", role="user")
+            self._remember(
+                "text", final[1] if final else "", role="user", message_index=self._message_index
+            )
             await self._answer("text")
 
     def _on_tool_response(self, response: proto.ToolResponseIn) -> None:
         for item in response.responses:
             self._record.tool_responses.append(item)
-            self._remember("tool_response", str(item.get("name", "")), data=item)
             call_id = item.get("id") or self._pending_id_for(item.get("name"))
             pending = self._pending_calls.get(call_id) if isinstance(call_id, str) else None
-            if pending is None:
-                logger.info("toolResponse for unknown or finished call %r ignored", call_id)
-            elif not pending[1].done():
-                pending[1].set_result(item)
+            if pending is None or pending[1].done():
+                # Issued on an earlier connection, already answered, cancelled or timed out, or
+                # never issued: the model has no such open call here.
+                logger.info(
+                    "connection %d: toolResponse for %r answers no call pending on this "
+                    "connection; ignored",
+                    self._record.index,
+                    call_id,
+                )
+                self._record.stray_tool_responses.append(item)
+                continue
+            self._remember(
+                "tool_response",
+                str(item.get("name", "")),
+                data=item,
+                message_index=self._message_index,
+            )
+            pending[1].set_result(item)
 
     def _pending_id_for(self, name: object) -> str | None:
         matches = [cid for cid, (call, _) in self._pending_calls.items() if call == name]
@@ -256,6 +343,7 @@ class ConversationEngine:
     async def _on_utterance(self, seconds: float) -> None:
         session = self._session
         session.caller_utterances += 1
+        seconds = round(seconds, 3)
         step = self._take_step("caller")
         hear = f"caller utterance {session.caller_utterances} ({seconds:.1f} s)"
         if step is not None and step.hear is not None:
@@ -268,7 +356,7 @@ class ConversationEngine:
                 caller_turns_answered=session.caller_turns_answered(self.system_instruction),
                 heard=[*session.heard_by(self.system_instruction), hear],
             )
-        self._remember("caller", hear)
+        self._remember("caller", hear, seconds=seconds)
         if self._setup.input_transcription:
             await self._send(messages.input_transcription(hear))
         await self._start_turn(step, "caller")
@@ -291,16 +379,26 @@ class ConversationEngine:
         await self._start_turn(step, trigger)
 
     async def _start_turn(self, step: Step, trigger: Trigger) -> None:
+        # A text turn's effects belong to its message (left out of a handle that has not
+        # consumed it); a caller turn's belong to audio already in the history.
+        cause = self._message_index if trigger == "text" else None
         if self.speaking:
-            await self._interrupt()
+            await self._interrupt(cause)
         await cancel_and_wait(self._turn)  # a finished turn: reap it
         self._turn_count += 1
         self._turn = asyncio.create_task(
-            self._run_turn(step, trigger),
+            self._run_turn(step, trigger, cause),
             name=f"sim-conn{self._record.index}-turn{self._turn_count}",
         )
 
-    async def _interrupt(self) -> None:
+    def _handle_update(self) -> proto.JsonObject:
+        """Issue a handle for the state as it is now; the ``sessionResumptionUpdate`` to send."""
+        consumed = self.last_consumed_index
+        handle = self._issue_handle(consumed)
+        self._record.handles_issued.append((handle, consumed))
+        return messages.resumption_update(handle, consumed if self._setup.transparent else None)
+
+    async def _interrupt(self, cause: int | None = None) -> None:
         """Barge-in: stop the turn at once, tell the client, close the turn."""
         cancelled_calls = list(self._pending_calls)
         turn, self._turn = self._turn, None
@@ -312,13 +410,13 @@ class ConversationEngine:
         if cancelled_calls:
             await self._send(messages.tool_call_cancellation(cancelled_calls))
             for call_id in cancelled_calls:
-                self._remember("tool_cancelled", call_id)
+                self._remember("tool_cancelled", call_id, message_index=cause)
         await self._send(messages.server_flag("turnComplete"))
         if self._setup.resumption_requested:
-            await self._send(messages.resumption_update(self._issue_handle()))
+            await self._send(self._handle_update())
 
-    async def _run_turn(self, step: Step, trigger: Trigger) -> None:
-        entry = self._turn_entry = self._remember("model", "", trigger=trigger)
+    async def _run_turn(self, step: Step, trigger: Trigger, cause: int | None) -> None:
+        entry = self._turn_entry = self._remember("model", "", trigger=trigger, message_index=cause)
         spoken_seconds = 0.0
         try:
             await asyncio.sleep(self._options.think_ms / 1000)
@@ -327,7 +425,7 @@ class ConversationEngine:
             if step.say:
                 spoken_seconds += await self._speak(step.say, step.say_seconds, step, entry)
             if step.tool_call is not None:
-                answered = await self._call_tool(step.tool_call.name, step.tool_call.args)
+                answered = await self._call_tool(step.tool_call.name, step.tool_call.args, cause)
                 if answered and step.then_say:
                     spoken_seconds += await self._speak(
                         step.then_say, step.then_say_seconds, step, entry
@@ -336,7 +434,7 @@ class ConversationEngine:
             await self._send(messages.server_flag("turnComplete"))
             await self._send(self._usage(spoken_seconds))
             if self._setup.resumption_requested:
-                await self._send(messages.resumption_update(self._issue_handle()))
+                await self._send(self._handle_update())
         except ConnectionClosed:
             entry.interrupted = True
         except Exception as exc:  # a simulator bug: report it and let the owner close (1011)
@@ -370,14 +468,19 @@ class ConversationEngine:
                 await asyncio.sleep(delay)
         return sent_seconds
 
-    async def _call_tool(self, name: str, args: proto.JsonObject) -> bool:
+    async def _call_tool(self, name: str, args: proto.JsonObject, cause: int | None) -> bool:
         """Issue a function call and wait for its response; False if it timed out."""
         call_id = self._new_call_id()
         future: asyncio.Future[proto.JsonObject] = asyncio.get_running_loop().create_future()
         self._pending_calls[call_id] = (name, future)
         try:
             await self._send(messages.tool_call([(call_id, name, args)]))
-            self._remember("tool_call", name, data={"id": call_id, "name": name, "args": args})
+            self._remember(
+                "tool_call",
+                name,
+                data={"id": call_id, "name": name, "args": args},
+                message_index=cause,
+            )
             try:
                 await asyncio.wait_for(future, self._options.tool_timeout_s)
             except TimeoutError:
@@ -389,7 +492,7 @@ class ConversationEngine:
                 )
                 del self._pending_calls[call_id]
                 await self._send(messages.tool_call_cancellation([call_id]))
-                self._remember("tool_cancelled", call_id)
+                self._remember("tool_cancelled", call_id, message_index=cause)
                 return False
             return True
         finally:
@@ -397,7 +500,7 @@ class ConversationEngine:
 
     def _usage(self, spoken_seconds: float) -> proto.JsonObject:
         prompt_audio = round(self._record.audio_in_seconds * AUDIO_TOKENS_PER_SECOND)
-        prompt_text = sum(len(entry.text) for entry in self._session.history) // 4
+        prompt_text = sum(len(entry.text) for entry in self._session.known) // 4
         response = max(1, round(spoken_seconds * AUDIO_TOKENS_PER_SECOND))
         return messages.usage_metadata(prompt_audio, prompt_text, response)
 
@@ -409,6 +512,8 @@ class ConversationEngine:
         role: str = "",
         trigger: str | None = None,
         data: proto.JsonObject | None = None,
+        seconds: float | None = None,
+        message_index: int | None = None,
     ) -> HistoryEntry:
         entry = HistoryEntry(
             kind=kind,
@@ -420,6 +525,10 @@ class ConversationEngine:
             role=role,
             trigger=trigger,
             data=data,
+            seconds=seconds,
+            message_index=message_index,
+            # Another connection has resumed the session since: it never learns of this.
+            lost=self._session.connection_indexes[-1] != self._record.index,
         )
         self._session.history.append(entry)
         return entry

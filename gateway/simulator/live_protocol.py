@@ -152,6 +152,7 @@ class SetupInfo:
     response_modalities: tuple[str, ...] = ("AUDIO",)
     resumption_requested: bool = False
     handle: str | None = None
+    transparent: bool = False
     input_transcription: bool = False
     output_transcription: bool = False
     manual_activity: bool = False
@@ -182,6 +183,9 @@ def parse_setup(message: JsonObject) -> SetupInfo:
     handle = (resumption or {}).get("handle") or None
     if handle is not None and not isinstance(handle, str):
         raise ProtocolError("sessionResumption.handle must be a string")
+    transparent = (resumption or {}).get("transparent")
+    if transparent is not None and not isinstance(transparent, bool):
+        raise ProtocolError("sessionResumption.transparent must be a boolean")
     realtime_config = _object(setup, "realtimeInputConfig", "setup")
     detection = _object(realtime_config, "automaticActivityDetection", "realtimeInputConfig")
     return SetupInfo(
@@ -192,6 +196,7 @@ def parse_setup(message: JsonObject) -> SetupInfo:
         response_modalities=tuple(m.upper() for m in modalities),
         resumption_requested=resumption is not None,
         handle=handle,
+        transparent=transparent is True,
         input_transcription=isinstance(setup.get("inputAudioTranscription"), dict),
         output_transcription=isinstance(setup.get("outputAudioTranscription"), dict),
         manual_activity=detection.get("disabled") is True,
@@ -321,6 +326,16 @@ ClientEvent = (
 )
 
 
+_EVENT_KINDS: dict[type, str] = {
+    AudioIn: "audio",
+    OtherMediaIn: "media",
+    TextIn: "text",
+    ClientContentIn: "client_content",
+    ToolResponseIn: "tool_response",
+    ContextUpdateIn: "context_update",
+}
+
+
 def parse_client_message(message: JsonObject) -> list[ClientEvent]:
     """Turn a normalised message (after setup) into events, in the order they apply."""
     kind = message_type(message)
@@ -341,6 +356,23 @@ def parse_client_message(message: JsonObject) -> list[ClientEvent]:
     instruction = body.get("systemInstruction")
     text = _instruction_text(instruction) if instruction is not None else None
     return [ContextUpdateIn(system_instruction=text, raw=body)]
+
+
+def event_kind(event: ClientEvent) -> str:
+    """Short name of an event for connection records: ``audio``, ``text``, ``tool_response`` ..."""
+    if isinstance(event, ActivityIn):
+        return {
+            "activityStart": "activity_start",
+            "activityEnd": "activity_end",
+            "audioStreamEnd": "audio_stream_end",
+        }.get(event.kind, event.kind)
+    return _EVENT_KINDS[type(event)]
+
+
+def message_kind(events: list[ClientEvent]) -> str:
+    """Kind of a client message from its events: their kinds ``+``-joined, or ``empty``."""
+    kinds = list(dict.fromkeys(event_kind(event) for event in events))
+    return "+".join(kinds) if kinds else "empty"
 
 
 def _realtime_events(body: JsonObject) -> list[ClientEvent]:

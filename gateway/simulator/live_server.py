@@ -20,6 +20,19 @@ the model says):
 * then caller audio, text and tool responses drive the simulated model until either side closes.
   A malformed or unknown message closes that connection with 1007 and a reason; the server goes on.
 
+Resumption is as unforgiving as the real service's (``live_sessions``, ``live_model``): a handle
+restores the session **as of that handle**. Caller audio, text and tool responses the client sent
+after the newest handle, and what the model said after it, are not in the resumed session (they
+stay in ``SessionRecord.history`` flagged ``lost``; ``ConnectionRecord.rolled_back`` counts them).
+A client that must not lose them buffers what it sent since the newest handle and replays it.
+With ``sessionResumption.transparent: true`` in the setup (Vertex AI only; the SDK refuses it for
+the Developer API) every new handle carries ``lastConsumedClientMessageIndex``: client messages
+are numbered per connection from 0 (the setup), and the index names the last message whose effect
+is in the handle's state (our assumption; see ``live_model``). A ``toolResponse`` for a call
+issued on an earlier connection is ignored and recorded in ``stray_tool_responses``. Every
+connection records its client messages (``client_messages``: index and kind) and the handles
+issued on it with their last consumed index (``handles_issued``).
+
 Fault hooks (:meth:`LiveSimulator.close`, :meth:`~LiveSimulator.go_away`,
 :meth:`~LiveSimulator.inject`, :meth:`~LiveSimulator.fail_next_connects`,
 :meth:`~LiveSimulator.forget_handles`) are also served over HTTP (``live_control``).
@@ -388,7 +401,9 @@ class LiveSimulator:
         record.system_instruction = setup.system_instruction
         record.function_declarations = list(setup.function_declarations)
         record.resumption_requested = setup.resumption_requested
+        record.transparent = setup.transparent
         record.handle_requested = setup.handle
+        record.client_messages.append((0, "setup"))
         remaining, code, reason = self._fail_connects
         if remaining > 0:
             self._fail_connects = (remaining - 1, code, reason)
@@ -405,6 +420,14 @@ class LiveSimulator:
         except proto.ProtocolError as exc:
             await connection.close(exc.code, exc.reason)
             return
+        if record.resumed:
+            logger.info(
+                "connection %d resumed session %d from %s: %d history entries rolled back",
+                record.index,
+                session.id,
+                record.resumed_from,
+                record.rolled_back,
+            )
         if self.setup_delay_ms > 0:
             await asyncio.sleep(self.setup_delay_ms / 1000)
         await connection.send(messages.setup_complete())
@@ -417,16 +440,21 @@ class LiveSimulator:
             options=self.options,
             script=self.script,
             send=connection.send,
-            issue_handle=lambda: self._registry.issue_handle(session),
+            issue_handle=lambda consumed: (
+                self._registry.issue_handle(
+                    session, connection_index=record.index, last_consumed_index=consumed
+                ).handle
+            ),
             new_call_id=lambda: f"function-call-{next(self._call_ids)}",
             on_error=lambda _: self._fail(connection),
         )
         async for frame in ws:
             record.frames_received += 1
+            index = record.frames_received - 1  # client messages count from 0, the setup
             try:
                 events = proto.parse_client_message(proto.parse_frame(frame))
-                for event in events:
-                    await connection.engine.handle(event)
+                record.client_messages.append((index, proto.message_kind(events)))
+                await connection.engine.handle_message(index, events)
             except proto.ProtocolError as exc:
                 logger.info("connection %d: %s", record.index, exc.reason)
                 await connection.close(exc.code, exc.reason)

@@ -1,5 +1,6 @@
 """Logical Live sessions and their resumption handles: the rules for which connection may join
-which session. No I/O; "is that other connection still open" is asked through a callback.
+which session, and what state a resume restores. No I/O; "is that other connection still open"
+is asked through a callback.
 
 * a setup without ``sessionResumption`` starts a session that never gets handles;
 * ``sessionResumption: {}`` starts a resumable session;
@@ -9,6 +10,19 @@ which session. No I/O; "is that other connection still open" is asked through a 
   while the old socket is open) unless that check is turned off.
 
 Handles look like ``sim-{session}-{n}``; every handle issued stays valid until forgotten.
+
+**A handle restores the session as of that handle**, as the real service does: each handle maps
+to a :class:`~gateway.simulator.live_records.HandlePoint` (the history length, the per-session
+counters such as ``caller_utterances``, and the last client message whose effect is included).
+Resuming with it rolls the session back to that point: history entries recorded after it are
+flagged ``lost`` (kept for tests, unknown to the model), the counters are reset, and the
+connection records ``resumed_from`` and ``rolled_back``. Whatever the client sent after the
+handle (caller audio, text, tool responses) and whatever the model said after it is gone; a
+client that wants it kept must buffer and replay it. Resuming an older handle restores exactly
+that older state (entries lost since may come back). Script steps consumed on lost turns stay
+consumed: the script is the test's scenario, not the model's memory. Whatever an old connection
+still adds after another connection resumed the session (a turn finishing as its socket closes,
+or anything at all with the open-connection check turned off) is recorded as lost at once.
 """
 
 from __future__ import annotations
@@ -18,7 +32,7 @@ import time
 from collections.abc import Callable
 
 from gateway.simulator import live_protocol as proto
-from gateway.simulator.live_records import ConnectionRecord, SessionRecord
+from gateway.simulator.live_records import ConnectionRecord, HandlePoint, SessionRecord
 
 
 class SessionRegistry:
@@ -39,7 +53,8 @@ class SessionRegistry:
     ) -> SessionRecord:
         """Find or create the session for a new connection, or raise :class:`ProtocolError`.
 
-        ``is_open(index)`` tells whether the connection with that index is still open.
+        ``is_open(index)`` tells whether the connection with that index is still open. A resume
+        rolls the session back to the handle's point (see the module docstring).
         """
         if setup.handle is None:
             session = SessionRecord(
@@ -66,16 +81,24 @@ class SessionRegistry:
                     proto.CLOSE_INTERNAL_ERROR,
                 )
             record.resumed = True
+            record.resumed_from = setup.handle
+            record.rolled_back = session.restore(session.points[setup.handle])
         session.connection_indexes.append(record.index)
         record.session_id = session.id
         return session
 
-    def issue_handle(self, session: SessionRecord) -> str:
-        """A new handle for ``session`` (after a completed or interrupted turn)."""
+    def issue_handle(
+        self, session: SessionRecord, *, connection_index: int, last_consumed_index: int
+    ) -> HandlePoint:
+        """A new handle for ``session`` (after a completed or interrupted turn) that restores
+        the session as it is now, minus the effects of the client messages on
+        ``connection_index`` after ``last_consumed_index``."""
         handle = f"sim-{session.id}-{len(session.handles) + 1}"
+        point = session.snapshot(handle, connection_index, last_consumed_index)
         session.handles.append(handle)
+        session.points[handle] = point
         self._handles[handle] = session.id
-        return handle
+        return point
 
     def forget_handles(self) -> None:
         """Invalidate every handle issued so far."""
