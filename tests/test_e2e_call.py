@@ -111,9 +111,11 @@ async def test_a_live_session_that_ends_for_good_closes_the_stream() -> None:
         call = asyncio.create_task(h.call([Silence(5.0)], linger_s=0.1))
         await h.sim.wait_for_connections(1, timeout=3)
         await asyncio.sleep(0.3)
-        await h.sim.close(1008, "policy violation")
+        h.sim.fail_next_connects(10, code=1008, reason="API key not valid")
+        await h.sim.close(1008, "policy violation")  # one reconnect, which is refused
         result = await asyncio.wait_for(call, 5)
     assert result.closed_by == "gateway"
+    assert len(h.sim.connections) == 2
     assert result.call_time(result.ended_at or 0) < 2.0
     (ended,) = h.named("call.ended")
     assert ended["reason"] == "model_ended"

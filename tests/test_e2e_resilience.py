@@ -13,6 +13,7 @@ import pytest
 from gateway.simulator.caller_audio import Silence, Tone
 from gateway.simulator.caller_result import CallResult
 from gateway.simulator.script import Step, ToolCallSpec
+from tests.conftest import StructuredLogs
 from tests.harness import FakeTwilioRest, Harness, agents, running, serving
 
 GREETING = agents(agent_triage={"greeting": "Greet the caller."})
@@ -244,4 +245,19 @@ async def test_a_drop_right_as_the_model_calls_the_handoff_tool_is_survived() ->
         conns = h.sim.connections
     assert result.closed_by == "caller"  # the call went on to its natural end
     assert conns[-1].voice == "Charon" and conns[-1].setup_completed  # with the new agent
+    assert h.named("call.ended")[0]["reason"] == "caller_hung_up"
+
+
+async def test_a_1008_right_after_setup_while_the_greeting_is_sent_is_survived(
+    structured_logs: StructuredLogs,
+) -> None:
+    steps = [Step(on="text", say="hello", seconds=0.3)]
+    async with running(steps=steps, graph=GREETING) as h:
+        h.sim.fail_next_connects(1, code=1008, reason="The operation was aborted", after_setup=True)
+        result = await asyncio.wait_for(h.call([Silence(2.5)], linger_s=0.1), 8)
+        conns = h.sim.connections
+    assert result.closed_by == "caller"  # no traceback, no fallback: the call went on
+    assert len(conns) == 2 and conns[0].injected_failure and conns[0].close_code == 1008
+    greeted = [p["text"] for m in conns[1].client_contents for t in m["turns"] for p in t["parts"]]
+    assert greeted == ["Greet the caller."]  # the greeting was given on the new connection
     assert h.named("call.ended")[0]["reason"] == "caller_hung_up"

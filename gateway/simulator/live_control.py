@@ -18,6 +18,7 @@ Responses are JSON: ``{"ok": true, "affected": 1}`` or ``{"error": "..."}`` with
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal, Protocol
@@ -50,7 +51,9 @@ class Controllable(Protocol):
 
     async def inject(self, message: JsonObject, which: Which = "latest") -> int: ...
 
-    def fail_next_connects(self, n: int, code: int = 1011, reason: str = "") -> None: ...
+    def fail_next_connects(
+        self, n: int, code: int = 1011, reason: str = "", *, after_setup: bool = False
+    ) -> None: ...
 
     def forget_handles(self) -> None: ...
 
@@ -76,7 +79,9 @@ async def handle_control(sim: Controllable, method: str, target: str) -> tuple[i
         ),
         "inject": lambda: sim.inject(args.json_object("message"), args.which()),
         "fail-connects": lambda: _sync(
-            sim.fail_next_connects,
+            functools.partial(
+                sim.fail_next_connects, after_setup=args.text("after_setup") in ("1", "true")
+            ),
             args.integer("n", 1),
             args.integer("code", 1011),
             args.text("reason", "simulated connect failure"),

@@ -130,7 +130,7 @@ class LiveSimulator:
         self._live: dict[int, LiveConnection] = {}
         self._registry = SessionRegistry()
         self._call_ids = itertools.count(1)
-        self._fail_connects: tuple[int, int, str] = (0, 1011, "")
+        self._fail_connects: tuple[int, int, str, bool] = (0, 1011, "", False)
         self._changed = asyncio.Event()
         self.internal_errors = 0
 
@@ -252,13 +252,20 @@ class LiveSimulator:
         return len(targets)
 
     def fail_next_connects(
-        self, n: int, code: int = 1011, reason: str = "simulated connect failure"
+        self,
+        n: int,
+        code: int = 1011,
+        reason: str = "simulated connect failure",
+        *,
+        after_setup: bool = False,
     ) -> None:
-        """Close the next ``n`` connections with ``code`` right after their setup arrives."""
+        """Close the next ``n`` connections with ``code`` right after their setup arrives, or,
+        with ``after_setup``, right after answering it with ``setupComplete`` (a session that
+        is aborted as the client starts to talk: the reported mid-call 1008)."""
         if n < 0:
             raise ValueError("n must not be negative")
         check_close_code(code)
-        self._fail_connects = (n, code, reason)
+        self._fail_connects = (n, code, reason, after_setup)
 
     def forget_handles(self) -> None:
         """Invalidate every resumption handle issued so far (later resumes are closed 1008)."""
@@ -404,12 +411,13 @@ class LiveSimulator:
         record.transparent = setup.transparent
         record.handle_requested = setup.handle
         record.client_messages.append((0, "setup"))
-        remaining, code, reason = self._fail_connects
+        remaining, code, reason, after_setup = self._fail_connects
         if remaining > 0:
-            self._fail_connects = (remaining - 1, code, reason)
+            self._fail_connects = (remaining - 1, code, reason, after_setup)
             record.injected_failure = True
-            await connection.close(code, reason)
-            return
+            if not after_setup:
+                await connection.close(code, reason)
+                return
         try:
             session = self._registry.attach(
                 record,
@@ -433,6 +441,9 @@ class LiveSimulator:
         await connection.send(messages.setup_complete())
         record.setup_completed = True
         self._notify()
+        if record.injected_failure:
+            await connection.close(code, reason)
+            return
         connection.engine = ConversationEngine(
             record=record,
             session=session,
