@@ -77,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
         "--reorder", type=int, default=0, metavar="N",
         help="telnyx: shuffle media within windows of N frames, as Telnyx may deliver them",
     )  # fmt: skip
+    call.add_argument(
+        "--call-codec", choices=("PCMU", "PCMA", "G722", "L16"), default="PCMU",
+        help="telnyx: the call leg's own codec (Telnyx streams the caller in it unless it can "
+        "transcode to the one asked for: only PCMU<->PCMA)",
+    )  # fmt: skip
     call.add_argument("--wav", type=Path, help="what the caller says (a PCM WAV, any rate)")
     call.add_argument(
         "--audio",

@@ -149,7 +149,13 @@ async def place_call(args: argparse.Namespace) -> int:
         common = {"dtmf": dtmf, "hangup": args.hangup, "linger_s": args.linger,
                   "stream_url": args.stream_url}  # fmt: skip
         if telnyx:
-            caller = TelnyxCaller(args.url, speech=segments, reorder_window=args.reorder, **common)
+            caller = TelnyxCaller(
+                args.url,
+                speech=segments,
+                reorder_window=args.reorder,
+                call_codec=args.call_codec,
+                **common,
+            )
         else:
             caller = TwilioCaller(
                 args.url, audio=render(segments), auth_token=args.auth_token, **common
@@ -157,7 +163,8 @@ async def place_call(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     result: CallResult = await caller.run()
-    print(f"carrier:     {args.carrier}" + (f" ({result.codec})" if telnyx else ""))
+    codecs = f" ({result.codec} in, {result.bidirectional_codec} back)" if telnyx else ""
+    print(f"carrier:     {args.carrier}{codecs}")
     print(f"stream:      {result.stream_url}")
     print(f"parameters:  {', '.join(sorted(result.parameters)) or 'none'}")
     agent_s = result.media_messages_received * 0.020  # the gateway sends 20 ms per message

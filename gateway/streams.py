@@ -86,8 +86,20 @@ async def _run(
     """Accept the socket and serve it, as a call (admitted) or pending (until ``start``)."""
     task = asyncio.current_task()
     assert task is not None
+    log = structlog.get_logger(f"gateway.{carrier}")
 
     def admit(started: StreamStarted) -> Refusal | None:
+        refused = admission(started)
+        if refused is None and started.downlink_format is not None:  # once a call, not before
+            log.info(  # e.g. Telnyx: the caller in the call's codec, the agent in G722
+                f"{carrier}.formats_differ",
+                call_id=started.call_id,
+                inbound=str(started.audio_format),
+                outbound=str(started.downlink_format),
+            )
+        return refused
+
+    def admission(started: StreamStarted) -> Refusal | None:
         if grant is not None:  # admitted (or refused for room) at the upgrade
             if started.call_id != grant.call_id:
                 return Refusal("unauthorized", "stream token was minted for another call")

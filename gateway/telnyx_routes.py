@@ -1,6 +1,9 @@
 """Telnyx: ``POST /telnyx/voice`` (TeXML for form posts, Call Control for JSON webhooks, also
 at ``/telnyx/call-control``) and ``WS /telnyx/stream[/<token>]``.
 
+With ``TELNYX_TEXML=false`` form posts (TeXML) get 404 and only Call Control is served: the
+setting ``TELNYX_CODEC=L16`` needs, since TeXML does not document L16 (see ``settings.py``).
+
 With ``TELNYX_PUBLIC_KEY`` set (``gateway serve`` insists on it, see ``CARRIERS``), every
 webhook must carry a fresh Ed25519 signature. Telnyx signs no stream upgrade, so the stream
 token carries the proof (see :mod:`gateway.streams`): in the stream URL's path for both kinds
@@ -54,6 +57,12 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
                 return PlainTextResponse("invalid or missing Telnyx signature", 403)
         if request.headers.get("content-type", "").startswith("application/json"):
             return await call_control_event(request, body)
+        if not settings.telnyx_texml:
+            return PlainTextResponse(
+                "TeXML is not served here (TELNYX_TEXML=false): this endpoint takes "
+                "Telnyx Call Control (JSON) webhooks",
+                404,
+            )
         form = await read_form(request)
         if form is None:
             return CLIENT_GONE
@@ -119,7 +128,9 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
     app.add_api_route("/telnyx/call-control", telnyx_webhook, methods=["POST"])
 
     async def telnyx_stream(websocket: WebSocket, token: str | None) -> None:
-        codec = TelnyxCodec()
+        # The codec asked for both ways: the gateway's audio is sent in it even when Telnyx
+        # streams the caller in the call's own codec (see carriers/telnyx.py).
+        codec = TelnyxCodec(requested=settings.telnyx_codec)
 
         async def hang_up(call_id: str) -> None:
             # A TeXML call ends when its <Connect> stream closes; a Call Control call does not.

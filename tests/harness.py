@@ -40,31 +40,36 @@ TELNYX_API_KEY = "KEY-telnyx-test-0123456789"
 
 @dataclass(frozen=True)
 class Carrier:
-    """Who carries the call in a test: the carrier, the stream codec, and (Telnyx) the mode."""
+    """Who carries the call in a test: the carrier, the stream codec (TELNYX_CODEC), (Telnyx)
+    the mode, and the call leg's own codec (None: the stream codec, a leg that needs no
+    transcoding)."""
 
     name: str = "twilio"
     codec: str = "PCMU"
     mode: str = "texml"
+    call_codec: str | None = None
 
     @property
     def rate(self) -> int:
-        """Sample rate of what the caller hears and says."""
+        """Sample rate of what the caller hears and says (on a leg in the stream codec)."""
         return 16000 if self.codec in ("G722", "L16") else 8000
 
     def __str__(self) -> str:
         if self.name == "twilio":
             return "twilio"
-        return f"telnyx-{self.mode}-{self.codec}"
+        on = f"-on-{self.call_codec}" if self.call_codec else ""
+        return f"telnyx-{self.mode}-{self.codec}{on}"
 
 
 TWILIO = Carrier()
-#: Every carrier path: Twilio, and Telnyx TeXML for each codec plus Call Control.
+#: Every carrier path: Twilio, and Telnyx TeXML for each of its codecs plus Call Control (L16
+#: is Call Control's only: TeXML does not document it).
 ALL_CARRIERS = [
     TWILIO,
     Carrier("telnyx", "PCMU"),
     Carrier("telnyx", "PCMA"),
     Carrier("telnyx", "G722"),
-    Carrier("telnyx", "L16"),
+    Carrier("telnyx", "L16", "call-control"),
     Carrier("telnyx", "PCMU", "call-control"),
 ]
 #: One of each kind, for behaviour that does not depend on the codec.
@@ -93,6 +98,7 @@ class Harness:
             audio = render(segments)
             caller = TwilioCaller(self.gateway.url, audio=audio, linger_s=linger_s, **kwargs)
         else:
+            kwargs.setdefault("call_codec", self.carrier.call_codec or self.carrier.codec)
             caller = TelnyxCaller(
                 self.gateway.url,
                 speech=segments,
@@ -143,6 +149,8 @@ async def running(
         telnyx_api = None
         if carrier.name == "telnyx":
             settings.setdefault("telnyx_codec", carrier.codec)
+            if carrier.codec == "L16":  # TeXML does not document it: serve Call Control alone
+                settings.setdefault("telnyx_texml", False)
             if carrier.mode == "call-control":
                 telnyx_api = await stack.enter_async_context(
                     TelnyxApiSimulator(api_key=TELNYX_API_KEY)

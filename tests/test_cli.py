@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRUBBED = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GEMINI_BASE_URL", "PUBLIC_URL", "AGENTS_FILE",
             "GEMINI_MODEL", "LOG_FORMAT", "LOG_LEVEL", "HOST", "PORT", "CARRIERS",
             "TWILIO_AUTH_TOKEN", "TELNYX_PUBLIC_KEY", "ALLOW_UNSIGNED_WEBHOOKS",
-            "LOG_TRANSCRIPTS")  # fmt: skip
+            "LOG_TRANSCRIPTS", "TELNYX_CODEC", "TELNYX_TEXML")  # fmt: skip
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -117,6 +117,25 @@ def test_cli_ports_are_validated_1_to_65535(tmp_path: Path, port: str, command: 
     done = gateway(command, "--port", port, cwd=tmp_path)
     assert done.returncode == 2
     assert "argument --port:" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "check"])
+def test_l16_is_refused_while_texml_is_served(tmp_path: Path, command: str) -> None:
+    """TeXML's <Stream bidirectionalCodec> documents no L16; Call Control does, so L16 starts
+    when TeXML is off (or Telnyx not served at all)."""
+    (tmp_path / "agents.yaml").write_text((ROOT / "agents.yaml").read_text())
+    done = gateway(command, cwd=tmp_path, TELNYX_CODEC="L16")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: TELNYX_CODEC: L16 is documented for Telnyx Call Control")
+    assert "PCMU, PCMA, G722" in done.stderr and "TELNYX_TEXML=false" in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    for env in ({"TELNYX_TEXML": "false"}, {"CARRIERS": "twilio"}):
+        allowed = gateway(command, cwd=tmp_path, TELNYX_CODEC="l16", **env)
+        if command == "check":
+            assert allowed.returncode == 0, allowed.stderr
+        else:  # past the settings: stopped by the next check, before listening
+            assert allowed.returncode == 2
+            assert "GEMINI_API_KEY is not set" in allowed.stderr
 
 
 def test_serve_refuses_to_start_with_unverified_webhooks(tmp_path: Path) -> None:

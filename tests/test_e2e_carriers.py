@@ -17,6 +17,7 @@ from gateway.simulator.caller_audio import Silence, Tone
 from gateway.simulator.caller_result import CallResult
 from gateway.simulator.script import Step, ToolCallSpec
 from gateway.simulator.voices import voice_pitch_hz
+from tests.conftest import StructuredLogs
 from tests.harness import ALL_CARRIERS, CARRIER_KINDS, Carrier, agents, running
 
 LEVEL = -12.0
@@ -146,7 +147,9 @@ async def test_caller_hang_up_closes_the_live_session(carrier: Carrier) -> None:
     assert h.named("call.ended")[0]["reason"] == "caller_hung_up"
 
 
-@pytest.mark.parametrize("carrier", [Carrier("telnyx", "PCMU"), Carrier("telnyx", "L16")], ids=str)
+@pytest.mark.parametrize(
+    "carrier", [Carrier("telnyx", "PCMU"), Carrier("telnyx", "L16", "call-control")], ids=str
+)
 async def test_out_of_order_and_duplicated_frames_are_restored(carrier: Carrier) -> None:
     async with running(carrier=carrier) as h:
         result = await h.call(
@@ -173,8 +176,59 @@ async def test_a_call_control_call_is_answered_streamed_and_hung_up_by_the_gatew
         call = asyncio.create_task(h.call([Silence(4.0)], linger_s=0.1))
         await h.sim.wait_for_connections(1, timeout=5)
         await asyncio.sleep(0.3)
-        await h.sim.close(1008, "policy")  # Gemini gone for good: the gateway ends the call
+        h.sim.fail_next_connects(10, code=1011, reason="backend down")
+        await h.sim.close(1011, "backend gone")  # Gemini gone for good: the gateway ends the call
         result = await asyncio.wait_for(call, 8)
     actions = result.api_actions()
     assert actions[:2] == ["answer", "streaming_start"]
     assert "speak" in actions  # the fallback apology through Call Control
+
+
+#: Telnyx streams the caller in the call's own codec where it cannot transcode to the one asked
+#: for (it transcodes only PCMU <-> PCMA), and reads the gateway's audio as the codec asked for
+#: (carriers/telnyx.py has the sources): (carrier, codec the caller is streamed in).
+CALL_CODEC_DIFFERS = [
+    (Carrier("telnyx", "G722", call_codec="PCMU"), "PCMU"),
+    (Carrier("telnyx", "PCMU", call_codec="PCMA"), "PCMU"),  # transcoded: PCMU both ways
+    (Carrier("telnyx", "L16", "call-control", call_codec="PCMU"), "PCMU"),
+    (Carrier("telnyx", "G722", "call-control", call_codec="PCMA"), "PCMA"),
+]
+
+
+@pytest.mark.parametrize(("carrier", "streamed"), CALL_CODEC_DIFFERS, ids=str)
+async def test_the_agent_is_heard_when_the_calls_codec_differs_from_the_one_asked_for(
+    carrier: Carrier, streamed: str, structured_logs: StructuredLogs
+) -> None:
+    # The simulated Telnyx decodes what the gateway sends as the codec asked for: audio encoded
+    # for the codec the caller is streamed in would be noise (or wrongly sized frames) there.
+    hz = 6000 if carrier.rate == 16000 else 1000
+    steps = [Step(on="text", say="tone", seconds=1.0, tone_hz=hz, level_dbfs=LEVEL)]
+    async with running(steps=steps, graph=GREETING, carrier=carrier) as h:
+        result = await h.call([Silence(2.4)], linger_s=0.2)
+    assert (result.codec, result.bidirectional_codec) == (streamed, carrier.codec)
+    pcm, rate = _heard(result)
+    assert rate == carrier.rate
+    assert _audible_s(pcm, rate) == pytest.approx(1.0, abs=0.05)
+    steady = _steady(pcm, rate)
+    assert dominant_frequency(steady, rate) == pytest.approx(hz, abs=3)
+    assert tone_dbfs(steady, rate, hz) == pytest.approx(LEVEL, abs=_tolerance_db(carrier))
+    differ = structured_logs.events("telnyx.formats_differ")
+    if streamed == carrier.codec:
+        assert differ == []
+    else:
+        [logged] = differ
+        assert logged["inbound"].startswith(f"{streamed}/8000")
+        assert logged["outbound"].startswith(f"{carrier.codec}/16000")
+
+
+@pytest.mark.parametrize(("carrier", "streamed"), CALL_CODEC_DIFFERS, ids=str)
+async def test_the_caller_is_heard_in_the_calls_codec(carrier: Carrier, streamed: str) -> None:
+    async with running(carrier=carrier) as h:
+        result = await h.call([Silence(0.4), Tone(1000, 1.0, LEVEL), Silence(0.4)], linger_s=0.2)
+        received = bytes(h.sim.connections[0].audio_in)
+    assert result.codec == streamed
+    assert _audible_s(received, 16000) == pytest.approx(1.0, abs=0.05)
+    steady = _steady(received, 16000)
+    assert dominant_frequency(steady, 16000) == pytest.approx(1000, abs=3)
+    assert tone_dbfs(steady, 16000, 1000) == pytest.approx(LEVEL, abs=0.6)
+    assert tone_dbfs(steady, 16000, 7000) < LEVEL - 60  # upsampled 8 → 16 kHz, cleanly

@@ -144,7 +144,7 @@ async def test_caller_audio_beyond_real_time_is_dropped_and_counted() -> None:
     [
         (Carrier(), {}),
         (Carrier("telnyx", "PCMU"), {"burst_frames": 75}),  # 1.5 s stalls, then catch-up
-        (Carrier("telnyx", "L16"), {"reorder_window": 3, "duplicate_every": 7}),
+        (Carrier("telnyx", "L16", "call-control"), {"reorder_window": 3, "duplicate_every": 7}),
     ],
     ids=["twilio", "telnyx-bursty", "telnyx-reordered"],
 )

@@ -26,9 +26,7 @@ def _stream(xml: str) -> ET.Element:
     return stream
 
 
-@pytest.mark.parametrize(
-    ("codec", "rate"), [("PCMU", "8000"), ("PCMA", "8000"), ("G722", "16000"), ("L16", "16000")]
-)
+@pytest.mark.parametrize(("codec", "rate"), [("PCMU", "8000"), ("PCMA", "8000"), ("G722", "16000")])
 async def test_texml_connects_a_bidirectional_rtp_stream(codec: str, rate: str) -> None:
     async with running(telnyx_codec=codec) as h, httpx.AsyncClient(base_url=h.gateway.url) as http:
         response = await http.post("/telnyx/voice", data=FORM)
@@ -42,6 +40,24 @@ async def test_texml_connects_a_bidirectional_rtp_stream(codec: str, rate: str) 
     assert stream.attrib["bidirectionalCodec"] == codec
     assert stream.attrib["bidirectionalSamplingRate"] == rate
     assert params["call_control_id"] == "v3:abc123"
+
+
+async def test_with_texml_off_only_call_control_is_served() -> None:
+    """TELNYX_TEXML=false (what TELNYX_CODEC=L16 needs): a TeXML form post is not answered
+    with a stream Telnyx does not document; Call Control webhooks still are."""
+    event = {"data": {"event_type": "call.initiated", "id": "1", "record_type": "event",
+                      "payload": {"call_control_id": "v3:x", "direction": "incoming"}}}  # fmt: skip
+    async with (
+        running(telnyx_codec="L16", telnyx_texml=False) as h,
+        httpx.AsyncClient(base_url=h.gateway.url) as http,
+    ):
+        texml = await http.post("/telnyx/voice", data=FORM)
+        call_control = await http.post("/telnyx/call-control", content=json.dumps(event),
+                                       headers={"content-type": "application/json"})  # fmt: skip
+    assert texml.status_code == 404
+    assert "TELNYX_TEXML=false" in texml.text and "<Stream" not in texml.text
+    assert call_control.status_code == 503  # Call Control, served: it only lacks its API key
+    assert "TELNYX_API_KEY" in call_control.text
 
 
 def _key_pair() -> tuple[Ed25519PrivateKey, str]:

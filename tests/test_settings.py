@@ -82,6 +82,30 @@ def test_invalid_settings_name_the_variable(
     assert str(info.value).startswith(message)
 
 
+@pytest.mark.parametrize("codec", ["PCMU", "PCMA", "G722", "L16"])
+@pytest.mark.parametrize("carriers", ["twilio,telnyx", "telnyx", "twilio"])
+@pytest.mark.parametrize("texml", ["true", "false"])
+def test_telnyx_codec_l16_only_without_texml(
+    monkeypatch: pytest.MonkeyPatch, codec: str, carriers: str, texml: str
+) -> None:
+    """L16 is Call Control's (TeXML's <Stream> documents PCMU, PCMA, G722): refused while the
+    Telnyx routes answer TeXML, allowed with TELNYX_TEXML=false or without Telnyx at all."""
+    monkeypatch.setenv("TELNYX_CODEC", codec)
+    monkeypatch.setenv("CARRIERS", carriers)
+    monkeypatch.setenv("TELNYX_TEXML", texml)
+    if codec == "L16" and "telnyx" in carriers and texml == "true":
+        with pytest.raises(SettingsError) as info:
+            load_settings(_env_file=None)
+        assert str(info.value) == (
+            "TELNYX_CODEC: L16 is documented for Telnyx Call Control only, and TeXML is served "
+            "(its <Stream> takes PCMU, PCMA, G722); choose one of those, or set "
+            "TELNYX_TEXML=false to serve Call Control alone"
+        )
+    else:
+        settings = load_settings(_env_file=None)
+        assert (settings.telnyx_codec, settings.telnyx_texml) == (codec, texml == "true")
+
+
 def test_an_invalid_key_setting_never_echoes_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GEMINI_API_KEY", "   ")
     assert load_settings(_env_file=None).gemini_api_key is None

@@ -354,7 +354,7 @@ def kinds(result: CallResult) -> list[str]:
 # === TeXML calls ================================================================================
 
 
-@pytest.mark.parametrize("codec", ["PCMU", "PCMA", "L16", "G722"])
+@pytest.mark.parametrize("codec", ["PCMU", "PCMA", "G722"])  # TeXML's codecs (L16: Call Control)
 async def test_texml_call_is_exact_paced_and_heard_per_codec(gw: TelnyxGateway, codec: str) -> None:
     rate = RATES[codec]
     wide = rate == 16000
@@ -377,6 +377,7 @@ async def test_texml_call_is_exact_paced_and_heard_per_codec(gw: TelnyxGateway, 
         dtmf=[(0.1, "5"), (0.2, "#")],
         signing_key=KEY,
         on_event=events.append,
+        call_codec=codec,  # a leg in the codec asked for: nothing to transcode
     )
     assert call is not None
     assert result.violations == [], result.violations
@@ -565,13 +566,53 @@ async def test_reordered_g722_put_back_in_order_is_the_in_order_encoding(
 ) -> None:
     gw.behaviour.codec = "G722"
     result, call = await place_call(
-        gw, speech=[Tone(300, 0.2)], linger_s=0.0, reorder_window=3, duplicate_every=2, seed=1
+        gw,
+        speech=[Tone(300, 0.2)],
+        linger_s=0.0,
+        reorder_window=3,
+        duplicate_every=2,
+        seed=1,
+        call_codec="G722",
     )
     assert call is not None
     assert result.violations == []
     by_chunk = {int(m["media"]["chunk"]): m["media"]["payload"] for m in call.of("media")}
     pcm = Tone(300, 0.2).pcm(16000)
     assert b"".join(base64.b64decode(by_chunk[k]) for k in sorted(by_chunk)) == encode("G722", pcm)
+
+
+@pytest.mark.parametrize("sent", ["G722", "PCMU"])
+async def test_the_gateway_is_heard_only_in_the_bidirectional_codec(
+    gw: TelnyxGateway, sent: str
+) -> None:
+    """G722 asked of a PCMU call: Telnyx cannot transcode the caller to G722, so it streams
+    PCMU (and says so in ``start``), but it reads the gateway's audio as G722. A gateway that
+    answers in the streamed codec sends frames of the right size that decode to noise."""
+    rate = RATES[sent]
+    tone = analysis.sine_pcm16(700.0, 0.4, rate, dbfs=-12.0)
+
+    async def speak(call: ServerCall) -> None:
+        await call.at(0.1)
+        await call.media(encode(sent, tone))
+
+    gw.behaviour.codec, gw.behaviour.scenario = "G722", speak
+    result, call = await place_call(gw, speech=[Silence(0.2)], linger_s=0.7, call_codec="PCMU")
+    assert call is not None
+    assert result.violations == []  # 160-byte frames either way: only the audio tells
+    media_format = call.of("start")[0]["start"]["media_format"]
+    assert media_format == {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}
+    assert (result.codec, result.bidirectional_codec, result.heard_rate) == ("PCMU", "G722", 16000)
+    assert "streams the call's PCMU" in " ".join(result.warnings)
+    onset = result.heard_onset_s(min_level=300)
+    assert onset is not None
+    heard = result.heard_between(onset + 0.05, onset + 0.35)
+    level = analysis.tone_dbfs(heard, 16000, 700.0)
+    impurity = analysis.rms_dbfs(heard) - level  # 0 dB for a pure tone
+    if sent == "G722":
+        assert level == pytest.approx(-12.0, abs=0.6)
+        assert impurity < 0.5
+    else:
+        assert impurity > 20  # noise, with almost nothing of the tone in it
 
 
 OUT = base64.b64encode(b"\x2a" * 160).decode()
@@ -846,28 +887,30 @@ async def test_caller_hangs_up_and_a_late_gateway_hangup_gets_90018(
     assert call.webhook("call.hangup")["hangup_source"] == "caller"
 
 
+@pytest.mark.parametrize("codec", ["G722", "L16"])
 async def test_stream_requested_on_answer(
-    gw: TelnyxGateway, api: TelnyxApiSimulator, tmp_path: Path
+    gw: TelnyxGateway, api: TelnyxApiSimulator, tmp_path: Path, codec: str
 ) -> None:
     gw.behaviour.stream = "on_answer"
-    gw.behaviour.codec = "G722"
+    gw.behaviour.codec = codec
     gw.behaviour.echo = True
     result, call = await place_call(
-        gw, **cc(api, speech=[Tone(6500, 0.2)], linger_s=0.2, g722_start_rate=16000)
+        gw,
+        **cc(api, speech=[Tone(6500, 0.2)], linger_s=0.2, g722_start_rate=16000, call_codec=codec),
     )
     assert call is not None
     assert result.violations == []
     assert result.api_actions() == ["answer", "hangup"]
     assert call.webhook("call.answered")["stream_url"] == gw.stream_url
-    assert result.bidirectional_codec == "G722"
+    assert result.bidirectional_codec == codec
     media_format = call.of("start")[0]["start"]["media_format"]
-    assert media_format == {"encoding": "G722", "sample_rate": 16000, "channels": 1}
+    assert media_format == {"encoding": codec, "sample_rate": 16000, "channels": 1}
     assert analysis.dominant_frequency(result.heard_pcm(), 16000) == pytest.approx(6500, abs=20)
     path = tmp_path / "heard.wav"
     result.write_wav(path)
     assert read_wav(path, 16000) == result.heard_pcm()
     summary = result.summary()
-    assert "telnyx call-control: caller sends G722, gateway must send G722" in summary
+    assert f"telnyx call-control: caller sends {codec}, gateway must send {codec}" in summary
     assert "no protocol violations" in summary
 
 

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.audio.transcode import telnyx_format
 from gateway.carriers.base import (
     AudioReceived,
     CarrierReportedError,
@@ -25,12 +26,19 @@ from gateway.carriers.base import (
 )
 from gateway.carriers.reorder import Reorderer
 from gateway.carriers.telnyx import (
+    TELNYX_CODECS,
+    TEXML_CODECS,
     TelnyxCodec,
     call_control_state,
     connect_stream_texml,
+    downlink_format,
     token_from_state,
 )
+from gateway.carriers.telnyx_api import streaming_fields
 from gateway.carriers.telnyx_signature import SignatureError, load_public_key, verify
+from gateway.settings import TEXML_CODECS as SETTINGS_TEXML_CODECS
+from gateway.simulator.telnyx_peer import FORMATS
+from gateway.simulator.telnyx_webhook import CC_FIELDS, StreamSetup, check_texml, negotiate
 
 STREAM = "32DE0DEA-53CB-4B21-89A4-9E1819C043BC"
 CALL = "v3:T02llQxIyaRkhfRKxgAP8nY511EhFLizdvdUKJiSw8d6A9BborherQ"
@@ -85,6 +93,94 @@ def test_start_announces_ids_and_the_negotiated_codec(
     assert (event.stream_id, event.call_id) == (STREAM, CALL)
     assert (event.audio_format.encoding, event.audio_format.sample_rate) == expected
     assert dict(event.parameters) == {"a": "1"}
+
+
+# --- which codec each direction is in (the rule and its sources: carriers/telnyx.py) ---------
+
+
+def streamed_codec(asked: str, call: str) -> str:
+    """What Telnyx streams the caller in when ``asked`` is requested of a call in ``call``: the
+    codec asked for where the call is in it or transcodes to it (PCMU <-> PCMA only), else the
+    call's own (written out here independently of the simulator)."""
+    return asked if asked == call or {asked, call} <= {"PCMU", "PCMA"} else call
+
+
+@pytest.mark.parametrize(
+    ("asked", "call", "caller_in", "gateway_out"),
+    [
+        ("PCMU", "PCMU", "PCMU/8000", "PCMU/8000"),
+        ("PCMU", "PCMA", "PCMU/8000", "PCMU/8000"),  # transcoded: PCMU both ways
+        ("PCMA", "PCMU", "PCMA/8000", "PCMA/8000"),
+        ("G722", "PCMU", "PCMU/8000", "G722/16000"),  # not transcodable: the call's codec in
+        ("G722", "PCMA", "PCMA/8000", "G722/16000"),
+        ("G722", "G722", "G722/16000", "G722/16000"),
+        ("L16", "PCMU", "PCMU/8000", "L16/16000/big-endian"),
+        ("L16", "G722", "G722/16000", "L16/16000/big-endian"),
+        ("PCMU", "G722", "G722/16000", "PCMU/8000"),  # a wideband leg, narrowband asked for
+    ],
+)
+def test_the_gateway_answers_in_the_codec_asked_for_whatever_start_announces(
+    asked: str, call: str, caller_in: str, gateway_out: str
+) -> None:
+    streamed = FORMATS[streamed_codec(asked, call)]
+    rate = 8000 if streamed.encoding == "G722" else streamed.sample_rate  # G.722: RTP clock
+    event = TelnyxCodec(requested=asked).parse(start(streamed.encoding, rate))
+    assert isinstance(event, StreamStarted)
+    assert (str(event.audio_format), str(event.outbound_format)) == (caller_in, gateway_out)
+    assert (event.downlink_format is None) == (caller_in == gateway_out)
+
+
+@given(
+    asked=st.sampled_from(sorted(TELNYX_CODECS)),
+    announced=st.sampled_from(sorted(FORMATS)),
+    g722_rate=st.sampled_from([8000, 16000]),
+)
+def test_downlink_format_is_the_codec_asked_for(asked: str, announced: str, g722_rate: int) -> None:
+    rate = g722_rate if announced == "G722" else FORMATS[announced].sample_rate
+    streamed = telnyx_format(announced, rate)
+    requested = telnyx_format(asked, TELNYX_CODECS[asked])
+    fmt = downlink_format(asked, streamed)
+    assert (fmt or streamed) == requested
+    assert fmt is None or fmt != streamed
+    assert downlink_format(None, streamed) is None  # nothing asked for: the stream's both ways
+
+
+@given(
+    asked=st.sampled_from(sorted(TELNYX_CODECS)),
+    call=st.sampled_from(sorted(FORMATS)),
+    g722_rate=st.sampled_from([8000, 16000]),
+)
+def test_gateway_and_simulated_telnyx_agree_on_both_directions(
+    asked: str, call: str, g722_rate: int
+) -> None:
+    """The request the gateway really sends (TeXML or streaming_start), negotiated as the
+    simulator's Telnyx does, announced in ``start``, parsed by the gateway's codec: both sides
+    must then hold the same format for each direction."""
+    setups: list[StreamSetup] = []
+    if asked in TEXML_CODECS:
+        texml = connect_stream_texml("wss://gw.example.com/telnyx/stream/t", asked, {})
+        setups.append(check_texml(status=200, content_type="text/xml", body=texml.encode(),
+                                  require_wss=True, call_codec=call))  # fmt: skip
+    body = streaming_fields("wss://gw.example.com/telnyx/stream/t", asked, "tok")
+    setups.append(StreamSetup())
+    negotiate(body, CC_FIELDS, call_codec=call, out=setups[-1])
+    for setup in setups:
+        assert setup.violations == []
+        assert setup.inbound == FORMATS[streamed_codec(asked, call)]
+        assert setup.outbound == FORMATS[asked]
+        inbound = setup.inbound
+        rate = g722_rate if inbound.encoding == "G722" else inbound.sample_rate
+        event = TelnyxCodec(requested=asked).parse(start(inbound.encoding, rate))
+        assert isinstance(event, StreamStarted)
+        assert (event.audio_format, event.outbound_format) == (setup.inbound, setup.outbound)
+
+
+def test_texml_offers_no_l16_and_the_codec_knows_the_codecs() -> None:
+    assert TEXML_CODECS == SETTINGS_TEXML_CODECS == ("PCMU", "PCMA", "G722")
+    with pytest.raises(ValueError, match="PCMU, PCMA, G722"):
+        connect_stream_texml("wss://gw.example.com/telnyx/stream", "L16", {})
+    with pytest.raises(ValueError, match="requested codec"):
+        TelnyxCodec(requested="OPUS")
 
 
 def test_unsupported_codecs_end_the_stream_clearly() -> None:

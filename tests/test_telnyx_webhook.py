@@ -135,11 +135,10 @@ def kinds(setup: StreamSetup) -> list[str]:
             "PCMU",
             "G722",
         ),
-        (
-            'codec="L16" bidirectionalMode="rtp" bidirectionalCodec="L16" '
-            'bidirectionalSamplingRate="16000"',
-            "L16",
-            "L16",
+        (  # the call is PCMU: Telnyx transcodes it to PCMA, and reads PCMU back
+            'codec="PCMA" bidirectionalMode="rtp" bidirectionalCodec="PCMU"',
+            "PCMA",
+            "PCMU",
         ),
         (
             'codec="default" bidirectionalMode="rtp" bidirectionalCodec="PCMU" '
@@ -189,12 +188,13 @@ def test_valid_texml(attrs: str, inbound: str, outbound: str) -> None:
         (texml('bidirectionalMode="rtp" bidirectionalCodec="OPUS"'), {}, [Violation.CODEC], True),
         (texml('bidirectionalMode="rtp" bidirectionalCodec="pcmu"'), {}, [Violation.CODEC], True),
         (texml('bidirectionalMode="rtp" codec="AMR-WB"'), {}, [Violation.CODEC], True),
-        (
+        (  # TeXML documents no L16 (Call Control does)
             texml('bidirectionalMode="rtp" bidirectionalCodec="L16"'),
             {},
-            [Violation.SAMPLING_RATE],
+            [Violation.CODEC],
             True,
         ),
+        (texml('bidirectionalMode="rtp" codec="L16"'), {}, [Violation.CODEC], True),
         (
             texml('bidirectionalMode="rtp" bidirectionalSamplingRate="16000"'),
             {},
@@ -277,12 +277,25 @@ def test_texml_warnings() -> None:
     assert len(setup.warnings) == 7
 
 
-def test_transcoding_beyond_pcmu_pcma_is_flagged_as_unverified() -> None:
-    wide = check(texml('codec="G722" bidirectionalMode="rtp"'))
+def test_a_codec_telnyx_cannot_transcode_to_streams_the_calls_codec() -> None:
+    """Telnyx docs: "When set to 'default' or when transcoding is not possible, the codec from
+    the call will be used. Currently, transcoding is only supported between PCMU and PCMA
+    codecs." What the gateway sends is read as the bidirectional codec all the same (Telnyx
+    transcodes it into the call)."""
+    attrs = 'codec="G722" bidirectionalMode="rtp" bidirectionalCodec="G722"'
+    wide = check(texml(attrs + ' bidirectionalSamplingRate="16000"'))
     assert wide.violations == []
-    assert wide.inbound == FORMATS["G722"]
-    assert "transcoding only between PCMU and PCMA" in wide.warnings[0]
-    assert check(texml('codec="PCMA" bidirectionalMode="rtp"')).warnings == []
+    assert (wide.inbound, wide.outbound) == (FORMATS["PCMU"], FORMATS["G722"])
+    assert wide.warnings == [
+        "codec=G722 on a PCMU call: Telnyx transcodes only between PCMU and PCMA, so it streams "
+        "the call's PCMU (the gateway must still answer in G722)"
+    ]
+    on_pcma_call = check(texml(attrs), call_codec="PCMA")
+    assert (on_pcma_call.inbound, on_pcma_call.outbound) == (FORMATS["PCMA"], FORMATS["G722"])
+    on_g722_call = check(texml(attrs), call_codec="G722")
+    assert (on_g722_call.inbound, on_g722_call.warnings) == (FORMATS["G722"], [])
+    transcoded = check(texml('codec="PCMA" bidirectionalMode="rtp"'))
+    assert (transcoded.inbound, transcoded.warnings) == (FORMATS["PCMA"], [])
     on_wideband_call = check(texml('codec="default" bidirectionalMode="rtp"'), call_codec="L16")
     assert on_wideband_call.inbound == FORMATS["L16"]
     assert on_wideband_call.warnings == []
@@ -303,6 +316,10 @@ def test_call_control_fields_negotiate_like_texml() -> None:
         FORMATS["L16"],
         [],
     )
+    l16 = StreamSetup()  # Call Control documents L16; it is not transcoded into the stream
+    webhook.negotiate(body | {"stream_codec": "L16"}, CC_FIELDS, call_codec="PCMU", out=l16)
+    assert (l16.inbound, l16.outbound, l16.violations) == (FORMATS["PCMU"], FORMATS["L16"], [])
+    assert "streams the call's PCMU" in l16.warnings[0]
     mp3 = StreamSetup()
     webhook.negotiate({"stream_url": "wss://h/s"}, CC_FIELDS, call_codec="PCMU", out=mp3)
     assert kinds(mp3) == [Violation.BIDIRECTIONAL_MODE]

@@ -7,7 +7,8 @@ differences that matter:
 - outbound ``media``/``mark``/``clear`` carry **no** stream id;
 - media order is not guaranteed, so frames are put back in order by ``media.chunk``
   (:class:`~gateway.carriers.reorder.Reorderer`) and duplicates dropped;
-- the call's codec is negotiated (PCMU, PCMA, G.722, L16) and announced in ``start``.
+- the codec is negotiated per direction: ``start`` announces the one Telnyx streams the caller
+  in, which need not be the one it expects the gateway's audio in (see :func:`downlink_format`).
 
 Bidirectional audio needs ``bidirectionalMode="rtp"``: the default mode, ``mp3``, takes one MP3
 file per second and cannot carry a conversation.
@@ -21,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from gateway.audio.transcode import UnsupportedAudioFormat, telnyx_format
+from gateway.audio.transcode import AudioFormat, UnsupportedAudioFormat, telnyx_format
 from gateway.carriers.base import (
     AudioReceived,
     CarrierEvent,
@@ -52,14 +53,71 @@ STREAM_AUTH_HEADER = "x-telnyx-streaming-auth-token"
 
 #: Codecs the gateway can ask Telnyx for, and the sampling rate to ask with.
 TELNYX_CODECS: dict[str, int] = {"PCMU": 8000, "PCMA": 8000, "G722": 16000, "L16": 16000}
+#: The codecs TeXML's ``<Stream bidirectionalCodec>`` documents (of those above): not L16,
+#: which only Call Control's ``stream_bidirectional_codec`` lists.
+TEXML_CODECS: tuple[str, ...] = ("PCMU", "PCMA", "G722")
+
+# Which codec carries which direction. The gateway asks for one codec both ways (TELNYX_CODEC:
+# TeXML <Stream codec=… bidirectionalCodec=…>, Call Control stream_codec and
+# stream_bidirectional_codec), and Telnyx documents the two directions differently.
+#
+# Telnyx -> gateway, the streamed audio: `codec`/`stream_codec` "Specifies the codec to be used
+# for the streamed audio. When set to 'default' or when transcoding is not possible, the codec
+# from the call will be used. Currently, transcoding is only supported between PCMU and PCMA
+# codecs." [1][2] So PCMU asked of a PCMA call streams PCMU, and G722 asked of a PCMU call
+# streams PCMU. `start` "identifies the stream, call metadata, custom parameters, and media
+# format" [3]; no page says whether media_format names the streamed codec or the call's. It is
+# read as the encoding of the media frames that follow (the only reading under which they can
+# be decoded), and the uplink decodes them with it.
+#
+# gateway -> Telnyx, the bidirectional RTP: the codec asked for, always. The guide's "RTP stream
+# codec" section: "When the audio is sent using a different encoding than on the call, it will
+# be transcoded, which may cause a degradation in quality" [4]; the client media frame:
+# "Supported RTP codecs are PCMU, PCMA, G722, OPUS, AMR-WB, and L16" [3]. The PCMU/PCMA-only
+# limit and the fall-back to the call's codec are documented for the streamed audio only, never
+# for bidirectionalCodec; and L16, offered to AI agents for "eliminating transcoding overhead"
+# [4], could not work on a G.711 phone call unless Telnyx transcoded it. So media_format does
+# not say what to send: G722 asked of a PCMU call arrives as PCMU and is answered in G722.
+#
+# Where the docs are silent: the TeXML <Stream> page [1] says nothing about transcoding what the
+# gateway sends (only Call Control's guide [4] does). TeXML starts the same media stream (the
+# same frames, one AsyncAPI page [3]), so the same rule is applied to it. Under any reading,
+# PCMU and PCMA are safe on the phone network (both directions are then the codec asked for);
+# G722 on a narrowband TeXML call is the one case resting on this inference, and the gateway
+# logs `telnyx.formats_differ` whenever the directions differ, so such a call shows why.
+#
+# [1] https://developers.telnyx.com/docs/voice/programmable-voice/texml-verbs/stream
+# [2] https://developers.telnyx.com/api-reference/call-commands/streaming-start
+# [3] https://developers.telnyx.com/api-reference/websockets/stream-call-media-over-websocket
+# [4] https://developers.telnyx.com/docs/voice/programmable-voice/media-streaming
+
+
+def downlink_format(requested: str | None, streamed: AudioFormat) -> AudioFormat | None:
+    """The format Telnyx expects the gateway's audio in, when it is not ``streamed``.
+
+    ``requested`` is the bidirectional codec asked for (None: unknown, so the streamed format
+    is assumed both ways); ``streamed`` is what ``start.media_format`` announced. See the note
+    above: Telnyx transcodes the bidirectional codec into the call, so it is the answer.
+    """
+    if requested is None:
+        return None
+    fmt = telnyx_format(requested, TELNYX_CODECS[requested])
+    return None if fmt == streamed else fmt
 
 
 class TelnyxCodec:
-    """One Telnyx stream's codec: ids from ``start``, reordering of inbound media."""
+    """One Telnyx stream's codec: ids from ``start``, reordering of inbound media.
+
+    ``requested`` is the codec the gateway asked Telnyx for (``TELNYX_CODEC``, both ways): the
+    one the gateway's audio must be in, whatever ``start`` says the caller's is.
+    """
 
     carrier = "telnyx"
 
-    def __init__(self, *, reorder_window: int = 3) -> None:
+    def __init__(self, *, requested: str | None = None, reorder_window: int = 3) -> None:
+        if requested is not None and requested not in TELNYX_CODECS:
+            raise ValueError(f"requested codec must be one of {', '.join(TELNYX_CODECS)}")
+        self.requested = requested
         self.stream_id: str | None = None
         #: True for streams started by a Call Control ``streaming_start`` (not TeXML).
         self.call_control = False
@@ -147,6 +205,7 @@ class TelnyxCodec:
             call_id=call_id,
             audio_format=audio_format,
             parameters=parameters,
+            downlink_format=downlink_format(self.requested, audio_format),
         )
 
     def _media(self, msg: dict[str, Any]) -> AudioReceived | None:
@@ -187,10 +246,12 @@ def token_from_state(client_state: object) -> str | None:
 def connect_stream_texml(
     stream_url: str, codec: str, parameters: Mapping[str, str], after: str = ""
 ) -> str:
-    """TeXML that streams the call both ways in ``codec`` (RTP mode).
+    """TeXML that streams the call both ways in ``codec`` (RTP mode), one of TEXML_CODECS.
 
     As with Twilio, the verbs in ``after`` run when the gateway closes the stream.
     """
+    if codec not in TEXML_CODECS:
+        raise ValueError(f"TeXML streams take {', '.join(TEXML_CODECS)}, not {codec!r}")
     rate = TELNYX_CODECS[codec]
     params = "".join(
         f"<Parameter name={quoteattr(k)} value={quoteattr(v)}/>" for k, v in parameters.items()

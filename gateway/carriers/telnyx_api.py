@@ -44,20 +44,7 @@ class CallControl:
         self, call_control_id: str, stream_url: str, codec: str, token: str
     ) -> None:
         await self._command(
-            call_control_id,
-            "streaming_start",
-            {
-                "stream_url": stream_url,
-                "stream_track": "inbound_track",
-                "stream_codec": codec,
-                "stream_bidirectional_mode": "rtp",
-                "stream_bidirectional_codec": codec,
-                "stream_bidirectional_sampling_rate": TELNYX_CODECS[codec],
-                # The token is in stream_url's path too; Telnyx also sends this one as the
-                # x-telnyx-streaming-auth-token upgrade header (its AsyncAPI spec).
-                "stream_auth_token": token,
-                "client_state": call_control_state(token),
-            },
+            call_control_id, "streaming_start", streaming_fields(stream_url, codec, token)
         )
 
     async def hangup(self, call_control_id: str) -> None:
@@ -88,6 +75,23 @@ class CallControl:
         if response.status_code == 422 and _error_code(response) == _ALREADY_ENDED:
             return
         raise TelnyxApiError(f"{action}: HTTP {response.status_code} {_error_code(response)}")
+
+
+def streaming_fields(stream_url: str, codec: str, token: str) -> dict[str, Any]:
+    """The ``streaming_start`` body: an RTP stream both ways in ``codec`` (Telnyx may still
+    stream the caller in the call's codec; see :mod:`gateway.carriers.telnyx`)."""
+    return {
+        "stream_url": stream_url,
+        "stream_track": "inbound_track",
+        "stream_codec": codec,
+        "stream_bidirectional_mode": "rtp",
+        "stream_bidirectional_codec": codec,
+        "stream_bidirectional_sampling_rate": TELNYX_CODECS[codec],
+        # The token is in stream_url's path too; Telnyx also sends this one as the
+        # x-telnyx-streaming-auth-token upgrade header (its AsyncAPI spec).
+        "stream_auth_token": token,
+        "client_state": call_control_state(token),
+    }
 
 
 def _error_code(response: httpx.Response) -> str:

@@ -80,7 +80,10 @@ class TelnyxCaller(StreamCaller):
     of silence follows, then the caller hangs up as ``hangup`` says. ``signing_key`` signs every
     webhook (``signature`` can make it wrong on purpose); a 401/403 answer to a wrongly signed
     webhook ends the call quietly, as expected.
-    ``call_codec`` is the call leg's codec (what ``default`` means); ``g722_start_rate`` is the
+    ``call_codec`` is the call leg's codec: what ``default`` means, and what the caller is
+    streamed in when Telnyx cannot transcode to the codec asked for (it transcodes only between
+    PCMU and PCMA); the gateway must answer in the bidirectional codec all the same (see
+    :func:`~gateway.simulator.telnyx_webhook.negotiate`). ``g722_start_rate`` is the
     rate ``start`` reports for G.722 (8000, its RTP clock, as Telnyx lists it; or 16000).
     ``parameters_key`` is where ``start`` carries the stream parameters (unverified on Telnyx).
     ``command_timeout_s`` bounds each wait for a Call Control command; ``hangup_grace_s`` is how

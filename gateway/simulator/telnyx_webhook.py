@@ -11,6 +11,13 @@ The rule that matters most: ``bidirectionalMode``/``stream_bidirectional_mode`` 
 ``mp3``, in which Telnyx plays one MP3 file per second and cannot carry a conversation, so a
 missing or ``mp3`` mode is a violation. Problems are violation strings
 (:class:`~gateway.simulator.telnyx_peer.Violation`); legitimate things worth knowing are warnings.
+
+Codecs, per direction, as Telnyx documents them (quotes and URLs in
+:mod:`gateway.carriers.telnyx`): the caller is streamed in ``codec``/``stream_codec`` where the
+call's codec is that codec or transcodes to it (only PCMU <-> PCMA), and in the call's own codec
+otherwise; ``start.media_format`` names what is streamed. The gateway's audio is read as the
+bidirectional codec, always, and transcoded into the call. TeXML documents neither ``codec`` nor
+``bidirectionalCodec`` as L16 (Call Control does), so L16 in TeXML is a violation.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ _CODEC_RATES: Final[dict[str, frozenset[int]]] = {
     "L16": frozenset({16000}),
 }
 _TRANSCODABLE: Final = frozenset({"PCMU", "PCMA"})
+_CALL_CONTROL_ONLY: Final = frozenset({"L16"})  # not among TeXML's codec/bidirectionalCodec
 
 
 def signature_headers(
@@ -166,9 +174,11 @@ def encode_json(body: Mapping[str, Any]) -> bytes:
 class StreamSetup:
     """A requested stream, negotiated: where to connect, codecs both ways, what is wrong.
 
-    ``inbound`` is what the caller sends (``start.media_format``), ``outbound`` what the gateway
-    must send back. They are always set (falling back to the call's codec or PCMU after a
-    violation), so the rest of the call is still exercised; ``url`` is None when unusable.
+    ``inbound`` is what the caller is streamed in (``start.media_format``: the codec asked for,
+    or the call's where Telnyx cannot transcode), ``outbound`` what the gateway must send back
+    (the bidirectional codec asked for, which Telnyx transcodes into the call). They are always
+    set (falling back to the call's codec or PCMU after a violation), so the rest of the call is
+    still exercised; ``url`` is None when unusable.
     """
 
     url: str | None = None
@@ -201,10 +211,16 @@ CC_FIELDS: Final = {
 
 
 def negotiate(
-    fields: Mapping[str, object], names: Mapping[str, str], *, call_codec: str, out: StreamSetup
+    fields: Mapping[str, object],
+    names: Mapping[str, str],
+    *,
+    call_codec: str,
+    out: StreamSetup,
+    texml: bool = False,
 ) -> None:
     """Check the stream fields (TeXML attributes or Call Control body, named by ``names``) and
-    set ``out.inbound``/``out.outbound``."""
+    set ``out.inbound``/``out.outbound``: the codec the caller is streamed in, and the one the
+    gateway must answer in."""
     bad = out.violations.append
     track = fields.get(names["track"])
     if track == "both_tracks":
@@ -226,7 +242,7 @@ def negotiate(
         )
         bad(format_violation(Violation.BIDIRECTIONAL_MODE, text))
     known = len(out.violations)
-    out.outbound = _codec(fields.get(names["bidirectional_codec"]), "PCMU", names, out)
+    out.outbound = _codec(fields.get(names["bidirectional_codec"]), "PCMU", names, out, texml=texml)
     rate_field = names["rate"]
     raw_rate = fields.get(rate_field)
     try:
@@ -242,12 +258,16 @@ def negotiate(
         bad(format_violation(Violation.SAMPLING_RATE, text))
     requested = fields.get(names["codec"])
     inbound = call_codec if requested in (None, "default") else requested
-    out.inbound = _codec(inbound, call_codec, names, out, field_name=names["codec"])
-    chosen = out.inbound.encoding
-    if chosen != call_codec and not {chosen, call_codec} <= _TRANSCODABLE:
+    field_name = names["codec"]
+    asked = _codec(inbound, call_codec, names, out, field_name=field_name, texml=texml).encoding
+    if asked == call_codec or {asked, call_codec} <= _TRANSCODABLE:
+        out.inbound = FORMATS[asked]
+    else:  # "when transcoding is not possible, the codec from the call will be used"
+        out.inbound = FORMATS[call_codec]
         out.warnings.append(
-            f"{names['codec']}={chosen} on a {call_codec} call: Telnyx documents transcoding "
-            "only between PCMU and PCMA, so a real call may not honour it [unverified]"
+            f"{field_name}={asked} on a {call_codec} call: Telnyx transcodes only between PCMU "
+            f"and PCMA, so it streams the call's {call_codec} (the gateway must still answer "
+            f"in {out.outbound.encoding})"
         )
 
 
@@ -258,9 +278,17 @@ def _codec(
     out: StreamSetup,
     *,
     field_name: str | None = None,
+    texml: bool = False,
 ) -> AudioFormat:
     name = field_name or names["bidirectional_codec"]
     if value is None:
+        return FORMATS[fallback]
+    if texml and value in _CALL_CONTROL_ONLY:
+        text = (
+            f"{name}={value!r}: TeXML's <Stream> documents PCMU, PCMA, G722, OPUS and AMR-WB; "
+            f"{value} is Call Control's (stream_bidirectional_codec) only"
+        )
+        out.violations.append(format_violation(Violation.CODEC, text))
         return FORMATS[fallback]
     if isinstance(value, str) and value in FORMATS:
         return FORMATS[value]
@@ -355,7 +383,7 @@ def check_texml(
     )
     out.violations += violations
     out.warnings += warnings
-    negotiate(dict(stream.attrib), TEXML_FIELDS, call_codec=call_codec, out=out)
+    negotiate(dict(stream.attrib), TEXML_FIELDS, call_codec=call_codec, out=out, texml=True)
     return out
 
 
