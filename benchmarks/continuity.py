@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.simulator.caller_audio import Silence, Tone  # noqa: E402
-from gateway.simulator.script import Step, ToolCallSpec  # noqa: E402
-from tests.harness import Harness, agents, running  # noqa: E402
+from gateway.simulator.caller_audio import Silence, Tone
+from gateway.simulator.script import Step, ToolCallSpec
+from tests.harness import Harness, agents, running
 
 SENTENCE_S = 2.0
 FRAME_BYTES = 640  # 20 ms of PCM16 at 16 kHz
@@ -95,10 +95,8 @@ async def handoff_while_the_caller_talks() -> tuple[float, float]:
         Step(on="text", when=ADVISOR, say="Advisor here.", seconds=0.3),
     ]  # fmt: skip
     async with running(steps=steps, sim_options={"setup_delay_ms": 300}) as h:
-        call = asyncio.create_task(
-            h.call([Silence(0.4), Tone(300, 0.5), Silence(1.0), Tone(300, SENTENCE_S),
-                    Silence(3.0)], linger_s=0.1)  # fmt: skip
-        )
+        speech = [Silence(0.4), Tone(300, 0.5), Silence(1.0), Tone(300, SENTENCE_S), Silence(3.0)]
+        call = asyncio.create_task(h.call(speech, linger_s=0.1))
         # The sentence starts while the handoff is under way (the tool call comes ~1 s in).
         result = await call
     sent = sum(1 for _, m in result.sent if m.get("event") == "media")

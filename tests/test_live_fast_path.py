@@ -148,9 +148,11 @@ async def test_the_run_time_check_finds_the_installed_sdk_matching() -> None:
 async def test_the_run_time_check_reports_a_builder_that_no_longer_matches(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(
-        fast_path, "realtime_audio_message", lambda pcm: realtime_audio_message(pcm)[:-3] + "}}}"
-    )
+    def standard_base64(pcm: bytes) -> str:  # a builder drifted from the SDK's URL-safe base64
+        audio = {"data": base64.b64encode(pcm).decode(), "mime_type": INPUT_MIME}
+        return json.dumps({"realtime_input": {"audio": audio}})
+
+    monkeypatch.setattr(fast_path, "realtime_audio_message", standard_base64)
     problem = await fast_path.sdk_mismatch(Client(api_key="test-key"))
     assert problem is not None and "differently" in problem
 
