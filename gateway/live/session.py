@@ -399,7 +399,9 @@ class LiveSession:
     def _observe(self, generation: int, event: LiveEvent) -> Recover | None:
         """Tell the machine what this event means for the connection's policy."""
         machine, now = self.machine, time.monotonic()
-        if isinstance(event, AudioOut | AgentTranscript):
+        if isinstance(event, AudioOut):
+            # Not AgentTranscript: the transcription of a turn may trail its turnComplete, and
+            # would then hold the model "busy" until the next turn.
             machine.model_output(generation)
         elif isinstance(event, ToolCall):
             machine.model_output(generation)
