@@ -19,7 +19,8 @@ What it decides, and why (sources in ``../shared/reference/gemini-live-protocol.
   and text turns — and a resumed connection gets it again. Where the server says how far it
   consumed (``lastConsumedClientMessageIndex``, numbered from the setup message as 0, an
   assumption: the numbering is undocumented) the journal is trimmed to what follows; without it
-  a new handle empties the journal. Audio beyond ``replay_limit_ms`` or a model answer already
+  a new handle empties the journal. Tool responses are not journalled: no handle is issued
+  while a function call is open, so a resumed session never knows a call they would answer. Audio beyond ``replay_limit_ms`` or a model answer already
   under way since the handle make a text *recap* (from the gateway's transcript) the better
   opening: replaying the caller's audio would make the model start that answer again.
 - **goAway.** Move at once when the handle is *current* (no caller voice and no model output
