@@ -20,9 +20,10 @@ What it decides, and why (sources in ``../shared/reference/gemini-live-protocol.
   consumed (``lastConsumedClientMessageIndex``, numbered from the setup message as 0, an
   assumption: the numbering is undocumented) the journal is trimmed to what follows; without it
   a new handle empties the journal. Tool responses are not journalled: no handle is issued
-  while a function call is open, so a resumed session never knows a call they would answer. Audio beyond ``replay_limit_ms`` or a model answer already
-  under way since the handle make a text *recap* (from the gateway's transcript) the better
-  opening: replaying the caller's audio would make the model start that answer again.
+  while a function call is open, so a resumed session never knows a call they would answer.
+  Audio beyond ``replay_limit_ms`` or a model answer already under way since the handle make a
+  text *recap* (from the gateway's transcript) the better opening: replaying the caller's audio
+  would make the model start that answer again.
 - **goAway.** Move at once when the handle is *current* (no caller voice and no model output
   since it) and the model is idle; otherwise at the next moment that is true (a fresh handle or
   a turn boundary with the caller silent), or at the deadline minus ``goaway_margin_s``.
