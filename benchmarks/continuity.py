@@ -59,32 +59,26 @@ async def _greeted(h: Harness) -> None:
     await asyncio.sleep(0.1)
 
 
-async def goaway_mid_sentence() -> tuple[float, float]:
+async def _mid_sentence(disrupt: Callable[[Harness], Awaitable[object]]) -> tuple[float, float]:
+    """A greeting, then the caller's sentence, disrupted 0.8 s in by ``disrupt``."""
     steps = [Step(on="text", say="hello", seconds=0.4)]
     async with running(steps=steps, graph=GREETING) as h:
-        call = asyncio.create_task(
-            h.call([Silence(1.5), Tone(300, SENTENCE_S), Silence(3.0)], linger_s=0.1)
-        )
+        speech = [Silence(1.5), Tone(300, SENTENCE_S), Silence(3.0)]
+        call = asyncio.create_task(h.call(speech, linger_s=0.1))
         await _greeted(h)
         await h.sim.wait_for(lambda: h.sim.connections[0].audio_in_seconds >= 2.3, timeout=5)
-        await h.sim.go_away(time_left="2.5s", close_after=2.5)  # a short notice
+        await disrupt(h)
         result = await call
     sent = sum(1 for _, m in result.sent if m.get("event") == "media")
     return SENTENCE_S * 1000 - _heard_ms(h, 1), _unreceived_ms(h, sent)
+
+
+async def goaway_mid_sentence() -> tuple[float, float]:
+    return await _mid_sentence(lambda h: h.sim.go_away(time_left="2.5s", close_after=2.5))
 
 
 async def drop_mid_sentence() -> tuple[float, float]:
-    steps = [Step(on="text", say="hello", seconds=0.4)]
-    async with running(steps=steps, graph=GREETING) as h:
-        call = asyncio.create_task(
-            h.call([Silence(1.5), Tone(300, SENTENCE_S), Silence(3.0)], linger_s=0.1)
-        )
-        await _greeted(h)
-        await h.sim.wait_for(lambda: h.sim.connections[0].audio_in_seconds >= 2.3, timeout=5)
-        await h.sim.close(1011, "internal error")
-        result = await call
-    sent = sum(1 for _, m in result.sent if m.get("event") == "media")
-    return SENTENCE_S * 1000 - _heard_ms(h, 1), _unreceived_ms(h, sent)
+    return await _mid_sentence(lambda h: h.sim.close(1011, "internal error"))
 
 
 async def handoff_while_the_caller_talks() -> tuple[float, float]:

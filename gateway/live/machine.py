@@ -39,7 +39,6 @@ What it decides, and why (sources in ``../shared/reference/gemini-live-protocol.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -229,8 +228,6 @@ class _Dialling:
     purpose: Purpose
     handle: str | None
     attempt: int = 1
-    #: The handle was refused, so this dial is a fresh session replacing a resume.
-    handle_rejected: bool = False
 
 
 @dataclass(slots=True)
@@ -261,7 +258,6 @@ class SessionMachine:
     #: Why the current connection was dialled.
     _purpose: Purpose = "first"
     _opened_at: float = 0.0
-    _ever_opened: bool = False
     _next_index: int = 1
     _since: _Flags = field(default_factory=_Flags)
     _model_busy: bool = False
@@ -294,7 +290,7 @@ class SessionMachine:
             if dialling.handle is not None:
                 # The handle was refused: go on with a fresh session, reseeded by the opening.
                 self.handle = None
-                return self._redial(dialling, handle=None, handle_rejected=True, attempt=1)
+                return self._redial(dialling, handle=None, attempt=1)
             # A fresh setup refused: a bad key, model or config. Retrying cannot help.
             return self._end("the Live API refused the setup", code)
         if permanent:
@@ -311,11 +307,8 @@ class SessionMachine:
         self.phase = "open"
         self._purpose = dialling.purpose
         self._opened_at = now
-        self._ever_opened = True
         self._next_index = 1  # 0 was the setup message
-        self._goaway_deadline = None
-        self._goaway_pending = False
-        self._boundary_at = None
+        self._stop()  # a fresh connection: no goAway of an earlier one applies
         self._model_busy = False
         since = self._since
         self._since = _Flags()
@@ -505,28 +498,16 @@ class SessionMachine:
 
     def _dial(self, purpose: Purpose, handle: str | None) -> Dial:
         self.phase = "connecting"
-        self.accepting = False
-        self._goaway_deadline = None
-        self._goaway_pending = False
-        self._boundary_at = None
+        self._stop()
         self.generation += 1
         self._dialling = _Dialling(purpose, handle)
         return Dial(self.generation, handle, purpose)
 
-    def _redial(
-        self,
-        dialling: _Dialling,
-        *,
-        handle: str | None,
-        attempt: int,
-        handle_rejected: bool = False,
-    ) -> Dial:
+    def _redial(self, dialling: _Dialling, *, handle: str | None, attempt: int) -> Dial:
         backoff = self.policy.retry_backoff_s or (0.0,)
         delay = backoff[min(attempt - 1, len(backoff) - 1)]
         self.generation += 1
-        self._dialling = _Dialling(
-            dialling.purpose, handle, attempt, handle_rejected or dialling.handle_rejected
-        )
+        self._dialling = _Dialling(dialling.purpose, handle, attempt)
         return Dial(self.generation, handle, dialling.purpose, delay)
 
     def _replaying(self, kind: OpeningKind) -> Opening:
@@ -544,17 +525,18 @@ class SessionMachine:
 
     def _end(self, reason: str, code: int | None) -> End:
         self.phase = "ended"
-        self.accepting = False
+        self._stop()
         self._dialling = None
-        self._goaway_deadline = None
-        self._goaway_pending = False
         self.ended = End(reason, code)
         return self.ended
+
+    def _stop(self) -> None:
+        """The current connection takes nothing more, and its goAway timers are void."""
+        self.accepting = False
+        self._goaway_deadline = None
+        self._goaway_pending = False
+        self._boundary_at = None
 
     def _check_live(self) -> None:
         if self.phase in ("idle", "ended"):
             raise RuntimeError(f"the session is {self.phase}")
-
-
-def audio_ms(entries: Sequence[Sent]) -> float:
-    return sum(e.ms for e in entries if e.kind == "audio")
