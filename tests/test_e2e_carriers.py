@@ -49,18 +49,23 @@ def _heard(result: CallResult) -> tuple[bytes, int]:
     return result.heard_pcm(), result.heard_rate
 
 
-@pytest.mark.parametrize("carrier", ALL_CARRIERS, ids=str)
-async def test_model_speech_reaches_the_caller(carrier: Carrier) -> None:
-    hz = 6000 if carrier.rate == 16000 else 1000
-    steps = [Step(on="text", say="tone", seconds=1.0, tone_hz=hz, level_dbfs=LEVEL)]
-    async with running(steps=steps, graph=GREETING, carrier=carrier) as h:
-        result = await h.call([Silence(2.4)], linger_s=0.2)
+def _assert_tone_heard(result: CallResult, carrier: Carrier, hz: float) -> None:
+    """The caller heard the agent's 1 s tone at ``hz``, at its level, at the carrier's rate."""
     pcm, rate = _heard(result)
     assert rate == carrier.rate
     assert _audible_s(pcm, rate) == pytest.approx(1.0, abs=0.05)
     steady = _steady(pcm, rate)
     assert dominant_frequency(steady, rate) == pytest.approx(hz, abs=3)
     assert tone_dbfs(steady, rate, hz) == pytest.approx(LEVEL, abs=_tolerance_db(carrier))
+
+
+@pytest.mark.parametrize("carrier", ALL_CARRIERS, ids=str)
+async def test_model_speech_reaches_the_caller(carrier: Carrier) -> None:
+    hz = 6000 if carrier.rate == 16000 else 1000
+    steps = [Step(on="text", say="tone", seconds=1.0, tone_hz=hz, level_dbfs=LEVEL)]
+    async with running(steps=steps, graph=GREETING, carrier=carrier) as h:
+        result = await h.call([Silence(2.4)], linger_s=0.2)
+    _assert_tone_heard(result, carrier, hz)
 
 
 @pytest.mark.parametrize("carrier", ALL_CARRIERS, ids=str)
@@ -206,12 +211,7 @@ async def test_the_agent_is_heard_when_the_calls_codec_differs_from_the_one_aske
     async with running(steps=steps, graph=GREETING, carrier=carrier) as h:
         result = await h.call([Silence(2.4)], linger_s=0.2)
     assert (result.codec, result.bidirectional_codec) == (streamed, carrier.codec)
-    pcm, rate = _heard(result)
-    assert rate == carrier.rate
-    assert _audible_s(pcm, rate) == pytest.approx(1.0, abs=0.05)
-    steady = _steady(pcm, rate)
-    assert dominant_frequency(steady, rate) == pytest.approx(hz, abs=3)
-    assert tone_dbfs(steady, rate, hz) == pytest.approx(LEVEL, abs=_tolerance_db(carrier))
+    _assert_tone_heard(result, carrier, hz)
     differ = structured_logs.events("telnyx.formats_differ")
     if streamed == carrier.codec:
         assert differ == []

@@ -10,7 +10,6 @@ the caller's business (:class:`gateway.live.machine.Policy`).
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Final
 
@@ -26,9 +25,3 @@ _THRESHOLD_RMS: Final = int(_FULL_SCALE * 10 ** (THRESHOLD_DBFS / 20))
 def voiced(pcm16: bytes) -> bool:
     """Whether a chunk of PCM16 little-endian audio is louder than line noise."""
     return len(pcm16) >= 2 and audioop.rms(pcm16[: len(pcm16) & ~1], 2) >= _THRESHOLD_RMS
-
-
-def level_dbfs(pcm16: bytes) -> float:
-    """The chunk's RMS level in dBFS (-inf for digital silence); for logs and tests."""
-    rms = audioop.rms(pcm16[: len(pcm16) & ~1], 2) if len(pcm16) >= 2 else 0
-    return 20 * math.log10(rms / _FULL_SCALE) if rms else -math.inf

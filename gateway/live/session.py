@@ -143,15 +143,6 @@ class LiveSession:
         self._takeover: TakeoverFactory | None = None
         self._due: Recover | End | None = None
         self._tool_calls: dict[str, int] = {}
-        self._ended_reported = False
-
-    @property
-    def connected(self) -> bool:
-        return self._conn is not None
-
-    @property
-    def handle(self) -> str | None:
-        return self.machine.handle
 
     @property
     def audio_dropped_ms(self) -> float:
@@ -446,7 +437,7 @@ class LiveSession:
         except errors.APIError as exc:
             code, reason = exc.code, str(exc.details or exc.message or exc.status or "closed")
         except websockets.exceptions.ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else 1006
+            code = _close_code(exc)
             reason = exc.rcvd.reason if exc.rcvd else "connection lost"
         except Exception as exc:  # the SDK raises TypeError/ValueError on frames it cannot parse
             reason = f"{type(exc).__name__}: {exc}"
