@@ -16,6 +16,7 @@ WORKDIR /app
 # Install the package first (cached while only agents.yaml changes).
 COPY pyproject.toml README.md LICENSE ./
 COPY gateway ./gateway
+COPY callsim ./callsim
 RUN pip install . && gateway --help > /dev/null
 
 COPY agents.yaml ./agents.yaml

@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.simulator.caller_audio import Silence, Tone
-from gateway.simulator.script import Step, ToolCallSpec
+from callsim.callers.audio import Silence, Tone
+from callsim.live.script import Step, ToolCallSpec
 from tests.harness import Harness, agents, running
 
 SENTENCE_S = 2.0

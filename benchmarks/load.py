@@ -50,13 +50,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from callsim.callers.audio import Segment, Silence, Tone, render  # noqa: E402
+from callsim.callers.twilio import TwilioCaller  # noqa: E402
+from callsim.live.model import ModelOptions  # noqa: E402
+from callsim.live.server import LiveSimulator  # noqa: E402
+from callsim.live.voices import voice_pitch_hz  # noqa: E402
 from gateway.audio.analysis import dominant_frequency, rms_dbfs  # noqa: E402
 from gateway.cli import _fast_loop  # noqa: E402
-from gateway.simulator.caller import TwilioCaller  # noqa: E402
-from gateway.simulator.caller_audio import Segment, Silence, Tone, render  # noqa: E402
-from gateway.simulator.live_model import ModelOptions  # noqa: E402
-from gateway.simulator.live_server import LiveSimulator  # noqa: E402
-from gateway.simulator.voices import voice_pitch_hz  # noqa: E402
 
 FRAME_S = 0.020
 #: The Live simulator's end-of-utterance silence (its VAD's ``silence_ms``; the default is used).

@@ -197,7 +197,7 @@ def _fast_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def _cmd_call(args: argparse.Namespace) -> int:
-    from gateway.runner import place_call
+    from callsim.commands import place_call
 
     if args.wav and args.audio:
         raise ConfigError("give either --wav or --audio, not both")
@@ -205,13 +205,13 @@ def _cmd_call(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.simulator.demo import run_demo
+    from callsim.demo import run_demo
 
     return asyncio.run(run_demo(agents_file=args.agents, out=args.out))
 
 
 def _cmd_simulator(args: argparse.Namespace) -> int:
-    from gateway.runner import run_simulator
+    from callsim.commands import run_simulator
 
     # The simulator serves load tests too (benchmarks/load.py): uvloop's TLS and socket paths
     # let one process play the model for several times more calls.

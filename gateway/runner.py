@@ -6,13 +6,10 @@ without importing uvicorn, numpy and the google-genai SDK.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import gc
 import signal
-import sys
-from pathlib import Path
 
 import structlog
 
@@ -20,7 +17,7 @@ from gateway.agents import AgentGraph
 from gateway.aio import cancel_and_wait
 from gateway.logs import configure_logging, register_secrets
 from gateway.server import build_state, open_files_needed, running_gateway
-from gateway.settings import ConfigError, Settings
+from gateway.settings import Settings
 
 SIMULATOR_KEY = "simulator-key"
 
@@ -47,7 +44,7 @@ async def serve(
     async with contextlib.AsyncExitStack() as stack:
         ssl_context = None
         if simulator:
-            from gateway.simulator.live_server import LiveSimulator
+            from callsim.live.server import LiveSimulator
 
             sim = await stack.enter_async_context(LiveSimulator())
             settings = settings.model_copy(
@@ -117,90 +114,3 @@ def freeze_startup_heap() -> None:
     """
     gc.collect()
     gc.freeze()
-
-
-async def place_call(args: argparse.Namespace) -> int:
-    """``gateway call``: one simulated Twilio or Telnyx call; prints what happened."""
-    from gateway.simulator.caller import TwilioCaller
-    from gateway.simulator.caller_audio import Segment, Silence, Wav, parse_spec, render
-    from gateway.simulator.caller_result import CallResult
-    from gateway.simulator.telnyx_caller import TelnyxCaller
-
-    telnyx = args.carrier == "telnyx"
-    segments: list[Segment]
-    if args.wav:
-        segments = [Silence(0.5), Wav(args.wav)]
-    elif args.audio:
-        try:  # a Telnyx call may be wideband: allow tones up to 8 kHz there
-            segments = parse_spec(args.audio, rate=16000 if telnyx else 8000)
-        except ValueError as exc:
-            raise ConfigError(f"--audio: {exc}") from None
-    else:
-        segments = [Silence(5.0)]
-    dtmf: list[tuple[float, str]] = []
-    for item in args.dtmf:
-        digit, _, at = item.partition("@")
-        try:
-            dtmf.append((float(at), digit))
-        except ValueError:
-            raise ConfigError(f"--dtmf {item!r}: expected DIGIT@SECONDS, e.g. 5@2.5") from None
-    caller: TwilioCaller | TelnyxCaller
-    try:
-        common = {"dtmf": dtmf, "hangup": args.hangup, "linger_s": args.linger,
-                  "stream_url": args.stream_url}  # fmt: skip
-        if telnyx:
-            caller = TelnyxCaller(
-                args.url,
-                speech=segments,
-                reorder_window=args.reorder,
-                call_codec=args.call_codec,
-                **common,
-            )
-        else:
-            caller = TwilioCaller(
-                args.url, audio=render(segments), auth_token=args.auth_token, **common
-            )
-    except (OSError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
-    result: CallResult = await caller.run()
-    codecs = f" ({result.codec} in, {result.bidirectional_codec} back)" if telnyx else ""
-    print(f"carrier:     {args.carrier}{codecs}")
-    print(f"stream:      {result.stream_url}")
-    print(f"parameters:  {', '.join(sorted(result.parameters)) or 'none'}")
-    agent_s = result.media_messages_received * 0.020  # the gateway sends 20 ms per message
-    print(f"heard:       {result.heard_s:.2f} s of call, {agent_s:.2f} s of it agent audio")
-    print(f"clears:      {len(result.clear_times)}   marks echoed: {len(result.mark_echoes)}")
-    print(f"ended by:    {result.closed_by} (code {result.close_code})")
-    for violation in result.violations:
-        print(f"VIOLATION:   {violation}")
-    if args.out:
-        await asyncio.to_thread(result.write_wav, args.out)
-        print(f"wrote:       {args.out}")
-    return 1 if result.violations else 0
-
-
-async def run_simulator(args: argparse.Namespace) -> int:
-    """``gateway simulator``: the Live simulator alone, for a gateway run separately."""
-    from gateway.simulator.live_server import LiveSimulator
-    from gateway.simulator.script import ScriptError, load_script
-
-    configure_logging("info", "console")
-    script = None
-    if args.script:
-        try:
-            script = load_script(args.script)
-        except (OSError, ScriptError) as exc:
-            raise ConfigError(f"{args.script}: {exc}") from None
-    async with LiveSimulator(script=script, host=args.host, port=args.port) as sim:
-        ca_file = await asyncio.to_thread(Path(args.ca_file).resolve)
-        await asyncio.to_thread(sim.tls.write_ca, ca_file)
-        print("Live simulator listening. Point a gateway at it with:", file=sys.stderr)
-        print(f"  export GEMINI_BASE_URL={sim.base_url}", file=sys.stderr)
-        print(f"  export SSL_CERT_FILE={ca_file}", file=sys.stderr)
-        print("  export GEMINI_API_KEY=anything", file=sys.stderr)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-    return 0

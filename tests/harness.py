@@ -23,16 +23,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from callsim.callers.audio import Segment, render
+from callsim.callers.result import CallResult
+from callsim.callers.telnyx import TelnyxCaller
+from callsim.callers.twilio import TwilioCaller
+from callsim.live.script import Script, Step
+from callsim.live.server import LiveSimulator
+from callsim.telnyx.api import TelnyxApiSimulator
 from gateway.agents import AgentGraph, parse_agents
 from gateway.server import RunningGateway, build_state, running_gateway
 from gateway.settings import Settings
-from gateway.simulator.caller import TwilioCaller
-from gateway.simulator.caller_audio import Segment, render
-from gateway.simulator.caller_result import CallResult
-from gateway.simulator.live_server import LiveSimulator
-from gateway.simulator.script import Script, Step
-from gateway.simulator.telnyx_api import TelnyxApiSimulator
-from gateway.simulator.telnyx_caller import TelnyxCaller
 
 API_KEY = "test-api-key-0123456789"
 TELNYX_API_KEY = "KEY-telnyx-test-0123456789"

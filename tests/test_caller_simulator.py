@@ -32,10 +32,7 @@ from fastapi import FastAPI, Request, Response, WebSocket, WebSocketDisconnect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from gateway.simulator import twilio_peer as peer
-from gateway.simulator import twilio_webhook as webhook
-from gateway.simulator.caller import TwilioCaller
-from gateway.simulator.caller_audio import (
+from callsim.callers.audio import (
     Silence,
     Tone,
     Wav,
@@ -44,10 +41,12 @@ from gateway.simulator.caller_audio import (
     render,
     ulaw_to_pcm16,
 )
-from gateway.simulator.caller_result import CallEvent, CallResult, ProtocolViolationError
-from gateway.simulator.caller_state import CallerState
-from gateway.simulator.twilio_peer import Violation
-from gateway.simulator.wav import WavFormatError, read_wav, write_wav
+from callsim.callers.result import CallEvent, CallResult, ProtocolViolationError
+from callsim.callers.state import CallerState
+from callsim.callers.twilio import TwilioCaller
+from callsim.twilio import peer, webhook
+from callsim.twilio.peer import Violation
+from callsim.wav import WavFormatError, read_wav, write_wav
 
 SID = "MZ" + "0" * 32
 STREAM_PATH = "/twilio/media"

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.simulator.caller import TwilioCaller
-from gateway.simulator.caller_audio import Silence, Tone, render
-from gateway.simulator.twilio_webhook import twilio_signature
+from callsim.callers.audio import Silence, Tone, render
+from callsim.callers.twilio import TwilioCaller
+from callsim.twilio.webhook import twilio_signature
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRUBBED = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GEMINI_BASE_URL", "PUBLIC_URL", "AGENTS_FILE",
@@ -285,7 +285,7 @@ def test_demo_uses_the_users_own_agents_file(tmp_path: Path) -> None:
 def test_demo_picks_agents_file_then_dot_agents_yaml_then_the_bundled_example(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gateway.simulator.demo import demo_agents, demo_script
+    from callsim.demo import demo_agents, demo_script
 
     monkeypatch.chdir(tmp_path)
     for name in SCRUBBED:
@@ -314,8 +314,8 @@ async def _run(*args: str, cwd: Path, **env: str) -> tuple[int, str, str]:
 
 
 async def test_call_places_a_twilio_call_and_writes_what_was_heard(tmp_path: Path) -> None:
+    from callsim.wav import write_wav
     from gateway.audio.analysis import sine_pcm16
-    from gateway.simulator.wav import write_wav
     from tests.harness import agents, running
 
     await asyncio.to_thread(write_wav, tmp_path / "in.wav", sine_pcm16(440, 0.8, 16000), 16000)
@@ -336,7 +336,7 @@ async def test_serve_reaches_a_separate_live_endpoint_via_base_url_and_ssl_cert_
 ) -> None:
     """The deployment path: GEMINI_BASE_URL + SSL_CERT_FILE; and at LOG_LEVEL=debug, with every
     library logging, no key, token, signature, audio, transcript or whole number in the log."""
-    from gateway.simulator.live_server import LiveSimulator
+    from callsim.live.server import LiveSimulator
 
     secret = "AIzaSy-not-a-real-key-0123456789abcdef"
     others = {"TWILIO_AUTH_TOKEN": "twilio-token-secret-abcdef012345",

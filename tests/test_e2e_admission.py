@@ -21,11 +21,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from callsim.callers.audio import Silence, Tone, render
+from callsim.callers.telnyx import TelnyxCaller
+from callsim.callers.twilio import TwilioCaller
+from callsim.twilio.webhook import twilio_signature
 from gateway.carriers.telnyx import call_control_state
-from gateway.simulator.caller import TwilioCaller
-from gateway.simulator.caller_audio import Silence, Tone, render
-from gateway.simulator.telnyx_caller import TelnyxCaller
-from gateway.simulator.twilio_webhook import twilio_signature
 from tests.harness import Carrier, FakeTwilioRest, Harness, running, serving
 
 #: Every test here also fails if anything in the log holds a traceback.

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
+from callsim.callers.audio import Silence, Tone
+from callsim.live.script import Step
 from gateway.audio.analysis import dominant_frequency, rms_dbfs, tone_dbfs
-from gateway.simulator.caller_audio import Silence, Tone
-from gateway.simulator.script import Step
 from tests.harness import running
 
 LEVEL = -12.0

@@ -9,9 +9,9 @@ import time
 
 import websockets
 
+from callsim.callers.audio import Silence, Tone
+from callsim.live.script import Step
 from gateway.audio.analysis import rms_dbfs
-from gateway.simulator.caller_audio import Silence, Tone
-from gateway.simulator.script import Step
 from tests.harness import API_KEY, agents, running
 
 GREETING = agents(agent_triage={"greeting": "Greet the caller and ask how you can help."})

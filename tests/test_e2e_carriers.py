@@ -12,11 +12,11 @@ import asyncio
 
 import pytest
 
+from callsim.callers.audio import Silence, Tone
+from callsim.callers.result import CallResult
+from callsim.live.script import Step, ToolCallSpec
+from callsim.live.voices import voice_pitch_hz
 from gateway.audio.analysis import dominant_frequency, rms_dbfs, tone_dbfs
-from gateway.simulator.caller_audio import Silence, Tone
-from gateway.simulator.caller_result import CallResult
-from gateway.simulator.script import Step, ToolCallSpec
-from gateway.simulator.voices import voice_pitch_hz
 from tests.conftest import StructuredLogs
 from tests.harness import ALL_CARRIERS, CARRIER_KINDS, Carrier, agents, running
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from callsim.callers.audio import Silence, Tone
+from callsim.live.script import Step, ToolCallSpec
+from callsim.live.voices import voice_pitch_hz
 from gateway.audio.analysis import dominant_frequency, rms_dbfs
-from gateway.simulator.caller_audio import Silence, Tone
-from gateway.simulator.script import Step, ToolCallSpec
-from gateway.simulator.voices import voice_pitch_hz
 from tests.harness import agents, running
 
 TRIAGE = "Role: Triage receptionist"

@@ -13,7 +13,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from gateway.simulator.caller_audio import Silence, Tone
+from callsim.callers.audio import Silence, Tone
 from tests.harness import Carrier, Harness, running
 from tests.test_e2e_admission import stream_url_of, twilio_start, webhook
 from tests.test_hostile_messages import NASTY, TWILIO, _mutated, _paths

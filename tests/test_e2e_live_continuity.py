@@ -11,9 +11,9 @@ import asyncio
 import re
 import time
 
-from gateway.simulator.caller_audio import Silence, Tone
-from gateway.simulator.live_records import ConnectionRecord
-from gateway.simulator.script import Step, ToolCallSpec
+from callsim.callers.audio import Silence, Tone
+from callsim.live.records import ConnectionRecord
+from callsim.live.script import Step, ToolCallSpec
 from tests.conftest import StructuredLogs
 from tests.harness import Harness, agents, running
 

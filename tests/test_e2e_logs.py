@@ -7,9 +7,9 @@ import logging
 import httpx
 import pytest
 
+from callsim.callers.audio import Silence, Tone
+from callsim.live.script import Step
 from gateway.logs import PerConnectionLines, _scrub, mask_number
-from gateway.simulator.caller_audio import Silence, Tone
-from gateway.simulator.script import Step
 from tests.conftest import StructuredLogs
 from tests.harness import running
 

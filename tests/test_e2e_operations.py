@@ -12,8 +12,8 @@ import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.simulator.caller_audio import Silence, Tone
-from gateway.simulator.script import Step, ToolCallSpec
+from callsim.callers.audio import Silence, Tone
+from callsim.live.script import Step, ToolCallSpec
 from tests.harness import agents, running
 
 FORM = {"CallSid": "CA" + "1" * 32, "AccountSid": "AC" + "2" * 32, "From": "+14155550100",

@@ -10,9 +10,9 @@ import asyncio
 
 import pytest
 
-from gateway.simulator.caller_audio import Silence, Tone
-from gateway.simulator.caller_result import CallResult
-from gateway.simulator.script import Step, ToolCallSpec
+from callsim.callers.audio import Silence, Tone
+from callsim.callers.result import CallResult
+from callsim.live.script import Step, ToolCallSpec
 from tests.conftest import StructuredLogs
 from tests.harness import FakeTwilioRest, Harness, agents, running, serving
 

@@ -10,9 +10,9 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
+from callsim.callers.audio import Silence, render
+from callsim.callers.twilio import TwilioCaller
 from gateway.security import StreamTokens
-from gateway.simulator.caller import TwilioCaller
-from gateway.simulator.caller_audio import Silence, render
 from tests.harness import Harness, running
 
 AUTH_TOKEN = "twilio-auth-token-0123456789"

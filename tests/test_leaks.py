@@ -23,8 +23,8 @@ from pathlib import Path
 
 import httpx
 
-from gateway.simulator.caller import TwilioCaller
-from gateway.simulator.caller_audio import Silence, Tone, render
+from callsim.callers.audio import Silence, Tone, render
+from callsim.callers.twilio import TwilioCaller
 from tests.test_cli import ROOT, _env, _free_port
 
 CALLS = 200

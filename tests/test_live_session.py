@@ -13,15 +13,15 @@ from contextlib import asynccontextmanager
 
 from google.genai import types
 
+from callsim.live.script import Script, Step, ToolCallSpec
+from callsim.live.server import LiveSimulator
+from callsim.tls import generate_tls
 from gateway.agents import Agent
 from gateway.live.client import make_client
 from gateway.live.config import AgentPersona
 from gateway.live.events import LiveEvent, Reconnected, SessionEnded, ToolCall
 from gateway.live.session import LiveSession
 from gateway.settings import Settings
-from gateway.simulator.live_server import LiveSimulator
-from gateway.simulator.script import Script, Step, ToolCallSpec
-from gateway.simulator.tls import generate_tls
 from tests.harness import agents
 
 TLS = generate_tls()

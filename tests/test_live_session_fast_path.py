@@ -13,6 +13,9 @@ import structlog.testing
 from google.genai import types
 
 import gateway.live.session as session_module
+from callsim.live.script import Script, Step
+from callsim.live.server import LiveSimulator
+from callsim.tls import generate_tls
 from gateway.agents import Agent
 from gateway.live import fast_path
 from gateway.live.client import make_client
@@ -20,9 +23,6 @@ from gateway.live.config import AgentPersona
 from gateway.live.events import AgentTranscript, AudioOut, LiveEvent, TurnComplete
 from gateway.live.session import LiveSession
 from gateway.settings import Settings
-from gateway.simulator.live_server import LiveSimulator
-from gateway.simulator.script import Script, Step
-from gateway.simulator.tls import generate_tls
 from tests.harness import agents
 
 TLS = generate_tls()

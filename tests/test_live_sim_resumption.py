@@ -10,17 +10,17 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.simulator import live_messages as messages
-from gateway.simulator import live_protocol as proto
-from gateway.simulator.live_audio import EnergyVad, tone_pcm16
-from gateway.simulator.live_model import ConversationEngine, ModelOptions
-from gateway.simulator.live_records import (
+from callsim.live import messages
+from callsim.live import protocol as proto
+from callsim.live.audio import EnergyVad, tone_pcm16
+from callsim.live.model import ConversationEngine, ModelOptions
+from callsim.live.records import (
     ConnectionRecord,
     HistoryEntry,
     HistoryKind,
     SessionRecord,
 )
-from gateway.simulator.live_sessions import SessionRegistry
+from callsim.live.sessions import SessionRegistry
 
 RESUMABLE = proto.parse_setup({"setup": {"model": "m", "sessionResumption": {}}})
 TRIAGE = "Role: Triage"

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from gateway.simulator import live_model
-from gateway.simulator.live_server import LiveSimulator
-from gateway.simulator.tls import generate_tls
+from callsim.live import model as live_model
+from callsim.live.server import LiveSimulator
+from callsim.tls import generate_tls
 
 TLS = generate_tls()
 LIVE_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from gateway.simulator import live_handshake as handshake
-from gateway.simulator import live_messages as messages
-from gateway.simulator import live_protocol as proto
-from gateway.simulator.live_audio import (
+from callsim.live import handshake, messages
+from callsim.live import protocol as proto
+from callsim.live.audio import (
     EnergyVad,
     SpeechEnded,
     SpeechStarted,
@@ -25,8 +24,8 @@ from gateway.simulator.live_audio import (
     split_chunks,
     tone_pcm16,
 )
-from gateway.simulator.live_model import split_transcript
-from gateway.simulator.script import (
+from callsim.live.model import split_transcript
+from callsim.live.script import (
     Script,
     ScriptError,
     Step,
@@ -36,8 +35,8 @@ from gateway.simulator.script import (
     load_script,
     role_from_instruction,
 )
-from gateway.simulator.tls import generate_tls
-from gateway.simulator.voices import DEFAULT_VOICE, VOICES, voice_for_pitch, voice_pitch_hz
+from callsim.live.voices import DEFAULT_VOICE, VOICES, voice_for_pitch, voice_pitch_hz
+from callsim.tls import generate_tls
 
 # --- voices ------------------------------------------------------------------------------------
 
@@ -513,8 +512,8 @@ def test_credentials_are_redacted_from_websockets_logs(caplog: pytest.LogCapture
     assert handshake.redact_target(LIVE + "?alt=1&key=abc&access_token=t") == (
         LIVE + "?alt=1&key=<redacted>&access_token=<redacted>"
     )
-    log = handshake.RedactingLogger(logging.getLogger("gateway.simulator.test"))
-    with caplog.at_level(logging.DEBUG, logger="gateway.simulator.test"):
+    log = handshake.RedactingLogger(logging.getLogger("callsim.test"))
+    with caplog.at_level(logging.DEBUG, logger="callsim.test"):
         log.debug("< %s: %s", "X-Goog-Api-Key", "secret-1")
         log.debug("< %s: %s", "Authorization", "Token secret-2")
         log.debug("< GET %s HTTP/1.1", LIVE + "?key=secret-3")

@@ -18,11 +18,11 @@ from google.genai import errors, types
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
-from gateway.simulator.live_audio import dominant_frequency_hz, tone_pcm16
-from gateway.simulator.live_server import LiveSimulator
-from gateway.simulator.script import Script, Step, ToolCallSpec
-from gateway.simulator.tls import generate_tls
-from gateway.simulator.voices import voice_pitch_hz
+from callsim.live.audio import dominant_frequency_hz, tone_pcm16
+from callsim.live.script import Script, Step, ToolCallSpec
+from callsim.live.server import LiveSimulator
+from callsim.live.voices import voice_pitch_hz
+from callsim.tls import generate_tls
 
 MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 TLS = generate_tls()

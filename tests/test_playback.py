@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.simulator.playback import ULAW_SILENCE, PlaybackBuffer
+from callsim.callers.playback import ULAW_SILENCE, PlaybackBuffer
 
 SILENCE = bytes([ULAW_SILENCE])
 

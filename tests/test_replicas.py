@@ -46,10 +46,10 @@ import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from gateway.simulator.caller import TwilioCaller
-from gateway.simulator.caller_audio import Silence, Tone, render
-from gateway.simulator.caller_result import CallResult
-from gateway.simulator.twilio_webhook import twilio_signature
+from callsim.callers.audio import Silence, Tone, render
+from callsim.callers.result import CallResult
+from callsim.callers.twilio import TwilioCaller
+from callsim.twilio.webhook import twilio_signature
 from tests.test_cli import ROOT, _env, _free_port
 
 NGINX = Path("/usr/sbin/nginx")

@@ -8,10 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.simulator.caller_result import ApiRequest
-from gateway.simulator.telnyx_api import CallRecord, TelnyxApiSimulator, apply_command
-from gateway.simulator.telnyx_peer import FORMATS, Violation
-from gateway.simulator.telnyx_webhook import StreamSetup
+from callsim.callers.result import ApiRequest
+from callsim.telnyx.api import CallRecord, TelnyxApiSimulator, apply_command
+from callsim.telnyx.peer import FORMATS, Violation
+from callsim.telnyx.webhook import StreamSetup
 
 STREAM = {
     "stream_url": "wss://gw.example.com/telnyx/stream",

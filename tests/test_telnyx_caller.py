@@ -32,13 +32,13 @@ from fastapi import FastAPI, Request, Response, WebSocket, WebSocketDisconnect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from callsim.callers.audio import Silence, Tone
+from callsim.callers.result import CallEvent, CallResult
+from callsim.callers.telnyx import TelnyxCaller
+from callsim.telnyx.api import TelnyxApiSimulator
+from callsim.telnyx.peer import FORMATS, Violation
+from callsim.wav import read_wav
 from gateway.audio import analysis, g711, g722
-from gateway.simulator.caller_audio import Silence, Tone
-from gateway.simulator.caller_result import CallEvent, CallResult
-from gateway.simulator.telnyx_api import TelnyxApiSimulator
-from gateway.simulator.telnyx_caller import TelnyxCaller
-from gateway.simulator.telnyx_peer import FORMATS, Violation
-from gateway.simulator.wav import read_wav
 
 STREAM_PATH = "/telnyx/stream"
 PARAMS = {"session": "tok-123", "from_number": "+13122010094"}

@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given
 from hypothesis import strategies as st
 
+from callsim.telnyx.peer import FORMATS
+from callsim.telnyx.webhook import CC_FIELDS, StreamSetup, check_texml, negotiate
 from gateway.audio.transcode import telnyx_format
 from gateway.carriers.base import (
     AudioReceived,
@@ -37,8 +39,6 @@ from gateway.carriers.telnyx import (
 from gateway.carriers.telnyx_api import streaming_fields
 from gateway.carriers.telnyx_signature import SignatureError, load_public_key, verify
 from gateway.settings import TEXML_CODECS as SETTINGS_TEXML_CODECS
-from gateway.simulator.telnyx_peer import FORMATS
-from gateway.simulator.telnyx_webhook import CC_FIELDS, StreamSetup, check_texml, negotiate
 
 STREAM = "32DE0DEA-53CB-4B21-89A4-9E1819C043BC"
 CALL = "v3:T02llQxIyaRkhfRKxgAP8nY511EhFLizdvdUKJiSw8d6A9BborherQ"

@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from callsim.callers.result import CallEvent, CallResult
+from callsim.callers.state import CallerState, StreamRules
+from callsim.telnyx import peer
+from callsim.telnyx.peer import FORMATS, Violation
 from gateway.audio import analysis, g711
 from gateway.audio.transcode import AudioFormat
-from gateway.simulator import telnyx_peer as peer
-from gateway.simulator.caller_result import CallEvent, CallResult
-from gateway.simulator.caller_state import CallerState, StreamRules
-from gateway.simulator.telnyx_peer import FORMATS, Violation
 
 SID = "32DE0DEA-53CB-4B21-89A4-9E1819C043BC"
 CCID = "v3:abc"

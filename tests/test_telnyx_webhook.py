@@ -11,9 +11,9 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.simulator import telnyx_webhook as webhook
-from gateway.simulator.telnyx_peer import FORMATS, Violation
-from gateway.simulator.telnyx_webhook import CC_FIELDS, TEXML_FIELDS, StreamSetup
+from callsim.telnyx import webhook
+from callsim.telnyx.peer import FORMATS, Violation
+from callsim.telnyx.webhook import CC_FIELDS, TEXML_FIELDS, StreamSetup
 
 KEY = Ed25519PrivateKey.generate()
 BODY = b"CallSid=v3%3Aabc&CallStatus=ringing"

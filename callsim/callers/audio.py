@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.simulator.playback import ULAW_SILENCE
-from gateway.simulator.wav import read_wav
+from callsim.callers.playback import ULAW_SILENCE
+from callsim.wav import read_wav
 
 with warnings.catch_warnings():
     # Deprecated stdlib module on 3.11/3.12; the `audioop-lts` package provides it on 3.13+.

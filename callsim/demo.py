@@ -19,17 +19,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from callsim.callers.audio import Segment, Silence, Tone, render
+from callsim.callers.twilio import TwilioCaller
+from callsim.live.script import Script, Step, ToolCallSpec
+from callsim.live.server import LiveSimulator
+from callsim.live.voices import voice_pitch_hz
 from gateway.agents import AgentGraph, AgentsFileError, load_agents, parse_agents
 from gateway.audio.analysis import dominant_frequency, rms_dbfs
 from gateway.live.config import HANDOFF_TOOL
 from gateway.logs import configure_logging
 from gateway.server import build_state, running_gateway
 from gateway.settings import ConfigError, Settings, SettingsError, load_settings
-from gateway.simulator.caller import TwilioCaller
-from gateway.simulator.caller_audio import Segment, Silence, Tone, render
-from gateway.simulator.live_server import LiveSimulator
-from gateway.simulator.script import Script, Step, ToolCallSpec
-from gateway.simulator.voices import voice_pitch_hz
 
 CALLER_HZ = 150.0
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.simulator.voices import DEFAULT_VOICE
+from callsim.live.voices import DEFAULT_VOICE
 
 JsonObject = dict[str, Any]
 

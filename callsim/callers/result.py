@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from gateway.simulator.caller_audio import SAMPLE_RATE, ulaw_to_pcm16
-from gateway.simulator.twilio_peer import violation_kind
-from gateway.simulator.wav import write_wav
+from callsim.callers.audio import SAMPLE_RATE, ulaw_to_pcm16
+from callsim.twilio.peer import violation_kind
+from callsim.wav import write_wav
 
 __all__ = [
     "ApiRequest",

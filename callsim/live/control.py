@@ -23,16 +23,16 @@ import json
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal, Protocol
 
-from gateway.simulator.live_handshake import query_params
-from gateway.simulator.live_messages import JsonObject
-from gateway.simulator.live_records import ConnectionRecord, SessionRecord
+from callsim.live.handshake import query_params
+from callsim.live.messages import JsonObject
+from callsim.live.records import ConnectionRecord, SessionRecord
 
 CONTROL_PREFIX = "/_sim"
 Which = Literal["latest", "all"] | int
 
 
 class Controllable(Protocol):
-    """The fault hooks of :class:`~gateway.simulator.live_server.LiveSimulator`."""
+    """The fault hooks of :class:`~callsim.live.server.LiveSimulator`."""
 
     @property
     def connections(self) -> Sequence[ConnectionRecord]: ...

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from gateway.simulator.live_audio import INPUT_RATE
-from gateway.simulator.voices import DEFAULT_VOICE
+from callsim.live.audio import INPUT_RATE
+from callsim.live.voices import DEFAULT_VOICE
 
 JsonObject = dict[str, Any]
 HistoryKind = Literal[

@@ -55,23 +55,22 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from gateway.simulator import live_handshake as handshake
-from gateway.simulator import live_messages as messages
-from gateway.simulator import live_protocol as proto
-from gateway.simulator.live_connection import (
+from callsim.live import handshake, messages
+from callsim.live import protocol as proto
+from callsim.live.connection import (
     LiveConnection,
     check_close_code,
     close_later,
     record_close,
 )
-from gateway.simulator.live_control import Which, handle_control, is_control_path
-from gateway.simulator.live_model import ConversationEngine, ModelOptions
-from gateway.simulator.live_records import ConnectionRecord, SessionRecord
-from gateway.simulator.live_sessions import SessionRegistry
-from gateway.simulator.script import Script
-from gateway.simulator.tls import TlsMaterial, generate_tls
+from callsim.live.control import Which, handle_control, is_control_path
+from callsim.live.model import ConversationEngine, ModelOptions
+from callsim.live.records import ConnectionRecord, SessionRecord
+from callsim.live.script import Script
+from callsim.live.sessions import SessionRegistry
+from callsim.tls import TlsMaterial, generate_tls
 
-logger = logging.getLogger("gateway.simulator")
+logger = logging.getLogger("callsim")
 
 SETUP_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 2.0
@@ -161,7 +160,7 @@ class LiveSimulator:
             compression=None,
             close_timeout=CLOSE_TIMEOUT_S,
             server_header="callbridge-live-simulator",
-            logger=handshake.RedactingLogger(logging.getLogger("gateway.simulator.websockets")),
+            logger=handshake.RedactingLogger(logging.getLogger("callsim.websockets")),
         )
         self._port = self._server.sockets[0].getsockname()[1]
         logger.info("Live simulator listening on %s", self.base_url)

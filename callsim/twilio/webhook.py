@@ -4,7 +4,7 @@ Twilio answers an inbound call by POSTing a form to the gateway's Voice URL, sig
 ``X-Twilio-Signature``, and runs the TwiML it gets back. The caller simulator builds that form and
 signature here, and checks the answer as Twilio would: HTTP status, Content-Type, well-formed
 TwiML with exactly one ``<Connect><Stream>``, the stream URL (``wss`` only, no query string) and
-each ``<Parameter>``. Problems are violation strings (see :mod:`gateway.simulator.twilio_peer`);
+each ``<Parameter>``. Problems are violation strings (see :mod:`callsim.twilio.peer`);
 things that are legitimate but worth knowing (a ``ws://`` URL on a local gateway, verbs the
 simulator does not play) are warnings.
 """
@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
-from gateway.simulator.twilio_peer import Violation, format_violation
+from callsim.twilio.peer import Violation, format_violation
 
 __all__ = [
     "PARAMETER_LIMIT",

@@ -2,10 +2,10 @@
 
 :class:`StreamCaller` is the carrier-neutral half: it runs the media WebSocket in real time and
 models the carrier's playback buffer (through the sans-I/O
-:class:`~gateway.simulator.caller_state.CallerState`) to record what the caller *heard* and to
+:class:`~callsim.callers.state.CallerState`) to record what the caller *heard* and to
 echo marks as the carrier does. :class:`TwilioCaller` adds Twilio's part: it POSTs the voice
 webhook, checks the TwiML and speaks the Media Streams protocol; the Telnyx caller lives in
-:mod:`gateway.simulator.telnyx_caller`. Every way the gateway's traffic would upset the carrier is
+:mod:`callsim.callers.telnyx`. Every way the gateway's traffic would upset the carrier is
 recorded in ``CallResult.violations``.
 
 Three tasks share one call, all owned by :meth:`StreamCaller.run` and cancelled and awaited
@@ -43,16 +43,16 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from gateway.simulator import twilio_peer as peer
-from gateway.simulator.caller_result import CallEvent, CallResult, EventKind, TimingStats
-from gateway.simulator.caller_state import CallerState
-from gateway.simulator.playback import ULAW_SILENCE
-from gateway.simulator.twilio_peer import Violation, format_violation
-from gateway.simulator.twilio_webhook import check_twiml, twilio_signature, webhook_form
+from callsim.callers.playback import ULAW_SILENCE
+from callsim.callers.result import CallEvent, CallResult, EventKind, TimingStats
+from callsim.callers.state import CallerState
+from callsim.twilio import peer
+from callsim.twilio.peer import Violation, format_violation
+from callsim.twilio.webhook import check_twiml, twilio_signature, webhook_form
 
 __all__ = ["HangupMode", "StreamCaller", "TwilioCaller"]
 
-log = logging.getLogger("gateway.simulator.caller")
+log = logging.getLogger("callsim.callers")
 
 HangupMode = Literal["stop", "close", "drop"]
 """How the caller ends the call: ``stop`` then close (a normal hang-up), a close without ``stop``,
@@ -435,7 +435,7 @@ class StreamCaller:
 class TwilioCaller(StreamCaller):
     """One simulated inbound Twilio call. Create, ``await run()`` once, inspect the result.
 
-    ``audio`` is what the caller says, μ-law 8 kHz (see :mod:`gateway.simulator.caller_audio`);
+    ``audio`` is what the caller says, μ-law 8 kHz (see :mod:`callsim.callers.audio`);
     after it, the caller keeps the line open (sending silence, as a phone does) for ``linger_s``
     seconds, then hangs up as ``hangup`` says. The gateway closing the WebSocket ends the call
     earlier. ``dtmf`` is ``(call time in seconds, digit)`` pairs.

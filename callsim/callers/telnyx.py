@@ -1,14 +1,14 @@
 """A simulated Telnyx phone call against a running gateway: TeXML or Call Control, then the
 media-streaming WebSocket in real time.
 
-:class:`TelnyxCaller` shares the real-time engine of :class:`~gateway.simulator.caller.StreamCaller`
+:class:`TelnyxCaller` shares the real-time engine of :class:`~callsim.callers.twilio.StreamCaller`
 (absolute 20 ms schedules, the playback-buffer model, mark echoes, violations) and plays Telnyx
 around it:
 
 * **TeXML**: POST the signed form to ``/telnyx/voice``, check the TeXML (``<Connect><Stream>``
   in ``rtp`` mode with a codec the simulator speaks) and stream to its URL.
 * **Call Control**: POST signed JSON events and wait for the gateway's REST commands on the fake
-  API (:class:`~gateway.simulator.telnyx_api.TelnyxApiSimulator`): ``call.initiated`` → ``answer``
+  API (:class:`~callsim.telnyx.api.TelnyxApiSimulator`): ``call.initiated`` → ``answer``
   → ``call.answered`` → ``streaming_start`` (or stream fields on ``answer``) → stream →
   ``streaming.started`` … ``streaming.stopped`` → ``call.hangup``. A gateway ``hangup`` ends the
   call as Telnyx does (``stop``, then Telnyx closes the socket); a gateway that only closes the
@@ -18,7 +18,7 @@ Speech is rendered at the inbound codec's own rate and encoded per codec (G.722 
 real 16 kHz signal); what the gateway sends back is checked against the *bidirectional* codec and
 decoded to PCM16 on arrival for the heard timeline. ``reorder_window``/``duplicate_every`` model
 Telnyx's unordered delivery, ``burst_frames`` a network that stalls and then catches up in
-order (see :func:`~gateway.simulator.telnyx_peer.media_send_plan`).
+order (see :func:`~callsim.telnyx.peer.media_send_plan`).
 """
 
 from __future__ import annotations
@@ -38,21 +38,19 @@ from urllib.parse import urlencode
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.audio.transcode import AudioFormat
-from gateway.carriers.telnyx import STREAM_AUTH_HEADER
-from gateway.simulator import telnyx_peer as peer
-from gateway.simulator.caller import (
+from callsim.callers.audio import MAX_RATE, Segment, render_pcm
+from callsim.callers.result import ApiRequest, CallEvent, CallResult, WebhookDelivery
+from callsim.callers.state import StreamRules
+from callsim.callers.twilio import (
     HangupMode,
     MessageBuilder,
     StreamCaller,
     default_ssl_context,
 )
-from gateway.simulator.caller_audio import MAX_RATE, Segment, render_pcm
-from gateway.simulator.caller_result import ApiRequest, CallEvent, CallResult, WebhookDelivery
-from gateway.simulator.caller_state import StreamRules
-from gateway.simulator.telnyx_api import TelnyxApiSimulator
-from gateway.simulator.telnyx_peer import FORMATS, Violation
-from gateway.simulator.telnyx_webhook import (
+from callsim.telnyx import peer
+from callsim.telnyx.api import TelnyxApiSimulator
+from callsim.telnyx.peer import FORMATS, STREAM_AUTH_HEADER, Violation
+from callsim.telnyx.webhook import (
     CallIds,
     SignatureMode,
     StreamSetup,
@@ -62,11 +60,12 @@ from gateway.simulator.telnyx_webhook import (
     signature_headers,
     texml_form,
 )
-from gateway.simulator.twilio_peer import format_violation
+from callsim.twilio.peer import format_violation
+from gateway.audio.transcode import AudioFormat
 
 __all__ = ["TelnyxCaller", "TelnyxMode"]
 
-log = logging.getLogger("gateway.simulator.caller")
+log = logging.getLogger("callsim.callers")
 
 TelnyxMode = Literal["texml", "call-control"]
 _Command = tuple[ApiRequest, StreamSetup | None]
@@ -83,12 +82,12 @@ class TelnyxCaller(StreamCaller):
     ``call_codec`` is the call leg's codec: what ``default`` means, and what the caller is
     streamed in when Telnyx cannot transcode to the codec asked for (it transcodes only between
     PCMU and PCMA); the gateway must answer in the bidirectional codec all the same (see
-    :func:`~gateway.simulator.telnyx_webhook.negotiate`). ``g722_start_rate`` is the
+    :func:`~callsim.telnyx.webhook.negotiate`). ``g722_start_rate`` is the
     rate ``start`` reports for G.722 (8000, its RTP clock, as Telnyx lists it; or 16000).
     ``parameters_key`` is where ``start`` carries the stream parameters (unverified on Telnyx).
     ``command_timeout_s`` bounds each wait for a Call Control command; ``hangup_grace_s`` is how
     long a gateway that closed the stream has to hang the call up. Other options as for
-    :class:`~gateway.simulator.caller.TwilioCaller`.
+    :class:`~callsim.callers.twilio.TwilioCaller`.
     """
 
     def __init__(

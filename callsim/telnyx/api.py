@@ -36,10 +36,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.simulator.caller_result import ApiRequest
-from gateway.simulator.telnyx_peer import Violation
-from gateway.simulator.telnyx_webhook import CC_FIELDS, StreamSetup, check_stream_url, negotiate
-from gateway.simulator.twilio_peer import format_violation
+from callsim.callers.result import ApiRequest
+from callsim.telnyx.peer import Violation
+from callsim.telnyx.webhook import CC_FIELDS, StreamSetup, check_stream_url, negotiate
+from callsim.twilio.peer import format_violation
 
 __all__ = ["CallRecord", "Listener", "Outcome", "TelnyxApiSimulator", "apply_command"]
 

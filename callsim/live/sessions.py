@@ -12,7 +12,7 @@ is asked through a callback.
 Handles look like ``sim-{session}-{n}``; every handle issued stays valid until forgotten.
 
 **A handle restores the session as of that handle**, as the real service does: each handle maps
-to a :class:`~gateway.simulator.live_records.HandlePoint` (the history length, the per-session
+to a :class:`~callsim.live.records.HandlePoint` (the history length, the per-session
 counters such as ``caller_utterances``, and the last client message whose effect is included).
 Resuming with it rolls the session back to that point: history entries recorded after it are
 flagged ``lost`` (kept for tests, unknown to the model), the counters are reset, and the
@@ -31,8 +31,8 @@ import itertools
 import time
 from collections.abc import Callable
 
-from gateway.simulator import live_protocol as proto
-from gateway.simulator.live_records import ConnectionRecord, HandlePoint, SessionRecord
+from callsim.live import protocol as proto
+from callsim.live.records import ConnectionRecord, HandlePoint, SessionRecord
 
 
 class SessionRegistry:

@@ -2,7 +2,7 @@
 
 Telnyx drives a call through webhooks to the gateway: a form-encoded TeXML fetch (answered with
 TeXML) or JSON Call Control events (answered by REST commands, see
-:mod:`gateway.simulator.telnyx_api`). Both are signed with Ed25519 over
+:mod:`callsim.telnyx.api`). Both are signed with Ed25519 over
 ``"{telnyx-timestamp}|{raw body}"``. This module builds those bodies and signatures, checks a
 TeXML answer as Telnyx would, and negotiates the stream's codecs from either the TeXML
 ``<Stream>`` attributes or the Call Control ``stream_*`` fields, so both paths apply one rule set.
@@ -10,7 +10,7 @@ TeXML answer as Telnyx would, and negotiates the stream's codecs from either the
 The rule that matters most: ``bidirectionalMode``/``stream_bidirectional_mode`` defaults to
 ``mp3``, in which Telnyx plays one MP3 file per second and cannot carry a conversation, so a
 missing or ``mp3`` mode is a violation. Problems are violation strings
-(:class:`~gateway.simulator.telnyx_peer.Violation`); legitimate things worth knowing are warnings.
+(:class:`~callsim.telnyx.peer.Violation`); legitimate things worth knowing are warnings.
 
 Codecs, per direction, as Telnyx documents them (quotes and URLs in
 :mod:`gateway.carriers.telnyx`): the caller is streamed in ``codec``/``stream_codec`` where the
@@ -32,9 +32,9 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from callsim.telnyx.peer import FORMATS, Violation
+from callsim.twilio.peer import format_violation
 from gateway.audio.transcode import AudioFormat
-from gateway.simulator.telnyx_peer import FORMATS, Violation
-from gateway.simulator.twilio_peer import format_violation
 
 __all__ = [
     "CC_FIELDS",

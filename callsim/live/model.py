@@ -50,9 +50,9 @@ from dataclasses import dataclass
 
 from websockets.exceptions import ConnectionClosed
 
-from gateway.simulator import live_messages as messages
-from gateway.simulator import live_protocol as proto
-from gateway.simulator.live_audio import (
+from callsim.live import messages
+from callsim.live import protocol as proto
+from callsim.live.audio import (
     OUTPUT_RATE,
     EnergyVad,
     SpeechEnded,
@@ -60,16 +60,16 @@ from gateway.simulator.live_audio import (
     split_chunks,
     tone_pcm16,
 )
-from gateway.simulator.live_records import (
+from callsim.live.records import (
     ConnectionRecord,
     HistoryEntry,
     HistoryKind,
     SessionRecord,
 )
-from gateway.simulator.script import Script, Step, Trigger, default_step
-from gateway.simulator.voices import voice_pitch_hz
+from callsim.live.script import Script, Step, Trigger, default_step
+from callsim.live.voices import voice_pitch_hz
 
-logger = logging.getLogger("gateway.simulator")
+logger = logging.getLogger("callsim")
 
 AUDIO_TOKENS_PER_SECOND = 32
 _WORD_RE = re.compile(r"\S+\s*")

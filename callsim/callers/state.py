@@ -4,9 +4,9 @@
 feeds valid media, marks and clears into the carrier's playback buffer model, keeps the *heard*
 timeline one 20 ms tick at a time, queues mark echoes in the order the carrier would send them
 (and, for Telnyx, the ``error`` events it answers bad frames with), and records everything in a
-:class:`~gateway.simulator.caller_result.CallResult`. It has no sockets and no clock (``now`` is
+:class:`~callsim.callers.result.CallResult`. It has no sockets and no clock (``now`` is
 passed in), and every method is synchronous, so in the asyncio caller each state change is atomic
-between awaits; :mod:`gateway.simulator.caller` only moves bytes and keeps time.
+between awaits; :mod:`callsim.callers.twilio` only moves bytes and keeps time.
 
 Twilio and Telnyx share the buffer semantics (marks echoed once played, ``clear`` flushes and
 echoes); what differs is in :class:`StreamRules`: how a frame is parsed, and what the heard
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
-from gateway.simulator.caller_result import CallEvent, CallResult, MarkEcho
-from gateway.simulator.playback import TWILIO_MAX_BUFFERED_BYTES, ULAW_SILENCE, PlaybackBuffer
-from gateway.simulator.twilio_peer import (
+from callsim.callers.playback import TWILIO_MAX_BUFFERED_BYTES, ULAW_SILENCE, PlaybackBuffer
+from callsim.callers.result import CallEvent, CallResult, MarkEcho
+from callsim.twilio.peer import (
     FRAME_BYTES,
     FRAME_S,
     GatewayFrame,
@@ -35,7 +35,7 @@ from gateway.simulator.twilio_peer import (
 
 __all__ = ["CallerState", "Emit", "StreamRules", "twilio_rules"]
 
-log = logging.getLogger("gateway.simulator.caller")
+log = logging.getLogger("callsim.callers")
 
 Emit = Callable[[CallEvent], None]
 

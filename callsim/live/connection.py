@@ -13,10 +13,10 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import EXTERNAL_CLOSE_CODES
 
-from gateway.simulator import live_messages as messages
-from gateway.simulator.live_model import ConversationEngine, cancel_and_wait
-from gateway.simulator.live_protocol import CLOSE_INTERNAL_ERROR
-from gateway.simulator.live_records import ConnectionRecord, SentMessage
+from callsim.live import messages
+from callsim.live.model import ConversationEngine, cancel_and_wait
+from callsim.live.protocol import CLOSE_INTERNAL_ERROR
+from callsim.live.records import ConnectionRecord, SentMessage
 
 
 class LiveConnection:

@@ -3,9 +3,9 @@
 The Telnyx caller simulator plays Telnyx against a gateway. This module says *what* Telnyx sends
 on the media WebSocket (the JSON messages, exactly as in the Telnyx docs), *whether* each frame
 the gateway sends back would be accepted, and how the negotiated codecs are encoded and decoded.
-The webhook/TeXML side is :mod:`gateway.simulator.telnyx_webhook`, the Call Control API is
-:mod:`gateway.simulator.telnyx_api`, sockets and clocks are in
-:mod:`gateway.simulator.telnyx_caller`.
+The webhook/TeXML side is :mod:`callsim.telnyx.webhook`, the Call Control API is
+:mod:`callsim.telnyx.api`, sockets and clocks are in
+:mod:`callsim.callers.telnyx`.
 
 Telnyx differs from Twilio in ways a gateway gets wrong: outbound messages carry **no** stream id;
 each outbound chunk must be 20 ms to 30 s of the *bidirectional* codec (which may differ from the
@@ -25,20 +25,25 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, Literal
 
-from gateway.audio import g711, g722
-from gateway.audio.transcode import G722_16K, L16_16K, PCMA_8K, PCMU_8K, AudioFormat
-from gateway.carriers.telnyx import STREAM_AUTH_HEADER
-from gateway.simulator.twilio_peer import (
+from callsim.twilio.peer import (
     DuplicateKeyError,
     GatewayFrame,
     format_violation,
     loads_strict,
 )
+from gateway.audio import g711, g722
+from gateway.audio.transcode import G722_16K, L16_16K, PCMA_8K, PCMU_8K, AudioFormat
+
+#: Where Telnyx puts a Call Control stream's ``stream_auth_token``: this upgrade header, and the
+#: same key in the ``connected`` frame (Telnyx AsyncAPI spec, "Stream call media over WebSocket").
+#: Written here from the spec, not imported from the gateway: the peer checks the gateway.
+STREAM_AUTH_HEADER = "x-telnyx-streaming-auth-token"
 
 __all__ = [
     "DTMF_DIGITS",
     "FORMATS",
     "MAX_CHUNK_FRAMES",
+    "STREAM_AUTH_HEADER",
     "Violation",
     "connected_message",
     "decoder_for",

@@ -2,8 +2,8 @@
 
 The caller simulator plays Twilio against a gateway. This module says *what* Twilio sends on the
 media WebSocket (the JSON messages, exactly) and *whether* each frame the gateway sends back would
-be accepted by Twilio. The webhook and TwiML side is :mod:`gateway.simulator.twilio_webhook`;
-sockets and clocks live in :mod:`gateway.simulator.caller`. Keeping these parts pure lets them be
+be accepted by Twilio. The webhook and TwiML side is :mod:`callsim.twilio.webhook`;
+sockets and clocks live in :mod:`callsim.callers.twilio`. Keeping these parts pure lets them be
 tested with plain strings.
 
 Validation is deliberately strict: each rule is one Twilio documents (error codes in the texts),
@@ -12,7 +12,7 @@ reported as a violation string ``"<kind>: <detail>"``, where ``<kind>`` is a :cl
 value, stable for tests to match.
 
 :class:`GatewayFrame`, :func:`format_violation` and :func:`loads_strict` are carrier-neutral and
-shared with :mod:`gateway.simulator.telnyx_peer`.
+shared with :mod:`callsim.telnyx.peer`.
 """
 
 from __future__ import annotations

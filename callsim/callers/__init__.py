@@ -1,0 +1,1 @@
+"""Simulated callers: one whole call through a carrier peer, and what the caller heard."""

@@ -1,0 +1,1 @@
+"""A local Gemini Live server speaking the BidiGenerateContent websocket protocol over TLS."""

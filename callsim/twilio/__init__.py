@@ -1,0 +1,1 @@
+"""Twilio's side of Media Streams and its webhooks, written from Twilio's documentation."""
