@@ -165,7 +165,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.runner import serve  # deferred: pulls in uvicorn, the SDK and numpy
+    from gateway.server import serve  # deferred: pulls in uvicorn, the SDK and numpy
 
     settings, graph = load_config()
     if not args.simulator:

@@ -24,8 +24,8 @@ import yaml
 from gateway.agents import parse_agents
 from gateway.security import StreamTokens
 from gateway.settings import Settings
-from gateway.telnyx_routes import STREAM_PATH as TELNYX_STREAM
-from gateway.twilio_routes import STREAM_PATH as TWILIO_STREAM
+from gateway.web.telnyx import STREAM_PATH as TELNYX_STREAM
+from gateway.web.twilio import STREAM_PATH as TWILIO_STREAM
 from tests.test_cli import ROOT
 from tests.test_replicas import NGINX, nginx_command, write_nginx_files
 

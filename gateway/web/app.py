@@ -1,11 +1,7 @@
-"""The HTTP surface: the app factory and the operational routes.
+"""The app factory: the ASGI app, its lifespan, and which routes it serves.
 
-Carrier routes live in :mod:`gateway.twilio_routes` and :mod:`gateway.telnyx_routes` (only those
-of the carriers in ``CARRIERS`` are registered); how their websockets become calls is
-:mod:`gateway.streams`; what they share is :mod:`gateway.state`.
-
-Operations: ``GET /healthz`` (200 while the process is up), ``GET /readyz`` (200 while taking
-calls, 503 while draining or full), ``GET /metrics`` (Prometheus text format).
+Routes: the operational ones (:mod:`gateway.web.ops`) always; each carrier's
+(:mod:`gateway.web.twilio`, :mod:`gateway.web.telnyx`) only when it is in ``CARRIERS``.
 """
 
 from __future__ import annotations
@@ -15,13 +11,12 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.aio import cancel_and_wait
-from gateway.state import GatewayState
-from gateway.telnyx_routes import add_telnyx_routes
-from gateway.twilio_routes import add_twilio_routes
+from gateway.web.ops import add_operational_routes
+from gateway.web.state import GatewayState
+from gateway.web.telnyx import add_telnyx_routes
+from gateway.web.twilio import add_twilio_routes
 
 
 def create_app(state: GatewayState) -> FastAPI:
@@ -44,19 +39,7 @@ def create_app(state: GatewayState) -> FastAPI:
     app = FastAPI(title="Callbridge gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = state
 
-    @app.get("/healthz")
-    async def healthz() -> JSONResponse:
-        return JSONResponse({"status": "ok", "active_calls": len(state.calls)})
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        refusal = state.refusal()
-        body = {"status": refusal or "ready", "active_calls": len(state.calls)}
-        return JSONResponse(body, status_code=503 if refusal else 200)
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    add_operational_routes(app, state)
 
     # A carrier not served has no routes at all: its webhooks answer 404, and its stream
     # upgrades are refused (Starlette denies a websocket no route matches with 403).

@@ -6,7 +6,7 @@ setting ``TELNYX_CODEC=L16`` needs, since TeXML does not document L16 (see ``set
 
 With ``TELNYX_PUBLIC_KEY`` set (``gateway serve`` insists on it, see ``CARRIERS``), every
 webhook must carry a fresh Ed25519 signature. Telnyx signs no stream upgrade, so the stream
-token carries the proof (see :mod:`gateway.streams`): in the stream URL's path for both kinds
+token carries the proof (see :mod:`gateway.web.streams`): in the stream URL's path for both kinds
 of call, and also, for TeXML, as a ``<Parameter>`` (``start.custom_parameters``), and for Call
 Control as ``stream_auth_token`` (the ``x-telnyx-streaming-auth-token`` upgrade header) and in
 ``client_state``. A Call Control call is answered on ``call.initiated`` and streamed on
@@ -22,18 +22,17 @@ import structlog
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from gateway.agents import BUSY, Fallback
+from gateway.agents import Fallback
 from gateway.bridge import CallHooks
 from gateway.carriers.base import ProtocolError, StreamStarted, is_carrier_id, load_object
 from gateway.carriers.telnyx import STREAM_AUTH_HEADER, TelnyxCodec, connect_stream_texml
 from gateway.carriers.telnyx_api import FALLBACK_STATE, TelnyxApiError
 from gateway.carriers.telnyx_signature import SignatureError
 from gateway.carriers.telnyx_signature import verify as verify_signature
-from gateway.carriers.twilio import fallback_verbs, say_twiml
-from gateway.logs import mask_number
-from gateway.state import CLIENT_GONE, GatewayState, public_url, read_body, read_form
-from gateway.streams import serve_stream
-from gateway.twilio_routes import caller_ids
+from gateway.web.admission import admit_call, offer_stream
+from gateway.web.httputil import CLIENT_GONE, public_url, read_body, read_form
+from gateway.web.state import GatewayState
+from gateway.web.streams import serve_stream
 
 STREAM_PATH = "/telnyx/stream"
 
@@ -69,18 +68,21 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
         call_id = form.get("CallSid")
         if not is_carrier_id(call_id):
             return PlainTextResponse("missing CallSid: this endpoint is for Telnyx webhooks", 400)
-        refused = state.admit_call(request, log, "telnyx", call_id)
-        if isinstance(refused, Response):
-            return refused
-        if refused is not None:
-            return Response(say_twiml(BUSY.say), media_type="text/xml")
-        token = state.tokens.mint("telnyx", call_id, time.time())
-        params = {"call_control_id": call_id, **caller_ids(form), "token": token}
-        url = public_url(request, settings, f"{STREAM_PATH}/{token}", ws=True)
-        fallback = state.opening_fallback()
-        after = fallback_verbs(fallback.say, fallback.transfer_to)
-        log.info("telnyx.voice", call_id=call_id, caller=mask_number(form.get("From")))
-        texml = connect_stream_texml(url, settings.telnyx_codec, params, after)
+        offer = offer_stream(
+            state,
+            request,
+            log,
+            carrier="telnyx",
+            stream_path=STREAM_PATH,
+            call_id=call_id,
+            id_parameter="call_control_id",
+            form=form,
+        )
+        if isinstance(offer, Response):
+            return offer
+        texml = connect_stream_texml(
+            offer.url, settings.telnyx_codec, offer.parameters, offer.after
+        )
         return Response(texml, media_type="text/xml")
 
     async def call_control_event(request: Request, body: bytes) -> Response:
@@ -101,7 +103,7 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
             )
         try:
             if kind == "call.initiated" and payload.get("direction") != "outgoing":
-                refused = state.admit_call(request, log, "telnyx", call_id)
+                refused = admit_call(state, request, log, "telnyx", call_id)
                 if isinstance(refused, Response):
                     return refused
                 if refused is not None:

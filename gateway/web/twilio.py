@@ -4,45 +4,31 @@ the call.
 With ``TWILIO_AUTH_TOKEN`` set (``gateway serve`` insists on it, see ``CARRIERS``), both must
 carry a valid ``X-Twilio-Signature``: the webhook over its public URL and form parameters, the
 websocket upgrade over its ``wss://`` URL alone (token path included). Independently of that,
-the stream must present the token minted in the TwiML (see :mod:`gateway.streams`).
+the stream must present the token minted in the TwiML (see :mod:`gateway.web.streams`).
 """
 
 from __future__ import annotations
-
-import time
-from collections.abc import Mapping
-from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response
 
-from gateway.agents import BUSY, Fallback
+from gateway.agents import Fallback
 from gateway.bridge import CallHooks
 from gateway.carriers.base import StreamStarted, is_carrier_id
 from gateway.carriers.twilio import (
     TwilioCodec,
     connect_stream_twiml,
     fallback_verbs,
-    say_twiml,
     twiml_document,
 )
-from gateway.logs import mask_number
 from gateway.security import twilio_signature_valid
-from gateway.state import CLIENT_GONE, GatewayState, public_url, read_form
-from gateway.streams import serve_stream
+from gateway.web.admission import offer_stream
+from gateway.web.httputil import CLIENT_GONE, public_url, read_form
+from gateway.web.state import GatewayState
+from gateway.web.streams import serve_stream
 
 STREAM_PATH = "/twilio/stream"
-
-
-def caller_ids(form: Mapping[str, Any]) -> dict[str, str]:
-    """``from``/``to`` stream parameters from a Twilio-style webhook form (TwiML and TeXML)."""
-    ids: dict[str, str] = {}
-    for name, key in (("from", "From"), ("to", "To")):
-        value = form.get(key)
-        if isinstance(value, str) and value:
-            ids[name] = value[:200]
-    return ids
 
 
 def add_twilio_routes(app: FastAPI, state: GatewayState) -> None:
@@ -70,18 +56,20 @@ def add_twilio_routes(app: FastAPI, state: GatewayState) -> None:
         call_sid = form.get("CallSid")
         if not is_carrier_id(call_sid):
             return PlainTextResponse("missing CallSid: this endpoint is for Twilio webhooks", 400)
-        refused = state.admit_call(request, log, "twilio", call_sid)
-        if isinstance(refused, Response):
-            return refused
-        if refused is not None:
-            return Response(say_twiml(BUSY.say), media_type="text/xml")
-        token = state.tokens.mint("twilio", call_sid, time.time())
-        params = {"call_sid": call_sid, **caller_ids(form), "token": token}
-        url = public_url(request, settings, f"{STREAM_PATH}/{token}", ws=True)
-        fallback = state.opening_fallback()
-        after = fallback_verbs(fallback.say, fallback.transfer_to)
-        log.info("twilio.voice", call_id=call_sid, caller=mask_number(form.get("From")))
-        return Response(connect_stream_twiml(url, params, after), media_type="text/xml")
+        offer = offer_stream(
+            state,
+            request,
+            log,
+            carrier="twilio",
+            stream_path=STREAM_PATH,
+            call_id=call_sid,
+            id_parameter="call_sid",
+            form=form,
+        )
+        if isinstance(offer, Response):
+            return offer
+        twiml = connect_stream_twiml(offer.url, offer.parameters, offer.after)
+        return Response(twiml, media_type="text/xml")
 
     async def twilio_stream(websocket: WebSocket, token: str | None) -> None:
         if auth_token is not None:

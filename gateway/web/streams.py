@@ -33,7 +33,8 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from gateway.bridge import CallBridge, CallHooks, Refusal
 from gateway.carriers.base import CarrierCodec, StreamStarted
 from gateway.security import StreamGrant, StreamTokenError
-from gateway.state import GatewayState, pass_on, proxy_retries
+from gateway.web.httputil import pass_on, proxy_retries
+from gateway.web.state import GatewayState
 
 
 async def serve_stream(

@@ -1,0 +1,96 @@
+"""Admission of a new call at its webhook, one path for every carrier's webhook.
+
+A webhook for a new call is answered in one of three ways: refused (a replayed webhook, or no
+room: then the busy message, or a 503 a retrying proxy passes to another replica), or offered a
+stream: a fresh stream token, the stream URL with the token in its path, the call's ids as
+stream parameters, and the fallback verbs that run if the gateway has to give up on the call.
+Each carrier's route then writes that offer in its own markup (TwiML, TeXML) or API call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from fastapi import Request
+from fastapi.responses import PlainTextResponse, Response
+
+from gateway.agents import BUSY
+from gateway.carriers.twilio import fallback_verbs, say_twiml
+from gateway.logs import mask_number
+from gateway.web.httputil import pass_on, proxy_retries, public_url
+from gateway.web.state import GatewayState
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOffer:
+    """What a webhook answer needs to start the call's stream."""
+
+    url: str
+    parameters: dict[str, str]
+    #: Markup verbs that run when the gateway closes the stream (the opening fallback).
+    after: str
+
+
+def admit_call(
+    state: GatewayState,
+    request: Request,
+    log: structlog.stdlib.BoundLogger,
+    carrier: str,
+    call_id: str,
+) -> Response | str | None:
+    """A new call's webhook: None to take it; a Response (409 for a call that already had
+    its stream: a replay, which gets no fresh token; 503 to pass it on to a retrying
+    proxy); or the reason it is refused for good, counted and logged, after which the
+    route gives the carrier its final busy answer."""
+    if state.ledger.streamed(carrier, call_id, time.time()):
+        state.log_refusal(log, f"{carrier}.webhook_replayed", call_id=call_id)
+        return PlainTextResponse("this call already has its stream", 409)
+    refusal = state.refusal()
+    if refusal is None:
+        return None
+    if proxy_retries(request):
+        log.info(f"{carrier}.call_passed_on", call_id=call_id, reason=refusal)
+        return pass_on(refusal)
+    state.metrics.calls.labels(f"rejected_{refusal}").inc()
+    log.warning(f"{carrier}.call_refused", call_id=call_id, reason=refusal)
+    return refusal
+
+
+def offer_stream(
+    state: GatewayState,
+    request: Request,
+    log: structlog.stdlib.BoundLogger,
+    *,
+    carrier: str,
+    stream_path: str,
+    call_id: str,
+    id_parameter: str,
+    form: Mapping[str, Any],
+) -> StreamOffer | Response:
+    """Admit the call of a markup webhook (TwiML, TeXML) and offer it a stream, or answer
+    the refusal: the busy message in markup, or :func:`admit_call`'s Response."""
+    refused = admit_call(state, request, log, carrier, call_id)
+    if isinstance(refused, Response):
+        return refused
+    if refused is not None:
+        return Response(say_twiml(BUSY.say), media_type="text/xml")
+    token = state.tokens.mint(carrier, call_id, time.time())
+    parameters = {id_parameter: call_id, **caller_ids(form), "token": token}
+    url = public_url(request, state.settings, f"{stream_path}/{token}", ws=True)
+    fallback = state.opening_fallback()
+    log.info(f"{carrier}.voice", call_id=call_id, caller=mask_number(form.get("From")))
+    return StreamOffer(url, parameters, fallback_verbs(fallback.say, fallback.transfer_to))
+
+
+def caller_ids(form: Mapping[str, Any]) -> dict[str, str]:
+    """``from``/``to`` stream parameters from a Twilio-style webhook form (TwiML and TeXML)."""
+    ids: dict[str, str] = {}
+    for name, key in (("from", "From"), ("to", "To")):
+        value = form.get(key)
+        if isinstance(value, str) and value:
+            ids[name] = value[:200]
+    return ids
