@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""The import graph of ``gateway/``, checked against its layers.
+
+    python tools/import_graph.py           # check: circles, upward imports, simulator imports
+    python tools/import_graph.py --dot     # the graph in Graphviz DOT (| dot -Tsvg > deps.svg)
+
+The code is read with ``ast``: nothing is imported or run. An import inside a function counts
+as an edge like any other (a lazy import still ties two modules together), except that the
+product may import the simulators (``callsim``) lazily, and only lazily: ``gateway serve
+--simulator`` does. Exit status 0 when the graph is clean, 1 otherwise.
+
+``LAYERS`` is the architecture, lowest first: a module may import from its own layer and the
+ones below it, never from one above. Within a layer, the only rule is no circles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "gateway"
+
+#: Lowest first. A module belongs to the first entry one of whose prefixes names it or a
+#: package above it.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "foundations",
+        (
+            "gateway.aio",
+            "gateway.logs",
+            "gateway.metrics",
+            "gateway.agents",
+            "gateway.security",
+            "gateway.connections",
+        ),
+    ),
+    ("audio", ("gateway.audio",)),
+    ("carriers", ("gateway.carriers",)),
+    ("settings", ("gateway.settings",)),
+    ("live", ("gateway.live",)),
+    ("call", ("gateway.call",)),
+    ("web state", ("gateway.web.state", "gateway.web.httputil")),
+    ("web paths", ("gateway.web.admission", "gateway.web.streams")),
+    ("web routes", ("gateway.web.ops", "gateway.web.twilio", "gateway.web.telnyx")),
+    ("web app", ("gateway.web.app", "gateway.web")),
+    ("server", ("gateway.server",)),
+    ("cli", ("gateway.cli", "gateway.__main__", "gateway")),
+)
+#: Packages the product may import only inside a function (never at module level).
+LAZY_ONLY = ("callsim",)
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    source: str
+    target: str
+    #: Imported at module level (False: inside a function or method).
+    eager: bool
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules(package: str = PACKAGE, root: Path = ROOT) -> dict[str, Path]:
+    return {module_name(p, root): p for p in sorted((root / package).rglob("*.py"))}
+
+
+def _eager_nodes(tree: ast.Module) -> set[int]:
+    """ids of the import nodes that run at import time (module level, incl. if/try blocks)."""
+    eager: set[int] = set()
+    todo: list[ast.stmt] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            eager.add(id(node))
+        elif isinstance(node, ast.If | ast.Try | ast.With):
+            if isinstance(node, ast.If) and _is_type_checking(node.test):
+                continue  # only read by type checkers
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                for child in getattr(node, field, []):
+                    todo.extend(child.body if isinstance(child, ast.ExceptHandler) else [child])
+    return eager
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def edges(known: dict[str, Path]) -> Iterator[Edge]:
+    for name, path in known.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        eager = _eager_nodes(tree)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+            else:
+                continue
+            for target in _resolve(targets, known):
+                if target != name:
+                    yield Edge(name, target, id(node) in eager)
+
+
+def _resolve(targets: Iterable[str], known: dict[str, Path]) -> set[str]:
+    """The modules named (``from a import b`` may name module ``a.b`` or a name in ``a``);
+    names outside the package are kept whole only when they are lazy-only packages."""
+    found: set[str] = set()
+    for target in targets:
+        if target in known:
+            found.add(target)
+        elif target.split(".")[0] in LAZY_ONLY:
+            found.add(target.split(".")[0])
+    # ``from gateway.a import b`` names gateway.a.b when that is a module, else gateway.a
+    return {t for t in found if not any(o.startswith(t + ".") and o in found for o in found)}
+
+
+def layer_of(module: str) -> int | None:
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if module == prefix or (prefix != PACKAGE and module.startswith(prefix + ".")):
+                return index
+    return None
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def problems(package: str = PACKAGE, root: Path = ROOT) -> list[str]:
+    """Everything wrong with the graph, one line each; empty when it is clean."""
+    known = modules(package, root)
+    all_edges = list(edges(known))
+    out: list[str] = []
+    graph: dict[str, set[str]] = {name: set() for name in known}
+    for edge in all_edges:
+        if edge.target in LAZY_ONLY:
+            if edge.eager:
+                out.append(f"{edge.source} imports {edge.target} at module level")
+            continue
+        graph[edge.source].add(edge.target)
+    for component in circles(graph):
+        out.append("import circle: " + " <-> ".join(component))
+    for name in known:
+        if layer_of(name) is None:
+            out.append(f"{name} is in no layer (add it to LAYERS in tools/import_graph.py)")
+    for edge in all_edges:
+        low, high = layer_of(edge.target), layer_of(edge.source)
+        if low is not None and high is not None and low > high:
+            out.append(
+                f"{edge.source} ({LAYERS[high][0]}) imports {edge.target} ({LAYERS[low][0]}),"
+                " a higher layer"
+            )
+    return sorted(set(out))
+
+
+def dot(package: str = PACKAGE) -> str:
+    known = modules(package)
+    lines = ["digraph gateway {", "  rankdir=BT; node [shape=box, fontsize=10];"]
+    for index, (title, _) in enumerate(LAYERS):
+        members = sorted(m for m in known if layer_of(m) == index)
+        if members:
+            lines.append(f'  subgraph "cluster_{index}" {{ label="{title}";')
+            lines.extend(f'    "{m}";' for m in members)
+            lines.append("  }")
+    for edge in sorted(set(edges(known)), key=lambda e: (e.source, e.target)):
+        style = "" if edge.eager else " [style=dashed]"
+        lines.append(f'  "{edge.source}" -> "{edge.target}"{style};')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dot", action="store_true", help="print the graph as Graphviz DOT")
+    args = parser.parse_args(argv)
+    if args.dot:
+        print(dot())
+        return 0
+    found = problems()
+    for line in found:
+        print(line)
+    if not found:
+        print(f"{len(modules())} modules of {PACKAGE}/: no circles, no upward imports")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
