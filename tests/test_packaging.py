@@ -58,7 +58,7 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 def test_ruff_is_clean() -> None:
     ruff = Path(sys.executable).with_name("ruff")
-    args = [str(ruff), "check", "gateway", "callsim", "tests", "benchmarks"]
+    args = [str(ruff), "check", "gateway", "callsim", "tests", "benchmarks", "tools"]
     done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
 
