@@ -18,61 +18,33 @@ from xml.sax.saxutils import escape, quoteattr
 
 from gateway.audio.transcode import PCMU_8K
 from gateway.carriers.base import (
-    AudioReceived,
-    CarrierEvent,
-    DtmfReceived,
-    MarkPlayed,
     ProtocolError,
     StreamStarted,
-    StreamStopped,
     carrier_id,
     custom_parameters,
     is_carrier_id,
-    load_object,
-    media_object,
 )
+from gateway.carriers.stream import StreamCodec
 
-_DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
 #: Twilio: "the combined length of each <Parameter> name and value must be under 500 characters".
 MAX_PARAMETER_CHARS = 499
 
 
-class TwilioCodec:
-    """One Twilio stream's codec: remembers the ``streamSid`` it must echo on every message."""
+class TwilioCodec(StreamCodec):
+    """One Twilio stream's codec: remembers the ``streamSid`` it must echo on every message.
+
+    The order of events is :class:`~gateway.carriers.stream.StreamCodec`'s; this class reads
+    Twilio's ``start`` and writes its outbound messages.
+    """
 
     carrier = "twilio"
+    stream_key = "streamSid"
 
     def __init__(self) -> None:
-        self.stream_sid: str | None = None
+        super().__init__()
         self._media_prefix = ""
         self._mark_prefix = ""
         self._clear = ""
-
-    def parse(self, text: str) -> CarrierEvent | None:
-        msg = load_object(text)
-        event = msg.get("event")
-        if event == "media":  # the hot path: ~50 per second per call
-            return self._media(msg)
-        if event == "start":
-            return self._start(msg)
-        if event == "connected":
-            return None
-        if event not in ("mark", "dtmf", "stop"):
-            raise ProtocolError(f"unknown event {str(event)[:40]!r}")
-        if self.stream_sid is None:
-            raise ProtocolError(f"{event!r} before 'start'")
-        self._check_sid(msg)
-        if event == "stop":
-            return StreamStopped()
-        if event == "mark":
-            name = _field(msg, "mark", "name")
-            if not isinstance(name, str):
-                raise ProtocolError("mark without a name")
-            return MarkPlayed(name)
-        digit = _field(msg, "dtmf", "digit")
-        if not isinstance(digit, str) or len(digit) != 1 or digit not in _DTMF_DIGITS:
-            raise ProtocolError("dtmf without a valid digit")
-        return DtmfReceived(digit.upper())
 
     def media(self, payload: bytes) -> str:
         return self._media_prefix + base64.b64encode(payload).decode("ascii") + '"}}'
@@ -84,8 +56,6 @@ class TwilioCodec:
         return self._clear
 
     def _start(self, msg: dict[str, Any]) -> StreamStarted:
-        if self.stream_sid is not None:
-            raise ProtocolError("second 'start' on one stream")
         start = msg.get("start")
         if not isinstance(start, dict):
             raise ProtocolError("'start' without a start object", fatal=True)
@@ -101,7 +71,6 @@ class TwilioCodec:
         ):
             raise ProtocolError(f"unsupported media format {fmt!r}", fatal=True)
         params = custom_parameters(start.get("customParameters"))
-        self.stream_sid = sid
         quoted = json.dumps(sid)
         self._media_prefix = '{"event":"media","streamSid":' + quoted + ',"media":{"payload":"'
         self._mark_prefix = '{"event":"mark","streamSid":' + quoted + ',"mark":{"name":'
@@ -113,23 +82,6 @@ class TwilioCodec:
             parameters=params,
             account_id=account_sid,
         )
-
-    def _media(self, msg: dict[str, Any]) -> AudioReceived:
-        if self.stream_sid is None:
-            raise ProtocolError("'media' before 'start'")
-        self._check_sid(msg)
-        _, audio = media_object(msg)
-        return AudioReceived(audio)
-
-    def _check_sid(self, msg: dict[str, Any]) -> None:
-        sid = msg.get("streamSid")
-        if sid is not None and sid != self.stream_sid:
-            raise ProtocolError("message for another streamSid")
-
-
-def _field(msg: Mapping[str, Any], obj: str, key: str) -> Any:
-    inner = msg.get(obj)
-    return inner.get(key) if isinstance(inner, dict) else None
 
 
 def connect_stream_twiml(stream_url: str, parameters: Mapping[str, str], after: str = "") -> str:
