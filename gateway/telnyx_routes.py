@@ -25,11 +25,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from gateway.agents import BUSY, Fallback
 from gateway.bridge import CallHooks
 from gateway.carriers.base import ProtocolError, StreamStarted, is_carrier_id, load_object
+from gateway.carriers.markup import fallback_verbs, say_and_hang_up
 from gateway.carriers.telnyx import STREAM_AUTH_HEADER, TelnyxCodec, connect_stream_texml
 from gateway.carriers.telnyx_api import FALLBACK_STATE, TelnyxApiError
 from gateway.carriers.telnyx_signature import SignatureError
 from gateway.carriers.telnyx_signature import verify as verify_signature
-from gateway.carriers.twilio import fallback_verbs, say_twiml
 from gateway.logs import mask_number
 from gateway.state import CLIENT_GONE, GatewayState, public_url, read_body, read_form
 from gateway.streams import serve_stream
@@ -73,7 +73,7 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
         if isinstance(refused, Response):
             return refused
         if refused is not None:
-            return Response(say_twiml(BUSY.say), media_type="text/xml")
+            return Response(say_and_hang_up(BUSY.say), media_type="text/xml")
         token = state.tokens.mint("telnyx", call_id, time.time())
         params = {"call_control_id": call_id, **caller_ids(form), "token": token}
         url = public_url(request, settings, f"{STREAM_PATH}/{token}", ws=True)

@@ -20,13 +20,8 @@ from fastapi.responses import PlainTextResponse, Response
 from gateway.agents import BUSY, Fallback
 from gateway.bridge import CallHooks
 from gateway.carriers.base import StreamStarted, is_carrier_id
-from gateway.carriers.twilio import (
-    TwilioCodec,
-    connect_stream_twiml,
-    fallback_verbs,
-    say_twiml,
-    twiml_document,
-)
+from gateway.carriers.markup import fallback_verbs, response_document, say_and_hang_up
+from gateway.carriers.twilio import TwilioCodec, connect_stream_twiml
 from gateway.logs import mask_number
 from gateway.security import twilio_signature_valid
 from gateway.state import CLIENT_GONE, GatewayState, public_url, read_form
@@ -74,7 +69,7 @@ def add_twilio_routes(app: FastAPI, state: GatewayState) -> None:
         if isinstance(refused, Response):
             return refused
         if refused is not None:
-            return Response(say_twiml(BUSY.say), media_type="text/xml")
+            return Response(say_and_hang_up(BUSY.say), media_type="text/xml")
         token = state.tokens.mint("twilio", call_sid, time.time())
         params = {"call_sid": call_sid, **caller_ids(form), "token": token}
         url = public_url(request, settings, f"{STREAM_PATH}/{token}", ws=True)
@@ -100,7 +95,7 @@ def add_twilio_routes(app: FastAPI, state: GatewayState) -> None:
             if state.twilio_rest is None or not account:
                 return False  # the verbs after </Connect> run when the stream closes
             verbs = fallback_verbs(chosen.say, chosen.transfer_to)
-            await state.twilio_rest.update_call(account, started.call_id, twiml_document(verbs))
+            await state.twilio_rest.update_call(account, started.call_id, response_document(verbs))
             return True
 
         hooks = CallHooks(fallback=fallback)

@@ -340,6 +340,12 @@ def test_texml_streams_both_ways_in_rtp_mode() -> None:
     assert stream.attrib["codec"] == "G722"
     assert stream.attrib["bidirectionalSamplingRate"] == "16000"
     assert [(p.attrib["name"], p.attrib["value"]) for p in stream] == [("x", "1")]
+    assert connect_stream_texml("wss://gw/s", "PCMU", {"t": "1"}, "<Hangup/>") == (
+        '<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="wss://gw/s"'
+        ' track="inbound_track" codec="PCMU" bidirectionalMode="rtp" bidirectionalCodec="PCMU"'
+        ' bidirectionalSamplingRate="8000"><Parameter name="t" value="1"/></Stream></Connect>'
+        "<Hangup/></Response>"
+    )  # the bytes Telnyx has always been sent
 
 
 def _keys() -> tuple[Ed25519PrivateKey, str]:

@@ -20,7 +20,6 @@ import base64
 import json
 from collections.abc import Mapping
 from typing import Any
-from xml.sax.saxutils import quoteattr
 
 from gateway.audio.transcode import (
     G722_16K,
@@ -41,6 +40,7 @@ from gateway.carriers.base import (
     custom_parameters,
     media_object,
 )
+from gateway.carriers.markup import connect_stream
 from gateway.carriers.reorder import Reorderer
 from gateway.carriers.stream import StreamCodec
 
@@ -250,17 +250,16 @@ def connect_stream_texml(
 ) -> str:
     """TeXML that streams the call both ways in ``codec`` (RTP mode), one of TEXML_CODECS.
 
-    As with Twilio, the verbs in ``after`` run when the gateway closes the stream.
+    As with Twilio, the verbs in ``after`` run when the gateway closes the stream (see
+    :func:`~gateway.carriers.markup.connect_stream`).
     """
     if codec not in TEXML_CODECS:
         raise ValueError(f"TeXML streams take {', '.join(TEXML_CODECS)}, not {codec!r}")
-    rate = TELNYX_CODECS[codec]
-    params = "".join(
-        f"<Parameter name={quoteattr(k)} value={quoteattr(v)}/>" for k, v in parameters.items()
-    )
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        f'<Response><Connect><Stream url={quoteattr(stream_url)} track="inbound_track"'
-        f' codec="{codec}" bidirectionalMode="rtp" bidirectionalCodec="{codec}"'
-        f' bidirectionalSamplingRate="{rate}">{params}</Stream></Connect>{after}</Response>'
-    )
+    attributes = {
+        "track": "inbound_track",
+        "codec": codec,
+        "bidirectionalMode": "rtp",
+        "bidirectionalCodec": codec,
+        "bidirectionalSamplingRate": str(TELNYX_CODECS[codec]),
+    }
+    return connect_stream(stream_url, parameters, after, attributes)

@@ -14,7 +14,6 @@ import base64
 import json
 from collections.abc import Mapping
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
 
 from gateway.audio.transcode import PCMU_8K
 from gateway.carriers.base import (
@@ -24,6 +23,7 @@ from gateway.carriers.base import (
     custom_parameters,
     is_carrier_id,
 )
+from gateway.carriers.markup import connect_stream
 from gateway.carriers.stream import StreamCodec
 
 #: Twilio: "the combined length of each <Parameter> name and value must be under 500 characters".
@@ -85,45 +85,15 @@ class TwilioCodec(StreamCodec):
 
 
 def connect_stream_twiml(stream_url: str, parameters: Mapping[str, str], after: str = "") -> str:
-    """TwiML that hands the call's audio to ``stream_url`` both ways.
+    """TwiML that hands the call's audio to ``stream_url`` both ways, then runs ``after``
+    (see :func:`~gateway.carriers.markup.connect_stream`).
 
-    ``<Connect>`` (not ``<Start>``) makes the stream bidirectional and holds the call for as long
-    as the websocket is open. The verbs in ``after`` run only when the *gateway* closes the
-    socket (a caller who hangs up has ended the call already): that is where the fallback goes,
-    so a gateway that has to give up on a call still says something instead of dead air. The URL
-    must not carry a query string (Twilio rejects it), so per-call data travels as
-    ``<Parameter>``s and arrives in ``start.customParameters``.
+    The URL must not carry a query string (Twilio rejects it), so per-call data travels as
+    ``<Parameter>``s and arrives in ``start.customParameters``, each under Twilio's size limit.
     """
     if "?" in stream_url:
         raise ValueError("Twilio stream URLs must not contain a query string")
-    params = []
     for name, value in parameters.items():
         if len(name) + len(value) > MAX_PARAMETER_CHARS:
             raise ValueError(f"<Parameter> {name!r} is too long for Twilio")
-        params.append(f"<Parameter name={quoteattr(name)} value={quoteattr(value)}/>")
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        f"<Response><Connect><Stream url={quoteattr(stream_url)}>"
-        + "".join(params)
-        + "</Stream></Connect>"
-        + after
-        + "</Response>"
-    )
-
-
-def fallback_verbs(say: str, transfer_to: str = "") -> str:
-    """TwiML (and TeXML) verbs for a call the gateway cannot continue: dial, or apologise."""
-    if transfer_to.startswith("sip"):
-        return f"<Dial><Sip>{escape(transfer_to)}</Sip></Dial>"
-    if transfer_to:
-        return f"<Dial>{escape(transfer_to)}</Dial>"
-    return f"<Say>{escape(say)}</Say><Hangup/>" if say else "<Hangup/>"
-
-
-def say_twiml(message: str) -> str:
-    """A polite spoken message and hang-up, for calls the gateway cannot take."""
-    return twiml_document(fallback_verbs(message))
-
-
-def twiml_document(verbs: str) -> str:
-    return '<?xml version="1.0" encoding="UTF-8"?><Response>' + verbs + "</Response>"
+    return connect_stream(stream_url, parameters, after)
