@@ -60,6 +60,37 @@ TELNYX_CODECS: dict[str, int] = {"PCMU": 8000, "PCMA": 8000, "G722": 16000, "L16
 #: which only Call Control's ``stream_bidirectional_codec`` lists.
 TEXML_CODECS: tuple[str, ...] = ("PCMU", "PCMA", "G722")
 
+#: ``start.media_format`` (encoding, sample_rate) → the format of the frames that follow.
+_FORMATS: dict[tuple[str, int], AudioFormat] = {
+    ("PCMU", 8000): PCMU_8K,
+    ("PCMA", 8000): PCMA_8K,
+    ("L16", 16000): L16_16K,
+    ("G722", 16000): G722_16K,
+    ("G722", 8000): G722_16K,  # the RTP clock rate, not the audio rate
+}
+
+
+def telnyx_format(encoding: str, sample_rate: int) -> AudioFormat:
+    """The format of a Telnyx media stream from its ``start.media_format`` fields.
+
+    Telnyx reports G.722 at either 8000 (the RTP clock rate, set by mistake in RFC 1890 and kept by
+    RFC 3551) or 16000 (the audio rate); both mean 16 kHz audio. L16 is network (big-endian) order.
+    """
+    name = encoding.strip().upper()
+    fmt = _FORMATS.get((name, sample_rate))
+    if fmt is not None:
+        return fmt
+    rates = sorted({rate for known, rate in _FORMATS if known == name})
+    if not rates:
+        raise UnsupportedAudioFormat(
+            f"{encoding} at {sample_rate} Hz is not supported; use PCMU, PCMA, G722 or L16"
+        )
+    raise UnsupportedAudioFormat(
+        f"{name} at {sample_rate} Hz is not supported; "
+        f"Telnyx {name} must be at {' or '.join(map(str, rates))} Hz"
+    )
+
+
 # Which codec carries which direction. The gateway asks for one codec both ways (TELNYX_CODEC:
 # TeXML <Stream codec=… bidirectionalCodec=…>, Call Control stream_codec and
 # stream_bidirectional_codec), and Telnyx documents the two directions differently.
@@ -93,36 +124,6 @@ TEXML_CODECS: tuple[str, ...] = ("PCMU", "PCMA", "G722")
 # [2] https://developers.telnyx.com/api-reference/call-commands/streaming-start
 # [3] https://developers.telnyx.com/api-reference/websockets/stream-call-media-over-websocket
 # [4] https://developers.telnyx.com/docs/voice/programmable-voice/media-streaming
-
-
-_FORMATS: dict[tuple[str, int], AudioFormat] = {
-    ("PCMU", 8000): PCMU_8K,
-    ("PCMA", 8000): PCMA_8K,
-    ("L16", 16000): L16_16K,
-    ("G722", 16000): G722_16K,
-    ("G722", 8000): G722_16K,  # the RTP clock rate, not the audio rate
-}
-
-
-def telnyx_format(encoding: str, sample_rate: int) -> AudioFormat:
-    """The format of a Telnyx media stream from its ``start.media_format`` fields.
-
-    Telnyx reports G.722 at either 8000 (the RTP clock rate, set by mistake in RFC 1890 and kept by
-    RFC 3551) or 16000 (the audio rate); both mean 16 kHz audio. L16 is network (big-endian) order.
-    """
-    name = encoding.strip().upper()
-    fmt = _FORMATS.get((name, sample_rate))
-    if fmt is not None:
-        return fmt
-    rates = sorted({rate for known, rate in _FORMATS if known == name})
-    if not rates:
-        raise UnsupportedAudioFormat(
-            f"{encoding} at {sample_rate} Hz is not supported; use PCMU, PCMA, G722 or L16"
-        )
-    raise UnsupportedAudioFormat(
-        f"{name} at {sample_rate} Hz is not supported; "
-        f"Telnyx {name} must be at {' or '.join(map(str, rates))} Hz"
-    )
 
 
 def downlink_format(requested: str | None, streamed: AudioFormat) -> AudioFormat | None:
