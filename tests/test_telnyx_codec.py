@@ -16,7 +16,16 @@ from hypothesis import strategies as st
 
 from callsim.telnyx.peer import FORMATS
 from callsim.telnyx.webhook import CC_FIELDS, StreamSetup, check_texml, negotiate
-from gateway.audio.transcode import telnyx_format
+from gateway.audio.transcode import (
+    G722_16K,
+    L16_16K,
+    PCMA_8K,
+    PCMU_8K,
+    AudioFormat,
+    UnsupportedAudioFormat,
+    downlink_for,
+    uplink_for,
+)
 from gateway.carriers.base import (
     AudioReceived,
     CarrierReportedError,
@@ -34,6 +43,7 @@ from gateway.carriers.telnyx import (
     call_control_state,
     connect_stream_texml,
     downlink_format,
+    telnyx_format,
     token_from_state,
 )
 from gateway.carriers.telnyx_api import streaming_fields
@@ -93,6 +103,43 @@ def test_start_announces_ids_and_the_negotiated_codec(
     assert (event.stream_id, event.call_id) == (STREAM, CALL)
     assert (event.audio_format.encoding, event.audio_format.sample_rate) == expected
     assert dict(event.parameters) == {"a": "1"}
+
+
+# --- media_format: what start announces ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("encoding", "rate", "expected"),
+    [
+        ("PCMU", 8000, PCMU_8K),
+        ("PCMA", 8000, PCMA_8K),
+        ("L16", 16000, L16_16K),
+        ("G722", 8000, G722_16K),  # the RTP clock rate (RFC 3551)
+        ("G722", 16000, G722_16K),  # the audio rate
+        ("g722", 16000, G722_16K),
+        (" pcmu ", 8000, PCMU_8K),
+    ],
+)
+def test_telnyx_format_maps_media_format(encoding: str, rate: int, expected: AudioFormat) -> None:
+    fmt = telnyx_format(encoding, rate)
+    assert fmt is expected  # L16 therefore big-endian, as Telnyx sends it
+    assert uplink_for(fmt).format is downlink_for(fmt).format is fmt  # all have transcoders
+
+
+@pytest.mark.parametrize(
+    ("encoding", "rate", "message"),
+    [
+        ("OPUS", 16000, "OPUS at 16000 Hz is not supported; use PCMU, PCMA, G722 or L16"),
+        ("", 8000, " at 8000 Hz is not supported; use PCMU, PCMA, G722 or L16"),
+        ("PCMU", 16000, "PCMU at 16000 Hz is not supported; Telnyx PCMU must be at 8000 Hz"),
+        ("L16", 8000, "L16 at 8000 Hz is not supported; Telnyx L16 must be at 16000 Hz"),
+        ("G722", 48000, "G722 at 48000 Hz is not supported; Telnyx G722 must be at 8000 or 16000"),
+    ],
+)
+def test_telnyx_format_rejects_the_rest(encoding: str, rate: int, message: str) -> None:
+    with pytest.raises(UnsupportedAudioFormat) as caught:
+        telnyx_format(encoding, rate)
+    assert str(caught.value).startswith(message)
 
 
 # --- which codec each direction is in (the rule and its sources: carriers/telnyx.py) ---------
@@ -293,6 +340,12 @@ def test_texml_streams_both_ways_in_rtp_mode() -> None:
     assert stream.attrib["codec"] == "G722"
     assert stream.attrib["bidirectionalSamplingRate"] == "16000"
     assert [(p.attrib["name"], p.attrib["value"]) for p in stream] == [("x", "1")]
+    assert connect_stream_texml("wss://gw/s", "PCMU", {"t": "1"}, "<Hangup/>") == (
+        '<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="wss://gw/s"'
+        ' track="inbound_track" codec="PCMU" bidirectionalMode="rtp" bidirectionalCodec="PCMU"'
+        ' bidirectionalSamplingRate="8000"><Parameter name="t" value="1"/></Stream></Connect>'
+        "<Hangup/></Response>"
+    )  # the bytes Telnyx has always been sent
 
 
 def _keys() -> tuple[Ed25519PrivateKey, str]:

@@ -1,5 +1,5 @@
-"""Uplink/Downlink transcoders: framing, lengths, levels end to end, reset, L16 byte order, G.722,
-and the Telnyx media_format mapping."""
+"""Uplink/Downlink transcoders: framing, lengths, levels end to end, reset, L16 byte order and
+G.722."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from gateway.audio.transcode import (
     AudioFormat,
     UnsupportedAudioFormat,
     downlink_for,
-    telnyx_format,
     uplink_for,
 )
 
@@ -375,40 +374,3 @@ def test_g722_reset_matches_fresh_codecs() -> None:
     assert again == fresh_down.feed(speech)
     payload = b"".join(again)
     assert uplink.feed(payload) == fresh_up.feed(payload)
-
-
-# --- Telnyx media_format -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("encoding", "rate", "expected"),
-    [
-        ("PCMU", 8000, PCMU_8K),
-        ("PCMA", 8000, PCMA_8K),
-        ("L16", 16000, L16_16K),
-        ("G722", 8000, G722_16K),  # the RTP clock rate (RFC 3551)
-        ("G722", 16000, G722_16K),  # the audio rate
-        ("g722", 16000, G722_16K),
-        (" pcmu ", 8000, PCMU_8K),
-    ],
-)
-def test_telnyx_format_maps_media_format(encoding: str, rate: int, expected: AudioFormat) -> None:
-    fmt = telnyx_format(encoding, rate)
-    assert fmt is expected  # L16 therefore big-endian, as Telnyx sends it
-    assert uplink_for(fmt).format is downlink_for(fmt).format is fmt  # all have transcoders
-
-
-@pytest.mark.parametrize(
-    ("encoding", "rate", "message"),
-    [
-        ("OPUS", 16000, "OPUS at 16000 Hz is not supported; use PCMU, PCMA, G722 or L16"),
-        ("", 8000, " at 8000 Hz is not supported; use PCMU, PCMA, G722 or L16"),
-        ("PCMU", 16000, "PCMU at 16000 Hz is not supported; Telnyx PCMU must be at 8000 Hz"),
-        ("L16", 8000, "L16 at 8000 Hz is not supported; Telnyx L16 must be at 16000 Hz"),
-        ("G722", 48000, "G722 at 48000 Hz is not supported; Telnyx G722 must be at 8000 or 16000"),
-    ],
-)
-def test_telnyx_format_rejects_the_rest(encoding: str, rate: int, message: str) -> None:
-    with pytest.raises(UnsupportedAudioFormat) as caught:
-        telnyx_format(encoding, rate)
-    assert str(caught.value).startswith(message)

@@ -277,33 +277,3 @@ def downlink_for(fmt: AudioFormat) -> Downlink:
         encoder = g722.G722Encoder()
         return Downlink(fmt, encoder.encode, model_to_wideband(), codec=encoder)
     return Downlink(fmt, _l16_swap(fmt), model_to_wideband())
-
-
-_TELNYX: Final[dict[tuple[str, int], AudioFormat]] = {
-    ("PCMU", 8000): PCMU_8K,
-    ("PCMA", 8000): PCMA_8K,
-    ("L16", 16000): L16_16K,
-    ("G722", 16000): G722_16K,
-    ("G722", 8000): G722_16K,  # the RTP clock rate, not the audio rate
-}
-
-
-def telnyx_format(encoding: str, sample_rate: int) -> AudioFormat:
-    """The format of a Telnyx media stream from its ``start.media_format`` fields.
-
-    Telnyx reports G.722 at either 8000 (the RTP clock rate, set by mistake in RFC 1890 and kept by
-    RFC 3551) or 16000 (the audio rate); both mean 16 kHz audio. L16 is network (big-endian) order.
-    """
-    name = encoding.strip().upper()
-    fmt = _TELNYX.get((name, sample_rate))
-    if fmt is not None:
-        return fmt
-    rates = sorted({rate for known, rate in _TELNYX if known == name})
-    if not rates:
-        raise UnsupportedAudioFormat(
-            f"{encoding} at {sample_rate} Hz is not supported; use PCMU, PCMA, G722 or L16"
-        )
-    raise UnsupportedAudioFormat(
-        f"{name} at {sample_rate} Hz is not supported; "
-        f"Telnyx {name} must be at {' or '.join(map(str, rates))} Hz"
-    )

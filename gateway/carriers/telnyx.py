@@ -20,27 +20,30 @@ import base64
 import json
 from collections.abc import Mapping
 from typing import Any
-from xml.sax.saxutils import quoteattr
 
-from gateway.audio.transcode import AudioFormat, UnsupportedAudioFormat, telnyx_format
+from gateway.audio.transcode import (
+    G722_16K,
+    L16_16K,
+    PCMA_8K,
+    PCMU_8K,
+    AudioFormat,
+    UnsupportedAudioFormat,
+)
 from gateway.carriers.base import (
     AudioReceived,
     CarrierEvent,
     CarrierReportedError,
-    DtmfReceived,
-    MarkPlayed,
     ProtocolError,
     StreamStarted,
-    StreamStopped,
     bounded_int,
     carrier_id,
     custom_parameters,
-    load_object,
     media_object,
 )
+from gateway.carriers.markup import connect_stream
 from gateway.carriers.reorder import Reorderer
+from gateway.carriers.stream import StreamCodec
 
-_DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
 #: client_state prefix on streams the gateway started through Call Control. It comes back in
 #: the stream's ``start`` (with the stream token after it): that is how the token reaches a
 #: stream that has no <Parameter>s, and how the stream knows to hang up through the API.
@@ -56,6 +59,37 @@ TELNYX_CODECS: dict[str, int] = {"PCMU": 8000, "PCMA": 8000, "G722": 16000, "L16
 #: The codecs TeXML's ``<Stream bidirectionalCodec>`` documents (of those above): not L16,
 #: which only Call Control's ``stream_bidirectional_codec`` lists.
 TEXML_CODECS: tuple[str, ...] = ("PCMU", "PCMA", "G722")
+
+#: ``start.media_format`` (encoding, sample_rate) → the format of the frames that follow.
+_FORMATS: dict[tuple[str, int], AudioFormat] = {
+    ("PCMU", 8000): PCMU_8K,
+    ("PCMA", 8000): PCMA_8K,
+    ("L16", 16000): L16_16K,
+    ("G722", 16000): G722_16K,
+    ("G722", 8000): G722_16K,  # the RTP clock rate, not the audio rate
+}
+
+
+def telnyx_format(encoding: str, sample_rate: int) -> AudioFormat:
+    """The format of a Telnyx media stream from its ``start.media_format`` fields.
+
+    Telnyx reports G.722 at either 8000 (the RTP clock rate, set by mistake in RFC 1890 and kept by
+    RFC 3551) or 16000 (the audio rate); both mean 16 kHz audio. L16 is network (big-endian) order.
+    """
+    name = encoding.strip().upper()
+    fmt = _FORMATS.get((name, sample_rate))
+    if fmt is not None:
+        return fmt
+    rates = sorted({rate for known, rate in _FORMATS if known == name})
+    if not rates:
+        raise UnsupportedAudioFormat(
+            f"{encoding} at {sample_rate} Hz is not supported; use PCMU, PCMA, G722 or L16"
+        )
+    raise UnsupportedAudioFormat(
+        f"{name} at {sample_rate} Hz is not supported; "
+        f"Telnyx {name} must be at {' or '.join(map(str, rates))} Hz"
+    )
+
 
 # Which codec carries which direction. The gateway asks for one codec both ways (TELNYX_CODEC:
 # TeXML <Stream codec=… bidirectionalCodec=…>, Call Control stream_codec and
@@ -105,60 +139,27 @@ def downlink_format(requested: str | None, streamed: AudioFormat) -> AudioFormat
     return None if fmt == streamed else fmt
 
 
-class TelnyxCodec:
+class TelnyxCodec(StreamCodec):
     """One Telnyx stream's codec: ids from ``start``, reordering of inbound media.
 
-    ``requested`` is the codec the gateway asked Telnyx for (``TELNYX_CODEC``, both ways): the
-    one the gateway's audio must be in, whatever ``start`` says the caller's is.
+    The order of events is :class:`~gateway.carriers.stream.StreamCodec`'s; this class reads
+    Telnyx's ``start``, puts media back in order, reports Telnyx's ``error`` event and writes
+    its outbound messages. ``requested`` is the codec the gateway asked Telnyx for
+    (``TELNYX_CODEC``, both ways): the one the gateway's audio must be in, whatever ``start``
+    says the caller's is.
     """
 
     carrier = "telnyx"
+    stream_key = "stream_id"
 
     def __init__(self, *, requested: str | None = None, reorder_window: int = 3) -> None:
         if requested is not None and requested not in TELNYX_CODECS:
             raise ValueError(f"requested codec must be one of {', '.join(TELNYX_CODECS)}")
+        super().__init__()
         self.requested = requested
-        self.stream_id: str | None = None
         #: True for streams started by a Call Control ``streaming_start`` (not TeXML).
         self.call_control = False
         self.reorder = Reorderer(reorder_window, first=1)  # media.chunk counts from 1
-
-    def parse(self, text: str) -> CarrierEvent | None:
-        msg = load_object(text)
-        event = msg.get("event")
-        if event == "media":
-            return self._media(msg)
-        if event == "start":
-            return self._start(msg)
-        if event == "connected":
-            return None
-        if event == "error":
-            payload = msg.get("payload")
-            if not isinstance(payload, dict):
-                payload = {}
-            return CarrierReportedError(
-                code=str(payload.get("code", "")),
-                title=str(payload.get("title", ""))[:100],
-                detail=str(payload.get("detail", ""))[:300],
-            )
-        if event not in ("mark", "dtmf", "stop"):
-            raise ProtocolError(f"unknown event {str(event)[:40]!r}")
-        if self.stream_id is None:
-            raise ProtocolError(f"{event!r} before 'start'")
-        self._check_stream(msg)
-        if event == "stop":
-            return StreamStopped()
-        if event == "mark":
-            mark = msg.get("mark")
-            name = mark.get("name") if isinstance(mark, dict) else None
-            if not isinstance(name, str):
-                raise ProtocolError("mark without a name")
-            return MarkPlayed(name)
-        dtmf = msg.get("dtmf")
-        digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
-        if not isinstance(digit, str) or len(digit) != 1 or digit not in _DTMF_DIGITS:
-            raise ProtocolError("dtmf without a valid digit")
-        return DtmfReceived(digit.upper())
 
     def media(self, payload: bytes) -> str:
         return '{"event":"media","media":{"payload":"' + base64.b64encode(payload).decode() + '"}}'
@@ -170,8 +171,6 @@ class TelnyxCodec:
         return '{"event":"clear"}'
 
     def _start(self, msg: dict[str, Any]) -> StreamStarted:
-        if self.stream_id is not None:
-            raise ProtocolError("second 'start' on one stream")
         start = msg.get("start")
         if not isinstance(start, dict):
             raise ProtocolError("'start' without a start object", fatal=True)
@@ -195,7 +194,6 @@ class TelnyxCodec:
         # shape, a list of {name, value}, are accepted too, as nothing has shown them unused.
         raw = start.get("custom_parameters", start.get("customParameters"))
         parameters = custom_parameters(raw)
-        self.stream_id = stream_id
         token = token_from_state(start.get("client_state"))
         if token is not None:
             self.call_control = True
@@ -208,10 +206,7 @@ class TelnyxCodec:
             downlink_format=downlink_format(self.requested, audio_format),
         )
 
-    def _media(self, msg: dict[str, Any]) -> AudioReceived | None:
-        if self.stream_id is None:
-            raise ProtocolError("'media' before 'start'")
-        self._check_stream(msg)
+    def _audio(self, msg: dict[str, Any]) -> AudioReceived | None:
         media, audio = media_object(msg)
         number = bounded_int(media.get("chunk", msg.get("sequence_number")))
         if number is None:  # unnumbered (or numbered nonsensically): nothing to reorder by
@@ -221,10 +216,18 @@ class TelnyxCodec:
             return None
         return AudioReceived(frames[0] if len(frames) == 1 else b"".join(frames))
 
-    def _check_stream(self, msg: dict[str, Any]) -> None:
-        stream_id = msg.get("stream_id")
-        if stream_id is not None and stream_id != self.stream_id:
-            raise ProtocolError("message for another stream_id")
+    def _carrier_event(self, event: object, msg: dict[str, Any]) -> CarrierEvent | None:
+        """Telnyx's ``error``: it rejected something the gateway sent (in any state)."""
+        if event != "error":
+            return super()._carrier_event(event, msg)
+        payload = msg.get("payload")
+        if not isinstance(payload, dict):
+            payload = {}
+        return CarrierReportedError(
+            code=str(payload.get("code", "")),
+            title=str(payload.get("title", ""))[:100],
+            detail=str(payload.get("detail", ""))[:300],
+        )
 
 
 def call_control_state(token: str) -> str:
@@ -248,17 +251,16 @@ def connect_stream_texml(
 ) -> str:
     """TeXML that streams the call both ways in ``codec`` (RTP mode), one of TEXML_CODECS.
 
-    As with Twilio, the verbs in ``after`` run when the gateway closes the stream.
+    As with Twilio, the verbs in ``after`` run when the gateway closes the stream (see
+    :func:`~gateway.carriers.markup.connect_stream`).
     """
     if codec not in TEXML_CODECS:
         raise ValueError(f"TeXML streams take {', '.join(TEXML_CODECS)}, not {codec!r}")
-    rate = TELNYX_CODECS[codec]
-    params = "".join(
-        f"<Parameter name={quoteattr(k)} value={quoteattr(v)}/>" for k, v in parameters.items()
-    )
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        f'<Response><Connect><Stream url={quoteattr(stream_url)} track="inbound_track"'
-        f' codec="{codec}" bidirectionalMode="rtp" bidirectionalCodec="{codec}"'
-        f' bidirectionalSamplingRate="{rate}">{params}</Stream></Connect>{after}</Response>'
-    )
+    attributes = {
+        "track": "inbound_track",
+        "codec": codec,
+        "bidirectionalMode": "rtp",
+        "bidirectionalCodec": codec,
+        "bidirectionalSamplingRate": str(TELNYX_CODECS[codec]),
+    }
+    return connect_stream(stream_url, parameters, after, attributes)

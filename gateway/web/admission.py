@@ -19,7 +19,7 @@ from fastapi import Request
 from fastapi.responses import PlainTextResponse, Response
 
 from gateway.agents import BUSY
-from gateway.carriers.twilio import fallback_verbs, say_twiml
+from gateway.carriers.markup import fallback_verbs, say_and_hang_up
 from gateway.logs import mask_number
 from gateway.web.httputil import pass_on, proxy_retries, public_url
 from gateway.web.state import GatewayState
@@ -77,7 +77,7 @@ def offer_stream(
     if isinstance(refused, Response):
         return refused
     if refused is not None:
-        return Response(say_twiml(BUSY.say), media_type="text/xml")
+        return Response(say_and_hang_up(BUSY.say), media_type="text/xml")
     token = state.tokens.mint(carrier, call_id, time.time())
     parameters = {id_parameter: call_id, **caller_ids(form), "token": token}
     url = public_url(request, state.settings, f"{stream_path}/{token}", ws=True)

@@ -16,12 +16,8 @@ from fastapi.responses import PlainTextResponse, Response
 from gateway.agents import Fallback
 from gateway.bridge import CallHooks
 from gateway.carriers.base import StreamStarted, is_carrier_id
-from gateway.carriers.twilio import (
-    TwilioCodec,
-    connect_stream_twiml,
-    fallback_verbs,
-    twiml_document,
-)
+from gateway.carriers.markup import fallback_verbs, response_document
+from gateway.carriers.twilio import TwilioCodec, connect_stream_twiml
 from gateway.security import twilio_signature_valid
 from gateway.web.admission import offer_stream
 from gateway.web.httputil import CLIENT_GONE, public_url, read_form
@@ -88,7 +84,7 @@ def add_twilio_routes(app: FastAPI, state: GatewayState) -> None:
             if state.twilio_rest is None or not account:
                 return False  # the verbs after </Connect> run when the stream closes
             verbs = fallback_verbs(chosen.say, chosen.transfer_to)
-            await state.twilio_rest.update_call(account, started.call_id, twiml_document(verbs))
+            await state.twilio_rest.update_call(account, started.call_id, response_document(verbs))
             return True
 
         hooks = CallHooks(fallback=fallback)
