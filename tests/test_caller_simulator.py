@@ -55,7 +55,7 @@ PATTERN = bytes((i * 7) % 255 for i in range(4000))  # 0.5 s of μ-law with no 0
 SILENT = b"\xff"
 
 
-# === pure pieces: twilio_peer ==================================================================
+# === pure pieces: callsim.twilio ===============================================================
 
 
 def test_signature_matches_twilio_documentation_example() -> None:
@@ -410,7 +410,7 @@ def test_ulaw_helpers_roundtrip() -> None:
     assert ulaw_to_pcm16(SILENT) == b"\x00\x00"
 
 
-# === whole calls against a local test gateway ==================================================
+# === whole calls against the fake Twilio gateway (tests.fake_gateways.twilio) =================
 
 
 def loud_indices(heard: bytes) -> np.ndarray:
@@ -418,7 +418,7 @@ def loud_indices(heard: bytes) -> np.ndarray:
     return np.flatnonzero(np.frombuffer(heard, dtype=np.uint8) != 0xFF)
 
 
-# === one whole call, looked at part by part =====================================================
+# --- one whole call, looked at part by part ------------------------------------------------------
 
 AUDIO = Tone(440, 0.51).render()  # 4080 bytes: the last chunk is padded with silence
 N_MEDIA = 26 + 20  # ceil(4080 / 160) + 0.4 s linger
@@ -568,7 +568,7 @@ def test_media_is_paced_in_real_time(signed_call: SignedCall) -> None:
     assert abs(result.ended_at - result.started_at - N_MEDIA * 0.020) < 0.04
 
 
-# === whole calls, one behaviour each =============================================================
+# --- whole calls, one behaviour each -------------------------------------------------------------
 
 
 async def test_heard_audio_is_on_the_call_timeline(twilio_gw: TwilioGateway) -> None:

@@ -74,7 +74,7 @@ def kinds(result: CallResult) -> list[str]:
 # === TeXML calls ================================================================================
 
 
-# === one TeXML call per codec, looked at part by part ============================================
+# --- one TeXML call per codec, looked at part by part --------------------------------------------
 
 N_MEDIA = 18 + 20  # ceil(0.35 s / 20 ms) + 0.4 s linger
 
@@ -298,7 +298,7 @@ def test_texml_call_events_report_the_webhook_then_the_stream(texml_call: TexmlC
     assert [e.detail for e in events if e.kind == "webhook"] == ["texml 200"]
 
 
-# === TeXML calls, one behaviour each =============================================================
+# --- TeXML calls, one behaviour each -------------------------------------------------------------
 
 
 async def test_clear_drops_buffered_audio_and_echoes_pending_marks(
