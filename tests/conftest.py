@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -10,7 +11,9 @@ from typing import Any
 import pytest
 import structlog
 
+from callsim.telnyx.api import TelnyxApiSimulator
 from gateway.logs import redact_secrets
+from tests.fake_gateways import telnyx, twilio
 
 
 class StructuredLogs:
@@ -70,3 +73,46 @@ def structured_logs(caplog: pytest.LogCaptureFixture) -> Iterator[StructuredLogs
     finally:
         structlog.reset_defaults()
     assert not logs.tracebacks(), logs.tracebacks()
+
+
+# --- fake gateways for the caller simulators (tests.fake_gateways) ------------------------------
+
+
+@pytest.fixture(scope="module")
+def twilio_gateway() -> Iterator[twilio.TwilioGateway]:
+    """One fake Twilio-side gateway per test module, started once; see ``twilio_gw``."""
+    with twilio.TwilioGateway() as gateway:
+        yield gateway
+
+
+@pytest.fixture
+def twilio_gw(twilio_gateway: twilio.TwilioGateway) -> twilio.TwilioGateway:
+    """The module's fake Twilio-side gateway, with no calls yet and the default behaviour."""
+    return twilio_gateway.reset(twilio.Behaviour())
+
+
+@pytest.fixture(scope="module")
+def telnyx_api() -> Iterator[TelnyxApiSimulator]:
+    """One fake Call Control API per module (it runs in its own thread; each call registers
+    its own id)."""
+    simulator = TelnyxApiSimulator()
+    asyncio.run(simulator.__aenter__())
+    yield simulator
+    asyncio.run(simulator.__aexit__(None, None, None))
+
+
+@pytest.fixture(scope="module")
+def telnyx_gateway() -> Iterator[telnyx.TelnyxGateway]:
+    """One fake Telnyx-side gateway per test module, started once; see ``telnyx_gw``."""
+    with telnyx.TelnyxGateway() as gateway:
+        yield gateway
+
+
+@pytest.fixture
+def telnyx_gw(
+    telnyx_gateway: telnyx.TelnyxGateway, telnyx_api: TelnyxApiSimulator
+) -> telnyx.TelnyxGateway:
+    """The module's fake Telnyx-side gateway, with no calls yet and the default behaviour,
+    driving the module's fake Call Control API."""
+    behaviour = telnyx.Behaviour(api_base=telnyx_api.base_url, api_key=telnyx_api.api_key)
+    return telnyx_gateway.reset(behaviour)

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 import yaml
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -33,6 +32,7 @@ from callsim.telnyx.api import TelnyxApiSimulator
 from gateway.agents import AgentGraph, parse_agents
 from gateway.server import RunningGateway, build_state, running_gateway
 from gateway.settings import Settings
+from tests.servers import serving as serving  # the e2e tests serve fake carrier APIs with it
 
 API_KEY = "test-api-key-0123456789"
 TELNYX_API_KEY = "KEY-telnyx-test-0123456789"
@@ -204,23 +204,6 @@ async def _no_tasks_left_beyond(baseline: set[asyncio.Task[Any]], within_s: floa
             names = sorted(t.get_name() + ": " + repr(t.get_coro()) for t in extra)
             raise AssertionError("tasks outlived their call:\n" + "\n".join(names))
         await asyncio.sleep(0.02)
-
-
-@contextlib.asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[str]:
-    """Serve an ASGI app (a fake carrier API) on a free loopback port; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None))
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 class FakeTwilioRest:

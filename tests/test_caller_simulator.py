@@ -1,8 +1,8 @@
 """The Twilio caller simulator: pure protocol pieces, caller audio, and whole calls.
 
-Whole calls run against a small test gateway (FastAPI + uvicorn) in its own thread and event
-loop, so that after each call the test's loop must hold no task but the test itself: anything the
-caller left running would show up there.
+Whole calls run against the scripted fake Twilio gateway (``tests.fake_gateways.twilio``) in its
+own thread and event loop, so that after each call the test's loop must hold no task but the
+test itself: anything the caller left running would show up there.
 """
 
 from __future__ import annotations
@@ -10,25 +10,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
-import hmac
 import json
 import math
 import socket
 import struct
-import threading
-import time
 import wave
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
 import numpy as np
 import pytest
-import uvicorn
-from fastapi import FastAPI, Request, Response, WebSocket, WebSocketDisconnect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -47,15 +39,23 @@ from callsim.callers.twilio import TwilioCaller
 from callsim.twilio import peer, webhook
 from callsim.twilio.peer import Violation
 from callsim.wav import WavFormatError, read_wav, write_wav
+from tests.fake_gateways import place_call
+from tests.fake_gateways.twilio import (
+    PARAMS,
+    STREAM_PATH,
+    Behaviour,
+    TwilioGateway,
+    TwilioServerCall,
+    default_twiml,
+)
+from tests.servers import until
 
 SID = "MZ" + "0" * 32
-STREAM_PATH = "/twilio/media"
-PARAMS = {"session": "tok-123", "from_number": "+14155550123"}
 PATTERN = bytes((i * 7) % 255 for i in range(4000))  # 0.5 s of μ-law with no 0xFF (silence)
 SILENT = b"\xff"
 
 
-# === pure pieces: twilio_peer ==================================================================
+# === pure pieces: callsim.twilio ===============================================================
 
 
 def test_signature_matches_twilio_documentation_example() -> None:
@@ -110,7 +110,7 @@ def test_messages_twilio_sends_are_exact() -> None:
 
 
 def twiml(
-    url: str = "wss://gw.example.com/twilio/media", params: str = "", extra: str = ""
+    url: str = "wss://twilio_gw.example.com/twilio/media", params: str = "", extra: str = ""
 ) -> bytes:
     return (
         '<?xml version="1.0" encoding="UTF-8"?><Response><Connect>'
@@ -129,7 +129,7 @@ def check(
         status=status,
         content_type=content_type,
         body=body,
-        webhook_url="https://gw.example.com/twilio/voice",
+        webhook_url="https://twilio_gw.example.com/twilio/voice",
         require_wss=require_wss,
     )
 
@@ -141,7 +141,7 @@ def kinds(violations: list[str]) -> list[str]:
 def test_twiml_valid_stream_with_parameters() -> None:
     out = check(twiml(params='<Parameter name="a" value="1"/><Parameter name="b" value=""/>'))
     assert (out.url, out.parameters, out.violations, out.warnings) == (
-        "wss://gw.example.com/twilio/media",
+        "wss://twilio_gw.example.com/twilio/media",
         {"a": "1", "b": ""},
         [],
         [],
@@ -220,7 +220,7 @@ def test_twiml_warnings_and_relative_url() -> None:
         b"</Stream></Connect></Response>"
     )
     assert out.violations == []
-    assert out.url == "wss://gw.example.com/twilio/media"
+    assert out.url == "wss://twilio_gw.example.com/twilio/media"
     assert out.parameters == {"a": "2"}
     assert len(out.warnings) == 5  # Say not simulated, relative URL, foo=, duplicate a, <Junk>
     plain = check(twiml("ws://127.0.0.1:8000/twilio/media"))
@@ -410,218 +410,7 @@ def test_ulaw_helpers_roundtrip() -> None:
     assert ulaw_to_pcm16(SILENT) == b"\x00\x00"
 
 
-# === whole calls against a local test gateway ==================================================
-
-Scenario = Callable[["ServerCall"], Awaitable[None]]
-
-
-@dataclass
-class Behaviour:
-    """How the test gateway answers; a fresh one per test."""
-
-    scenario: Scenario | None = None  # runs on the stream once `start` arrived
-    echo: bool = False  # send every inbound media payload straight back
-    twiml: str | None = None  # full webhook body; "{url}" is replaced by the stream URL
-    stream_url: str | None = None  # default ws://127.0.0.1:PORT/twilio/media
-    status: int = 200
-    content_type: str = "text/xml"
-    reject_ws: bool = False  # refuse the upgrade (HTTP 403)
-    auth_token: str | None = None  # check X-Twilio-Signature on webhook and upgrade
-
-
-@dataclass
-class ServerCall:
-    """What the test gateway saw of one call; written in the server thread."""
-
-    form: dict[str, str] = field(default_factory=dict)
-    webhook_headers: dict[str, str] = field(default_factory=dict)
-    ws_headers: dict[str, str] = field(default_factory=dict)
-    signatures_ok: list[bool] = field(default_factory=list)
-    messages: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
-    start_time: float = 0.0
-    stream_sid: str = ""
-    disconnect_code: int | None = None
-    errors: list[BaseException] = field(default_factory=list)
-    done: threading.Event = field(default_factory=threading.Event)
-    ws: WebSocket | None = None
-
-    def events(self) -> list[str]:
-        return [m["event"] for _, m in self.messages]
-
-    def of(self, event: str) -> list[dict[str, Any]]:
-        return [m for _, m in self.messages if m["event"] == event]
-
-    async def at(self, seconds: float) -> None:
-        """Sleep until `seconds` after `start` arrived."""
-        await asyncio.sleep(max(0.0, self.start_time + seconds - time.monotonic()))
-
-    async def send(self, message: object) -> None:
-        assert self.ws is not None
-        await self.ws.send_text(json.dumps(message))
-
-    async def media(self, payload: bytes) -> None:
-        payload_b64 = base64.b64encode(payload).decode()
-        await self.send(
-            {"event": "media", "streamSid": self.stream_sid, "media": {"payload": payload_b64}}
-        )
-
-    async def mark(self, name: str) -> None:
-        await self.send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
-
-    async def clear(self) -> None:
-        await self.send({"event": "clear", "streamSid": self.stream_sid})
-
-
-def expected_signature(token: str, url: str, params: dict[str, str]) -> str:
-    """Twilio's algorithm, written out independently of twilio_peer."""
-    data = url + "".join(k + params[k] for k in sorted(params))
-    return base64.b64encode(hmac.new(token.encode(), data.encode(), hashlib.sha1).digest()).decode()
-
-
-class LocalGateway:
-    """FastAPI app on 127.0.0.1 in a background thread, scripted per test by `behaviour`."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.behaviour = Behaviour()
-        self.calls: list[ServerCall] = []
-        config = uvicorn.Config(
-            self._app(), lifespan="off", log_level="warning", ws="websockets-sansio"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve([self.sock])))
-
-    def start(self) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "test gateway did not start"
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
-
-    def _app(self) -> FastAPI:
-        app = FastAPI()
-
-        @app.post("/twilio/voice")
-        async def voice(request: Request) -> Response:
-            b = self.behaviour
-            call = ServerCall()
-            self.calls.append(call)
-            call.form = dict(parse_qsl((await request.body()).decode(), strict_parsing=True))
-            call.webhook_headers = dict(request.headers)
-            if b.auth_token:
-                expected = expected_signature(b.auth_token, str(request.url), call.form)
-                call.signatures_ok.append(request.headers.get("x-twilio-signature") == expected)
-            url = b.stream_url or f"ws://127.0.0.1:{self.port}{STREAM_PATH}"
-            body = (b.twiml or default_twiml()).replace("{url}", url)
-            return Response(body, status_code=b.status, media_type=b.content_type)
-
-        @app.websocket(STREAM_PATH)
-        async def media(ws: WebSocket) -> None:
-            b = self.behaviour
-            call = self.calls[-1] if self.calls else ServerCall()
-            call.ws = ws
-            call.ws_headers = dict(ws.headers)
-            if b.auth_token:
-                url = b.stream_url or f"ws://127.0.0.1:{self.port}{STREAM_PATH}"
-                expected = expected_signature(b.auth_token, url, {})
-                call.signatures_ok.append(ws.headers.get("x-twilio-signature") == expected)
-            try:
-                if b.reject_ws:
-                    await ws.close()  # before accept: HTTP 403
-                    return
-                await ws.accept()
-                await self._serve_stream(call, b)
-            except BaseException as exc:
-                call.errors.append(exc)
-                raise
-            finally:
-                call.done.set()
-
-        return app
-
-    async def _serve_stream(self, call: ServerCall, b: Behaviour) -> None:
-        ws = call.ws
-        assert ws is not None
-        started = asyncio.Event()
-
-        async def run_scenario() -> None:
-            await started.wait()
-            if b.scenario is not None:
-                await b.scenario(call)
-
-        scenario = asyncio.create_task(run_scenario())
-        try:
-            while True:
-                msg = await ws.receive()
-                if msg["type"] == "websocket.disconnect":
-                    call.disconnect_code = msg.get("code")
-                    break
-                now = time.monotonic()
-                data = json.loads(msg["text"])
-                call.messages.append((now, data))
-                if data["event"] == "start":
-                    call.start_time, call.stream_sid = now, data["streamSid"]
-                    started.set()
-                elif data["event"] == "media" and b.echo:
-                    # The caller may hang up while this media is in flight.
-                    with contextlib.suppress(WebSocketDisconnect):
-                        await call.media(base64.b64decode(data["media"]["payload"]))
-
-            if scenario.done() and not scenario.cancelled() and scenario.exception():
-                call.errors.append(scenario.exception())  # type: ignore[arg-type]
-        finally:
-            scenario.cancel()
-            await asyncio.gather(scenario, return_exceptions=True)
-
-
-def default_twiml(params: dict[str, str] = PARAMS) -> str:
-    items = "".join(f'<Parameter name="{k}" value="{v}"/>' for k, v in params.items())
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        f'<Response><Connect><Stream url="{{url}}">{items}</Stream></Connect></Response>'
-    )
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[LocalGateway]:
-    gw = LocalGateway()
-    gw.start()
-    yield gw
-    gw.stop()
-
-
-@pytest.fixture
-def gw(server: LocalGateway) -> LocalGateway:
-    server.behaviour = Behaviour()
-    server.calls.clear()
-    return server
-
-
-async def place_call(gw: LocalGateway, **options: Any) -> tuple[CallResult, ServerCall | None]:
-    """Run one call; check the caller left nothing running and the gateway side finished."""
-    t0 = time.monotonic()
-    result = await TwilioCaller(gw.url, **options).run()
-    assert asyncio.all_tasks() == {asyncio.current_task()}, "the caller left tasks running"
-    assert time.monotonic() - t0 < 5
-    if not gw.calls:
-        return result, None
-    call = gw.calls[-1]
-    if result.stream_url is not None:
-        for _ in range(200):
-            if call.done.is_set():
-                break
-            await asyncio.sleep(0.01)
-        assert call.done.is_set(), "the gateway's stream handler did not finish"
-    assert call.errors == []
-    return result, call
+# === whole calls against the fake Twilio gateway (tests.fake_gateways.twilio) =================
 
 
 def loud_indices(heard: bytes) -> np.ndarray:
@@ -629,18 +418,47 @@ def loud_indices(heard: bytes) -> np.ndarray:
     return np.flatnonzero(np.frombuffer(heard, dtype=np.uint8) != 0xFF)
 
 
-async def test_inbound_messages_are_exactly_what_twilio_sends(gw: LocalGateway) -> None:
-    gw.behaviour.auth_token = "secret-token"
-    audio = Tone(440, 0.51).render()  # 4080 bytes: the last chunk is padded with silence
-    result, call = await place_call(
-        gw, audio=audio, linger_s=0.4, dtmf=[(0.2, "5"), (0.3, "#")], auth_token="secret-token"
+# --- one whole call, looked at part by part ------------------------------------------------------
+
+AUDIO = Tone(440, 0.51).render()  # 4080 bytes: the last chunk is padded with silence
+N_MEDIA = 26 + 20  # ceil(4080 / 160) + 0.4 s linger
+
+
+@dataclass(frozen=True)
+class SignedCall:
+    result: CallResult
+    call: TwilioServerCall
+
+
+@pytest.fixture(scope="module")
+def signed_call(twilio_gateway: TwilioGateway) -> SignedCall:
+    """One call with two DTMF digits to a gateway that checks signatures, placed once: each
+    test below checks one part of what Twilio sends on it."""
+    twilio_gateway.reset(Behaviour(auth_token="secret-token"))
+    result, call = asyncio.run(
+        place_call(
+            twilio_gateway,
+            audio=AUDIO,
+            linger_s=0.4,
+            dtmf=[(0.2, "5"), (0.3, "#")],
+            auth_token="secret-token",
+        )
     )
     assert call is not None
+    return SignedCall(result, call)
+
+
+def test_a_clean_call_has_no_violations_and_warns_of_plain_ws(signed_call: SignedCall) -> None:
+    result = signed_call.result
     assert result.violations == [], result.violations
     [warning] = result.warnings
     assert warning.endswith("scheme is ws://; Twilio only connects to wss:// (31922)")
 
-    # Webhook: Twilio's form, signed; the WebSocket upgrade signed too.
+
+def test_the_webhook_is_twilios_form_signed_and_so_is_the_upgrade(
+    signed_call: SignedCall,
+) -> None:
+    result, call = signed_call.result, signed_call.call
     assert call.signatures_ok == [True, True]
     form = call.form
     assert form["CallSid"] == result.call_sid
@@ -655,14 +473,12 @@ async def test_inbound_messages_are_exactly_what_twilio_sends(gw: LocalGateway) 
     assert form["To"] == form["Called"] == "+18005550100"
     assert call.webhook_headers["content-type"] == "application/x-www-form-urlencoded"
 
+
+def test_the_stream_opens_with_connected_then_start(signed_call: SignedCall) -> None:
+    result, call = signed_call.result, signed_call.call
     events = call.events()
-    n_media = 26 + 20  # ceil(4080 / 160) + 0.4 s linger
     assert events[0] == "connected"
     assert events[1] == "start"
-    assert events[-1] == "stop"
-    assert events.count("media") == n_media
-    assert events.count("dtmf") == 2
-    assert len(events) == 2 + n_media + 2 + 1
     connected, start = call.messages[0][1], call.messages[1][1]
     assert connected == {"event": "connected", "protocol": "Call", "version": "1.0.0"}
     sid = result.stream_sid
@@ -681,20 +497,35 @@ async def test_inbound_messages_are_exactly_what_twilio_sends(gw: LocalGateway) 
     }
     assert sid.startswith("MZ")
     assert len(sid) == 34
-    # sequenceNumber counts every message after `connected`.
+
+
+def test_sequence_numbers_count_every_message_after_connected(signed_call: SignedCall) -> None:
+    call = signed_call.call
+    events = call.events()
+    assert len(events) == 2 + N_MEDIA + 2 + 1  # connected, start, media, dtmf, stop
     assert [m["sequenceNumber"] for _, m in call.messages[1:]] == [
         str(i) for i in range(1, len(events))
     ]
+
+
+def test_media_carries_the_audio_in_160_byte_chunks(signed_call: SignedCall) -> None:
+    call = signed_call.call
+    assert call.events().count("media") == N_MEDIA
     media = call.of("media")
-    assert [set(m) for m in media] == [{"event", "sequenceNumber", "media", "streamSid"}] * n_media
-    assert [m["media"]["chunk"] for m in media] == [str(k) for k in range(1, n_media + 1)]
-    assert [m["media"]["timestamp"] for m in media] == [str(20 * k) for k in range(n_media)]
+    assert [set(m) for m in media] == [{"event", "sequenceNumber", "media", "streamSid"}] * N_MEDIA
+    assert [m["media"]["chunk"] for m in media] == [str(k) for k in range(1, N_MEDIA + 1)]
+    assert [m["media"]["timestamp"] for m in media] == [str(20 * k) for k in range(N_MEDIA)]
     assert {m["media"]["track"] for m in media} == {"inbound"}
-    assert {m["streamSid"] for m in media} == {sid}
+    assert {m["streamSid"] for m in media} == {signed_call.result.stream_sid}
     payloads = [base64.b64decode(m["media"]["payload"]) for m in media]
     assert {len(p) for p in payloads} == {160}
-    assert b"".join(payloads) == audio + SILENT * (n_media * 160 - len(audio))
+    assert b"".join(payloads) == AUDIO + SILENT * (N_MEDIA * 160 - len(AUDIO))
 
+
+def test_dtmf_goes_out_in_twilios_shape_when_due(signed_call: SignedCall) -> None:
+    call = signed_call.call
+    events = call.events()
+    assert events.count("dtmf") == 2
     dtmf = call.of("dtmf")
     assert [d["dtmf"] for d in dtmf] == [
         {"track": "inbound_track", "digit": "5"},
@@ -703,39 +534,51 @@ async def test_inbound_messages_are_exactly_what_twilio_sends(gw: LocalGateway) 
     assert set(dtmf[0]) == {"event", "streamSid", "sequenceNumber", "dtmf"}
     # DTMF at 0.2 s goes out right before media chunk 10, also due at 0.2 s.
     assert events.index("dtmf") == 2 + 9
+
+
+def test_the_caller_hanging_up_sends_stop_and_closes_with_1000(signed_call: SignedCall) -> None:
+    result, call = signed_call.result, signed_call.call
+    events = call.events()
+    assert events[-1] == "stop"
     assert call.of("stop") == [
         {
             "event": "stop",
             "sequenceNumber": str(len(events) - 1),
             "stop": {"accountSid": result.account_sid, "callSid": result.call_sid},
-            "streamSid": sid,
+            "streamSid": result.stream_sid,
         }
     ]
-
-    # Real-time pacing on an absolute schedule: chunk k arrives ~k*20 ms after `start`.
-    arrivals = np.array([t for t, m in call.messages if m["event"] == "media"]) - call.start_time
-    schedule = 0.020 * np.arange(1, n_media + 1)
-    # Bounds leave room for a loaded CI machine; typical lateness is well under 2 ms.
-    assert np.median(np.abs(arrivals - schedule)) < 0.005
-    assert np.max(np.abs(arrivals - schedule)) < 0.040
-    assert result.send_timing.samples == n_media
-    assert result.send_timing.max_ms < 40
     assert result.closed_by == "caller"
     assert result.close_code == 1000
     assert call.disconnect_code == 1000
+
+
+def test_media_is_paced_in_real_time(signed_call: SignedCall) -> None:
+    """On an absolute schedule: chunk k arrives ~k*20 ms after `start`."""
+    result, call = signed_call.result, signed_call.call
+    arrivals = np.array([t for t, m in call.messages if m["event"] == "media"]) - call.start_time
+    schedule = 0.020 * np.arange(1, N_MEDIA + 1)
+    # Bounds leave room for a loaded CI machine; typical lateness is well under 2 ms.
+    assert np.median(np.abs(arrivals - schedule)) < 0.005
+    assert np.max(np.abs(arrivals - schedule)) < 0.040
+    assert result.send_timing.samples == N_MEDIA
+    assert result.send_timing.max_ms < 40
     assert result.ended_at is not None
     assert result.started_at is not None
-    assert abs(result.ended_at - result.started_at - n_media * 0.020) < 0.04
+    assert abs(result.ended_at - result.started_at - N_MEDIA * 0.020) < 0.04
 
 
-async def test_heard_audio_is_on_the_call_timeline(gw: LocalGateway) -> None:
-    async def speak_at_one_second(call: ServerCall) -> None:
+# --- whole calls, one behaviour each -------------------------------------------------------------
+
+
+async def test_heard_audio_is_on_the_call_timeline(twilio_gw: TwilioGateway) -> None:
+    async def speak_at_one_second(call: TwilioServerCall) -> None:
         await call.at(1.0)
         await call.media(PATTERN)
         await call.mark("end-of-pattern")
 
-    gw.behaviour.scenario = speak_at_one_second
-    result, call = await place_call(gw, linger_s=1.8)
+    twilio_gw.behaviour.scenario = speak_at_one_second
+    result, call = await place_call(twilio_gw, linger_s=1.8)
     assert call is not None
     assert result.violations == []
     position = result.heard.find(PATTERN)
@@ -772,8 +615,10 @@ async def test_heard_audio_is_on_the_call_timeline(gw: LocalGateway) -> None:
     assert result.unechoed_marks == []
 
 
-async def test_clear_drops_buffered_audio_and_echoes_pending_marks(gw: LocalGateway) -> None:
-    async def talk_then_barge_in(call: ServerCall) -> None:
+async def test_clear_drops_buffered_audio_and_echoes_pending_marks(
+    twilio_gw: TwilioGateway,
+) -> None:
+    async def talk_then_barge_in(call: TwilioServerCall) -> None:
         await call.at(0.2)
         for i in range(100):  # 2 s of audio, faster than real time, a mark every 0.3 s
             await call.media(bytes([i % 255]) * 160)
@@ -784,9 +629,9 @@ async def test_clear_drops_buffered_audio_and_echoes_pending_marks(gw: LocalGate
         await call.at(0.9)
         await call.mark("after-clear")
 
-    gw.behaviour.scenario = talk_then_barge_in
+    twilio_gw.behaviour.scenario = talk_then_barge_in
     events: list[CallEvent] = []
-    result, call = await place_call(gw, linger_s=1.2, on_event=events.append)
+    result, call = await place_call(twilio_gw, linger_s=1.2, on_event=events.append)
     assert call is not None
     assert result.violations == []
     [clear_time] = result.clear_times
@@ -820,10 +665,10 @@ async def test_clear_drops_buffered_audio_and_echoes_pending_marks(gw: LocalGate
     assert result.unplayed_bytes == 0
 
 
-async def test_media_sent_back_is_heard_a_frame_or_two_later(gw: LocalGateway) -> None:
-    gw.behaviour.echo = True
+async def test_media_sent_back_is_heard_a_frame_or_two_later(twilio_gw: TwilioGateway) -> None:
+    twilio_gw.behaviour.echo = True
     audio = render([Silence(0.1), Tone(700, 0.3)])
-    result, call = await place_call(gw, audio=audio, linger_s=0.2)
+    result, call = await place_call(twilio_gw, audio=audio, linger_s=0.2)
     assert call is not None
     assert result.violations == []
     onset = result.heard_onset_s()
@@ -857,8 +702,10 @@ OTHER_SID = "MZ" + "f" * 32
         ({"event": "stop", "streamSid": "{sid}"}, Violation.UNKNOWN_EVENT),
     ],
 )
-async def test_misbehaving_gateway_is_caught(gw: LocalGateway, bad: object, kind: str) -> None:
-    async def misbehave(call: ServerCall) -> None:
+async def test_misbehaving_gateway_is_caught(
+    twilio_gw: TwilioGateway, bad: object, kind: str
+) -> None:
+    async def misbehave(call: TwilioServerCall) -> None:
         await call.at(0.05)
         assert call.ws is not None
         if isinstance(bad, bytes):
@@ -871,8 +718,8 @@ async def test_misbehaving_gateway_is_caught(gw: LocalGateway, bad: object, kind
         await call.at(0.3)
         await call.ws.close(code=1000, reason="done")
 
-    gw.behaviour.scenario = misbehave
-    result, _ = await place_call(gw, linger_s=2.0)
+    twilio_gw.behaviour.scenario = misbehave
+    result, _ = await place_call(twilio_gw, linger_s=2.0)
     assert result.violation_kinds() == [kind]
     assert result.media_bytes_received == 0
     assert loud_indices(result.heard).size == 0
@@ -881,17 +728,19 @@ async def test_misbehaving_gateway_is_caught(gw: LocalGateway, bad: object, kind
         result.raise_for_violations()
 
 
-async def test_gateway_closing_the_socket_ends_the_call(gw: LocalGateway) -> None:
-    async def hang_up_early(call: ServerCall) -> None:
+async def test_gateway_closing_the_socket_ends_the_call(twilio_gw: TwilioGateway) -> None:
+    async def hang_up_early(call: TwilioServerCall) -> None:
         await call.media(PATTERN + PATTERN)  # 1 s
         await call.mark("goodbye")
         await call.at(0.1)
         assert call.ws is not None
         await call.ws.close(code=1000, reason="call transferred")
 
-    gw.behaviour.scenario = hang_up_early
+    twilio_gw.behaviour.scenario = hang_up_early
     events: list[CallEvent] = []
-    result, call = await place_call(gw, audio=Tone(300, 3.0).render(), on_event=events.append)
+    result, call = await place_call(
+        twilio_gw, audio=Tone(300, 3.0).render(), on_event=events.append
+    )
     assert call is not None
     assert result.violations == []
     assert (result.closed_by, result.close_code, result.close_reason) == (
@@ -914,8 +763,10 @@ async def test_gateway_closing_the_socket_ends_the_call(gw: LocalGateway) -> Non
 
 # uvicorn reports a connection lost without a close frame as 1005.
 @pytest.mark.parametrize(("mode", "code"), [("stop", 1000), ("close", 1000), ("drop", 1005)])
-async def test_hangup_modes(gw: LocalGateway, mode: str, code: int) -> None:
-    result, call = await place_call(gw, audio=Silence(0.1).render(), linger_s=0.1, hangup=mode)
+async def test_hangup_modes(twilio_gw: TwilioGateway, mode: str, code: int) -> None:
+    result, call = await place_call(
+        twilio_gw, audio=Silence(0.1).render(), linger_s=0.1, hangup=mode
+    )
     assert call is not None
     assert result.violations == []
     assert result.closed_by == "caller"
@@ -924,13 +775,13 @@ async def test_hangup_modes(gw: LocalGateway, mode: str, code: int) -> None:
     assert call.events().count("media") == 10
 
 
-async def test_hangup_on_request_from_an_event(gw: LocalGateway) -> None:
-    async def say_hello(call: ServerCall) -> None:
+async def test_hangup_on_request_from_an_event(twilio_gw: TwilioGateway) -> None:
+    async def say_hello(call: TwilioServerCall) -> None:
         await call.mark("hello")
 
-    gw.behaviour.scenario = say_hello
+    twilio_gw.behaviour.scenario = say_hello
     queue: asyncio.Queue[CallEvent] = asyncio.Queue()
-    caller = TwilioCaller(gw.url, linger_s=10.0, on_event=queue.put_nowait)
+    caller = TwilioCaller(twilio_gw.url, linger_s=10.0, on_event=queue.put_nowait)
 
     async def hang_up_after_echo() -> None:
         while (await queue.get()).kind != "mark_echoed":
@@ -947,20 +798,20 @@ async def test_hangup_on_request_from_an_event(gw: LocalGateway) -> None:
     assert result.ended_at - result.started_at < 0.5
 
 
-async def test_event_callback_errors_are_raised_after_cleanup(gw: LocalGateway) -> None:
+async def test_event_callback_errors_are_raised_after_cleanup(twilio_gw: TwilioGateway) -> None:
     def broken(event: CallEvent) -> None:
         if event.kind == "started":
             raise RuntimeError("bug in test callback")
 
     with pytest.raises(RuntimeError, match="bug in test callback"):
-        await TwilioCaller(gw.url, linger_s=0.1, on_event=broken).run()
+        await TwilioCaller(twilio_gw.url, linger_s=0.1, on_event=broken).run()
     assert asyncio.all_tasks() == {asyncio.current_task()}
 
 
-async def test_twiml_problems_are_recorded_and_the_call_goes_on(gw: LocalGateway) -> None:
-    gw.behaviour.twiml = default_twiml().replace("{url}", "{url}?token=abc")
-    gw.behaviour.content_type = "text/plain"
-    result, call = await place_call(gw, linger_s=0.1)
+async def test_twiml_problems_are_recorded_and_the_call_goes_on(twilio_gw: TwilioGateway) -> None:
+    twilio_gw.behaviour.twiml = default_twiml().replace("{url}", "{url}?token=abc")
+    twilio_gw.behaviour.content_type = "text/plain"
+    result, call = await place_call(twilio_gw, linger_s=0.1)
     assert call is not None
     assert result.violation_kinds() == [Violation.WEBHOOK_CONTENT_TYPE, Violation.STREAM_URL_QUERY]
     assert result.stream_url is not None
@@ -968,21 +819,21 @@ async def test_twiml_problems_are_recorded_and_the_call_goes_on(gw: LocalGateway
     assert call.events()[:2] == ["connected", "start"]
 
 
-async def test_require_wss(gw: LocalGateway) -> None:
-    result, _ = await place_call(gw, linger_s=0.05, require_wss=True)
+async def test_require_wss(twilio_gw: TwilioGateway) -> None:
+    result, _ = await place_call(twilio_gw, linger_s=0.05, require_wss=True)
     assert result.violation_kinds() == [Violation.STREAM_URL_SCHEME]
     assert result.closed_by == "caller"  # still connected and completed the call
 
 
-async def test_stream_url_override_for_a_gateway_behind_a_proxy(gw: LocalGateway) -> None:
-    gw.behaviour.stream_url = "wss://gw.example.com/twilio/media"
-    gw.behaviour.auth_token = "tok"
-    local = f"ws://127.0.0.1:{gw.port}{STREAM_PATH}"
-    result, call = await place_call(gw, linger_s=0.05, stream_url=local, auth_token="tok")
+async def test_stream_url_override_for_a_gateway_behind_a_proxy(twilio_gw: TwilioGateway) -> None:
+    twilio_gw.behaviour.stream_url = "wss://twilio_gw.example.com/twilio/media"
+    twilio_gw.behaviour.auth_token = "tok"
+    local = f"ws://127.0.0.1:{twilio_gw.port}{STREAM_PATH}"
+    result, call = await place_call(twilio_gw, linger_s=0.05, stream_url=local, auth_token="tok")
     assert call is not None
     assert result.violations == []
     assert result.warnings == []
-    assert result.twiml_stream_url == "wss://gw.example.com/twilio/media"
+    assert result.twiml_stream_url == "wss://twilio_gw.example.com/twilio/media"
     assert result.stream_url == local
     assert call.signatures_ok == [True, True]  # the upgrade is signed over the TwiML URL
 
@@ -995,9 +846,11 @@ async def test_stream_url_override_for_a_gateway_behind_a_proxy(gw: LocalGateway
         (Behaviour(reject_ws=True), Violation.STREAM_CONNECT_FAILED),
     ],
 )
-async def test_calls_that_never_stream(gw: LocalGateway, behaviour: Behaviour, kind: str) -> None:
-    gw.behaviour = behaviour
-    result, _ = await place_call(gw)
+async def test_calls_that_never_stream(
+    twilio_gw: TwilioGateway, behaviour: Behaviour, kind: str
+) -> None:
+    twilio_gw.behaviour = behaviour
+    result, _ = await place_call(twilio_gw)
     assert result.violation_kinds() == [kind]
     assert result.closed_by is None
     assert result.started_at is None
@@ -1013,29 +866,29 @@ async def test_unreachable_gateway() -> None:
     assert asyncio.all_tasks() == {asyncio.current_task()}
 
 
-async def test_odd_sized_media_is_exposed_not_flagged(gw: LocalGateway) -> None:
-    async def odd_sizes(call: ServerCall) -> None:
+async def test_odd_sized_media_is_exposed_not_flagged(twilio_gw: TwilioGateway) -> None:
+    async def odd_sizes(call: TwilioServerCall) -> None:
         await call.media(PATTERN[:100])
         await call.media(PATTERN[:320])
         await call.media(PATTERN[:161])
 
-    gw.behaviour.scenario = odd_sizes
-    result, _ = await place_call(gw, linger_s=0.2)
+    twilio_gw.behaviour.scenario = odd_sizes
+    result, _ = await place_call(twilio_gw, linger_s=0.2)
     assert result.violations == []
     assert result.odd_media_sizes == [100, 161]
     assert result.media_messages_received == 3
     assert result.media_bytes_received == 581
 
 
-async def test_more_than_ten_minutes_buffered_is_discarded(gw: LocalGateway) -> None:
-    async def flood(call: ServerCall) -> None:
+async def test_more_than_ten_minutes_buffered_is_discarded(twilio_gw: TwilioGateway) -> None:
+    async def flood(call: TwilioServerCall) -> None:
         await call.media(b"\x10" * (8000 * 601))
         await call.media(b"\x20" * 160)
         assert call.ws is not None
         await call.ws.close()
 
-    gw.behaviour.scenario = flood
-    result, _ = await place_call(gw, linger_s=3.0)
+    twilio_gw.behaviour.scenario = flood
+    result, _ = await place_call(twilio_gw, linger_s=3.0)
     assert result.violation_kinds() == [Violation.BUFFER_OVERFLOW]
     assert result.media_bytes_received == 8000 * 601 + 160
     assert result.unplayed_bytes <= 8000 * 600
@@ -1052,12 +905,12 @@ def test_constructor_rejects_bad_options() -> None:
         TwilioCaller("http://x", hangup="vanish")  # type: ignore[arg-type]
 
 
-async def test_result_helpers_and_wav_output(gw: LocalGateway, tmp_path: Path) -> None:
-    async def speak(call: ServerCall) -> None:
+async def test_result_helpers_and_wav_output(twilio_gw: TwilioGateway, tmp_path: Path) -> None:
+    async def speak(call: TwilioServerCall) -> None:
         await call.media(Tone(500, 0.2).render())
 
-    gw.behaviour.scenario = speak
-    caller = TwilioCaller(gw.url, linger_s=0.3)
+    twilio_gw.behaviour.scenario = speak
+    caller = TwilioCaller(twilio_gw.url, linger_s=0.3)
     result = await caller.run()
     with pytest.raises(RuntimeError, match="one call"):
         await caller.run()
@@ -1068,7 +921,7 @@ async def test_result_helpers_and_wav_output(gw: LocalGateway, tmp_path: Path) -
     assert "no protocol violations" in result.summary()
 
 
-async def test_broken_websocket_framing_is_caught(gw: LocalGateway) -> None:
+async def test_broken_websocket_framing_is_caught(twilio_gw: TwilioGateway) -> None:
     async def bad_utf8(ws: ServerConnection) -> None:
         await ws.recv()  # connected
         ws.transport.write(b"\x81\x02\xff\xfe")  # a text frame that is not UTF-8
@@ -1077,7 +930,9 @@ async def test_broken_websocket_framing_is_caught(gw: LocalGateway) -> None:
 
     async with serve(bad_utf8, "127.0.0.1", 0) as ws_server:
         port = ws_server.sockets[0].getsockname()[1]
-        result = await TwilioCaller(gw.url, linger_s=1.0, stream_url=f"ws://127.0.0.1:{port}").run()
+        result = await TwilioCaller(
+            twilio_gw.url, linger_s=1.0, stream_url=f"ws://127.0.0.1:{port}"
+        ).run()
     assert result.violation_kinds() == [Violation.WEBSOCKET_PROTOCOL]
     assert "1007" in result.violations[0]
     assert result.closed_by == "gateway"
@@ -1127,15 +982,12 @@ def test_caller_state_without_sockets() -> None:
     ]
 
 
-async def test_cancelling_a_call_closes_everything(gw: LocalGateway) -> None:
-    caller = TwilioCaller(gw.url, linger_s=5.0)
+async def test_cancelling_a_call_closes_everything(twilio_gw: TwilioGateway) -> None:
+    caller = TwilioCaller(twilio_gw.url, linger_s=5.0)
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(caller.run(), 0.3)
     assert asyncio.all_tasks() == {asyncio.current_task()}
-    call = gw.calls[-1]
-    for _ in range(200):
-        if call.done.is_set():
-            break
-        await asyncio.sleep(0.01)
+    call = twilio_gw.calls[-1]
+    await until(call.done.is_set, within_s=3.0)
     assert call.disconnect_code is not None  # the socket was torn down, not leaked
     assert caller.result.closed_by == "caller"

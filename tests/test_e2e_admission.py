@@ -11,7 +11,6 @@ import json
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
@@ -27,6 +26,7 @@ from callsim.callers.twilio import TwilioCaller
 from callsim.twilio.webhook import twilio_signature
 from gateway.carriers.telnyx import call_control_state
 from tests.harness import Carrier, FakeTwilioRest, Harness, running, serving
+from tests.servers import until
 
 #: Every test here also fails if anything in the log holds a traceback.
 pytestmark = pytest.mark.usefixtures("structured_logs")
@@ -89,13 +89,6 @@ async def close_code(ws: ClientConnection) -> int | None:
             await ws.recv()
     except ConnectionClosed as exc:
         return exc.rcvd.code if exc.rcvd else None
-
-
-async def until(predicate: Any, within_s: float = 5.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
 
 
 # --- the token in the URL path --------------------------------------------------------------

@@ -12,31 +12,10 @@ import pytest
 from callsim.callers.audio import Silence, Tone
 from callsim.live.script import Step
 from gateway.audio.analysis import dominant_frequency, rms_dbfs, tone_dbfs
+from tests.audio_checks import audible_s, steady_part
 from tests.harness import running
 
 LEVEL = -12.0
-
-
-def _audible_seconds(pcm: bytes, rate: int, floor_dbfs: float = -40.0) -> float:
-    """Total duration of 10 ms windows above the floor."""
-    window = rate // 100 * 2
-    loud = sum(
-        1
-        for i in range(0, len(pcm) - window + 1, window)
-        if rms_dbfs(pcm[i : i + window]) > floor_dbfs
-    )
-    return loud * 0.010
-
-
-def _steady(pcm: bytes, rate: int) -> bytes:
-    """The loud part of a tone burst, minus 100 ms at each edge (fades, filter transients)."""
-    window = rate // 100 * 2
-    loud = [i for i in range(0, len(pcm) - window + 1, window)
-            if rms_dbfs(pcm[i : i + window]) > -40]  # fmt: skip
-    assert loud, "no audio at all"
-    start, end = loud[0] + rate // 10 * 2, loud[-1] - rate // 10 * 2
-    assert end > start, "burst too short"
-    return pcm[start:end]
 
 
 async def test_model_speech_reaches_the_caller_with_pitch_level_and_duration() -> None:
@@ -48,8 +27,8 @@ async def test_model_speech_reaches_the_caller_with_pitch_level_and_duration() -
         result = await h.call([Silence(2.4)], linger_s=0.2)
     assert result.violations == []
     heard = result.heard_pcm()
-    assert _audible_seconds(heard, 8000) == pytest.approx(1.0, abs=0.04)
-    steady = _steady(heard, 8000)
+    assert audible_s(heard, 8000) == pytest.approx(1.0, abs=0.04)
+    steady = steady_part(heard, 8000)
     assert dominant_frequency(steady, 8000) == pytest.approx(1000, abs=3)
     assert tone_dbfs(steady, 8000, 1000) == pytest.approx(LEVEL, abs=0.6)
     # Every outbound message carried whole 20 ms frames.
@@ -68,7 +47,7 @@ async def test_model_audio_above_the_phone_band_does_not_alias(tone_hz: int, ali
         result = await h.call([Silence(2.0), Tone(300, 0.4), Silence(2.6)], linger_s=0.2)
     heard = result.heard_pcm()
     # The reference tone proves audio flows; the out-of-band tone must leave nothing audible.
-    assert tone_dbfs(_steady(heard[: 2 * 8000 * 2], 8000), 8000, 1000) == pytest.approx(
+    assert tone_dbfs(steady_part(heard[: 2 * 8000 * 2], 8000), 8000, 1000) == pytest.approx(
         LEVEL, abs=0.6
     )
     after = heard[int(2.6 * 8000) * 2 :]
@@ -81,8 +60,8 @@ async def test_caller_speech_reaches_the_model_with_pitch_level_and_duration() -
         await h.call([Silence(0.5), Tone(1000, 1.0, LEVEL), Silence(0.5)], linger_s=0.2)
         received = bytes(h.sim.connections[0].audio_in)
     assert h.sim.connections[0].realtime_mime_types == ["audio/pcm;rate=16000"]
-    assert _audible_seconds(received, 16000) == pytest.approx(1.0, abs=0.04)
-    steady = _steady(received, 16000)
+    assert audible_s(received, 16000) == pytest.approx(1.0, abs=0.04)
+    steady = steady_part(received, 16000)
     assert dominant_frequency(steady, 16000) == pytest.approx(1000, abs=3)
     assert tone_dbfs(steady, 16000, 1000) == pytest.approx(LEVEL, abs=0.6)
     assert tone_dbfs(steady, 16000, 7000) < LEVEL - 60  # image of 1 kHz around 4 kHz
@@ -92,6 +71,6 @@ async def test_caller_speech_near_the_band_edge_has_no_image() -> None:
     async with running() as h:
         await h.call([Silence(0.3), Tone(3000, 1.0, LEVEL), Silence(0.3)], linger_s=0.2)
         received = bytes(h.sim.connections[0].audio_in)
-    steady = _steady(received, 16000)
+    steady = steady_part(received, 16000)
     assert tone_dbfs(steady, 16000, 3000) == pytest.approx(LEVEL, abs=0.6)
     assert tone_dbfs(steady, 16000, 5000) < LEVEL - 60

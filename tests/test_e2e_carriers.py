@@ -17,6 +17,7 @@ from callsim.callers.result import CallResult
 from callsim.live.script import Step, ToolCallSpec
 from callsim.live.voices import voice_pitch_hz
 from gateway.audio.analysis import dominant_frequency, rms_dbfs, tone_dbfs
+from tests.audio_checks import audible_s, steady_part
 from tests.conftest import StructuredLogs
 from tests.harness import ALL_CARRIERS, CARRIER_KINDS, Carrier, agents, running
 
@@ -28,23 +29,6 @@ def _tolerance_db(carrier: Carrier) -> float:
     return 1.0 if carrier.codec == "G722" else 0.6  # G.722 is ADPCM: a little less exact
 
 
-def _steady(pcm: bytes, rate: int) -> bytes:
-    """The loud part of a burst, minus 100 ms at each edge (fades, filter transients)."""
-    window = rate // 100 * 2
-    loud = [i for i in range(0, len(pcm) - window + 1, window)
-            if rms_dbfs(pcm[i : i + window]) > -40]  # fmt: skip
-    assert loud, "no audio at all"
-    start, end = loud[0] + rate // 10 * 2, loud[-1] - rate // 10 * 2
-    assert end > start, "burst too short"
-    return pcm[start:end]
-
-
-def _audible_s(pcm: bytes, rate: int) -> float:
-    window = rate // 100 * 2
-    return 0.01 * sum(1 for i in range(0, len(pcm) - window + 1, window)
-                      if rms_dbfs(pcm[i : i + window]) > -40)  # fmt: skip
-
-
 def _heard(result: CallResult) -> tuple[bytes, int]:
     return result.heard_pcm(), result.heard_rate
 
@@ -53,8 +37,8 @@ def _assert_tone_heard(result: CallResult, carrier: Carrier, hz: float) -> None:
     """The caller heard the agent's 1 s tone at ``hz``, at its level, at the carrier's rate."""
     pcm, rate = _heard(result)
     assert rate == carrier.rate
-    assert _audible_s(pcm, rate) == pytest.approx(1.0, abs=0.05)
-    steady = _steady(pcm, rate)
+    assert audible_s(pcm, rate) == pytest.approx(1.0, abs=0.05)
+    steady = steady_part(pcm, rate)
     assert dominant_frequency(steady, rate) == pytest.approx(hz, abs=3)
     assert tone_dbfs(steady, rate, hz) == pytest.approx(LEVEL, abs=_tolerance_db(carrier))
 
@@ -87,8 +71,8 @@ async def test_caller_speech_reaches_the_model(carrier: Carrier) -> None:
         await h.call([Silence(0.4), Tone(hz, 1.0, LEVEL), Silence(0.4)], linger_s=0.2)
         received = bytes(h.sim.connections[0].audio_in)
     assert h.sim.connections[0].realtime_mime_types == ["audio/pcm;rate=16000"]
-    assert _audible_s(received, 16000) == pytest.approx(1.0, abs=0.05)
-    steady = _steady(received, 16000)
+    assert audible_s(received, 16000) == pytest.approx(1.0, abs=0.05)
+    steady = steady_part(received, 16000)
     assert dominant_frequency(steady, 16000) == pytest.approx(hz, abs=3)
     assert tone_dbfs(steady, 16000, hz) == pytest.approx(LEVEL, abs=_tolerance_db(carrier))
     if carrier.rate == 8000:  # upsampled 8 → 16 kHz: the image of 1 kHz sits at 7 kHz
@@ -168,7 +152,7 @@ async def test_out_of_order_and_duplicated_frames_are_restored(carrier: Carrier)
     sent = sum(1 for _, m in result.sent if m.get("event") == "media")
     distinct = sent - sent // 8  # every 7th frame was sent twice
     assert len(received) == pytest.approx(distinct * 640, abs=640 * 4)
-    steady = _steady(received, 16000)
+    steady = steady_part(received, 16000)
     # A misordered frame would smear the tone: its level and purity prove the order.
     assert tone_dbfs(steady, 16000, 1000) == pytest.approx(LEVEL, abs=0.6)
     residual = rms_dbfs(steady) - tone_dbfs(steady, 16000, 1000)
@@ -227,8 +211,8 @@ async def test_the_caller_is_heard_in_the_calls_codec(carrier: Carrier, streamed
         result = await h.call([Silence(0.4), Tone(1000, 1.0, LEVEL), Silence(0.4)], linger_s=0.2)
         received = bytes(h.sim.connections[0].audio_in)
     assert result.codec == streamed
-    assert _audible_s(received, 16000) == pytest.approx(1.0, abs=0.05)
-    steady = _steady(received, 16000)
+    assert audible_s(received, 16000) == pytest.approx(1.0, abs=0.05)
+    steady = steady_part(received, 16000)
     assert dominant_frequency(steady, 16000) == pytest.approx(1000, abs=3)
     assert tone_dbfs(steady, 16000, 1000) == pytest.approx(LEVEL, abs=0.6)
     assert tone_dbfs(steady, 16000, 7000) < LEVEL - 60  # upsampled 8 → 16 kHz, cleanly

@@ -19,8 +19,6 @@ from callsim.live.audio import (
     EnergyVad,
     SpeechEnded,
     SpeechStarted,
-    dominant_frequency_hz,
-    level_dbfs,
     split_chunks,
     tone_pcm16,
 )
@@ -37,6 +35,7 @@ from callsim.live.script import (
 )
 from callsim.live.voices import DEFAULT_VOICE, VOICES, voice_for_pitch, voice_pitch_hz
 from callsim.tls import generate_tls
+from gateway.audio import analysis
 
 # --- voices ------------------------------------------------------------------------------------
 
@@ -329,8 +328,8 @@ def test_server_message_shapes_and_summaries() -> None:
 def test_tone_has_the_right_pitch_level_and_fades() -> None:
     pcm = tone_pcm16(440.0, 0.5, level_dbfs=-12.0, rate=24000)
     assert len(pcm) == 2 * 12000
-    assert dominant_frequency_hz(pcm, 24000) == pytest.approx(440.0, abs=0.5)
-    assert level_dbfs(pcm) == pytest.approx(-15.0, abs=0.3)  # -12 dBFS peak = -15 dBFS RMS
+    assert analysis.dominant_frequency(pcm, 24000) == pytest.approx(440.0, abs=0.5)
+    assert analysis.rms_dbfs(pcm) == pytest.approx(-12.0, abs=0.3)  # (full-scale sine = 0 dBFS)
     assert pcm[:2] == b"\x00\x00"
     assert [len(c) for c in split_chunks(pcm, 1920)][-1] == 1920 * 12.5 - 1920 * 12
 

@@ -18,11 +18,12 @@ from google.genai import errors, types
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
-from callsim.live.audio import dominant_frequency_hz, tone_pcm16
+from callsim.live.audio import tone_pcm16
 from callsim.live.script import Script, Step, ToolCallSpec
 from callsim.live.server import LiveSimulator
 from callsim.live.voices import voice_pitch_hz
 from callsim.tls import generate_tls
+from gateway.audio import analysis
 
 MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 TLS = generate_tls()
@@ -367,7 +368,8 @@ async def test_text_turn_gets_audio_transcription_turn_complete_and_handle() -> 
         assert transcript(turn) == said
         pcm = audio(turn)
         assert len(pcm) == 2 * round(24000 * 0.06 * len(said))
-        assert dominant_frequency_hz(pcm, 24000) == pytest.approx(voice_pitch_hz("Kore"), abs=2)
+        kore_hz = voice_pitch_hz("Kore")
+        assert analysis.dominant_frequency(pcm, 24000) == pytest.approx(kore_hz, abs=2)
         assert handle == "sim-1-1"
         not_resumable = [m for m in turn if m.session_resumption_update and not new_handle(m)]
         assert len(not_resumable) == 1
@@ -583,7 +585,7 @@ async def test_resume_reattaches_with_new_voice_and_instruction() -> None:
         async with live(sim, cfg) as (session, inbox):
             turn, second_handle = await text_turn(session, inbox)
         assert transcript(turn) == "Hello, this is the Billing agent. How can I help you today?"
-        assert dominant_frequency_hz(audio(turn), 24000) == pytest.approx(
+        assert analysis.dominant_frequency(audio(turn), 24000) == pytest.approx(
             voice_pitch_hz("Kore"), abs=2
         )
         first, second = sim.connections

@@ -1,8 +1,8 @@
 """The Telnyx caller simulator on whole calls: TeXML and Call Control, every codec, misbehaviour.
 
-Calls run against a small scripted test gateway (FastAPI + uvicorn in its own thread and event
-loop, below) and the fake Call Control API (also in its own thread), so after each call the
-test's loop must hold no task but the test itself: anything the caller left running would show.
+Calls run against the scripted fake Telnyx gateway (``tests.fake_gateways.telnyx``, in its own
+thread and event loop) and the fake Call Control API (also in its own thread), so after each call
+the test's loop must hold no task but the test itself: anything the caller left running would show.
 """
 
 from __future__ import annotations
@@ -14,21 +14,13 @@ import itertools
 import json
 import re
 import socket
-import threading
-import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl
 
-import httpx
 import numpy as np
 import pytest
-import uvicorn
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from fastapi import FastAPI, Request, Response, WebSocket, WebSocketDisconnect
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -39,291 +31,19 @@ from callsim.telnyx.api import TelnyxApiSimulator
 from callsim.telnyx.peer import FORMATS, Violation
 from callsim.wav import read_wav
 from gateway.audio import analysis, g711, g722
+from tests.fake_gateways import place_call
+from tests.fake_gateways.telnyx import (
+    B64_ANSWERED,
+    B64_STREAMING,
+    PARAMS,
+    RATES,
+    Behaviour,
+    TelnyxGateway,
+    TelnyxServerCall,
+)
+from tests.servers import until
 
-STREAM_PATH = "/telnyx/stream"
-PARAMS = {"session": "tok-123", "from_number": "+13122010094"}
-RATES = {"PCMU": 8000, "PCMA": 8000, "G722": 16000, "L16": 16000}
 KEY = Ed25519PrivateKey.generate()
-B64_ANSWERED = base64.b64encode(b"answered").decode()
-B64_STREAMING = base64.b64encode(b"streaming").decode()
-
-Scenario = Callable[["ServerCall"], Awaitable[None]]
-
-
-# === a small Telnyx-speaking test gateway ========================================================
-
-
-@dataclass
-class Behaviour:
-    """How the test gateway answers; a fresh one per test."""
-
-    codec: str = "PCMU"  # bidirectional codec asked for (and, by default, inbound)
-    inbound: str | None = None  # <Stream codec> / stream_codec
-    rate: int | None = None  # None: the codec's own rate
-    mode: str | None = "rtp"  # None: left out (Telnyx then defaults to mp3)
-    texml: str | None = None  # full TeXML override; "{url}" is replaced
-    public_key: Ed25519PublicKey | None = None  # check webhook signatures (403 if bad)
-    scenario: Scenario | None = None  # runs on the stream once `start` arrived
-    echo: bool = False  # send every inbound payload straight back
-    api_base: str = ""
-    api_key: str = ""
-    answer: bool = True
-    stream: Literal["on_answered", "on_answer", "before_answer", "never"] = "on_answered"
-    hangup_after_close: bool = True  # Call Control: POST hangup once the stream handler ends
-
-
-@dataclass
-class ServerCall:
-    """What the test gateway saw of one call; written in the server thread."""
-
-    behaviour: Behaviour
-    webhooks: list[tuple[str, Any]] = field(default_factory=list)  # (event type, form or JSON)
-    signatures_ok: list[bool] = field(default_factory=list)
-    api_answers: list[tuple[str, int, Any]] = field(default_factory=list)
-    messages: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
-    start_time: float = 0.0
-    stream_id: str = ""
-    call_control_id: str = ""
-    disconnect_code: int | None = None
-    errors: list[BaseException] = field(default_factory=list)
-    done: threading.Event = field(default_factory=threading.Event)
-    ws: WebSocket | None = None
-
-    def events(self) -> list[str]:
-        return [m["event"] for _, m in self.messages]
-
-    def of(self, event: str) -> list[dict[str, Any]]:
-        return [m for _, m in self.messages if m["event"] == event]
-
-    def webhook(self, event_type: str) -> dict[str, Any]:
-        [body] = [b for kind, b in self.webhooks if kind == event_type]
-        payload: dict[str, Any] = body["data"]["payload"]
-        return payload
-
-    async def at(self, seconds: float) -> None:
-        """Sleep until ``seconds`` after ``start`` arrived."""
-        await asyncio.sleep(max(0.0, self.start_time + seconds - time.monotonic()))
-
-    async def send(self, message: object) -> None:
-        assert self.ws is not None
-        await self.ws.send_text(message if isinstance(message, str) else json.dumps(message))
-
-    async def media(self, payload: bytes) -> None:
-        payload_b64 = base64.b64encode(payload).decode()
-        await self.send({"event": "media", "media": {"payload": payload_b64}})
-
-    async def mark(self, name: str) -> None:
-        await self.send({"event": "mark", "mark": {"name": name}})
-
-    async def clear(self) -> None:
-        await self.send({"event": "clear"})
-
-    async def api(self, action: str, body: dict[str, Any] | None = None) -> int:
-        """POST a Call Control command for this call to the fake API."""
-        b = self.behaviour
-        async with httpx.AsyncClient() as http:
-            response = await http.post(
-                f"{b.api_base}/calls/{self.call_control_id}/actions/{action}",
-                json=body or {},
-                headers={"Authorization": f"Bearer {b.api_key}"},
-            )
-        self.api_answers.append((action, response.status_code, response.json()))
-        return response.status_code
-
-
-class TelnyxGateway:
-    """FastAPI app on 127.0.0.1 in a background thread, scripted per test by ``behaviour``."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.stream_url = f"ws://127.0.0.1:{self.port}{STREAM_PATH}"
-        self.behaviour = Behaviour()
-        self.calls: list[ServerCall] = []
-        config = uvicorn.Config(
-            self._app(), lifespan="off", log_level="warning", ws="websockets-sansio"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve([self.sock])))
-
-    def start(self) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "test gateway did not start"
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
-
-    def _app(self) -> FastAPI:
-        app = FastAPI()
-
-        @app.post("/telnyx/voice")
-        async def voice(request: Request) -> Response:
-            body = await request.body()
-            is_json = request.headers.get("content-type", "").startswith("application/json")
-            event = json.loads(body) if is_json else None
-            if event is None or event["data"]["event_type"] == "call.initiated" or not self.calls:
-                self.calls.append(ServerCall(self.behaviour))
-            call = self.calls[-1]
-            b = call.behaviour
-            if b.public_key is not None:
-                ok = _signature_ok(b.public_key, request.headers, body)
-                call.signatures_ok.append(ok)
-                if not ok:
-                    return Response("invalid or missing Telnyx signature", status_code=403)
-            if event is not None:
-                return await self._call_control(call, event)
-            call.webhooks.append(("texml", dict(parse_qsl(body.decode(), strict_parsing=True))))
-            answer = (b.texml or texml(b)).replace("{url}", self.stream_url)
-            return Response(answer, media_type="text/xml")
-
-        @app.websocket(STREAM_PATH)
-        async def media(ws: WebSocket) -> None:
-            call = self.calls[-1]
-            call.ws = ws
-            try:
-                await ws.accept()
-                await self._serve_stream(call)
-                call_control = call.webhooks[0][0] != "texml"
-                if call_control and call.behaviour.hangup_after_close:
-                    await call.api("hangup")
-            except BaseException as exc:
-                call.errors.append(exc)
-                raise
-            finally:
-                call.done.set()
-
-        return app
-
-    async def _call_control(self, call: ServerCall, event: dict[str, Any]) -> Response:
-        b = call.behaviour
-        kind = event["data"]["event_type"]
-        call.webhooks.append((kind, event))
-        call.call_control_id = event["data"]["payload"]["call_control_id"]
-        stream = {
-            "stream_url": self.stream_url,
-            "stream_track": "inbound_track",
-            "stream_codec": b.inbound or b.codec,
-            "stream_bidirectional_codec": b.codec,
-            "stream_bidirectional_sampling_rate": b.rate or RATES[b.codec],
-            "client_state": B64_STREAMING,
-        }
-        if b.mode is not None:
-            stream["stream_bidirectional_mode"] = b.mode
-        if kind == "call.initiated" and b.answer:
-            if b.stream == "before_answer":
-                await call.api("streaming_start", stream)
-            answer = {"client_state": B64_ANSWERED}
-            await call.api("answer", answer | stream if b.stream == "on_answer" else answer)
-        elif kind == "call.answered" and b.stream in ("on_answered", "before_answer"):
-            await call.api("streaming_start", stream)
-        return Response('{"status":"ok"}', media_type="application/json")
-
-    async def _serve_stream(self, call: ServerCall) -> None:
-        ws = call.ws
-        assert ws is not None
-        b = call.behaviour
-        started = asyncio.Event()
-
-        async def run_scenario() -> None:
-            await started.wait()
-            if b.scenario is not None:
-                await b.scenario(call)
-
-        scenario = asyncio.create_task(run_scenario())
-        try:
-            while True:
-                msg = await ws.receive()
-                if msg["type"] == "websocket.disconnect":
-                    call.disconnect_code = msg.get("code")
-                    break
-                now = time.monotonic()
-                data = json.loads(msg["text"])
-                call.messages.append((now, data))
-                if data["event"] == "start":
-                    call.start_time, call.stream_id = now, data["stream_id"]
-                    call.call_control_id = data["start"]["call_control_id"]
-                    started.set()
-                elif data["event"] == "media" and b.echo:
-                    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-                        await call.media(base64.b64decode(data["media"]["payload"]))
-            if scenario.done() and not scenario.cancelled() and scenario.exception():
-                call.errors.append(scenario.exception())  # type: ignore[arg-type]
-        finally:
-            scenario.cancel()
-            await asyncio.gather(scenario, return_exceptions=True)
-
-
-def texml(b: Behaviour, params: dict[str, str] = PARAMS) -> str:
-    items = "".join(f'<Parameter name="{k}" value="{v}"/>' for k, v in params.items())
-    mode = f' bidirectionalMode="{b.mode}"' if b.mode is not None else ""
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?><Response><Connect>'
-        f'<Stream url="{{url}}" track="inbound_track" codec="{b.inbound or b.codec}"{mode}'
-        f' bidirectionalCodec="{b.codec}" bidirectionalSamplingRate="{b.rate or RATES[b.codec]}">'
-        f"{items}</Stream></Connect></Response>"
-    )
-
-
-def _signature_ok(key: Ed25519PublicKey, headers: Any, body: bytes) -> bool:
-    """Telnyx's verification, written out independently of the simulator."""
-    signature, timestamp = headers.get("telnyx-signature-ed25519"), headers.get("telnyx-timestamp")
-    if not signature or not timestamp or abs(time.time() - int(timestamp)) > 300:
-        return False
-    try:
-        key.verify(base64.b64decode(signature), timestamp.encode() + b"|" + body)
-    except InvalidSignature:
-        return False
-    return True
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[TelnyxGateway]:
-    gw = TelnyxGateway()
-    gw.start()
-    yield gw
-    gw.stop()
-
-
-@pytest.fixture(scope="module")
-def api() -> Iterator[TelnyxApiSimulator]:
-    """One fake API for the module (it runs in its own thread; each call registers its own id)."""
-    simulator = TelnyxApiSimulator()
-    asyncio.run(simulator.__aenter__())
-    yield simulator
-    asyncio.run(simulator.__aexit__(None, None, None))
-
-
-@pytest.fixture
-def gw(server: TelnyxGateway, api: TelnyxApiSimulator) -> TelnyxGateway:
-    server.behaviour = Behaviour(api_base=api.base_url, api_key=api.api_key)
-    server.calls.clear()
-    return server
-
-
-async def place_call(gw: TelnyxGateway, **options: Any) -> tuple[CallResult, ServerCall | None]:
-    """Run one call; check the caller left nothing running and the gateway side finished."""
-    t0 = time.monotonic()
-    result = await TelnyxCaller(gw.url, **options).run()
-    assert asyncio.all_tasks() == {asyncio.current_task()}, "the caller left tasks running"
-    assert time.monotonic() - t0 < 5
-    if not gw.calls:
-        return result, None
-    call = gw.calls[-1]
-    if result.stream_url is not None:
-        for _ in range(300):
-            if call.done.is_set():
-                break
-            await asyncio.sleep(0.01)
-        assert call.done.is_set(), "the gateway's stream handler did not finish"
-    assert call.errors == []
-    return result, call
 
 
 def encode(codec: str, pcm: bytes) -> bytes:
@@ -354,32 +74,78 @@ def kinds(result: CallResult) -> list[str]:
 # === TeXML calls ================================================================================
 
 
-@pytest.mark.parametrize("codec", ["PCMU", "PCMA", "G722"])  # TeXML's codecs (L16: Call Control)
-async def test_texml_call_is_exact_paced_and_heard_per_codec(gw: TelnyxGateway, codec: str) -> None:
-    rate = RATES[codec]
-    wide = rate == 16000
-    say_hz, hear_hz = (5000.0, 6000.0) if wide else (1000.0, 700.0)  # > 4 kHz: really wideband
-    tone = analysis.sine_pcm16(hear_hz, 0.2, rate, dbfs=-12.0)
+# --- one TeXML call per codec, looked at part by part --------------------------------------------
 
-    async def speak(call: ServerCall) -> None:
+N_MEDIA = 18 + 20  # ceil(0.35 s / 20 ms) + 0.4 s linger
+
+
+def _say_and_hear_hz(codec: str) -> tuple[float, float]:
+    """The caller's tone and the gateway's: above 4 kHz on a wideband codec (really wideband)."""
+    return (5000.0, 6000.0) if RATES[codec] == 16000 else (1000.0, 700.0)
+
+
+def _gateway_tone(codec: str) -> bytes:
+    """What the gateway says: 200 ms, whole 20 ms frames."""
+    return analysis.sine_pcm16(_say_and_hear_hz(codec)[1], 0.2, RATES[codec], dbfs=-12.0)
+
+
+@dataclass(frozen=True)
+class TexmlCall:
+    """A signed TeXML call in one codec: the caller says a tone, the gateway answers one."""
+
+    codec: str
+    result: CallResult
+    call: TelnyxServerCall
+    events: list[CallEvent]
+
+    @property
+    def rate(self) -> int:
+        return RATES[self.codec]
+
+
+@pytest.fixture(scope="module", params=["PCMU", "PCMA", "G722"])  # TeXML's (L16: Call Control)
+def texml_call(
+    request: pytest.FixtureRequest,
+    telnyx_gateway: TelnyxGateway,
+    telnyx_api: TelnyxApiSimulator,
+) -> TexmlCall:
+    """One call per codec, placed once: each test below checks one part of it."""
+    codec: str = request.param
+
+    async def speak(call: TelnyxServerCall) -> None:
         await call.at(0.3)
-        await call.media(encode(codec, tone))  # 200 ms, whole 20 ms frames
+        await call.media(encode(codec, _gateway_tone(codec)))
         await call.mark("tone-end")
 
-    gw.behaviour.codec, gw.behaviour.public_key = codec, KEY.public_key()
-    gw.behaviour.scenario = speak
+    telnyx_gateway.reset(
+        Behaviour(
+            api_base=telnyx_api.base_url,
+            api_key=telnyx_api.api_key,
+            codec=codec,
+            public_key=KEY.public_key(),
+            scenario=speak,
+        )
+    )
+    say_hz = _say_and_hear_hz(codec)[0]
     speech = [Silence(0.05), Tone(say_hz, 0.3, -10.0)]  # 17.5 frames: the last one padded
     events: list[CallEvent] = []
-    result, call = await place_call(
-        gw,
-        speech=speech,
-        linger_s=0.4,
-        dtmf=[(0.1, "5"), (0.2, "#")],
-        signing_key=KEY,
-        on_event=events.append,
-        call_codec=codec,  # a leg in the codec asked for: nothing to transcode
+    result, call = asyncio.run(
+        place_call(
+            telnyx_gateway,
+            speech=speech,
+            linger_s=0.4,
+            dtmf=[(0.1, "5"), (0.2, "#")],
+            signing_key=KEY,
+            on_event=events.append,
+            call_codec=codec,  # a leg in the codec asked for: nothing to transcode
+        )
     )
     assert call is not None
+    return TexmlCall(codec, result, call, events)
+
+
+def test_texml_webhook_is_telnyxs_form_signed(texml_call: TexmlCall) -> None:
+    result, call, codec = texml_call.result, texml_call.call, texml_call.codec
     assert result.violations == [], result.violations
     assert call.signatures_ok == [True]
     form = call.webhooks[0][1]
@@ -397,21 +163,17 @@ async def test_texml_call_is_exact_paced_and_heard_per_codec(gw: TelnyxGateway, 
         codec,
         codec,
     )
-    assert (result.heard_rate, result.heard_encoding) == (rate, "pcm16")
+    assert (result.heard_rate, result.heard_encoding) == (texml_call.rate, "pcm16")
 
-    # The inbound sequence, exactly.
-    fmt = FORMATS[codec]
-    n_media = 18 + 20  # ceil(0.35 s / 20 ms) + 0.4 s linger
+
+def test_texml_stream_opens_with_connected_then_start(texml_call: TexmlCall) -> None:
+    result, call, codec = texml_call.result, texml_call.call, texml_call.codec
     events_seen = call.events()
     assert events_seen[:2] == ["connected", "start"]
-    assert events_seen[-1] == "stop"
-    assert events_seen.count("media") == n_media
-    assert events_seen.count("dtmf") == 2
     assert [m["sequence_number"] for _, m in call.messages[1:]] == [
         str(i) for i in range(1, len(events_seen))
     ]
     assert call.messages[0][1] == {"event": "connected", "version": "1.0.0"}
-    sid = result.stream_id
     assert call.of("start") == [
         {
             "event": "start",
@@ -425,76 +187,124 @@ async def test_texml_call_is_exact_paced_and_heard_per_codec(gw: TelnyxGateway, 
                 "client_state": None,
                 "media_format": {
                     "encoding": codec,
-                    "sample_rate": 8000 if codec == "G722" else rate,  # G.722: its RTP clock
+                    # G.722: its RTP clock
+                    "sample_rate": 8000 if codec == "G722" else texml_call.rate,
                     "channels": 1,
                 },
                 "custom_parameters": PARAMS,
             },
-            "stream_id": sid,
+            "stream_id": result.stream_id,
         }
     ]
+
+
+def test_texml_media_carries_the_speech_in_whole_frames_of_the_codec(
+    texml_call: TexmlCall,
+) -> None:
+    call, codec, rate = texml_call.call, texml_call.codec, texml_call.rate
+    fmt = FORMATS[codec]
+    assert call.events().count("media") == N_MEDIA
     media = call.of("media")
-    assert [set(m) for m in media] == [{"event", "sequence_number", "media", "stream_id"}] * n_media
-    assert [m["media"]["chunk"] for m in media] == [str(k) for k in range(1, n_media + 1)]
-    assert [m["media"]["timestamp"] for m in media] == [str(20 * k) for k in range(n_media)]
+    assert [set(m) for m in media] == [{"event", "sequence_number", "media", "stream_id"}] * N_MEDIA
+    assert [m["media"]["chunk"] for m in media] == [str(k) for k in range(1, N_MEDIA + 1)]
+    assert [m["media"]["timestamp"] for m in media] == [str(20 * k) for k in range(N_MEDIA)]
     assert {m["media"]["track"] for m in media} == {"inbound"}
-    assert {m["stream_id"] for m in media} == {sid}
+    assert {m["stream_id"] for m in media} == {texml_call.result.stream_id}
     payloads = [base64.b64decode(m["media"]["payload"]) for m in media]
     assert {len(p) for p in payloads} == {fmt.frame_bytes}  # 160, 160, 640, 160
+    say_hz = _say_and_hear_hz(codec)[0]
     spoken = Silence(0.05).pcm(rate) + Tone(say_hz, 0.3, -10.0).pcm(rate)
-    expected = encode(codec, spoken.ljust(n_media * 2 * fmt.samples_per_frame, b"\0"))
+    expected = encode(codec, spoken.ljust(N_MEDIA * 2 * fmt.samples_per_frame, b"\0"))
     assert b"".join(payloads) == expected
+
+
+def test_texml_dtmf_goes_out_in_telnyxs_shape_when_due(texml_call: TexmlCall) -> None:
+    call = texml_call.call
+    events_seen = call.events()
+    assert events_seen.count("dtmf") == 2
     dtmf = call.of("dtmf")
     assert [d["dtmf"] for d in dtmf] == [{"digit": "5"}, {"digit": "#"}]
     assert set(dtmf[0]) == {"event", "stream_id", "occurred_at", "sequence_number", "dtmf"}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", dtmf[0]["occurred_at"])
     assert events_seen.index("dtmf") == 2 + 4  # at 0.1 s, right before chunk 5 (due at 0.1 s)
+
+
+def test_texml_caller_hanging_up_sends_stop_and_closes_with_1000(texml_call: TexmlCall) -> None:
+    result, call = texml_call.result, texml_call.call
+    events_seen = call.events()
+    assert events_seen[-1] == "stop"
     assert call.of("stop") == [
         {
             "event": "stop",
             "sequence_number": str(len(events_seen) - 1),
             "stop": {"user_id": result.account_sid, "call_control_id": result.call_control_id},
-            "stream_id": sid,
+            "stream_id": result.stream_id,
         }
     ]
-
-    # Real-time pacing on an absolute schedule: chunk k arrives ~k·20 ms after `start`.
-    arrivals = np.array([t for t, m in call.messages if m["event"] == "media"]) - call.start_time
-    lateness = arrivals - 0.020 * np.arange(1, n_media + 1)
-    assert np.median(np.abs(lateness)) < 0.005
-    assert np.max(np.abs(lateness)) < 0.040
-    assert result.send_timing.samples == n_media
     assert (result.closed_by, result.close_code, call.disconnect_code) == ("caller", 1000, 1000)
 
-    # What the caller heard: the gateway's tone, decoded, from the tick after it arrived.
-    assert result.first_media_time is not None
-    arrived = result.call_time(result.first_media_time)
+
+def test_texml_media_is_paced_in_real_time(texml_call: TexmlCall) -> None:
+    """On an absolute schedule: chunk k arrives ~k·20 ms after `start`."""
+    call = texml_call.call
+    arrivals = np.array([t for t, m in call.messages if m["event"] == "media"]) - call.start_time
+    lateness = arrivals - 0.020 * np.arange(1, N_MEDIA + 1)
+    assert np.median(np.abs(lateness)) < 0.005
+    assert np.max(np.abs(lateness)) < 0.040
+    assert texml_call.result.send_timing.samples == N_MEDIA
+
+
+def _onset(result: CallResult) -> float:
     onset = result.heard_onset_s(min_level=300)
     assert onset is not None
+    return onset
+
+
+def test_texml_gateway_audio_is_heard_decoded_from_the_tick_after_it_arrived(
+    texml_call: TexmlCall,
+) -> None:
+    result, rate, codec = texml_call.result, texml_call.rate, texml_call.codec
+    hear_hz = _say_and_hear_hz(codec)[1]
+    assert result.first_media_time is not None
+    arrived = result.call_time(result.first_media_time)
+    onset = _onset(result)
     assert arrived <= onset <= arrived + 0.02 + 0.002  # G.722's QMF adds ~0.7 ms
     heard = result.heard_between(onset + 0.03, onset + 0.17)
     assert analysis.tone_dbfs(heard, rate, hear_hz) == pytest.approx(-12.0, abs=0.6)
     assert analysis.dominant_frequency(heard, rate) == pytest.approx(hear_hz, abs=15)
-    assert result.media_bytes_received == len(encode(codec, tone))
+    assert result.media_bytes_received == len(encode(codec, _gateway_tone(codec)))
     assert result.heard_s == pytest.approx(0.75, abs=0.04)
+
+
+def test_texml_mark_is_echoed_once_its_audio_has_played(texml_call: TexmlCall) -> None:
+    result, call = texml_call.result, texml_call.call
     [echo] = result.mark_echoes
     assert (echo.name, echo.cleared) == ("tone-end", False)
-    played = result.call_time(echo.time) - onset
+    played = result.call_time(echo.time) - _onset(result)
     assert 0.2 - 0.002 <= played <= 0.2 + 0.06  # (onset is ~0.7 ms late through G.722)
     assert call.of("mark") == [
         {
             "event": "mark",
-            "stream_id": sid,
+            "stream_id": result.stream_id,
             "sequence_number": call.of("mark")[0]["sequence_number"],
             "mark": {"name": "tone-end"},
         }
     ]
+
+
+def test_texml_call_events_report_the_webhook_then_the_stream(texml_call: TexmlCall) -> None:
+    events = texml_call.events
     assert [e.kind for e in events][:2] == ["webhook", "stream_open"]
     assert [e.detail for e in events if e.kind == "webhook"] == ["texml 200"]
 
 
-async def test_clear_drops_buffered_audio_and_echoes_pending_marks(gw: TelnyxGateway) -> None:
-    async def talk_then_barge_in(call: ServerCall) -> None:
+# --- TeXML calls, one behaviour each -------------------------------------------------------------
+
+
+async def test_clear_drops_buffered_audio_and_echoes_pending_marks(
+    telnyx_gw: TelnyxGateway,
+) -> None:
+    async def talk_then_barge_in(call: TelnyxServerCall) -> None:
         await call.at(0.1)
         for i in range(50):  # 1 s of audio, faster than real time, a mark every 0.2 s
             await call.media(bytes([0x10 + i % 64]) * 160)
@@ -505,8 +315,8 @@ async def test_clear_drops_buffered_audio_and_echoes_pending_marks(gw: TelnyxGat
         await call.at(0.55)
         await call.mark("after-clear")
 
-    gw.behaviour.scenario = talk_then_barge_in
-    result, call = await place_call(gw, linger_s=0.7)
+    telnyx_gw.behaviour.scenario = talk_then_barge_in
+    result, call = await place_call(telnyx_gw, linger_s=0.7)
     assert call is not None
     assert result.violations == []
     [clear_time] = result.clear_times
@@ -530,9 +340,9 @@ async def test_clear_drops_buffered_audio_and_echoes_pending_marks(gw: TelnyxGat
     assert result.unplayed_bytes == 0
 
 
-async def test_reordered_and_duplicated_media_reaches_the_gateway(gw: TelnyxGateway) -> None:
+async def test_reordered_and_duplicated_media_reaches_the_gateway(telnyx_gw: TelnyxGateway) -> None:
     result, call = await place_call(
-        gw,
+        telnyx_gw,
         speech=[Tone(440, 0.4)],
         linger_s=0.2,
         reorder_window=4,
@@ -562,11 +372,11 @@ async def test_reordered_and_duplicated_media_reaches_the_gateway(gw: TelnyxGate
 
 
 async def test_reordered_g722_put_back_in_order_is_the_in_order_encoding(
-    gw: TelnyxGateway,
+    telnyx_gw: TelnyxGateway,
 ) -> None:
-    gw.behaviour.codec = "G722"
+    telnyx_gw.behaviour.codec = "G722"
     result, call = await place_call(
-        gw,
+        telnyx_gw,
         speech=[Tone(300, 0.2)],
         linger_s=0.0,
         reorder_window=3,
@@ -583,7 +393,7 @@ async def test_reordered_g722_put_back_in_order_is_the_in_order_encoding(
 
 @pytest.mark.parametrize("sent", ["G722", "PCMU"])
 async def test_the_gateway_is_heard_only_in_the_bidirectional_codec(
-    gw: TelnyxGateway, sent: str
+    telnyx_gw: TelnyxGateway, sent: str
 ) -> None:
     """G722 asked of a PCMU call: Telnyx cannot transcode the caller to G722, so it streams
     PCMU (and says so in ``start``), but it reads the gateway's audio as G722. A gateway that
@@ -591,12 +401,14 @@ async def test_the_gateway_is_heard_only_in_the_bidirectional_codec(
     rate = RATES[sent]
     tone = analysis.sine_pcm16(700.0, 0.4, rate, dbfs=-12.0)
 
-    async def speak(call: ServerCall) -> None:
+    async def speak(call: TelnyxServerCall) -> None:
         await call.at(0.1)
         await call.media(encode(sent, tone))
 
-    gw.behaviour.codec, gw.behaviour.scenario = "G722", speak
-    result, call = await place_call(gw, speech=[Silence(0.2)], linger_s=0.7, call_codec="PCMU")
+    telnyx_gw.behaviour.codec, telnyx_gw.behaviour.scenario = "G722", speak
+    result, call = await place_call(
+        telnyx_gw, speech=[Silence(0.2)], linger_s=0.7, call_codec="PCMU"
+    )
     assert call is not None
     assert result.violations == []  # 160-byte frames either way: only the audio tells
     media_format = call.of("start")[0]["start"]["media_format"]
@@ -644,9 +456,9 @@ OUT = base64.b64encode(b"\x2a" * 160).decode()
     ],
 )
 async def test_misbehaving_gateway_is_caught_and_answered_with_error(
-    gw: TelnyxGateway, bad: object, kind: str, code: int
+    telnyx_gw: TelnyxGateway, bad: object, kind: str, code: int
 ) -> None:
-    async def misbehave(call: ServerCall) -> None:
+    async def misbehave(call: TelnyxServerCall) -> None:
         await call.at(0.05)
         assert call.ws is not None
         if isinstance(bad, bytes):
@@ -659,9 +471,9 @@ async def test_misbehaving_gateway_is_caught_and_answered_with_error(
         await call.at(0.25)
         await call.ws.close(code=1000, reason="done")
 
-    gw.behaviour.scenario = misbehave
+    telnyx_gw.behaviour.scenario = misbehave
     events: list[CallEvent] = []
-    result, call = await place_call(gw, linger_s=2.0, on_event=events.append)
+    result, call = await place_call(telnyx_gw, linger_s=2.0, on_event=events.append)
     assert call is not None
     assert kinds(result) == [kind]
     assert result.media_bytes_received == 0
@@ -675,12 +487,12 @@ async def test_misbehaving_gateway_is_caught_and_answered_with_error(
     assert [e.detail for e in events if e.kind == "error_sent"] == [str(code)]
 
 
-async def test_partial_frames_are_flagged_but_played(gw: TelnyxGateway) -> None:
-    async def thirty_ms(call: ServerCall) -> None:
+async def test_partial_frames_are_flagged_but_played(telnyx_gw: TelnyxGateway) -> None:
+    async def thirty_ms(call: TelnyxServerCall) -> None:
         await call.media(b"\x2a" * 240)
 
-    gw.behaviour.scenario = thirty_ms
-    result, call = await place_call(gw, linger_s=0.2)
+    telnyx_gw.behaviour.scenario = thirty_ms
+    result, call = await place_call(telnyx_gw, linger_s=0.2)
     assert call is not None
     assert kinds(result) == [Violation.MEDIA_PARTIAL_FRAME]
     assert "error" not in call.events()
@@ -688,10 +500,10 @@ async def test_partial_frames_are_flagged_but_played(gw: TelnyxGateway) -> None:
     assert np.count_nonzero(np.frombuffer(result.heard, dtype="<i2")) == 240
 
 
-async def test_mp3_mode_is_a_violation_and_the_call_goes_on(gw: TelnyxGateway) -> None:
-    gw.behaviour.mode = None
-    gw.behaviour.echo = True
-    result, call = await place_call(gw, speech=[Tone(500, 0.1)], linger_s=0.1)
+async def test_mp3_mode_is_a_violation_and_the_call_goes_on(telnyx_gw: TelnyxGateway) -> None:
+    telnyx_gw.behaviour.mode = None
+    telnyx_gw.behaviour.echo = True
+    result, call = await place_call(telnyx_gw, speech=[Tone(500, 0.1)], linger_s=0.1)
     assert call is not None
     assert kinds(result) == [Violation.BIDIRECTIONAL_MODE]
     assert "default mp3" in result.violations[0]
@@ -700,10 +512,10 @@ async def test_mp3_mode_is_a_violation_and_the_call_goes_on(gw: TelnyxGateway) -
 
 @pytest.mark.parametrize("signature", ["tampered", "stale", "missing"])
 async def test_a_gateway_refusing_a_bad_signature_gets_no_call(
-    gw: TelnyxGateway, signature: Literal["tampered", "stale", "missing"]
+    telnyx_gw: TelnyxGateway, signature: Literal["tampered", "stale", "missing"]
 ) -> None:
-    gw.behaviour.public_key = KEY.public_key()
-    result, call = await place_call(gw, signing_key=KEY, signature=signature)
+    telnyx_gw.behaviour.public_key = KEY.public_key()
+    result, call = await place_call(telnyx_gw, signing_key=KEY, signature=signature)
     assert call is not None
     assert (result.webhook_status, call.signatures_ok) == (403, [False])
     assert result.violations == []
@@ -713,23 +525,25 @@ async def test_a_gateway_refusing_a_bad_signature_gets_no_call(
     ]
 
 
-async def test_a_gateway_accepting_a_bad_signature_is_warned_about(gw: TelnyxGateway) -> None:
-    result, _ = await place_call(gw, signing_key=KEY, signature="tampered", linger_s=0.05)
+async def test_a_gateway_accepting_a_bad_signature_is_warned_about(
+    telnyx_gw: TelnyxGateway,
+) -> None:
+    result, _ = await place_call(telnyx_gw, signing_key=KEY, signature="tampered", linger_s=0.05)
     assert result.webhook_status == 200
     assert result.violations == []
     assert any("tampered signature" in w for w in result.warnings)
 
 
-async def test_a_valid_signature_refused_is_a_violation(gw: TelnyxGateway) -> None:
-    gw.behaviour.public_key = Ed25519PrivateKey.generate().public_key()  # another account's
-    result, _ = await place_call(gw, signing_key=KEY)
+async def test_a_valid_signature_refused_is_a_violation(telnyx_gw: TelnyxGateway) -> None:
+    telnyx_gw.behaviour.public_key = Ed25519PrivateKey.generate().public_key()  # another account's
+    result, _ = await place_call(telnyx_gw, signing_key=KEY)
     assert kinds(result) == [Violation.WEBHOOK_STATUS]
     assert result.started_at is None
 
 
 @pytest.mark.parametrize(("mode", "code"), [("stop", 1000), ("close", 1000), ("drop", 1005)])
-async def test_hangup_modes(gw: TelnyxGateway, mode: str, code: int) -> None:
-    result, call = await place_call(gw, linger_s=0.1, hangup=mode)
+async def test_hangup_modes(telnyx_gw: TelnyxGateway, mode: str, code: int) -> None:
+    result, call = await place_call(telnyx_gw, linger_s=0.1, hangup=mode)
     assert call is not None
     assert (result.violations, result.closed_by) == ([], "caller")
     assert ("stop" in call.events()) == (mode == "stop")
@@ -737,14 +551,14 @@ async def test_hangup_modes(gw: TelnyxGateway, mode: str, code: int) -> None:
 
 
 async def test_texml_call_hung_up_through_the_api(
-    gw: TelnyxGateway, api: TelnyxApiSimulator
+    telnyx_gw: TelnyxGateway, telnyx_api: TelnyxApiSimulator
 ) -> None:
-    async def hang_up(call: ServerCall) -> None:
+    async def hang_up(call: TelnyxServerCall) -> None:
         await call.at(0.15)
         assert await call.api("hangup") == 200
 
-    gw.behaviour.scenario = hang_up
-    result, call = await place_call(gw, linger_s=3.0, api=api)
+    telnyx_gw.behaviour.scenario = hang_up
+    result, call = await place_call(telnyx_gw, linger_s=3.0, api=telnyx_api)
     assert call is not None
     assert result.violations == []
     assert result.api_actions() == ["hangup"]
@@ -767,17 +581,17 @@ async def test_unreachable_gateway() -> None:
     assert asyncio.all_tasks() == {asyncio.current_task()}
 
 
-async def test_stream_that_cannot_be_opened(gw: TelnyxGateway) -> None:
+async def test_stream_that_cannot_be_opened(telnyx_gw: TelnyxGateway) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = f"ws://127.0.0.1:{s.getsockname()[1]}/telnyx/stream"
-        result = await TelnyxCaller(gw.url, stream_url=closed).run()
+        result = await TelnyxCaller(telnyx_gw.url, stream_url=closed).run()
     assert asyncio.all_tasks() == {asyncio.current_task()}
     assert kinds(result) == [Violation.STREAM_CONNECT_FAILED]
     assert (result.started_at, result.closed_by, result.stream_url) == (None, None, closed)
 
 
-async def test_broken_websocket_framing_is_caught(gw: TelnyxGateway) -> None:
+async def test_broken_websocket_framing_is_caught(telnyx_gw: TelnyxGateway) -> None:
     async def bad_utf8(ws: ServerConnection) -> None:
         await ws.recv()  # connected
         ws.transport.write(b"\x81\x02\xff\xfe")  # a text frame that is not UTF-8
@@ -786,7 +600,7 @@ async def test_broken_websocket_framing_is_caught(gw: TelnyxGateway) -> None:
 
     async with serve(bad_utf8, "127.0.0.1", 0) as ws_server:
         port = ws_server.sockets[0].getsockname()[1]
-        caller = TelnyxCaller(gw.url, linger_s=1.0, stream_url=f"ws://127.0.0.1:{port}")
+        caller = TelnyxCaller(telnyx_gw.url, linger_s=1.0, stream_url=f"ws://127.0.0.1:{port}")
         result = await caller.run()
     assert asyncio.all_tasks() == {asyncio.current_task()}
     assert kinds(result) == [Violation.WEBSOCKET_PROTOCOL]
@@ -802,21 +616,21 @@ def cc(api: TelnyxApiSimulator, **options: Any) -> dict[str, Any]:
 
 
 async def test_call_control_dance_with_a_gateway_hangup(
-    gw: TelnyxGateway, api: TelnyxApiSimulator
+    telnyx_gw: TelnyxGateway, telnyx_api: TelnyxApiSimulator
 ) -> None:
-    async def talk_and_hang_up(call: ServerCall) -> None:
+    async def talk_and_hang_up(call: TelnyxServerCall) -> None:
         await call.at(0.1)
         await call.media(encode("L16", analysis.sine_pcm16(6000, 0.1, 16000, dbfs=-12.0)))
         await call.mark("bye")
         await call.at(0.4)
         assert await call.api("hangup") == 200
 
-    b = gw.behaviour
+    b = telnyx_gw.behaviour
     b.codec, b.inbound, b.public_key = "L16", "PCMU", KEY.public_key()  # PCMU in, L16 back
     b.scenario, b.hangup_after_close = talk_and_hang_up, False
     events: list[CallEvent] = []
     result, call = await place_call(
-        gw, **cc(api, speech=[Tone(440, 0.2)], linger_s=3.0, on_event=events.append)
+        telnyx_gw, **cc(telnyx_api, speech=[Tone(440, 0.2)], linger_s=3.0, on_event=events.append)
     )
     assert call is not None
     assert result.violations == [], result.violations
@@ -847,7 +661,7 @@ async def test_call_control_dance_with_a_gateway_hangup(
     assert event["meta"] == {"attempt": 1, "delivered_to": result.webhook_url}
     assert call.webhook("call.answered")["client_state"] == B64_ANSWERED
     assert call.webhook("call.answered")["state"] == "answered"
-    assert call.webhook("streaming.started")["stream_url"] == gw.stream_url
+    assert call.webhook("streaming.started")["stream_url"] == telnyx_gw.stream_url
     hangup = call.webhook("call.hangup")
     assert (hangup["hangup_source"], hangup["hangup_cause"]) == ("callee", "normal_clearing")
     assert hangup["client_state"] == B64_STREAMING
@@ -874,9 +688,9 @@ async def test_call_control_dance_with_a_gateway_hangup(
 
 
 async def test_caller_hangs_up_and_a_late_gateway_hangup_gets_90018(
-    gw: TelnyxGateway, api: TelnyxApiSimulator
+    telnyx_gw: TelnyxGateway, telnyx_api: TelnyxApiSimulator
 ) -> None:
-    result, call = await place_call(gw, **cc(api, linger_s=0.15))
+    result, call = await place_call(telnyx_gw, **cc(telnyx_api, linger_s=0.15))
     assert call is not None
     assert result.violations == []
     assert result.closed_by == "caller"
@@ -889,19 +703,25 @@ async def test_caller_hangs_up_and_a_late_gateway_hangup_gets_90018(
 
 @pytest.mark.parametrize("codec", ["G722", "L16"])
 async def test_stream_requested_on_answer(
-    gw: TelnyxGateway, api: TelnyxApiSimulator, tmp_path: Path, codec: str
+    telnyx_gw: TelnyxGateway, telnyx_api: TelnyxApiSimulator, tmp_path: Path, codec: str
 ) -> None:
-    gw.behaviour.stream = "on_answer"
-    gw.behaviour.codec = codec
-    gw.behaviour.echo = True
+    telnyx_gw.behaviour.stream = "on_answer"
+    telnyx_gw.behaviour.codec = codec
+    telnyx_gw.behaviour.echo = True
     result, call = await place_call(
-        gw,
-        **cc(api, speech=[Tone(6500, 0.2)], linger_s=0.2, g722_start_rate=16000, call_codec=codec),
+        telnyx_gw,
+        **cc(
+            telnyx_api,
+            speech=[Tone(6500, 0.2)],
+            linger_s=0.2,
+            g722_start_rate=16000,
+            call_codec=codec,
+        ),
     )
     assert call is not None
     assert result.violations == []
     assert result.api_actions() == ["answer", "hangup"]
-    assert call.webhook("call.answered")["stream_url"] == gw.stream_url
+    assert call.webhook("call.answered")["stream_url"] == telnyx_gw.stream_url
     assert result.bidirectional_codec == codec
     media_format = call.of("start")[0]["start"]["media_format"]
     assert media_format == {"encoding": codec, "sample_rate": 16000, "channels": 1}
@@ -915,10 +735,10 @@ async def test_stream_requested_on_answer(
 
 
 async def test_streaming_before_answer_is_refused(
-    gw: TelnyxGateway, api: TelnyxApiSimulator
+    telnyx_gw: TelnyxGateway, telnyx_api: TelnyxApiSimulator
 ) -> None:
-    gw.behaviour.stream = "before_answer"
-    result, call = await place_call(gw, **cc(api, linger_s=0.1))
+    telnyx_gw.behaviour.stream = "before_answer"
+    result, call = await place_call(telnyx_gw, **cc(telnyx_api, linger_s=0.1))
     assert call is not None
     assert kinds(result) == [Violation.CALL_CONTROL_ORDER]
     assert result.api_actions() == ["streaming_start", "answer", "streaming_start", "hangup"]
@@ -926,9 +746,11 @@ async def test_streaming_before_answer_is_refused(
     assert result.closed_by == "caller"  # the second attempt streamed
 
 
-async def test_a_gateway_that_never_answers(gw: TelnyxGateway, api: TelnyxApiSimulator) -> None:
-    gw.behaviour.answer = False
-    result, call = await place_call(gw, **cc(api, command_timeout_s=0.2))
+async def test_a_gateway_that_never_answers(
+    telnyx_gw: TelnyxGateway, telnyx_api: TelnyxApiSimulator
+) -> None:
+    telnyx_gw.behaviour.answer = False
+    result, call = await place_call(telnyx_gw, **cc(telnyx_api, command_timeout_s=0.2))
     assert call is not None
     assert kinds(result) == [Violation.CALL_CONTROL_MISSING]
     assert "no answer within 0.2 s of call.initiated" in result.violations[0]
@@ -937,9 +759,11 @@ async def test_a_gateway_that_never_answers(gw: TelnyxGateway, api: TelnyxApiSim
     assert (hangup["hangup_source"], hangup["hangup_cause"]) == ("caller", "originator_cancel")
 
 
-async def test_a_gateway_that_never_streams(gw: TelnyxGateway, api: TelnyxApiSimulator) -> None:
-    gw.behaviour.stream = "never"
-    result, call = await place_call(gw, **cc(api, command_timeout_s=0.2))
+async def test_a_gateway_that_never_streams(
+    telnyx_gw: TelnyxGateway, telnyx_api: TelnyxApiSimulator
+) -> None:
+    telnyx_gw.behaviour.stream = "never"
+    result, call = await place_call(telnyx_gw, **cc(telnyx_api, command_timeout_s=0.2))
     assert call is not None
     assert kinds(result) == [Violation.CALL_CONTROL_MISSING]
     assert "no streaming_start within 0.2 s of call.answered" in result.violations[0]
@@ -947,15 +771,15 @@ async def test_a_gateway_that_never_streams(gw: TelnyxGateway, api: TelnyxApiSim
 
 
 async def test_closing_the_stream_without_hanging_up_leaves_the_call_up(
-    gw: TelnyxGateway, api: TelnyxApiSimulator
+    telnyx_gw: TelnyxGateway, telnyx_api: TelnyxApiSimulator
 ) -> None:
-    async def close(call: ServerCall) -> None:
+    async def close(call: TelnyxServerCall) -> None:
         await call.at(0.1)
         assert call.ws is not None
         await call.ws.close()
 
-    gw.behaviour.scenario, gw.behaviour.hangup_after_close = close, False
-    result, call = await place_call(gw, **cc(api, linger_s=2.0, hangup_grace_s=0.2))
+    telnyx_gw.behaviour.scenario, telnyx_gw.behaviour.hangup_after_close = close, False
+    result, call = await place_call(telnyx_gw, **cc(telnyx_api, linger_s=2.0, hangup_grace_s=0.2))
     assert call is not None
     assert kinds(result) == [Violation.CALL_LEFT_UP]
     assert result.closed_by == "gateway"
@@ -963,31 +787,33 @@ async def test_closing_the_stream_without_hanging_up_leaves_the_call_up(
 
 
 async def test_closing_the_stream_then_hanging_up_is_fine(
-    gw: TelnyxGateway, api: TelnyxApiSimulator
+    telnyx_gw: TelnyxGateway, telnyx_api: TelnyxApiSimulator
 ) -> None:
-    async def close(call: ServerCall) -> None:
+    async def close(call: TelnyxServerCall) -> None:
         await call.at(0.1)
         assert call.ws is not None
         await call.ws.close()
 
-    gw.behaviour.scenario = close  # the handler then POSTs hangup
-    result, call = await place_call(gw, **cc(api, linger_s=2.0))
+    telnyx_gw.behaviour.scenario = close  # the handler then POSTs hangup
+    result, call = await place_call(telnyx_gw, **cc(telnyx_api, linger_s=2.0))
     assert call is not None
     assert result.violations == []
     assert result.api_actions() == ["answer", "streaming_start", "hangup"]
     assert call.webhook("call.hangup")["hangup_source"] == "callee"
 
 
-async def test_a_wrong_api_key_is_refused(gw: TelnyxGateway, api: TelnyxApiSimulator) -> None:
-    gw.behaviour.api_key = "KEYwrong"
-    result, call = await place_call(gw, **cc(api, command_timeout_s=0.2))
+async def test_a_wrong_api_key_is_refused(
+    telnyx_gw: TelnyxGateway, telnyx_api: TelnyxApiSimulator
+) -> None:
+    telnyx_gw.behaviour.api_key = "KEYwrong"
+    result, call = await place_call(telnyx_gw, **cc(telnyx_api, command_timeout_s=0.2))
     assert call is not None
     assert kinds(result) == [Violation.API_UNAUTHORIZED, Violation.CALL_CONTROL_MISSING]
     assert call.api_answers[0][1] == 401
 
 
 async def test_cancelling_a_call_closes_everything(
-    gw: TelnyxGateway, api: TelnyxApiSimulator
+    telnyx_gw: TelnyxGateway, telnyx_api: TelnyxApiSimulator
 ) -> None:
     started = asyncio.Event()
 
@@ -995,7 +821,7 @@ async def test_cancelling_a_call_closes_everything(
         if event.kind == "started":
             started.set()
 
-    caller = TelnyxCaller(gw.url, **cc(api, linger_s=5.0, on_event=on_event))
+    caller = TelnyxCaller(telnyx_gw.url, **cc(telnyx_api, linger_s=5.0, on_event=on_event))
     run = asyncio.create_task(caller.run())
     await asyncio.wait_for(started.wait(), 5)
     await asyncio.sleep(0.1)
@@ -1003,11 +829,8 @@ async def test_cancelling_a_call_closes_everything(
     with pytest.raises(asyncio.CancelledError):
         await run
     assert asyncio.all_tasks() == {asyncio.current_task()}
-    call = gw.calls[-1]
-    for _ in range(300):
-        if call.done.is_set():
-            break
-        await asyncio.sleep(0.01)
+    call = telnyx_gw.calls[-1]
+    await until(call.done.is_set, within_s=3.0)
     assert call.disconnect_code is not None  # the socket was torn down, not leaked
     assert call.api_answers[-1][1] == 422  # the API knows the call is over (90018)
 
@@ -1030,8 +853,8 @@ def test_constructor_rejects_bad_options() -> None:
     TelnyxCaller("http://x", speech=[Tone(5000, 0.1)], dtmf=[(0.0, "A")])
 
 
-async def test_speech_that_cannot_exist_on_the_negotiated_codec(gw: TelnyxGateway) -> None:
-    caller = TelnyxCaller(gw.url, speech=[Tone(5000, 0.1)])  # the gateway asks for PCMU
+async def test_speech_that_cannot_exist_on_the_negotiated_codec(telnyx_gw: TelnyxGateway) -> None:
+    caller = TelnyxCaller(telnyx_gw.url, speech=[Tone(5000, 0.1)])  # the gateway asks for PCMU
     with pytest.raises(ValueError, match=r"tone frequency must be in \(0, 4000\) Hz"):
         await caller.run()
     assert asyncio.all_tasks() == {asyncio.current_task()}

@@ -11,7 +11,6 @@ arrived, because several codecs (G.722 is stateful ADPCM) cannot be compared byt
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -77,8 +76,6 @@ class TimingStats:
     """How late a real-time loop ran against its absolute schedule, in milliseconds."""
 
     samples: int = 0
-    mean_ms: float = 0.0
-    p99_ms: float = 0.0
     max_ms: float = 0.0
 
     @classmethod
@@ -86,14 +83,7 @@ class TimingStats:
         """Summarize per-iteration lateness values (seconds)."""
         if not lateness_s:
             return cls()
-        ordered = sorted(lateness_s)
-        p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
-        return cls(
-            samples=len(ordered),
-            mean_ms=1000 * sum(ordered) / len(ordered),
-            p99_ms=1000 * p99,
-            max_ms=1000 * ordered[-1],
-        )
+        return cls(samples=len(lateness_s), max_ms=1000 * max(lateness_s))
 
 
 @dataclass(frozen=True)
@@ -103,7 +93,6 @@ class WebhookDelivery:
     time: float
     event: str  # "texml" for the TeXML fetch, else the Call Control event_type
     status: int | None  # None: no HTTP answer
-    latency_s: float
     signature: str  # how it was signed: valid | tampered | stale | missing
 
 
@@ -139,7 +128,6 @@ class CallResult:
     account_sid: str  # Telnyx: the user_id (TeXML's AccountSid)
     stream_sid: str  # Telnyx: the stream_id
     webhook_status: int | None = None
-    webhook_latency_s: float | None = None
     twiml: str = ""  # the webhook answer (Telnyx: TeXML)
     twiml_stream_url: str | None = None  # the <Stream url> as the carrier would use it
     stream_url: str | None = None  # the URL actually connected to (may be an override)
@@ -231,7 +219,8 @@ class CallResult:
         write_wav(path, self.heard_pcm(), self.heard_rate)
 
     def violation_kinds(self) -> list[str]:
-        """The kind of each violation (a ``twilio_peer.Violation`` or ``telnyx_peer`` value)."""
+        """The kind of each violation (a ``callsim.twilio.peer.Violation``
+        or ``callsim.telnyx.peer.Violation`` value)."""
         return [violation_kind(v) for v in self.violations]
 
     def raise_for_violations(self) -> None:

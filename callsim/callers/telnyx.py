@@ -416,10 +416,9 @@ class TelnyxCaller(StreamCaller):
             self._violation(format_violation(Violation.WEBHOOK_FAILED, detail))
             response = None
         status = None if response is None else response.status_code
-        latency = time.monotonic() - sent_at
-        res.webhooks.append(WebhookDelivery(sent_at, event, status, latency, mode))
+        res.webhooks.append(WebhookDelivery(sent_at, event, status, mode))
         if not res.webhooks[:-1]:
-            res.webhook_status, res.webhook_latency_s = status, latency
+            res.webhook_status = status
         self._emit("webhook", detail=f"{event} {status}")
         if self._key is not None and mode != "valid" and status is not None and status < 300:
             warning = (

@@ -518,7 +518,6 @@ class TwilioCaller(StreamCaller):
         if self._auth_token is not None:
             signed_url = self._signature_url or res.webhook_url
             headers["X-Twilio-Signature"] = twilio_signature(self._auth_token, signed_url, form)
-        sent_at = time.monotonic()
         async with httpx.AsyncClient(
             timeout=self._webhook_timeout,
             trust_env=self._use_env_proxy,
@@ -530,7 +529,6 @@ class TwilioCaller(StreamCaller):
                 detail = f"POST {res.webhook_url}: {type(exc).__name__}: {exc} (11200)"
                 self._violation(format_violation(Violation.WEBHOOK_FAILED, detail))
                 return None
-        res.webhook_latency_s = time.monotonic() - sent_at
         res.webhook_status = response.status_code
         res.twiml = response.text
         check = check_twiml(

@@ -1,5 +1,6 @@
-"""Audio for the Live simulator: the tone it speaks, the energy VAD it listens with, and a pitch
-estimator tests use to tell voices apart. Pure functions and a small state machine; no I/O.
+"""Audio for the Live simulator: the tone it speaks and the energy VAD it listens with. Pure
+functions and a small state machine; no I/O (tests measure pitch and level with
+``gateway.audio.analysis``).
 
 All audio is mono PCM16 little-endian, the format of the Gemini Live API (16 kHz in, 24 kHz out).
 """
@@ -11,7 +12,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from gateway.audio.g711 import pcm16_rms
 
@@ -53,46 +53,6 @@ def split_chunks(pcm: bytes, chunk_bytes: int) -> list[bytes]:
     if chunk_bytes <= 0 or chunk_bytes % 2:
         raise ValueError("chunk_bytes must be a positive even number")
     return [pcm[i : i + chunk_bytes] for i in range(0, len(pcm), chunk_bytes)]
-
-
-def pcm_seconds(pcm: bytes | bytearray, rate: int) -> float:
-    """Duration of PCM16 mono audio."""
-    return len(pcm) / 2 / rate
-
-
-def _samples(pcm: bytes | bytearray) -> npt.NDArray[np.float64]:
-    usable = len(pcm) - len(pcm) % 2
-    return np.frombuffer(bytes(pcm[:usable]), dtype="<i2").astype(np.float64)
-
-
-def level_dbfs(pcm: bytes | bytearray) -> float:
-    """RMS level in dBFS (-inf for digital silence or no samples)."""
-    samples = _samples(pcm)
-    if samples.size == 0:
-        return -math.inf
-    rms = float(np.sqrt(np.mean(samples * samples)))
-    return 20 * math.log10(rms / _FULL_SCALE) if rms > 0 else -math.inf
-
-
-def dominant_frequency_hz(pcm: bytes | bytearray, rate: int) -> float:
-    """Frequency of the strongest spectral peak (Hann window, parabolic interpolation).
-
-    Accurate to well under 1 Hz for a steady tone of 0.1 s or more; 0.0 for silence.
-    """
-    samples = _samples(pcm)
-    if samples.size < 16 or not np.any(samples):
-        return 0.0
-    samples = (samples - samples.mean()) * np.hanning(samples.size)
-    spectrum = np.abs(np.fft.rfft(samples))
-    spectrum[0] = 0.0
-    peak = int(np.argmax(spectrum))
-    offset = 0.0
-    if 0 < peak < spectrum.size - 1:
-        left, centre, right = np.log(spectrum[peak - 1 : peak + 2] + 1e-12)
-        denominator = left - 2 * centre + right
-        if denominator != 0:
-            offset = 0.5 * (left - right) / denominator
-    return float((peak + offset) * rate / samples.size)
 
 
 @dataclass(frozen=True)

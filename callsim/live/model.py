@@ -20,7 +20,7 @@ connection then closes with 1011) instead of dying unseen.
 
 Resumption state. Client messages are numbered per connection from 0 (the setup). Every handle
 captures the session as it is when issued, minus the effects of client messages after the
-handle's *last consumed* message (see ``live_sessions``: a resume restores exactly that). A
+handle's *last consumed* message (see ``callsim.live.sessions``: a resume restores exactly that). A
 message is consumed once it and every message before it have had their full effect: text,
 ``clientContent``, tool responses and context updates when handled; caller audio once the VAD
 has decided on it (silence, a click too short to be speech, or an utterance that has ended and

@@ -4,7 +4,7 @@ websocket connection and one :class:`SessionRecord` per logical (resumable) sess
 A session's history keeps every event, including those a resume rolled back: such entries are
 flagged ``lost`` and left out of everything the simulated model knows (:meth:`SessionRecord.known`,
 ``texts``, ``heard_by``, ``caller_turns_answered``, ``utterances_heard``). Each resumption handle
-maps to a :class:`HandlePoint`, the state it restores (see ``live_sessions``).
+maps to a :class:`HandlePoint`, the state it restores (see ``callsim.live.sessions``).
 
 Records hold the API key (tests assert on it) but keep it, and the received audio, out of
 ``repr`` and out of :meth:`ConnectionRecord.summary`, which the HTTP control route serves.
@@ -90,17 +90,12 @@ class SessionRecord:
     id: int
     model: str
     resumable: bool
-    created_at: float
     connection_indexes: list[int] = field(default_factory=list)
     handles: list[str] = field(default_factory=list)
     history: list[HistoryEntry] = field(default_factory=list)
     #: Caller utterances the session knows of (restored to the handle's count on a resume).
     caller_utterances: int = 0
     points: dict[str, HandlePoint] = field(default_factory=dict, repr=False)
-
-    @property
-    def last_handle(self) -> str | None:
-        return self.handles[-1] if self.handles else None
 
     @property
     def known(self) -> list[HistoryEntry]:

@@ -10,8 +10,8 @@ Use it as an async context manager::
         ...
         assert sim.connections[0].voice == "Kore"
 
-What happens on a connection (see ``live_model`` for the turn sequence and ``script`` for what
-the model says):
+What happens on a connection (see ``callsim.live.model`` for the turn sequence and
+``callsim.live.script`` for what the model says):
 
 * handshake: the path must be the Live endpoint (else HTTP 404) and carry a key (else 401);
 * the first message must be a ``setup`` with a ``model`` (else close 1007), answered by
@@ -20,22 +20,23 @@ the model says):
 * then caller audio, text and tool responses drive the simulated model until either side closes.
   A malformed or unknown message closes that connection with 1007 and a reason; the server goes on.
 
-Resumption is as unforgiving as the real service's (``live_sessions``, ``live_model``): a handle
-restores the session **as of that handle**. Caller audio, text and tool responses the client sent
-after the newest handle, and what the model said after it, are not in the resumed session (they
-stay in ``SessionRecord.history`` flagged ``lost``; ``ConnectionRecord.rolled_back`` counts them).
-A client that must not lose them buffers what it sent since the newest handle and replays it.
-With ``sessionResumption.transparent: true`` in the setup (Vertex AI only; the SDK refuses it for
-the Developer API) every new handle carries ``lastConsumedClientMessageIndex``: client messages
-are numbered per connection from 0 (the setup), and the index names the last message whose effect
-is in the handle's state (our assumption; see ``live_model``). A ``toolResponse`` for a call
-issued on an earlier connection is ignored and recorded in ``stray_tool_responses``. Every
-connection records its client messages (``client_messages``: index and kind) and the handles
-issued on it with their last consumed index (``handles_issued``).
+Resumption is as unforgiving as the real service's (``callsim.live.sessions``,
+``callsim.live.model``): a handle restores the session **as of that handle**. Caller audio, text
+and tool responses the client sent after the newest handle, and what the model said after it, are
+not in the resumed session (they stay in ``SessionRecord.history`` flagged ``lost``;
+``ConnectionRecord.rolled_back`` counts them). A client that must not lose them buffers what it
+sent since the newest handle and replays it. With ``sessionResumption.transparent: true`` in the
+setup (Vertex AI only; the SDK refuses it for the Developer API) every new handle carries
+``lastConsumedClientMessageIndex``: client messages are numbered per connection from 0 (the setup),
+and the index names the last message whose effect is in the handle's state (our assumption; see
+``callsim.live.model``). A ``toolResponse`` for a call issued on an earlier connection is ignored
+and recorded in ``stray_tool_responses``. Every connection records its client messages
+(``client_messages``: index and kind) and the handles issued on it with their last consumed index
+(``handles_issued``).
 
 Fault hooks (:meth:`LiveSimulator.close`, :meth:`~LiveSimulator.go_away`,
 :meth:`~LiveSimulator.inject`, :meth:`~LiveSimulator.fail_next_connects`,
-:meth:`~LiveSimulator.forget_handles`) are also served over HTTP (``live_control``).
+:meth:`~LiveSimulator.forget_handles`) are also served over HTTP (``callsim.live.control``).
 """
 
 from __future__ import annotations

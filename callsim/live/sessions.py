@@ -28,7 +28,6 @@ or anything at all with the open-connection check turned off) is recorded as los
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable
 
 from callsim.live import protocol as proto
@@ -61,7 +60,6 @@ class SessionRegistry:
                 id=next(self._ids),
                 model=setup.model,
                 resumable=setup.resumption_requested,
-                created_at=time.monotonic(),
             )
             self.sessions[session.id] = session
         else:
