@@ -17,7 +17,7 @@ import uvicorn
 
 from gateway.agents import AgentGraph
 from gateway.app import create_app
-from gateway.bridge import CallObserver
+from gateway.call.bridge import CallObserver
 from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.telnyx_signature import load_public_key
 from gateway.carriers.twilio_api import TwilioRest

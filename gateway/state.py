@@ -21,7 +21,7 @@ from starlette.datastructures import FormData
 from starlette.requests import ClientDisconnect
 
 from gateway.agents import AgentGraph, Fallback
-from gateway.bridge import BridgeOptions, CallBridge, CallObserver, LiveSessionFactory
+from gateway.call.bridge import BridgeOptions, CallBridge, CallObserver, LiveSessionFactory
 from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.twilio_api import TwilioRest
 from gateway.metrics import Metrics

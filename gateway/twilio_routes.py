@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response
 
 from gateway.agents import BUSY, Fallback
-from gateway.bridge import CallHooks
+from gateway.call.bridge import CallHooks
 from gateway.carriers.base import StreamStarted, is_carrier_id
 from gateway.carriers.twilio import (
     TwilioCodec,

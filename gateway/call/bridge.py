@@ -30,17 +30,7 @@ from gateway.agents import BUSY, Agent, AgentGraph, Fallback, Stage
 from gateway.aio import cancel_and_wait
 from gateway.audio.budget import RealTimeBudget
 from gateway.audio.transcode import FRAME_MS, Downlink, Uplink, downlink_for, uplink_for
-from gateway.carriers.base import (
-    AudioReceived,
-    CarrierCodec,
-    CarrierReportedError,
-    DtmfReceived,
-    MarkPlayed,
-    ProtocolError,
-    StreamStarted,
-    StreamStopped,
-)
-from gateway.handoff import (
+from gateway.call.handoff import (
     HANDOFF_ACCEPTED,
     context_turns,
     dtmf_note,
@@ -50,6 +40,18 @@ from gateway.handoff import (
     recap_turns,
     takeover_prompt,
     user_turn,
+)
+from gateway.call.playout import Playout
+from gateway.call.transcript import Entry, Transcript
+from gateway.carriers.base import (
+    AudioReceived,
+    CarrierCodec,
+    CarrierReportedError,
+    DtmfReceived,
+    MarkPlayed,
+    ProtocolError,
+    StreamStarted,
+    StreamStopped,
 )
 from gateway.live.config import HANDOFF_TOOL, AgentPersona
 from gateway.live.events import (
@@ -67,8 +69,6 @@ from gateway.live.events import (
 )
 from gateway.live.session import Conversation, LiveConnectError, LiveSession
 from gateway.metrics import Metrics
-from gateway.playout import Playout
-from gateway.transcript import Entry, Transcript
 
 #: After this many messages handled without suspending, a loop yields to the others. A queue
 #: with messages waiting never suspends its reader, so after a stall one call's backlog could
