@@ -1,51 +1,55 @@
 """CallBridge: one phone call, from the carrier's ``start`` to the teardown of both sides.
 
-Five tasks run per call, all owned here and all cancelled and awaited when any one ends:
+Five tasks run per call, all created here and all cancelled and awaited when any one ends:
 
 - the *caller loop* reads the carrier socket: caller audio goes up to Gemini (transcoded), marks
   and DTMF are handled, ``stop`` or a closed socket ends the call;
-- the *model loop* reads Gemini's events: speech goes down to the playout queue, barge-in
-  clears it, transcripts are kept, and a ``handoff_conversation`` call moves the conversation
-  to the next agent on a new connection;
+- the *model loop* reads the model session's events: speech goes down to the playout queue,
+  barge-in clears it, transcripts are kept, and a ``handoff_conversation`` call moves the
+  conversation to the next agent on a new connection;
 - the *playout* paces audio to the carrier and is the socket's only writer;
 - the *watchdog* ends a call nobody is on (idle) or one past its duration limit;
 - the *end request* waits for the server to ask for the end (drain).
 
+(The Live session runs its own reader task per connection; :meth:`ModelSession.close` ends it.)
+
 Whatever ends the call — the caller hanging up, Gemini ending for good, a protocol error —
-the ``finally`` in :meth:`CallBridge.run` closes the Live session and the carrier socket.
+the ``finally`` in :meth:`CallBridge.run` closes the model session and the carrier socket.
+
+The bridge owns the call's lifecycle and its tasks; the rest is delegated, one module each:
+events and the personal-data rule (:mod:`~gateway.call.emitter`), tallies and metrics
+(:mod:`~gateway.call.stats`), tool calls (:mod:`~gateway.call.tools`), what a new connection
+is told (:mod:`~gateway.call.conversation`), the deployment's decisions
+(:mod:`~gateway.call.hooks`) and the model behind :class:`~gateway.call.model_session.ModelSession`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
-from google.genai import types
 
 from gateway.agents import BUSY, Agent, AgentGraph, Fallback, Stage
 from gateway.aio import cancel_and_wait
 from gateway.audio.budget import RealTimeBudget
 from gateway.audio.transcode import FRAME_MS, Downlink, Uplink, downlink_for, uplink_for
-from gateway.call.handoff import (
-    HANDOFF_ACCEPTED,
-    context_turns,
-    dtmf_note,
-    greeting_turns,
-    handoff_rejected,
-    history_turns,
-    recap_turns,
-    takeover_prompt,
-    user_turn,
-)
+from gateway.call.conversation import CallConversation
+from gateway.call.emitter import CallEvents, CallObserver
+from gateway.call.handoff import dtmf_note
+from gateway.call.hooks import CallHooks, Refusal
+from gateway.call.model_session import LiveSessionFactory, ModelSession
 from gateway.call.playout import Playout
-from gateway.call.transcript import Entry, Transcript
+from gateway.call.stats import CALLER_ENDED, MODEL_FAILED, CallStats
+from gateway.call.tools import HandoffRequest, answer_tool_call
+from gateway.call.transcript import Transcript
 from gateway.carriers.base import (
     AudioReceived,
     CarrierCodec,
+    CarrierEvent,
     CarrierReportedError,
     DtmfReceived,
     MarkPlayed,
@@ -53,7 +57,7 @@ from gateway.carriers.base import (
     StreamStarted,
     StreamStopped,
 )
-from gateway.live.config import HANDOFF_TOOL, AgentPersona
+from gateway.live.config import AgentPersona
 from gateway.live.events import (
     AgentTranscript,
     AudioOut,
@@ -67,40 +71,28 @@ from gateway.live.events import (
     ToolCallCancelled,
     TurnComplete,
 )
-from gateway.live.session import Conversation, LiveConnectError, LiveSession
+from gateway.live.session import LiveConnectError
 from gateway.metrics import Metrics
+
+__all__ = [
+    "FAIRNESS_EVERY",
+    "BridgeOptions",
+    "CallBridge",
+    "CallHooks",
+    "CallObserver",
+    "CarrierSocket",
+    "LiveSessionFactory",
+    "ModelSession",
+    "Refusal",
+]
 
 #: After this many messages handled without suspending, a loop yields to the others. A queue
 #: with messages waiting never suspends its reader, so after a stall one call's backlog could
 #: otherwise hold the event loop for 100 ms and more (measured), starving every other call.
 FAIRNESS_EVERY = 16
 
-#: End reasons where the caller is already gone, so there is nothing to hang up.
-CALLER_ENDED = frozenset({"caller_hung_up", "caller_disconnected"})
-#: End reasons where Gemini is gone for good: the active agent's fallback runs.
-MODEL_FAILED = frozenset({"model_ended", "model_unavailable"})
-
-
-def outcome(end_reason: str) -> str:
-    """The ``gateway_calls_total{outcome}`` label for an end reason (a small, fixed set)."""
-    if end_reason in CALLER_ENDED:
-        return "completed"
-    if end_reason in MODEL_FAILED:
-        return "model_failed"
-    if end_reason in (
-        "idle_timeout", "max_duration", "drained", "unauthorized", "protocol_error",
-        "rejected_capacity",
-    ):  # fmt: skip
-        return end_reason
-    if end_reason in ("no_start", "caller_disconnected_before_start"):
-        return "abandoned"
-    return "error"
-
-
-#: Receives every call event (also logged); the demo prints them, tests assert on them.
-CallObserver = Callable[[str, Mapping[str, Any]], None]
-#: Builds the call's Live session: the call's logger and what seeds a new connection.
-LiveSessionFactory = Callable[[structlog.stdlib.BoundLogger, Conversation], LiveSession]
+#: Handles one kind of event; returns the end reason if the event ends the call.
+_Handler = Callable[[Any], Awaitable[str | None]]
 
 
 class CarrierSocket(Protocol):
@@ -133,50 +125,8 @@ class BridgeOptions:
     log_transcripts: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """Why a stream's ``start`` does not make it a call."""
-
-    #: The ``gateway_calls_total`` outcome: ``unauthorized`` or ``rejected_capacity``.
-    outcome: str
-    #: For the log.
-    reason: str
-    #: The ``gateway_errors_total`` kind an unauthorized stream counts as.
-    error_kind: str = "stream_auth"
-
-
-def _admit_all(_: StreamStarted) -> Refusal | None:
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class CallHooks:
-    """Decisions that belong to the deployment and the carrier, not to the bridge."""
-
-    #: Decides, before Gemini is dialled, whether the started stream becomes a call: None to
-    #: bridge it (the hook has then counted it as a call), else why not.
-    admit: Callable[[StreamStarted], Refusal | None] = _admit_all
-    #: Ends the phone call when the gateway ends it and closing the stream alone would not.
-    hang_up: Callable[[str], Awaitable[None]] | None = None
-    #: Gives the caller a fallback (the active agent's when Gemini is gone for good, the busy
-    #: message when there is no room) through the carrier's API; True if that also took care
-    #: of ending the call (so ``hang_up`` must not cut it short), False if it could not.
-    fallback: Callable[[StreamStarted, Fallback], Awaitable[bool]] | None = None
-
-
-@dataclass(slots=True)
-class CallStats:
-    bad_messages: int = 0
-    frames_in: int = 0
-    #: Whether caller audio ever ran ahead of real time (and some was dropped).
-    audio_ahead: bool = False
-    handoffs: int = 0
-    reconnects: int = 0
-    barge_ins: int = 0
-
-
 class CallBridge:
-    """Wires one carrier stream to one Gemini Live conversation."""
+    """Wires one carrier stream to one model conversation."""
 
     def __init__(
         self,
@@ -194,34 +144,39 @@ class CallBridge:
         self.codec = codec
         self.graph = graph
         self.options = options or BridgeOptions()
-        self.observers = observers
-        self.stats = CallStats()
+        self.stats = CallStats(metrics)
         self.transcript = Transcript()
         self.end_reason = "not started"
         self.stage: Stage = graph.first_stage
         self.agent: Agent = graph.agent(self.stage.agent_id)
         self.call_id = ""
+        self.events = CallEvents(
+            structlog.get_logger("gateway.call").bind(carrier=codec.carrier),
+            observers,
+            agent_id=self.agent.id,
+            log_transcripts=self.options.log_transcripts,
+        )
         self._started: StreamStarted | None = None
         self._budget: RealTimeBudget | None = None
-        self.log: structlog.stdlib.BoundLogger = structlog.get_logger("gateway.call").bind(
-            carrier=codec.carrier
-        )
         self._new_live_session = new_live_session
         self._hooks = hooks or CallHooks()
-        self._metrics = metrics
-        self._frames_in = metrics.audio_frames.labels("in") if metrics else None
-        self._frames_out = metrics.audio_frames.labels("out") if metrics else None
         self._end_requested: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._begun_at: float | None = None
         self._last_activity = time.monotonic()
         #: When the current cue for an agent turn happened (connect, caller speech, handoff).
         self._cue_at: float | None = None
-        self._live: LiveSession | None = None
+        self._live: ModelSession | None = None
+        self._conversation = CallConversation(self.transcript, self.events, lambda: self.agent)
         self._uplink: Uplink | None = None
         self._downlink: Downlink | None = None
         self._playout: Playout | None = None
         self._turns = 0
         self._speaking = False
+
+    @property
+    def log(self) -> structlog.stdlib.BoundLogger:
+        """The call's logger, bound with the call and its active agent."""
+        return self.events.log
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -247,12 +202,11 @@ class CallBridge:
                 _, elapsed = await live.open(self._persona())
             except LiveConnectError as exc:
                 self.end_reason = "model_unavailable"
-                self._count_error("live_connect")
+                self.stats.error("live_connect")
                 self.log.error("call.model_unavailable", reason=exc.reason, code=exc.code)
                 return
             self._cue_at = time.monotonic() if self.agent.greeting else None
-            self._emit("call.connected", live_connect_ms=round(elapsed, 1))
-            assert self._playout is not None
+            self.events.emit("call.connected", live_connect_ms=round(elapsed, 1))
             tasks = [
                 asyncio.create_task(self._caller_loop(), name="caller"),
                 asyncio.create_task(self._model_loop(), name="model"),
@@ -288,10 +242,10 @@ class CallBridge:
         closing the stream runs the verbs after ``</Connect>``. An unauthorized stream gets
         nothing: its call id is not to be trusted with an API call."""
         self.end_reason = refusal.outcome
-        self.log = self.log.bind(call_id=started.call_id)
+        self.events.bind(call_id=started.call_id)
         self.log.warning(f"call.{refusal.outcome}", reason=refusal.reason)
         if refusal.outcome == "unauthorized":
-            self._count_error(refusal.error_kind)
+            self.stats.error(refusal.error_kind)
             await self.socket.close(1008, "unauthorized")
             return
         await self._give_fallback(started, BUSY)
@@ -309,7 +263,7 @@ class CallBridge:
         try:
             return await hook(started, fallback)
         except Exception as exc:
-            self._count_error("fallback")
+            self.stats.error("fallback")
             self.log.warning("call.fallback_failed", error=str(exc))
             return False
 
@@ -322,7 +276,7 @@ class CallBridge:
         try:
             await hang_up(self.call_id)
         except Exception as exc:
-            self._count_error("hangup")
+            self.stats.error("hangup")
             self.log.warning("call.hangup_failed", error=str(exc))
 
     async def _await_start(self) -> StreamStarted | None:
@@ -351,22 +305,19 @@ class CallBridge:
             self.log.warning("call.no_start", timeout_s=self.options.start_timeout_s)
             return None
 
-    def _begin(self, started: StreamStarted) -> LiveSession:
-        self.call_id = started.call_id
+    def _begin(self, started: StreamStarted) -> ModelSession:
+        self.call_id = self.events.call_id = started.call_id
         self._started = started
-        self.log = self.log.bind(
-            call_id=started.call_id, stream_id=started.stream_id, agent=self.agent.id
-        )
+        self.events.bind(call_id=started.call_id, stream_id=started.stream_id, agent=self.agent.id)
         self._uplink = uplink_for(started.audio_format)
         self._downlink = downlink_for(started.outbound_format)
         self._playout = Playout(self.codec, self.socket.send, lead_ms=self.options.playout_lead_ms)
         self._begun_at = self._last_activity = time.monotonic()
         fmt = started.audio_format
         self._budget = RealTimeBudget(fmt.frame_bytes * 1000 / FRAME_MS, started_at=self._begun_at)
-        if self._metrics is not None:
-            self._metrics.active_calls.inc()
-        live = self._live = self._new_live_session(self.log, _CallConversation(self))
-        self._emit(
+        self.stats.call_began()
+        live = self._live = self._new_live_session(self.log, self._conversation)
+        self.events.emit(
             "call.started",
             encoding=started.audio_format.encoding,
             parameters=sorted(started.parameters),
@@ -375,42 +326,26 @@ class CallBridge:
 
     def _finish(self, duration: float) -> None:
         self.transcript.finish_all()
-        playout = self._playout
-        metrics = self._metrics
-        if metrics is not None:
-            if self._begun_at is not None:
-                metrics.active_calls.dec()
-            metrics.calls.labels(outcome(self.end_reason)).inc()
-            if playout is not None and playout.frames_overflowed:
-                metrics.dropped_frames.labels("overflow").inc(playout.frames_overflowed)
-            if self._live is not None and self._live.audio_dropped_ms:
-                frames = int(self._live.audio_dropped_ms // FRAME_MS)
-                metrics.dropped_frames.labels("reconnect_buffer").inc(frames)
-            if self._budget is not None and self._budget.dropped_s:
-                metrics.caller_audio_dropped_seconds.inc(self._budget.dropped_s)
-        self._emit(
-            "call.ended",
-            reason=self.end_reason,
-            duration_s=round(duration, 3),
-            handoffs=self.stats.handoffs,
-            reconnects=self.stats.reconnects,
-            barge_ins=self.stats.barge_ins,
-            bad_messages=self.stats.bad_messages,
-            frames_in=self.stats.frames_in,
-            frames_out=playout.frames_sent if playout else 0,
-            frames_dropped=playout.frames_dropped if playout else 0,
-            audio_dropped_ms=round(self._live.audio_dropped_ms) if self._live else 0,
-            caller_audio_dropped_s=round(self._budget.dropped_s, 3) if self._budget else 0.0,
+        tallies = self.stats.call_ended(
+            self.end_reason,
+            began=self._begun_at is not None,
+            playout=self._playout,
+            model_audio_dropped_ms=self._live.audio_dropped_ms if self._live else 0.0,
+            budget=self._budget,
+        )
+        self.events.emit(
+            "call.ended", reason=self.end_reason, duration_s=round(duration, 3), **tallies
         )
 
     # ------------------------------------------------------------------ caller side
 
     async def _caller_loop(self) -> str:
-        live, uplink, playout, budget = self._live, self._uplink, self._playout, self._budget
-        assert live is not None
-        assert uplink is not None
-        assert playout is not None
-        assert budget is not None
+        handlers: dict[type[Any], _Handler] = {
+            MarkPlayed: self._on_mark,
+            DtmfReceived: self._on_dtmf,
+            StreamStopped: self._on_stop,
+            CarrierReportedError: self._on_carrier_error,
+        }
         handled = 0
         while True:
             handled += 1
@@ -426,41 +361,49 @@ class CallBridge:
                     self.log.warning("call.protocol_error", error=str(exc))
                     return "protocol_error"
                 continue
-            if isinstance(event, AudioReceived):
-                self.stats.frames_in += 1
-                now = self._last_activity = time.monotonic()
-                if not budget.admit(len(event.payload), now):
-                    self._audio_ahead_of_time()
-                    continue
-                if self._frames_in is not None:
-                    self._frames_in.inc()
-                await live.send_audio(uplink.feed(event.payload))
-            elif isinstance(event, MarkPlayed):
-                if playout.mark_echoed(event.name):
-                    self._emit("agent.playback_done", mark=event.name)
-            elif isinstance(event, DtmfReceived):
-                self._record(self.transcript.note("note", self.agent.id, f"DTMF {event.digit}"))
-                await live.send_text(dtmf_note(event.digit))
-            elif isinstance(event, StreamStopped):
-                return "caller_hung_up"
-            elif isinstance(event, CarrierReportedError):
-                self._count_error("carrier")
-                self.log.warning("carrier.error", code=event.code, title=event.title,
-                                 detail=event.detail)  # fmt: skip
+            if type(event) is AudioReceived:  # the hot path: 50 a second
+                await self._on_caller_audio(event)
+                continue
+            handler = handlers.get(type(event))  # a repeated start, or nothing: ignored
+            if handler is not None and (ended := await handler(event)) is not None:
+                return ended
 
-    def _audio_ahead_of_time(self) -> None:
-        """Caller audio beyond real time was dropped: say so once per call (it is counted)."""
-        assert self._budget is not None
-        if not self.stats.audio_ahead:
-            self.stats.audio_ahead = True
-            self._count_error("caller_audio_ahead")
-            self.log.warning(
-                "call.caller_audio_ahead_of_real_time",
-                admitted_s=round(self._budget.admitted_s, 2),
-                detail="audio arriving faster than a phone can send it is dropped",
-            )
+    async def _on_caller_audio(self, event: AudioReceived) -> None:
+        live, uplink, budget = self._live, self._uplink, self._budget
+        assert live is not None
+        assert uplink is not None
+        assert budget is not None
+        self.stats.frame_received()
+        now = self._last_activity = time.monotonic()
+        if not budget.admit(len(event.payload), now):
+            if self.stats.audio_ran_ahead():  # said once; the budget totals the drops
+                self.log.warning(
+                    "call.caller_audio_ahead_of_real_time",
+                    admitted_s=round(budget.admitted_s, 2),
+                    detail="audio arriving faster than a phone can send it is dropped",
+                )
+            return
+        self.stats.frame_admitted()
+        await live.send_audio(uplink.feed(event.payload))
 
-    def _parse(self, data: str | bytes) -> Any:
+    async def _on_mark(self, event: MarkPlayed) -> None:
+        assert self._playout is not None
+        if self._playout.mark_echoed(event.name):
+            self.events.emit("agent.playback_done", mark=event.name)
+
+    async def _on_dtmf(self, event: DtmfReceived) -> None:
+        assert self._live is not None
+        self.events.record(self.transcript.note("note", self.agent.id, f"DTMF {event.digit}"))
+        await self._live.send_text(dtmf_note(event.digit))
+
+    async def _on_stop(self, _: StreamStopped) -> str:
+        return "caller_hung_up"
+
+    async def _on_carrier_error(self, event: CarrierReportedError) -> None:
+        self.stats.error("carrier")
+        self.log.warning("carrier.error", code=event.code, title=event.title, detail=event.detail)
+
+    def _parse(self, data: str | bytes) -> CarrierEvent | None:
         if isinstance(data, bytes):
             raise ProtocolError("binary frame (the carrier sends text)")
         if len(data) > self.options.max_message_bytes:
@@ -469,9 +412,7 @@ class CallBridge:
 
     def _tolerate(self, problem: str) -> bool:
         """Count a dropped message; False once the call has sent too many to keep."""
-        self.stats.bad_messages += 1
-        self._count_error("bad_message")
-        n = self.stats.bad_messages
+        n = self.stats.bad_message()
         if n <= 5 or n % 100 == 0:  # log the first few, then sample: a flood must not flood logs
             self.log.warning("call.message_dropped", problem=problem, count=n)
         return n <= self.options.max_bad_messages
@@ -479,149 +420,164 @@ class CallBridge:
     # ------------------------------------------------------------------ model side
 
     async def _model_loop(self) -> str:
-        live, downlink, playout = self._live, self._downlink, self._playout
+        live = self._live
         assert live is not None
-        assert downlink is not None
-        assert playout is not None
+        handlers: dict[type[Any], _Handler] = {
+            AgentTranscript: self._on_agent_transcript,
+            CallerTranscript: self._on_caller_transcript,
+            Interrupted: self._on_interrupted,
+            TurnComplete: self._on_turn_complete,
+            ToolCall: self._on_tool_call,
+            HandleUpdated: self._on_handle_updated,
+            Reconnected: self._on_reconnected,
+            GoAway: self._on_go_away,
+            ToolCallCancelled: self._on_tool_call_cancelled,
+            SessionEnded: self._on_session_ended,
+        }
         handled = 0
         while True:
             handled += 1
             if handled % FAIRNESS_EVERY == 0:
                 await asyncio.sleep(0)
             event = await live.next_event()
-            if isinstance(event, AudioOut):
-                frames = downlink.feed(event.pcm)
-                for frame in frames:
-                    playout.enqueue(frame)
-                self._last_activity = time.monotonic()
-                if self._frames_out is not None:
-                    self._frames_out.inc(len(frames))
-                if not self._speaking:
-                    self._speaking = True
-                    self._agent_started_speaking()
-            elif isinstance(event, AgentTranscript):
-                self._record(self.transcript.agent_piece(event.text, self.agent.id))
-            elif isinstance(event, CallerTranscript):
-                self._cue_at = time.monotonic()  # the caller spoke: the next audio answers it
-                self._record(self.transcript.caller_piece(event.text, self.agent.id))
-            elif isinstance(event, Interrupted):
-                dropped = playout.interrupt()
-                downlink.reset()
-                self._speaking = False
-                self.stats.barge_ins += 1
-                if self._metrics is not None:
-                    self._metrics.dropped_frames.labels("barge_in").inc(dropped)
-                self._record(self.transcript.finish_agent(interrupted=True))
-                self._emit("agent.interrupted", frames_dropped=dropped)
-            elif isinstance(event, TurnComplete):
-                self._end_of_turn()
-            elif isinstance(event, ToolCall):
-                if not await self._on_tool_call(event):
-                    return "model_ended"
-            elif isinstance(event, HandleUpdated):
-                for entry in self.transcript.finish_all():
-                    self._record(entry)
-                self.transcript.mark_handle()
-            elif isinstance(event, Reconnected):
-                self.stats.reconnects += 1
-                if self._metrics is not None:
-                    self._metrics.live_reconnects.labels(event.reason).inc()
-                self._emit("live.reconnected", reason=event.reason, detail=event.detail,
-                           resumed=event.resumed, ms=round(event.elapsed_ms, 1))  # fmt: skip
-            elif isinstance(event, GoAway):
-                self._emit("live.go_away", time_left=event.time_left)
-            elif isinstance(event, ToolCallCancelled):
-                self._emit("live.tool_call_cancelled", ids=list(event.call_ids))
-            elif isinstance(event, SessionEnded):
-                self.log.warning("call.model_ended", reason=event.reason, code=event.code)
-                return "model_ended"
+            if type(event) is AudioOut:  # the hot path: 50 a second, no await
+                self._on_agent_audio(event)
+                continue
+            handler = handlers.get(type(event))
+            if handler is not None and (ended := await handler(event)) is not None:
+                return ended
 
-    def _end_of_turn(self) -> None:
+    def _on_agent_audio(self, event: AudioOut) -> None:
         downlink, playout = self._downlink, self._playout
         assert downlink is not None
         assert playout is not None
-        if self._speaking:
-            for frame in downlink.flush():
-                playout.enqueue(frame)
-            self._turns += 1
-            playout.mark(f"turn-{self._turns}")
-            self._speaking = False
-        for entry in self.transcript.finish_all():
-            self._record(entry)
+        frames = downlink.feed(event.pcm)
+        for frame in frames:
+            playout.enqueue(frame)
+        self._last_activity = time.monotonic()
+        self.stats.frames_out(len(frames))
+        if not self._speaking:
+            self._speaking = True
+            self._agent_started_speaking()
 
-    async def _on_tool_call(self, call: ToolCall) -> bool:
-        """Answer a tool call; False if the call cannot continue (no model connection)."""
-        live = self._live
-        assert live is not None
-        if call.name != HANDOFF_TOOL:
-            self.log.warning("call.unknown_tool", name=call.name)
-            await live.send_tool_response(call.call_id, call.name, {"error": "unknown tool"})
-            return True
-        targets = {t.agent.id: t for t in self.graph.targets(self.stage)}
-        target = targets.get(str(call.args.get("target", "")))
-        if target is None:
-            self._emit("handoff.rejected", target=str(call.args.get("target"))[:80])
-            await live.send_tool_response(
-                call.call_id, call.name, handoff_rejected(call.args.get("target"), list(targets))
-            )
-            return True
-        reason = str(call.args.get("reason", ""))[:500]
-        summary = str(call.args.get("summary", ""))[:2000]
-        await live.send_tool_response(call.call_id, call.name, dict(HANDOFF_ACCEPTED))
-        return await self._hand_off(target.agent, target.stage, reason=reason, summary=summary)
+    async def _on_agent_transcript(self, event: AgentTranscript) -> None:
+        self.events.record(self.transcript.agent_piece(event.text, self.agent.id))
 
-    async def _hand_off(self, agent: Agent, stage: Stage, *, reason: str, summary: str) -> bool:
-        """Move the call to ``agent`` on a new connection, keeping the conversation."""
-        live, downlink, playout = self._live, self._downlink, self._playout
-        assert live is not None
+    async def _on_caller_transcript(self, event: CallerTranscript) -> None:
+        self._cue_at = time.monotonic()  # the caller spoke: the next audio answers it
+        self.events.record(self.transcript.caller_piece(event.text, self.agent.id))
+
+    async def _on_interrupted(self, _: Interrupted) -> None:
+        downlink, playout = self._downlink, self._playout
         assert downlink is not None
         assert playout is not None
-        # The old agent's words so far keep playing: push its resampler tail out too.
-        for frame in downlink.flush():
-            playout.enqueue(frame)
+        dropped = playout.interrupt()
+        downlink.reset()
         self._speaking = False
+        self.stats.barge_in(dropped)
+        self.events.record(self.transcript.finish_agent(interrupted=True))
+        self.events.emit("agent.interrupted", frames_dropped=dropped)
+
+    async def _on_turn_complete(self, _: TurnComplete) -> None:
+        """The agent's turn is over: its audio tail and a mark follow what is queued."""
+        playout = self._playout
+        assert playout is not None
+        if self._speaking:
+            self._flush_downlink()
+            self._turns += 1
+            playout.mark(f"turn-{self._turns}")
         for entry in self.transcript.finish_all():
-            self._record(entry)
-        since = self.transcript.since_handle()
+            self.events.record(entry)
+
+    async def _on_tool_call(self, event: ToolCall) -> str | None:
+        assert self._live is not None
+        targets = self.graph.targets(self.stage)
+        request = await answer_tool_call(event, self._live, targets, self.events)
+        if request is None or await self._hand_off(request):
+            return None
+        return "model_ended"  # no connection for the new agent: the call cannot go on
+
+    async def _on_handle_updated(self, _: HandleUpdated) -> None:
+        for entry in self.transcript.finish_all():
+            self.events.record(entry)
+        self.transcript.mark_handle()
+
+    async def _on_reconnected(self, event: Reconnected) -> None:
+        self.stats.reconnected(event.reason)
+        self.events.emit("live.reconnected", reason=event.reason, detail=event.detail,
+                         resumed=event.resumed, ms=round(event.elapsed_ms, 1))  # fmt: skip
+
+    async def _on_go_away(self, event: GoAway) -> None:
+        self.events.emit("live.go_away", time_left=event.time_left)
+
+    async def _on_tool_call_cancelled(self, event: ToolCallCancelled) -> None:
+        self.events.emit("live.tool_call_cancelled", ids=list(event.call_ids))
+
+    async def _on_session_ended(self, event: SessionEnded) -> str:
+        self.log.warning("call.model_ended", reason=event.reason, code=event.code)
+        return "model_ended"
+
+    async def _hand_off(self, request: HandoffRequest) -> bool:
+        """Move the call to the request's agent on a new connection, keeping the conversation;
+        False if no connection could be opened."""
+        live = self._live
+        assert live is not None
+        agent, stage = request.target.agent, request.target.stage
+        # The old agent's words so far keep playing: push its resampler tail out too.
+        self._flush_downlink()
         previous = self.agent
-        self._record(
-            self.transcript.note("handoff", agent.id, f"{previous.id} -> {agent.id}: {reason}")
+        opening = self._conversation.takeover(
+            previous, agent, reason=request.reason, summary=request.summary
         )
         self.stage, self.agent = stage, agent
-        self.log = self.log.bind(agent=agent.id)
-        prompt = takeover_prompt(agent, reason=reason, summary=summary, since=since)
-
-        def opening(resumed: bool) -> list[types.Content]:
-            if resumed:
-                return [user_turn(prompt)]
-            return history_turns(self.transcript.entries, prompt)
-
+        self.events.agent_id = agent.id
+        self.events.bind(agent=agent.id)
         try:
             resumed, elapsed = await live.hand_off(self._persona(), opening)
         except LiveConnectError as exc:
-            self._count_error("live_connect")
+            self.stats.error("live_connect")
             self.log.error("handoff.failed", target=agent.id, reason=exc.reason, code=exc.code)
             return False
         self._cue_at = time.monotonic()
-        self.stats.handoffs += 1
-        if self._metrics is not None:
-            self._metrics.handoffs.inc()
-            self._metrics.handoff_seconds.observe(elapsed / 1000)
-        self._emit(
+        self.stats.handed_off(elapsed)
+        self.events.emit(
             "handoff.completed",
             from_agent=previous.id,
             to_agent=agent.id,
             phase=stage.phase,
             resumed=resumed,
             reconnect_ms=round(elapsed, 1),
-            _private={"reason": reason},  # the model's words about the caller
+            _private={"reason": request.reason},  # the model's words about the caller
         )
         return True
 
-    # ------------------------------------------------------------------ helpers
+    def _flush_downlink(self) -> None:
+        """Queue the resampler's tail behind the agent's audio; the agent stopped speaking."""
+        downlink, playout = self._downlink, self._playout
+        assert downlink is not None
+        assert playout is not None
+        for frame in downlink.flush():
+            playout.enqueue(frame)
+        self._speaking = False
 
-    async def _wait_for_end_request(self) -> str:
-        return await self._end_requested
+    def _agent_started_speaking(self) -> None:
+        if self._cue_at is not None:
+            latency = time.monotonic() - self._cue_at
+            self._cue_at = None
+            self.stats.first_audio(latency)
+            self.events.emit("agent.speaking", first_audio_ms=round(latency * 1000, 1))
+        else:
+            self.events.emit("agent.speaking")
+
+    # ------------------------------------------------------------------ the other tasks
+
+    async def _run_playout(self) -> str:
+        assert self._playout is not None
+        try:
+            await self._playout.run()
+        except Exception as exc:  # the carrier socket is gone: the call is over
+            self.log.info("call.send_failed", error=type(exc).__name__)
+        return "caller_disconnected"
 
     async def _watchdog(self) -> str:
         """End calls that hang: nothing heard from either side, or past the duration limit."""
@@ -635,94 +591,8 @@ class CallBridge:
             if now - self._last_activity >= opts.idle_timeout_s:
                 return "idle_timeout"
 
-    def _agent_started_speaking(self) -> None:
-        if self._cue_at is not None:
-            latency = time.monotonic() - self._cue_at
-            self._cue_at = None
-            if self._metrics is not None:
-                self._metrics.first_audio_seconds.observe(latency)
-            self._emit("agent.speaking", first_audio_ms=round(latency * 1000, 1))
-        else:
-            self._emit("agent.speaking")
-
-    def _count_error(self, kind: str) -> None:
-        if self._metrics is not None:
-            self._metrics.errors.labels(kind).inc()
-
-    async def _run_playout(self) -> str:
-        assert self._playout is not None
-        try:
-            await self._playout.run()
-        except Exception as exc:  # the carrier socket is gone: the call is over
-            self.log.info("call.send_failed", error=type(exc).__name__)
-        return "caller_disconnected"
+    async def _wait_for_end_request(self) -> str:
+        return await self._end_requested
 
     def _persona(self) -> AgentPersona:
         return AgentPersona(self.agent, tuple(self.graph.targets(self.stage)))
-
-    def _record(self, entry: Entry | None) -> None:
-        if entry is not None:
-            self._emit(
-                "transcript",
-                speaker=entry.speaker,
-                agent_id=entry.agent_id,
-                at=entry.at,
-                interrupted=entry.interrupted,
-                chars=len(entry.text),
-                _private={"text": entry.text},
-            )
-
-    def _emit(self, name: str, _private: Mapping[str, Any] | None = None, **fields: Any) -> None:
-        """Log a call event and tell the observers. ``_private`` fields (what was said, what
-        the model wrote about the caller) are personal data: observers get them, the log only
-        with ``LOG_TRANSCRIPTS=true``."""
-        private = _private or {}
-        if self.options.log_transcripts:
-            self.log.info(name, **fields, **private)
-        else:
-            self.log.info(name, **fields)
-        if self.observers:
-            payload = {"call_id": self.call_id, "agent": self.agent.id, **fields, **private}
-            for observer in self.observers:
-                observer(name, payload)
-
-
-class _CallConversation:
-    """The call's side of :class:`~gateway.live.session.Conversation`: what a new Live
-    connection is told first, from the active agent and the call's transcript."""
-
-    __slots__ = ("_bridge",)
-
-    def __init__(self, bridge: CallBridge) -> None:
-        self._bridge = bridge
-
-    def greeting(self) -> list[types.Content]:
-        return greeting_turns(self._bridge.agent)
-
-    def reseed(self, *, until_handle: bool) -> tuple[list[types.Content], bool]:
-        """After a fault with no usable handle: the transcript, then "carry on"."""
-        bridge = self._bridge
-        self._close_utterances(cut_off=False)
-        transcript = bridge.transcript
-        if until_handle:
-            entries = transcript.entries[: transcript.handle_index]
-            if not entries:
-                return greeting_turns(bridge.agent), True
-            return context_turns(entries), False
-        if not transcript.entries:
-            return greeting_turns(bridge.agent), True
-        note = (
-            "[The connection was briefly interrupted.] Continue the conversation naturally "
-            "from where it stands, without mentioning the interruption."
-        )
-        return history_turns(transcript.entries, note), True
-
-    def recap(self, *, cut_off: bool) -> tuple[list[types.Content], bool]:
-        self._close_utterances(cut_off=cut_off)
-        return recap_turns(self._bridge.transcript.since_handle(), cut_off=cut_off)
-
-    def _close_utterances(self, *, cut_off: bool) -> None:
-        """The connection died mid-utterance: what was transcribed so far is all there is."""
-        bridge = self._bridge
-        bridge._record(bridge.transcript.finish_caller())
-        bridge._record(bridge.transcript.finish_agent(interrupted=cut_off))
