@@ -22,7 +22,7 @@ import uvicorn
 
 from gateway.agents import AgentGraph
 from gateway.aio import cancel_and_wait
-from gateway.bridge import CallObserver
+from gateway.call.emitter import CallObserver
 from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.telnyx_signature import load_public_key
 from gateway.carriers.twilio_api import TwilioRest

@@ -14,8 +14,8 @@ import time
 import pytest
 
 from gateway.aio import cancel_and_wait
+from gateway.call.playout import Playout
 from gateway.carriers.twilio import TwilioCodec
-from gateway.playout import Playout
 from tests.test_twilio_codec import start_message
 
 

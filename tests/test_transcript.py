@@ -5,8 +5,8 @@ from __future__ import annotations
 import yaml
 
 from gateway.agents import parse_agents
-from gateway.handoff import history_turns, takeover_prompt
-from gateway.transcript import Transcript
+from gateway.call.handoff import history_turns, takeover_prompt
+from gateway.call.transcript import Transcript
 from tests.test_agents import BASE
 
 

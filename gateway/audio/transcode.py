@@ -42,7 +42,7 @@ _SILENCE_BYTE: Final[dict[str, int]] = {
 }
 
 
-class UnsupportedAudioFormat(ValueError):  # noqa: N818 -- name fixed by the bridge's API
+class UnsupportedAudioFormat(ValueError):  # noqa: N818 -- public name (gateway.audio), kept as is
     """The carrier format has no transcoder (or is not a valid format at all)."""
 
 

@@ -24,10 +24,6 @@ class AgentPersona:
     agent: Agent
     targets: tuple[HandoffTarget, ...] = ()
 
-    @property
-    def target_ids(self) -> tuple[str, ...]:
-        return tuple(t.agent.id for t in self.targets)
-
 
 def handoff_declaration(targets: Sequence[HandoffTarget]) -> types.FunctionDeclaration:
     """The ``handoff_conversation`` tool, with ``target`` limited to reachable agents.

@@ -4,6 +4,11 @@ The SDK's ``LiveServerMessage`` mixes audio, transcripts, tool calls and session
 one nested object whose shape differs between model generations (one part per message on 2.5,
 several on 3.x). The session flattens each message into these events, in order, so the bridge
 handles one small thing at a time without walking SDK message types.
+
+That holds for what the call *receives*: no event carries an SDK type. What the call *sends*
+back as conversation turns (greeting, handoff opening, recap) is SDK ``types.Content``, built
+by ``gateway/call/handoff.py`` for ``gateway/call/conversation.py``; the bridge module itself
+imports nothing from the SDK.
 """
 
 from __future__ import annotations

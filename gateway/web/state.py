@@ -16,7 +16,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.agents import AgentGraph, Fallback
-from gateway.bridge import BridgeOptions, CallBridge, CallObserver, LiveSessionFactory
+from gateway.call.bridge import BridgeOptions, CallBridge, CallObserver, LiveSessionFactory
 from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.twilio_api import TwilioRest
 from gateway.metrics import Metrics

@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from gateway.agents import Fallback
-from gateway.bridge import CallHooks
+from gateway.call.hooks import CallHooks
 from gateway.carriers.base import ProtocolError, StreamStarted, is_carrier_id, load_object
 from gateway.carriers.telnyx import STREAM_AUTH_HEADER, TelnyxCodec, connect_stream_texml
 from gateway.carriers.telnyx_api import FALLBACK_STATE, TelnyxApiError

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response
 
 from gateway.agents import Fallback
-from gateway.bridge import CallHooks
+from gateway.call.hooks import CallHooks
 from gateway.carriers.base import StreamStarted, is_carrier_id
 from gateway.carriers.markup import fallback_verbs, response_document
 from gateway.carriers.twilio import TwilioCodec, connect_stream_twiml

@@ -62,15 +62,6 @@ class Playout:
         #: Dropped by barge-in (never sent), and by a runaway producer overflowing the queue.
         self.frames_dropped = 0
         self.frames_overflowed = 0
-        self.first_frame_sent_at: float | None = None
-
-    @property
-    def queued_frames(self) -> int:
-        return sum(1 for item in self._items if not isinstance(item, _Mark))
-
-    def carrier_buffered_s(self, now: float | None = None) -> float:
-        """Audio sent to the carrier that it has (by our clock) not played yet."""
-        return max(0.0, self._play_end - (time.monotonic() if now is None else now))
 
     def enqueue(self, frame: bytes) -> None:
         if len(self._items) >= self._max_items:
@@ -155,8 +146,6 @@ class Playout:
                 frames.append(head)
             if not frames:
                 return
-            if self.first_frame_sent_at is None:
-                self.first_frame_sent_at = now
             self._play_end = max(self._play_end, now) + self._frame_s * len(frames)
             self.frames_sent += len(frames)
             await self._send(self._codec.media(frames[0] if len(frames) == 1 else b"".join(frames)))

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from google.genai import types
 
 from gateway.agents import Agent
-from gateway.transcript import Entry
+from gateway.call.transcript import Entry
 
 #: The tool result the *old* agent receives: short, and telling it not to talk over the new one.
 HANDOFF_ACCEPTED = {

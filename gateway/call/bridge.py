@@ -1,0 +1,598 @@
+"""CallBridge: one phone call, from the carrier's ``start`` to the teardown of both sides.
+
+Five tasks run per call, all created here and all cancelled and awaited when any one ends:
+
+- the *caller loop* reads the carrier socket: caller audio goes up to Gemini (transcoded), marks
+  and DTMF are handled, ``stop`` or a closed socket ends the call;
+- the *model loop* reads the model session's events: speech goes down to the playout queue,
+  barge-in clears it, transcripts are kept, and a ``handoff_conversation`` call moves the
+  conversation to the next agent on a new connection;
+- the *playout* paces audio to the carrier and is the socket's only writer;
+- the *watchdog* ends a call nobody is on (idle) or one past its duration limit;
+- the *end request* waits for the server to ask for the end (drain).
+
+(The Live session runs its own reader task per connection; :meth:`ModelSession.close` ends it.)
+
+Whatever ends the call — the caller hanging up, Gemini ending for good, a protocol error —
+the ``finally`` in :meth:`CallBridge.run` closes the model session and the carrier socket.
+
+The bridge owns the call's lifecycle and its tasks; the rest is delegated, one module each:
+events and the personal-data rule (:mod:`~gateway.call.emitter`), tallies and metrics
+(:mod:`~gateway.call.stats`), tool calls (:mod:`~gateway.call.tools`), what a new connection
+is told (:mod:`~gateway.call.conversation`), the deployment's decisions
+(:mod:`~gateway.call.hooks`) and the model behind :class:`~gateway.call.model_session.ModelSession`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from gateway.agents import BUSY, Agent, AgentGraph, Fallback, Stage
+from gateway.aio import cancel_and_wait
+from gateway.audio.budget import RealTimeBudget
+from gateway.audio.transcode import FRAME_MS, Downlink, Uplink, downlink_for, uplink_for
+from gateway.call.conversation import CallConversation
+from gateway.call.emitter import CallEvents, CallObserver
+from gateway.call.handoff import dtmf_note
+from gateway.call.hooks import CallHooks, Refusal
+from gateway.call.model_session import LiveSessionFactory, ModelSession
+from gateway.call.playout import Playout
+from gateway.call.stats import CALLER_ENDED, MODEL_FAILED, CallStats
+from gateway.call.tools import HandoffRequest, answer_tool_call
+from gateway.call.transcript import Transcript
+from gateway.carriers.base import (
+    AudioReceived,
+    CarrierCodec,
+    CarrierEvent,
+    CarrierReportedError,
+    DtmfReceived,
+    MarkPlayed,
+    ProtocolError,
+    StreamStarted,
+    StreamStopped,
+)
+from gateway.live.config import AgentPersona
+from gateway.live.events import (
+    AgentTranscript,
+    AudioOut,
+    CallerTranscript,
+    GoAway,
+    HandleUpdated,
+    Interrupted,
+    Reconnected,
+    SessionEnded,
+    ToolCall,
+    ToolCallCancelled,
+    TurnComplete,
+)
+from gateway.live.session import LiveConnectError
+from gateway.metrics import Metrics
+
+__all__ = [
+    "FAIRNESS_EVERY",
+    "BridgeOptions",
+    "CallBridge",
+    "CallHooks",
+    "CallObserver",
+    "CarrierSocket",
+    "LiveSessionFactory",
+    "ModelSession",
+    "Refusal",
+]
+
+#: After this many messages handled without suspending, a loop yields to the others. A queue
+#: with messages waiting never suspends its reader, so after a stall one call's backlog could
+#: otherwise hold the event loop for 100 ms and more (measured), starving every other call.
+FAIRNESS_EVERY = 16
+
+#: Handles one kind of event; returns the end reason if the event ends the call.
+_Handler = Callable[[Any], Awaitable[str | None]]
+
+
+class CarrierSocket(Protocol):
+    """The carrier's websocket as the bridge needs it (adapted from Starlette in the app)."""
+
+    async def receive(self) -> str | bytes | None:
+        """The next message; ``None`` once the peer has disconnected."""
+        ...
+
+    async def send(self, text: str) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close if still open; never raises."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeOptions:
+    #: A carrier sends ``start`` right after the upgrade; a socket silent this long is not one.
+    start_timeout_s: float = 5.0
+    max_message_bytes: int = 64 * 1024
+    playout_lead_ms: float = 240.0
+    #: Malformed messages tolerated on one call before it is judged broken or hostile.
+    max_bad_messages: int = 200
+    #: Seconds; 0 for no limit.
+    max_duration_s: float = 0.0
+    #: Seconds with neither caller media nor agent audio before the call is judged dead.
+    idle_timeout_s: float = 60.0
+    #: Transcript text in the logs (personal data); observers always get it.
+    log_transcripts: bool = False
+
+
+class CallBridge:
+    """Wires one carrier stream to one model conversation."""
+
+    def __init__(
+        self,
+        socket: CarrierSocket,
+        codec: CarrierCodec,
+        *,
+        graph: AgentGraph,
+        new_live_session: LiveSessionFactory,
+        options: BridgeOptions | None = None,
+        observers: tuple[CallObserver, ...] = (),
+        hooks: CallHooks | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.socket = socket
+        self.codec = codec
+        self.graph = graph
+        self.options = options or BridgeOptions()
+        self.stats = CallStats(metrics)
+        self.transcript = Transcript()
+        self.end_reason = "not started"
+        self.stage: Stage = graph.first_stage
+        self.agent: Agent = graph.agent(self.stage.agent_id)
+        self.call_id = ""
+        self.events = CallEvents(
+            structlog.get_logger("gateway.call").bind(carrier=codec.carrier),
+            observers,
+            agent_id=self.agent.id,
+            log_transcripts=self.options.log_transcripts,
+        )
+        self._started: StreamStarted | None = None
+        self._budget: RealTimeBudget | None = None
+        self._new_live_session = new_live_session
+        self._hooks = hooks or CallHooks()
+        self._end_requested: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._begun_at: float | None = None
+        self._last_activity = time.monotonic()
+        #: When the current cue for an agent turn happened (connect, caller speech, handoff).
+        self._cue_at: float | None = None
+        self._live: ModelSession | None = None
+        self._conversation = CallConversation(self.transcript, self.events, lambda: self.agent)
+        self._uplink: Uplink | None = None
+        self._downlink: Downlink | None = None
+        self._playout: Playout | None = None
+        self._turns = 0
+        self._speaking = False
+
+    @property
+    def log(self) -> structlog.stdlib.BoundLogger:
+        """The call's logger, bound with the call and its active agent."""
+        return self.events.log
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def request_end(self, reason: str) -> None:
+        """End the call politely from outside (drain timeout): the fallback verbs then play."""
+        if not self._end_requested.done():
+            self._end_requested.set_result(reason)
+
+    async def run(self) -> None:
+        """Serve the call until it ends; always leaves both sides closed."""
+        tasks: list[asyncio.Task[str]] = []
+        started_at = time.monotonic()
+        try:
+            started = await self._await_start()
+            if started is None:
+                return
+            refusal = self._hooks.admit(started)
+            if refusal is not None:
+                await self._refuse(started, refusal)
+                return
+            live = self._begin(started)
+            try:
+                _, elapsed = await live.open(self._persona())
+            except LiveConnectError as exc:
+                self.end_reason = "model_unavailable"
+                self.stats.error("live_connect")
+                self.log.error("call.model_unavailable", reason=exc.reason, code=exc.code)
+                return
+            self._cue_at = time.monotonic() if self.agent.greeting else None
+            self.events.emit("call.connected", live_connect_ms=round(elapsed, 1))
+            tasks = [
+                asyncio.create_task(self._caller_loop(), name="caller"),
+                asyncio.create_task(self._model_loop(), name="model"),
+                asyncio.create_task(self._run_playout(), name="playout"),
+                asyncio.create_task(self._watchdog(), name="watchdog"),
+                asyncio.create_task(self._wait_for_end_request(), name="end-request"),
+            ]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finished = next(iter(done))
+            failure = None if finished.cancelled() else finished.exception()
+            if finished.cancelled():
+                self.end_reason = "cancelled"
+            elif failure is not None:
+                self.end_reason = f"error in {finished.get_name()}"
+                self.log.error("call.task_failed", task=finished.get_name(), exc_info=failure)
+            else:
+                self.end_reason = finished.result()
+        except asyncio.CancelledError:
+            self.end_reason = "cancelled"  # server shutdown; the finally still cleans up
+            raise
+        finally:
+            await cancel_and_wait(*tasks)
+            if self._live is not None:
+                await self._live.close()
+            handled = await self._run_fallback()
+            await self.socket.close(1000, "call ended")
+            await self._run_hang_up(handled)
+            self._finish(time.monotonic() - started_at)
+
+    async def _refuse(self, started: StreamStarted, refusal: Refusal) -> None:
+        """A start that does not become a call. Over capacity, the caller (whose token proved
+        the call is real) hears the busy message where the carrier's API allows; otherwise
+        closing the stream runs the verbs after ``</Connect>``. An unauthorized stream gets
+        nothing: its call id is not to be trusted with an API call."""
+        self.end_reason = refusal.outcome
+        self.events.bind(call_id=started.call_id)
+        self.log.warning(f"call.{refusal.outcome}", reason=refusal.reason)
+        if refusal.outcome == "unauthorized":
+            self.stats.error(refusal.error_kind)
+            await self.socket.close(1008, "unauthorized")
+            return
+        await self._give_fallback(started, BUSY)
+        await self.socket.close(1000, "busy")
+
+    async def _run_fallback(self) -> bool:
+        if self.end_reason not in MODEL_FAILED or self._started is None:
+            return False
+        return await self._give_fallback(self._started, self.graph.fallback(self.agent))
+
+    async def _give_fallback(self, started: StreamStarted, fallback: Fallback) -> bool:
+        hook = self._hooks.fallback
+        if hook is None:
+            return False
+        try:
+            return await hook(started, fallback)
+        except Exception as exc:
+            self.stats.error("fallback")
+            self.log.warning("call.fallback_failed", error=str(exc))
+            return False
+
+    async def _run_hang_up(self, fallback_handled: bool) -> None:
+        hang_up = self._hooks.hang_up
+        if hang_up is None or fallback_handled or not self.call_id:
+            return
+        if self.end_reason in CALLER_ENDED or self._begun_at is None:
+            return
+        try:
+            await hang_up(self.call_id)
+        except Exception as exc:
+            self.stats.error("hangup")
+            self.log.warning("call.hangup_failed", error=str(exc))
+
+    async def _await_start(self) -> StreamStarted | None:
+        try:
+            async with asyncio.timeout(self.options.start_timeout_s):
+                while True:
+                    data = await self.socket.receive()
+                    if data is None:
+                        self.end_reason = "caller_disconnected_before_start"
+                        return None
+                    try:
+                        event = self._parse(data)
+                    except ProtocolError as exc:
+                        if exc.fatal or not self._tolerate(str(exc)):
+                            self.end_reason = "protocol_error"
+                            self.log.warning("call.protocol_error", error=str(exc))
+                            return None
+                        continue
+                    if isinstance(event, StreamStarted):
+                        return event
+                    if isinstance(event, StreamStopped):
+                        self.end_reason = "caller_hung_up"
+                        return None
+        except TimeoutError:
+            self.end_reason = "no_start"
+            self.log.warning("call.no_start", timeout_s=self.options.start_timeout_s)
+            return None
+
+    def _begin(self, started: StreamStarted) -> ModelSession:
+        self.call_id = self.events.call_id = started.call_id
+        self._started = started
+        self.events.bind(call_id=started.call_id, stream_id=started.stream_id, agent=self.agent.id)
+        self._uplink = uplink_for(started.audio_format)
+        self._downlink = downlink_for(started.outbound_format)
+        self._playout = Playout(self.codec, self.socket.send, lead_ms=self.options.playout_lead_ms)
+        self._begun_at = self._last_activity = time.monotonic()
+        fmt = started.audio_format
+        self._budget = RealTimeBudget(fmt.frame_bytes * 1000 / FRAME_MS, started_at=self._begun_at)
+        self.stats.call_began()
+        live = self._live = self._new_live_session(self.log, self._conversation)
+        self.events.emit(
+            "call.started",
+            encoding=started.audio_format.encoding,
+            parameters=sorted(started.parameters),
+        )
+        return live
+
+    def _finish(self, duration: float) -> None:
+        self.transcript.finish_all()
+        tallies = self.stats.call_ended(
+            self.end_reason,
+            began=self._begun_at is not None,
+            playout=self._playout,
+            model_audio_dropped_ms=self._live.audio_dropped_ms if self._live else 0.0,
+            budget=self._budget,
+        )
+        self.events.emit(
+            "call.ended", reason=self.end_reason, duration_s=round(duration, 3), **tallies
+        )
+
+    # ------------------------------------------------------------------ caller side
+
+    async def _caller_loop(self) -> str:
+        handlers: dict[type[Any], _Handler] = {
+            MarkPlayed: self._on_mark,
+            DtmfReceived: self._on_dtmf,
+            StreamStopped: self._on_stop,
+            CarrierReportedError: self._on_carrier_error,
+        }
+        handled = 0
+        while True:
+            handled += 1
+            if handled % FAIRNESS_EVERY == 0:
+                await asyncio.sleep(0)
+            data = await self.socket.receive()
+            if data is None:
+                return "caller_disconnected"
+            try:
+                event = self._parse(data)
+            except ProtocolError as exc:
+                if exc.fatal or not self._tolerate(str(exc)):
+                    self.log.warning("call.protocol_error", error=str(exc))
+                    return "protocol_error"
+                continue
+            if type(event) is AudioReceived:  # the hot path: 50 a second
+                await self._on_caller_audio(event)
+                continue
+            handler = handlers.get(type(event))  # a repeated start, or nothing: ignored
+            if handler is not None and (ended := await handler(event)) is not None:
+                return ended
+
+    async def _on_caller_audio(self, event: AudioReceived) -> None:
+        live, uplink, budget = self._live, self._uplink, self._budget
+        assert live is not None
+        assert uplink is not None
+        assert budget is not None
+        self.stats.frame_received()
+        now = self._last_activity = time.monotonic()
+        if not budget.admit(len(event.payload), now):
+            if self.stats.audio_ran_ahead():  # said once; the budget totals the drops
+                self.log.warning(
+                    "call.caller_audio_ahead_of_real_time",
+                    admitted_s=round(budget.admitted_s, 2),
+                    detail="audio arriving faster than a phone can send it is dropped",
+                )
+            return
+        self.stats.frame_admitted()
+        await live.send_audio(uplink.feed(event.payload))
+
+    async def _on_mark(self, event: MarkPlayed) -> None:
+        assert self._playout is not None
+        if self._playout.mark_echoed(event.name):
+            self.events.emit("agent.playback_done", mark=event.name)
+
+    async def _on_dtmf(self, event: DtmfReceived) -> None:
+        assert self._live is not None
+        self.events.record(self.transcript.note("note", self.agent.id, f"DTMF {event.digit}"))
+        await self._live.send_text(dtmf_note(event.digit))
+
+    async def _on_stop(self, _: StreamStopped) -> str:
+        return "caller_hung_up"
+
+    async def _on_carrier_error(self, event: CarrierReportedError) -> None:
+        self.stats.error("carrier")
+        self.log.warning("carrier.error", code=event.code, title=event.title, detail=event.detail)
+
+    def _parse(self, data: str | bytes) -> CarrierEvent | None:
+        if isinstance(data, bytes):
+            raise ProtocolError("binary frame (the carrier sends text)")
+        if len(data) > self.options.max_message_bytes:
+            raise ProtocolError(f"message of {len(data)} bytes exceeds the cap")
+        return self.codec.parse(data)
+
+    def _tolerate(self, problem: str) -> bool:
+        """Count a dropped message; False once the call has sent too many to keep."""
+        n = self.stats.bad_message()
+        if n <= 5 or n % 100 == 0:  # log the first few, then sample: a flood must not flood logs
+            self.log.warning("call.message_dropped", problem=problem, count=n)
+        return n <= self.options.max_bad_messages
+
+    # ------------------------------------------------------------------ model side
+
+    async def _model_loop(self) -> str:
+        live = self._live
+        assert live is not None
+        handlers: dict[type[Any], _Handler] = {
+            AgentTranscript: self._on_agent_transcript,
+            CallerTranscript: self._on_caller_transcript,
+            Interrupted: self._on_interrupted,
+            TurnComplete: self._on_turn_complete,
+            ToolCall: self._on_tool_call,
+            HandleUpdated: self._on_handle_updated,
+            Reconnected: self._on_reconnected,
+            GoAway: self._on_go_away,
+            ToolCallCancelled: self._on_tool_call_cancelled,
+            SessionEnded: self._on_session_ended,
+        }
+        handled = 0
+        while True:
+            handled += 1
+            if handled % FAIRNESS_EVERY == 0:
+                await asyncio.sleep(0)
+            event = await live.next_event()
+            if type(event) is AudioOut:  # the hot path: 50 a second, no await
+                self._on_agent_audio(event)
+                continue
+            handler = handlers.get(type(event))
+            if handler is not None and (ended := await handler(event)) is not None:
+                return ended
+
+    def _on_agent_audio(self, event: AudioOut) -> None:
+        downlink, playout = self._downlink, self._playout
+        assert downlink is not None
+        assert playout is not None
+        frames = downlink.feed(event.pcm)
+        for frame in frames:
+            playout.enqueue(frame)
+        self._last_activity = time.monotonic()
+        self.stats.frames_out(len(frames))
+        if not self._speaking:
+            self._speaking = True
+            self._agent_started_speaking()
+
+    async def _on_agent_transcript(self, event: AgentTranscript) -> None:
+        self.events.record(self.transcript.agent_piece(event.text, self.agent.id))
+
+    async def _on_caller_transcript(self, event: CallerTranscript) -> None:
+        self._cue_at = time.monotonic()  # the caller spoke: the next audio answers it
+        self.events.record(self.transcript.caller_piece(event.text, self.agent.id))
+
+    async def _on_interrupted(self, _: Interrupted) -> None:
+        downlink, playout = self._downlink, self._playout
+        assert downlink is not None
+        assert playout is not None
+        dropped = playout.interrupt()
+        downlink.reset()
+        self._speaking = False
+        self.stats.barge_in(dropped)
+        self.events.record(self.transcript.finish_agent(interrupted=True))
+        self.events.emit("agent.interrupted", frames_dropped=dropped)
+
+    async def _on_turn_complete(self, _: TurnComplete) -> None:
+        """The agent's turn is over: its audio tail and a mark follow what is queued."""
+        playout = self._playout
+        assert playout is not None
+        if self._speaking:
+            self._flush_downlink()
+            self._turns += 1
+            playout.mark(f"turn-{self._turns}")
+        for entry in self.transcript.finish_all():
+            self.events.record(entry)
+
+    async def _on_tool_call(self, event: ToolCall) -> str | None:
+        assert self._live is not None
+        targets = self.graph.targets(self.stage)
+        request = await answer_tool_call(event, self._live, targets, self.events)
+        if request is None or await self._hand_off(request):
+            return None
+        return "model_ended"  # no connection for the new agent: the call cannot go on
+
+    async def _on_handle_updated(self, _: HandleUpdated) -> None:
+        for entry in self.transcript.finish_all():
+            self.events.record(entry)
+        self.transcript.mark_handle()
+
+    async def _on_reconnected(self, event: Reconnected) -> None:
+        self.stats.reconnected(event.reason)
+        self.events.emit("live.reconnected", reason=event.reason, detail=event.detail,
+                         resumed=event.resumed, ms=round(event.elapsed_ms, 1))  # fmt: skip
+
+    async def _on_go_away(self, event: GoAway) -> None:
+        self.events.emit("live.go_away", time_left=event.time_left)
+
+    async def _on_tool_call_cancelled(self, event: ToolCallCancelled) -> None:
+        self.events.emit("live.tool_call_cancelled", ids=list(event.call_ids))
+
+    async def _on_session_ended(self, event: SessionEnded) -> str:
+        self.log.warning("call.model_ended", reason=event.reason, code=event.code)
+        return "model_ended"
+
+    async def _hand_off(self, request: HandoffRequest) -> bool:
+        """Move the call to the request's agent on a new connection, keeping the conversation;
+        False if no connection could be opened."""
+        live = self._live
+        assert live is not None
+        agent, stage = request.target.agent, request.target.stage
+        # The old agent's words so far keep playing: push its resampler tail out too.
+        self._flush_downlink()
+        previous = self.agent
+        opening = self._conversation.takeover(
+            previous, agent, reason=request.reason, summary=request.summary
+        )
+        self.stage, self.agent = stage, agent
+        self.events.agent_id = agent.id
+        self.events.bind(agent=agent.id)
+        try:
+            resumed, elapsed = await live.hand_off(self._persona(), opening)
+        except LiveConnectError as exc:
+            self.stats.error("live_connect")
+            self.log.error("handoff.failed", target=agent.id, reason=exc.reason, code=exc.code)
+            return False
+        self._cue_at = time.monotonic()
+        self.stats.handed_off(elapsed)
+        self.events.emit(
+            "handoff.completed",
+            from_agent=previous.id,
+            to_agent=agent.id,
+            phase=stage.phase,
+            resumed=resumed,
+            reconnect_ms=round(elapsed, 1),
+            _private={"reason": request.reason},  # the model's words about the caller
+        )
+        return True
+
+    def _flush_downlink(self) -> None:
+        """Queue the resampler's tail behind the agent's audio; the agent stopped speaking."""
+        downlink, playout = self._downlink, self._playout
+        assert downlink is not None
+        assert playout is not None
+        for frame in downlink.flush():
+            playout.enqueue(frame)
+        self._speaking = False
+
+    def _agent_started_speaking(self) -> None:
+        if self._cue_at is not None:
+            latency = time.monotonic() - self._cue_at
+            self._cue_at = None
+            self.stats.first_audio(latency)
+            self.events.emit("agent.speaking", first_audio_ms=round(latency * 1000, 1))
+        else:
+            self.events.emit("agent.speaking")
+
+    # ------------------------------------------------------------------ the other tasks
+
+    async def _run_playout(self) -> str:
+        assert self._playout is not None
+        try:
+            await self._playout.run()
+        except Exception as exc:  # the carrier socket is gone: the call is over
+            self.log.info("call.send_failed", error=type(exc).__name__)
+        return "caller_disconnected"
+
+    async def _watchdog(self) -> str:
+        """End calls that hang: nothing heard from either side, or past the duration limit."""
+        opts = self.options
+        step = min(1.0, opts.idle_timeout_s / 4)
+        while True:
+            await asyncio.sleep(step)
+            now = time.monotonic()
+            if opts.max_duration_s and now - (self._begun_at or now) >= opts.max_duration_s:
+                return "max_duration"
+            if now - self._last_activity >= opts.idle_timeout_s:
+                return "idle_timeout"
+
+    async def _wait_for_end_request(self) -> str:
+        return await self._end_requested
+
+    def _persona(self) -> AgentPersona:
+        return AgentPersona(self.agent, tuple(self.graph.targets(self.stage)))

@@ -1,0 +1,189 @@
+"""Plain fakes for driving a call without sockets or network: the carrier's websocket and the
+model session, each recording what the code under test did to it.
+
+They stand in for peers, never for the code under test: the bridge, the carrier codecs, the
+playout and the transcoders stay real. Each fake wakes its waiters on every change, so a test
+waits for a condition (``await fake.until(...)``) instead of sleeping for a guessed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import structlog
+from google.genai import types
+
+from gateway.live.config import AgentPersona
+from gateway.live.events import LiveEvent
+from gateway.live.session import Conversation, LiveConnectError, TakeoverFactory
+
+#: How long a test waits for something the code under test is about to do.
+WAIT_S = 1.0
+
+
+class _Recorder:
+    """Wakes whoever waits for a condition on the fake whenever it records something."""
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Event()
+
+    def _touch(self) -> None:
+        self._changed.set()
+
+    async def until(self, condition: Callable[[], object]) -> None:
+        """Wait until ``condition()`` is true (checked after each change); fail after WAIT_S."""
+        async with asyncio.timeout(WAIT_S):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class FakeCarrierSocket(_Recorder):
+    """A carrier websocket: the test queues what the carrier says, the gateway's sends and
+    closes are kept. ``receive`` returns None once the test :meth:`disconnect`\\ s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self.sent: list[str] = []
+        #: Every close, in order (the gateway may close an already closed socket).
+        self.closes: list[tuple[int, str]] = []
+
+    def feed(self, *messages: str | bytes) -> None:
+        for message in messages:
+            self.inbox.put_nowait(message)
+
+    def disconnect(self) -> None:
+        self.inbox.put_nowait(None)
+
+    async def receive(self) -> str | bytes | None:
+        return await self.inbox.get()
+
+    async def send(self, text: str) -> None:
+        if self.closes:
+            raise ConnectionError("send on a closed socket")
+        self.sent.append(text)
+        self._touch()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closes.append((code, reason))
+        self._touch()
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """What the gateway sent, parsed."""
+        return [json.loads(text) for text in self.sent]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("event") == name]
+
+
+class FakeModelSession(_Recorder):
+    """A model session (the :class:`~gateway.call.model_session.ModelSession` protocol): the
+    test pushes :mod:`gateway.live.events`, the session records what the call sent it.
+
+    ``actions`` keeps the order of what the call did (``("tool_response", name)``,
+    ``("hand_off", agent_id)``, ...), for tests about ordering.
+    """
+
+    def __init__(
+        self,
+        *,
+        open_error: LiveConnectError | None = None,
+        handoff_error: LiveConnectError | None = None,
+    ) -> None:
+        super().__init__()
+        self.events: asyncio.Queue[LiveEvent] = asyncio.Queue()
+        self.conversation: Conversation | None = None
+        self.log: structlog.stdlib.BoundLogger | None = None
+        self.audio_dropped_ms = 0.0
+        self.opened: list[AgentPersona] = []
+        self.audio: list[bytes] = []
+        self.texts: list[str] = []
+        self.tool_responses: list[tuple[str, str, dict[str, Any]]] = []
+        #: Each handoff's persona and the opening it would send to a resumed session.
+        self.handoffs: list[tuple[AgentPersona, Sequence[types.Content]]] = []
+        self.actions: list[tuple[str, str]] = []
+        self.close_calls = 0
+        self._open_error = open_error
+        self._handoff_error = handoff_error
+
+    def factory(
+        self, log: structlog.stdlib.BoundLogger, conversation: Conversation
+    ) -> FakeModelSession:
+        """A ``LiveSessionFactory`` that hands out this session."""
+        self.log, self.conversation = log, conversation
+        return self
+
+    def push(self, *events: LiveEvent) -> None:
+        for event in events:
+            self.events.put_nowait(event)
+
+    @property
+    def audio_bytes(self) -> int:
+        return sum(len(chunk) for chunk in self.audio)
+
+    async def open(self, persona: AgentPersona) -> tuple[bool, float]:
+        self.opened.append(persona)
+        self.actions.append(("open", persona.agent.id))
+        self._touch()
+        if self._open_error is not None:
+            raise self._open_error
+        return False, 12.5
+
+    async def hand_off(
+        self, persona: AgentPersona, takeover: TakeoverFactory
+    ) -> tuple[bool, float]:
+        self.actions.append(("hand_off", persona.agent.id))
+        self._touch()
+        if self._handoff_error is not None:
+            raise self._handoff_error
+        self.handoffs.append((persona, takeover(True)))
+        return True, 7.5
+
+    async def send_audio(self, pcm16k: bytes) -> None:
+        self.audio.append(pcm16k)
+        self._touch()
+
+    async def send_text(self, text: str) -> None:
+        self.texts.append(text)
+        self.actions.append(("text", text))
+        self._touch()
+
+    async def send_tool_response(self, call_id: str, name: str, response: dict[str, Any]) -> None:
+        self.tool_responses.append((call_id, name, response))
+        self.actions.append(("tool_response", name))
+        self._touch()
+
+    async def next_event(self) -> LiveEvent:
+        return await self.events.get()
+
+    async def close(self) -> None:
+        self.close_calls += 1
+        self.actions.append(("close", ""))
+        self._touch()
+
+
+class RecordingObserver(_Recorder):
+    """A call observer (``CallObserver``) that keeps every call event, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, name: str, fields: Mapping[str, Any]) -> None:
+        self.events.append((name, dict(fields)))
+        self._touch()
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.events]
+
+    def first(self, name: str) -> dict[str, Any]:
+        """The fields of the first event called ``name``."""
+        return next(fields for n, fields in self.events if n == name)
+
+    def all(self, name: str) -> list[dict[str, Any]]:
+        return [fields for n, fields in self.events if n == name]
