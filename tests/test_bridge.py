@@ -21,7 +21,8 @@ import pytest
 from gateway.agents import BUSY, AgentGraph, Fallback, parse_agents
 from gateway.audio import g711
 from gateway.audio.transcode import PCMU_8K, downlink_for
-from gateway.call.bridge import BridgeOptions, CallBridge, CallHooks, Refusal
+from gateway.call.bridge import BridgeOptions, CallBridge
+from gateway.call.hooks import CallHooks, Refusal
 from gateway.carriers.base import StreamStarted
 from gateway.carriers.twilio import TwilioCodec
 from gateway.live.config import HANDOFF_TOOL
@@ -289,6 +290,20 @@ async def test_model_bookkeeping_events_reach_the_observers() -> None:
     assert call.event("live.reconnected")["resumed"] is True
     assert call.event("live.tool_call_cancelled")["ids"] == ["call-9"]
     assert call.event("call.ended")["reconnects"] == 1
+
+
+async def test_the_last_words_reach_the_observers_when_the_call_ends_mid_utterance() -> None:
+    call = begin()
+    await call.connected()
+    call.session.push(
+        AgentTranscript("Goodbye, "), AgentTranscript("take care."), AudioOut(tone(20))
+    )
+    await call.observed.until(lambda: "agent.speaking" in call.names())  # all three handled
+    call.socket.feed(stop())
+    assert await call.ended() == "caller_hung_up"
+    (last,) = call.observed.all("transcript")
+    assert (last["speaker"], last["text"]) == ("agent", "Goodbye, take care.")
+    assert call.names()[-2:] == ["transcript", "call.ended"]
 
 
 # ---------------------------------------------------------------------- barge-in

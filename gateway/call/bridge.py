@@ -74,18 +74,6 @@ from gateway.live.events import (
 from gateway.live.session import LiveConnectError
 from gateway.metrics import Metrics
 
-__all__ = [
-    "FAIRNESS_EVERY",
-    "BridgeOptions",
-    "CallBridge",
-    "CallHooks",
-    "CallObserver",
-    "CarrierSocket",
-    "LiveSessionFactory",
-    "ModelSession",
-    "Refusal",
-]
-
 #: After this many messages handled without suspending, a loop yields to the others. A queue
 #: with messages waiting never suspends its reader, so after a stall one call's backlog could
 #: otherwise hold the event loop for 100 ms and more (measured), starving every other call.
@@ -295,11 +283,8 @@ class CallBridge:
                             self.log.warning("call.protocol_error", error=str(exc))
                             return None
                         continue
-                    if isinstance(event, StreamStarted):
+                    if isinstance(event, StreamStarted):  # (a stop before it is refused)
                         return event
-                    if isinstance(event, StreamStopped):
-                        self.end_reason = "caller_hung_up"
-                        return None
         except TimeoutError:
             self.end_reason = "no_start"
             self.log.warning("call.no_start", timeout_s=self.options.start_timeout_s)
@@ -325,7 +310,8 @@ class CallBridge:
         return live
 
     def _finish(self, duration: float) -> None:
-        self.transcript.finish_all()
+        for entry in self.transcript.finish_all():  # the last words, cut off by the end
+            self.events.record(entry)
         tallies = self.stats.call_ended(
             self.end_reason,
             began=self._begun_at is not None,

@@ -16,7 +16,9 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.agents import AgentGraph, Fallback
-from gateway.call.bridge import BridgeOptions, CallBridge, CallObserver, LiveSessionFactory
+from gateway.call.bridge import BridgeOptions, CallBridge
+from gateway.call.emitter import CallObserver
+from gateway.call.model_session import LiveSessionFactory
 from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.twilio_api import TwilioRest
 from gateway.metrics import Metrics

@@ -30,7 +30,8 @@ from fastapi import WebSocket
 from fastapi.responses import PlainTextResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from gateway.call.bridge import CallBridge, CallHooks, Refusal
+from gateway.call.bridge import CallBridge
+from gateway.call.hooks import CallHooks, Refusal
 from gateway.carriers.base import CarrierCodec, StreamStarted
 from gateway.security import StreamGrant, StreamTokenError
 from gateway.web.httputil import pass_on, proxy_retries
