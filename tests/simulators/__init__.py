@@ -1,0 +1,1 @@
+"""Tests of the simulators (callsim): each peer against its protocol, without the gateway."""
