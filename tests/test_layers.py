@@ -1,8 +1,10 @@
 """The architecture, checked: ``tools/import_graph.py`` finds no import circle in ``gateway/``,
-no import from a lower layer to a higher one, and no module-level import of the simulators."""
+no import from a lower layer to a higher one, and no module-level import of the simulators;
+the simulated carriers are built without the gateway's carriers."""
 
 from __future__ import annotations
 
+import ast
 import sys
 from pathlib import Path
 
@@ -67,3 +69,54 @@ def test_a_module_outside_every_layer_is_reported(tmp_path: Path) -> None:
     assert import_graph.problems(root=root) == [
         "gateway.stray is in no layer (add it to LAYERS in tools/import_graph.py)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("source", "at_import", "anywhere"),
+    [
+        ("import gateway.carriers.twilio", True, True),
+        ("from gateway.carriers.telnyx import codec", True, True),
+        ("from gateway import carriers", True, True),
+        # Only type checkers read it: it never runs.
+        ("if TYPE_CHECKING:\n    from gateway.carriers import twilio", False, True),
+        ("class C:\n    from gateway.carriers import twilio", True, True),
+        ("def f():\n    from gateway.carriers import twilio", False, True),
+        ("class C:\n    async def m(self):\n        import gateway.carriers", False, True),
+        ("from gateway import audio\nimport gateway.carriersx", False, False),
+        ("from .carriers import twilio", False, False),  # relative: inside its own package
+    ],
+)
+def test_the_import_finder_sees_every_spelling(
+    source: str, at_import: bool, anywhere: bool
+) -> None:
+    """The checks here are only as good as this finder."""
+    found = [i for i in import_graph.imports_in(ast.parse(source)) if i.names("gateway.carriers")]
+    assert any(i.eager for i in found) == at_import
+    assert bool(found) == anywhere
+
+
+def _importers(package: str, target: str, *, eager_only: bool = False) -> list[str]:
+    """The modules of ``package`` that import ``target`` (or a module in it)."""
+    return [
+        name
+        for name, path in import_graph.modules(package).items()
+        if any(
+            i.names(target) and (i.eager or not eager_only)
+            for i in import_graph.module_imports(name, path)
+        )
+    ]
+
+
+def test_the_simulated_carriers_do_not_import_the_gateways_carriers() -> None:
+    """callsim's Twilio and Telnyx peers re-implement the carriers' side from their
+    documentation: built on ``gateway.carriers`` they would agree with the gateway by
+    construction and catch none of its mistakes."""
+    assert _importers("callsim", "gateway.carriers") == []
+
+
+def test_the_gateway_imports_callsim_only_inside_functions() -> None:
+    """Serving calls loads no simulator: only the commands that run one (``gateway demo``,
+    ``call``, ``simulator``, ``serve --simulator``) import callsim, when they run."""
+    assert _importers("gateway", "callsim", eager_only=True) == []
+    # The lazy imports exist (a finder that saw nothing would pass the check above too).
+    assert "gateway.cli" in _importers("gateway", "callsim")

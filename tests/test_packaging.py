@@ -12,10 +12,8 @@ import re
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,80 +102,3 @@ def test_every_third_party_import_of_the_gateway_is_a_declared_dependency() -> N
     assert not missing, (
         f"imported by gateway/ or callsim/ but not in [project].dependencies: {missing}"
     )
-
-
-# --- which package may import which --------------------------------------------------------------
-
-_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
-
-
-def _imported(node: ast.AST, *, in_functions: bool = True) -> Iterator[str]:
-    """Every absolute module name the imports under ``node`` name; ``from a import b`` names
-    ``a`` and ``a.b`` (``b`` may be a module). Without ``in_functions``, only the imports that
-    run when the module is imported: none inside a function body."""
-    for child in ast.iter_child_nodes(node):
-        if isinstance(child, _FUNCTIONS) and not in_functions:
-            continue
-        if isinstance(child, ast.Import):
-            yield from (alias.name for alias in child.names)
-        elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
-            yield child.module
-            yield from (f"{child.module}.{alias.name}" for alias in child.names)
-        yield from _imported(child, in_functions=in_functions)
-
-
-def _imports_of(package: str, target: str, *, in_functions: bool = True) -> dict[str, list[str]]:
-    """The modules of ``package`` that import ``target`` (or a module in it), and what."""
-    found = {}
-    for source in sorted((ROOT / package).rglob("*.py")):
-        tree = ast.parse(source.read_text(), str(source))
-        names = sorted(
-            name
-            for name in set(_imported(tree, in_functions=in_functions))
-            if name == target or name.startswith(target + ".")
-        )
-        if names:
-            found[str(source.relative_to(ROOT))] = names
-    return found
-
-
-@pytest.mark.parametrize(
-    ("source", "at_import", "anywhere"),
-    [
-        ("import gateway.carriers.twilio", True, True),
-        ("from gateway.carriers.telnyx import codec", True, True),
-        ("from gateway import carriers", True, True),
-        ("if TYPE_CHECKING:\n    from gateway.carriers import twilio", True, True),
-        ("class C:\n    from gateway.carriers import twilio", True, True),
-        ("def f():\n    from gateway.carriers import twilio", False, True),
-        ("class C:\n    async def m(self):\n        import gateway.carriers", False, True),
-        ("from gateway import audio\nimport gateway.carriersx", False, False),
-        ("from .carriers import twilio", False, False),  # relative: inside its own package
-    ],
-)
-def test_the_import_finder_sees_every_spelling(
-    source: str, at_import: bool, anywhere: bool
-) -> None:
-    """The two tests below are only as good as this finder."""
-
-    def finds(*, in_functions: bool) -> bool:
-        names = _imported(ast.parse(source), in_functions=in_functions)
-        return any(n == "gateway.carriers" or n.startswith("gateway.carriers.") for n in names)
-
-    assert finds(in_functions=False) == at_import
-    assert finds(in_functions=True) == anywhere
-
-
-def test_the_simulated_carriers_do_not_import_the_gateways_carriers() -> None:
-    """callsim's Twilio and Telnyx peers re-implement the carriers' side from their
-    documentation: built on ``gateway.carriers`` they would agree with the gateway by
-    construction and catch none of its mistakes."""
-    assert _imports_of("callsim", "gateway.carriers") == {}
-
-
-def test_the_gateway_imports_callsim_only_inside_functions() -> None:
-    """Serving calls loads no simulator: only the commands that run one (``gateway demo``,
-    ``call``, ``simulator``, ``serve --simulator``) import callsim, when they run."""
-    assert _imports_of("gateway", "callsim", in_functions=False) == {}
-    # The lazy imports exist (a finder that saw nothing would pass the check above too).
-    assert "gateway/cli.py" in _imports_of("gateway", "callsim")

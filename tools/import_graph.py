@@ -74,21 +74,56 @@ def modules(package: str = PACKAGE, root: Path = ROOT) -> dict[str, Path]:
     return {module_name(p, root): p for p in sorted((root / package).rglob("*.py"))}
 
 
-def _eager_nodes(tree: ast.Module) -> set[int]:
-    """ids of the import nodes that run at import time (module level, incl. if/try blocks)."""
-    eager: set[int] = set()
-    todo: list[ast.stmt] = list(tree.body)
-    while todo:
-        node = todo.pop()
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            eager.add(id(node))
-        elif isinstance(node, ast.If | ast.Try | ast.With):
-            if isinstance(node, ast.If) and _is_type_checking(node.test):
-                continue  # only read by type checkers
-            for field in ("body", "orelse", "finalbody", "handlers"):
-                for child in getattr(node, field, []):
-                    todo.extend(child.body if isinstance(child, ast.ExceptHandler) else [child])
-    return eager
+@dataclass(frozen=True, slots=True)
+class Imported:
+    """One name an import statement brings in: ``import a.b`` is (``a.b``, None), ``from a
+    import b`` is (``a``, ``b``), where ``b`` may be the module ``a.b`` or a name in ``a``."""
+
+    module: str
+    name: str | None
+    #: Runs when the importing module is imported (False: inside a function, or only for
+    #: type checkers under ``if TYPE_CHECKING``). A class body runs at import.
+    eager: bool
+
+    def names(self, target: str) -> bool:
+        """Whether this brings in ``target`` or a module inside it."""
+        full = f"{self.module}.{self.name}" if self.name else self.module
+        return any(n == target or n.startswith(target + ".") for n in (self.module, full))
+
+
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+
+
+def imports_in(tree: ast.AST, package: str = "") -> Iterator[Imported]:
+    """Every import in ``tree``, wherever it stands; a relative one is resolved against
+    ``package`` (and skipped without one)."""
+    yield from _imports_among(ast.iter_child_nodes(tree), package, eager=True)
+
+
+def _imports_among(nodes: Iterable[ast.AST], package: str, *, eager: bool) -> Iterator[Imported]:
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            yield from (Imported(alias.name, None, eager) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node, package)
+            if base:
+                yield from (Imported(base, alias.name, eager) for alias in node.names)
+        elif isinstance(node, ast.If) and _is_type_checking(node.test):
+            yield from _imports_among(node.body, package, eager=False)
+            yield from _imports_among(node.orelse, package, eager=eager)
+        else:
+            inside = eager and not isinstance(node, _FUNCTIONS)
+            yield from _imports_among(ast.iter_child_nodes(node), package, eager=inside)
+
+
+def _absolute(node: ast.ImportFrom, package: str) -> str:
+    if not node.level:
+        return node.module or ""
+    if not package:
+        return ""
+    parts = package.split(".")
+    anchor = parts[: len(parts) - node.level + 1]
+    return ".".join([*anchor, node.module] if node.module else anchor)
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -97,38 +132,30 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
+def module_imports(name: str, path: Path) -> Iterator[Imported]:
+    """The imports of module ``name``, read from ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    return imports_in(tree, package)
+
+
 def edges(known: dict[str, Path]) -> Iterator[Edge]:
     for name, path in known.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-        eager = _eager_nodes(tree)
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join([*anchor, base] if base else anchor)
-                targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
-            else:
-                continue
-            for target in _resolve(targets, known):
-                if target != name:
-                    yield Edge(name, target, id(node) in eager)
+        for imported in module_imports(name, path):
+            target = _module_of(imported, known)
+            if target is not None and target != name:
+                yield Edge(name, target, imported.eager)
 
 
-def _resolve(targets: Iterable[str], known: dict[str, Path]) -> set[str]:
-    """The modules named (``from a import b`` may name module ``a.b`` or a name in ``a``);
-    names outside the package are kept whole only when they are lazy-only packages."""
-    found: set[str] = set()
-    for target in targets:
-        if target in known:
-            found.add(target)
-        elif target.split(".")[0] in LAZY_ONLY:
-            found.add(target.split(".")[0])
-    # ``from gateway.a import b`` names gateway.a.b when that is a module, else gateway.a
-    return {t for t in found if not any(o.startswith(t + ".") and o in found for o in found)}
+def _module_of(imported: Imported, known: dict[str, Path]) -> str | None:
+    """The module of the package an import names (``from a import b``: module ``a.b`` when
+    there is one, else ``a``); a lazy-only package whole; None for anything else."""
+    if imported.name is not None and f"{imported.module}.{imported.name}" in known:
+        return f"{imported.module}.{imported.name}"
+    if imported.module in known:
+        return imported.module
+    top = imported.module.split(".")[0]
+    return top if top in LAZY_ONLY else None
 
 
 def layer_of(module: str) -> int | None:
