@@ -137,7 +137,6 @@ class CallBridge:
         self.end_reason = "not started"
         self.stage: Stage = graph.first_stage
         self.agent: Agent = graph.agent(self.stage.agent_id)
-        self.call_id = ""
         self.events = CallEvents(
             structlog.get_logger("gateway.call").bind(carrier=codec.carrier),
             observers,
@@ -257,12 +256,12 @@ class CallBridge:
 
     async def _run_hang_up(self, fallback_handled: bool) -> None:
         hang_up = self._hooks.hang_up
-        if hang_up is None or fallback_handled or not self.call_id:
-            return
-        if self.end_reason in CALLER_ENDED or self._begun_at is None:
+        if hang_up is None or fallback_handled or self._started is None:
+            return  # no call to hang up (never begun), or the fallback ended it
+        if self.end_reason in CALLER_ENDED:
             return
         try:
-            await hang_up(self.call_id)
+            await hang_up(self._started.call_id)
         except Exception as exc:
             self.stats.error("hangup")
             self.log.warning("call.hangup_failed", error=str(exc))
@@ -291,9 +290,8 @@ class CallBridge:
             return None
 
     def _begin(self, started: StreamStarted) -> ModelSession:
-        self.call_id = self.events.call_id = started.call_id
         self._started = started
-        self.events.bind(call_id=started.call_id, stream_id=started.stream_id, agent=self.agent.id)
+        self.events.call_began(started.call_id, started.stream_id)
         self._uplink = uplink_for(started.audio_format)
         self._downlink = downlink_for(started.outbound_format)
         self._playout = Playout(self.codec, self.socket.send, lead_ms=self.options.playout_lead_ms)
@@ -516,8 +514,7 @@ class CallBridge:
             previous, agent, reason=request.reason, summary=request.summary
         )
         self.stage, self.agent = stage, agent
-        self.events.agent_id = agent.id
-        self.events.bind(agent=agent.id)
+        self.events.agent_changed(agent.id)
         try:
             resumed, elapsed = await live.hand_off(self._persona(), opening)
         except LiveConnectError as exc:

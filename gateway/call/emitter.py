@@ -44,6 +44,15 @@ class CallEvents:
         """Add context to every later log line of the call."""
         self.log = self.log.bind(**fields)
 
+    def call_began(self, call_id: str, stream_id: str) -> None:
+        """The stream became a call: name it in every later line and payload."""
+        self.call_id = call_id
+        self.bind(call_id=call_id, stream_id=stream_id, agent=self.agent_id)
+
+    def agent_changed(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+        self.bind(agent=agent_id)
+
     def emit(self, name: str, _private: Mapping[str, Any] | None = None, **fields: Any) -> None:
         """Log a call event and tell the observers; ``_private`` fields are personal data."""
         private = _private or {}
