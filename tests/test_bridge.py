@@ -191,6 +191,8 @@ def begin(
     admit: Refusal | None = None,
     fallback_handles: bool = False,
     start_call: bool = True,
+    hooks: dict[str, Any] | None = None,
+    tool_runner: Any = None,
     **options: Any,
 ) -> Call:
     """Run a bridge over fakes; by default the carrier has already sent connected + start."""
@@ -215,7 +217,10 @@ def begin(
         new_live_session=session.factory,
         options=BridgeOptions(**{"playout_lead_ms": 40.0, **options}),
         observers=(observed,),
-        hooks=CallHooks(admit=lambda _: admit, hang_up=hang_up, fallback=give_fallback),
+        hooks=CallHooks(
+            admit=lambda _: admit, hang_up=hang_up, fallback=give_fallback, **(hooks or {})
+        ),
+        tool_runner=tool_runner,
     )
     if start_call:
         socket.feed(connected(), start())
@@ -258,13 +263,28 @@ async def test_agent_audio_goes_down_as_media_then_a_mark_at_turn_end() -> None:
     assert call.event("call.ended")["frames_out"] == 6
 
 
-async def test_dtmf_is_told_to_the_model_and_noted_in_the_transcript() -> None:
+async def test_a_keypad_entry_reaches_the_model_as_one_turn_and_the_transcript() -> None:
     call = begin()
     await call.connected()
-    call.socket.feed(dtmf("5"))
+    call.socket.feed(dtmf("1"), dtmf("2"), dtmf("3"))
+    await asyncio.sleep(0.05)
+    assert call.session.texts == []  # still typing
+    call.socket.feed(dtmf("#"))
     await call.session.until(lambda: call.session.texts)
-    assert "5 key" in call.session.texts[0]
-    assert call.bridge.transcript.entries[-1].text == "DTMF 5"
+    assert call.session.texts == ["The caller pressed 1 2 3 # on the phone keypad."]
+    assert call.bridge.transcript.entries[-1].text == call.session.texts[0]
+    entry = call.event("dtmf.entry")
+    assert (entry["keys"], entry["digits"]) == (4, "123#")
+    call.socket.feed(stop())
+    assert await call.ended() == "caller_hung_up"
+
+
+async def test_a_keypad_entry_ends_after_the_interdigit_pause() -> None:
+    call = begin(dtmf_interdigit_s=0.2)
+    await call.connected()
+    call.socket.feed(dtmf("4"), dtmf("2"))
+    await call.session.until(lambda: call.session.texts)
+    assert call.session.texts == ["The caller pressed 4 2 on the phone keypad."]
     call.socket.feed(stop())
     assert await call.ended() == "caller_hung_up"
 

@@ -8,8 +8,15 @@ Five tasks run per call, all created here and all cancelled and awaited when any
   barge-in clears it, transcripts are kept, and a ``handoff_conversation`` call moves the
   conversation to the next agent on a new connection;
 - the *playout* paces audio to the carrier and is the socket's only writer;
-- the *watchdog* ends a call nobody is on (idle) or one past its duration limit;
-- the *end request* waits for the server to ask for the end (drain).
+- the *watchdog* ends a call nobody is on (idle) or one past its duration limit, hands the
+  caller's keypad entries to the model when they are complete, and checks on a quiet caller;
+- the *end request* waits for the end to be asked for: by the server (drain), or by the call
+  itself once the agent's goodbye has played (``end_call``, a quiet line) or its transfer went
+  through.
+
+Work that takes a while is done on *side tasks* the bridge owns the same way: an HTTP tool
+call (caller audio and barge-in go on meanwhile), waiting for a farewell to finish playing,
+a transfer.
 
 (The Live session runs its own reader task per connection; :meth:`ModelSession.close` ends it.)
 
@@ -26,9 +33,11 @@ is told (:mod:`~gateway.call.conversation`), the deployment's decisions
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
 from typing import Any, Protocol
 
 import structlog
@@ -37,14 +46,25 @@ from gateway.agents import BUSY, Agent, AgentGraph, Fallback, Stage
 from gateway.aio import cancel_and_wait
 from gateway.audio.budget import RealTimeBudget
 from gateway.audio.transcode import FRAME_MS, Downlink, Uplink, downlink_for, uplink_for
+from gateway.audio.vad import voiced
 from gateway.call.conversation import CallConversation
 from gateway.call.emitter import CallEvents, CallObserver
-from gateway.call.handoff import dtmf_note
-from gateway.call.hooks import CallHooks, Refusal
+from gateway.call.hooks import CallActionError, CallHooks, Refusal
+from gateway.call.http_tools import HttpToolRunner
+from gateway.call.idle import CHECK_IN_PROMPT, GOODBYE_PROMPT, IdleAction, IdleWatch
+from gateway.call.keypad import Keypad, entry_text
 from gateway.call.model_session import LiveSessionFactory, ModelSession
 from gateway.call.playout import Playout
-from gateway.call.stats import CALLER_ENDED, MODEL_FAILED, CallStats
-from gateway.call.tools import HandoffRequest, answer_tool_call
+from gateway.call.stats import AGENT_ENDED, CALLER_ENDED, MODEL_FAILED, CallStats
+from gateway.call.tools import (
+    TRANSFER_DONE,
+    EndCallRequest,
+    HandoffRequest,
+    HttpToolRequest,
+    TransferRequest,
+    answer_tool_call,
+    transfer_failed,
+)
 from gateway.call.transcript import Transcript
 from gateway.carriers.base import (
     AudioReceived,
@@ -73,11 +93,16 @@ from gateway.live.events import (
 )
 from gateway.live.session import LiveConnectError
 from gateway.metrics import Metrics
+from gateway.variables import call_variables
 
 #: After this many messages handled without suspending, a loop yields to the others. A queue
 #: with messages waiting never suspends its reader, so after a stall one call's backlog could
 #: otherwise hold the event loop for 100 ms and more (measured), starving every other call.
 FAIRNESS_EVERY = 16
+#: The longest the gateway waits for a farewell or a transfer notice to finish playing.
+FAREWELL_MAX_S = 10.0
+#: How often the watchdog looks at the call (keypad entries wake it on time regardless).
+WATCH_STEP_S = 0.25
 
 #: Handles one kind of event; returns the end reason if the event ends the call.
 _Handler = Callable[[Any], Awaitable[str | None]]
@@ -111,6 +136,13 @@ class BridgeOptions:
     idle_timeout_s: float = 60.0
     #: Transcript text in the logs (personal data); observers always get it.
     log_transcripts: bool = False
+    #: A keypad entry ends this long after its last key (or on ``#``).
+    dtmf_interdigit_s: float = 1.5
+    #: Quiet seconds before the agent checks on the caller, then before it says goodbye.
+    idle_prompt_s: float = 20.0
+    idle_hangup_s: float = 20.0
+    #: Where ``{{date}}`` and ``{{time}}`` are told.
+    timezone: tzinfo = UTC
 
 
 class CallBridge:
@@ -127,6 +159,7 @@ class CallBridge:
         observers: tuple[CallObserver, ...] = (),
         hooks: CallHooks | None = None,
         metrics: Metrics | None = None,
+        tool_runner: HttpToolRunner | None = None,
     ) -> None:
         self.socket = socket
         self.codec = codec
@@ -159,6 +192,22 @@ class CallBridge:
         self._playout: Playout | None = None
         self._turns = 0
         self._speaking = False
+        self._tool_runner = tool_runner
+        self._keypad = Keypad(self.options.dtmf_interdigit_s)
+        self._idle: IdleWatch | None = None
+        #: The call's prompt variables (``{{caller_number}}``…), known at ``start``.
+        self._variables: dict[str, str] = {}
+        #: Owned like the five tasks: cancelled and awaited when the call ends.
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        #: HTTP tool calls still running, by tool call id.
+        self._tool_tasks: dict[str, asyncio.Task[None]] = {}
+        self._mark_waiters: dict[str, asyncio.Future[None]] = {}
+        self._turn_done = asyncio.Event()
+        #: The agent is ending the call or transferring it: no new tools, no idle prompts.
+        self._ending = False
+        self._transfer: asyncio.Task[None] | None = None
+        #: Where the call was transferred to, once the carrier took it.
+        self.transferred_to: str | None = None
 
     @property
     def log(self) -> structlog.stdlib.BoundLogger:
@@ -211,16 +260,17 @@ class CallBridge:
                 self.log.error("call.task_failed", task=finished.get_name(), exc_info=failure)
             else:
                 self.end_reason = finished.result()
+            await self._settle_transfer()
         except asyncio.CancelledError:
             self.end_reason = "cancelled"  # server shutdown; the finally still cleans up
             raise
         finally:
-            await cancel_and_wait(*tasks)
+            await cancel_and_wait(*tasks, *self._side_tasks)
             if self._live is not None:
                 await self._live.close()
-            handled = await self._run_fallback()
+            handled = await self._run_fallback() or await self._run_end_call()
             await self.socket.close(1000, "call ended")
-            await self._run_hang_up(handled)
+            await self._run_hang_up(handled or self.transferred_to is not None)
             self._finish(time.monotonic() - started_at)
 
     async def _refuse(self, started: StreamStarted, refusal: Refusal) -> None:
@@ -253,6 +303,29 @@ class CallBridge:
             self.stats.error("fallback")
             self.log.warning("call.fallback_failed", error=str(exc))
             return False
+
+    async def _run_end_call(self) -> bool:
+        """The agent ended the call: end it at the carrier *before* the stream closes (on
+        Twilio, closing first would run the fallback verbs after ``</Connect>``)."""
+        hook = self._hooks.end_call
+        if self.end_reason not in AGENT_ENDED or hook is None or self._started is None:
+            return False
+        try:
+            await hook(self._started)
+        except Exception as exc:  # the hang-up hook, or closing the stream, still ends it
+            self.stats.error("end_call")
+            self.log.warning("call.end_call_failed", error=str(exc))
+            return False
+        return True
+
+    async def _settle_transfer(self) -> None:
+        """A carrier that takes a transferred call ends its stream at once, which can reach
+        the caller loop before the transfer's own answer: give that answer a moment."""
+        transfer = self._transfer
+        if transfer is not None and not transfer.done():
+            await asyncio.wait({transfer}, timeout=5.0)
+        if self.transferred_to is not None:
+            self.end_reason = "transferred"
 
     async def _run_hang_up(self, fallback_handled: bool) -> None:
         hang_up = self._hooks.hang_up
@@ -291,11 +364,29 @@ class CallBridge:
 
     def _begin(self, started: StreamStarted) -> ModelSession:
         self._started = started
+        params = started.parameters
+        stage = self.graph.start_stage(params.get("to"))
+        if stage is not self.stage:  # a route for the number called
+            self.stage, self.agent = stage, self.graph.agent(stage.agent_id)
+            self.events.agent_changed(self.agent.id)
+        self._variables = call_variables(
+            caller=params.get("from", ""),
+            called=params.get("to", ""),
+            call_id=started.call_id,
+            carrier=self.codec.carrier,
+            now=datetime.now(self.options.timezone),
+            tz=self.options.timezone,
+            params={k[6:]: v for k, v in params.items() if k.startswith("param.")},
+        )
+        self._conversation.variables = self._variables
         self.events.call_began(started.call_id, started.stream_id)
         self._uplink = uplink_for(started.audio_format)
         self._downlink = downlink_for(started.outbound_format)
         self._playout = Playout(self.codec, self.socket.send, lead_ms=self.options.playout_lead_ms)
         self._begun_at = self._last_activity = time.monotonic()
+        self._idle = IdleWatch(
+            self.options.idle_prompt_s, self.options.idle_hangup_s, now=self._begun_at
+        )
         fmt = started.audio_format
         self._budget = RealTimeBudget(fmt.frame_bytes * 1000 / FRAME_MS, started_at=self._begun_at)
         self.stats.call_began()
@@ -368,17 +459,33 @@ class CallBridge:
                 )
             return
         self.stats.frame_admitted()
-        await live.send_audio(uplink.feed(event.payload))
+        pcm = uplink.feed(event.payload)
+        if voiced(pcm) and self._idle is not None:
+            self._idle.caller_spoke(now)
+        await live.send_audio(pcm)
 
     async def _on_mark(self, event: MarkPlayed) -> None:
         assert self._playout is not None
         if self._playout.mark_echoed(event.name):
             self.events.emit("agent.playback_done", mark=event.name)
+        waiter = self._mark_waiters.pop(event.name, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _on_dtmf(self, event: DtmfReceived) -> None:
+        keys = self._keypad.press(event.digit, time.monotonic())
+        if keys is not None:
+            await self._send_keys(keys)
+
+    async def _send_keys(self, keys: tuple[str, ...]) -> None:
+        """One keypad entry to the active agent, as one text turn. During a handoff or a
+        reconnect the session queues it and the next connection delivers it."""
         assert self._live is not None
-        self.events.record(self.transcript.note("note", self.agent.id, f"DTMF {event.digit}"))
-        await self._live.send_text(dtmf_note(event.digit))
+        text = entry_text(keys)
+        self.events.record(self.transcript.note("note", self.agent.id, text))
+        # The keys can be a PIN or a card number: personal data, like a transcript.
+        self.events.emit("dtmf.entry", keys=len(keys), _private={"digits": "".join(keys)})
+        await self._live.send_text(text)
 
     async def _on_stop(self, _: StreamStopped) -> str:
         return "caller_hung_up"
@@ -449,6 +556,8 @@ class CallBridge:
 
     async def _on_caller_transcript(self, event: CallerTranscript) -> None:
         self._cue_at = time.monotonic()  # the caller spoke: the next audio answers it
+        if self._idle is not None:
+            self._idle.caller_spoke(self._cue_at)
         self.events.record(self.transcript.caller_piece(event.text, self.agent.id))
 
     async def _on_interrupted(self, _: Interrupted) -> None:
@@ -458,6 +567,7 @@ class CallBridge:
         dropped = playout.interrupt()
         downlink.reset()
         self._speaking = False
+        self._release_mark_waiters()  # the audio they waited for will never play
         self.stats.barge_in(dropped)
         self.events.record(self.transcript.finish_agent(interrupted=True))
         self.events.emit("agent.interrupted", frames_dropped=dropped)
@@ -470,16 +580,164 @@ class CallBridge:
             self._flush_downlink()
             self._turns += 1
             playout.mark(f"turn-{self._turns}")
+        self._turn_done.set()
         for entry in self.transcript.finish_all():
             self.events.record(entry)
 
     async def _on_tool_call(self, event: ToolCall) -> str | None:
-        assert self._live is not None
-        targets = self.graph.targets(self.stage)
-        request = await answer_tool_call(event, self._live, targets, self.events)
-        if request is None or await self._hand_off(request):
+        live = self._live
+        assert live is not None
+        if self._ending:
+            await live.send_tool_response(event.call_id, event.name, {"error": "the call is ending"})
             return None
-        return "model_ended"  # no connection for the new agent: the call cannot go on
+        request = await answer_tool_call(
+            event,
+            live,
+            agent=self.agent,
+            targets=self.graph.targets(self.stage),
+            http_tools=self.graph.http_tools(self.agent),
+            events=self.events,
+        )
+        if isinstance(request, HandoffRequest):
+            self._cancel_tools()  # the new agent's connection would not take their answers
+            if await self._hand_off(request):
+                return None
+            return "model_ended"  # no connection for the new agent: the call cannot go on
+        if isinstance(request, EndCallRequest):
+            self.events.emit("call.end_requested", by="agent", _private={"reason": request.reason})
+            self._end_after_farewell("agent_ended")
+        elif isinstance(request, TransferRequest):
+            self._ending = True
+            self._transfer = self._spawn(self._transfer_call(request), "transfer")
+        elif isinstance(request, HttpToolRequest):
+            task = self._spawn(self._run_http_tool(request), f"tool:{request.tool.name}")
+            self._tool_tasks[event.call_id] = task
+        return None
+
+    async def _run_http_tool(self, request: HttpToolRequest) -> None:
+        """Call the business's API; meanwhile the call goes on (audio, barge-in, keys)."""
+        live, call = self._live, request.call
+        assert live is not None
+        try:
+            if self._tool_runner is None:
+                response: dict[str, Any] = {"error": "tools are not available on this line"}
+                ok, ms, status = False, 0.0, None
+            else:
+                outcome = await self._tool_runner.run(
+                    request.tool, call.args, call_id=self.events.call_id, agent_id=self.agent.id
+                )
+                response, ok, ms, status = outcome.response, outcome.ok, outcome.ms, outcome.status
+            self.events.emit(
+                "tool.completed",
+                name=call.name,
+                ok=ok,
+                ms=round(ms, 1),
+                status=status,
+                _private={"arguments": dict(call.args)},
+            )
+            if not ok:
+                self.stats.error("tool")
+            await live.send_tool_response(call.call_id, call.name, response)
+        finally:
+            self._tool_tasks.pop(call.call_id, None)
+
+    def _cancel_tools(self, call_ids: tuple[str, ...] | None = None) -> None:
+        """Cancel running tool calls (all, or those ids): their answers could only be late."""
+        for call_id in list(self._tool_tasks) if call_ids is None else call_ids:
+            task = self._tool_tasks.pop(call_id, None)
+            if task is not None:
+                task.cancel()
+                self.events.emit("tool.cancelled", name=task.get_name().removeprefix("tool:"))
+
+    def _end_after_farewell(self, reason: str) -> None:
+        """End the call with ``reason`` once the agent's current turn has played out."""
+        self._ending = True
+        self._turn_done.clear()
+        self._spawn(self._farewell_then_end(reason), "farewell")
+
+    async def _farewell_then_end(self, reason: str) -> None:
+        """Wait for the model to finish its turn (the goodbye may follow the tool answer) and
+        for the carrier to have played it (its mark), at most :data:`FAREWELL_MAX_S`.
+
+        Gemini's order of ``turnComplete`` around a tool call is not documented, so a turn
+        that ends before the goodbye has begun is not trusted: if the model is speaking again
+        once the played-out mark returns, the next turn's end is awaited too.
+        """
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FAREWELL_MAX_S):
+                while True:
+                    await self._turn_done.wait()
+                    self._turn_done.clear()
+                    await self._played_out()
+                    if not self._speaking:
+                        break
+        self.events.emit("call.ending", reason=reason)
+        if not self._end_requested.done():
+            self._end_requested.set_result(reason)
+
+    async def _transfer_call(self, request: TransferRequest) -> None:
+        """Let the agent's notice play, have the carrier transfer the caller, and answer the
+        tool call with the outcome: a failure leaves the caller with the agent, who is told."""
+        live, started, call = self._live, self._started, request.call
+        assert live is not None
+        assert started is not None
+        self.events.emit("transfer.requested", to=request.name)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FAREWELL_MAX_S):
+                await self._played_out()
+        hook = self._hooks.transfer
+        try:
+            if hook is None:
+                raise CallActionError("transfers are not available on this line")
+            await hook(started, request.destination)
+        except Exception as exc:
+            problem = str(exc) if isinstance(exc, CallActionError) else "the carrier refused it"
+            self._ending = False
+            self.stats.error("transfer")
+            self.events.emit("transfer.failed", to=request.name, error=problem)
+            await live.send_tool_response(
+                call.call_id, call.name, transfer_failed(request.name, problem)
+            )
+            return
+        self.transferred_to = request.destination
+        self.events.emit("call.transferred", to=request.name, destination=request.destination)
+        await live.send_tool_response(call.call_id, call.name, dict(TRANSFER_DONE))
+        if not self._end_requested.done():
+            self._end_requested.set_result("transferred")
+
+    async def _played_out(self) -> None:
+        """Return once the caller has heard everything queued so far (a mark came back)."""
+        playout = self._playout
+        assert playout is not None
+        if self._speaking:
+            self._flush_downlink()
+        self._turns += 1
+        name = f"played-{self._turns}"
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._mark_waiters[name] = waiter
+        playout.mark(name)
+        try:
+            await waiter
+        finally:
+            self._mark_waiters.pop(name, None)
+
+    def _release_mark_waiters(self) -> None:
+        for waiter in self._mark_waiters.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        self._mark_waiters.clear()
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A side task of this call: owned, cancelled and awaited with the call's tasks."""
+        task = asyncio.create_task(work, name=name)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_task_done)
+        return task
+
+    def _side_task_done(self, task: asyncio.Task[None]) -> None:
+        self._side_tasks.discard(task)
+        if not task.cancelled() and (failure := task.exception()) is not None:
+            self.log.error("call.task_failed", task=task.get_name(), exc_info=failure)
 
     async def _on_handle_updated(self, _: HandleUpdated) -> None:
         for entry in self.transcript.finish_all():
@@ -487,6 +745,7 @@ class CallBridge:
         self.transcript.mark_handle()
 
     async def _on_reconnected(self, event: Reconnected) -> None:
+        self._cancel_tools()  # the new connection does not know the calls of the old one
         self.stats.reconnected(event.reason)
         self.events.emit("live.reconnected", reason=event.reason, detail=event.detail,
                          resumed=event.resumed, ms=round(event.elapsed_ms, 1))  # fmt: skip
@@ -495,6 +754,7 @@ class CallBridge:
         self.events.emit("live.go_away", time_left=event.time_left)
 
     async def _on_tool_call_cancelled(self, event: ToolCallCancelled) -> None:
+        self._cancel_tools(event.call_ids)
         self.events.emit("live.tool_call_cancelled", ids=list(event.call_ids))
 
     async def _on_session_ended(self, event: SessionEnded) -> str:
@@ -563,19 +823,48 @@ class CallBridge:
         return "caller_disconnected"
 
     async def _watchdog(self) -> str:
-        """End calls that hang: nothing heard from either side, or past the duration limit."""
+        """End calls that hang (nothing heard from either side, or past the duration limit),
+        hand over finished keypad entries, and look after a quiet line."""
         opts = self.options
-        step = min(1.0, opts.idle_timeout_s / 4)
+        step = min(WATCH_STEP_S, opts.idle_timeout_s / 4)
         while True:
-            await asyncio.sleep(step)
+            now = time.monotonic()
+            wake = now + step
+            if self._keypad.deadline is not None:
+                wake = min(wake, self._keypad.deadline)
+            await asyncio.sleep(max(0.0, wake - now))
             now = time.monotonic()
             if opts.max_duration_s and now - (self._begun_at or now) >= opts.max_duration_s:
                 return "max_duration"
             if now - self._last_activity >= opts.idle_timeout_s:
                 return "idle_timeout"
+            keys = self._keypad.due(now)
+            if keys is not None:
+                await self._send_keys(keys)
+            if self._idle is not None and not self._ending:
+                await self._watch_quiet_line(self._idle, now)
+
+    async def _watch_quiet_line(self, idle: IdleWatch, now: float) -> None:
+        playout, live = self._playout, self._live
+        assert playout is not None
+        assert live is not None
+        busy = self._speaking or playout.busy(now) or bool(self._tool_tasks)
+        action = idle.check(now, agent_busy=busy)
+        if action is IdleAction.CHECK_IN:
+            self.events.emit("call.idle_check_in")
+            await live.send_text(CHECK_IN_PROMPT)
+        elif action is IdleAction.GOODBYE:
+            self.events.emit("call.idle_goodbye")
+            self._end_after_farewell("idle_ended")
+            await live.send_text(GOODBYE_PROMPT)
 
     async def _wait_for_end_request(self) -> str:
         return await self._end_requested
 
     def _persona(self) -> AgentPersona:
-        return AgentPersona(self.agent, tuple(self.graph.targets(self.stage)))
+        return AgentPersona(
+            self.agent,
+            tuple(self.graph.targets(self.stage)),
+            http_tools=self.graph.http_tools(self.agent),
+            variables=self._variables,
+        )

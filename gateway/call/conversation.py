@@ -7,7 +7,7 @@ from the gateway's transcript by :mod:`gateway.call.handoff`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from google.genai import types
 
@@ -35,7 +35,7 @@ class CallConversation:
     """The call's side of :class:`~gateway.live.session.Conversation`, plus the handoff's
     opening. Utterances it closes are reported as transcript events."""
 
-    __slots__ = ("_agent", "_events", "_transcript")
+    __slots__ = ("_agent", "_events", "_transcript", "variables")
 
     def __init__(
         self, transcript: Transcript, events: CallEvents, agent: Callable[[], Agent]
@@ -44,9 +44,11 @@ class CallConversation:
         self._events = events
         #: The active agent, asked each time: a handoff changes it.
         self._agent = agent
+        #: The call's prompt variables, for the greeting (set when the stream starts).
+        self.variables: Mapping[str, str] = {}
 
     def greeting(self) -> list[types.Content]:
-        return greeting_turns(self._agent())
+        return greeting_turns(self._agent(), self.variables)
 
     def reseed(self, *, until_handle: bool) -> tuple[list[types.Content], bool]:
         """After a fault with no usable handle: the transcript, then "carry on"."""
@@ -55,10 +57,10 @@ class CallConversation:
         if until_handle:
             entries = transcript.entries[: transcript.handle_index]
             if not entries:
-                return greeting_turns(self._agent()), True
+                return greeting_turns(self._agent(), self.variables), True
             return context_turns(entries), False
         if not transcript.entries:
-            return greeting_turns(self._agent()), True
+            return greeting_turns(self._agent(), self.variables), True
         return history_turns(transcript.entries, _CARRY_ON), True
 
     def recap(self, *, cut_off: bool) -> tuple[list[types.Content], bool]:

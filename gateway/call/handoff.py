@@ -8,12 +8,13 @@ agent's reason and summary, and quotes what the caller said since the handle.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from google.genai import types
 
 from gateway.agents import Agent
 from gateway.call.transcript import Entry
+from gateway.variables import render
 
 #: The tool result the *old* agent receives: short, and telling it not to talk over the new one.
 HANDOFF_ACCEPTED = {
@@ -53,13 +54,10 @@ def takeover_prompt(agent: Agent, *, reason: str, summary: str, since: Sequence[
     return "\n".join(lines)
 
 
-def greeting_turns(agent: Agent) -> list[types.Content]:
-    """The first agent's opening, when it is configured to speak first."""
-    return [user_turn(agent.greeting)] if agent.greeting else []
-
-
-def dtmf_note(digit: str) -> str:
-    return f"[The caller pressed the {digit} key on their phone keypad.]"
+def greeting_turns(agent: Agent, variables: Mapping[str, str]) -> list[types.Content]:
+    """The first agent's opening, when it is configured to speak first, with the call's
+    variables (``{{caller_number}}``…) filled in."""
+    return [user_turn(render(agent.greeting, variables))] if agent.greeting else []
 
 
 def history_turns(entries: Sequence[Entry], final_prompt: str) -> list[types.Content]:

@@ -13,6 +13,11 @@ from gateway.agents import Fallback
 from gateway.carriers.base import StreamStarted
 
 
+class CallActionError(Exception):
+    """A carrier action (end, transfer) that did not happen; the message is a short reason
+    the agent can tell the caller, with no secret in it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """Why a stream's ``start`` does not make it a call."""
@@ -42,3 +47,9 @@ class CallHooks:
     #: message when there is no room) through the carrier's API; True if that also took care
     #: of ending the call (so ``hang_up`` must not cut it short), False if it could not.
     fallback: Callable[[StreamStarted, Fallback], Awaitable[bool]] | None = None
+    #: Ends the phone call after the agent said goodbye (``end_call``), before the stream
+    #: closes, so nothing placed after ``</Connect>`` plays. Raises :class:`CallActionError`.
+    end_call: Callable[[StreamStarted], Awaitable[None]] | None = None
+    #: Connects the caller to a number or SIP URI and leaves the call (``transfer_call``).
+    #: Raises :class:`CallActionError` with a reason the agent can tell the caller.
+    transfer: Callable[[StreamStarted, str], Awaitable[None]] | None = None

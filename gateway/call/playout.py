@@ -89,6 +89,10 @@ class Playout:
         self._wake.set()
         return dropped
 
+    def busy(self, now: float) -> bool:
+        """Whether agent audio is still queued here or still playing at the carrier."""
+        return self._play_end > now or any(not isinstance(i, _Mark) for i in self._items)
+
     def mark_echoed(self, name: str) -> bool:
         """A mark came back; True if its audio was really played (not flushed by a clear)."""
         if name in self._flushed:

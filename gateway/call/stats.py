@@ -17,14 +17,18 @@ from gateway.metrics import Metrics
 
 #: End reasons where the caller is already gone, so there is nothing to hang up.
 CALLER_ENDED = frozenset({"caller_hung_up", "caller_disconnected"})
+#: End reasons where the agent ended the call (``end_call``, or a quiet line it said goodbye to).
+AGENT_ENDED = frozenset({"agent_ended", "idle_ended"})
 #: End reasons where Gemini is gone for good: the active agent's fallback runs.
 MODEL_FAILED = frozenset({"model_ended", "model_unavailable"})
 
 
 def outcome(end_reason: str) -> str:
     """The ``gateway_calls_total{outcome}`` label for an end reason (a small, fixed set)."""
-    if end_reason in CALLER_ENDED:
+    if end_reason in CALLER_ENDED or end_reason in AGENT_ENDED:
         return "completed"
+    if end_reason == "transferred":
+        return "transferred"
     if end_reason in MODEL_FAILED:
         return "model_failed"
     if end_reason in (
