@@ -26,6 +26,7 @@ from gateway.call.emitter import CallObserver
 from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.telnyx_signature import load_public_key
 from gateway.carriers.twilio_api import TwilioRest
+from gateway.call.http_tools import HttpToolRunner
 from gateway.connections import guarded_h11
 from gateway.live.client import make_client
 from gateway.live.machine import Policy
@@ -79,6 +80,8 @@ def build_state(
         observers=observers,
         telnyx_api=telnyx_api,
         twilio_rest=twilio_rest,
+        # Only when an agent has an HTTP tool: a client nobody uses need not exist.
+        tool_runner=HttpToolRunner() if graph.spec.tools else None,
         telnyx_public_key=(
             load_public_key(settings.telnyx_public_key) if settings.telnyx_public_key else None
         ),

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gateway.agents import AgentGraph, Fallback
 from gateway.call.bridge import BridgeOptions, CallBridge
 from gateway.call.emitter import CallObserver
+from gateway.call.http_tools import HttpToolRunner
 from gateway.call.model_session import LiveSessionFactory
 from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.twilio_api import TwilioRest
@@ -43,6 +44,8 @@ class GatewayState:
     telnyx_api: CallControl | None = None
     telnyx_public_key: Ed25519PublicKey | None = None
     twilio_rest: TwilioRest | None = None
+    #: Calls the agents' HTTP tools; one client (and connection pool) for every call.
+    tool_runner: HttpToolRunner | None = None
     #: Admitted calls: these count for capacity, readyz and gateway_active_calls.
     calls: dict[asyncio.Task[None], CallBridge] = field(default_factory=dict)
     #: Accepted sockets that are not calls (yet): waiting for a start that proves them, or
@@ -71,6 +74,10 @@ class GatewayState:
             max_duration_s=s.max_call_duration,
             idle_timeout_s=s.call_idle_timeout,
             log_transcripts=s.log_transcripts,
+            dtmf_interdigit_s=s.dtmf_interdigit_ms / 1000,
+            idle_prompt_s=s.idle_prompt_s,
+            idle_hangup_s=s.idle_hangup_s,
+            timezone=s.tzinfo(),
         )
 
     def claim_stream(self, token: object, carrier: str, call_id: str | None = None) -> StreamGrant:
@@ -120,7 +127,7 @@ class GatewayState:
         return self.graph.fallback(self.graph.agent(self.graph.first_stage.agent_id))
 
     async def aclose(self) -> None:
-        for client in (self.telnyx_api, self.twilio_rest):
+        for client in (self.telnyx_api, self.twilio_rest, self.tool_runner):
             if client is not None:
                 await client.aclose()
 
