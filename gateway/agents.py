@@ -7,19 +7,37 @@ a misspelt ``can_retrun_to`` would otherwise quietly remove a handoff path from 
 
 Graph semantics: a call starts at the first stage. From a stage, the active agent may hand the
 caller to the agent of its ``next`` stage and to the agents of its ``can_return_to`` stages.
-Those agent ids become the ``target`` enum of the ``handoff_conversation`` tool.
+Those agent ids become the ``target`` enum of the ``handoff_conversation`` tool. A
+``routes`` entry starts calls to one dialled number at another stage instead.
+
+Agents act through tools: Gemini's built-ins, the gateway's own ``end_call`` and
+``transfer_call``, and HTTP tools declared at the top level (``tools:``) and enabled per agent.
+``${VAR}`` in an HTTP tool's url and header values comes from the environment at start-up, so
+tokens stay out of the file; the expanded header values are secrets from then on.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from gateway.variables import CALL_VARIABLES, unknown_variables
 
 #: The 30 prebuilt Gemini Live voices (Firebase "Configuration options for the Live API").
 #: Any other name is an error at start-up: the alternative is every call failing at connect.
@@ -31,6 +49,20 @@ GEMINI_VOICES: tuple[str, ...] = (
 )  # fmt: skip
 
 DEFAULT_MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
+
+#: The function the gateway declares for handoffs; no declared tool may take its name.
+HANDOFF_TOOL = "handoff_conversation"
+END_CALL_TOOL = "end_call"
+TRANSFER_CALL_TOOL = "transfer_call"
+#: Tools an agent may enable by name in agents.yaml without declaring them.
+BUILTIN_TOOLS: tuple[str, ...] = ("google_search", END_CALL_TOOL, TRANSFER_CALL_TOOL)
+
+#: A phone number as carriers send it (E.164), or a SIP URI, for transfers.
+_DESTINATION = r"^(\+[1-9][0-9]{6,14}|sips?:\S+)$"
+_E164 = r"^\+[1-9][0-9]{6,14}$"
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+#: ``${VAR}`` in an HTTP tool's url and header values.
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class AgentsFileError(ValueError):
@@ -66,21 +98,31 @@ class Agent(_Strict):
     system_prompt: str = Field(min_length=1)
     voice: str = "Puck"
     greeting: str = ""
+    #: Built-in tool names and names declared in the file's ``tools:`` (checked by the graph,
+    #: which sees the whole file).
     tools: tuple[str, ...] = ()
+    #: ``transfer_call`` destinations: a name the model picks -> E.164 number or SIP URI.
+    transfers: dict[str, str] = {}
     #: Overrides the file's top-level ``fallback`` while this agent is active.
     fallback: Fallback | None = None
 
-    @field_validator("tools")
+    @field_validator("transfers")
     @classmethod
-    def _known_tools(cls, tools: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [t for t in tools if t not in BUILTIN_TOOLS]
-        if unknown:
-            raise ValueError(
-                f"unknown tool {unknown[0]!r}{did_you_mean(unknown[0], BUILTIN_TOOLS)} "
-                f"built-in tools are: {', '.join(BUILTIN_TOOLS)} "
-                "(handoff_conversation is added automatically from the pipeline)"
-            )
-        return tools
+    def _valid_transfers(cls, transfers: dict[str, str]) -> dict[str, str]:
+        """Names the model can say back exactly; destinations a carrier can dial. The number
+        is not echoed: an error message is no place to spread a private line."""
+        for name, destination in transfers.items():
+            if not re.match(_NAME, name):
+                raise ValueError(
+                    f"transfer name {name!r} must start with a letter or digit and use only "
+                    "letters, digits, . _ -"
+                )
+            if not re.match(_DESTINATION, destination.strip()):
+                raise ValueError(
+                    f"transfer {name!r}: the destination must be an E.164 number such as "
+                    '"+15551234567" (quoted) or a sip:/sips: URI'
+                )
+        return {name: destination.strip() for name, destination in transfers.items()}
 
     @field_validator("voice")
     @classmethod
@@ -108,8 +150,84 @@ class Agent(_Strict):
         return f"{self.system_prompt}\n\n" + "\n".join(lines)
 
 
-#: Gemini Live tools an agent may enable by name in agents.yaml.
-BUILTIN_TOOLS: tuple[str, ...] = ("google_search",)
+class HttpTool(_Strict):
+    """A function the model may call that the gateway carries out as one HTTP request.
+
+    ``parameters`` is the JSON Schema of the arguments, sent to Gemini as written. Header
+    values are ``SecretStr`` because they usually carry a token: they show as ``**********``
+    in every repr, and :meth:`header_values` is the one way to read them.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    description: str = Field(min_length=1)
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    #: Not in the repr: a ``${VAR}`` expanded into its query is usually a key.
+    url: str = Field(repr=False)
+    method: Literal["GET", "POST"] = "POST"
+    headers: dict[str, SecretStr] = {}
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    #: The arguments are personal data: call records keep the call, not what was sent.
+    redact: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in BUILTIN_TOOLS or name == HANDOFF_TOOL:
+            raise ValueError(f"{name!r} is the gateway's own tool; give the HTTP tool another name")
+        return name
+
+    @field_validator("parameters")
+    @classmethod
+    def _object_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        """Gemini passes a function's arguments as one object, so the schema must be one."""
+        if schema.get("type") != "object":
+            raise ValueError("must be a JSON Schema with type: object (the arguments)")
+        properties = schema.get("properties", {})
+        if not isinstance(properties, dict):
+            raise ValueError("properties must be a mapping of argument name to schema")
+        required = schema.get("required", [])
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            raise ValueError("required must be a list of argument names")
+        missing = [r for r in required if r not in properties]
+        if missing:
+            raise ValueError(f"required names {missing[0]!r}, which is not in properties")
+        return schema
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        """The url is not echoed: it may hold a query token expanded from ``${VAR}``."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL")
+        return url
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper(cls, method: object) -> object:
+        return method.strip().upper() if isinstance(method, str) else method
+
+    def header_values(self) -> dict[str, str]:
+        """The headers to send, with their real values."""
+        return {name: value.get_secret_value() for name, value in self.headers.items()}
+
+
+class Route(_Strict):
+    """Calls to ``number`` start at stage ``phase`` instead of the first stage."""
+
+    number: str = Field(pattern=_E164)
+    phase: str = Field(min_length=1)
+
+    @field_validator("number", mode="before")
+    @classmethod
+    def _quoted(cls, number: object) -> object:
+        """YAML reads an unquoted ``+15551234567`` as the integer 15551234567."""
+        if isinstance(number, int):
+            raise ValueError(
+                f'write the number in quotes, as "+{number}": unquoted, YAML reads it as an '
+                "integer and drops the +"
+            )
+        return number
 
 
 class Stage(_Strict):
@@ -128,6 +246,8 @@ class AgentsFile(_Strict):
     agents: tuple[Agent, ...] = Field(min_length=1)
     pipeline: tuple[Stage, ...] = Field(min_length=1)
     fallback: Fallback = Fallback()
+    tools: tuple[HttpTool, ...] = ()
+    routes: tuple[Route, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,12 +261,17 @@ class HandoffTarget:
 class AgentGraph:
     """Validated agents and pipeline, with the questions the gateway asks of them answered."""
 
-    def __init__(self, spec: AgentsFile, *, source: str = "agents.yaml") -> None:
+    def __init__(
+        self, spec: AgentsFile, *, source: str = "agents.yaml", expanded_secrets: Sequence[str] = ()
+    ) -> None:
         self.spec = spec
         self.source = source
         self.warnings: list[str] = []
         self._agents = {a.id: a for a in spec.agents}
         self._stages = {s.phase: s for s in spec.pipeline}
+        self._http_tools = {t.name: t for t in spec.tools}
+        self._routes = {r.number: r for r in spec.routes}
+        self._expanded_secrets = list(expanded_secrets)
         self._validate()
 
     @property
@@ -167,6 +292,21 @@ class AgentGraph:
     def stage(self, phase: str) -> Stage:
         return self._stages[phase]
 
+    def start_stage(self, called_number: str | None) -> Stage:
+        """Where a call to ``called_number`` starts: its route's stage, else the first."""
+        route = self._routes.get(called_number) if called_number else None
+        return self._stages[route.phase] if route is not None else self.first_stage
+
+    def http_tools(self, agent: Agent) -> tuple[HttpTool, ...]:
+        """The declared HTTP tools ``agent`` enables, in the agent's order."""
+        return tuple(self._http_tools[name] for name in agent.tools if name in self._http_tools)
+
+    def secrets(self) -> list[str]:
+        """Every header value and every ``${VAR}`` expanded into a header or a url's query,
+        for the log scrubber: the file keeps tokens out of git, this keeps them out of logs."""
+        values = [v for tool in self.spec.tools for v in tool.header_values().values()]
+        return values + self._expanded_secrets
+
     def targets(self, stage: Stage) -> list[HandoffTarget]:
         """Agents reachable from ``stage`` by one handoff, in declaration order, no repeats.
 
@@ -185,11 +325,19 @@ class AgentGraph:
         return out
 
     def describe(self) -> str:
-        """A human-readable view of the graph, printed by ``gateway check``."""
+        """A human-readable view of the graph, printed by ``gateway check``.
+
+        Header values never appear, and ``${VAR}`` values in a url's query are masked: the
+        output is meant to be pasted into tickets.
+        """
         lines = [f"model: {self.model}", "agents:"]
         for agent in self.spec.agents:
             greeting = " (speaks first)" if agent.greeting else ""
             lines.append(f"  {agent.id}: {agent.role}, voice {agent.voice}{greeting}")
+            if agent.tools:
+                lines.append(f"    tools: {', '.join(agent.tools)}")
+            if agent.transfers:
+                lines.append(f"    transfers: {', '.join(agent.transfers)}")
         lines.append("pipeline:")
         for i, stage in enumerate(self.spec.pipeline):
             marker = "start" if i == 0 else "     "
@@ -197,6 +345,19 @@ class AgentGraph:
                 ", ".join(f"{t.agent.id} ({t.stage.phase})" for t in self.targets(stage)) or "none"
             )
             lines.append(f"  {marker} {stage.phase} [{stage.agent_id}] -> hands off to: {targets}")
+        if self.spec.tools:
+            lines.append("http tools:")
+            for tool in self.spec.tools:
+                url = tool.url
+                for secret in self._expanded_secrets:
+                    url = url.replace(secret, "***")
+                headers = f" (headers: {', '.join(tool.headers)})" if tool.headers else ""
+                lines.append(f"  {tool.name}: {tool.method} {url}{headers}")
+        if self.spec.routes:
+            lines.append("routes:")
+            for route in self.spec.routes:
+                agent_id = self._stages[route.phase].agent_id
+                lines.append(f"  {route.number} -> {route.phase} [{agent_id}]")
         for warning in self.warnings:
             lines.append(f"warning: {warning}")
         return "\n".join(lines)
@@ -233,6 +394,8 @@ class AgentGraph:
                         f"{did_you_mean(phase, self._stages)} "
                         f"phases are: {', '.join(self._stages)}"
                     )
+        errors.extend(self._tool_errors())
+        errors.extend(self._route_errors())
         if errors:
             raise AgentsFileError(f"{self.source}: {errors[0]}")
         reachable = self._reachable_phases()
@@ -240,15 +403,87 @@ class AgentGraph:
             if stage.phase not in reachable:
                 raise AgentsFileError(
                     f"{self.source}: pipeline[{i}]: stage {stage.phase!r} is unreachable from the "
-                    f"first stage {self.first_stage.phase!r} (no next/can_return_to leads to it)"
+                    f"first stage {self.first_stage.phase!r} or a routed stage (no "
+                    "next/can_return_to leads to it)"
                 )
         used = {s.agent_id for s in self.spec.pipeline}
         for i, agent in enumerate(self.spec.agents):
             if agent.id not in used:
                 self.warnings.append(f"agents[{i}]: agent {agent.id!r} is in no pipeline stage")
+        self._warn_about_tools()
+        self._warn_about_variables()
+
+    def _tool_errors(self) -> list[str]:
+        """Each agent's tools exist (a field validator cannot see the file's ``tools:``), and
+        ``transfer_call`` has somewhere to transfer to."""
+        errors: list[str] = []
+        seen_names: set[str] = set()
+        for i, tool in enumerate(self.spec.tools):
+            if tool.name in seen_names:
+                errors.append(f"tools[{i}].name: duplicate tool name {tool.name!r}")
+            seen_names.add(tool.name)
+        valid = list(BUILTIN_TOOLS) + [t.name for t in self.spec.tools]
+        for i, agent in enumerate(self.spec.agents):
+            for j, name in enumerate(agent.tools):
+                if name not in valid:
+                    errors.append(
+                        f"agents[{i}].tools[{j}]: unknown tool {name!r}{did_you_mean(name, valid)}"
+                        f" tools are: {', '.join(valid)} (built in, or declared under tools:; "
+                        f"{HANDOFF_TOOL} is added automatically from the pipeline)"
+                    )
+                elif name in agent.tools[:j]:
+                    errors.append(f"agents[{i}].tools[{j}]: tool {name!r} is listed twice")
+            if TRANSFER_CALL_TOOL in agent.tools and not agent.transfers:
+                errors.append(
+                    f"agents[{i}].transfers: {TRANSFER_CALL_TOOL} needs at least one destination, "
+                    'e.g. transfers: {billing: "+15551234567"}'
+                )
+        return errors
+
+    def _route_errors(self) -> list[str]:
+        errors: list[str] = []
+        seen: set[str] = set()
+        for i, route in enumerate(self.spec.routes):
+            if route.number in seen:
+                errors.append(f"routes[{i}].number: duplicate number {route.number!r}")
+            seen.add(route.number)
+            if route.phase not in self._stages:
+                errors.append(
+                    f"routes[{i}].phase: unknown phase {route.phase!r}"
+                    f"{did_you_mean(route.phase, self._stages)} "
+                    f"phases are: {', '.join(self._stages)}"
+                )
+        return errors
+
+    def _warn_about_tools(self) -> None:
+        """Configuration that does nothing: likely a half-finished edit, but harmless."""
+        enabled = {name for agent in self.spec.agents for name in agent.tools}
+        for i, agent in enumerate(self.spec.agents):
+            if agent.transfers and TRANSFER_CALL_TOOL not in agent.tools:
+                self.warnings.append(
+                    f"agents[{i}].transfers: unused, {TRANSFER_CALL_TOOL} is not in this "
+                    "agent's tools"
+                )
+        for i, tool in enumerate(self.spec.tools):
+            if tool.name not in enabled:
+                self.warnings.append(
+                    f"tools[{i}]: tool {tool.name!r} is in no agent's tools, so no agent can "
+                    "call it"
+                )
+
+    def _warn_about_variables(self) -> None:
+        known = ", ".join(CALL_VARIABLES) + ", param.NAME"
+        for i, agent in enumerate(self.spec.agents):
+            for field in ("system_prompt", "greeting"):
+                for name in unknown_variables(getattr(agent, field)):
+                    self.warnings.append(
+                        f"agents[{i}].{field}: unknown variable {{{{{name}}}}} is left as "
+                        f"written; known: {known}"
+                    )
 
     def _reachable_phases(self) -> set[str]:
-        todo = [self.first_stage.phase]
+        """Phases reachable from an entry point: the first stage, or a routed one."""
+        todo = [self.first_stage.phase] + [r.phase for r in self.spec.routes]
         seen: set[str] = set()
         while todo:
             phase = todo.pop()
@@ -260,8 +495,14 @@ class AgentGraph:
         return seen
 
 
-def parse_agents(text: str, *, source: str = "agents.yaml") -> AgentGraph:
-    """Parse and validate agents.yaml text; raises :class:`AgentsFileError` on any problem."""
+def parse_agents(
+    text: str, *, source: str = "agents.yaml", environ: Mapping[str, str] | None = None
+) -> AgentGraph:
+    """Parse and validate agents.yaml text; raises :class:`AgentsFileError` on any problem.
+
+    ``${VAR}`` references are expanded from ``environ`` (``os.environ`` when None) before
+    validation, so a url is checked as it will be dialled.
+    """
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -269,13 +510,17 @@ def parse_agents(text: str, *, source: str = "agents.yaml") -> AgentGraph:
     if not isinstance(data, dict):
         raise AgentsFileError(f"{source}: expected a mapping with 'agents' and 'pipeline'")
     try:
+        expanded_secrets = _expand_tools(data, os.environ if environ is None else environ)
+    except AgentsFileError as exc:
+        raise AgentsFileError(f"{source}: {exc}") from None
+    try:
         spec = AgentsFile.model_validate(data)
     except ValidationError as exc:
         raise AgentsFileError(f"{source}: {_first_error(exc, data)}") from None
-    return AgentGraph(spec, source=source)
+    return AgentGraph(spec, source=source, expanded_secrets=expanded_secrets)
 
 
-def load_agents(path: str | Path) -> AgentGraph:
+def load_agents(path: str | Path, *, environ: Mapping[str, str] | None = None) -> AgentGraph:
     """Read and validate an agents file from disk."""
     path = Path(path)
     try:
@@ -284,7 +529,50 @@ def load_agents(path: str | Path) -> AgentGraph:
         raise AgentsFileError(f"{path}: file not found (set AGENTS_FILE or create it)") from None
     except OSError as exc:
         raise AgentsFileError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse_agents(text, source=str(path))
+    return parse_agents(text, source=str(path), environ=environ)
+
+
+def _expand_tools(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """Replace ``${VAR}`` in each HTTP tool's url and header values, in place.
+
+    Returns the values that are secrets: those expanded into a header (a log line may hold
+    the bare token without its ``Bearer``) or into a url's query string (``?key=``), though
+    not into its host or path, which usually are not. Anything of the wrong shape is left
+    for validation to report.
+    """
+    expanded_secrets: list[str] = []
+    tools = data.get("tools")
+    if not isinstance(tools, list):
+        return expanded_secrets
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            continue
+        url = tool.get("url")
+        if isinstance(url, str):
+            query_at = url.find("?")
+            for match in _ENV_REFERENCE.finditer(url):
+                value = _env_value(match.group(1), environ, f"tools[{i}].url")
+                if query_at != -1 and match.start() > query_at:
+                    expanded_secrets.append(value)
+            tool["url"] = _ENV_REFERENCE.sub(lambda m: environ[m.group(1)], url)
+        headers = tool.get("headers")
+        if isinstance(headers, dict):
+            for name, value in headers.items():
+                if isinstance(value, str):
+                    for match in _ENV_REFERENCE.finditer(value):
+                        where = f"tools[{i}].headers.{name}"
+                        expanded_secrets.append(_env_value(match.group(1), environ, where))
+                    headers[name] = _ENV_REFERENCE.sub(lambda m: environ[m.group(1)], value)
+    return expanded_secrets
+
+
+def _env_value(name: str, environ: Mapping[str, str], where: str) -> str:
+    value = environ.get(name)
+    if value is None:
+        raise AgentsFileError(f"{where}: ${{{name}}} is not set in the environment")
+    if not value.strip():
+        raise AgentsFileError(f"{where}: ${{{name}}} is empty in the environment")
+    return value
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -195,6 +195,7 @@ async def serve(
 
     configure_logging(settings.log_level, settings.log_format)
     register_secrets(settings.secrets())
+    register_secrets(graph.secrets())  # tokens expanded into agents.yaml's HTTP tools
     log = structlog.get_logger("gateway")
     for warning in graph.warnings:
         log.warning("agents.warning", detail=warning)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AliasChoices,
@@ -113,6 +114,19 @@ class Settings(BaseSettings):
     #: Seconds live calls may run on after SIGTERM before they are ended politely.
     drain_timeout: float = Field(default=30.0, ge=0.0)
 
+    # --- conversation ---------------------------------------------------------------------
+    #: Keypad digits closer together than this are one entry (``1234#`` typed at a normal
+    #: pace); a longer pause ends the entry.
+    dtmf_interdigit_ms: int = Field(default=1500, ge=100, le=10000)
+    #: Seconds of caller silence, after the agent has finished speaking, before the agent
+    #: is asked to check the caller is still there.
+    idle_prompt_s: float = Field(default=20.0, ge=1.0)
+    #: Seconds of further silence after that prompt before the call is ended politely.
+    idle_hangup_s: float = Field(default=20.0, ge=1.0)
+    #: IANA zone (``Europe/London``) for ``{{date}}`` and ``{{time}}`` in prompts: the
+    #: business's clock, which is rarely the server's.
+    timezone: str = "UTC"
+
     # --- listening ------------------------------------------------------------------------
     #: Defaults for ``gateway serve --host/--port``.
     host: str = Field(default="0.0.0.0", min_length=1)
@@ -152,6 +166,19 @@ class Settings(BaseSettings):
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query string or fragment")
         return url.rstrip("/")
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, name: str) -> str:
+        name = name.strip()
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(
+                f"unknown time zone {name!r}; use an IANA name such as Europe/London, "
+                "America/New_York or UTC"
+            ) from None
+        return name
 
     @field_validator("telnyx_public_key")
     @classmethod
@@ -229,6 +256,10 @@ class Settings(BaseSettings):
         keys = (self.gemini_api_key, self.telnyx_api_key, self.twilio_auth_token,
                 self.gateway_secret)  # fmt: skip
         return [k.get_secret_value() for k in keys if k is not None]
+
+    def tzinfo(self) -> ZoneInfo:
+        """TIMEZONE as a zone for ``datetime.astimezone``."""
+        return ZoneInfo(self.timezone)
 
     def stream_base(self) -> str | None:
         """``wss://host[/prefix]`` from PUBLIC_URL, or None to derive it per request."""

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from gateway.agents import AgentsFileError, load_agents, parse_agents
+from gateway.variables import CALL_VARIABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,11 +143,11 @@ def test_terminal_stage_without_returns_has_no_targets() -> None:
         (
             "agents.0.tools",
             ["google_serch"],
-            "unknown tool 'google_serch'; did you mean 'google_search'?",
+            "agents[0].tools[0]: unknown tool 'google_serch'; did you mean 'google_search'?",
         ),
         ("pipeline.0.next", None, "pipeline[1]: stage 'advising' is unreachable"),
         ("agents.0.role", _DELETE, "agents[0].role: required field is missing"),
-        ("agents.0.tools", ["fax"], "agents[0].tools: unknown tool 'fax'"),
+        ("agents.0.tools", ["fax"], "agents[0].tools[0]: unknown tool 'fax'"),
         ("pipeline.1.phase", "triage", "pipeline[1].phase: duplicate phase 'triage'"),
         ("agents", [], "agents: must not be empty"),
     ],
@@ -183,3 +184,282 @@ def test_describe_prints_the_graph() -> None:
     assert "start triage [agent-triage] -> hands off to: agent-advisor (advising)" in text
     assert "advising [agent-advisor] -> hands off to: agent-triage (triage)" in text
     assert "agent-triage: Triage receptionist, voice Aoede (speaks first)" in text
+
+
+# --------------------------------------------------------------------- agents that act
+
+TOKEN = "tok-3f9a1c77e2"
+ENV = {"ORDERS_API_TOKEN": TOKEN, "ORDERS_KEY": "key-8812aa"}
+LOOKUP = {
+    "name": "lookup_order",
+    "description": "Look up an order's status by its number.",
+    "parameters": {
+        "type": "object",
+        "properties": {"order_id": {"type": "string", "description": "digits only"}},
+        "required": ["order_id"],
+    },
+    "url": "https://api.example.com/orders/lookup",
+    "headers": {"Authorization": "Bearer ${ORDERS_API_TOKEN}"},
+    "timeout_s": 8,
+}
+
+
+def _acting(**changes: object) -> dict[str, object]:
+    """BASE with an HTTP tool enabled for triage, which may also end and transfer the call."""
+    data: dict[str, object] = yaml.safe_load(yaml.safe_dump(BASE))
+    data["tools"] = [dict(LOOKUP)]
+    agents = data["agents"]
+    assert isinstance(agents, list)
+    agents[0]["tools"] = ["lookup_order", "end_call", "transfer_call"]
+    agents[0]["transfers"] = {"billing": "+15551234567", "frontdesk": "sip:desk@pbx.example.com"}
+    data.update(changes)
+    return data
+
+
+def _acting_with(path: str, value: object) -> str:
+    data = _acting()
+    *parents, last = path.split(".")
+    node: object = data
+    for key in parents:
+        node = node[int(key)] if key.isdigit() else node[key]  # type: ignore[index]
+    if value is _DELETE:
+        del node[int(last) if last.isdigit() else last]  # type: ignore[attr-defined]
+    else:
+        node[int(last) if last.isdigit() else last] = value  # type: ignore[index]
+    return yaml.safe_dump(data)
+
+
+def test_an_http_tool_is_declared_enabled_and_expanded_from_the_environment() -> None:
+    graph = parse_agents(yaml.safe_dump(_acting()), environ=ENV)
+    triage = graph.agent("agent-triage")
+    (tool,) = graph.http_tools(triage)
+    assert (tool.name, tool.method, tool.timeout_s, tool.redact) == (
+        "lookup_order",
+        "POST",
+        8,
+        False,
+    )
+    assert tool.header_values() == {"Authorization": f"Bearer {TOKEN}"}
+    assert tool.parameters["required"] == ["order_id"]
+    assert graph.http_tools(graph.agent("agent-advisor")) == ()
+    assert triage.transfers == {"billing": "+15551234567", "frontdesk": "sip:desk@pbx.example.com"}
+    assert graph.warnings == []
+
+
+def test_http_tool_defaults_and_a_lower_case_method() -> None:
+    tool = {"name": "ping", "description": "Ping.", "url": "http://svc.local/ping", "method": "get"}
+    data = _acting(tools=[tool])
+    data["agents"][0]["tools"] = ["ping"]  # type: ignore[index]
+    graph = parse_agents(yaml.safe_dump(data), environ={})
+    (ping,) = graph.http_tools(graph.agent("agent-triage"))
+    assert ping.method == "GET"
+    assert ping.timeout_s == 10
+    assert ping.parameters == {"type": "object", "properties": {}}
+    assert ping.headers == {}
+
+
+def test_header_values_never_show_in_reprs_errors_or_describe() -> None:
+    graph = parse_agents(yaml.safe_dump(_acting()), environ=ENV)
+    tool = graph.spec.tools[0]
+    for text in (repr(tool), str(tool), repr(graph.spec), str(graph.spec), graph.describe()):
+        assert TOKEN not in text
+    with pytest.raises(AgentsFileError) as info:
+        parse_agents(_acting_with("tools.0.timeout_s", 0), environ=ENV)
+    assert TOKEN not in str(info.value)
+
+
+def test_secrets_are_header_values_and_query_values_from_the_environment() -> None:
+    data = _acting()
+    data["tools"][0]["url"] = "https://${HOST}/orders?key=${ORDERS_KEY}"  # type: ignore[index]
+    graph = parse_agents(yaml.safe_dump(data), environ={**ENV, "HOST": "api.example.com"})
+    assert graph.spec.tools[0].url == "https://api.example.com/orders?key=key-8812aa"
+    assert sorted(graph.secrets()) == sorted([f"Bearer {TOKEN}", TOKEN, "key-8812aa"])
+    text = graph.describe()
+    assert "lookup_order: POST https://api.example.com/orders?key=*** (headers: Authorization)" in (
+        text
+    )
+    assert "key-8812aa" not in repr(graph.spec.tools[0])
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        (
+            "headers",
+            "agents.yaml: tools[0].headers.Authorization: ${ORDERS_API_TOKEN} is not set in the "
+            "environment",
+        ),
+        ("url", "agents.yaml: tools[0].url: ${ORDERS_API_TOKEN} is not set in the environment"),
+    ],
+)
+def test_an_unset_variable_is_one_line_naming_it(where: str, message: str) -> None:
+    data = _acting()
+    if where == "url":
+        data["tools"][0]["url"] = "https://x.example/?t=${ORDERS_API_TOKEN}"  # type: ignore[index]
+        data["tools"][0]["headers"] = {}  # type: ignore[index]
+    with pytest.raises(AgentsFileError) as info:
+        parse_agents(yaml.safe_dump(data), environ={})
+    assert str(info.value) == message
+
+
+def test_load_agents_reads_os_environ_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "agents.yaml"
+    path.write_text(yaml.safe_dump(_acting()))
+    monkeypatch.delenv("ORDERS_API_TOKEN", raising=False)
+    with pytest.raises(AgentsFileError, match=r"\$\{ORDERS_API_TOKEN\} is not set"):
+        load_agents(path)
+    monkeypatch.setenv("ORDERS_API_TOKEN", TOKEN)
+    assert load_agents(path).secrets() == [f"Bearer {TOKEN}", TOKEN]
+    assert load_agents(path, environ={"ORDERS_API_TOKEN": "other-token"}).secrets()[1] == (
+        "other-token"
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("tools.0.name", "look up", "tools[0].name: String should match pattern"),
+        ("tools.0.name", "x" * 65, "tools[0].name: String should match pattern"),
+        ("tools.0.name", "end_call", "tools[0].name: 'end_call' is the gateway's own tool"),
+        (
+            "tools.0.name",
+            "handoff_conversation",
+            "tools[0].name: 'handoff_conversation' is the gateway's own tool",
+        ),
+        ("tools.0.description", "  ", "tools[0].description: must not be empty"),
+        ("tools.0.description", _DELETE, "tools[0].description: required field is missing"),
+        ("tools.0.parameters", {"type": "string"}, "tools[0].parameters: must be a JSON Schema"),
+        ("tools.0.parameters", ["order_id"], "tools[0].parameters:"),
+        (
+            "tools.0.parameters",
+            {"type": "object", "properties": {}, "required": ["order_id"]},
+            "tools[0].parameters: required names 'order_id', which is not in properties",
+        ),
+        ("tools.0.url", "ftp://api.example.com/x", "tools[0].url: must be an http:// or https://"),
+        ("tools.0.url", "api.example.com/x", "tools[0].url: must be an http:// or https://"),
+        ("tools.0.method", "PUT", "tools[0].method: Input should be 'GET' or 'POST'"),
+        ("tools.0.timeout_s", 0, "tools[0].timeout_s: Input should be greater than 0"),
+        ("tools.0.timeout_s", 121, "tools[0].timeout_s: Input should be less than or equal"),
+        ("tools.0.headers", {"X-Retries": 3}, "tools[0].headers.X-Retries:"),
+        (
+            "tools.0.verb",
+            "GET",
+            "tools[0].verb: unknown key; valid keys here: name, description, parameters, url, "
+            "method, headers, timeout_s, redact",
+        ),
+        ("tools.0.timeout", 3, "tools[0].timeout: unknown key; did you mean 'timeout_s'?"),
+        ("tools", [LOOKUP, LOOKUP], "tools[1].name: duplicate tool name 'lookup_order'"),
+        (
+            "agents.0.tools.0",
+            "lookup_ordr",
+            "agents[0].tools[0]: unknown tool 'lookup_ordr'; did you mean 'lookup_order'? tools "
+            "are: google_search, end_call, transfer_call, lookup_order",
+        ),
+        ("agents.0.tools.1", "lookup_order", "agents[0].tools[1]: tool 'lookup_order' is listed"),
+        (
+            "agents.0.transfers",
+            {},
+            "agents[0].transfers: transfer_call needs at least one destination",
+        ),
+        (
+            "agents.0.transfers",
+            {"billing": "5551234567"},
+            "agents[0].transfers: transfer 'billing': the destination must be an E.164 number",
+        ),
+        (
+            "agents.0.transfers",
+            {"bill ing": "+15551234567"},
+            "agents[0].transfers: transfer name 'bill ing' must start with a letter or digit",
+        ),
+        (
+            "routes",
+            [{"number": "+15550001111", "phase": "advsing"}],
+            "routes[0].phase: unknown phase 'advsing'; did you mean 'advising'? phases are: "
+            "triage, advising",
+        ),
+        (
+            "routes",
+            [{"number": "+15550001111", "phase": "triage"}] * 2,
+            "routes[1].number: duplicate number '+15550001111'",
+        ),
+        (
+            "routes",
+            [{"number": 15550001111, "phase": "triage"}],
+            'routes[0].number: write the number in quotes, as "+15550001111"',
+        ),
+        (
+            "routes",
+            [{"number": "555-0001", "phase": "triage"}],
+            "routes[0].number: String should match pattern",
+        ),
+        (
+            "routes",
+            [{"number": "+15550001111", "stage": "triage"}],
+            "routes[0].stage: unknown key; valid keys here: number, phase",
+        ),
+    ],
+)
+def test_invalid_tools_transfers_and_routes_name_the_field(
+    path: str, value: object, message: str
+) -> None:
+    with pytest.raises(AgentsFileError) as info:
+        parse_agents(_acting_with(path, value), environ=ENV)
+    text = str(info.value)
+    assert text.startswith(f"agents.yaml: {message}")
+    assert "\n" not in text
+
+
+def test_an_unquoted_e164_number_in_yaml_gets_the_quoting_hint() -> None:
+    text = yaml.safe_dump(_acting()) + "routes:\n- {number: +15550001111, phase: advising}\n"
+    with pytest.raises(AgentsFileError, match=r"routes\[0\]\.number: write the number in quotes"):
+        parse_agents(text, environ=ENV)
+
+
+def test_transfers_without_transfer_call_and_unused_tools_are_warnings() -> None:
+    data = _acting()
+    data["agents"][0]["tools"] = ["end_call"]  # type: ignore[index]
+    graph = parse_agents(yaml.safe_dump(data), environ=ENV)
+    assert graph.warnings == [
+        "agents[0].transfers: unused, transfer_call is not in this agent's tools",
+        "tools[0]: tool 'lookup_order' is in no agent's tools, so no agent can call it",
+    ]
+    assert "warning: tools[0]: tool 'lookup_order'" in graph.describe()
+
+
+def test_routes_choose_the_start_stage_and_count_as_entry_points() -> None:
+    data = _acting(routes=[{"number": "+15550002222", "phase": "advising"}])
+    data["pipeline"][0]["next"] = None  # type: ignore[index]
+    graph = parse_agents(yaml.safe_dump(data), environ=ENV)  # advising: reachable only by route
+    assert graph.start_stage("+15550002222").phase == "advising"
+    assert graph.start_stage("+15559999999").phase == "triage"
+    assert graph.start_stage(None).phase == "triage"
+    assert "routes:\n  +15550002222 -> advising [agent-advisor]" in graph.describe()
+
+
+def test_describe_shows_tools_and_transfers_per_agent() -> None:
+    text = parse_agents(yaml.safe_dump(_acting()), environ=ENV).describe()
+    assert (
+        "    tools: lookup_order, end_call, transfer_call\n    transfers: billing, frontdesk"
+        in (text)
+    )
+    assert "http tools:\n  lookup_order: POST https://api.example.com/orders/lookup" in text
+    assert "+15551234567" not in text
+
+
+def test_unknown_prompt_variables_are_warnings_and_known_ones_are_not() -> None:
+    data = _acting()
+    data["agents"][0]["system_prompt"] = (  # type: ignore[index]
+        "Caller {{caller_number}} on {{ date }} at {{time}}, account {{param.account}}; "
+        'reply as JSON {"ok": true}. Hello {{ nmae }}.'
+    )
+    data["agents"][1]["greeting"] = "Hi {{agent}}."  # type: ignore[index]
+    graph = parse_agents(yaml.safe_dump(data), environ=ENV)
+    known = ", ".join(CALL_VARIABLES)
+    assert graph.warnings == [
+        f"agents[0].system_prompt: unknown variable {{{{nmae}}}} is left as written; known: "
+        f"{known}, param.NAME",
+        f"agents[1].greeting: unknown variable {{{{agent}}}} is left as written; known: "
+        f"{known}, param.NAME",
+    ]

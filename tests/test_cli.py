@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRUBBED = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GEMINI_BASE_URL", "PUBLIC_URL", "AGENTS_FILE",
             "GEMINI_MODEL", "LOG_FORMAT", "LOG_LEVEL", "HOST", "PORT", "CARRIERS",
             "TWILIO_AUTH_TOKEN", "TELNYX_PUBLIC_KEY", "ALLOW_UNSIGNED_WEBHOOKS",
-            "LOG_TRANSCRIPTS", "TELNYX_CODEC", "TELNYX_TEXML")  # fmt: skip
+            "LOG_TRANSCRIPTS", "TELNYX_CODEC", "TELNYX_TEXML", "TIMEZONE",
+            "DTMF_INTERDIGIT_MS", "IDLE_PROMPT_S", "IDLE_HANGUP_S", "ORDERS_API_TOKEN")  # fmt: skip
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -61,6 +62,61 @@ def test_check_reports_one_clear_error(tmp_path: Path) -> None:
         "agents are: agent-triage, agent-advisor"
     )
     assert "Traceback" not in done.stderr
+
+
+ACTING = """\
+tools:
+  - name: lookup_order
+    description: Look up an order's status by its number.
+    parameters:
+      type: object
+      properties:
+        order_id: {type: string, description: "The order number, digits only"}
+      required: [order_id]
+    url: https://api.example.com/orders/lookup
+    headers:
+      Authorization: "Bearer ${ORDERS_API_TOKEN}"
+"""
+
+
+def _acting_file(tmp_path: Path) -> Path:
+    """The repository example plus an HTTP tool that the triage agent enables, a transfer
+    list without ``transfer_call`` (a warning) and a route."""
+    text = (ROOT / "agents.yaml").read_text()
+    text = text.replace(
+        "    greeting: Greet the caller and ask how you can help.\n",
+        "    greeting: Greet the caller and ask how you can help.\n"
+        "    tools: [lookup_order, end_call]\n"
+        '    transfers: {billing: "+15551234567"}\n',
+    )
+    path = tmp_path / "acting.yaml"
+    path.write_text(text + ACTING + 'routes:\n  - {number: "+15550001111", phase: advising}\n')
+    return path
+
+
+def test_check_prints_tools_routes_and_warnings_but_no_secret(tmp_path: Path) -> None:
+    token = "tok-cli-5e1d0b9c"
+    done = gateway("check", str(_acting_file(tmp_path)), cwd=tmp_path, ORDERS_API_TOKEN=token)
+    assert done.returncode == 0, done.stderr
+    assert "    tools: lookup_order, end_call\n    transfers: billing\n" in done.stdout
+    assert "lookup_order: POST https://api.example.com/orders/lookup (headers: Authorization)" in (
+        done.stdout
+    )
+    assert "+15550001111 -> advising [agent-advisor]" in done.stdout
+    assert "warning: agents[0].transfers: unused, transfer_call is not in this agent's tools" in (
+        done.stdout
+    )
+    assert token not in done.stdout + done.stderr
+
+
+def test_check_stops_on_an_unset_variable_with_one_line(tmp_path: Path) -> None:
+    path = _acting_file(tmp_path)
+    done = gateway("check", str(path), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"error: {path}: tools[0].headers.Authorization: ${{ORDERS_API_TOKEN}} is not set in "
+        "the environment"
+    )
 
 
 def test_serve_without_a_key_says_how_to_set_one(tmp_path: Path) -> None:

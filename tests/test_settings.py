@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -19,6 +21,10 @@ ENV_NAMES = (
     "LOG_LEVEL",
     "LOG_FORMAT",
     "MAX_MESSAGE_BYTES",
+    "DTMF_INTERDIGIT_MS",
+    "IDLE_PROMPT_S",
+    "IDLE_HANGUP_S",
+    "TIMEZONE",
 )
 
 
@@ -71,6 +77,13 @@ def test_public_url_builds_the_wss_stream_base(monkeypatch: pytest.MonkeyPatch) 
         ("GEMINI_BASE_URL", "localhost:9000", "GEMINI_BASE_URL: must be a URL"),
         ("LOG_FORMAT", "xml", "LOG_FORMAT:"),
         ("MAX_MESSAGE_BYTES", "12", "MAX_MESSAGE_BYTES:"),
+        ("DTMF_INTERDIGIT_MS", "99", "DTMF_INTERDIGIT_MS: Input should be greater than or equal"),
+        ("DTMF_INTERDIGIT_MS", "10001", "DTMF_INTERDIGIT_MS: Input should be less than or equal"),
+        ("IDLE_PROMPT_S", "0.5", "IDLE_PROMPT_S: Input should be greater than or equal to 1"),
+        ("IDLE_HANGUP_S", "0", "IDLE_HANGUP_S: Input should be greater than or equal to 1"),
+        ("TIMEZONE", "Mars/Olympus", "TIMEZONE: unknown time zone 'Mars/Olympus'; use an IANA"),
+        ("TIMEZONE", "America", "TIMEZONE: unknown time zone 'America'"),
+        ("TIMEZONE", "../etc/passwd", "TIMEZONE: unknown time zone"),
     ],
 )
 def test_invalid_settings_name_the_variable(
@@ -109,3 +122,27 @@ def test_telnyx_codec_l16_only_without_texml(
 def test_an_invalid_key_setting_never_echoes_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GEMINI_API_KEY", "   ")
     assert load_settings(_env_file=None).gemini_api_key is None
+
+
+def test_conversation_settings_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(_env_file=None)
+    assert (settings.dtmf_interdigit_ms, settings.idle_prompt_s, settings.idle_hangup_s) == (
+        1500,
+        20.0,
+        20.0,
+    )
+    assert settings.timezone == "UTC"
+    assert settings.tzinfo() == ZoneInfo("UTC")
+    monkeypatch.setenv("DTMF_INTERDIGIT_MS", "800")
+    monkeypatch.setenv("IDLE_PROMPT_S", "7.5")
+    monkeypatch.setenv("IDLE_HANGUP_S", "12")
+    monkeypatch.setenv("TIMEZONE", " Europe/London ")
+    settings = load_settings(_env_file=None)
+    assert (settings.dtmf_interdigit_ms, settings.idle_prompt_s, settings.idle_hangup_s) == (
+        800,
+        7.5,
+        12.0,
+    )
+    assert settings.tzinfo() == ZoneInfo("Europe/London")
+    noon = datetime(2025, 7, 1, 12, 0, tzinfo=UTC).astimezone(settings.tzinfo())
+    assert noon.hour == 13  # British Summer Time: the zone database is there (tzdata)

@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.aio",
             "gateway.logs",
             "gateway.metrics",
+            "gateway.variables",
             "gateway.agents",
             "gateway.security",
             "gateway.connections",
