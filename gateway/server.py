@@ -23,10 +23,10 @@ import uvicorn
 from gateway.agents import AgentGraph
 from gateway.aio import cancel_and_wait
 from gateway.call.emitter import CallObserver
+from gateway.call.http_tools import HttpToolRunner
 from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.telnyx_signature import load_public_key
 from gateway.carriers.twilio_api import TwilioRest
-from gateway.call.http_tools import HttpToolRunner
 from gateway.connections import guarded_h11
 from gateway.live.client import make_client
 from gateway.live.machine import Policy

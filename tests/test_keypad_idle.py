@@ -72,7 +72,7 @@ def test_caller_speech_starts_the_watch_over() -> None:
 
 def test_the_agent_speaking_is_not_a_quiet_line() -> None:
     watch = IdleWatch(5.0, 5.0, now=0.0)
-    for t in range(0, 30):
+    for t in range(30):
         assert watch.check(float(t), agent_busy=True) is None
     assert watch.check(33.9, agent_busy=False) is None  # quiet since the last busy look (29)
     assert watch.check(34.0, agent_busy=False) is IdleAction.CHECK_IN

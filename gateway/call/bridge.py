@@ -588,7 +588,9 @@ class CallBridge:
         live = self._live
         assert live is not None
         if self._ending:
-            await live.send_tool_response(event.call_id, event.name, {"error": "the call is ending"})
+            await live.send_tool_response(
+                event.call_id, event.name, {"error": "the call is ending"}
+            )
             return None
         request = await answer_tool_call(
             event,
@@ -629,7 +631,7 @@ class CallBridge:
                 response, ok, ms, status = outcome.response, outcome.ok, outcome.ms, outcome.status
             self.events.emit(
                 "tool.completed",
-                name=call.name,
+                tool=call.name,
                 ok=ok,
                 ms=round(ms, 1),
                 status=status,
@@ -647,7 +649,7 @@ class CallBridge:
             task = self._tool_tasks.pop(call_id, None)
             if task is not None:
                 task.cancel()
-                self.events.emit("tool.cancelled", name=task.get_name().removeprefix("tool:"))
+                self.events.emit("tool.cancelled", tool=task.get_name().removeprefix("tool:"))
 
     def _end_after_farewell(self, reason: str) -> None:
         """End the call with ``reason`` once the agent's current turn has played out."""
