@@ -74,12 +74,23 @@ async def test_barge_in_clears_playback_within_a_frame_and_drops_stale_audio() -
     assert agent_lines and agent_lines[0]["interrupted"] is True
 
 
-async def test_dtmf_is_told_to_the_model() -> None:
+async def test_keys_1_2_3_hash_reach_the_model_as_one_turn() -> None:
+    keys = [(0.3, "1"), (0.5, "2"), (0.7, "3"), (0.9, "#")]
     async with running() as h:
-        await h.call([Silence(1.0)], dtmf=[(0.5, "7")], linger_s=0.2)
+        await h.call([Silence(1.2)], dtmf=keys, linger_s=0.2)
         conn = h.sim.connections[0]
     texts = [p["text"] for c in conn.client_contents for t in c["turns"] for p in t["parts"]]
-    assert any("pressed the 7 key" in t for t in texts)
+    texts += conn.realtime_texts
+    assert texts == ["The caller pressed 1 2 3 # on the phone keypad."]
+
+
+async def test_keys_without_hash_reach_the_model_after_the_interdigit_pause() -> None:
+    keys = [(0.3, "4"), (0.4, "2")]
+    async with running(dtmf_interdigit_ms=300) as h:
+        await h.call([Silence(1.2)], dtmf=keys, linger_s=0.2)
+        conn = h.sim.connections[0]
+    texts = [p["text"] for c in conn.client_contents for t in c["turns"] for p in t["parts"]]
+    assert texts + conn.realtime_texts == ["The caller pressed 4 2 on the phone keypad."]
 
 
 async def test_caller_stop_closes_the_live_session() -> None:

@@ -102,7 +102,7 @@ FAIRNESS_EVERY = 16
 #: The longest the gateway waits for a farewell or a transfer notice to finish playing.
 FAREWELL_MAX_S = 10.0
 #: How often the watchdog looks at the call (keypad entries wake it on time regardless).
-WATCH_STEP_S = 0.25
+WATCH_STEP_S = 0.5
 
 #: Handles one kind of event; returns the end reason if the event ends the call.
 _Handler = Callable[[Any], Awaitable[str | None]]
