@@ -25,6 +25,14 @@ class Refusal:
     error_kind: str = "stream_auth"
 
 
+class CallActionError(Exception):
+    """A carrier could not end or transfer the call (``end_call``, ``transfer``).
+
+    The message is a short reason in plain words, fit for the model to tell the caller
+    ("the transfer could not be placed"): never a key, a URL or a carrier's error body.
+    """
+
+
 def _admit_all(_: StreamStarted) -> Refusal | None:
     return None
 
@@ -42,3 +50,9 @@ class CallHooks:
     #: message when there is no room) through the carrier's API; True if that also took care
     #: of ending the call (so ``hang_up`` must not cut it short), False if it could not.
     fallback: Callable[[StreamStarted, Fallback], Awaitable[bool]] | None = None
+    #: Ends the phone call after the agent said goodbye (end_call): must stop the call before the
+    #: stream closes, so nothing after </Connect> plays. Raises CallActionError on failure.
+    end_call: Callable[[StreamStarted], Awaitable[None]] | None = None
+    #: Connects the caller to destination (E.164 number or sip:/sips: URI) and leaves the call.
+    #: Raises CallActionError(reason) with a short reason the model can tell the caller.
+    transfer: Callable[[StreamStarted, str], Awaitable[None]] | None = None
