@@ -20,6 +20,7 @@ from gateway.call.bridge import BridgeOptions, CallBridge
 from gateway.call.emitter import CallObserver
 from gateway.call.model_session import LiveSessionFactory
 from gateway.carriers.telnyx_api import CallControl
+from gateway.carriers.texml_api import TexmlRest
 from gateway.carriers.twilio_api import TwilioRest
 from gateway.metrics import Metrics
 from gateway.security import StreamGrant, StreamLedger, StreamReusedError, StreamTokens
@@ -41,6 +42,8 @@ class GatewayState:
     metrics: Metrics = field(default_factory=Metrics)
     observers: tuple[CallObserver, ...] = ()
     telnyx_api: CallControl | None = None
+    #: Telnyx's TeXML REST API (same key as Call Control): ends and transfers TeXML calls.
+    texml_api: TexmlRest | None = None
     telnyx_public_key: Ed25519PublicKey | None = None
     twilio_rest: TwilioRest | None = None
     #: Admitted calls: these count for capacity, readyz and gateway_active_calls.
@@ -120,7 +123,7 @@ class GatewayState:
         return self.graph.fallback(self.graph.agent(self.graph.first_stage.agent_id))
 
     async def aclose(self) -> None:
-        for client in (self.telnyx_api, self.twilio_rest):
+        for client in (self.telnyx_api, self.texml_api, self.twilio_rest):
             if client is not None:
                 await client.aclose()
 
