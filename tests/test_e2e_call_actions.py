@@ -47,7 +47,7 @@ def started_call(h: Harness) -> StreamStarted:
 
 async def during_call(h: Harness, caller: TwilioCaller | TelnyxCaller) -> asyncio.Task[CallResult]:
     task = asyncio.create_task(caller.run())
-    await until(lambda: bool(h.gateway.state.calls) and started_call(h) is not None)
+    await until(lambda: any(b._started for b in h.gateway.state.calls.values()))
     return task
 
 
