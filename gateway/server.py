@@ -26,6 +26,7 @@ from gateway.call.emitter import CallObserver
 from gateway.call.http_tools import HttpToolRunner
 from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.telnyx_signature import load_public_key
+from gateway.carriers.texml_api import TexmlRest
 from gateway.carriers.twilio_api import TwilioRest
 from gateway.connections import guarded_h11
 from gateway.live.client import make_client
@@ -55,11 +56,11 @@ def build_state(
     ) -> LiveSession:
         return LiveSession(client, model, conversation, log=log, policy=policy)
 
-    telnyx_api = None
+    telnyx_api = texml_api = None
     if settings.telnyx_api_key is not None:
-        telnyx_api = CallControl(
-            settings.telnyx_api_key.get_secret_value(), base_url=settings.telnyx_api_base
-        )
+        telnyx_key = settings.telnyx_api_key.get_secret_value()
+        telnyx_api = CallControl(telnyx_key, base_url=settings.telnyx_api_base)
+        texml_api = TexmlRest(telnyx_key, settings.telnyx_api_base)
     twilio_rest = None
     if settings.twilio_auth_token is not None:
         twilio_rest = TwilioRest(
@@ -79,6 +80,7 @@ def build_state(
         ledger=StreamLedger(retention_s=max(900.0, 2 * settings.stream_token_ttl)),
         observers=observers,
         telnyx_api=telnyx_api,
+        texml_api=texml_api,
         twilio_rest=twilio_rest,
         # Only when an agent has an HTTP tool: a client nobody uses need not exist.
         tool_runner=HttpToolRunner() if graph.spec.tools else None,

@@ -17,10 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from callsim.callers.audio import Segment, render
 from callsim.callers.result import CallResult
@@ -29,6 +25,7 @@ from callsim.callers.twilio import TwilioCaller
 from callsim.live.script import Script, Step
 from callsim.live.server import LiveSimulator
 from callsim.telnyx.api import TelnyxApiSimulator
+from callsim.twilio.api import TwilioApiSimulator
 from gateway.agents import AgentGraph, parse_agents
 from gateway.server import RunningGateway, build_state, running_gateway
 from gateway.settings import Settings
@@ -36,6 +33,11 @@ from tests.servers import serving as serving  # the e2e tests serve fake carrier
 
 API_KEY = "test-api-key-0123456789"
 TELNYX_API_KEY = "KEY-telnyx-test-0123456789"
+#: The auth token of the fake Twilio REST API that ``running(carrier_api=True)`` serves.
+TWILIO_AUTH_TOKEN = "twilio-auth-token-harness-0123"
+#: The fake of Twilio's Calls update endpoint lives with the simulators now; the old name stays
+#: for the tests that serve it themselves (``serving(FakeTwilioRest(...).app)``).
+FakeTwilioRest = TwilioApiSimulator
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,10 @@ class Harness:
     graph: AgentGraph
     events: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
     carrier: Carrier = TWILIO
+    #: The fake Telnyx API: always for Call Control, for TeXML with ``carrier_api=True``.
     telnyx_api: TelnyxApiSimulator | None = None
+    #: The fake Twilio REST API (``carrier_api=True``); every call registers with it.
+    twilio_api: TwilioApiSimulator | None = None
 
     def named(self, name: str) -> list[dict[str, Any]]:
         """Fields of every call event with this name, in order."""
@@ -96,6 +101,9 @@ class Harness:
         caller: TwilioCaller | TelnyxCaller
         if self.carrier.name == "twilio":
             audio = render(segments)
+            if self.twilio_api is not None:  # the gateway checks signatures under its token
+                kwargs.setdefault("auth_token", TWILIO_AUTH_TOKEN)
+                kwargs.setdefault("api", self.twilio_api)
             caller = TwilioCaller(self.gateway.url, audio=audio, linger_s=linger_s, **kwargs)
         else:
             kwargs.setdefault("call_codec", self.carrier.call_codec or self.carrier.codec)
@@ -141,17 +149,27 @@ async def running(
     graph: AgentGraph | None = None,
     sim_options: dict[str, Any] | None = None,
     carrier: Carrier = TWILIO,
+    carrier_api: bool = False,
     **settings: Any,
 ) -> AsyncIterator[Harness]:
+    """The gateway, the Live simulator and (Call Control, or any carrier with ``carrier_api``)
+    the carrier's fake REST API, the gateway pointed at it: ``Harness.twilio_api`` (Twilio;
+    the gateway then also checks signatures, which ``Harness.call`` makes) or
+    ``Harness.telnyx_api`` (Telnyx, also TeXML's update call). Calls placed through
+    ``Harness.call`` register with it, so an update ends their stream as on the carrier."""
     # By default no agent speaks first, so a test's script alone decides what is said.
     graph = graph or agents(agent_triage={"greeting": ""})
     async with contextlib.AsyncExitStack() as stack:
-        telnyx_api = None
+        telnyx_api = twilio_api = None
+        if carrier.name == "twilio" and carrier_api:
+            twilio_api = TwilioApiSimulator(auth_token=TWILIO_AUTH_TOKEN)
+            base = await stack.enter_async_context(serving(twilio_api.app))
+            settings.update(twilio_auth_token=TWILIO_AUTH_TOKEN, twilio_api_base=base)
         if carrier.name == "telnyx":
             settings.setdefault("telnyx_codec", carrier.codec)
             if carrier.codec == "L16":  # TeXML does not document it: serve Call Control alone
                 settings.setdefault("telnyx_texml", False)
-            if carrier.mode == "call-control":
+            if carrier.mode == "call-control" or carrier_api:
                 telnyx_api = await stack.enter_async_context(
                     TelnyxApiSimulator(api_key=TELNYX_API_KEY)
                 )
@@ -159,6 +177,7 @@ async def running(
         async with _running(steps, graph, sim_options, settings) as harness:
             harness.carrier = carrier
             harness.telnyx_api = telnyx_api
+            harness.twilio_api = twilio_api
             yield harness
 
 
@@ -204,19 +223,3 @@ async def _no_tasks_left_beyond(baseline: set[asyncio.Task[Any]], within_s: floa
             names = sorted(t.get_name() + ": " + repr(t.get_coro()) for t in extra)
             raise AssertionError("tasks outlived their call:\n" + "\n".join(names))
         await asyncio.sleep(0.02)
-
-
-class FakeTwilioRest:
-    """Just enough of Twilio's REST API to see the fallback TwiML the gateway sends."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-
-        async def update(request: Request) -> JSONResponse:
-            form = await request.form()
-            self.requests.append({"path": request.url.path, "auth": request.headers.get(
-                "authorization"), "twiml": form.get("Twiml")})  # fmt: skip
-            return JSONResponse({"sid": request.path_params["sid"], "status": "in-progress"})
-
-        path = "/2010-04-01/Accounts/{account}/Calls/{sid}.json"
-        self.app = Starlette(routes=[Route(path, update, methods=["POST"])])

@@ -297,7 +297,7 @@ async def test_a_stream_with_no_room_plays_the_busy_message_and_counts_as_capaci
     """Two webhooks answered while the gateway was empty, one room: the second stream finds
     the first call in it. Its caller hears the busy message (the call's TwiML replaced through
     the REST API, as the account the stream itself names), not the failure apology."""
-    fake = FakeTwilioRest()
+    fake = FakeTwilioRest(auth_token=AUTH_TOKEN)
     async with (
         serving(fake.app) as twilio_api,
         running(max_concurrent_calls=1, twilio_auth_token=AUTH_TOKEN,
@@ -321,8 +321,8 @@ async def test_a_stream_with_no_room_plays_the_busy_message_and_counts_as_capaci
     assert result.violations == []
     assert code == 1000
     (update,) = fake.requests
-    assert update["path"] == f"/2010-04-01/Accounts/{ACCOUNT}/Calls/{second}.json"
-    assert "All of our lines are busy" in update["twiml"]
+    assert update.path == f"/2010-04-01/Accounts/{ACCOUNT}/Calls/{second}.json"
+    assert "All of our lines are busy" in update.body["Twiml"]
     assert 'gateway_calls_total{outcome="rejected_capacity"} 1.0' in metrics
     assert 'outcome="unauthorized"' not in metrics
     assert len(h.sim.connections) == 1  # the refused stream cost no Gemini session

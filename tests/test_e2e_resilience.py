@@ -151,7 +151,7 @@ async def test_a_rejected_handle_becomes_a_fresh_session_seeded_from_the_transcr
 
 
 async def test_a_permanent_failure_ends_the_call_with_the_active_agents_fallback() -> None:
-    fake = FakeTwilioRest()
+    fake = FakeTwilioRest(auth_token="twilio-auth-token-1234")
     graph = agents(agent_triage={"fallback": {"say": "Our assistant is unavailable, sorry."}})
     async with (
         serving(fake.app) as twilio_api,
@@ -174,9 +174,9 @@ async def test_a_permanent_failure_ends_the_call_with_the_active_agents_fallback
     (ended,) = h.named("call.ended")
     assert ended["reason"] == "model_ended"
     (update,) = fake.requests
-    assert update["path"].endswith(f"/Calls/{result.call_sid}.json")
-    assert update["auth"].startswith("Basic ")
-    assert update["twiml"] == (
+    assert update.path.endswith(f"/Calls/{result.call_sid}.json")
+    assert update.auth == "Basic AC" + "0" * 32
+    assert update.body["Twiml"] == (
         '<?xml version="1.0" encoding="UTF-8"?><Response>'
         "<Say>Our assistant is unavailable, sorry.</Say><Hangup/></Response>"
     )

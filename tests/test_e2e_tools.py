@@ -5,6 +5,7 @@ back to the model as the function response with the call's id."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -66,9 +67,11 @@ ASK = [Step(on="caller", hear="Where is my order?", say="Let me check.", seconds
 async def gateway_with_tools(
     steps: list[Step], **graph_options: Any
 ) -> AsyncIterator[tuple[Harness, ToolServer]]:
-    async with ToolServer() as tools:
-        async with running(steps=steps, graph=support_graph(tools.url, **graph_options)) as h:
-            yield h, tools
+    async with contextlib.AsyncExitStack() as stack:
+        tools = await stack.enter_async_context(ToolServer())
+        graph = support_graph(tools.url, **graph_options)
+        h = await stack.enter_async_context(running(steps=steps, graph=graph))
+        yield h, tools
 
 
 def tool_call_ids(h: Harness, conn: ConnectionRecord) -> list[str]:
@@ -113,7 +116,7 @@ async def test_a_slow_tool_does_not_stall_caller_audio() -> None:
     # While the tool ran (3 s), caller audio kept reaching the model every 20 ms or so.
     during = [t for t, _ in conn.audio_in_chunks if request.time < t < request.time + 3.0]
     assert len(during) >= 140  # 150 frames in 3 s
-    gaps = [b - a for a, b in zip(during, during[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(during)]
     assert max(gaps) < 0.2
 
 
@@ -158,7 +161,7 @@ async def test_variables_fill_the_prompt_the_model_receives() -> None:
         conn = h.sim.connections[0]
     assert conn.system_instruction.startswith(
         f"Help the caller from +14155550123 who dialled +18005550100 on twilio (call "
-        f"{result.call_sid}, campaign spring, {{{{unknown}}}}), JSON stays {{\"a\": 1}}."
+        f'{result.call_sid}, campaign spring, {{{{unknown}}}}), JSON stays {{"a": 1}}.'
     )
     names = [d["name"] for d in conn.function_declarations]
     assert names == ["handoff_conversation", "lookup_order", "end_call"]

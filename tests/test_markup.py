@@ -13,7 +13,10 @@ from hypothesis import strategies as st
 from gateway.carriers.markup import (
     XML_DECLARATION,
     connect_stream,
+    dial_document,
+    dial_verb,
     fallback_verbs,
+    hang_up_document,
     parameter_tags,
     response_document,
     say_and_hang_up,
@@ -94,3 +97,24 @@ def test_say_and_hang_up_escapes() -> None:
     assert root.find("Say").text == "Sorry <all> lines & busy"  # type: ignore[union-attr]
     assert root.find("Hangup") is not None
     assert say_and_hang_up("") == XML_DECLARATION + "<Response><Hangup/></Response>"
+
+
+def test_hang_up_document_exact_bytes() -> None:
+    assert hang_up_document() == (
+        '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>'
+    )
+
+
+@pytest.mark.parametrize(
+    ("destination", "verbs"),
+    [
+        ("+15551234567", "<Dial>+15551234567</Dial>"),
+        ("sip:desk@pbx.example.com", "<Dial><Sip>sip:desk@pbx.example.com</Sip></Dial>"),
+        ("sips:desk@pbx.example.com", "<Dial><Sip>sips:desk@pbx.example.com</Sip></Dial>"),
+        ("sip:a@b?x=1&y=<2>", "<Dial><Sip>sip:a@b?x=1&amp;y=&lt;2&gt;</Sip></Dial>"),
+    ],
+)
+def test_dial_document_exact_bytes(destination: str, verbs: str) -> None:
+    assert dial_document(destination) == XML_DECLARATION + "<Response>" + verbs + "</Response>"
+    assert dial_verb(destination) == verbs
+    assert fallback_verbs("ignored when transferring", destination) == verbs

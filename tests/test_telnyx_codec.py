@@ -102,7 +102,26 @@ def test_start_announces_ids_and_the_negotiated_codec(
     assert isinstance(event, StreamStarted)
     assert (event.stream_id, event.call_id) == (STREAM, CALL)
     assert (event.audio_format.encoding, event.audio_format.sample_rate) == expected
-    assert dict(event.parameters) == {"a": "1"}
+    # start.from/start.to join the <Parameter>s: the caller ids of a Call Control stream.
+    assert dict(event.parameters) == {"a": "1", "from": "+13122010094", "to": "+13122123456"}
+    assert event.account_id == ""
+
+
+def test_a_texml_streams_own_caller_ids_win_and_its_account_sid_is_the_account() -> None:
+    account = "61bf923e-5e4d-4595-a110-56190ea18a1b"
+    params = {"from": "+15550001111", "account_sid": account, "param.campaign": "spring"}
+    event = TelnyxCodec().parse(start(custom_parameters=params))
+    assert isinstance(event, StreamStarted)
+    assert event.parameters["from"] == "+15550001111"
+    assert event.parameters["to"] == "+13122123456"
+    assert event.parameters["param.campaign"] == "spring"
+    assert event.account_id == account
+
+
+def test_a_malformed_account_sid_is_no_account() -> None:
+    event = TelnyxCodec().parse(start(custom_parameters={"account_sid": "not an id"}))
+    assert isinstance(event, StreamStarted)
+    assert event.account_id == ""
 
 
 # --- media_format: what start announces ---------------------------------------------------

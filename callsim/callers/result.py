@@ -98,16 +98,21 @@ class WebhookDelivery:
 
 @dataclass(frozen=True)
 class ApiRequest:
-    """One request the gateway made to the fake Telnyx Call Control API, and the answer."""
+    """One request the gateway made to a fake carrier API (Telnyx Call Control or TeXML REST,
+    Twilio's Calls update), and the answer."""
 
     time: float
     method: str
     path: str
-    action: str  # e.g. "answer", "streaming_start", "hangup"; "" when the path is not a command
-    body: Any  # parsed JSON (None if the body was not JSON)
+    #: e.g. "answer", "streaming_start", "hangup"; "texml_update" (Telnyx TeXML REST),
+    #: "update" (Twilio REST); "" when the path is not a command
+    action: str
+    body: Any  # parsed JSON, or the form as a dict (None if the body was neither)
     status: int  # HTTP status the fake API answered
     violations: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    #: How it was authenticated, without the secret: "Basic <AccountSid>", "Bearer", or "".
+    auth: str = ""
 
     @property
     def accepted(self) -> bool:
@@ -161,7 +166,15 @@ class CallResult:
     heard_encoding: Literal["ulaw", "pcm16"] = "ulaw"
     call_session_id: str = ""
     webhooks: list[WebhookDelivery] = field(default_factory=list)
+    #: Requests the gateway made about this call to the fake carrier API (Telnyx's Call Control
+    #: and TeXML REST, Twilio's Calls update), in order.
     api_requests: list[ApiRequest] = field(default_factory=list)
+    #: What the carrier ran once the stream was over: the markup a REST update put in place
+    #: (``Hangup`` for ``Status=completed``), the Call Control hang-up or transfer (``Hangup``,
+    #: ``Dial:<to>``), or else, when the gateway closed the stream itself, the verbs after
+    #: ``</Connect>`` in the webhook answer. Empty when the caller hung up. Entries: ``Hangup``,
+    #: ``Say:<text>``, ``Dial:<number>``, ``Sip:<uri>``, else the verb's tag.
+    after_stream: list[str] = field(default_factory=list)
 
     @property
     def call_control_id(self) -> str:

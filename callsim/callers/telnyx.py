@@ -61,6 +61,7 @@ from callsim.telnyx.webhook import (
     texml_form,
 )
 from callsim.twilio.peer import format_violation
+from callsim.twilio.webhook import update_verbs, verbs_after_connect
 from gateway.audio.transcode import AudioFormat
 
 __all__ = ["TelnyxCaller", "TelnyxMode"]
@@ -203,6 +204,7 @@ class TelnyxCaller(StreamCaller):
         self._cursor = 0
         self._api_changed = asyncio.Event()
         self._api_hangup = False
+        self._commands_ran: list[str] = []  # what the API commands ran on the call (after_stream)
         self._reached = self._answered = self._streamed = self._done = False
         self._http: httpx.AsyncClient | None = None
         self._side_task: asyncio.Task[Any] | None = None
@@ -250,7 +252,7 @@ class TelnyxCaller(StreamCaller):
         res.twiml_stream_url = setup.url
         self._report(setup)
         if self._api is not None and setup.url is not None:  # the gateway may hang up via API
-            self._register(answered=True)
+            self._register(answered=True, account_sid=res.account_sid)
         return setup
 
     async def _call_control(self) -> StreamSetup | None:
@@ -315,10 +317,17 @@ class TelnyxCaller(StreamCaller):
     # --- after the stream -----------------------------------------------------------------------
 
     async def _after_stream(self) -> None:
+        res = self.result
         if self._side_task is not None:
             await asyncio.wait([self._side_task], timeout=self._webhook_timeout)
         if self._mode != "call-control" or not self._reached:
-            return  # TeXML ends with its stream; a refused or failed first webhook: no call
+            # TeXML ends with its stream: the update's TeXML runs, or else the verbs after
+            # </Connect> when the gateway closed the stream itself (a caller's hang-up: none).
+            if self._commands_ran:
+                res.after_stream = list(self._commands_ran)
+            elif res.closed_by == "gateway":
+                res.after_stream = verbs_after_connect(res.twiml)
+            return  # a refused or failed first webhook: no call
         stream = {"client_state": self._client_state, "stream_url": self.result.stream_url}
         if self._streamed:
             await self._event("streaming.stopped", stream)
@@ -348,6 +357,7 @@ class TelnyxCaller(StreamCaller):
             ended |= {"hangup_cause": "originator_cancel", "hangup_source": source}
             ended["sip_hangup_cause"] = "487"
         await self._event("call.hangup", ended)
+        res.after_stream = list(self._commands_ran)
 
     async def _after_close_commands(self) -> bool:
         """The gateway closed the stream: it must now end the call through the API.
@@ -436,7 +446,7 @@ class TelnyxCaller(StreamCaller):
 
     # --- the fake API ---------------------------------------------------------------------------
 
-    def _register(self, *, answered: bool) -> None:
+    def _register(self, *, answered: bool, account_sid: str | None = None) -> None:
         assert self._api is not None
         self._api.register(
             self._ids.call_control_id,
@@ -444,6 +454,7 @@ class TelnyxCaller(StreamCaller):
             call_codec=self._call_codec,
             require_wss=self._require_wss,
             answered=answered,
+            account_sid=account_sid,
         )
 
     def _on_command(self, request: ApiRequest, setup: StreamSetup | None) -> None:
@@ -461,12 +472,29 @@ class TelnyxCaller(StreamCaller):
             body = request.body if isinstance(request.body, dict) else {}
             if isinstance(body.get("client_state"), str):
                 self._client_state = body["client_state"]
-            if request.action in ("hangup", "reject"):
+            if request.action in ("hangup", "reject", "texml_update"):
                 self._api_hangup = True
-            if request.action in ("hangup", "streaming_stop") and res.started_at is not None:
+            self._ran_after(request.action, body)
+            ends = ("hangup", "streaming_stop", "transfer", "texml_update")
+            if request.action in ends and res.started_at is not None:
                 self._hangup_by = "gateway"  # Telnyx sends stop and closes the socket
                 self._hangup_requested = True
         self._api_changed.set()
+
+    def _ran_after(self, action: str, body: dict[str, Any]) -> None:
+        """Record what an accepted command runs on the call (``CallResult.after_stream``):
+        a transfer dials (``Sip:`` for a SIP URI, as the TwiML form is recorded), a hang-up
+        hangs up, a speak says, a TeXML update runs its new TeXML."""
+        ran = self._commands_ran
+        if action == "texml_update":
+            ran += update_verbs(body, "Texml")
+        elif action == "transfer":
+            to = str(body.get("to", ""))
+            ran.append(f"Sip:{to}" if to.startswith("sip") else f"Dial:{to}")
+        elif action == "speak":
+            ran.append(f"Say:{body.get('payload', '')}")
+        elif action == "hangup" and self._streamed and self.result.closed_by != "caller":
+            ran.append("Hangup")
 
     async def _wait_command(self, actions: set[str], want: str, after: str) -> _Command | None:
         """The next accepted command in ``actions``; None (a violation if ``want``) on timeout."""

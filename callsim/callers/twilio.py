@@ -44,11 +44,17 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from callsim.callers.playback import ULAW_SILENCE
-from callsim.callers.result import CallEvent, CallResult, EventKind, TimingStats
+from callsim.callers.result import ApiRequest, CallEvent, CallResult, EventKind, TimingStats
 from callsim.callers.state import CallerState
 from callsim.twilio import peer
+from callsim.twilio.api import TwilioApiSimulator
 from callsim.twilio.peer import Violation, format_violation
-from callsim.twilio.webhook import check_twiml, twilio_signature, webhook_form
+from callsim.twilio.webhook import (
+    check_twiml,
+    twilio_signature,
+    verbs_after_connect,
+    webhook_form,
+)
 
 __all__ = ["HangupMode", "StreamCaller", "TwilioCaller"]
 
@@ -446,7 +452,11 @@ class TwilioCaller(StreamCaller):
     ``signature_url`` (default: the webhook URL actually requested) and the WebSocket upgrade
     carries ``x-twilio-signature`` over the stream URL with no params, as Twilio does.
     ``require_wss`` turns a ``ws://`` stream URL from a warning into a violation. ``on_event``
-    is as described on :class:`StreamCaller`.
+    is as described on :class:`StreamCaller`. With ``api`` (a
+    :class:`~callsim.twilio.api.TwilioApiSimulator` the gateway's ``TWILIO_API_BASE`` points at)
+    the call is registered there once its TwiML is accepted, and an update through the REST API
+    ends the stream and runs the new TwiML, as on Twilio; ``CallResult.after_stream`` records
+    what ran after the stream either way.
     """
 
     CONNECT_FAILED_CODE = "31920"
@@ -474,6 +484,7 @@ class TwilioCaller(StreamCaller):
         connect_timeout_s: float = 10.0,
         close_timeout_s: float = 2.0,
         on_event: Callable[[CallEvent], None] | None = None,
+        api: TwilioApiSimulator | None = None,
     ) -> None:
         self._audio = bytes(audio)
         super().__init__(
@@ -501,6 +512,8 @@ class TwilioCaller(StreamCaller):
         self._require_wss = require_wss
         self._auth_token = auth_token
         self._signature_url = signature_url
+        self._api = api
+        self._updated: list[str] | None = None  # what a REST update put in place
 
     # --- webhook --------------------------------------------------------------------------------
 
@@ -543,7 +556,38 @@ class TwilioCaller(StreamCaller):
         res.warnings += check.warnings
         for text in check.violations:
             self._violation(text)
+        if self._api is not None and check.url is not None:
+            self._api.register(res.account_sid, res.call_sid, self._on_update)
         return self._stream_url_override or check.url
+
+    # --- the REST API ---------------------------------------------------------------------------
+
+    def _on_update(self, request: ApiRequest, verbs: list[str]) -> None:
+        """The gateway updated the call through the fake REST API (runs in this call's loop):
+        as on Twilio, the stream ends (``stop``, then a close) and the new TwiML runs."""
+        res = self.result
+        res.api_requests.append(request)
+        self._emit("api_command", detail=f"{request.action} {request.status}")
+        if self._updated is None and res.closed_by != "caller":
+            self._updated = verbs
+            self._hangup_by = "gateway"
+            self._hangup_requested = True
+
+    def _on_hanging_up(self, by: Literal["caller", "gateway"]) -> None:
+        if by == "caller" and self._api is not None:
+            self._api.end_call(self.result.call_sid)  # a later update gets 21220
+
+    async def _after_stream(self) -> None:
+        """What Twilio runs once the stream is over (see ``CallResult.after_stream``)."""
+        res = self.result
+        if self._updated is not None:
+            res.after_stream = list(self._updated)
+        elif res.closed_by == "gateway":
+            res.after_stream = verbs_after_connect(res.twiml)
+
+    async def _cleanup(self) -> None:
+        if self._api is not None:
+            self._api.end_call(self.result.call_sid)
 
     # --- Twilio's messages ----------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""A local, strict fake of Telnyx's Call Control REST API (``POST /v2/calls/{id}/actions/{cmd}``).
+"""A local, strict fake of Telnyx's Call Control REST API (``POST /v2/calls/{id}/actions/{cmd}``),
+and of the TeXML REST "Update call" (``POST /v2/texml/Accounts/{account_sid}/Calls/{call_sid}``).
 
 A Call Control gateway answers a call, starts its media stream and hangs it up through REST
 commands, so a Telnyx caller simulator in that mode needs somewhere for those commands to land.
@@ -40,8 +41,16 @@ from callsim.callers.result import ApiRequest
 from callsim.telnyx.peer import Violation
 from callsim.telnyx.webhook import CC_FIELDS, StreamSetup, check_stream_url, negotiate
 from callsim.twilio.peer import format_violation
+from callsim.twilio.webhook import update_verbs
 
-__all__ = ["CallRecord", "Listener", "Outcome", "TelnyxApiSimulator", "apply_command"]
+__all__ = [
+    "CallRecord",
+    "Listener",
+    "Outcome",
+    "TelnyxApiSimulator",
+    "apply_command",
+    "apply_texml_update",
+]
 
 CallState = Literal["parked", "answered", "ended"]
 Listener = Callable[[ApiRequest, StreamSetup | None], None]
@@ -80,6 +89,19 @@ _UNSIMULATED_NAMES: Final = """bridge playback_start playback_stop gather
     fork_start fork_stop transcription_start transcription_stop client_state_update refer enqueue
     leave_queue suppression_start suppression_stop ai_assistant_start ai_assistant_stop"""
 _UNSIMULATED: Final = frozenset(_UNSIMULATED_NAMES.split())
+#: TeXML "Update call" form fields (CamelCase, as the page insists).
+_TEXML_UPDATE_FIELDS: Final = frozenset(
+    [
+        "Status",
+        "Url",
+        "Method",
+        "FallbackUrl",
+        "FallbackMethod",
+        "StatusCallback",
+        "StatusCallbackMethod",
+        "Texml",
+    ]
+)
 # Telnyx's enums (what it accepts at all), checked before the conversation rules of negotiate().
 _ENUMS: Final[dict[str, frozenset[object]]] = {
     "stream_track": frozenset({"inbound_track", "outbound_track", "both_tracks"}),
@@ -102,6 +124,8 @@ class CallRecord:
     streaming: bool = False
     client_state: str | None = None
     command_ids: set[str] = field(default_factory=set)
+    #: The TeXML AccountSid of a TeXML call (None: a Call Control call, no TeXML REST).
+    account_sid: str | None = None
 
 
 @dataclass
@@ -155,6 +179,39 @@ def apply_command(call: CallRecord, action: str, body: object) -> Outcome:
     unknown = sorted(body.keys() - _KNOWN_FIELDS.get(action, body.keys()))
     if unknown:
         out.warnings.append(f"{action}: fields not in Telnyx's schema, ignored: {unknown}")
+    return out
+
+
+def apply_texml_update(call: CallRecord, account_sid: str, form: dict[str, str]) -> Outcome:
+    """Apply one TeXML REST "Update call" to ``call`` as Telnyx would (pure, no I/O).
+
+    New ``Texml`` (or ``Status=completed``) ends the call's ``<Connect><Stream>`` and runs at
+    once, so the verbs after ``</Connect>`` never run; a ``<Dial>`` hands the caller on.
+    https://developers.telnyx.com/api-reference/texml-rest-commands/update-call
+    """
+    if call.account_sid is None or call.account_sid != account_sid:
+        out = _error(404, _NOT_FOUND, f"no TeXML call {call.call_control_id!r} on {account_sid!r}")
+        text = f"TeXML update on account {account_sid!r}, which is not the call's AccountSid"
+        out.violations.append(format_violation(Violation.API_UNKNOWN_CALL, text))
+        return out
+    if call.state == "ended":
+        out = _error(422, _ENDED)  # assumed: Call Control's code; the TeXML page lists none
+        out.warnings.append("TeXML update after the call ended (422 90018)")
+        return out
+    try:
+        verbs = update_verbs(form, "Texml")
+    except ValueError as exc:
+        out = _error(422, _INVALID, str(exc))
+        out.violations.append(format_violation(Violation.API_BAD_REQUEST, f"TeXML update: {exc}"))
+        return out
+    unknown = sorted(form.keys() - _TEXML_UPDATE_FIELDS)
+    call.state, call.streaming = "ended", False  # the stream is over; a <Dial> is someone else's
+    dialled = any(v.startswith(("Dial:", "Sip:")) for v in verbs)
+    body = {"sid": call.call_control_id, "account_sid": account_sid,
+            "status": "in-progress" if dialled else "completed"}  # fmt: skip
+    out = Outcome(200, body)
+    if unknown:
+        out.warnings.append(f"TeXML update: fields not in Telnyx's schema, ignored: {unknown}")
     return out
 
 
@@ -294,6 +351,11 @@ class TelnyxApiSimulator:
                     "/v2/calls/{call_id:str}/actions/{action:str}", self._command, methods=["POST"]
                 ),
                 Route(
+                    "/v2/texml/Accounts/{account_sid:str}/Calls/{call_sid:str}",
+                    self._texml_update,
+                    methods=["POST"],
+                ),
+                Route(
                     "/{path:path}", self._unknown, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]
                 ),
             ]
@@ -370,9 +432,14 @@ class TelnyxApiSimulator:
         call_codec: str = "PCMU",
         require_wss: bool = False,
         answered: bool = False,
+        account_sid: str | None = None,
     ) -> None:
-        """Create a call; ``listener`` hears of every command on it, in the calling loop."""
-        record = CallRecord(call_control_id, call_codec, require_wss)
+        """Create a call; ``listener`` hears of every command on it, in the calling loop.
+
+        ``account_sid``: the call is a TeXML call of that account, which the TeXML REST API
+        (``POST /v2/texml/Accounts/{account_sid}/Calls/{call_sid}``) can update too.
+        """
+        record = CallRecord(call_control_id, call_codec, require_wss, account_sid=account_sid)
         if answered:
             record.state = "answered"
         with self._lock:
@@ -434,6 +501,44 @@ class TelnyxApiSimulator:
             # RuntimeError: the caller's loop has closed, so nobody is listening any more.
             with contextlib.suppress(RuntimeError):
                 registration.loop.call_soon_threadsafe(registration.listener, entry, out.setup)
+        return JSONResponse(out.body, status_code=out.status)
+
+    async def _texml_update(self, request: Request) -> JSONResponse:
+        account_sid = str(request.path_params["account_sid"])
+        call_id = str(request.path_params["call_sid"])
+        form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        auth = request.headers.get("authorization")
+        with self._lock:
+            record = self._calls.get(call_id)
+            if auth != f"Bearer {self.api_key}":
+                how = "missing" if auth is None else "wrong"
+                text = f"TeXML update: Authorization is {how}; send Bearer <TELNYX_API_KEY>"
+                out = _error(401, _UNAUTHORIZED, "the API key is missing or wrong")
+                out.violations.append(format_violation(Violation.API_UNAUTHORIZED, text))
+            elif record is None:
+                out = _error(404, _NOT_FOUND, f"no call {call_id!r}")
+                text = f"TeXML update on CallSid {call_id!r}, which Telnyx never issued"
+                out.violations.append(format_violation(Violation.API_UNKNOWN_CALL, text))
+            else:
+                out = apply_texml_update(record, account_sid, form)
+            entry = ApiRequest(
+                time=time.monotonic(),
+                method="POST",
+                path=request.url.path,
+                action="texml_update",
+                body=form,
+                status=out.status,
+                violations=tuple(out.violations),
+                warnings=tuple(out.warnings),
+                auth="Bearer" if auth is not None and auth.startswith("Bearer ") else "",
+            )
+            self._requests.append(entry)
+            registration = self._listeners.get(call_id) if record is not None else None
+            if registration is None:
+                self._violations += out.violations
+        if registration is not None:
+            with contextlib.suppress(RuntimeError):
+                registration.loop.call_soon_threadsafe(registration.listener, entry, None)
         return JSONResponse(out.body, status_code=out.status)
 
     async def _unknown(self, request: Request) -> JSONResponse:

@@ -83,6 +83,8 @@ class Violation(StrEnum):
     BAD_PAYLOAD = "bad-payload"  # empty or not strict base64 (31951)
     PAYLOAD_FILE_HEADER = "payload-file-header"  # a WAV header inside media.payload
     BUFFER_OVERFLOW = "buffer-overflow"  # > 10 minutes of audio buffered (31931)
+    API_UNAUTHORIZED = "api-unauthorized"  # REST: no or wrong Basic AccountSid:AuthToken (20003)
+    API_BAD_REQUEST = "api-bad-request"  # REST: update with neither Twiml nor Status, or bad XML
 
 
 def format_violation(kind: StrEnum, detail: str) -> str:

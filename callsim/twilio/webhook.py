@@ -25,8 +25,11 @@ __all__ = [
     "PARAMETER_LIMIT",
     "TwimlStream",
     "check_twiml",
+    "document_verbs",
     "resolve_stream_url",
     "twilio_signature",
+    "update_verbs",
+    "verbs_after_connect",
     "webhook_form",
 ]
 
@@ -259,3 +262,60 @@ def resolve_stream_url(
             )
         )
     return url, violations, warnings
+
+
+def document_verbs(markup: str | bytes) -> list[str]:
+    """The verbs a ``<Response>`` document runs, as the caller records them in
+    ``CallResult.after_stream``: ``Hangup``, ``Say:<text>``, ``Dial:<number>``, ``Sip:<uri>``,
+    else the verb's tag. TeXML has the same verbs, so the Telnyx caller reads it here too.
+    Raises ``ValueError`` for a document that is not XML with a ``<Response>`` root."""
+    try:
+        root = ET.fromstring(markup)
+    except ET.ParseError as exc:
+        raise ValueError(f"not well-formed XML: {exc}") from None
+    if root.tag != "Response":
+        raise ValueError(f"root element is <{root.tag}>, expected <Response>")
+    return [item for verb in root for item in _verb(verb)]
+
+
+def verbs_after_connect(markup: str | bytes) -> list[str]:
+    """The verbs after the first ``</Connect>`` of a webhook answer: what the carrier runs once
+    the gateway closes the ``<Connect><Stream>`` (nothing if the answer is not a document)."""
+    try:
+        root = ET.fromstring(markup)
+    except ET.ParseError:
+        return []
+    verbs = list(root)
+    tags = [verb.tag for verb in verbs]
+    if "Connect" not in tags:
+        return []
+    return [item for verb in verbs[tags.index("Connect") + 1 :] for item in _verb(verb)]
+
+
+def _verb(verb: ET.Element) -> list[str]:
+    text = (verb.text or "").strip()
+    if verb.tag == "Say":
+        return [f"Say:{text}"]
+    if verb.tag != "Dial":
+        return [verb.tag]
+    targets = [f"Dial:{text}"] if text else []
+    for noun in verb:
+        value = (noun.text or "").strip()
+        targets.append(f"Sip:{value}" if noun.tag == "Sip" else f"Dial:{value}")
+    return targets or ["Dial:"]
+
+
+def update_verbs(form: Mapping[str, str], markup_key: str = "Twiml") -> list[str]:
+    """What a REST update of a live call runs: the verbs of its new document (``Twiml`` on
+    Twilio, ``Texml`` on Telnyx), else ``Hangup`` for ``Status=completed``.
+
+    Raises ``ValueError`` for an update the carrier refuses (no document, Url or Status; a
+    document that is not a ``<Response>``).
+    """
+    if markup_key in form:
+        return document_verbs(form[markup_key])
+    if form.get("Status") in ("completed", "canceled"):
+        return ["Hangup"]
+    if "Url" in form:
+        return [f"Redirect:{form['Url']}"]
+    raise ValueError(f"an update needs {markup_key}, Url or Status")

@@ -13,11 +13,6 @@ from gateway.agents import Fallback
 from gateway.carriers.base import StreamStarted
 
 
-class CallActionError(Exception):
-    """A carrier action (end, transfer) that did not happen; the message is a short reason
-    the agent can tell the caller, with no secret in it."""
-
-
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """Why a stream's ``start`` does not make it a call."""
@@ -28,6 +23,14 @@ class Refusal:
     reason: str
     #: The ``gateway_errors_total`` kind an unauthorized stream counts as.
     error_kind: str = "stream_auth"
+
+
+class CallActionError(Exception):
+    """A carrier could not end or transfer the call (``end_call``, ``transfer``).
+
+    The message is a short reason in plain words, fit for the model to tell the caller
+    ("the transfer could not be placed"): never a key, a URL or a carrier's error body.
+    """
 
 
 def _admit_all(_: StreamStarted) -> Refusal | None:

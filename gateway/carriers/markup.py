@@ -54,11 +54,30 @@ def parameter_tags(parameters: Mapping[str, str]) -> str:
 def fallback_verbs(say: str, transfer_to: str = "") -> str:
     """Verbs for a call the gateway cannot continue: dial ``transfer_to`` (a number or a
     ``sip:`` URI), or else say ``say`` and hang up."""
-    if transfer_to.startswith("sip"):
-        return f"<Dial><Sip>{escape(transfer_to)}</Sip></Dial>"
     if transfer_to:
-        return f"<Dial>{escape(transfer_to)}</Dial>"
+        return dial_verb(transfer_to)
     return f"<Say>{escape(say)}</Say><Hangup/>" if say else "<Hangup/>"
+
+
+def dial_verb(destination: str) -> str:
+    """``<Dial>`` to ``destination``: a phone number as the verb's text, a ``sip:``/``sips:``
+    URI inside ``<Sip>`` (a bare URI in ``<Dial>`` would be dialled as digits)."""
+    if destination.startswith("sip"):
+        return f"<Dial><Sip>{escape(destination)}</Sip></Dial>"
+    return f"<Dial>{escape(destination)}</Dial>"
+
+
+def dial_document(destination: str) -> str:
+    """A whole document that transfers the call to ``destination`` (see :func:`dial_verb`):
+    sent through the REST API it replaces the call's markup, so the stream ends and the
+    caller is connected, and the verbs after ``</Connect>`` never run."""
+    return response_document(dial_verb(destination))
+
+
+def hang_up_document() -> str:
+    """A whole document that ends the call: the REST update for the agent's ``end_call``,
+    which ends the stream without running the apology placed after ``</Connect>``."""
+    return response_document("<Hangup/>")
 
 
 def say_and_hang_up(message: str) -> str:

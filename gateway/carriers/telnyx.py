@@ -38,6 +38,7 @@ from gateway.carriers.base import (
     bounded_int,
     carrier_id,
     custom_parameters,
+    is_carrier_id,
     media_object,
 )
 from gateway.carriers.markup import connect_stream
@@ -48,6 +49,10 @@ from gateway.carriers.stream import StreamCodec
 #: the stream's ``start`` (with the stream token after it): that is how the token reaches a
 #: stream that has no <Parameter>s, and how the stream knows to hang up through the API.
 CALL_CONTROL_PREFIX = "callbridge-cc:"
+
+#: The stream <Parameter> carrying a TeXML call's ``AccountSid`` (the webhook form's field):
+#: the TeXML REST API names the account in its path, and the stream itself does not say it.
+ACCOUNT_PARAMETER = "account_sid"
 
 #: Where Telnyx sends a Call Control stream's ``stream_auth_token``: this upgrade header, and
 #: the same key in the ``connected`` frame (Telnyx AsyncAPI spec, "Stream call media over
@@ -198,11 +203,21 @@ class TelnyxCodec(StreamCodec):
         if token is not None:
             self.call_control = True
             parameters.setdefault("token", token)
+        # start.from/start.to are the call's numbers (AsyncAPI "Stream call media over
+        # WebSocket"): the caller ids of a Call Control stream, which has no <Parameter>s from a
+        # webhook form; a TeXML stream's own from/to parameters come first.
+        for name in ("from", "to"):
+            number = start.get(name)
+            if isinstance(number, str) and number:
+                parameters.setdefault(name, number[:200])
+        # TeXML's AccountSid, for the TeXML REST API, arrives as a <Parameter> the gateway set.
+        account = parameters.get(ACCOUNT_PARAMETER)
         return StreamStarted(
             stream_id=stream_id,
             call_id=call_id,
             audio_format=audio_format,
             parameters=parameters,
+            account_id=account if is_carrier_id(account) else "",
             downlink_format=downlink_format(self.requested, audio_format),
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -41,11 +42,15 @@ class CallControl:
         await self._command(call_control_id, "answer", {})
 
     async def start_streaming(
-        self, call_control_id: str, stream_url: str, codec: str, token: str
+        self,
+        call_control_id: str,
+        stream_url: str,
+        codec: str,
+        token: str,
+        parameters: Mapping[str, str] | None = None,
     ) -> None:
-        await self._command(
-            call_control_id, "streaming_start", streaming_fields(stream_url, codec, token)
-        )
+        body = streaming_fields(stream_url, codec, token, parameters)
+        await self._command(call_control_id, "streaming_start", body)
 
     async def hangup(self, call_control_id: str) -> None:
         await self._command(call_control_id, "hangup", {})
@@ -77,10 +82,18 @@ class CallControl:
         raise TelnyxApiError(f"{action}: HTTP {response.status_code} {_error_code(response)}")
 
 
-def streaming_fields(stream_url: str, codec: str, token: str) -> dict[str, Any]:
+def streaming_fields(
+    stream_url: str, codec: str, token: str, parameters: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """The ``streaming_start`` body: an RTP stream both ways in ``codec`` (Telnyx may still
-    stream the caller in the call's codec; see :mod:`gateway.carriers.telnyx`)."""
-    return {
+    stream the caller in the call's codec; see :mod:`gateway.carriers.telnyx`).
+
+    ``parameters`` become ``custom_parameters`` ("Custom parameters to be sent as part of the
+    WebSocket connection",
+    https://developers.telnyx.com/api-reference/call-commands/streaming-start): the
+    Call Control counterpart of TeXML's <Parameter>s, which the codec reads from ``start``.
+    """
+    fields: dict[str, Any] = {
         "stream_url": stream_url,
         "stream_track": "inbound_track",
         "stream_codec": codec,
@@ -92,6 +105,9 @@ def streaming_fields(stream_url: str, codec: str, token: str) -> dict[str, Any]:
         "stream_auth_token": token,
         "client_state": call_control_state(token),
     }
+    if parameters:
+        fields["custom_parameters"] = [{"name": k, "value": v} for k, v in parameters.items()]
+    return fields
 
 
 def _error_code(response: httpx.Response) -> str:

@@ -9,8 +9,9 @@ Each carrier's route then writes that offer in its own markup (TwiML, TeXML) or 
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,15 @@ from gateway.carriers.markup import fallback_verbs, say_and_hang_up
 from gateway.logs import mask_number
 from gateway.web.httputil import pass_on, proxy_retries, public_url
 from gateway.web.state import GatewayState
+
+#: Query parameters of the voice webhook URL carried to the stream (``param.<name>``): names a
+#: prompt variable can use, at most this many, in the URL's order.
+_PARAMETER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_WEBHOOK_PARAMETERS = 16
+WEBHOOK_PARAMETER_PREFIX = "param."
+#: Twilio: "the combined length of each <Parameter> name and value must be under 500
+#: characters" (https://www.twilio.com/docs/voice/twiml/stream#custom-parameters).
+_PARAMETER_CHARS = 499
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,16 +80,27 @@ def offer_stream(
     call_id: str,
     id_parameter: str,
     form: Mapping[str, Any],
+    extra: Mapping[str, str] | None = None,
 ) -> StreamOffer | Response:
     """Admit the call of a markup webhook (TwiML, TeXML) and offer it a stream, or answer
-    the refusal: the busy message in markup, or :func:`admit_call`'s Response."""
+    the refusal: the busy message in markup, or :func:`admit_call`'s Response.
+
+    The stream parameters: the call id, ``from``/``to``, the carrier's ``extra`` (TeXML's
+    ``account_sid``), the webhook URL's query as ``param.*``, and the token last, so none of
+    those can stand in for the gateway's own."""
     refused = admit_call(state, request, log, carrier, call_id)
     if isinstance(refused, Response):
         return refused
     if refused is not None:
         return Response(say_and_hang_up(BUSY.say), media_type="text/xml")
     token = state.tokens.mint(carrier, call_id, time.time())
-    parameters = {id_parameter: call_id, **caller_ids(form), "token": token}
+    parameters = {
+        **webhook_parameters(request.query_params.multi_items()),
+        id_parameter: call_id,
+        **caller_ids(form),
+        **(extra or {}),
+        "token": token,
+    }
     url = public_url(request, state.settings, f"{stream_path}/{token}", ws=True)
     fallback = state.opening_fallback()
     log.info(f"{carrier}.voice", call_id=call_id, caller=mask_number(form.get("From")))
@@ -94,3 +115,23 @@ def caller_ids(form: Mapping[str, Any]) -> dict[str, str]:
         if isinstance(value, str) and value:
             ids[name] = value[:200]
     return ids
+
+
+def webhook_parameters(query: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """``param.<name>`` stream parameters from the voice webhook URL's query
+    (``/twilio/voice?campaign=spring`` → ``param.campaign=spring``): the per-number context an
+    operator configures in the carrier's console, for the agents' prompt variables.
+
+    Names outside ``[A-Za-z0-9_.-]{1,64}`` are skipped, the first value of a name wins, at most
+    :data:`MAX_WEBHOOK_PARAMETERS` are kept, and each value is cut to fit Twilio's limit on a
+    ``<Parameter>`` (name and value under 500 characters), which TeXML shares. The prefix keeps
+    them apart from the gateway's own parameters (``token``, ``from``, the call id).
+    """
+    out: dict[str, str] = {}
+    for name, value in query:
+        if len(out) == MAX_WEBHOOK_PARAMETERS:
+            break
+        key = WEBHOOK_PARAMETER_PREFIX + name
+        if _PARAMETER_NAME.fullmatch(name) and key not in out:
+            out[key] = value[: _PARAMETER_CHARS - len(key)]
+    return out

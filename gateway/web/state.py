@@ -21,6 +21,7 @@ from gateway.call.emitter import CallObserver
 from gateway.call.http_tools import HttpToolRunner
 from gateway.call.model_session import LiveSessionFactory
 from gateway.carriers.telnyx_api import CallControl
+from gateway.carriers.texml_api import TexmlRest
 from gateway.carriers.twilio_api import TwilioRest
 from gateway.metrics import Metrics
 from gateway.security import StreamGrant, StreamLedger, StreamReusedError, StreamTokens
@@ -42,6 +43,8 @@ class GatewayState:
     metrics: Metrics = field(default_factory=Metrics)
     observers: tuple[CallObserver, ...] = ()
     telnyx_api: CallControl | None = None
+    #: Telnyx's TeXML REST API (same key as Call Control): ends and transfers TeXML calls.
+    texml_api: TexmlRest | None = None
     telnyx_public_key: Ed25519PublicKey | None = None
     twilio_rest: TwilioRest | None = None
     #: Calls the agents' HTTP tools; one client (and connection pool) for every call.
@@ -127,7 +130,7 @@ class GatewayState:
         return self.graph.fallback(self.graph.agent(self.graph.first_stage.agent_id))
 
     async def aclose(self) -> None:
-        for client in (self.telnyx_api, self.twilio_rest, self.tool_runner):
+        for client in (self.telnyx_api, self.texml_api, self.twilio_rest, self.tool_runner):
             if client is not None:
                 await client.aclose()
 

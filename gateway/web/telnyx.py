@@ -16,6 +16,7 @@ Control as ``stream_auth_token`` (the ``x-telnyx-streaming-auth-token`` upgrade 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -23,13 +24,20 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from gateway.agents import Fallback
-from gateway.call.hooks import CallHooks
+from gateway.call.hooks import CallActionError, CallHooks
 from gateway.carriers.base import ProtocolError, StreamStarted, is_carrier_id, load_object
-from gateway.carriers.telnyx import STREAM_AUTH_HEADER, TelnyxCodec, connect_stream_texml
+from gateway.carriers.markup import dial_document, hang_up_document
+from gateway.carriers.telnyx import (
+    ACCOUNT_PARAMETER,
+    STREAM_AUTH_HEADER,
+    TelnyxCodec,
+    connect_stream_texml,
+)
 from gateway.carriers.telnyx_api import FALLBACK_STATE, TelnyxApiError
 from gateway.carriers.telnyx_signature import SignatureError
 from gateway.carriers.telnyx_signature import verify as verify_signature
-from gateway.web.admission import admit_call, offer_stream
+from gateway.carriers.texml_api import TexmlApiError
+from gateway.web.admission import admit_call, caller_ids, offer_stream, webhook_parameters
 from gateway.web.httputil import CLIENT_GONE, public_url, read_body, read_form
 from gateway.web.state import GatewayState
 from gateway.web.streams import serve_stream
@@ -77,6 +85,7 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
             call_id=call_id,
             id_parameter="call_control_id",
             form=form,
+            extra=account_parameter(form),
         )
         if isinstance(offer, Response):
             return offer
@@ -116,7 +125,11 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
             elif kind == "call.answered":
                 token = state.tokens.mint("telnyx", call_id, time.time())
                 url = public_url(request, settings, f"{STREAM_PATH}/{token}", ws=True)
-                await api.start_streaming(call_id, url, settings.telnyx_codec, token)
+                parameters = {
+                    **webhook_parameters(request.query_params.multi_items()),
+                    **caller_ids({"From": payload.get("from"), "To": payload.get("to")}),
+                }
+                await api.start_streaming(call_id, url, settings.telnyx_codec, token, parameters)
             elif kind == "call.speak.ended" and payload.get("client_state") == FALLBACK_STATE:
                 await api.hangup(call_id)  # the fallback apology has been said
         except TelnyxApiError as exc:
@@ -148,7 +161,7 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
                 await state.telnyx_api.speak(started.call_id, chosen.say)
             return True
 
-        hooks = CallHooks(hang_up=hang_up, fallback=fallback)
+        hooks = CallHooks(hang_up=hang_up, fallback=fallback, **telnyx_call_actions(state, codec))
         await serve_stream(
             state, websocket, carrier="telnyx", codec=codec, hooks=hooks, token=token
         )
@@ -160,3 +173,56 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
     @app.websocket(STREAM_PATH + "/{token}")
     async def telnyx_stream_with_token(websocket: WebSocket, token: str) -> None:
         await telnyx_stream(websocket, token)
+
+
+def account_parameter(form: Mapping[str, Any]) -> dict[str, str]:
+    """The TeXML webhook's ``AccountSid`` as a stream parameter: the TeXML REST API that ends
+    and transfers the call names the account in its path (see :mod:`gateway.carriers.texml_api`)."""
+    account = form.get("AccountSid")
+    return {ACCOUNT_PARAMETER: account} if is_carrier_id(account) and len(account) <= 128 else {}
+
+
+def telnyx_call_actions(state: GatewayState, codec: TelnyxCodec) -> dict[str, Any]:
+    """The ``end_call`` and ``transfer`` hooks of a Telnyx stream, as :class:`CallHooks` fields.
+
+    Which API applies is known only at ``start`` (``codec.call_control``): a Call Control call
+    is hung up or transferred by its commands; a TeXML call has its TeXML replaced through the
+    TeXML REST API (``<Hangup/>``, ``<Dial>``), which ends the stream before the gateway closes
+    it, so the apology after ``</Connect>`` never plays. The account of a TeXML call is its
+    ``account_sid`` stream parameter (``StreamStarted.account_id``).
+
+    Without TELNYX_API_KEY there is neither API and both hooks are None: ``end_call`` then
+    falls back to closing the stream, and the bridge tells the model that transfers are not
+    available on this line.
+    """
+    api, texml = state.telnyx_api, state.texml_api
+    if api is None or texml is None:
+        return {"end_call": None, "transfer": None}
+
+    async def end_call(started: StreamStarted) -> None:
+        try:
+            if codec.call_control:
+                await api.hangup(started.call_id)
+            else:
+                await texml.update_call(texml_account(started), started.call_id, hang_up_document())
+        except (TelnyxApiError, TexmlApiError):
+            raise CallActionError("the call could not be ended") from None
+
+    async def transfer(started: StreamStarted, destination: str) -> None:
+        try:
+            if codec.call_control:
+                await api.transfer(started.call_id, destination)
+            else:
+                document = dial_document(destination)
+                await texml.update_call(texml_account(started), started.call_id, document)
+        except (TelnyxApiError, TexmlApiError):
+            raise CallActionError("the transfer could not be placed") from None
+
+    return {"end_call": end_call, "transfer": transfer}
+
+
+def texml_account(started: StreamStarted) -> str:
+    """The TeXML account of a stream (its ``account_sid`` parameter), or CallActionError."""
+    if not started.account_id:
+        raise CallActionError("this call has no TeXML account to act on it")
+    return started.account_id

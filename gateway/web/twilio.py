@@ -9,15 +9,24 @@ the stream must present the token minted in the TwiML (see :mod:`gateway.web.str
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import structlog
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response
 
 from gateway.agents import Fallback
-from gateway.call.hooks import CallHooks
+from gateway.call.hooks import CallActionError, CallHooks
 from gateway.carriers.base import StreamStarted, is_carrier_id
-from gateway.carriers.markup import fallback_verbs, response_document
+from gateway.carriers.markup import (
+    dial_document,
+    fallback_verbs,
+    hang_up_document,
+    response_document,
+)
 from gateway.carriers.twilio import TwilioCodec, connect_stream_twiml
+from gateway.carriers.twilio_api import TwilioApiError
 from gateway.security import twilio_signature_valid
 from gateway.web.admission import offer_stream
 from gateway.web.httputil import CLIENT_GONE, public_url, read_form
@@ -87,7 +96,7 @@ def add_twilio_routes(app: FastAPI, state: GatewayState) -> None:
             await state.twilio_rest.update_call(account, started.call_id, response_document(verbs))
             return True
 
-        hooks = CallHooks(fallback=fallback)
+        hooks = CallHooks(fallback=fallback, **twilio_call_actions(state))
         await serve_stream(
             state, websocket, carrier="twilio", codec=TwilioCodec(), hooks=hooks, token=token
         )
@@ -99,3 +108,45 @@ def add_twilio_routes(app: FastAPI, state: GatewayState) -> None:
     @app.websocket(STREAM_PATH + "/{token}")
     async def twilio_stream_with_token(websocket: WebSocket, token: str) -> None:
         await twilio_stream(websocket, token)
+
+
+def twilio_call_actions(state: GatewayState) -> dict[str, Any]:
+    """The ``end_call`` and ``transfer`` hooks of a Twilio stream, as :class:`CallHooks` fields.
+
+    Both replace the call's TwiML through the REST API (``<Hangup/>``, ``<Dial>``) *before* the
+    gateway closes the stream: the update ends the stream and runs the new TwiML, so the apology
+    placed after ``</Connect>`` never plays. The account is TWILIO_ACCOUNT_SID, else the stream's
+    own ``accountSid`` (as for the fallback).
+
+    Without TWILIO_AUTH_TOKEN there is no REST client and both hooks are None: ``end_call`` then
+    falls back to closing the stream (Twilio runs the verbs after ``</Connect>``), and the bridge
+    tells the model that transfers are not available on this line.
+    """
+    rest = state.twilio_rest
+    if rest is None:
+        return {"end_call": None, "transfer": None}
+    account_of = _account_of(state.settings.twilio_account_sid)
+
+    async def end_call(started: StreamStarted) -> None:
+        try:
+            await rest.update_call(account_of(started), started.call_id, hang_up_document())
+        except TwilioApiError:
+            raise CallActionError("the call could not be ended") from None
+
+    async def transfer(started: StreamStarted, destination: str) -> None:
+        try:
+            await rest.update_call(account_of(started), started.call_id, dial_document(destination))
+        except TwilioApiError:
+            raise CallActionError("the transfer could not be placed") from None
+
+    return {"end_call": end_call, "transfer": transfer}
+
+
+def _account_of(configured: str | None) -> Callable[[StreamStarted], str]:
+    def account_of(started: StreamStarted) -> str:
+        account = configured or started.account_id
+        if not account:
+            raise CallActionError("this line has no Twilio account to act on the call")
+        return account
+
+    return account_of

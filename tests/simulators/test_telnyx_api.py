@@ -260,3 +260,47 @@ async def test_the_server_serves_once_and_has_no_address_before_it_starts() -> N
         with pytest.raises(RuntimeError, match="serves once"):
             await api.__aenter__()
     assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+# --- TeXML REST: update call --------------------------------------------------------------
+
+
+def test_a_texml_update_ends_the_stream_and_runs_its_texml() -> None:
+    from callsim.telnyx.api import apply_texml_update
+
+    call = CallRecord("v3:x", state="answered", streaming=True, account_sid="acct-1")
+    out = apply_texml_update(call, "acct-1", {"Texml": "<Response><Dial>+1555</Dial></Response>"})
+    assert (out.status, out.body["status"], call.state, call.streaming) == (
+        200, "in-progress", "ended", False
+    )  # fmt: skip
+    late = apply_texml_update(call, "acct-1", {"Status": "completed"})
+    assert (late.status, late.body["errors"][0]["code"]) == (422, "90018")
+    other = apply_texml_update(CallRecord("v3:y", account_sid="a"), "b", {"Status": "completed"})
+    assert other.status == 404 and kinds(other.violations) == [Violation.API_UNKNOWN_CALL]
+    bad = apply_texml_update(CallRecord("v3:z", account_sid="a"), "a", {"Texml": "<Hangup/>"})
+    assert bad.status == 422 and kinds(bad.violations) == [Violation.API_BAD_REQUEST]
+
+
+async def test_the_texml_update_route_checks_the_key_and_tells_the_caller() -> None:
+    heard: list[ApiRequest] = []
+    async with TelnyxApiSimulator() as api:
+        api.register("v3:call", lambda r, _: heard.append(r), answered=True, account_sid="acct")
+        url = f"{api.base_url}/texml/Accounts/acct/Calls/v3:call"
+        async with httpx.AsyncClient() as http:
+            denied = await http.post(url, data={"Status": "completed"})
+            ok = await http.post(
+                url,
+                data={"Texml": "<Response><Hangup/></Response>"},
+                headers={"Authorization": f"Bearer {api.api_key}"},
+            )
+        for _ in range(100):
+            if len(heard) == 2:
+                break
+            await asyncio.sleep(0.01)
+    assert denied.status_code == 401 and ok.status_code == 200
+    # Like every command on its call, the refused one is told too (as a violation).
+    assert [r.status for r in heard] == [401, 200]
+    request = heard[1]
+    assert (request.action, request.body, request.auth) == (
+        "texml_update", {"Texml": "<Response><Hangup/></Response>"}, "Bearer"
+    )  # fmt: skip

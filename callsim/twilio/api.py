@@ -1,0 +1,186 @@
+"""A local fake of the one Twilio REST endpoint a voice gateway uses: updating a live call.
+
+``POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json``, form-encoded, HTTP Basic
+``AccountSid:AuthToken``; ``Twiml=<Response>…</Response>`` replaces the call's TwiML and
+``Status=completed`` ends it (https://www.twilio.com/docs/voice/api/call-resource#update-a-call-resource).
+Twilio answers with the call resource as JSON, or an error object ``{code, message, more_info,
+status}``: 20404 for a call it does not know, 20003 for failed authentication, 21220 for a call
+that is no longer in progress.
+
+What an update does to a call is what makes the fake worth having: on Twilio, new TwiML (or
+``Status=completed``) ends the call's media stream (Twilio sends ``stop`` and closes the
+websocket) and runs at once, so the verbs after ``</Connect>`` never run. A
+:class:`~callsim.callers.twilio.TwilioCaller` given ``api=`` registers its call here and is told
+of each update, in its own event loop, to play that part.
+
+Serve :attr:`TwilioApiSimulator.app` with any ASGI server (the tests use uvicorn on a free
+port) and point the gateway's ``TWILIO_API_BASE`` at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from callsim.callers.result import ApiRequest
+from callsim.twilio.peer import Violation, format_violation
+from callsim.twilio.webhook import update_verbs
+
+__all__ = ["TwilioApiSimulator", "UpdateListener"]
+
+UpdateListener = Callable[[ApiRequest, list[str]], None]
+"""Told of every accepted update of its call, with the verbs it runs
+(see :func:`~callsim.twilio.webhook.update_verbs`)."""
+
+_MORE_INFO = "https://www.twilio.com/docs/errors/"
+
+
+@dataclass
+class _Call:
+    account_sid: str
+    loop: asyncio.AbstractEventLoop | None
+    listener: UpdateListener | None
+    in_progress: bool = True
+
+
+class TwilioApiSimulator:
+    """Twilio's Calls update endpoint; see the module docstring.
+
+    With ``auth_token`` every request must carry ``Basic AccountSid:AuthToken`` for the account
+    in its path (else 401, code 20003); without one any Basic credentials for that account pass.
+    Requests for calls nobody registered get 404 code 20404, as Twilio answers for a call it
+    does not know (the gateway takes that as "already ended"). Everything is in
+    :attr:`requests`; violations not attributable to a registered call in :attr:`violations`.
+    """
+
+    def __init__(self, *, auth_token: str | None = None) -> None:
+        self.auth_token = auth_token
+        self._lock = threading.Lock()
+        self._calls: dict[str, _Call] = {}
+        self._requests: list[ApiRequest] = []
+        self._violations: list[str] = []
+        path = "/2010-04-01/Accounts/{account:str}/Calls/{sid:str}"
+        self.app = Starlette(routes=[Route(path, self._update, methods=["POST"])])
+
+    @property
+    def requests(self) -> list[ApiRequest]:
+        """Every request received, in order."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def violations(self) -> list[str]:
+        with self._lock:
+            return list(self._violations)
+
+    def register(
+        self, account_sid: str, call_sid: str, listener: UpdateListener | None = None
+    ) -> None:
+        """A call in progress on ``account_sid``; ``listener`` hears of its accepted updates in
+        the calling event loop (call from inside a running loop when giving one)."""
+        loop = asyncio.get_running_loop() if listener is not None else None
+        with self._lock:
+            self._calls[call_sid] = _Call(account_sid, loop, listener)
+
+    def end_call(self, call_sid: str) -> None:
+        """The call ended (the caller hung up): later updates get 400 code 21220."""
+        with self._lock:
+            call = self._calls.get(call_sid)
+            if call is not None:
+                call.in_progress, call.listener = False, None
+
+    # --- HTTP -----------------------------------------------------------------------------------
+
+    async def _update(self, request: Request) -> JSONResponse:
+        account = str(request.path_params["account"])
+        raw_sid = str(request.path_params["sid"])
+        sid = raw_sid.removesuffix(".json")
+        form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        user, password = _basic(request.headers.get("authorization"))
+        violations: list[str] = []
+        verbs: list[str] = []
+        with self._lock:
+            call = self._calls.get(sid)
+            if user != account or (self.auth_token is not None and password != self.auth_token):
+                status, body = _error(401, 20003, "Authenticate")
+                text = f"update {sid}: send Basic auth as the path's AccountSid and the auth token"
+                violations.append(format_violation(Violation.API_UNAUTHORIZED, text))
+            elif not raw_sid.endswith(".json") or call is None:
+                status, body = _error(404, 20404, f"The requested resource {request.url.path} "
+                                      "was not found")  # fmt: skip
+            elif call.account_sid != account:
+                status, body = _error(404, 20404, f"No call {sid} on account {account}")
+            elif not call.in_progress:
+                status, body = _error(400, 21220, "Call is not in-progress. Cannot redirect.")
+            else:
+                try:
+                    verbs = update_verbs(form)
+                except ValueError as exc:
+                    status, body = _error(400, 21201, f"Invalid update: {exc}")
+                    text = f"update {sid}: {exc}"
+                    violations.append(format_violation(Violation.API_BAD_REQUEST, text))
+                else:
+                    status, body = 200, _call_resource(account, sid, verbs)
+                    # The stream has ended; Dial keeps the call up with someone else.
+                    call.in_progress = any(v.startswith(("Dial:", "Sip:")) for v in verbs)
+            entry = ApiRequest(
+                time=time.monotonic(),
+                method="POST",
+                path=request.url.path,
+                action="update",
+                body=form,
+                status=status,
+                violations=tuple(violations),
+                auth=f"Basic {user}" if user is not None else "",
+            )
+            self._requests.append(entry)
+            listener = call.listener if call is not None and status == 200 else None
+            loop = call.loop if call is not None else None
+            if call is None or listener is None:
+                self._violations += violations
+            if call is not None and status == 200:
+                call.listener = None  # the stream is over: one update ends it
+        if listener is not None and loop is not None:
+            # RuntimeError: the caller's loop has closed, so nobody is listening any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(listener, entry, verbs)
+        return JSONResponse(body, status_code=status)
+
+
+def _basic(header: str | None) -> tuple[str | None, str | None]:
+    if header is None or not header.startswith("Basic "):
+        return None, None
+    try:
+        decoded = base64.b64decode(header[6:], validate=True).decode()
+    except (binascii.Error, ValueError):
+        return None, None
+    user, _, password = decoded.partition(":")
+    return user, password
+
+
+def _error(status: int, code: int, message: str) -> tuple[int, dict[str, Any]]:
+    return status, {"code": code, "message": message, "more_info": f"{_MORE_INFO}{code}",
+                    "status": status}  # fmt: skip
+
+
+def _call_resource(account: str, sid: str, verbs: list[str]) -> dict[str, Any]:
+    dialled = any(v.startswith(("Dial:", "Sip:")) for v in verbs)
+    return {
+        "sid": sid,
+        "account_sid": account,
+        "api_version": "2010-04-01",
+        "status": "in-progress" if dialled else "completed",
+        "uri": f"/2010-04-01/Accounts/{account}/Calls/{sid}.json",
+    }
