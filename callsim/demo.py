@@ -3,11 +3,15 @@
 It starts the built-in Live simulator, runs the real gateway against it on a free local port,
 and places one call through the real Twilio protocol with the caller simulator: the first
 agent greets, the caller asks for help, the agent hands the call to the first agent reachable
-from the first stage (when there is one), which introduces itself and answers. The call's
-events are printed as they happen, and what the caller heard is written to a WAV — each
-simulated voice has its own pitch, so the handoff is audible (and measured below the event
-list). The agents are the user's own (``--agents``, ``AGENTS_FILE``, ``./agents.yaml``), so
-"edit agents.yaml, run the demo" shows the edit; only without any is the bundled example used.
+from the first stage (when there is one), which introduces itself and answers — calling one of
+its HTTP tools first, when it has one — and, when it has ``end_call``, says goodbye and ends
+the call. HTTP tools are never sent to the URLs in agents.yaml: the demo points them at a local
+stand-in (:class:`~callsim.tools.ToolServer`), and Twilio's REST API (which ends the call) is
+the local fake too. The call's events are printed as they happen, and what the caller heard is
+written to a WAV — each simulated voice has its own pitch, so the handoff is audible (and
+measured below the event list). The agents are the user's own (``--agents``, ``AGENTS_FILE``,
+``./agents.yaml``), so "edit agents.yaml, run the demo" shows the edit; only without any is the
+bundled example used.
 """
 
 from __future__ import annotations
@@ -18,13 +22,25 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from callsim.callers.audio import Segment, Silence, Tone, render
 from callsim.callers.twilio import TwilioCaller
 from callsim.live.script import Script, Step, ToolCallSpec
 from callsim.live.server import LiveSimulator
 from callsim.live.voices import voice_pitch_hz
-from gateway.agents import AgentGraph, AgentsFileError, load_agents, parse_agents
+from callsim.serving import serving
+from callsim.tools import ToolServer
+from callsim.twilio.api import TwilioApiSimulator
+from gateway.agents import (
+    END_CALL_TOOL,
+    Agent,
+    AgentGraph,
+    AgentsFileError,
+    HttpTool,
+    load_agents,
+    parse_agents,
+)
 from gateway.audio.analysis import dominant_frequency, rms_dbfs
 from gateway.live.config import HANDOFF_TOOL
 from gateway.logs import configure_logging
@@ -32,6 +48,8 @@ from gateway.server import build_state, running_gateway
 from gateway.settings import ConfigError, Settings, SettingsError, load_settings
 
 CALLER_HZ = 150.0
+#: The Twilio auth token of the demo's local Twilio fake (signs the webhooks, opens its REST API).
+DEMO_TWILIO_TOKEN = "demo-twilio-auth-token"
 
 
 def example_agents() -> AgentGraph:
@@ -58,7 +76,8 @@ def demo_agents(agents_file: Path | None) -> AgentGraph:
 
 def demo_script(graph: AgentGraph) -> Script:
     """What the simulated model says: greet, hand off to the first target if there is one,
-    answer."""
+    answer (after an HTTP tool call when the answering agent has one), and say goodbye (ending
+    the call with ``end_call`` when the agent has it)."""
     first = graph.agent(graph.first_stage.agent_id)
     targets = graph.targets(graph.first_stage)
     greet = Step(on="text", when=f"Role: {first.role}", say="Thanks for calling. How can I help?")
@@ -66,20 +85,11 @@ def demo_script(graph: AgentGraph) -> Script:
         return Script(
             [
                 greet,
-                Step(
-                    on="caller",
-                    when=f"Role: {first.role}",
-                    hear="I'd like some help, please.",
-                    say="Of course. Tell me a little more about what you need.",
-                ),
-                Step(
-                    on="caller",
-                    when=f"Role: {first.role}",
-                    hear="Thank you.",
-                    say="You're welcome. Goodbye.",
-                ),
+                _answer(graph, first, "I'd like some help, please.",
+                        "Of course. Tell me a little more about what you need."),
+                _goodbye(first),
             ]
-        )
+        )  # fmt: skip
     second = targets[0].agent
     return Script(
         [
@@ -103,14 +113,61 @@ def demo_script(graph: AgentGraph) -> Script:
                 when=f"Role: {second.role}",
                 say=f"Hi, I'm the {second.role.lower()}. What would you like to know?",
             ),
-            Step(
-                on="caller",
-                when=f"Role: {second.role}",
-                hear="Should I diversify?",
-                say="Yes. Spreading your savings across assets lowers your risk.",
-            ),
+            _answer(graph, second, "Should I diversify?",
+                    "Yes. Spreading your savings across assets lowers your risk."),
+            _goodbye(second),
         ]
+    )  # fmt: skip
+
+
+def _answer(graph: AgentGraph, agent: Agent, hear: str, say: str) -> Step:
+    """The agent answers the caller, looking something up with its first HTTP tool if any."""
+    when = f"Role: {agent.role}"
+    tools = graph.http_tools(agent)
+    if not tools:
+        return Step(on="caller", when=when, hear=hear, say=say)
+    call = ToolCallSpec(tools[0].name, demo_arguments(tools[0]))
+    return Step(on="caller", when=when, hear=hear, say="Let me look that up.", tool_call=call,
+                then_say=say)  # fmt: skip
+
+
+def _goodbye(agent: Agent) -> Step:
+    """The caller thanks the agent; it says goodbye, and ends the call if it can."""
+    end = ToolCallSpec(END_CALL_TOOL, {"reason": "The caller has what they needed."})
+    return Step(
+        on="caller",
+        when=f"Role: {agent.role}",
+        hear="Thank you, that's all.",
+        say="You're welcome. Goodbye!",
+        tool_call=end if END_CALL_TOOL in agent.tools else None,
     )
+
+
+def demo_arguments(tool: HttpTool) -> dict[str, Any]:
+    """Arguments the simulated model passes to ``tool``: each required property of its schema,
+    with the first ``enum`` or ``examples`` value if it has one, else a placeholder."""
+    properties = tool.parameters.get("properties") or {}
+    placeholders = {"integer": 1, "number": 1.0, "boolean": True, "array": [], "object": {}}
+    args: dict[str, Any] = {}
+    for name in tool.parameters.get("required") or []:
+        schema = properties.get(name) or {}
+        examples = schema.get("enum") or schema.get("examples") or []
+        kind = str(schema.get("type", ""))
+        args[name] = examples[0] if examples else placeholders.get(kind, "demo")
+    return args
+
+
+def with_local_tools(graph: AgentGraph, base_url: str) -> AgentGraph:
+    """The graph with every HTTP tool sent to ``base_url`` (same path), without its headers:
+    the demo must not call (or send credentials to) the real APIs."""
+    spec = graph.spec
+    if not spec.tools:
+        return graph
+    tools = tuple(
+        tool.model_copy(update={"url": base_url + (urlsplit(tool.url).path or "/"), "headers": {}})
+        for tool in spec.tools
+    )
+    return AgentGraph(spec.model_copy(update={"tools": tools}), source=graph.source)
 
 
 class EventPrinter:
@@ -119,6 +176,8 @@ class EventPrinter:
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.handoff_ms: list[float] = []
+        self.tools = 0
+        self.end_reason = ""
 
     def __call__(self, name: str, fields: Mapping[str, Any]) -> None:
         at = time.monotonic() - self.started
@@ -144,7 +203,14 @@ class EventPrinter:
             )
         if name == "agent.interrupted":
             return "barge-in            playback cleared"
+        if name == "tool.completed":
+            self.tools += 1
+            outcome = "ok" if f["ok"] else "failed"
+            return f"TOOL                {f['tool']}: {outcome} in {f['ms']:.0f} ms"
+        if name == "call.end_requested":
+            return "END CALL            the agent ends the call after its goodbye"
         if name == "call.ended":
+            self.end_reason = str(f["reason"])
             return f"call ended          {f['reason']} after {f['duration_s']:.1f} s"
         return None
 
@@ -178,11 +244,23 @@ async def run_demo(*, agents_file: Path | None, out: Path) -> int:
     print("Callbridge demo: a simulated Twilio call through the real gateway, against the")
     print("built-in Live simulator (no API key, nothing leaves this machine).")
     print(f"agents: {graph.source}\n")
-    async with LiveSimulator(script=demo_script(graph)) as sim:
+    twilio = TwilioApiSimulator(auth_token=DEMO_TWILIO_TOKEN)
+    async with (
+        LiveSimulator(script=demo_script(graph)) as sim,
+        ToolServer() as tools,
+        serving(twilio.app) as twilio_base,
+    ):
+        graph = with_local_tools(graph, tools.url)
+        for tool in graph.spec.tools:
+            tools.respond(
+                urlsplit(tool.url).path or "/", {"result": f"(a demo answer from {tool.name})"}
+            )
         settings = Settings(
             _env_file=None,
             gemini_api_key="demo-key",
             gemini_base_url=sim.base_url,
+            twilio_auth_token=DEMO_TWILIO_TOKEN,
+            twilio_api_base=twilio_base,
             log_level="warning",
         )
         state = build_state(
@@ -195,17 +273,34 @@ async def run_demo(*, agents_file: Path | None, out: Path) -> int:
                 Tone(CALLER_HZ, 1.2, -15),
                 Silence(7.0),
                 Tone(CALLER_HZ, 1.0, -15),
+                Silence(6.0),
+                Tone(CALLER_HZ, 0.8, -15),
             ]
             printer.started = time.monotonic()
-            result = await TwilioCaller(gateway.url, audio=render(caller_says), linger_s=4.5).run()
+            caller = TwilioCaller(
+                gateway.url, audio=render(caller_says), linger_s=6.0,
+                auth_token=DEMO_TWILIO_TOKEN, api=twilio,
+            )  # fmt: skip
+            result = await caller.run()
     await asyncio.to_thread(result.write_wav, out)
     print("\nWhat the caller heard (by voice pitch):")
     for line in describe_heard(result.heard_pcm(), graph):
         print(f"  {line}")
     if printer.handoff_ms:
         print(f"\nhandoff reconnect time: {', '.join(f'{ms:.1f} ms' for ms in printer.handoff_ms)}")
+    if result.after_stream:
+        print(f"after the stream, Twilio ran: {', '.join(result.after_stream)}")
     print(f"wrote what the caller heard to {out}")
     for violation in result.violations:
         print(f"PROTOCOL VIOLATION: {violation}")
-    handoff_missing = bool(graph.targets(graph.first_stage)) and not printer.handoff_ms
-    return 1 if result.violations or handoff_missing else 0
+    final = (
+        graph.targets(graph.first_stage)[0].agent
+        if graph.targets(graph.first_stage)
+        else (graph.agent(graph.first_stage.agent_id))
+    )
+    problems = [
+        bool(graph.targets(graph.first_stage)) and not printer.handoff_ms,
+        bool(graph.http_tools(final)) and not printer.tools,
+        END_CALL_TOOL in final.tools and printer.end_reason != "agent_ended",
+    ]
+    return 1 if result.violations or any(problems) else 0

@@ -299,11 +299,15 @@ async def test_sigterm_drains_live_calls_then_exits_0(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(90)
-def test_demo_runs_a_call_with_a_handoff(tmp_path: Path) -> None:
+def test_demo_runs_a_call_with_a_handoff_a_tool_and_an_end_call(tmp_path: Path) -> None:
     done = gateway("demo", "--out", str(tmp_path / "heard.wav"), cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "HANDOFF             agent-triage -> agent-advisor: resumed" in done.stdout
     assert "agent-advisor (Charon" in done.stdout
+    # The advisor looks something up (at the demo's local stand-in), then ends the call.
+    assert "TOOL                get_quote: ok" in done.stdout
+    assert "call ended          agent_ended" in done.stdout
+    assert "after the stream, Twilio ran: Hangup" in done.stdout
     assert (tmp_path / "heard.wav").stat().st_size > 8000 * 2 * 10
 
 

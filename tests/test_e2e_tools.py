@@ -45,6 +45,7 @@ agents:
   - id: agent-sales
     role: Sales agent
     system_prompt: Sell to {{{{caller_number}}}}.
+    fallback: {{say: "Sales cannot take your call right now."}}
 pipeline:
   - {{phase: support, agent_id: agent-support, next: sales}}
   - {{phase: sales, agent_id: agent-sales}}
@@ -169,11 +170,14 @@ async def test_variables_fill_the_prompt_the_model_receives() -> None:
 
 async def test_a_route_starts_a_call_to_its_number_in_its_phase() -> None:
     async with gateway_with_tools([]) as (h, _):
-        await h.call([Silence(0.3)], linger_s=0.2, to_number="+15550009999")
-        await h.call([Silence(0.3)], linger_s=0.2, to_number="+15550008888")
+        routed_call = await h.call([Silence(0.3)], linger_s=0.2, to_number="+15550009999")
+        default_call = await h.call([Silence(0.3)], linger_s=0.2, to_number="+15550008888")
         routed, default = h.sim.connections[0], h.sim.connections[1]
     assert routed.system_instruction.startswith("Sell to +14155550123.")
     assert "Role: Sales agent" in routed.system_instruction
     assert "Role: Support agent" in default.system_instruction
     started = [e["agent"] for e in h.named("call.started")]
     assert started == ["agent-sales", "agent-support"]
+    # The opening fallback (after </Connect>) is the routed stage's agent's.
+    assert "Sales cannot take your call" in routed_call.twiml
+    assert "Sales cannot take your call" not in default_call.twiml

@@ -427,8 +427,10 @@ class ConversationEngine:
             if step.tool_call is not None:
                 answered = await self._call_tool(step.tool_call.name, step.tool_call.args, cause)
                 if answered and step.then_say:
+                    # Transcript pieces carry their own spacing, as Gemini's do.
+                    then_say = f" {step.then_say}" if entry.text else step.then_say
                     spoken_seconds += await self._speak(
-                        step.then_say, step.then_say_seconds, step, entry
+                        then_say, step.then_say_seconds, step, entry
                     )
             await self._send(messages.server_flag("generationComplete"))
             await self._send(messages.server_flag("turnComplete"))

@@ -635,7 +635,8 @@ class CallBridge:
                 ok=ok,
                 ms=round(ms, 1),
                 status=status,
-                _private={"arguments": dict(call.args)},
+                # The arguments are the caller's data; a tool marked redact keeps them to itself.
+                _private={} if request.tool.redact else {"arguments": dict(call.args)},
             )
             if not ok:
                 self.stats.error("tool")

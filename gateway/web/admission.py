@@ -102,7 +102,8 @@ def offer_stream(
         "token": token,
     }
     url = public_url(request, state.settings, f"{stream_path}/{token}", ws=True)
-    fallback = state.opening_fallback()
+    called = form.get("To")
+    fallback = state.opening_fallback(called if isinstance(called, str) else None)
     log.info(f"{carrier}.voice", call_id=call_id, caller=mask_number(form.get("From")))
     return StreamOffer(url, parameters, fallback_verbs(fallback.say, fallback.transfer_to))
 
