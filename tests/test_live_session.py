@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from google.genai import types
 
+from callsim.live.records import ConnectionRecord
 from callsim.live.script import Script, Step, ToolCallSpec
 from callsim.live.server import LiveSimulator
 from callsim.tls import generate_tls
@@ -47,9 +48,10 @@ def _persona() -> AgentPersona:
 
 @asynccontextmanager
 async def _session(
-    steps: list[Step] | None = None,
+    steps: list[Step] | None = None, **sim_options: float
 ) -> AsyncIterator[tuple[LiveSimulator, LiveSession]]:
-    async with LiveSimulator(tls=TLS, think_ms=5, speed=20.0, script=Script(steps or [])) as sim:
+    script = Script(steps or [])
+    async with LiveSimulator(tls=TLS, think_ms=5, speed=20.0, script=script, **sim_options) as sim:
         settings = Settings(_env_file=None, gemini_api_key="test-key", gemini_base_url=sim.base_url)
         client = make_client(settings, ssl_context=sim.tls.client_context())
         session = LiveSession(client, "gemini-test", _Conversation())
@@ -136,3 +138,24 @@ async def test_the_second_call_of_a_tool_call_message_is_dropped_after_a_handoff
             event = None
     assert not isinstance(event, ToolCall)
     assert [r["id"] for r in sim.connections[0].tool_responses] == ["call-1"]
+
+
+async def test_a_keypad_entry_sent_during_a_handoff_reaches_the_new_agent_after_the_takeover() -> (
+    None
+):
+    def texts(conn: ConnectionRecord) -> list[str]:
+        turns = [t for m in conn.client_contents for t in m["turns"]]
+        return [p["text"] for t in turns for p in t["parts"]] + conn.realtime_texts
+
+    entry = "The caller pressed 5 # on the phone keypad."
+    async with _session(setup_delay_ms=400) as (sim, session):
+        await sim.wait_for_connections(1)
+        takeover = [types.Content(role="user", parts=[types.Part(text="[Call transfer] note")])]
+        handoff = asyncio.create_task(session.hand_off(_persona(), lambda resumed: takeover))
+        await sim.wait_for(lambda: len(sim.connections) == 2)  # dialled, still setting up
+        await session.send_text(entry)  # the caller typed meanwhile
+        await handoff
+        await sim.wait_for(lambda: len(texts(sim.connections[1])) == 2)
+        first, second = sim.connections
+    assert entry not in texts(first)
+    assert texts(second) == ["[Call transfer] note", entry]
