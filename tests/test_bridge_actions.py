@@ -19,7 +19,14 @@ from gateway.call.hooks import CallActionError
 from gateway.call.http_tools import ToolOutcome
 from gateway.call.tools import END_CALL_ACCEPTED, TRANSFER_DONE
 from gateway.carriers.base import StreamStarted
-from gateway.live.events import AudioOut, Reconnected, ToolCall, TurnComplete
+from gateway.live.events import (
+    AudioOut,
+    Interrupted,
+    Reconnected,
+    ToolCall,
+    ToolCallCancelled,
+    TurnComplete,
+)
 from tests.servers import until
 from tests.test_bridge import begin, mark, media, stop, tone
 
@@ -239,4 +246,52 @@ async def test_a_quiet_line_is_checked_on_then_ended_after_a_goodbye() -> None:
     for name in marks_sent(call):
         call.socket.feed(mark(name))
     assert await call.ended() == "idle_ended"
+    assert actions.ended
+
+
+async def test_a_caller_who_hangs_up_during_the_transfer_notice_is_not_transferred() -> None:
+    actions = Recorder()
+    call = begin(graph=GRAPH, hooks=actions.hooks())
+    await call.connected()
+    call.session.push(
+        AudioOut(tone(500)), ToolCall("t1", "transfer_call", {"destination": "desk", "reason": "r"})
+    )
+    await call.socket.until(lambda: marks_sent(call))
+    call.socket.feed(stop())  # gone before the notice was heard: no echo will come
+    assert await call.ended() == "caller_hung_up"  # at once, not after the 10 s cap
+    assert actions.transfers == []
+    assert call.hang_ups == []
+
+
+async def test_a_handoff_or_a_cancellation_stops_the_tools_it_concerns() -> None:
+    runner = FakeRunner()
+    call = begin(graph=GRAPH, tool_runner=runner)
+    await call.connected()
+    call.session.push(
+        ToolCall("h1", "lookup_order", {"order_id": "1"}),
+        ToolCall("h2", "lookup_order", {"order_id": "2"}),
+    )
+    await until(lambda: len(runner.calls) == 2)
+    call.session.push(ToolCallCancelled(("h1",)))  # Gemini no longer wants h1's answer
+    await until(lambda: runner.cancelled == 1)
+    call.session.push(
+        ToolCall("x", "handoff_conversation", {"target": "agent-sales", "reason": "r",
+                                               "summary": "s"})
+    )  # fmt: skip
+    await until(lambda: runner.cancelled == 2)
+    assert call.session.actions[-1] == ("hand_off", "agent-sales")
+    call.socket.feed(stop())
+    assert await call.ended() == "caller_hung_up"
+    assert [name for _, name, _ in call.session.tool_responses] == ["handoff_conversation"]
+
+
+async def test_barge_in_during_the_goodbye_does_not_hold_the_end() -> None:
+    actions = Recorder()
+    call = begin(graph=GRAPH, hooks=actions.hooks())
+    await call.connected()
+    call.session.push(ToolCall("c1", "end_call", {"reason": "done"}), AudioOut(tone(2000)))
+    call.session.push(TurnComplete())
+    await until(lambda: call.bridge._mark_waiters)  # waiting for 2 s of goodbye to play
+    call.session.push(Interrupted())  # the caller talks over it: its mark is never played
+    assert await call.ended() == "agent_ended"
     assert actions.ended

@@ -206,6 +206,8 @@ class CallBridge:
         #: The agent is ending the call or transferring it: no new tools, no idle prompts.
         self._ending = False
         self._transfer: asyncio.Task[None] | None = None
+        #: The carrier has been asked to transfer the call (its answer may still be on its way).
+        self._transfer_placed = False
         #: Where the call was transferred to, once the carrier took it.
         self.transferred_to: str | None = None
 
@@ -322,7 +324,7 @@ class CallBridge:
         """A carrier that takes a transferred call ends its stream at once, which can reach
         the caller loop before the transfer's own answer: give that answer a moment."""
         transfer = self._transfer
-        if transfer is not None and not transfer.done():
+        if self._transfer_placed and transfer is not None and not transfer.done():
             await asyncio.wait({transfer}, timeout=5.0)
         if self.transferred_to is not None:
             self.end_reason = "transferred"
@@ -692,10 +694,11 @@ class CallBridge:
         try:
             if hook is None:
                 raise CallActionError("transfers are not available on this line")
+            self._transfer_placed = True
             await hook(started, request.destination)
         except Exception as exc:
             problem = str(exc) if isinstance(exc, CallActionError) else "the carrier refused it"
-            self._ending = False
+            self._ending = self._transfer_placed = False
             self.stats.error("transfer")
             self.events.emit("transfer.failed", to=request.name, error=problem)
             await live.send_tool_response(
