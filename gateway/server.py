@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import structlog
 import uvicorn
 
-from gateway.agents import AgentGraph
+from gateway.agents import END_CALL_TOOL, TRANSFER_CALL_TOOL, AgentGraph
 from gateway.aio import cancel_and_wait
 from gateway.call.emitter import CallObserver
 from gateway.call.http_tools import HttpToolRunner
@@ -189,6 +189,27 @@ async def running_gateway(
 SIMULATOR_KEY = "simulator-key"
 
 
+def call_action_gaps(settings: Settings, graph: AgentGraph) -> list[str]:
+    """What agents with ``end_call`` or ``transfer_call`` cannot do on the carriers served,
+    for want of the carrier's API key: said at start-up, not found out on a live call."""
+    acting = sorted(
+        {tool for agent in graph.spec.agents for tool in agent.tools}
+        & {END_CALL_TOOL, TRANSFER_CALL_TOOL}
+    )
+    if not acting:
+        return []
+    tools = " and ".join(acting)
+    gaps = []
+    if "twilio" in settings.served_carriers and settings.twilio_auth_token is None:
+        gaps.append(
+            f"Twilio: {tools} need TWILIO_AUTH_TOKEN (the REST API); without it end_call "
+            "closes the stream, which plays the fallback after </Connect>, and transfers fail"
+        )
+    if "telnyx" in settings.served_carriers and settings.telnyx_api_key is None:
+        gaps.append(f"Telnyx: {tools} need TELNYX_API_KEY (TeXML REST and Call Control)")
+    return gaps
+
+
 async def serve(
     settings: Settings, graph: AgentGraph, *, host: str, port: int, simulator: bool
 ) -> None:
@@ -201,6 +222,8 @@ async def serve(
     log = structlog.get_logger("gateway")
     for warning in graph.warnings:
         log.warning("agents.warning", detail=warning)
+    for gap in call_action_gaps(settings, graph):
+        log.warning("agents.call_actions_unavailable", detail=gap)
     unverified = [] if simulator else settings.unverified_carriers()
     if unverified:  # only reachable with ALLOW_UNSIGNED_WEBHOOKS=true (cli.py refuses otherwise)
         log.warning(

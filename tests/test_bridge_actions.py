@@ -295,3 +295,18 @@ async def test_barge_in_during_the_goodbye_does_not_hold_the_end() -> None:
     call.session.push(Interrupted())  # the caller talks over it: its mark is never played
     assert await call.ended() == "agent_ended"
     assert actions.ended
+
+
+def test_start_up_names_the_keys_agent_actions_need() -> None:
+    from gateway.server import call_action_gaps
+    from gateway.settings import Settings
+
+    bare = Settings(_env_file=None)
+    gaps = call_action_gaps(bare, GRAPH)
+    assert [gap.split(":")[0] for gap in gaps] == ["Twilio", "Telnyx"]
+    assert "end_call and transfer_call need TWILIO_AUTH_TOKEN" in gaps[0]
+    keyed = Settings(_env_file=None, twilio_auth_token="t" * 32, telnyx_api_key="KEY")
+    assert call_action_gaps(keyed, GRAPH) == []
+    text = AGENTS_YAML.replace("[end_call, transfer_call, lookup_order]", "[lookup_order]")
+    plain = parse_agents(text.replace("[end_call]", "[]"))
+    assert call_action_gaps(bare, plain) == []
