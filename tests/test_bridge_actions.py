@@ -310,3 +310,17 @@ def test_start_up_names_the_keys_agent_actions_need() -> None:
     text = AGENTS_YAML.replace("[end_call, transfer_call, lookup_order]", "[lookup_order]")
     plain = parse_agents(text.replace("[end_call]", "[]"))
     assert call_action_gaps(bare, plain) == []
+
+
+async def test_barge_in_still_clears_playback_while_a_tool_runs() -> None:
+    runner = FakeRunner()
+    call = begin(graph=GRAPH, tool_runner=runner)
+    await call.connected()
+    call.session.push(AudioOut(tone(1000)), ToolCall("h1", "lookup_order", {"order_id": "1"}))
+    await until(lambda: runner.calls)
+    call.session.push(Interrupted())  # the caller talks over "let me check"
+    await call.socket.until(lambda: call.socket.events("clear"))
+    runner.release.set()
+    await call.session.until(lambda: call.session.tool_responses)  # and the tool still answers
+    call.socket.feed(stop())
+    assert await call.ended() == "caller_hung_up"
