@@ -65,7 +65,6 @@ def test_check_reports_one_clear_error(tmp_path: Path) -> None:
 
 
 ACTING = """\
-tools:
   - name: lookup_order
     description: Look up an order's status by its number.
     parameters:
@@ -83,14 +82,15 @@ def _acting_file(tmp_path: Path) -> Path:
     """The repository example plus an HTTP tool that the triage agent enables, a transfer
     list without ``transfer_call`` (a warning) and a route."""
     text = (ROOT / "agents.yaml").read_text()
-    text = text.replace(
-        "    greeting: Greet the caller and ask how you can help.\n",
-        "    greeting: Greet the caller and ask how you can help.\n"
+    text = text.replace(  # the triage agent's (the first) tools
+        "    tools: [end_call]\n",
         "    tools: [lookup_order, end_call]\n"
         '    transfers: {billing: "+15551234567"}\n',
+        1,
     )
+    text = text.replace("\nagents:\n", "\n" + ACTING + "agents:\n")  # one more HTTP tool
     path = tmp_path / "acting.yaml"
-    path.write_text(text + ACTING + 'routes:\n  - {number: "+15550001111", phase: advising}\n')
+    path.write_text(text + 'routes:\n  - {number: "+15550001111", phase: advising}\n')
     return path
 
 
@@ -114,7 +114,7 @@ def test_check_stops_on_an_unset_variable_with_one_line(tmp_path: Path) -> None:
     done = gateway("check", str(path), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == (
-        f"error: {path}: tools[0].headers.Authorization: ${{ORDERS_API_TOKEN}} is not set in "
+        f"error: {path}: tools[1].headers.Authorization: ${{ORDERS_API_TOKEN}} is not set in "
         "the environment"
     )
 
