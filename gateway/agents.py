@@ -470,6 +470,12 @@ class AgentGraph:
                     f"tools[{i}]: tool {tool.name!r} is in no agent's tools, so no agent can "
                     "call it"
                 )
+        for i, tool in enumerate(self.spec.tools):
+            for where in live_schema_gaps(tool.parameters, f"tools[{i}].parameters"):
+                self.warnings.append(
+                    f"{where}: Gemini Live's function schema cannot carry this keyword, so "
+                    "the model does not see it (your API still validates what it gets)"
+                )
 
     def _warn_about_variables(self) -> None:
         known = ", ".join(CALL_VARIABLES) + ", param.NAME"
@@ -493,6 +499,32 @@ class AgentGraph:
             stage = self._stages[phase]
             todo.extend(([stage.next] if stage.next else []) + list(stage.can_return_to))
         return seen
+
+
+#: The JSON Schema keywords an HTTP tool's ``parameters`` keep on their way to Gemini Live,
+#: whose function declarations take a subset of OpenAPI 3.0 (``gateway.live.schema`` converts).
+LIVE_SCHEMA_KEYWORDS = frozenset({
+    "type", "enum", "const", "properties", "required", "items", "anyOf", "examples", "nullable",
+    "$schema", "description", "title", "format", "pattern", "default", "minimum", "maximum",
+    "minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties",
+})  # fmt: skip
+
+
+def live_schema_gaps(schema: Mapping[str, Any], path: str) -> list[str]:
+    """Where ``schema`` uses a keyword outside :data:`LIVE_SCHEMA_KEYWORDS`, as
+    ``tools[0].parameters.properties.x.oneOf``, in the order written."""
+    found = [f"{path}.{key}" for key in schema if key not in LIVE_SCHEMA_KEYWORDS]
+    nested: list[tuple[str, object]] = [(f"{path}.items", schema.get("items"))]
+    properties = schema.get("properties")
+    if isinstance(properties, Mapping):
+        nested += [(f"{path}.properties.{k}", v) for k, v in properties.items()]
+    any_of = schema.get("anyOf")
+    if isinstance(any_of, list):
+        nested += [(f"{path}.anyOf[{i}]", v) for i, v in enumerate(any_of)]
+    for where, sub in nested:
+        if isinstance(sub, Mapping):
+            found += live_schema_gaps(sub, where)
+    return found
 
 
 def parse_agents(

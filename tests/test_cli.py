@@ -84,8 +84,7 @@ def _acting_file(tmp_path: Path) -> Path:
     text = (ROOT / "agents.yaml").read_text()
     text = text.replace(  # the triage agent's (the first) tools
         "    tools: [end_call]\n",
-        "    tools: [lookup_order, end_call]\n"
-        '    transfers: {billing: "+15551234567"}\n',
+        '    tools: [lookup_order, end_call]\n    transfers: {billing: "+15551234567"}\n',
         1,
     )
     text = text.replace("\nagents:\n", "\n" + ACTING + "agents:\n")  # one more HTTP tool

@@ -80,14 +80,17 @@ def test_the_system_instruction_is_rendered_with_the_calls_variables() -> None:
     assert persona.greeting() == "Hi twilio"
 
 
-def test_the_sdk_sends_the_json_schema_and_the_simulator_accepts_it() -> None:
+def test_the_sdk_sends_the_schema_as_parameters_which_gemini_live_reads() -> None:
+    """Not parametersJsonSchema: Gemini Live ignores it and calls the tool without arguments."""
     frame = _setup_frame(live_config(_persona(), handle=None))
     assert "tok-live-77aa01" not in frame
     setup = parse_setup(parse_frame(frame))
     by_name = {d["name"]: d for d in setup.function_declarations}
     assert list(by_name) == ["handoff_conversation", "lookup_order", "end_call", "transfer_call"]
-    assert by_name["lookup_order"]["parametersJsonSchema"] == {
-        "type": "object",
-        "properties": {"order_id": {"type": "string", "description": "digits only"}},
+    assert "parametersJsonSchema" not in by_name["lookup_order"]
+    assert by_name["lookup_order"]["parameters"] == {
+        "type": "OBJECT",
+        "properties": {"order_id": {"type": "STRING", "description": "digits only"}},
+        "propertyOrdering": ["order_id"],
         "required": ["order_id"],
     }

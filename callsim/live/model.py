@@ -472,6 +472,12 @@ class ConversationEngine:
 
     async def _call_tool(self, name: str, args: proto.JsonObject, cause: int | None) -> bool:
         """Issue a function call and wait for its response; False if it timed out."""
+        if _arguments_unseen(self._setup.function_declarations, name):
+            # The real Live API ignores parametersJsonSchema: the model never learns the
+            # arguments and calls the function with none (googleapis/python-genai#1147).
+            logger.warning("%s declared with parametersJsonSchema only: called without "
+                           "arguments, as Gemini Live does", name)  # fmt: skip
+            args = {}
         call_id = self._new_call_id()
         future: asyncio.Future[proto.JsonObject] = asyncio.get_running_loop().create_future()
         self._pending_calls[call_id] = (name, future)
@@ -534,3 +540,12 @@ class ConversationEngine:
         )
         self._session.history.append(entry)
         return entry
+
+
+def _arguments_unseen(declarations: Sequence[proto.JsonObject], name: str) -> bool:
+    """Whether the function ``name`` describes its arguments only as ``parametersJsonSchema``,
+    which Gemini Live does not read."""
+    for declaration in declarations:
+        if declaration.get("name") == name:
+            return "parametersJsonSchema" in declaration and "parameters" not in declaration
+    return False

@@ -23,6 +23,7 @@ from gateway.agents import (
     HandoffTarget,
     HttpTool,
 )
+from gateway.live.schema import to_live_schema
 from gateway.variables import render
 
 __all__ = [
@@ -157,9 +158,10 @@ def transfer_call_declaration(transfers: Mapping[str, str]) -> types.FunctionDec
 
 
 def http_tool_declaration(tool: HttpTool) -> types.FunctionDeclaration:
-    """A declared HTTP tool, its JSON Schema passed through as written in agents.yaml."""
+    """A declared HTTP tool, its JSON Schema as Gemini's ``Schema``: the Live API ignores
+    ``parameters_json_schema`` (see :mod:`gateway.live.schema`)."""
     return types.FunctionDeclaration(
-        name=tool.name, description=tool.description, parameters_json_schema=tool.parameters
+        name=tool.name, description=tool.description, parameters=to_live_schema(tool.parameters)
     )
 
 
