@@ -23,7 +23,7 @@ from callsim.callers.twilio import TwilioCaller
 from gateway.audio.transcode import PCMU_8K
 from gateway.call.hooks import CallActionError
 from gateway.carriers.base import StreamStarted
-from gateway.carriers.markup import dial_document, hang_up_document
+from gateway.carriers.markup import dial_document
 from gateway.carriers.telnyx import TelnyxCodec
 from gateway.carriers.twilio_api import TwilioRest
 from gateway.web.admission import webhook_parameters
@@ -98,8 +98,11 @@ async def test_twilio_hooks_replace_the_twiml_before_the_stream_closes(
     result.raise_for_violations()
     assert result.after_stream == ran  # not the apology after </Connect>
     (update,) = requests
-    document = hang_up_document() if destination is None else dial_document(destination)
-    assert update.body == {"Twiml": document} and update.status == 200
+    if destination is None:
+        assert update.body == {"Status": "completed"}
+    else:
+        assert update.body == {"Twiml": dial_document(destination)}
+    assert update.status == 200
     assert update.path == (
         f"/2010-04-01/Accounts/{result.account_sid}/Calls/{result.call_sid}.json"
     )
@@ -175,8 +178,10 @@ async def test_telnyx_hooks_end_or_transfer_the_call(
         assert started.account_id == result.account_sid
         (update,) = acted
         assert update.path == f"/v2/texml/Accounts/{result.account_sid}/Calls/{result.call_sid}"
-        document = hang_up_document() if destination is None else dial_document(destination)
-        assert update.body == {"Texml": document}
+        if destination is None:
+            assert update.body == {"Status": "completed"}
+        else:
+            assert update.body == {"Texml": dial_document(destination)}
     else:
         assert acted[0].action == ("hangup" if destination is None else "transfer")
         if destination is not None:
@@ -233,15 +238,15 @@ async def test_texml_rest_against_the_fake_api() -> None:
         api.register("v3:live", lambda *_: None, answered=True, account_sid="acct-1")
         good = TexmlRest(api.api_key, api.base_url)
         wrong = TexmlRest("KEY-wrong-secret", api.base_url)
-        await good.update_call("acct-1", "v3:live", hang_up_document())
-        await good.update_call("acct-1", "v3:live", hang_up_document())  # ended: 90018 is done
+        await good.complete_call("acct-1", "v3:live")
+        await good.complete_call("acct-1", "v3:live")  # ended: 90018 is done
         with pytest.raises(TexmlApiError) as failed:
-            await wrong.update_call("acct-1", "v3:live", hang_up_document())
+            await wrong.update_call("acct-1", "v3:live", dial_document("+15551234567"))
         with pytest.raises(TexmlApiError, match="not a TeXML account or call id"):
-            await good.update_call("acct/../x", "v3:live", hang_up_document())
+            await good.update_call("acct/../x", "v3:live", dial_document("+15551234567"))
         await good.aclose()
         await wrong.aclose()
         requests = api.requests
     assert "KEY-wrong-secret" not in str(failed.value) and "401" in str(failed.value)
     assert [r.status for r in requests] == [200, 422, 401]
-    assert requests[0].body == {"Texml": hang_up_document()}
+    assert requests[0].body == {"Status": "completed"}

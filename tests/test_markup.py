@@ -16,7 +16,6 @@ from gateway.carriers.markup import (
     dial_document,
     dial_verb,
     fallback_verbs,
-    hang_up_document,
     parameter_tags,
     response_document,
     say_and_hang_up,
@@ -97,12 +96,6 @@ def test_say_and_hang_up_escapes() -> None:
     assert root.find("Say").text == "Sorry <all> lines & busy"  # type: ignore[union-attr]
     assert root.find("Hangup") is not None
     assert say_and_hang_up("") == XML_DECLARATION + "<Response><Hangup/></Response>"
-
-
-def test_hang_up_document_exact_bytes() -> None:
-    assert hang_up_document() == (
-        '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>'
-    )
 
 
 @pytest.mark.parametrize(

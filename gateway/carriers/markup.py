@@ -74,12 +74,6 @@ def dial_document(destination: str) -> str:
     return response_document(dial_verb(destination))
 
 
-def hang_up_document() -> str:
-    """A whole document that ends the call: the REST update for the agent's ``end_call``,
-    which ends the stream without running the apology placed after ``</Connect>``."""
-    return response_document("<Hangup/>")
-
-
 def say_and_hang_up(message: str) -> str:
     """A polite spoken message and hang-up, for calls the gateway cannot take."""
     return response_document(fallback_verbs(message))

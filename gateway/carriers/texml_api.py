@@ -45,11 +45,19 @@ class TexmlRest:
 
     async def update_call(self, account_sid: str, call_sid: str, texml: str) -> None:
         """Replace the call's TeXML with ``texml`` (a whole ``<Response>`` document)."""
+        await self._update(account_sid, call_sid, {"Texml": texml})
+
+    async def complete_call(self, account_sid: str, call_sid: str) -> None:
+        """Hang the call up (``Status=completed``, "Setting the status to completed ends the
+        call"): nothing after ``</Connect>`` runs."""
+        await self._update(account_sid, call_sid, {"Status": "completed"})
+
+    async def _update(self, account_sid: str, call_sid: str, form: dict[str, str]) -> None:
         if not (_ID.fullmatch(account_sid) and _ID.fullmatch(call_sid)):
             raise TexmlApiError("update call: not a TeXML account or call id")
         url = f"{self._base}/{quote(account_sid)}/Calls/{quote(call_sid, safe=':')}"
         try:
-            response = await self._client.post(url, data={"Texml": texml}, headers=self._headers)
+            response = await self._client.post(url, data=form, headers=self._headers)
         except httpx.HTTPError as exc:
             raise TexmlApiError(f"update call: {type(exc).__name__}") from None
         if response.status_code < 300:

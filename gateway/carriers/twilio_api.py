@@ -1,4 +1,4 @@
-"""The one Twilio REST call the gateway makes: replacing a live call's TwiML.
+"""The one Twilio REST call the gateway makes: updating a live call (its TwiML, its status).
 
 Used for the active agent's fallback when Gemini is gone for good, and for the busy message
 when a stream arrives with no room for it: the new TwiML (an apology or a ``<Dial>``) ends the
@@ -40,12 +40,21 @@ class TwilioRest:
         await self._client.aclose()
 
     async def update_call(self, account_sid: str, call_sid: str, twiml: str) -> None:
+        """Replace the call's TwiML with ``twiml`` (a whole ``<Response>`` document)."""
+        await self._update(account_sid, call_sid, {"Twiml": twiml})
+
+    async def complete_call(self, account_sid: str, call_sid: str) -> None:
+        """Hang the call up (``Status=completed``): it ends at once, and nothing after
+        ``</Connect>`` runs."""
+        await self._update(account_sid, call_sid, {"Status": "completed"})
+
+    async def _update(self, account_sid: str, call_sid: str, form: dict[str, str]) -> None:
         if not (_SID.fullmatch(account_sid) and _SID.fullmatch(call_sid)):
             raise TwilioApiError("update call: not a Twilio account or call SID")
         url = f"{self._base}/{account_sid}/Calls/{call_sid}.json"
         auth = httpx.BasicAuth(account_sid, self._auth_token)
         try:
-            response = await self._client.post(url, data={"Twiml": twiml}, auth=auth)
+            response = await self._client.post(url, data=form, auth=auth)
         except httpx.HTTPError as exc:
             raise TwilioApiError(f"update call: {type(exc).__name__}") from None
         if response.status_code < 300:

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from gateway.agents import Fallback
 from gateway.call.hooks import CallActionError, CallHooks
 from gateway.carriers.base import ProtocolError, StreamStarted, is_carrier_id, load_object
-from gateway.carriers.markup import dial_document, hang_up_document
+from gateway.carriers.markup import dial_document
 from gateway.carriers.telnyx import (
     ACCOUNT_PARAMETER,
     STREAM_AUTH_HEADER,
@@ -186,10 +186,10 @@ def telnyx_call_actions(state: GatewayState, codec: TelnyxCodec) -> dict[str, An
     """The ``end_call`` and ``transfer`` hooks of a Telnyx stream, as :class:`CallHooks` fields.
 
     Which API applies is known only at ``start`` (``codec.call_control``): a Call Control call
-    is hung up or transferred by its commands; a TeXML call has its TeXML replaced through the
-    TeXML REST API (``<Hangup/>``, ``<Dial>``), which ends the stream before the gateway closes
-    it, so the apology after ``</Connect>`` never plays. The account of a TeXML call is its
-    ``account_sid`` stream parameter (``StreamStarted.account_id``).
+    is hung up or transferred by its commands; a TeXML call is updated through the TeXML REST
+    API (``Status=completed`` hangs it up, new TeXML ``<Dial>`` transfers it), which ends the
+    stream before the gateway closes it, so the apology after ``</Connect>`` never plays. The
+    account of a TeXML call is its ``account_sid`` stream parameter (``StreamStarted.account_id``).
 
     Without TELNYX_API_KEY there is neither API and both hooks are None: ``end_call`` then
     falls back to closing the stream, and the bridge tells the model that transfers are not
@@ -204,7 +204,7 @@ def telnyx_call_actions(state: GatewayState, codec: TelnyxCodec) -> dict[str, An
             if codec.call_control:
                 await api.hangup(started.call_id)
             else:
-                await texml.update_call(texml_account(started), started.call_id, hang_up_document())
+                await texml.complete_call(texml_account(started), started.call_id)
         except (TelnyxApiError, TexmlApiError):
             raise CallActionError("the call could not be ended") from None
 

@@ -22,7 +22,6 @@ from gateway.carriers.base import StreamStarted, is_carrier_id
 from gateway.carriers.markup import (
     dial_document,
     fallback_verbs,
-    hang_up_document,
     response_document,
 )
 from gateway.carriers.twilio import TwilioCodec, connect_stream_twiml
@@ -113,10 +112,10 @@ def add_twilio_routes(app: FastAPI, state: GatewayState) -> None:
 def twilio_call_actions(state: GatewayState) -> dict[str, Any]:
     """The ``end_call`` and ``transfer`` hooks of a Twilio stream, as :class:`CallHooks` fields.
 
-    Both replace the call's TwiML through the REST API (``<Hangup/>``, ``<Dial>``) *before* the
-    gateway closes the stream: the update ends the stream and runs the new TwiML, so the apology
-    placed after ``</Connect>`` never plays. The account is TWILIO_ACCOUNT_SID, else the stream's
-    own ``accountSid`` (as for the fallback).
+    Both update the call through the REST API *before* the gateway closes the stream:
+    ``Status=completed`` hangs it up, new TwiML (``<Dial>``) ends the stream and runs; either
+    way the apology placed after ``</Connect>`` never plays. The account is
+    TWILIO_ACCOUNT_SID, else the stream's own ``accountSid`` (as for the fallback).
 
     Without TWILIO_AUTH_TOKEN there is no REST client and both hooks are None: ``end_call`` then
     falls back to closing the stream (Twilio runs the verbs after ``</Connect>``), and the bridge
@@ -129,7 +128,7 @@ def twilio_call_actions(state: GatewayState) -> dict[str, Any]:
 
     async def end_call(started: StreamStarted) -> None:
         try:
-            await rest.update_call(account_of(started), started.call_id, hang_up_document())
+            await rest.complete_call(account_of(started), started.call_id)
         except TwilioApiError:
             raise CallActionError("the call could not be ended") from None
 
