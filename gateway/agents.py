@@ -153,7 +153,8 @@ class Agent(_Strict):
 class HttpTool(_Strict):
     """A function the model may call that the gateway carries out as one HTTP request.
 
-    ``parameters`` is the JSON Schema of the arguments, sent to Gemini as written. Header
+    ``parameters`` is the JSON Schema of the arguments (sent to Gemini Live as its own
+    ``Schema``: see ``gateway.live.schema`` and :data:`LIVE_SCHEMA_KEYWORDS`). Header
     values are ``SecretStr`` because they usually carry a token: they show as ``**********``
     in every repr, and :meth:`header_values` is the one way to read them.
     """
