@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-import gateway.call.bridge as bridge_module
+import gateway.call.actions as actions_module
 from gateway.agents import parse_agents
 from gateway.call.hooks import CallActionError
 from gateway.call.http_tools import ToolOutcome
@@ -123,7 +123,7 @@ async def test_end_call_lets_the_goodbye_play_then_ends_the_call_at_the_carrier(
 async def test_end_call_gives_up_waiting_for_an_echo_after_the_cap(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(bridge_module, "FAREWELL_MAX_S", 0.2)
+    monkeypatch.setattr(actions_module, "FAREWELL_MAX_S", 0.2)
     actions = Recorder()
     call = begin(graph=GRAPH, hooks=actions.hooks())
     await call.connected()

@@ -16,7 +16,7 @@ Five tasks run per call, all created here and all cancelled and awaited when any
 
 Work that takes a while is done on *side tasks* the bridge owns the same way: an HTTP tool
 call (caller audio and barge-in go on meanwhile), waiting for a farewell to finish playing,
-a transfer.
+a transfer (:mod:`~gateway.call.actions` decides what each does).
 
 (The Live session runs its own reader task per connection; :meth:`ModelSession.close` ends it.)
 
@@ -33,7 +33,6 @@ is told (:mod:`~gateway.call.conversation`), the deployment's decisions
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -47,24 +46,17 @@ from gateway.aio import cancel_and_wait
 from gateway.audio.budget import RealTimeBudget
 from gateway.audio.transcode import FRAME_MS, Downlink, Uplink, downlink_for, uplink_for
 from gateway.audio.vad import voiced
+from gateway.call.actions import CallActions
 from gateway.call.conversation import CallConversation
 from gateway.call.emitter import CallEvents, CallObserver
-from gateway.call.hooks import CallActionError, CallHooks, Refusal
+from gateway.call.hooks import CallHooks, Refusal
 from gateway.call.http_tools import HttpToolRunner
 from gateway.call.idle import CHECK_IN_PROMPT, GOODBYE_PROMPT, IdleAction, IdleWatch
 from gateway.call.keypad import Keypad, entry_text
 from gateway.call.model_session import LiveSessionFactory, ModelSession
 from gateway.call.playout import Playout
-from gateway.call.stats import AGENT_ENDED, CALLER_ENDED, MODEL_FAILED, CallStats
-from gateway.call.tools import (
-    TRANSFER_DONE,
-    EndCallRequest,
-    HandoffRequest,
-    HttpToolRequest,
-    TransferRequest,
-    answer_tool_call,
-    transfer_failed,
-)
+from gateway.call.stats import CALLER_ENDED, MODEL_FAILED, CallStats
+from gateway.call.tools import HandoffRequest, answer_tool_call
 from gateway.call.transcript import Transcript
 from gateway.carriers.base import (
     AudioReceived,
@@ -99,8 +91,6 @@ from gateway.variables import call_variables
 #: with messages waiting never suspends its reader, so after a stall one call's backlog could
 #: otherwise hold the event loop for 100 ms and more (measured), starving every other call.
 FAIRNESS_EVERY = 16
-#: The longest the gateway waits for a farewell or a transfer notice to finish playing.
-FAREWELL_MAX_S = 10.0
 #: How often the watchdog looks at the call (keypad entries wake it on time regardless).
 WATCH_STEP_S = 0.5
 
@@ -192,24 +182,24 @@ class CallBridge:
         self._playout: Playout | None = None
         self._turns = 0
         self._speaking = False
-        self._tool_runner = tool_runner
         self._keypad = Keypad(self.options.dtmf_interdigit_s)
         self._idle: IdleWatch | None = None
         #: The call's prompt variables (``{{caller_number}}``…), known at ``start``.
         self._variables: dict[str, str] = {}
         #: Owned like the five tasks: cancelled and awaited when the call ends.
         self._side_tasks: set[asyncio.Task[None]] = set()
-        #: HTTP tool calls still running, by tool call id.
-        self._tool_tasks: dict[str, asyncio.Task[None]] = {}
+        #: Marks whose echo someone awaits (the audio before them has been heard).
         self._mark_waiters: dict[str, asyncio.Future[None]] = {}
-        self._turn_done = asyncio.Event()
-        #: The agent is ending the call or transferring it: no new tools, no idle prompts.
-        self._ending = False
-        self._transfer: asyncio.Task[None] | None = None
-        #: The carrier has been asked to transfer the call (its answer may still be on its way).
-        self._transfer_placed = False
-        #: Where the call was transferred to, once the carrier took it.
-        self.transferred_to: str | None = None
+        self.actions = CallActions(
+            events=self.events,
+            stats=self.stats,
+            hooks=self._hooks,
+            tool_runner=tool_runner,
+            spawn=self._spawn,
+            played_out=self._played_out,
+            speaking=lambda: self._speaking,
+            end=self._end_with,
+        )
 
     @property
     def log(self) -> structlog.stdlib.BoundLogger:
@@ -270,9 +260,11 @@ class CallBridge:
             await cancel_and_wait(*tasks, *self._side_tasks)
             if self._live is not None:
                 await self._live.close()
-            handled = await self._run_fallback() or await self._run_end_call()
+            handled = await self._run_fallback() or await self.actions.end_at_carrier(
+                self.end_reason
+            )
             await self.socket.close(1000, "call ended")
-            await self._run_hang_up(handled or self.transferred_to is not None)
+            await self._run_hang_up(handled or self.actions.transferred_to is not None)
             self._finish(time.monotonic() - started_at)
 
     async def _refuse(self, started: StreamStarted, refusal: Refusal) -> None:
@@ -306,27 +298,9 @@ class CallBridge:
             self.log.warning("call.fallback_failed", error=str(exc))
             return False
 
-    async def _run_end_call(self) -> bool:
-        """The agent ended the call: end it at the carrier *before* the stream closes (on
-        Twilio, closing first would run the fallback verbs after ``</Connect>``)."""
-        hook = self._hooks.end_call
-        if self.end_reason not in AGENT_ENDED or hook is None or self._started is None:
-            return False
-        try:
-            await hook(self._started)
-        except Exception as exc:  # the hang-up hook, or closing the stream, still ends it
-            self.stats.error("end_call")
-            self.log.warning("call.end_call_failed", error=str(exc))
-            return False
-        return True
-
     async def _settle_transfer(self) -> None:
-        """A carrier that takes a transferred call ends its stream at once, which can reach
-        the caller loop before the transfer's own answer: give that answer a moment."""
-        transfer = self._transfer
-        if self._transfer_placed and transfer is not None and not transfer.done():
-            await asyncio.wait({transfer}, timeout=5.0)
-        if self.transferred_to is not None:
+        await self.actions.settle_transfer()
+        if self.actions.transferred_to is not None:
             self.end_reason = "transferred"
 
     async def _run_hang_up(self, fallback_handled: bool) -> None:
@@ -393,6 +367,7 @@ class CallBridge:
         self._budget = RealTimeBudget(fmt.frame_bytes * 1000 / FRAME_MS, started_at=self._begun_at)
         self.stats.call_began()
         live = self._live = self._new_live_session(self.log, self._conversation)
+        self.actions.begin(live, started)
         self.events.emit(
             "call.started",
             encoding=started.audio_format.encoding,
@@ -582,17 +557,14 @@ class CallBridge:
             self._flush_downlink()
             self._turns += 1
             playout.mark(f"turn-{self._turns}")
-        self._turn_done.set()
+        self.actions.turn_completed()
         for entry in self.transcript.finish_all():
             self.events.record(entry)
 
     async def _on_tool_call(self, event: ToolCall) -> str | None:
         live = self._live
         assert live is not None
-        if self._ending:
-            await live.send_tool_response(
-                event.call_id, event.name, {"error": "the call is ending"}
-            )
+        if await self.actions.refuse_while_ending(event):
             return None
         request = await answer_tool_call(
             event,
@@ -603,113 +575,18 @@ class CallBridge:
             events=self.events,
         )
         if isinstance(request, HandoffRequest):
-            self._cancel_tools()  # the new agent's connection would not take their answers
+            self.actions.cancel_tools()  # the new agent's connection would not take answers
             if await self._hand_off(request):
                 return None
             return "model_ended"  # no connection for the new agent: the call cannot go on
-        if isinstance(request, EndCallRequest):
-            self.events.emit("call.end_requested", by="agent", _private={"reason": request.reason})
-            self._end_after_farewell("agent_ended")
-        elif isinstance(request, TransferRequest):
-            self._ending = True
-            self._transfer = self._spawn(self._transfer_call(request), "transfer")
-        elif isinstance(request, HttpToolRequest):
-            task = self._spawn(self._run_http_tool(request), f"tool:{request.tool.name}")
-            self._tool_tasks[event.call_id] = task
+        if request is not None:
+            self.actions.take(request, self.agent)
         return None
 
-    async def _run_http_tool(self, request: HttpToolRequest) -> None:
-        """Call the business's API; meanwhile the call goes on (audio, barge-in, keys)."""
-        live, call = self._live, request.call
-        assert live is not None
-        try:
-            if self._tool_runner is None:
-                response: dict[str, Any] = {"error": "tools are not available on this line"}
-                ok, ms, status = False, 0.0, None
-            else:
-                outcome = await self._tool_runner.run(
-                    request.tool, call.args, call_id=self.events.call_id, agent_id=self.agent.id
-                )
-                response, ok, ms, status = outcome.response, outcome.ok, outcome.ms, outcome.status
-            self.events.emit(
-                "tool.completed",
-                tool=call.name,
-                ok=ok,
-                ms=round(ms, 1),
-                status=status,
-                # The arguments are the caller's data; a tool marked redact keeps them to itself.
-                _private={} if request.tool.redact else {"arguments": dict(call.args)},
-            )
-            if not ok:
-                self.stats.error("tool")
-            await live.send_tool_response(call.call_id, call.name, response)
-        finally:
-            self._tool_tasks.pop(call.call_id, None)
-
-    def _cancel_tools(self, call_ids: tuple[str, ...] | None = None) -> None:
-        """Cancel running tool calls (all, or those ids): their answers could only be late."""
-        for call_id in list(self._tool_tasks) if call_ids is None else call_ids:
-            task = self._tool_tasks.pop(call_id, None)
-            if task is not None:
-                task.cancel()
-                self.events.emit("tool.cancelled", tool=task.get_name().removeprefix("tool:"))
-
-    def _end_after_farewell(self, reason: str) -> None:
-        """End the call with ``reason`` once the agent's current turn has played out."""
-        self._ending = True
-        self._turn_done.clear()
-        self._spawn(self._farewell_then_end(reason), "farewell")
-
-    async def _farewell_then_end(self, reason: str) -> None:
-        """Wait for the model to finish its turn (the goodbye may follow the tool answer) and
-        for the carrier to have played it (its mark), at most :data:`FAREWELL_MAX_S`.
-
-        Gemini's order of ``turnComplete`` around a tool call is not documented, so a turn
-        that ends before the goodbye has begun is not trusted: if the model is speaking again
-        once the played-out mark returns, the next turn's end is awaited too.
-        """
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(FAREWELL_MAX_S):
-                while True:
-                    await self._turn_done.wait()
-                    self._turn_done.clear()
-                    await self._played_out()
-                    if not self._speaking:
-                        break
-        self.events.emit("call.ending", reason=reason)
+    def _end_with(self, reason: str) -> None:
+        """End the call with ``reason`` (its goodbye has played, or it was transferred)."""
         if not self._end_requested.done():
             self._end_requested.set_result(reason)
-
-    async def _transfer_call(self, request: TransferRequest) -> None:
-        """Let the agent's notice play, have the carrier transfer the caller, and answer the
-        tool call with the outcome: a failure leaves the caller with the agent, who is told."""
-        live, started, call = self._live, self._started, request.call
-        assert live is not None
-        assert started is not None
-        self.events.emit("transfer.requested", to=request.name)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(FAREWELL_MAX_S):
-                await self._played_out()
-        hook = self._hooks.transfer
-        try:
-            if hook is None:
-                raise CallActionError("transfers are not available on this line")
-            self._transfer_placed = True
-            await hook(started, request.destination)
-        except Exception as exc:
-            problem = str(exc) if isinstance(exc, CallActionError) else "the carrier refused it"
-            self._ending = self._transfer_placed = False
-            self.stats.error("transfer")
-            self.events.emit("transfer.failed", to=request.name, error=problem)
-            await live.send_tool_response(
-                call.call_id, call.name, transfer_failed(request.name, problem)
-            )
-            return
-        self.transferred_to = request.destination
-        self.events.emit("call.transferred", to=request.name, destination=request.destination)
-        await live.send_tool_response(call.call_id, call.name, dict(TRANSFER_DONE))
-        if not self._end_requested.done():
-            self._end_requested.set_result("transferred")
 
     async def _played_out(self) -> None:
         """Return once the caller has heard everything queued so far (a mark came back)."""
@@ -751,7 +628,7 @@ class CallBridge:
         self.transcript.mark_handle()
 
     async def _on_reconnected(self, event: Reconnected) -> None:
-        self._cancel_tools()  # the new connection does not know the calls of the old one
+        self.actions.cancel_tools()  # the new connection does not know the old one's calls
         self.stats.reconnected(event.reason)
         self.events.emit("live.reconnected", reason=event.reason, detail=event.detail,
                          resumed=event.resumed, ms=round(event.elapsed_ms, 1))  # fmt: skip
@@ -760,7 +637,7 @@ class CallBridge:
         self.events.emit("live.go_away", time_left=event.time_left)
 
     async def _on_tool_call_cancelled(self, event: ToolCallCancelled) -> None:
-        self._cancel_tools(event.call_ids)
+        self.actions.cancel_tools(event.call_ids)
         self.events.emit("live.tool_call_cancelled", ids=list(event.call_ids))
 
     async def _on_session_ended(self, event: SessionEnded) -> str:
@@ -847,21 +724,21 @@ class CallBridge:
             keys = self._keypad.due(now)
             if keys is not None:
                 await self._send_keys(keys)
-            if self._idle is not None and not self._ending:
+            if self._idle is not None and not self.actions.ending:
                 await self._watch_quiet_line(self._idle, now)
 
     async def _watch_quiet_line(self, idle: IdleWatch, now: float) -> None:
         playout, live = self._playout, self._live
         assert playout is not None
         assert live is not None
-        busy = self._speaking or playout.busy(now) or bool(self._tool_tasks)
+        busy = self._speaking or playout.busy(now) or self.actions.tools_running
         action = idle.check(now, agent_busy=busy)
         if action is IdleAction.CHECK_IN:
             self.events.emit("call.idle_check_in")
             await live.send_text(CHECK_IN_PROMPT)
         elif action is IdleAction.GOODBYE:
             self.events.emit("call.idle_goodbye")
-            self._end_after_farewell("idle_ended")
+            self.actions.end_after_farewell("idle_ended")
             await live.send_text(GOODBYE_PROMPT)
 
     async def _wait_for_end_request(self) -> str:
