@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -26,12 +25,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Literal
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from callsim.serving import ServerThread
 
 __all__ = ["ORDERS_PATH", "Failure", "Reply", "ToolRequest", "ToolServer"]
 
@@ -87,23 +87,16 @@ class ToolServer:
         self._lock = threading.Lock()
         self._replies: dict[str, Reply] = {}
         self._requests: list[ToolRequest] = []
-        self._port: int | None = None
         self._closing = False
         app = Starlette(routes=[Route("/{path:path}", self._handle, methods=_METHODS)])
-        config = uvicorn.Config(
-            # log_config=None: the server leaves the process's logging as it found it (in
-            # `gateway demo`, the gateway's).
-            app, lifespan="off", log_config=None, access_log=False, ws="none"
-        )  # fmt: skip
-        self._server = uvicorn.Server(config)
-        self._thread: threading.Thread | None = None
+        # log_config=None: the server leaves the process's logging as it found it (in
+        # `gateway demo`, the gateway's).
+        self._serving = ServerThread(app, name="tool server", log_config=None)
 
     @property
     def url(self) -> str:
         """The base URL, ``http://127.0.0.1:PORT`` (known once entered)."""
-        if self._port is None:
-            raise RuntimeError("enter the server first: async with ToolServer() as server")
-        return f"http://127.0.0.1:{self._port}"
+        return f"http://127.0.0.1:{self._serving.port}"
 
     @property
     def requests(self) -> list[ToolRequest]:
@@ -130,21 +123,7 @@ class ToolServer:
             self._replies[path] = reply
 
     async def __aenter__(self) -> ToolServer:
-        if self._thread is not None:
-            raise RuntimeError("a ToolServer serves once; create another")
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self._port = sock.getsockname()[1]
-        self._thread = threading.Thread(
-            target=self._serve, args=(sock,), name=f"tool-server-{self._port}", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                await self.__aexit__(None, None, None)
-                raise RuntimeError("the fake tool server did not start")
-            await asyncio.sleep(0.005)
+        await self._serving.start()
         return self
 
     async def __aexit__(
@@ -154,15 +133,7 @@ class ToolServer:
         tb: TracebackType | None,
     ) -> None:
         self._closing = True  # cuts delays and trickles short: uvicorn waits for open answers
-        self._server.should_exit = True
-        deadline = time.monotonic() + 10
-        while self._thread and self._thread.is_alive() and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.005)  # a thread ending cannot set an asyncio.Event
-
-    def _serve(self, sock: socket.socket) -> None:
-        """The server thread: its own event loop, closed (with the socket) when it stops."""
-        with sock:
-            asyncio.run(self._server.serve([sock]))
+        await self._serving.stop()
 
     # --- HTTP (runs in the server thread) -------------------------------------------------------
 

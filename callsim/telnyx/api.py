@@ -23,7 +23,6 @@ import binascii
 import contextlib
 import json
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -31,13 +30,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Literal
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from callsim.callers.result import ApiRequest
+from callsim.serving import ServerThread
 from callsim.telnyx.peer import Violation
 from callsim.telnyx.webhook import CC_FIELDS, StreamSetup, check_stream_url, negotiate
 from callsim.twilio.peer import format_violation
@@ -344,7 +343,6 @@ class TelnyxApiSimulator:
         self._listeners: dict[str, _Registration] = {}
         self._requests: list[ApiRequest] = []
         self._violations: list[str] = []
-        self._port: int | None = None
         app = Starlette(
             routes=[
                 Route(
@@ -360,18 +358,12 @@ class TelnyxApiSimulator:
                 ),
             ]
         )
-        config = uvicorn.Config(
-            app, lifespan="off", log_level="warning", access_log=False, ws="none"
-        )
-        self._server = uvicorn.Server(config)
-        self._thread: threading.Thread | None = None
+        self._serving = ServerThread(app, name="fake Telnyx API", log_level="warning")
 
     @property
     def port(self) -> int:
         """The TCP port on 127.0.0.1 (known once entered)."""
-        if self._port is None:
-            raise RuntimeError("enter the simulator first: async with TelnyxApiSimulator() as api")
-        return self._port
+        return self._serving.port
 
     @property
     def base_url(self) -> str:
@@ -391,21 +383,7 @@ class TelnyxApiSimulator:
             return list(self._violations)
 
     async def __aenter__(self) -> TelnyxApiSimulator:
-        if self._thread is not None:
-            raise RuntimeError("a TelnyxApiSimulator serves once; create another")
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self._port = sock.getsockname()[1]
-        self._thread = threading.Thread(
-            target=self._serve, args=(sock,), name=f"telnyx-api-{self._port}", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                await self.__aexit__(None, None, None)
-                raise RuntimeError("the fake Telnyx API did not start")
-            await asyncio.sleep(0.005)
+        await self._serving.start()
         return self
 
     async def __aexit__(
@@ -414,15 +392,7 @@ class TelnyxApiSimulator:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._server.should_exit = True
-        deadline = time.monotonic() + 10
-        while self._thread and self._thread.is_alive() and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.005)  # a thread ending cannot set an asyncio.Event
-
-    def _serve(self, sock: socket.socket) -> None:
-        """The server thread: its own event loop, closed (with the socket) when it stops."""
-        with sock:
-            asyncio.run(self._server.serve([sock]))
+        await self._serving.stop()
 
     def register(
         self,

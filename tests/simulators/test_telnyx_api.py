@@ -253,7 +253,7 @@ async def test_the_server_checks_auth_ids_and_paths() -> None:
 
 async def test_the_server_serves_once_and_has_no_address_before_it_starts() -> None:
     api = TelnyxApiSimulator()
-    with pytest.raises(RuntimeError, match="enter the simulator first"):
+    with pytest.raises(RuntimeError, match="enter the fake Telnyx API first"):
         _ = api.base_url
     async with api:
         assert api.api_key.startswith("KEY")

@@ -125,5 +125,5 @@ async def test_leaving_does_not_wait_out_a_long_delay() -> None:
 
 
 async def test_the_url_is_known_only_once_entered() -> None:
-    with pytest.raises(RuntimeError, match="enter the server first"):
+    with pytest.raises(RuntimeError, match="enter the tool server first"):
         _ = ToolServer().url
