@@ -85,7 +85,7 @@ from gateway.live.events import (
 )
 from gateway.live.session import LiveConnectError
 from gateway.metrics import Metrics
-from gateway.variables import call_variables
+from gateway.variables import PARAM_PREFIX, call_variables
 
 #: After this many messages handled without suspending, a loop yields to the others. A queue
 #: with messages waiting never suspends its reader, so after a stall one call's backlog could
@@ -352,7 +352,11 @@ class CallBridge:
             carrier=self.codec.carrier,
             now=datetime.now(self.options.timezone),
             tz=self.options.timezone,
-            params={k[6:]: v for k, v in params.items() if k.startswith("param.")},
+            params={
+                k.removeprefix(PARAM_PREFIX): v
+                for k, v in params.items()
+                if k.startswith(PARAM_PREFIX)
+            },
         )
         self._conversation.variables = self._variables
         self.events.call_began(started.call_id, started.stream_id)
