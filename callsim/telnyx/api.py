@@ -439,64 +439,53 @@ class TelnyxApiSimulator:
             body: object = json.loads(raw) if raw.strip() else {}
         except ValueError:
             body = None
+        return self._answer(
+            request, call_id, action, (action, "call_control_id"), body,
+            lambda record: apply_command(record, action, body),
+        )  # fmt: skip
+
+    async def _texml_update(self, request: Request) -> JSONResponse:
+        account_sid = str(request.path_params["account_sid"])
+        call_id = str(request.path_params["call_sid"])
+        form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        return self._answer(
+            request, call_id, "texml_update", ("TeXML update", "CallSid"), form,
+            lambda record: apply_texml_update(record, account_sid, form),
+        )  # fmt: skip
+
+    def _answer(
+        self,
+        request: Request,
+        call_id: str,
+        action: str,
+        named: tuple[str, str],
+        body: object,
+        apply: Callable[[CallRecord], Outcome],
+    ) -> JSONResponse:
+        """One request on a call, either API: authenticated, the call known, ``apply``'d;
+        recorded, and told to the call's caller in its own loop. ``named``: what the request
+        and the call id are called in a violation (``hangup``, ``call_control_id``)."""
+        label, id_name = named
         auth = request.headers.get("authorization")
         with self._lock:
             record = self._calls.get(call_id)
             if auth != f"Bearer {self.api_key}":
                 how = "missing" if auth is None else "wrong"
-                text = f"{action}: Authorization is {how}; send Bearer <TELNYX_API_KEY>"
+                text = f"{label}: Authorization is {how}; send Bearer <TELNYX_API_KEY>"
                 out = _error(401, _UNAUTHORIZED, "the API key is missing or wrong")
                 out.violations.append(format_violation(Violation.API_UNAUTHORIZED, text))
             elif record is None:
                 out = _error(404, _NOT_FOUND, f"no call {call_id!r}")
-                text = f"{action} on call_control_id {call_id!r}, which Telnyx never issued"
+                text = f"{label} on {id_name} {call_id!r}, which Telnyx never issued"
                 out.violations.append(format_violation(Violation.API_UNKNOWN_CALL, text))
             else:
-                out = apply_command(record, action, body)
+                out = apply(record)
             entry = ApiRequest(
                 time=time.monotonic(),
                 method="POST",
                 path=request.url.path,
                 action=action,
                 body=body,
-                status=out.status,
-                violations=tuple(out.violations),
-                warnings=tuple(out.warnings),
-            )
-            self._requests.append(entry)
-            registration = self._listeners.get(call_id) if record is not None else None
-            if registration is None:
-                self._violations += out.violations
-        if registration is not None:
-            # RuntimeError: the caller's loop has closed, so nobody is listening any more.
-            with contextlib.suppress(RuntimeError):
-                registration.loop.call_soon_threadsafe(registration.listener, entry, out.setup)
-        return JSONResponse(out.body, status_code=out.status)
-
-    async def _texml_update(self, request: Request) -> JSONResponse:
-        account_sid = str(request.path_params["account_sid"])
-        call_id = str(request.path_params["call_sid"])
-        form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-        auth = request.headers.get("authorization")
-        with self._lock:
-            record = self._calls.get(call_id)
-            if auth != f"Bearer {self.api_key}":
-                how = "missing" if auth is None else "wrong"
-                text = f"TeXML update: Authorization is {how}; send Bearer <TELNYX_API_KEY>"
-                out = _error(401, _UNAUTHORIZED, "the API key is missing or wrong")
-                out.violations.append(format_violation(Violation.API_UNAUTHORIZED, text))
-            elif record is None:
-                out = _error(404, _NOT_FOUND, f"no call {call_id!r}")
-                text = f"TeXML update on CallSid {call_id!r}, which Telnyx never issued"
-                out.violations.append(format_violation(Violation.API_UNKNOWN_CALL, text))
-            else:
-                out = apply_texml_update(record, account_sid, form)
-            entry = ApiRequest(
-                time=time.monotonic(),
-                method="POST",
-                path=request.url.path,
-                action="texml_update",
-                body=form,
                 status=out.status,
                 violations=tuple(out.violations),
                 warnings=tuple(out.warnings),
@@ -507,8 +496,9 @@ class TelnyxApiSimulator:
             if registration is None:
                 self._violations += out.violations
         if registration is not None:
+            # RuntimeError: the caller's loop has closed, so nobody is listening any more.
             with contextlib.suppress(RuntimeError):
-                registration.loop.call_soon_threadsafe(registration.listener, entry, None)
+                registration.loop.call_soon_threadsafe(registration.listener, entry, out.setup)
         return JSONResponse(out.body, status_code=out.status)
 
     async def _unknown(self, request: Request) -> JSONResponse:
