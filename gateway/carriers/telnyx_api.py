@@ -20,7 +20,8 @@ from gateway.carriers.telnyx import TELNYX_CODECS, call_control_state
 
 #: client_state of the fallback announcement: its ``call.speak.ended`` webhook means hang up.
 FALLBACK_STATE = base64.b64encode(b"callbridge-fallback").decode()
-_ALREADY_ENDED = "90018"
+#: Telnyx's "Call has already ended" error code.
+ALREADY_ENDED = "90018"
 
 
 class TelnyxApiError(Exception):
@@ -77,9 +78,9 @@ class CallControl:
             raise TelnyxApiError(f"{action}: {type(exc).__name__}") from None
         if response.status_code < 300:
             return
-        if response.status_code == 422 and _error_code(response) == _ALREADY_ENDED:
+        if response.status_code == 422 and error_code(response) == ALREADY_ENDED:
             return
-        raise TelnyxApiError(f"{action}: HTTP {response.status_code} {_error_code(response)}")
+        raise TelnyxApiError(f"{action}: HTTP {response.status_code} {error_code(response)}")
 
 
 def streaming_fields(
@@ -110,9 +111,10 @@ def streaming_fields(
     return fields
 
 
-def _error_code(response: httpx.Response) -> str:
+def error_code(response: httpx.Response) -> str:
+    """The first error code of a Telnyx error answer (``{"errors": [{"code": …}]}``), or ""."""
     try:
         errors = response.json().get("errors") or [{}]
-        return str(errors[0].get("code", ""))
-    except (ValueError, AttributeError, IndexError):
+        return str(errors[0].get("code", ""))[:20]
+    except (ValueError, AttributeError, IndexError, TypeError):
         return ""

@@ -19,11 +19,10 @@ from urllib.parse import quote
 
 import httpx
 
+from gateway.carriers.telnyx_api import ALREADY_ENDED, error_code
+
 #: Only id-shaped values go into a REST URL path: account ids are UUIDs, call ids ``v3:…``.
 _ID = re.compile(r"[A-Za-z0-9:_-]{2,128}")
-#: Call Control's documented "Call has already ended" code. The TeXML update page documents no
-#: such answer; an ended call answered with it is taken as done, as the goal state holds.
-_ALREADY_ENDED = "90018"
 
 
 class TexmlApiError(Exception):
@@ -62,15 +61,9 @@ class TexmlRest:
             raise TexmlApiError(f"update call: {type(exc).__name__}") from None
         if response.status_code < 300:
             return
-        code = _error_code(response)
-        if response.status_code in (404, 422) and code == _ALREADY_ENDED:
+        code = error_code(response)
+        # Call Control's "already ended" code: the TeXML update page documents no such answer;
+        # an ended call answered with it is taken as done, as the goal state holds.
+        if response.status_code in (404, 422) and code == ALREADY_ENDED:
             return  # the caller hung up meanwhile: nothing left to do
         raise TexmlApiError(f"update call: HTTP {response.status_code} {code}")
-
-
-def _error_code(response: httpx.Response) -> str:
-    try:
-        errors = response.json().get("errors") or [{}]
-        return str(errors[0].get("code", ""))[:20]
-    except (ValueError, AttributeError, IndexError, TypeError):
-        return ""
