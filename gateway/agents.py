@@ -364,17 +364,8 @@ class AgentGraph:
         return "\n".join(lines)
 
     def _validate(self) -> None:
-        errors: list[str] = []
-        seen_ids: set[str] = set()
-        for i, agent in enumerate(self.spec.agents):
-            if agent.id in seen_ids:
-                errors.append(f"agents[{i}].id: duplicate agent id {agent.id!r}")
-            seen_ids.add(agent.id)
-        seen_phases: set[str] = set()
-        for i, stage in enumerate(self.spec.pipeline):
-            if stage.phase in seen_phases:
-                errors.append(f"pipeline[{i}].phase: duplicate phase {stage.phase!r}")
-            seen_phases.add(stage.phase)
+        errors = _duplicates("agents", "id", "agent id", [a.id for a in self.spec.agents])
+        errors += _duplicates("pipeline", "phase", "phase", [s.phase for s in self.spec.pipeline])
         for i, stage in enumerate(self.spec.pipeline):
             if stage.agent_id not in self._agents:
                 errors.append(
@@ -417,12 +408,7 @@ class AgentGraph:
     def _tool_errors(self) -> list[str]:
         """Each agent's tools exist (a field validator cannot see the file's ``tools:``), and
         ``transfer_call`` has somewhere to transfer to."""
-        errors: list[str] = []
-        seen_names: set[str] = set()
-        for i, tool in enumerate(self.spec.tools):
-            if tool.name in seen_names:
-                errors.append(f"tools[{i}].name: duplicate tool name {tool.name!r}")
-            seen_names.add(tool.name)
+        errors = _duplicates("tools", "name", "tool name", [t.name for t in self.spec.tools])
         valid = list(BUILTIN_TOOLS) + [t.name for t in self.spec.tools]
         for i, agent in enumerate(self.spec.agents):
             for j, name in enumerate(agent.tools):
@@ -442,12 +428,8 @@ class AgentGraph:
         return errors
 
     def _route_errors(self) -> list[str]:
-        errors: list[str] = []
-        seen: set[str] = set()
+        errors = _duplicates("routes", "number", "number", [r.number for r in self.spec.routes])
         for i, route in enumerate(self.spec.routes):
-            if route.number in seen:
-                errors.append(f"routes[{i}].number: duplicate number {route.number!r}")
-            seen.add(route.number)
             if route.phase not in self._stages:
                 errors.append(
                     f"routes[{i}].phase: unknown phase {route.phase!r}"
@@ -526,6 +508,17 @@ def live_schema_gaps(schema: Mapping[str, Any], path: str) -> list[str]:
         if isinstance(sub, Mapping):
             found += live_schema_gaps(sub, where)
     return found
+
+
+def _duplicates(section: str, key: str, noun: str, values: Sequence[str]) -> list[str]:
+    """``section[i].key: duplicate noun 'x'`` for every value seen before, in order."""
+    errors: list[str] = []
+    seen: set[str] = set()
+    for i, value in enumerate(values):
+        if value in seen:
+            errors.append(f"{section}[{i}].{key}: duplicate {noun} {value!r}")
+        seen.add(value)
+    return errors
 
 
 def parse_agents(
