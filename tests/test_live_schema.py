@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from google.genai import types
 from hypothesis import given
 from hypothesis import strategies as st
@@ -150,3 +151,18 @@ def test_the_simulator_hides_arguments_described_only_as_json_schema() -> None:
     assert _arguments_unseen(declared, "json_only") is True
     assert _arguments_unseen(declared, "openapi") is False
     assert _arguments_unseen(declared, "undeclared") is False
+
+
+SAMPLES: dict[str, Any] = {
+    "type": "string", "enum": ["a"], "const": "a", "properties": {"p": {"type": "string"}},
+    "required": ["p"], "items": {"type": "string"}, "anyOf": [{"type": "string"}],
+    "examples": ["a"], "nullable": True, "description": "d", "title": "t", "format": "date",
+    "pattern": "^a$", "default": "a", "minimum": 1, "maximum": 2, "minItems": 1, "maxItems": 2,
+    "minLength": 1, "maxLength": 2, "minProperties": 1, "maxProperties": 2,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("keyword", sorted(LIVE_SCHEMA_KEYWORDS - {"$schema"}))
+def test_every_keyword_check_accepts_is_carried_to_gemini(keyword: str) -> None:
+    """The warning's list and the converter agree: no keyword is accepted and then dropped."""
+    assert dumped({keyword: SAMPLES[keyword]}) != {}
