@@ -176,7 +176,7 @@ class CallBridge:
         #: When the current cue for an agent turn happened (connect, caller speech, handoff).
         self._cue_at: float | None = None
         self._live: ModelSession | None = None
-        self._conversation = CallConversation(self.transcript, self.events, lambda: self.agent)
+        self._conversation = CallConversation(self.transcript, self.events, self._persona)
         self._uplink: Uplink | None = None
         self._downlink: Downlink | None = None
         self._playout: Playout | None = None
@@ -358,7 +358,6 @@ class CallBridge:
                 if k.startswith(PARAM_PREFIX)
             },
         )
-        self._conversation.variables = self._variables
         self.events.call_began(started.call_id, started.stream_id)
         self._uplink = uplink_for(started.audio_format)
         self._downlink = downlink_for(started.outbound_format)

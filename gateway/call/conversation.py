@@ -7,7 +7,7 @@ from the gateway's transcript by :mod:`gateway.call.handoff`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from google.genai import types
 
@@ -22,6 +22,7 @@ from gateway.call.handoff import (
     user_turn,
 )
 from gateway.call.transcript import Transcript
+from gateway.live.config import AgentPersona
 from gateway.live.session import TakeoverFactory
 
 #: Told to a fresh session that remembers nothing, after the history.
@@ -35,20 +36,18 @@ class CallConversation:
     """The call's side of :class:`~gateway.live.session.Conversation`, plus the handoff's
     opening. Utterances it closes are reported as transcript events."""
 
-    __slots__ = ("_agent", "_events", "_transcript", "variables")
+    __slots__ = ("_events", "_persona", "_transcript")
 
     def __init__(
-        self, transcript: Transcript, events: CallEvents, agent: Callable[[], Agent]
+        self, transcript: Transcript, events: CallEvents, persona: Callable[[], AgentPersona]
     ) -> None:
         self._transcript = transcript
         self._events = events
-        #: The active agent, asked each time: a handoff changes it.
-        self._agent = agent
-        #: The call's prompt variables, for the greeting (set when the stream starts).
-        self.variables: Mapping[str, str] = {}
+        #: The active agent with the call's variables, asked each time: a handoff changes it.
+        self._persona = persona
 
     def greeting(self) -> list[types.Content]:
-        return greeting_turns(self._agent(), self.variables)
+        return greeting_turns(self._persona().greeting())
 
     def reseed(self, *, until_handle: bool) -> tuple[list[types.Content], bool]:
         """After a fault with no usable handle: the transcript, then "carry on"."""
@@ -57,10 +56,10 @@ class CallConversation:
         if until_handle:
             entries = transcript.entries[: transcript.handle_index]
             if not entries:
-                return greeting_turns(self._agent(), self.variables), True
+                return self.greeting(), True
             return context_turns(entries), False
         if not transcript.entries:
-            return greeting_turns(self._agent(), self.variables), True
+            return self.greeting(), True
         return history_turns(transcript.entries, _CARRY_ON), True
 
     def recap(self, *, cut_off: bool) -> tuple[list[types.Content], bool]:

@@ -8,13 +8,12 @@ agent's reason and summary, and quotes what the caller said since the handle.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from google.genai import types
 
 from gateway.agents import Agent
 from gateway.call.transcript import Entry
-from gateway.variables import render
 
 #: The tool result the *old* agent receives: short, and telling it not to talk over the new one.
 HANDOFF_ACCEPTED = {
@@ -54,10 +53,9 @@ def takeover_prompt(agent: Agent, *, reason: str, summary: str, since: Sequence[
     return "\n".join(lines)
 
 
-def greeting_turns(agent: Agent, variables: Mapping[str, str]) -> list[types.Content]:
-    """The first agent's opening, when it is configured to speak first, with the call's
-    variables (``{{caller_number}}``…) filled in."""
-    return [user_turn(render(agent.greeting, variables))] if agent.greeting else []
+def greeting_turns(greeting: str) -> list[types.Content]:
+    """The first agent's opening (its greeting, variables filled in), when it speaks first."""
+    return [user_turn(greeting)] if greeting else []
 
 
 def history_turns(entries: Sequence[Entry], final_prompt: str) -> list[types.Content]:
