@@ -35,9 +35,6 @@ API_KEY = "test-api-key-0123456789"
 TELNYX_API_KEY = "KEY-telnyx-test-0123456789"
 #: The auth token of the fake Twilio REST API that ``running(carrier_api=True)`` serves.
 TWILIO_AUTH_TOKEN = "twilio-auth-token-harness-0123"
-#: The fake of Twilio's Calls update endpoint lives with the simulators now; the old name stays
-#: for the tests that serve it themselves (``serving(FakeTwilioRest(...).app)``).
-FakeTwilioRest = TwilioApiSimulator
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from callsim.callers.audio import Silence, Tone, render
 from callsim.callers.telnyx import TelnyxCaller
 from callsim.callers.twilio import TwilioCaller
+from callsim.twilio.api import TwilioApiSimulator
 from callsim.twilio.webhook import twilio_signature
 from gateway.carriers.telnyx import call_control_state
-from tests.harness import Carrier, FakeTwilioRest, Harness, running, serving
+from tests.harness import Carrier, Harness, running, serving
 from tests.servers import until
 
 #: Every test here also fails if anything in the log holds a traceback.
@@ -297,7 +298,7 @@ async def test_a_stream_with_no_room_plays_the_busy_message_and_counts_as_capaci
     """Two webhooks answered while the gateway was empty, one room: the second stream finds
     the first call in it. Its caller hears the busy message (the call's TwiML replaced through
     the REST API, as the account the stream itself names), not the failure apology."""
-    fake = FakeTwilioRest(auth_token=AUTH_TOKEN)
+    fake = TwilioApiSimulator(auth_token=AUTH_TOKEN)
     async with (
         serving(fake.app) as twilio_api,
         running(max_concurrent_calls=1, twilio_auth_token=AUTH_TOKEN,

@@ -13,8 +13,9 @@ import pytest
 from callsim.callers.audio import Silence, Tone
 from callsim.callers.result import CallResult
 from callsim.live.script import Step, ToolCallSpec
+from callsim.twilio.api import TwilioApiSimulator
 from tests.conftest import StructuredLogs
-from tests.harness import FakeTwilioRest, Harness, agents, running, serving
+from tests.harness import Harness, agents, running, serving
 
 GREETING = agents(agent_triage={"greeting": "Greet the caller."})
 TRIAGE = "Role: Triage receptionist"
@@ -151,7 +152,7 @@ async def test_a_rejected_handle_becomes_a_fresh_session_seeded_from_the_transcr
 
 
 async def test_a_permanent_failure_ends_the_call_with_the_active_agents_fallback() -> None:
-    fake = FakeTwilioRest(auth_token="twilio-auth-token-1234")
+    fake = TwilioApiSimulator(auth_token="twilio-auth-token-1234")
     graph = agents(agent_triage={"fallback": {"say": "Our assistant is unavailable, sorry."}})
     async with (
         serving(fake.app) as twilio_api,
