@@ -127,6 +127,26 @@ class Settings(BaseSettings):
     #: business's clock, which is rarely the server's.
     timezone: str = "UTC"
 
+    # --- call records, delivery, recordings, admin API ------------------------------------
+    #: Where call records are kept (SQLAlchemy-style URL): SQLite by default, a file in the
+    #: working directory; ``postgresql://user:pass@host/db`` for several replicas. Empty: no
+    #: records are kept.
+    database_url: SecretStr | None = SecretStr("sqlite:///calls.db")
+    #: Each finished call record is POSTed here as JSON (signed with CALL_RECORDS_SECRET).
+    call_records_url: str | None = None
+    #: HMAC-SHA256 key of ``X-Callbridge-Signature``; required with CALL_RECORDS_URL.
+    call_records_secret: SecretStr | None = None
+    #: Seconds before the first retry of a failed delivery; doubles, at most 10 minutes apart.
+    call_records_retry_s: float = Field(default=2.0, gt=0.0, le=600.0)
+    #: Bearer token of the admin API (``/calls``, ``/admin/reload``); unset, those routes do
+    #: not exist.
+    admin_api_token: SecretStr | None = None
+    #: When set, each call is recorded to ``<dir>/<call id>.wav`` (stereo: caller left, agent
+    #: right). Recording calls needs the callers' consent in most places.
+    recordings_dir: Path | None = None
+    #: Telnyx Call Control application (connection) id that outbound Call Control calls use.
+    telnyx_connection_id: str | None = None
+
     # --- listening ------------------------------------------------------------------------
     #: Defaults for ``gateway serve --host/--port``.
     host: str = Field(default="0.0.0.0", min_length=1)
@@ -138,7 +158,10 @@ class Settings(BaseSettings):
     live_ping_interval: float = Field(default=20.0, ge=1.0)
     live_ping_timeout: float = Field(default=30.0, ge=1.0)
 
-    @field_validator("gemini_api_key", "telnyx_api_key", "twilio_auth_token", "gateway_secret")
+    @field_validator(
+        "gemini_api_key", "telnyx_api_key", "twilio_auth_token", "gateway_secret",
+        "database_url", "call_records_secret", "admin_api_token",
+    )  # fmt: skip
     @classmethod
     def _non_empty_key(cls, key: SecretStr | None) -> SecretStr | None:
         if key is not None and not key.get_secret_value().strip():
@@ -166,6 +189,45 @@ class Settings(BaseSettings):
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query string or fragment")
         return url.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is None:
+            return None
+        scheme = url.get_secret_value().split("://", 1)[0].split("+", 1)[0]
+        if "://" not in url.get_secret_value() or scheme not in (
+            "sqlite",
+            "postgresql",
+            "postgres",
+        ):
+            raise ValueError(
+                "must be sqlite:///path/to/calls.db or postgresql://user:password@host/db "
+                "(empty keeps no records)"
+            )
+        return url
+
+    @field_validator("call_records_url")
+    @classmethod
+    def _records_url(cls, url: str | None) -> str | None:
+        if not url or not url.strip():
+            return None
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            raise ValueError("must be an http(s) URL such as https://crm.example.com/calls")
+        return url.strip()
+
+    @field_validator("recordings_dir", mode="before")
+    @classmethod
+    def _recordings_dir(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("admin_api_token")
+    @classmethod
+    def _long_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. openssl rand -hex 32)")
+        return token
 
     @field_validator("timezone")
     @classmethod
@@ -220,6 +282,21 @@ class Settings(BaseSettings):
         return secret
 
     @model_validator(mode="after")
+    def _records_secret(self) -> Settings:
+        if self.call_records_url is not None:
+            if self.call_records_secret is None:
+                raise ValueError(
+                    "CALL_RECORDS_SECRET: needed with CALL_RECORDS_URL, so the receiver can "
+                    "check each record came from this gateway (e.g. openssl rand -hex 32)"
+                )
+            if self.database_url is None:
+                raise ValueError(
+                    "CALL_RECORDS_URL: deliveries wait in the database's outbox, so "
+                    "DATABASE_URL must not be empty"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _texml_codec(self) -> Settings:
         """TeXML's ``<Stream bidirectionalCodec>`` documents no L16: refuse to offer it.
 
@@ -254,8 +331,16 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every secret value configured, for the log scrubber."""
         keys = (self.gemini_api_key, self.telnyx_api_key, self.twilio_auth_token,
-                self.gateway_secret)  # fmt: skip
-        return [k.get_secret_value() for k in keys if k is not None]
+                self.gateway_secret, self.call_records_secret, self.admin_api_token)  # fmt: skip
+        found = [k.get_secret_value() for k in keys if k is not None]
+        password = self.database_password()
+        return [*found, password] if password else found
+
+    def database_password(self) -> str | None:
+        """The password inside DATABASE_URL, if any (for the log scrubber)."""
+        if self.database_url is None:
+            return None
+        return urlsplit(self.database_url.get_secret_value()).password
 
     def tzinfo(self) -> ZoneInfo:
         """TIMEZONE as a zone for ``datetime.astimezone``."""

@@ -16,6 +16,14 @@ from gateway.logs import redact_secrets
 from tests.fake_gateways import telnyx, twilio
 
 
+@pytest.fixture(autouse=True)
+def _no_call_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gateways started by a test (in process or as a ``gateway serve`` subprocess) keep no
+    call records unless the test asks for them: DATABASE_URL's default would otherwise leave
+    a ``calls.db`` in the working directory. The record tests set their own."""
+    monkeypatch.setenv("DATABASE_URL", "")
+
+
 class StructuredLogs:
     """Every log record of a test, the gateway's own (structlog) and the libraries' (stdlib)."""
 
