@@ -110,6 +110,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("heard.wav"))
     demo.set_defaults(run=_cmd_demo)
 
+    calls = sub.add_parser(
+        "calls", help="the call records: list, show one, export as JSON Lines (admin token)"
+    )
+    calls.set_defaults(run=_cmd_calls)
+    from gateway.records import shell  # light: argparse and the store's module
+
+    shell.add_arguments(calls)
+
     sim = sub.add_parser("simulator", help="run the Live simulator alone (for GEMINI_BASE_URL)")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=port_number, default=9443)
@@ -208,6 +216,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from callsim.demo import run_demo
 
     return asyncio.run(run_demo(agents_file=args.agents, out=args.out))
+
+
+def _cmd_calls(args: argparse.Namespace) -> int:
+    from gateway.records import shell
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
+    return asyncio.run(shell.run(args, settings))
 
 
 def _cmd_simulator(args: argparse.Namespace) -> int:

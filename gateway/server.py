@@ -33,8 +33,12 @@ from gateway.live.client import make_client
 from gateway.live.machine import Policy
 from gateway.live.session import Conversation, LiveSession
 from gateway.logs import configure_logging, register_secrets
+from gateway.metrics import Metrics
+from gateway.records.delivery import RecordDelivery
+from gateway.records.service import CallRecords
+from gateway.records.store import RecordStore
 from gateway.security import StreamLedger, StreamTokens
-from gateway.settings import Settings
+from gateway.settings import ConfigError, Settings
 from gateway.web.app import create_app
 from gateway.web.state import GatewayState
 
@@ -66,6 +70,7 @@ def build_state(
         twilio_rest = TwilioRest(
             settings.twilio_auth_token.get_secret_value(), base_url=settings.twilio_api_base
         )
+    metrics = Metrics()
     if settings.gateway_secret is not None:
         secret = settings.gateway_secret.get_secret_value().encode()
         tokens = StreamTokens(secret, ttl_s=settings.stream_token_ttl)
@@ -79,6 +84,8 @@ def build_state(
         # Longer than a token lives, so a replayed webhook's fresh token is refused as well.
         ledger=StreamLedger(retention_s=max(900.0, 2 * settings.stream_token_ttl)),
         observers=observers,
+        metrics=metrics,
+        records=call_records(settings, metrics),
         telnyx_api=telnyx_api,
         texml_api=texml_api,
         twilio_rest=twilio_rest,
@@ -88,6 +95,29 @@ def build_state(
             load_public_key(settings.telnyx_public_key) if settings.telnyx_public_key else None
         ),
     )
+
+
+def call_records(settings: Settings, metrics: Metrics) -> CallRecords | None:
+    """The call records of DATABASE_URL (None when it is empty), delivered to
+    CALL_RECORDS_URL when that is set. Nothing connects until :meth:`CallRecords.start`."""
+    if settings.database_url is None:
+        return None
+    store = RecordStore(settings.database_url.get_secret_value())
+    delivery = None
+    if settings.call_records_url is not None:
+        assert settings.call_records_secret is not None  # the settings insist on it
+        delivery = RecordDelivery(
+            store,
+            settings.call_records_url,
+            settings.call_records_secret.get_secret_value(),
+            retry_s=settings.call_records_retry_s,
+            metrics=metrics,
+        )
+    return CallRecords(store, delivery=delivery, metrics=metrics)
+
+
+class RecordsUnavailableError(Exception):
+    """The call records' database could not be opened or migrated at start-up."""
 
 
 def max_connections(settings: Settings) -> int:
@@ -170,6 +200,13 @@ async def running_gateway(
     which would kill the process before the rest of the program (the simulator, logs) has
     cleaned up. ``gateway serve`` installs its own handlers and calls :meth:`stop` instead.
     """
+    records = state.records
+    if records is not None:  # before any call can start: the schema, the interrupted records
+        try:
+            await records.start()
+        except Exception as exc:
+            await records.aclose()
+            raise RecordsUnavailableError(f"{type(exc).__name__}: {exc}") from exc
     server = uvicorn.Server(uvicorn_config(state, host, port))
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve(), name="uvicorn")
@@ -183,7 +220,11 @@ async def running_gateway(
         yield RunningGateway(f"http://{host}:{bound}", bound, state, server, task)
     finally:
         server.should_exit = True
-        await task
+        try:
+            await task
+        finally:
+            if records is not None:  # after the calls: their records' last writes
+                await records.aclose()
 
 
 SIMULATOR_KEY = "simulator-key"
@@ -245,7 +286,17 @@ async def serve(
             log.info("simulator.started", base_url=sim.base_url)
         state = build_state(settings, graph, ssl_context=ssl_context)
         raise_open_file_limit(open_files_needed(settings), log)
-        gateway = await stack.enter_async_context(running_gateway(state, host=host, port=port))
+        prepare_recordings_dir(settings)
+        try:
+            gateway = await stack.enter_async_context(running_gateway(state, host=host, port=port))
+        except RecordsUnavailableError as exc:
+            detail = str(exc)
+            password = settings.database_password()
+            if password:
+                detail = detail.replace(password, "***")
+            raise ConfigError(
+                f"DATABASE_URL: the call records database cannot be used: {detail}"
+            ) from None
         freeze_startup_heap()
         loop = asyncio.get_running_loop()
         draining: list[asyncio.Task[None]] = []
@@ -269,6 +320,23 @@ async def serve(
         await gateway.wait_closed()
         for task in draining:
             await cancel_and_wait(task)
+
+
+def prepare_recordings_dir(settings: Settings) -> None:
+    """Create RECORDINGS_DIR if needed; a directory the gateway cannot write to is a start-up
+    error, not a silent loss of every recording."""
+    directory = settings.recordings_dir
+    if directory is None:
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".callbridge-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"RECORDINGS_DIR: cannot write recordings to {directory}: {exc.strerror or exc}"
+        ) from None
 
 
 def raise_open_file_limit(needed: int, log: structlog.stdlib.BoundLogger) -> None:

@@ -37,6 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
@@ -85,6 +86,8 @@ from gateway.live.events import (
 )
 from gateway.live.session import LiveConnectError
 from gateway.metrics import Metrics
+from gateway.records.document import CallRecord
+from gateway.records.service import CallRecords
 from gateway.variables import PARAM_PREFIX, call_variables
 
 #: After this many messages handled without suspending, a loop yields to the others. A queue
@@ -133,6 +136,8 @@ class BridgeOptions:
     idle_hangup_s: float = 20.0
     #: Where ``{{date}}`` and ``{{time}}`` are told.
     timezone: tzinfo = UTC
+    #: Each call is recorded to ``<dir>/<call id>.wav`` when set (RECORDINGS_DIR).
+    recordings_dir: Path | None = None
 
 
 class CallBridge:
@@ -150,6 +155,7 @@ class CallBridge:
         hooks: CallHooks | None = None,
         metrics: Metrics | None = None,
         tool_runner: HttpToolRunner | None = None,
+        records: CallRecords | None = None,
     ) -> None:
         self.socket = socket
         self.codec = codec
@@ -167,6 +173,9 @@ class CallBridge:
             log_transcripts=self.options.log_transcripts,
         )
         self._started: StreamStarted | None = None
+        self._records = records
+        #: The call's record, built from its events (when records are kept).
+        self.record: CallRecord | None = None
         self._budget: RealTimeBudget | None = None
         self._new_live_session = new_live_session
         self._hooks = hooks or CallHooks()
@@ -359,6 +368,8 @@ class CallBridge:
             },
         )
         self.events.call_began(started.call_id, started.stream_id)
+        if self._records is not None:
+            self._open_record(started)
         self._uplink = uplink_for(started.audio_format)
         self._downlink = downlink_for(started.outbound_format)
         self._playout = Playout(self.codec, self.socket.send, lead_ms=self.options.playout_lead_ms)
@@ -378,6 +389,21 @@ class CallBridge:
         )
         return live
 
+    def _open_record(self, started: StreamStarted) -> None:
+        """Start the call's record: one more observer of its events, written at once."""
+        assert self._records is not None
+        params = started.parameters
+        record = self.record = CallRecord(
+            call_id=started.call_id,
+            carrier=self.codec.carrier,
+            direction=params.get("direction", "inbound"),
+            caller=params.get("from", ""),
+            called=params.get("to", ""),
+            agent_id=self.agent.id,
+        )
+        self.events.observers = (*self.events.observers, record.observe)
+        self._records.started(record)
+
     def _finish(self, duration: float) -> None:
         for entry in self.transcript.finish_all():  # the last words, cut off by the end
             self.events.record(entry)
@@ -391,6 +417,9 @@ class CallBridge:
         self.events.emit(
             "call.ended", reason=self.end_reason, duration_s=round(duration, 3), **tallies
         )
+        if self.record is not None and self._records is not None:
+            self.record.finish(self.end_reason)
+            self._records.finished(self.record)
 
     # ------------------------------------------------------------------ caller side
 
@@ -676,7 +705,8 @@ class CallBridge:
             phase=stage.phase,
             resumed=resumed,
             reconnect_ms=round(elapsed, 1),
-            _private={"reason": request.reason},  # the model's words about the caller
+            # The model's words about the caller: personal data.
+            _private={"reason": request.reason, "summary": request.summary},
         )
         return True
 

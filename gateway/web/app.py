@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from gateway.aio import cancel_and_wait
+from gateway.web.admin import add_admin_routes
 from gateway.web.ops import add_operational_routes
 from gateway.web.state import GatewayState
 from gateway.web.telnyx import add_telnyx_routes
@@ -40,6 +41,9 @@ def create_app(state: GatewayState) -> FastAPI:
     app.state.gateway = state
 
     add_operational_routes(app, state)
+    # The admin API exists only when its token is set: nothing to guess at otherwise.
+    if state.settings.admin_api_token is not None:
+        add_admin_routes(app, state)
 
     # A carrier not served has no routes at all: its webhooks answer 404, and its stream
     # upgrades are refused (Starlette denies a websocket no route matches with 403).

@@ -24,6 +24,7 @@ from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.texml_api import TexmlRest
 from gateway.carriers.twilio_api import TwilioRest
 from gateway.metrics import Metrics
+from gateway.records.service import CallRecords
 from gateway.security import StreamGrant, StreamLedger, StreamReusedError, StreamTokens
 from gateway.settings import Settings
 
@@ -49,6 +50,8 @@ class GatewayState:
     twilio_rest: TwilioRest | None = None
     #: Calls the agents' HTTP tools; one client (and connection pool) for every call.
     tool_runner: HttpToolRunner | None = None
+    #: Call records (store, checkpoints, delivery); None when DATABASE_URL is empty.
+    records: CallRecords | None = None
     #: Admitted calls: these count for capacity, readyz and gateway_active_calls.
     calls: dict[asyncio.Task[None], CallBridge] = field(default_factory=dict)
     #: Accepted sockets that are not calls (yet): waiting for a start that proves them, or
@@ -81,6 +84,7 @@ class GatewayState:
             idle_prompt_s=s.idle_prompt_s,
             idle_hangup_s=s.idle_hangup_s,
             timezone=s.tzinfo(),
+            recordings_dir=s.recordings_dir,
         )
 
     def claim_stream(self, token: object, carrier: str, call_id: str | None = None) -> StreamGrant:

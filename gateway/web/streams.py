@@ -127,6 +127,7 @@ async def _run(
         hooks=replace(hooks, admit=admit),
         metrics=state.metrics,
         tool_runner=state.tool_runner,
+        records=state.records,
     )
     # A token at the upgrade admits the call now if there is room (drain or not: its webhook
     # was answered before); without room the socket is kept only to give the busy message.

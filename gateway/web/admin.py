@@ -1,0 +1,89 @@
+"""The call records API: ``GET /calls`` (search, newest first, paged) and ``GET /calls/{id}``.
+
+Registered only when ADMIN_API_TOKEN is set, and every request needs that token
+(:mod:`gateway.web.auth`). Records hold personal data (numbers, what was said), so the answer
+to a missing or wrong token is 401 and nothing else.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi.responses import JSONResponse
+
+from gateway.records.document import END_REASONS
+from gateway.records.store import RecordStore
+from gateway.web.auth import admin_guard
+from gateway.web.state import GatewayState
+
+#: Records per page unless ``limit`` says otherwise, and the most one page holds.
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+
+
+def add_admin_routes(app: FastAPI, state: GatewayState) -> None:
+    guard = Depends(admin_guard(state.settings))
+
+    def store() -> RecordStore:
+        if state.records is None:
+            raise HTTPException(503, "call records are off here (DATABASE_URL is empty)")
+        return state.records.store
+
+    @app.get("/calls", dependencies=[guard])
+    async def list_calls(
+        from_: Annotated[str | None, Query(alias="from", max_length=200)] = None,
+        to: Annotated[str | None, Query(max_length=200)] = None,
+        since: Annotated[str | None, Query(max_length=64)] = None,
+        agent: Annotated[str | None, Query(max_length=200)] = None,
+        end_reason: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[str | None, Query(max_length=8)] = None,
+        cursor: Annotated[str | None, Query(max_length=512)] = None,
+    ) -> JSONResponse:
+        if end_reason is not None and end_reason not in END_REASONS:
+            raise HTTPException(400, f"end_reason must be one of {', '.join(END_REASONS)}")
+        try:
+            calls, next_cursor = await store().search(
+                from_=from_ or None,
+                to=to or None,
+                since=parse_since(since) if since else None,
+                agent=agent or None,
+                end_reason=end_reason,
+                limit=parse_limit(limit),
+                cursor=cursor or None,
+            )
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return JSONResponse({"calls": calls, "next": next_cursor})
+
+    @app.get("/calls/{call_id}", dependencies=[guard])
+    async def show_call(call_id: str) -> JSONResponse:
+        record = await store().get(call_id[:200])
+        if record is None:
+            raise HTTPException(404, "no record of that call")
+        return JSONResponse(record)
+
+
+def parse_since(text: str) -> datetime:
+    """``since``: an ISO 8601 date or time (``2026-12-06``, ``2026-12-06T09:00:00Z``); a time
+    without a zone is UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            "since must be an ISO 8601 date or time, e.g. 2026-12-06T09:00:00Z"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def parse_limit(text: str | None) -> int:
+    if text is None or not text.strip():
+        return DEFAULT_LIMIT
+    try:
+        limit = int(text)
+    except ValueError:
+        raise ValueError(f"limit must be a whole number from 1 to {MAX_LIMIT}") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return limit
