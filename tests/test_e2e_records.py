@@ -1,0 +1,158 @@
+"""Every call leaves a record, end to end: a real call through the real gateway (the Live
+simulator as Gemini, the Twilio caller simulator and REST fake, a local HTTP tool server), then
+the record read back through ``GET /calls``, as an operator or a CRM would see it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from callsim.callers.audio import Silence, Tone
+from callsim.callers.result import CallResult
+from callsim.live.script import Step, ToolCallSpec
+from callsim.tools import ToolServer
+from gateway.agents import AgentGraph, parse_agents
+from tests.harness import Harness, running
+
+ADMIN = "admin-token-for-the-tests-0123456789"
+TRIAGE = "Role: Triage receptionist"
+ADVISOR = "Role: Portfolio advisor"
+
+AGENTS = """
+model: gemini-2.5-flash-native-audio-preview-12-2025
+tools:
+  - name: lookup_order
+    description: Look up an order's status by its number.
+    parameters:
+      type: object
+      properties:
+        order_id: {{type: string}}
+      required: [order_id]
+    url: {url}/orders/lookup
+  - name: verify_card
+    description: Check a card number.
+    parameters:
+      type: object
+      properties:
+        card: {{type: string}}
+    url: {url}/cards/verify
+    redact: true
+agents:
+  - id: agent-triage
+    role: Triage receptionist
+    system_prompt: Greet callers and route them.
+    voice: Aoede
+    greeting: Greet the caller.
+  - id: agent-advisor
+    role: Portfolio advisor
+    system_prompt: Help with orders.
+    voice: Charon
+    tools: [lookup_order, verify_card, end_call]
+pipeline:
+  - {{phase: triage, agent_id: agent-triage, next: advising}}
+  - {{phase: advising, agent_id: agent-advisor}}
+"""
+
+HANDOFF = ToolCallSpec("handoff_conversation", {
+    "target": "agent-advisor", "reason": "order question", "summary": "caller has order A17",
+})  # fmt: skip
+STEPS = [
+    Step(on="text", when=TRIAGE, say="Hello, how can I help?", seconds=0.8),
+    Step(on="caller", when=TRIAGE, hear="Where is my order?", say="Let me transfer you.",
+         seconds=0.6, tool_call=HANDOFF),
+    Step(on="text", when=ADVISOR, say="Advisor here.", seconds=0.6),
+    Step(on="caller", when=ADVISOR, hear="Order A17 please.", say="Let me check.", seconds=0.4,
+         tool_call=ToolCallSpec("lookup_order", {"order_id": "A17"}), then_say="It shipped.",
+         then_seconds=0.4),
+    Step(on="caller", when=ADVISOR, hear="My card is 4111.", say="Checking.", seconds=0.4,
+         tool_call=ToolCallSpec("verify_card", {"card": "4111111111111111"})),
+    Step(on="caller", when=ADVISOR, hear="Bye.", say="Goodbye!", seconds=0.6,
+         tool_call=ToolCallSpec("end_call", {"reason": "caller is done"})),
+]  # fmt: skip
+#: What the caller says: one utterance per caller step, with room for each answer.
+SPEECH = [Silence(1.6), Tone(300, 0.5), Silence(3.0), Tone(300, 0.5), Silence(2.4),
+          Tone(300, 0.5), Silence(1.6), Tone(300, 0.5), Silence(1.0)]  # fmt: skip
+KEYS = [(9.6, "1"), (9.8, "2"), (10.0, "#")]
+
+
+def graph_for(url: str) -> AgentGraph:
+    return parse_agents(AGENTS.format(url=url))
+
+
+@contextlib.asynccontextmanager
+async def recorded_gateway(database_url: str, **settings: Any) -> AsyncIterator[Harness]:
+    async with contextlib.AsyncExitStack() as stack:
+        tools = await stack.enter_async_context(ToolServer())
+        tools.respond("/cards/verify", {"valid": True})
+        h = await stack.enter_async_context(
+            running(
+                steps=STEPS,
+                graph=graph_for(tools.url),
+                carrier_api=True,
+                database_url=database_url,
+                admin_api_token=ADMIN,
+                **settings,
+            )
+        )
+        yield h
+
+
+async def admin_get(h: Harness, path: str, **params: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=h.gateway.url) as client:
+        return await client.get(path, params=params, headers={"Authorization": f"Bearer {ADMIN}"})
+
+
+async def the_call(h: Harness) -> CallResult:
+    return await h.call(SPEECH, dtmf=KEYS, linger_s=6.0)
+
+
+def parse_time(text: str) -> datetime:
+    assert text.endswith("Z"), text
+    return datetime.fromisoformat(text)
+
+
+async def test_a_finished_call_leaves_a_record_of_everything_that_happened(
+    database_url: str,
+) -> None:
+    async with recorded_gateway(database_url) as h:
+        result = await the_call(h)
+        answer = await admin_get(h, f"/calls/{result.call_sid}")
+        assert answer.status_code == 200, answer.text
+        record = answer.json()
+        listed = (await admin_get(h, "/calls")).json()
+    assert listed["calls"] == [record] and listed["next"] is None
+    assert record["call_id"] == result.call_sid
+    assert (record["carrier"], record["direction"]) == ("twilio", "inbound")
+    assert (record["from"], record["to"]) == ("+14155550123", "+18005550100")
+    started, ended = parse_time(record["started_at"]), parse_time(record["ended_at"])
+    assert record["duration_s"] == pytest.approx((ended - started).total_seconds(), abs=0.002)
+    assert 8 < record["duration_s"] < 30
+    assert record["end_reason"] == "agent_ended" and record["transfer_to"] is None
+    assert record["agents"] == ["agent-triage", "agent-advisor"]
+    (handoff,) = record["handoffs"]
+    assert handoff["from"] == "agent-triage" and handoff["to"] == "agent-advisor"
+    assert (handoff["reason"], handoff["summary"]) == ("order question", "caller has order A17")
+    assert 0 <= handoff["reconnect_ms"] < 2000 and started <= parse_time(handoff["at"]) <= ended
+    said = [(t["role"], t["agent_id"], t["text"]) for t in record["transcript"]]
+    assert said[:2] == [("agent", "agent-triage", "Hello, how can I help?"),
+                        ("caller", "agent-triage", "Where is my order?")]  # fmt: skip
+    assert ("caller", "agent-advisor", "Order A17 please.") in said
+    assert ("agent", "agent-advisor", "Goodbye!") in said
+    assert all(started <= parse_time(t["at"]) <= ended for t in record["transcript"])
+    tools = {t["name"]: t for t in record["tool_calls"]}
+    assert tools["lookup_order"]["arguments"] == {"order_id": "A17"}
+    assert tools["lookup_order"]["ok"] is True and tools["lookup_order"]["ms"] >= 0
+    assert "arguments" not in tools["verify_card"]  # redact: true in agents.yaml
+    assert tools["handoff_conversation"]["arguments"] == {"target": "agent-advisor"}
+    assert tools["end_call"]["ok"] is True
+    assert [d["digits"] for d in record["dtmf"]] == ["12#"]
+    assert record["reconnects"] == []
+    usage = record["usage"]
+    assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    assert record["recording"] is None
