@@ -9,7 +9,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     OPENBLAS_NUM_THREADS=1 \
     PORT=8080 \
     AGENTS_FILE=/app/agents.yaml \
-    LOG_FORMAT=json
+    LOG_FORMAT=json \
+    # Call records (README, "Call records"): SQLite in the writable /data volume by default;
+    # set DATABASE_URL=postgresql://… when several replicas share them.
+    DATABASE_URL=sqlite:////data/calls.db
 
 WORKDIR /app
 
@@ -20,8 +23,12 @@ COPY callsim ./callsim
 RUN pip install . && gateway --help > /dev/null
 
 COPY agents.yaml ./agents.yaml
-RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin gateway
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin gateway \
+    && mkdir -p /data && chown gateway:gateway /data
 USER gateway
+# The one place the gateway writes: the SQLite call records, and recordings if RECORDINGS_DIR
+# points here (e.g. /data/recordings). The app directory stays read-only to the gateway user.
+VOLUME ["/data"]
 
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \

@@ -37,7 +37,8 @@ K8S = DEPLOY / "k8s"
 STOP_AFTER_DRAIN_S = 5 + 10
 WEBHOOKS = ("/twilio/voice", "/telnyx/voice", "/telnyx/call-control")
 SECRET_SETTINGS = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "TELNYX_API_KEY", "TWILIO_AUTH_TOKEN",
-                   "GATEWAY_SECRET")  # fmt: skip
+                   "GATEWAY_SECRET", "DATABASE_URL", "CALL_RECORDS_SECRET",
+                   "ADMIN_API_TOKEN")  # fmt: skip
 
 
 def setting_names() -> set[str]:
