@@ -43,6 +43,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("audio", ("gateway.audio",)),
     ("carriers", ("gateway.carriers",)),
     ("settings", ("gateway.settings",)),
+    ("records", ("gateway.records",)),
     ("live", ("gateway.live",)),
     ("call", ("gateway.call",)),
     ("web state", ("gateway.web.state", "gateway.web.httputil")),
