@@ -111,6 +111,7 @@ class RecordStore:
         #: Whether records this store closes as interrupted get an outbox row (start's flag).
         self._deliver_interrupted = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="call-records")
+        self._closed = False
         self._log = structlog.get_logger("gateway.records")
 
     def now(self) -> datetime:
@@ -156,7 +157,11 @@ class RecordStore:
         return closed
 
     async def aclose(self) -> None:
-        """Close the database connections and end the worker thread (after its queue)."""
+        """Close the database connections and end the worker thread (after its queue). Once
+        closed the store stays closed; closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         if self._engine is not None:
             await self._run(self._engine.dispose)
         self._executor.shutdown(wait=False)
