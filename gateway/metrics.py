@@ -67,6 +67,14 @@ class Metrics:
             "gateway_dropped_frames", "Audio frames dropped, by cause.", ["reason"], registry=r
         )
         self.errors = Counter("gateway_errors", "Errors by kind.", ["kind"], registry=r)
+        #: One count per POST of a finished call's record to CALL_RECORDS_URL: ``delivered``
+        #: (2xx), ``retried`` (failed, tried again later) or ``abandoned`` (failed for 24 h).
+        self.call_record_deliveries = Counter(
+            "gateway_call_record_deliveries",
+            "Call record deliveries to CALL_RECORDS_URL, by result.",
+            ["result"],
+            registry=r,
+        )
         self.caller_audio_dropped_seconds = Counter(
             "gateway_caller_audio_dropped_seconds",
             "Caller audio dropped for arriving faster than real time (plus a 1 s allowance).",

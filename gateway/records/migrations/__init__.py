@@ -1,0 +1,1 @@
+"""Alembic migrations of the call-record tables, run by ``gateway.records.migrate``."""
