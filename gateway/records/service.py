@@ -54,9 +54,7 @@ class CallRecords:
 
     async def start(self) -> None:
         """Migrate the schema, close the records dead processes left open, start the loops."""
-        closed = await self.store.start(deliver=self.delivery is not None)
-        if closed:
-            self._log.warning("records.interrupted_closed", calls=len(closed))
+        await self.store.start(deliver=self.delivery is not None)  # it logs what it closed
         self._loops.append(asyncio.create_task(self._maintain(), name="records-maintenance"))
         if self.delivery is not None:
             self._loops.append(asyncio.create_task(self.delivery.run(), name="records-delivery"))
@@ -109,9 +107,7 @@ class CallRecords:
                     await self.store.checkpoint([r.document() for r in self._open.values()])
                 if since_sweep >= SWEEP_S:
                     since_sweep = 0.0
-                    closed = await self.store.sweep()
-                    if closed:
-                        self._log.warning("records.interrupted_closed", calls=len(closed))
+                    await self.store.sweep()  # it logs what it closed
             except Exception as exc:
                 self._log.error("records.maintenance_failed", error=f"{type(exc).__name__}: {exc}")
 

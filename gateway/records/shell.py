@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
@@ -224,7 +224,9 @@ async def _every(source: RecordSource, filters: dict[str, str]) -> AsyncIterator
             return
 
 
-_ACTIONS: dict[str, Callable[[RecordSource, argparse.Namespace, TextIO], Any]] = {
+_ACTIONS: dict[
+    str, Callable[[RecordSource, argparse.Namespace, TextIO], Coroutine[Any, Any, int]]
+] = {
     "list": _list,
     "show": _show,
     "export": _export,

@@ -133,17 +133,20 @@ class RecordStore:
 
     # --- life cycle -----------------------------------------------------------------------
 
-    async def start(self, *, deliver: bool) -> list[str]:
+    async def start(self, *, deliver: bool, close_interrupted: bool = True) -> list[str]:
         """Migrate the database to the newest schema, then close interrupted records (see the
         module docstring); returns their call ids. ``deliver``: closed records, now and at
-        each sweep, also get an outbox row."""
+        each sweep, also get an outbox row. ``close_interrupted=False`` (a reader such as
+        ``gateway calls``, which may run beside a live gateway) leaves open records alone."""
         self._deliver_interrupted = deliver
-        return await self._run(self._start)
+        return await self._run(self._start, close_interrupted)
 
-    def _start(self) -> list[str]:
+    def _start(self, close_interrupted: bool) -> list[str]:
         if self._engine is None:
             self._engine = open_engine(self._url)
         upgrade_to_head(self._engine)
+        if not close_interrupted:
+            return []
         closed = self._close_interrupted(stale_only=not self._is_sqlite)
         if closed:
             self._log.warning("records.interrupted_closed", count=len(closed), at="start")
