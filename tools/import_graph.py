@@ -44,6 +44,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("carriers", ("gateway.carriers",)),
     ("settings", ("gateway.settings",)),
     ("live", ("gateway.live",)),
+    ("records", ("gateway.records",)),
     ("call", ("gateway.call",)),
     ("web state", ("gateway.web.state", "gateway.web.httputil")),
     ("web paths", ("gateway.web.admission", "gateway.web.streams")),

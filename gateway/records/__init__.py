@@ -1,0 +1,1 @@
+"""Call records: what a call leaves behind."""
