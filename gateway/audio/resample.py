@@ -443,3 +443,13 @@ def model_to_wideband() -> StreamResampler:
     alias 8.2k->7.8k at -75.5 dB.
     """
     return StreamResampler(24000, 16000, passband_hz=7000, stopband_hz=8000, attenuation_db=72)
+
+
+def wideband_to_telephone() -> StreamResampler:
+    """16 kHz wideband carrier audio -> 8 kHz (L=1, M=2), for the 8 kHz call recording.
+
+    The same response as ``model_to_telephone`` (3.4 kHz passband, stopband from the 4 kHz output
+    Nyquist, 72 dB), so a wideband call's recording sounds like a narrowband one's rather than
+    carrying 4-8 kHz folded back into the voice band as ``audioop.ratecv`` would.
+    """
+    return StreamResampler(16000, 8000, passband_hz=3400, stopband_hz=4000, attenuation_db=72)

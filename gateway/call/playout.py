@@ -12,6 +12,9 @@ fixed *lead* ahead of real time (enough to ride out jitter) and holds the rest i
 
 Refills are batched (wake when the lead falls below ``lead - refill``, top it back up) so an idle
 call costs a few wake-ups a second, not fifty.
+
+A :class:`PlayoutTap` (the call recording) sees the audio as the caller hears it: each frame with
+the moment the carrier starts playing it, and each barge-in, since only the playout knows both.
 """
 
 from __future__ import annotations
@@ -21,8 +24,23 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.carriers.base import CarrierCodec
+
+
+class PlayoutTap(Protocol):
+    """Sees outbound audio on the caller's timeline (a call recording implements it).
+
+    Called from the playout's own coroutine, so an implementation must be quick and must not
+    raise: a tap that failed would take the call's audio down with it.
+    """
+
+    def sent(self, frame: bytes, starts_at: float) -> None:
+        """``frame`` (as sent to the carrier) starts playing at monotonic time ``starts_at``."""
+
+    def cleared(self, at: float) -> None:
+        """Barge-in at monotonic ``at``: audio sent for later than that will never play."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +61,10 @@ class Playout:
         refill_ms: float = 100.0,
         max_queued_s: float = 300.0,
         max_batch: int = 5,
+        tap: PlayoutTap | None = None,
     ) -> None:
         self._codec = codec
+        self._tap = tap
         self._send = send
         self._frame_s = frame_ms / 1000
         self._lead_s = lead_ms / 1000
@@ -86,6 +106,8 @@ class Playout:
         self._flushed |= self._outstanding
         self._outstanding.clear()
         self._play_end = 0.0
+        if self._tap is not None:
+            self._tap.cleared(time.monotonic())
         self._wake.set()
         return dropped
 
@@ -150,6 +172,10 @@ class Playout:
                 frames.append(head)
             if not frames:
                 return
-            self._play_end = max(self._play_end, now) + self._frame_s * len(frames)
+            starts_at = max(self._play_end, now)
+            self._play_end = starts_at + self._frame_s * len(frames)
+            if self._tap is not None:  # before the send: a barge-in during it must cut these
+                for i, frame in enumerate(frames):
+                    self._tap.sent(frame, starts_at + i * self._frame_s)
             self.frames_sent += len(frames)
             await self._send(self._codec.media(frames[0] if len(frames) == 1 else b"".join(frames)))
