@@ -206,7 +206,9 @@ async def running_gateway(
             await records.start()
         except Exception as exc:
             await records.aclose()
-            raise RecordsUnavailableError(f"{type(exc).__name__}: {exc}") from exc
+            cause = getattr(exc, "orig", None) or exc  # the driver's own error, not SQLAlchemy's
+            first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            raise RecordsUnavailableError(first_line) from exc
     server = uvicorn.Server(uvicorn_config(state, host, port))
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve(), name="uvicorn")

@@ -87,6 +87,7 @@ from gateway.live.events import (
 from gateway.live.session import LiveConnectError
 from gateway.metrics import Metrics
 from gateway.records.document import CallRecord
+from gateway.records.recording import CallRecording
 from gateway.records.service import CallRecords
 from gateway.variables import PARAM_PREFIX, call_variables
 
@@ -176,6 +177,8 @@ class CallBridge:
         self._records = records
         #: The call's record, built from its events (when records are kept).
         self.record: CallRecord | None = None
+        #: The call's stereo WAV (when RECORDINGS_DIR is set).
+        self.recording: CallRecording | None = None
         self._budget: RealTimeBudget | None = None
         self._new_live_session = new_live_session
         self._hooks = hooks or CallHooks()
@@ -368,12 +371,17 @@ class CallBridge:
             },
         )
         self.events.call_began(started.call_id, started.stream_id)
+        self._begun_at = self._last_activity = time.monotonic()
+        if self.options.recordings_dir is not None:
+            self._start_recording(started, self.options.recordings_dir)
         if self._records is not None:
             self._open_record(started)
         self._uplink = uplink_for(started.audio_format)
         self._downlink = downlink_for(started.outbound_format)
-        self._playout = Playout(self.codec, self.socket.send, lead_ms=self.options.playout_lead_ms)
-        self._begun_at = self._last_activity = time.monotonic()
+        self._playout = Playout(
+            self.codec, self.socket.send, lead_ms=self.options.playout_lead_ms,
+            tap=self.recording,  # the agent's audio as the caller hears it: paced, cut
+        )  # fmt: skip
         self._idle = IdleWatch(
             self.options.idle_prompt_s, self.options.idle_hangup_s, now=self._begun_at
         )
@@ -389,6 +397,21 @@ class CallBridge:
         )
         return live
 
+    def _start_recording(self, started: StreamStarted, directory: Path) -> None:
+        """Record the call; a recording that cannot start is logged, and the call goes on."""
+        assert self._begun_at is not None
+        try:
+            self.recording = CallRecording.create(
+                directory,
+                started.call_id,
+                caller_format=started.audio_format,
+                agent_format=started.outbound_format,
+                started_at=self._begun_at,
+            )
+        except (OSError, ValueError) as exc:
+            self.stats.error("recording")
+            self.log.error("call.recording_failed", error=f"{type(exc).__name__}: {exc}")
+
     def _open_record(self, started: StreamStarted) -> None:
         """Start the call's record: one more observer of its events, written at once."""
         assert self._records is not None
@@ -401,12 +424,16 @@ class CallBridge:
             called=params.get("to", ""),
             agent_id=self.agent.id,
         )
+        if self.recording is not None:
+            record.recording = str(self.recording.path)
         self.events.observers = (*self.events.observers, record.observe)
         self._records.started(record)
 
     def _finish(self, duration: float) -> None:
         for entry in self.transcript.finish_all():  # the last words, cut off by the end
             self.events.record(entry)
+        if self.recording is not None:
+            self.recording.close()
         tallies = self.stats.call_ended(
             self.end_reason,
             began=self._begun_at is not None,
@@ -468,6 +495,8 @@ class CallBridge:
                 )
             return
         self.stats.frame_admitted()
+        if self.recording is not None:
+            self.recording.caller(event.payload)
         pcm = uplink.feed(event.payload)
         if voiced(pcm) and self._idle is not None:
             self._idle.caller_spoke(now)
