@@ -15,6 +15,9 @@ from callsim.telnyx.api import TelnyxApiSimulator
 from gateway.logs import redact_secrets
 from tests.fake_gateways import telnyx, twilio
 
+#: The call-record tests' databases (a fresh SQLite file, a fresh PostgreSQL database).
+pytest_plugins = ("tests.databases",)
+
 
 @pytest.fixture(autouse=True)
 def _no_call_records(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,8 +5,8 @@ databases on; ``.ci/run`` starts one). Without it the PostgreSQL cases are skipp
 ``CALLBRIDGE_REQUIRE_POSTGRES=1`` says this run must cover PostgreSQL: then they fail, so CI
 cannot go green by quietly testing SQLite alone.
 
-Import the fixtures into a test module (``from tests.databases import ...``): they are kept
-out of ``conftest.py`` because only the record tests need them.
+``conftest.py`` loads this module as a plugin, so the fixtures are there for every test
+(``database_url`` runs a test on each database); only the record tests use them.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ from callsim.callers.result import CallResult
 from callsim.live.script import Step, ToolCallSpec
 from callsim.tools import ToolServer
 from gateway.agents import AgentGraph, parse_agents
-from tests.databases import database_url, postgres_database, postgres_server  # noqa: F401
 from tests.harness import Harness, running
 
 ADMIN = "admin-token-for-the-tests-0123456789"

@@ -33,14 +33,7 @@ from gateway.records.delivery import RecordDelivery, next_retry_delay, signature
 from gateway.records.schema import deliveries
 from gateway.records.store import RecordStore
 from tests.conftest import StructuredLogs
-from tests.databases import (  # noqa: F401 (fixtures)
-    Clock,
-    database_url,
-    finished,
-    postgres_database,
-    postgres_server,
-    record,
-)
+from tests.databases import Clock, finished, record
 from tests.servers import ThreadedServer, until
 
 SECRET = "whsec-test-0123456789"
@@ -317,7 +310,7 @@ async def test_deliveries_in_flight_at_once_are_at_most_eight(sqlite_url: str) -
 
 
 async def test_a_restarted_gateway_delivers_what_the_old_one_had_not_exactly_once(
-    database_url: str,  # noqa: F811
+    database_url: str,
     receiver: Receiver,
 ) -> None:
     """The old process finished one call (its delivery failed once: the receiver said 500) and

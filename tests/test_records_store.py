@@ -27,18 +27,11 @@ from gateway.records.database import database_url as parse_database_url
 from gateway.records.migrate import alembic_config
 from gateway.records.schema import deliveries, metadata
 from gateway.records.store import RecordStore
-from tests.databases import (  # noqa: F401 (fixtures)
-    Clock,
-    database_url,
-    finished,
-    postgres_database,
-    postgres_server,
-    record,
-)
+from tests.databases import Clock, finished, record
 
 
 @pytest.fixture
-async def open_store(database_url: str) -> AsyncIterator[Callable[..., Any]]:  # noqa: F811
+async def open_store(database_url: str) -> AsyncIterator[Callable[..., Any]]:
     """``await open_store(owner=..., clock=..., deliver=...)``: a started store on the test's
     database (closed after the test), and the call ids its start closed as interrupted."""
     opened: list[RecordStore] = []
@@ -76,7 +69,7 @@ def _count_deliveries(url: str) -> int:
 
 
 async def test_start_migrates_an_empty_database_and_a_migrated_one_is_left_as_it_is(
-    database_url: str,  # noqa: F811
+    database_url: str,
     open_store: Callable[..., Any],
 ) -> None:
     first, closed = await open_store()
@@ -103,7 +96,7 @@ async def test_start_migrates_an_empty_database_and_a_migrated_one_is_left_as_it
 
 
 async def test_two_replicas_starting_together_on_an_empty_postgres_both_come_up(
-    postgres_database: str,  # noqa: F811
+    postgres_database: str,
 ) -> None:
     """Without the migration lock, the second would fail to create tables the first is
     creating (PostgreSQL's catalog is unique per table name)."""
@@ -165,7 +158,7 @@ async def test_a_started_record_reads_interrupted_until_finished_then_as_finishe
 
 
 async def test_a_second_finish_changes_nothing_and_delivers_nothing(
-    database_url: str,  # noqa: F811
+    database_url: str,
     open_store: Callable[..., Any],
 ) -> None:
     store, _ = await open_store()
@@ -226,7 +219,7 @@ async def test_a_killed_process_s_open_record_is_closed_at_its_last_heartbeat_by
 
 
 async def test_at_start_sqlite_closes_every_open_record_postgres_only_stale_ones(
-    database_url: str,  # noqa: F811
+    database_url: str,
     open_store: Callable[..., Any],
 ) -> None:
     """One process per SQLite file: an open record there is always a previous run's. Replicas
@@ -263,7 +256,7 @@ async def test_the_sweep_closes_only_other_owners_records_older_than_stale_after
 
 
 async def test_a_heartbeat_keeps_a_record_open_and_a_closed_one_stays_closed(
-    database_url: str,  # noqa: F811
+    database_url: str,
     open_store: Callable[..., Any],
 ) -> None:
     clock = Clock()
@@ -412,7 +405,7 @@ def encode_cursor_of(value: object) -> str:
 
 
 async def test_an_outbox_row_comes_only_with_deliver_and_holds_the_stored_record(
-    database_url: str,  # noqa: F811
+    database_url: str,
     open_store: Callable[..., Any],
 ) -> None:
     store, _ = await open_store()
@@ -430,7 +423,7 @@ async def test_an_outbox_row_comes_only_with_deliver_and_holds_the_stored_record
 
 
 async def test_a_finish_whose_outbox_row_fails_is_not_finished_either(
-    database_url: str,  # noqa: F811
+    database_url: str,
     open_store: Callable[..., Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -489,7 +482,7 @@ async def test_due_deliveries_are_claimed_for_a_lease_and_settled_once(
 
 
 async def test_two_replicas_never_claim_the_same_delivery(
-    postgres_database: str,  # noqa: F811
+    postgres_database: str,
 ) -> None:
     writer = RecordStore(postgres_database, owner="writer")
     replicas = [RecordStore(postgres_database, owner=f"replica-{i}") for i in range(2)]
