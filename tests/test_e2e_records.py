@@ -4,9 +4,14 @@ the record read back through ``GET /calls``, as an operator or a CRM would see i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
+import hmac
+import json
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +23,7 @@ from callsim.live.script import Step, ToolCallSpec
 from callsim.tools import ToolServer
 from gateway.agents import AgentGraph, parse_agents
 from tests.harness import Harness, running
+from tests.servers import until
 
 ADMIN = "admin-token-for-the-tests-0123456789"
 TRIAGE = "Role: Triage receptionist"
@@ -156,3 +162,83 @@ async def test_a_finished_call_leaves_a_record_of_everything_that_happened(
     assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
     assert record["recording"] is None
+
+
+SECRET = "records-secret-for-the-tests-0123"
+QUIET = [Step(on="caller", hear="Hello?", say="Hello!", seconds=0.4)]
+
+
+def deliveries(receiver: ToolServer) -> list[tuple[str, bytes, str]]:
+    """(delivery id, body, signature) of every POST the receiver got, in order."""
+    return [
+        (r.headers["x-callbridge-delivery"], r.raw, r.headers["x-callbridge-signature"])
+        for r in receiver.requests
+        if r.path == "/records"
+    ]
+
+
+def signed(body: bytes) -> str:
+    return "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+
+
+@contextlib.asynccontextmanager
+async def delivering_gateway(database_url: str, receiver: ToolServer) -> AsyncIterator[Harness]:
+    async with running(
+        steps=QUIET,
+        database_url=database_url,
+        admin_api_token=ADMIN,
+        call_records_url=receiver.url + "/records",
+        call_records_secret=SECRET,
+        call_records_retry_s=0.1,
+    ) as h:
+        yield h
+
+
+async def test_a_record_is_delivered_signed_after_the_receiver_was_down(
+    database_url: str,
+) -> None:
+    async with ToolServer() as receiver, delivering_gateway(database_url, receiver) as h:
+        receiver.respond("/records", {"error": "down"}, status=503)
+        result = await h.call([Silence(0.3), Tone(300, 0.4), Silence(1.0)], linger_s=0.5)
+        await until(lambda: len(deliveries(receiver)) >= 3)  # tried, and tried again
+        receiver.respond("/records", {"ok": True})
+        await until(lambda: _delivered(h) == 1)
+        stored = (await admin_get(h, f"/calls/{result.call_sid}")).json()
+        await asyncio.sleep(0.5)  # five retry periods: a delivered record is not sent again
+        attempts = deliveries(receiver)
+    ids = {delivery_id for delivery_id, _, _ in attempts}
+    assert len(ids) == 1 and len(attempts) >= 4  # one id on every attempt
+    assert len({body for _, body, _ in attempts}) == 1  # and the same bytes
+    delivery_id, body, signature = attempts[-1]
+    assert signature == signed(body)
+    assert json.loads(body) == stored
+    assert stored["call_id"] == result.call_sid and stored["end_reason"] == "caller_hangup"
+
+
+def _delivered(h: Harness) -> float:
+    text = h.gateway.state.metrics.render().decode()
+    for line in text.splitlines():
+        if line.startswith('gateway_call_record_deliveries_total{result="delivered"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_a_delivery_pending_at_a_restart_is_made_once_by_the_next_process(
+    tmp_path: Path,
+) -> None:
+    database_url = f"sqlite:///{tmp_path / 'calls.db'}"
+    async with ToolServer() as receiver:
+        receiver.respond("/records", {"error": "down"}, status=503)
+        async with delivering_gateway(database_url, receiver) as h:
+            result = await h.call([Silence(0.3), Tone(300, 0.4), Silence(1.0)], linger_s=0.5)
+            await until(lambda: len(deliveries(receiver)) >= 1)
+        refused = len(deliveries(receiver))
+        receiver.respond("/records", {"ok": True})
+        async with delivering_gateway(database_url, receiver) as h:
+            await until(lambda: _delivered(h) == 1)
+            await asyncio.sleep(0.5)
+            assert _delivered(h) == 1
+        attempts = deliveries(receiver)
+    assert len(attempts) == refused + 1  # the new process sent it once, and it was taken
+    assert len({delivery_id for delivery_id, _, _ in attempts}) == 1
+    assert json.loads(attempts[-1][1])["call_id"] == result.call_sid
