@@ -209,7 +209,7 @@ async def test_a_record_is_delivered_signed_after_the_receiver_was_down(
     ids = {delivery_id for delivery_id, _, _ in attempts}
     assert len(ids) == 1 and len(attempts) >= 4  # one id on every attempt
     assert len({body for _, body, _ in attempts}) == 1  # and the same bytes
-    delivery_id, body, signature = attempts[-1]
+    _, body, signature = attempts[-1]
     assert signature == signed(body)
     assert json.loads(body) == stored
     assert stored["call_id"] == result.call_sid and stored["end_reason"] == "caller_hangup"
