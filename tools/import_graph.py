@@ -47,7 +47,16 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("call", ("gateway.call",)),
     ("web state", ("gateway.web.state", "gateway.web.httputil")),
     ("web paths", ("gateway.web.admission", "gateway.web.streams")),
-    ("web routes", ("gateway.web.ops", "gateway.web.twilio", "gateway.web.telnyx")),
+    (
+        "web routes",
+        (
+            "gateway.web.ops",
+            "gateway.web.twilio",
+            "gateway.web.telnyx",
+            "gateway.web.auth",
+            "gateway.web.reload",
+        ),
+    ),
     ("web app", ("gateway.web.app", "gateway.web")),
     ("server", ("gateway.server",)),
     ("cli", ("gateway.cli", "gateway.__main__", "gateway")),

@@ -1,7 +1,8 @@
 """The app factory: the ASGI app, its lifespan, and which routes it serves.
 
 Routes: the operational ones (:mod:`gateway.web.ops`) always; each carrier's
-(:mod:`gateway.web.twilio`, :mod:`gateway.web.telnyx`) only when it is in ``CARRIERS``.
+(:mod:`gateway.web.twilio`, :mod:`gateway.web.telnyx`) only when it is in ``CARRIERS``; the
+admin API's (:mod:`gateway.web.reload`) only when ADMIN_API_TOKEN is set.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from fastapi import FastAPI
 
 from gateway.aio import cancel_and_wait
 from gateway.web.ops import add_operational_routes
+from gateway.web.reload import add_reload_routes
 from gateway.web.state import GatewayState
 from gateway.web.telnyx import add_telnyx_routes
 from gateway.web.twilio import add_twilio_routes
@@ -40,6 +42,8 @@ def create_app(state: GatewayState) -> FastAPI:
     app.state.gateway = state
 
     add_operational_routes(app, state)
+    if state.settings.admin_api_token is not None:  # no token, no admin routes at all (404)
+        add_reload_routes(app, state)
 
     # A carrier not served has no routes at all: its webhooks answer 404, and its stream
     # upgrades are refused (Starlette denies a websocket no route matches with 403).
