@@ -286,6 +286,11 @@ class Reloads:
         self._waiting = None  # from here on the file is read after any later signal
         await self._state.reload_agents()
 
+    async def wait(self) -> None:
+        """Until every reload asked for so far is done."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
     async def aclose(self) -> None:
         await cancel_and_wait(*self._tasks)
 
