@@ -198,7 +198,8 @@ SIMULATOR_KEY = "simulator-key"
 async def serve(
     settings: Settings, graph: AgentGraph, *, host: str, port: int, simulator: bool
 ) -> None:
-    """Run until SIGTERM/SIGINT; with ``simulator`` Gemini is the built-in Live simulator."""
+    """Run until SIGTERM/SIGINT (SIGHUP re-reads agents.yaml); with ``simulator`` Gemini is
+    the built-in Live simulator."""
     from pydantic import SecretStr
 
     configure_logging(settings.log_level, settings.log_format)
