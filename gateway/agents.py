@@ -532,7 +532,7 @@ def parse_agents(
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise AgentsFileError(f"{source}: not valid YAML: {exc}") from None
+        raise AgentsFileError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise AgentsFileError(f"{source}: expected a mapping with 'agents' and 'pipeline'")
     try:
@@ -555,7 +555,19 @@ def load_agents(path: str | Path, *, environ: Mapping[str, str] | None = None) -
         raise AgentsFileError(f"{path}: file not found (set AGENTS_FILE or create it)") from None
     except OSError as exc:
         raise AgentsFileError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise AgentsFileError(f"{path}: not UTF-8 text") from None
     return parse_agents(text, source=str(path), environ=environ)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's complaint on one line (its own text spans several and quotes the source):
+    ``gateway check`` prints it, and a reload logs it, as one line."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        return f"{exc.problem}{where}"
+    return " ".join(str(exc).split())
 
 
 def _expand_tools(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:

@@ -75,6 +75,15 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        #: Re-reads of agents.yaml (SIGHUP, POST /admin/reload): ``error`` kept the old config.
+        self.config_reloads = Counter(
+            "gateway_config_reloads",
+            "agents.yaml reloads by result (ok, error).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("ok", "error"):  # both series exist from the start, for rate() alerts
+            self.config_reloads.labels(result)
         self.caller_audio_dropped_seconds = Counter(
             "gateway_caller_audio_dropped_seconds",
             "Caller audio dropped for arriving faster than real time (plus a 1 s allowance).",

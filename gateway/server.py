@@ -20,10 +20,11 @@ from dataclasses import dataclass
 import structlog
 import uvicorn
 
-from gateway.agents import END_CALL_TOOL, TRANSFER_CALL_TOOL, AgentGraph
+from gateway.agents import AgentGraph
 from gateway.aio import cancel_and_wait
 from gateway.call.emitter import CallObserver
 from gateway.call.http_tools import HttpToolRunner
+from gateway.call.model_session import LiveSessionFactory
 from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.telnyx_signature import load_public_key
 from gateway.carriers.texml_api import TexmlRest
@@ -40,7 +41,7 @@ from gateway.records.store import RecordStore
 from gateway.security import StreamLedger, StreamTokens
 from gateway.settings import ConfigError, Settings
 from gateway.web.app import create_app
-from gateway.web.state import GatewayState
+from gateway.web.state import GatewayState, announce_graph
 
 
 def build_state(
@@ -52,13 +53,18 @@ def build_state(
 ) -> GatewayState:
     """One shared SDK client per process; one LiveSession per call."""
     client = make_client(settings, ssl_context=ssl_context)
-    model = settings.gemini_model or graph.model
     policy = Policy(replay_limit_ms=settings.resume_replay_ms)
 
-    def new_live_session(
-        log: structlog.stdlib.BoundLogger, conversation: Conversation
-    ) -> LiveSession:
-        return LiveSession(client, model, conversation, log=log, policy=policy)
+    def live_sessions(model: str) -> LiveSessionFactory:
+        """The session factory of one call: its model is fixed when the call starts (a reload
+        of agents.yaml may change the model for later calls, never within one)."""
+
+        def new_live_session(
+            log: structlog.stdlib.BoundLogger, conversation: Conversation
+        ) -> LiveSession:
+            return LiveSession(client, model, conversation, log=log, policy=policy)
+
+        return new_live_session
 
     telnyx_api = texml_api = None
     if settings.telnyx_api_key is not None:
@@ -79,7 +85,7 @@ def build_state(
     return GatewayState(
         settings=settings,
         graph=graph,
-        new_live_session=new_live_session,
+        live_sessions=live_sessions,
         tokens=tokens,
         # Longer than a token lives, so a replayed webhook's fresh token is refused as well.
         ledger=StreamLedger(retention_s=max(900.0, 2 * settings.stream_token_ttl)),
@@ -232,41 +238,17 @@ async def running_gateway(
 SIMULATOR_KEY = "simulator-key"
 
 
-def call_action_gaps(settings: Settings, graph: AgentGraph) -> list[str]:
-    """What agents with ``end_call`` or ``transfer_call`` cannot do on the carriers served,
-    for want of the carrier's API key: said at start-up, not found out on a live call."""
-    acting = sorted(
-        {tool for agent in graph.spec.agents for tool in agent.tools}
-        & {END_CALL_TOOL, TRANSFER_CALL_TOOL}
-    )
-    if not acting:
-        return []
-    tools = " and ".join(acting)
-    gaps = []
-    if "twilio" in settings.served_carriers and settings.twilio_auth_token is None:
-        gaps.append(
-            f"Twilio: {tools} need TWILIO_AUTH_TOKEN (the REST API); without it end_call "
-            "closes the stream, which plays the fallback after </Connect>, and transfers fail"
-        )
-    if "telnyx" in settings.served_carriers and settings.telnyx_api_key is None:
-        gaps.append(f"Telnyx: {tools} need TELNYX_API_KEY (TeXML REST and Call Control)")
-    return gaps
-
-
 async def serve(
     settings: Settings, graph: AgentGraph, *, host: str, port: int, simulator: bool
 ) -> None:
-    """Run until SIGTERM/SIGINT; with ``simulator`` Gemini is the built-in Live simulator."""
+    """Run until SIGTERM/SIGINT (SIGHUP re-reads agents.yaml); with ``simulator`` Gemini is
+    the built-in Live simulator."""
     from pydantic import SecretStr
 
     configure_logging(settings.log_level, settings.log_format)
     register_secrets(settings.secrets())
-    register_secrets(graph.secrets())  # tokens expanded into agents.yaml's HTTP tools
     log = structlog.get_logger("gateway")
-    for warning in graph.warnings:
-        log.warning("agents.warning", detail=warning)
-    for gap in call_action_gaps(settings, graph):
-        log.warning("agents.call_actions_unavailable", detail=gap)
+    announce_graph(settings, graph, log)  # its HTTP tools' tokens are scrubbed from here on
     unverified = [] if simulator else settings.unverified_carriers()
     if unverified:  # only reachable with ALLOW_UNSIGNED_WEBHOOKS=true (cli.py refuses otherwise)
         log.warning(
@@ -302,6 +284,7 @@ async def serve(
         freeze_startup_heap()
         loop = asyncio.get_running_loop()
         draining: list[asyncio.Task[None]] = []
+        reloads = Reloads(state)
 
         def on_signal() -> None:
             if draining:  # a second signal: stop now
@@ -311,10 +294,11 @@ async def serve(
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(signal.SIGHUP, reloads.request)
         log.info(
             "gateway.listening",
             url=gateway.url,
-            model=settings.gemini_model or graph.model,
+            model=state.model_for(graph),
             live_endpoint=settings.gemini_base_url or "default",
             public_url=settings.public_url or "derived from requests",
             agents=[a.id for a in graph.spec.agents],
@@ -322,6 +306,47 @@ async def serve(
         await gateway.wait_closed()
         for task in draining:
             await cancel_and_wait(task)
+        await reloads.aclose()
+
+
+class Reloads:
+    """SIGHUP's reloads of agents.yaml, as tasks this process owns.
+
+    A burst of signals (``kill -HUP`` in a loop, a config tool that signals on every file it
+    writes) collapses: while one reload runs, at most one more waits, and it reads the file
+    only once the running one is done, so it sees every change signalled so far.
+    """
+
+    def __init__(self, state: GatewayState) -> None:
+        self._state = state
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._waiting: asyncio.Task[object] | None = None
+
+    def request(self) -> None:
+        """A signal handler: reload soon, unless a reload that has not started will."""
+        if self._waiting is not None:
+            return
+        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(
+            self._reload(), name="config-reload"
+        )
+        self._waiting = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reload(self) -> None:
+        for task in list(self._tasks):  # wait for the one running, if any
+            if task is not asyncio.current_task():
+                await asyncio.wait({task})
+        self._waiting = None  # from here on the file is read after any later signal
+        await self._state.reload_agents()
+
+    async def wait(self) -> None:
+        """Until every reload asked for so far is done."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def aclose(self) -> None:
+        await cancel_and_wait(*self._tasks)
 
 
 def prepare_recordings_dir(settings: Settings) -> None:

@@ -26,7 +26,7 @@ from callsim.live.script import Script, Step
 from callsim.live.server import LiveSimulator
 from callsim.telnyx.api import TelnyxApiSimulator
 from callsim.twilio.api import TwilioApiSimulator
-from gateway.agents import AgentGraph, parse_agents
+from gateway.agents import AgentGraph, load_agents, parse_agents
 from gateway.server import RunningGateway, build_state, running_gateway
 from gateway.settings import Settings
 from tests.servers import serving as serving  # the e2e tests serve fake carrier APIs with it
@@ -154,7 +154,11 @@ async def running(
     the gateway then also checks signatures, which ``Harness.call`` makes) or
     ``Harness.telnyx_api`` (Telnyx, also TeXML's update call). Calls placed through
     ``Harness.call`` register with it, so an update ends their stream as on the carrier."""
-    # By default no agent speaks first, so a test's script alone decides what is said.
+    # With ``agents_file`` (a reload test) the gateway starts on that file, as it would
+    # serve; otherwise on the example graph, where by default no agent speaks first, so a
+    # test's script alone decides what is said.
+    if graph is None and "agents_file" in settings:
+        graph = load_agents(settings["agents_file"])
     graph = graph or agents(agent_triage={"greeting": ""})
     async with contextlib.AsyncExitStack() as stack:
         telnyx_api = twilio_api = None

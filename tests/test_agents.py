@@ -463,3 +463,12 @@ def test_unknown_prompt_variables_are_warnings_and_known_ones_are_not() -> None:
         f"agents[1].greeting: unknown variable {{{{agent}}}} is left as written; known: "
         f"{known}, param.NAME",
     ]
+
+
+def test_a_yaml_error_is_one_line_with_its_place() -> None:
+    """``gateway check`` prints it and a reload logs it: PyYAML's own text spans lines."""
+    with pytest.raises(AgentsFileError) as caught:
+        parse_agents("agents: [\n  - id: x\n", source="agents.yaml")
+    assert str(caught.value) == (
+        "agents.yaml: not valid YAML: expected the node content, but found '-' (line 2, column 3)"
+    )

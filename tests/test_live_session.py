@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from google.genai import types
 
+from callsim.live.model import prompt_text_tokens
 from callsim.live.records import ConnectionRecord
 from callsim.live.script import Script, Step, ToolCallSpec
 from callsim.live.server import LiveSimulator
@@ -20,7 +21,15 @@ from callsim.tls import generate_tls
 from gateway.agents import Agent
 from gateway.live.client import make_client
 from gateway.live.config import AgentPersona
-from gateway.live.events import LiveEvent, Reconnected, SessionEnded, ToolCall
+from gateway.live.events import (
+    AudioOut,
+    LiveEvent,
+    Reconnected,
+    SessionEnded,
+    ToolCall,
+    TurnComplete,
+    UsageReported,
+)
 from gateway.live.session import LiveSession
 from gateway.settings import Settings
 from tests.harness import agents
@@ -159,3 +168,53 @@ async def test_a_keypad_entry_sent_during_a_handoff_reaches_the_new_agent_after_
         first, second = sim.connections
     assert entry not in texts(first)
     assert texts(second) == ["[Call transfer] note", entry]
+
+
+async def test_each_turn_reports_its_own_usage_as_gemini_counts_it() -> None:
+    """``usageMetadata`` is per turn, not a running total: the second answer's output is its
+    own audio alone, while its input (the whole context the model processed) has grown."""
+    steps = [  # taken in order, one per text turn
+        Step(on="text", say="Hi there.", seconds=0.5),
+        Step(on="text", say="Hello again, how can I help today?", seconds=1.0),
+    ]
+    async with _session(steps) as (sim, session):
+        await session.send_text("hello")
+        first = await _until(session, UsageReported)
+        at_first = _prompt_text_tokens(sim)
+        await session.send_text("again")
+        second = await _until(session, UsageReported)
+        at_second = _prompt_text_tokens(sim)
+    assert isinstance(first, UsageReported) and isinstance(second, UsageReported)
+    # The simulator's numbers, as it sent them: 32 tokens a second of audio out; the prompt
+    # is the instruction, the tools and the conversation as text (no caller audio was sent).
+    assert (first.input_tokens, first.output_tokens) == (at_first, 16)
+    assert (second.input_tokens, second.output_tokens) == (at_second, 32)
+    assert first.total_tokens == first.input_tokens + first.output_tokens
+    assert second.total_tokens == second.input_tokens + second.output_tokens
+    assert second.input_tokens > first.input_tokens > 100  # instruction and tools included
+
+
+async def test_usage_riding_on_a_frame_of_model_audio_is_not_lost() -> None:
+    """The real service may put ``usageMetadata`` on the frame of other content; one with
+    audio must not be taken by the audio fast path, which would drop the usage."""
+    audio = {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": "AAAAAA=="}}
+    frame = {
+        "serverContent": {"modelTurn": {"parts": [audio]}, "turnComplete": True},
+        "usageMetadata": {"promptTokenCount": 420, "responseTokenCount": 24,
+                          "totalTokenCount": 444},
+    }  # fmt: skip
+    async with _session() as (sim, session):
+        await sim.wait_for_connections(1)
+        await sim.inject(frame)
+        events: list[LiveEvent] = []
+        async with asyncio.timeout(5):
+            while not events or not isinstance(events[-1], UsageReported):
+                events.append(await session.next_event())
+    assert [type(e) for e in events] == [AudioOut, TurnComplete, UsageReported]
+    assert events[-1] == UsageReported(420, 24, 444)
+
+
+def _prompt_text_tokens(sim: LiveSimulator) -> int:
+    (record,) = sim.connections
+    texts = sim.sessions[record.session_id or 0].texts()
+    return prompt_text_tokens(record.system_instruction, record.function_declarations, texts)

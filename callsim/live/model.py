@@ -42,6 +42,7 @@ logged, recorded in ``ConnectionRecord.stray_tool_responses`` and ignored.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -507,8 +508,21 @@ class ConversationEngine:
             self._pending_calls.pop(call_id, None)
 
     def _usage(self, spoken_seconds: float) -> proto.JsonObject:
+        """This turn's ``usageMetadata``, per turn as the real service reports it (a probe of
+        it: pydantic/pydantic-ai#7269), not a running total of the session.
+
+        As there, the prompt is everything the model processed for the turn, so it grows
+        through a conversation: the system instruction and tool declarations (why a real
+        first "hello" costs a few hundred tokens, googleapis/python-genai#1917), the caller
+        audio this connection heard, and the conversation the session knows, as text at ~4
+        characters a token. The response is this turn's audio alone.
+        """
         prompt_audio = round(self._record.audio_in_seconds * AUDIO_TOKENS_PER_SECOND)
-        prompt_text = sum(len(entry.text) for entry in self._session.known) // 4
+        prompt_text = prompt_text_tokens(
+            self.system_instruction,
+            self._setup.function_declarations,
+            [entry.text for entry in self._session.known],
+        )
         response = max(1, round(spoken_seconds * AUDIO_TOKENS_PER_SECOND))
         return messages.usage_metadata(prompt_audio, prompt_text, response)
 
@@ -540,6 +554,14 @@ class ConversationEngine:
         )
         self._session.history.append(entry)
         return entry
+
+
+def prompt_text_tokens(
+    system_instruction: str, declarations: Sequence[proto.JsonObject], context: Sequence[str]
+) -> int:
+    """Text tokens of a turn's prompt, at ~4 characters a token: instruction, tools, context."""
+    tools = len(json.dumps(list(declarations))) if declarations else 0
+    return (len(system_instruction) + tools + sum(len(text) for text in context)) // 4
 
 
 def _arguments_unseen(declarations: Sequence[proto.JsonObject], name: str) -> bool:

@@ -83,6 +83,7 @@ from gateway.live.events import (
     ToolCall,
     ToolCallCancelled,
     TurnComplete,
+    UsageReported,
 )
 from gateway.live.session import LiveConnectError
 from gateway.metrics import Metrics
@@ -556,6 +557,7 @@ class CallBridge:
             CallerTranscript: self._on_caller_transcript,
             Interrupted: self._on_interrupted,
             TurnComplete: self._on_turn_complete,
+            UsageReported: self._on_usage,
             ToolCall: self._on_tool_call,
             HandleUpdated: self._on_handle_updated,
             Reconnected: self._on_reconnected,
@@ -621,6 +623,15 @@ class CallBridge:
         self.actions.turn_completed()
         for entry in self.transcript.finish_all():
             self.events.record(entry)
+
+    async def _on_usage(self, event: UsageReported) -> None:
+        """One turn's tokens as Gemini counts them: the call's cost is the sum of these."""
+        self.events.emit(
+            "live.usage",
+            input_tokens=event.input_tokens,
+            output_tokens=event.output_tokens,
+            total_tokens=event.total_tokens,
+        )
 
     async def _on_tool_call(self, event: ToolCall) -> str | None:
         live = self._live

@@ -62,6 +62,23 @@ class TurnComplete:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageReported:
+    """Tokens Gemini counted for one model turn (its ``usageMetadata``), as it bills them.
+
+    Per turn, not a running total: each turn's ``input_tokens`` is everything the model
+    processed for that turn (system instruction, tools, the session's context so far and the
+    new input), so it grows through a conversation, and a call's usage is the sum of these
+    over its turns and over its connections (handoffs and reconnects open new sessions).
+    ``total_tokens`` is Gemini's own total, which also counts tool-use prompts and thoughts,
+    so it may exceed the sum of the other two.
+    """
+
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class HandleUpdated:
     """Gemini issued a session-resumption handle: a resume restores the state as of now.
 
@@ -110,6 +127,7 @@ LiveEvent = (
     | ToolCallCancelled
     | Interrupted
     | TurnComplete
+    | UsageReported
     | HandleUpdated
     | GoAway
     | Reconnected

@@ -51,6 +51,7 @@ from gateway.live.events import (
     ToolCall,
     ToolCallCancelled,
     TurnComplete,
+    UsageReported,
 )
 from gateway.live.fast_path import INPUT_MIME, model_audio, realtime_audio_message
 from gateway.live.machine import Dial, End, Opening, Policy, Recover, Sent, SessionMachine
@@ -473,7 +474,26 @@ def _translate(message: types.LiveServerMessage) -> list[LiveEvent]:
         out.append(HandleUpdated(update.new_handle, consumed))
     if message.go_away is not None:
         out.append(GoAway(message.go_away.time_left))
+    if message.usage_metadata is not None:
+        out.append(_usage(message.usage_metadata))
     return out
+
+
+def _usage(usage: types.UsageMetadata) -> UsageReported:
+    """One turn's token counts; any count the server left out (proto3 omits zeros) is 0.
+
+    Per turn, not cumulative: a probe of the real service logged each ``usageMetadata`` of a
+    three-turn session on gemini-2.5-flash-native-audio and gemini-3.1-flash-live (prompt
+    373/413/452, response 23/22/24: the prompt grows by the context, the response does not
+    accumulate; pydantic/pydantic-ai#7269), and pipecat reports each one as that turn's LLM
+    usage (``GeminiMultimodalLiveLLMService._handle_evt_usage_metadata``). The message may
+    ride on the same frame as ``turnComplete`` or model audio (mastra-ai/mastra#23805): such a
+    frame is never the audio fast path's, whose messages hold model audio and nothing else.
+    """
+    prompt = usage.prompt_token_count or 0
+    response = usage.response_token_count or 0
+    total = usage.total_token_count or prompt + response
+    return UsageReported(prompt, response, total)
 
 
 class _AudioTap:

@@ -1,7 +1,8 @@
 """The app factory: the ASGI app, its lifespan, and which routes it serves.
 
 Routes: the operational ones (:mod:`gateway.web.ops`) always; each carrier's
-(:mod:`gateway.web.twilio`, :mod:`gateway.web.telnyx`) only when it is in ``CARRIERS``.
+(:mod:`gateway.web.twilio`, :mod:`gateway.web.telnyx`) only when it is in ``CARRIERS``; the
+admin API's (:mod:`gateway.web.reload`) only when ADMIN_API_TOKEN is set.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from fastapi import FastAPI
 from gateway.aio import cancel_and_wait
 from gateway.web.admin import add_admin_routes
 from gateway.web.ops import add_operational_routes
+from gateway.web.reload import add_reload_routes
 from gateway.web.state import GatewayState
 from gateway.web.telnyx import add_telnyx_routes
 from gateway.web.twilio import add_twilio_routes
@@ -41,9 +43,10 @@ def create_app(state: GatewayState) -> FastAPI:
     app.state.gateway = state
 
     add_operational_routes(app, state)
-    # The admin API exists only when its token is set: nothing to guess at otherwise.
+    # The admin API exists only when its token is set: nothing to guess at otherwise (404).
     if state.settings.admin_api_token is not None:
         add_admin_routes(app, state)
+        add_reload_routes(app, state)
 
     # A carrier not served has no routes at all: its webhooks answer 404, and its stream
     # upgrades are refused (Starlette denies a websocket no route matches with 403).

@@ -3,19 +3,31 @@
 ``GatewayState`` holds the configuration, the way to reach Gemini, the live calls and the
 sockets not yet calls, capacity and draining, and the one-stream-per-call ledger. Every other
 module of the web layer imports it; it imports none of them.
+
+It also re-reads agents.yaml on demand (:meth:`GatewayState.reload_agents`, for SIGHUP and
+``POST /admin/reload``): the new graph replaces ``graph`` for calls that start afterwards, while
+each call in progress keeps the graph its bridge was built with, to its end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.agents import AgentGraph, Fallback
+from gateway.agents import (
+    END_CALL_TOOL,
+    TRANSFER_CALL_TOOL,
+    AgentGraph,
+    AgentsFileError,
+    Fallback,
+    load_agents,
+)
 from gateway.call.bridge import BridgeOptions, CallBridge
 from gateway.call.emitter import CallObserver
 from gateway.call.http_tools import HttpToolRunner
@@ -23,6 +35,7 @@ from gateway.call.model_session import LiveSessionFactory
 from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.texml_api import TexmlRest
 from gateway.carriers.twilio_api import TwilioRest
+from gateway.logs import register_secrets
 from gateway.metrics import Metrics
 from gateway.records.service import CallRecords
 from gateway.security import StreamGrant, StreamLedger, StreamReusedError, StreamTokens
@@ -33,13 +46,27 @@ from gateway.settings import Settings
 _REFUSALS_LOGGED = 10
 
 
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a reload of agents.yaml did: the agents and model now in force, or why not."""
+
+    ok: bool
+    agents: tuple[str, ...] = ()
+    model: str = ""
+    #: The one-line message ``gateway check`` prints for the file (when not ``ok``).
+    error: str = ""
+
+
 @dataclass(slots=True)
 class GatewayState:
     """What the routes share: configuration, the way to reach Gemini, the live calls."""
 
     settings: Settings
+    #: The agents for calls that start now; a reload replaces it (never mutates it).
     graph: AgentGraph
-    new_live_session: LiveSessionFactory
+    #: A model name -> the factory of that model's Live sessions. The model is chosen once per
+    #: call, when its stream starts (:meth:`model_for`): a reload may change it, a call never.
+    live_sessions: Callable[[str], LiveSessionFactory]
     tokens: StreamTokens
     metrics: Metrics = field(default_factory=Metrics)
     observers: tuple[CallObserver, ...] = ()
@@ -62,6 +89,41 @@ class GatewayState:
     #: Set whenever no call is live (drain waits on it).
     idle: asyncio.Event = field(default_factory=lambda: _set(asyncio.Event()))
     _refusals: dict[str, int] = field(default_factory=dict)
+    #: One reload at a time: two would race to install graphs read at different moments.
+    _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def model_for(self, graph: AgentGraph) -> str:
+        """The model a call on ``graph`` talks to: GEMINI_MODEL if set, else the file's."""
+        return self.settings.gemini_model or graph.model
+
+    async def reload_agents(self) -> ReloadResult:
+        """Re-read agents.yaml (``AGENTS_FILE``) and use it for every call that starts after.
+
+        The file is read and validated in a worker thread, so a large file or a slow disk never
+        stalls the calls' audio on the event loop. A file that is not valid keeps the config in
+        force, logs the reason on one line (``config.reload_failed``) and counts an error: an
+        edit that breaks the file must not take the agents down. Calls in progress are not
+        touched: each bridge holds the graph it started with.
+        """
+        log = structlog.get_logger("gateway")
+        async with self._reload_lock:
+            try:
+                graph = await asyncio.to_thread(load_agents, self.settings.agents_file)
+            except AgentsFileError as exc:
+                self.metrics.config_reloads.labels("error").inc()
+                log.warning("config.reload_failed", error=str(exc))
+                return ReloadResult(ok=False, error=str(exc))
+            announce_graph(self.settings, graph, log)
+            if graph.spec.tools and self.tool_runner is None:
+                # The file now has HTTP tools and the gateway had no client for them. A runner
+                # that exists is kept even if the tools went: calls in progress may use it.
+                self.tool_runner = HttpToolRunner()
+            self.graph = graph
+            self.metrics.config_reloads.labels("ok").inc()
+            agents = tuple(agent.id for agent in graph.spec.agents)
+            model = self.model_for(graph)
+            log.info("config.reloaded", agents=list(agents), model=model)
+            return ReloadResult(ok=True, agents=agents, model=model)
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no call is live, for at most ``timeout_s``; True if idle."""
@@ -138,6 +200,40 @@ class GatewayState:
         for client in (self.telnyx_api, self.texml_api, self.twilio_rest, self.tool_runner):
             if client is not None:
                 await client.aclose()
+
+
+def announce_graph(
+    settings: Settings, graph: AgentGraph, log: structlog.stdlib.BoundLogger
+) -> None:
+    """What a newly loaded agents file needs before it serves, at start-up and on a reload:
+    its expanded HTTP tool secrets join the log scrubber (before anything about it is logged),
+    and its warnings and the call actions it cannot carry out are logged."""
+    register_secrets(graph.secrets())
+    for warning in graph.warnings:
+        log.warning("agents.warning", detail=warning)
+    for gap in call_action_gaps(settings, graph):
+        log.warning("agents.call_actions_unavailable", detail=gap)
+
+
+def call_action_gaps(settings: Settings, graph: AgentGraph) -> list[str]:
+    """What agents with ``end_call`` or ``transfer_call`` cannot do on the carriers served,
+    for want of the carrier's API key: said at start-up, not found out on a live call."""
+    acting = sorted(
+        {tool for agent in graph.spec.agents for tool in agent.tools}
+        & {END_CALL_TOOL, TRANSFER_CALL_TOOL}
+    )
+    if not acting:
+        return []
+    tools = " and ".join(acting)
+    gaps = []
+    if "twilio" in settings.served_carriers and settings.twilio_auth_token is None:
+        gaps.append(
+            f"Twilio: {tools} need TWILIO_AUTH_TOKEN (the REST API); without it end_call "
+            "closes the stream, which plays the fallback after </Connect>, and transfers fail"
+        )
+    if "telnyx" in settings.served_carriers and settings.telnyx_api_key is None:
+        gaps.append(f"Telnyx: {tools} need TELNYX_API_KEY (TeXML REST and Call Control)")
+    return gaps
 
 
 def _set(event: asyncio.Event) -> asyncio.Event:

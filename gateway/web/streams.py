@@ -117,11 +117,13 @@ async def _run(
         state.enter_call(task, bridge)
         return None
 
+    # One reading of agents.yaml for the whole call: a reload from now on is for later calls.
+    graph = state.graph
     bridge = CallBridge(
         StarletteCarrierSocket(websocket),
         codec,
-        graph=state.graph,
-        new_live_session=state.new_live_session,
+        graph=graph,
+        new_live_session=state.live_sessions(state.model_for(graph)),
         options=state.bridge_options(),
         observers=state.observers,
         hooks=replace(hooks, admit=admit),

@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
 from callsim.live.audio import tone_pcm16
+from callsim.live.model import prompt_text_tokens
 from callsim.live.script import Script, Step, ToolCallSpec
 from callsim.live.server import LiveSimulator
 from callsim.live.voices import voice_pitch_hz
@@ -680,9 +681,11 @@ async def test_a_text_turn_after_the_newest_handle_is_lost_on_resume() -> None:
         assert record.texts("text", include_lost=True) == ["hi", "my account number is 42", "hi"]
         assert [(e.kind, e.connection_index) for e in record.lost] == [("text", 0), ("model", 0)]
         assert all("my account number" not in text for text in record.texts())
-        # The resumed model's prompt counts only what it knows.
+        # The resumed model's prompt counts only what it knows (and its instruction and tools).
         (usage,) = [m.usage_metadata for m in turn if m.usage_metadata]
-        assert usage.prompt_token_count == sum(len(t) for t in record.texts()) // 4
+        assert usage.prompt_token_count == prompt_text_tokens(
+            resumed.system_instruction, resumed.function_declarations, record.texts()
+        )
 
 
 async def test_caller_audio_after_the_newest_handle_is_lost_on_resume() -> None:
