@@ -398,7 +398,8 @@ def test_env_example_lists_every_security_setting() -> None:
                 "TELNYX_API_KEY", "ALLOW_UNSIGNED_WEBHOOKS", "MAX_PENDING_STREAMS",
                 "GATEWAY_SECRET", "STREAM_TOKEN_TTL", "LOG_TRANSCRIPTS"}  # fmt: skip
     assert security <= named, security - named
-    assert named <= setting_names(), named - setting_names()
+    # POSTGRES_PASSWORD is docker compose's (its PostgreSQL service), not the gateway's.
+    assert named - {"POSTGRES_PASSWORD"} <= setting_names(), named - setting_names()
 
 
 def test_example_ingress_keeps_hour_long_calls_and_reaches_the_service(
