@@ -1,7 +1,8 @@
 """The app factory: the ASGI app, its lifespan, and which routes it serves.
 
 Routes: the operational ones (:mod:`gateway.web.ops`) always; each carrier's
-(:mod:`gateway.web.twilio`, :mod:`gateway.web.telnyx`) only when it is in ``CARRIERS``.
+(:mod:`gateway.web.twilio`, :mod:`gateway.web.telnyx`) only when it is in ``CARRIERS``; the
+admin API's ``POST /calls`` (:mod:`gateway.web.outbound`) only with ADMIN_API_TOKEN.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from fastapi import FastAPI
 
 from gateway.aio import cancel_and_wait
 from gateway.web.ops import add_operational_routes
+from gateway.web.outbound import add_outbound_routes
 from gateway.web.state import GatewayState
 from gateway.web.telnyx import add_telnyx_routes
 from gateway.web.twilio import add_twilio_routes
@@ -47,4 +49,7 @@ def create_app(state: GatewayState) -> FastAPI:
         add_twilio_routes(app, state)
     if "telnyx" in state.settings.served_carriers:
         add_telnyx_routes(app, state)
+    # The admin API places calls: only a deployment that set its token has it.
+    if state.settings.admin_api_token is not None:
+        add_outbound_routes(app, state)
     return app
