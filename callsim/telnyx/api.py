@@ -443,8 +443,12 @@ class TelnyxApiSimulator:
         tb: TracebackType | None,
     ) -> None:
         await self._serving.stop()
+        await self.end_callees()
+
+    async def end_callees(self) -> None:
+        """End the callees still on the line (their calls end as a hang-up would)."""
         tasks = list(self._outbound.values())
-        for task in tasks:  # callees still on the line hang up
+        for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 

@@ -142,7 +142,7 @@ class TwilioApiSimulator:
                 await asyncio.sleep(0.01)
             return await asyncio.shield(self._outbound[call_sid])
 
-    async def aclose(self) -> None:
+    async def end_callees(self) -> None:
         """End the callees still on the line (their calls end as a hang-up would)."""
         tasks = list(self._outbound.values())
         for task in tasks:
