@@ -13,10 +13,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gateway.agents import AgentGraph, AgentsFileError, load_agents
 from gateway.settings import ConfigError, Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    import httpx
 
 EXIT_CONFIG = 2
 
@@ -275,7 +278,7 @@ def _cmd_dial(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reason(response: Any) -> str:
+def _reason(response: httpx.Response) -> str:
     """The ``detail`` of a gateway error answer, else the start of its text."""
     try:
         detail = response.json().get("detail")
