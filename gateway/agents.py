@@ -293,10 +293,26 @@ class AgentGraph:
     def stage(self, phase: str) -> Stage:
         return self._stages[phase]
 
-    def start_stage(self, called_number: str | None) -> Stage:
-        """Where a call to ``called_number`` starts: its route's stage, else the first."""
+    def start_stage(self, called_number: str | None, *, phase: str | None = None) -> Stage:
+        """Where a call starts: at ``phase`` when the call asked for one (an outbound call
+        placed with ``"phase"``), else at the route of ``called_number`` (the gateway's own
+        number of the call), else at the first stage.
+
+        A ``phase`` the graph does not know is passed over rather than refused: ``POST /calls``
+        checks it, but the file can change between the dial and the answer, and a call that
+        starts at the usual stage beats one that fails (the bridge logs it)."""
+        if phase is not None and phase in self._stages:
+            return self._stages[phase]
         route = self._routes.get(called_number) if called_number else None
         return self._stages[route.phase] if route is not None else self.first_stage
+
+    def has_phase(self, phase: str) -> bool:
+        return phase in self._stages
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        """The pipeline's phases, in the file's order."""
+        return tuple(self._stages)
 
     def http_tools(self, agent: Agent) -> tuple[HttpTool, ...]:
         """The declared HTTP tools ``agent`` enables, in the agent's order."""

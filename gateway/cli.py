@@ -1,4 +1,4 @@
-"""``gateway serve | check | call | demo | simulator``.
+"""``gateway serve | check | call | dial | demo | simulator``.
 
 Configuration mistakes end here, before anything listens: one line naming the variable or
 the agents.yaml field, exit status 2, and no traceback.
@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.agents import AgentGraph, AgentsFileError, load_agents
 from gateway.settings import ConfigError, Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    import httpx
 
 EXIT_CONFIG = 2
 
@@ -99,6 +104,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     call.set_defaults(run=_cmd_call)
 
+    dial = sub.add_parser(
+        "dial",
+        help="have a running gateway place a real call (POST /calls; needs ADMIN_API_TOKEN)",
+    )
+    dial.add_argument("--to", required=True, help="the number to call, E.164: +15551234567")
+    dial.add_argument(
+        "--from", dest="from_", required=True, help="the gateway's number to call from"
+    )
+    dial.add_argument(
+        "--carrier", choices=("twilio", "telnyx"), help="default: the gateway's first"
+    )
+    dial.add_argument("--phase", help="the pipeline stage to start in (default: as routed)")
+    dial.add_argument(
+        "--var", action="append", default=[], type=variable, metavar="NAME=VALUE",
+        help="a prompt variable, {{param.NAME}} in agents.yaml (repeatable)",
+    )  # fmt: skip
+    dial.add_argument("--url", help="the gateway's base URL (default: http://127.0.0.1:$PORT)")
+    dial.set_defaults(run=_cmd_dial)
+
     demo = sub.add_parser(
         "demo", help="one simulated call with a handoff, against the built-in Live simulator"
     )
@@ -139,6 +163,14 @@ def port_number(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port must be 1-65535, got {port}")
     return port
+
+
+def variable(text: str) -> tuple[str, str]:
+    """argparse type for ``--var NAME=VALUE`` (the gateway checks the name itself)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def load_config(agents_file: Path | None = None) -> tuple[Settings, AgentGraph]:
@@ -210,6 +242,57 @@ def _cmd_call(args: argparse.Namespace) -> int:
     if args.wav and args.audio:
         raise ConfigError("give either --wav or --audio, not both")
     return asyncio.run(place_call(args))
+
+
+def _cmd_dial(args: argparse.Namespace) -> int:
+    """POST the call to the running gateway's ``/calls`` and print its answer.
+
+    A client of the admin API, not the server: it reads only ADMIN_API_TOKEN and PORT, so it
+    works from any shell that can reach the gateway, without its keys or agents file."""
+    import httpx  # deferred: ``gateway check`` stays light
+
+    token = os.environ.get("ADMIN_API_TOKEN", "").strip()
+    if not token:
+        raise ConfigError("ADMIN_API_TOKEN is not set: gateway dial sends it as the admin token")
+    if args.url:
+        base = args.url.rstrip("/")
+    else:
+        try:
+            port = port_number(os.environ.get("PORT") or "8080")
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"PORT: {exc}") from None
+        base = f"http://127.0.0.1:{port}"
+    body: dict[str, object] = {"to": args.to, "from": args.from_}
+    if args.carrier:
+        body["carrier"] = args.carrier
+    if args.phase:
+        body["phase"] = args.phase
+    if args.var:
+        body["variables"] = dict(args.var)
+    try:
+        response = httpx.post(
+            f"{base}/calls",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=20.0,
+        )
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach the gateway at {base}: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    if response.status_code != 201:
+        print(f"error: HTTP {response.status_code}: {_reason(response)}", file=sys.stderr)
+        return 1
+    print(json.dumps(response.json()))
+    return 0
+
+
+def _reason(response: httpx.Response) -> str:
+    """The ``detail`` of a gateway error answer, else the start of its text."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return str(detail) if detail else response.text[:200].strip() or response.reason_phrase
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -35,6 +35,11 @@ API_KEY = "test-api-key-0123456789"
 TELNYX_API_KEY = "KEY-telnyx-test-0123456789"
 #: The auth token of the fake Twilio REST API that ``running(carrier_api=True)`` serves.
 TWILIO_AUTH_TOKEN = "twilio-auth-token-harness-0123"
+#: What ``running(outbound=True)`` configures for ``POST /calls``: the admin API's token, the
+#: Twilio account and the Telnyx Call Control application calls are placed through.
+ADMIN_TOKEN = "admin-token-harness-0123456789"
+TWILIO_ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+TELNYX_CONNECTION_ID = "1234567890123456789"
 
 
 @dataclass(frozen=True)
@@ -147,13 +152,18 @@ async def running(
     sim_options: dict[str, Any] | None = None,
     carrier: Carrier = TWILIO,
     carrier_api: bool = False,
+    outbound: bool = False,
     **settings: Any,
 ) -> AsyncIterator[Harness]:
     """The gateway, the Live simulator and (Call Control, or any carrier with ``carrier_api``)
     the carrier's fake REST API, the gateway pointed at it: ``Harness.twilio_api`` (Twilio;
     the gateway then also checks signatures, which ``Harness.call`` makes) or
     ``Harness.telnyx_api`` (Telnyx, also TeXML's update call). Calls placed through
-    ``Harness.call`` register with it, so an update ends their stream as on the carrier."""
+    ``Harness.call`` register with it, so an update ends their stream as on the carrier.
+
+    ``outbound``: both carriers' fake APIs, and the settings ``POST /calls`` needs
+    (:data:`ADMIN_TOKEN`, :data:`TWILIO_ACCOUNT_SID`, :data:`TELNYX_CONNECTION_ID`; a test's
+    own ``settings`` win); the callees of the calls placed are the fakes' (``callee``)."""
     # With ``agents_file`` (a reload test) the gateway starts on that file, as it would
     # serve; otherwise on the example graph, where by default no agent speaks first, so a
     # test's script alone decides what is said.
@@ -162,7 +172,7 @@ async def running(
     graph = graph or agents(agent_triage={"greeting": ""})
     async with contextlib.AsyncExitStack() as stack:
         telnyx_api = twilio_api = None
-        if carrier.name == "twilio" and carrier_api:
+        if (carrier.name == "twilio" and carrier_api) or outbound:
             twilio_api = TwilioApiSimulator(auth_token=TWILIO_AUTH_TOKEN)
             base = await stack.enter_async_context(serving(twilio_api.app))
             settings.update(twilio_auth_token=TWILIO_AUTH_TOKEN, twilio_api_base=base)
@@ -170,16 +180,27 @@ async def running(
             settings.setdefault("telnyx_codec", carrier.codec)
             if carrier.codec == "L16":  # TeXML does not document it: serve Call Control alone
                 settings.setdefault("telnyx_texml", False)
-            if carrier.mode == "call-control" or carrier_api:
-                telnyx_api = await stack.enter_async_context(
-                    TelnyxApiSimulator(api_key=TELNYX_API_KEY)
-                )
-                settings.update(telnyx_api_key=TELNYX_API_KEY, telnyx_api_base=telnyx_api.base_url)
+        if (carrier.name == "telnyx" and (carrier.mode == "call-control" or carrier_api)) or (
+            outbound
+        ):
+            telnyx_api = await stack.enter_async_context(
+                TelnyxApiSimulator(api_key=TELNYX_API_KEY, connection_id=TELNYX_CONNECTION_ID)
+            )
+            settings.update(telnyx_api_key=TELNYX_API_KEY, telnyx_api_base=telnyx_api.base_url)
+        if outbound:
+            settings.setdefault("admin_api_token", ADMIN_TOKEN)
+            settings.setdefault("twilio_account_sid", TWILIO_ACCOUNT_SID)
+            settings.setdefault("telnyx_connection_id", TELNYX_CONNECTION_ID)
         async with _running(steps, graph, sim_options, settings) as harness:
             harness.carrier = carrier
             harness.telnyx_api = telnyx_api
             harness.twilio_api = twilio_api
-            yield harness
+            try:
+                yield harness
+            finally:  # before the harness counts the tasks left: a failed test's callees
+                for api in (twilio_api, telnyx_api):
+                    if api is not None:
+                        await api.end_callees()
 
 
 @contextlib.asynccontextmanager

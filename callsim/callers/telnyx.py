@@ -87,7 +87,9 @@ class TelnyxCaller(StreamCaller):
     rate ``start`` reports for G.722 (8000, its RTP clock, as Telnyx lists it; or 16000).
     ``parameters_key`` is where ``start`` carries the stream parameters (unverified on Telnyx).
     ``command_timeout_s`` bounds each wait for a Call Control command; ``hangup_grace_s`` is how
-    long a gateway that closed the stream has to hang the call up. Other options as for
+    long a gateway that closed the stream has to hang the call up. ``outgoing`` makes this the
+    callee of a call the fake API dialled (its ids; Call Control only): see
+    :class:`~callsim.telnyx.api.TelnyxApiSimulator`. Other options as for
     :class:`~callsim.callers.twilio.TwilioCaller`.
     """
 
@@ -124,7 +126,10 @@ class TelnyxCaller(StreamCaller):
         connect_timeout_s: float = 10.0,
         close_timeout_s: float = 2.0,
         on_event: Callable[[CallEvent], None] | None = None,
+        outgoing: CallIds | None = None,
     ) -> None:
+        if outgoing is not None and mode != "call-control":
+            raise ValueError("an outgoing call (outgoing=) is a Call Control call")
         if mode not in ("texml", "call-control"):
             raise ValueError(f"mode must be texml or call-control, got {mode!r}")
         if mode == "call-control" and api is None:
@@ -143,7 +148,7 @@ class TelnyxCaller(StreamCaller):
         # the negotiated inbound rate, which refuses a tone above its Nyquist frequency.
         self._pcm = (MAX_RATE, render_pcm(self._speech, MAX_RATE))
         frame_pcm = 2 * MAX_RATE // 50
-        call_control_id = peer.new_call_control_id()
+        call_control_id = outgoing.call_control_id if outgoing else peer.new_call_control_id()
         super().__init__(
             CallResult(
                 webhook_url=gateway_url.rstrip("/") + webhook_path,
@@ -156,7 +161,7 @@ class TelnyxCaller(StreamCaller):
                 bidirectional_codec=call_codec,
                 heard_rate=fmt.sample_rate,
                 heard_encoding="pcm16",
-                call_session_id=peer.new_uuid(),
+                call_session_id=outgoing.call_session_id if outgoing else peer.new_uuid(),
             ),
             audio_chunks=math.ceil(len(self._pcm[1]) / frame_pcm),
             linger_s=linger_s,
@@ -171,7 +176,8 @@ class TelnyxCaller(StreamCaller):
             on_event=on_event,
         )
         res = self.result
-        self._ids = CallIds(
+        self._outgoing = outgoing is not None
+        self._ids = outgoing or CallIds(
             call_control_id=call_control_id,
             call_leg_id=peer.new_uuid(),
             call_session_id=res.call_session_id,
@@ -257,6 +263,8 @@ class TelnyxCaller(StreamCaller):
 
     async def _call_control(self) -> StreamSetup | None:
         self._register(answered=False)
+        if self._outgoing:
+            return await self._pick_up()
         initiated = {"direction": "incoming", "state": "parked", "client_state": None}
         response = await self._event("call.initiated", initiated)
         if response is None or self._refused(response.status_code):
@@ -278,6 +286,27 @@ class TelnyxCaller(StreamCaller):
                 {"streaming_start", "hangup"}, "streaming_start", "call.answered"
             )
             streaming = started[1] if started is not None else None
+        if streaming is not None:
+            self._report(streaming, with_violations=False)  # the API request carried them
+        return streaming
+
+    async def _pick_up(self) -> StreamSetup | None:
+        """The callee's side of a call the gateway dialled: ``call.initiated`` (outgoing,
+        ``bridging``), which the gateway must not answer; the callee answers, so
+        ``call.answered`` follows at once; then the gateway's ``streaming_start``."""
+        assert self._api is not None
+        initiated = {"direction": "outgoing", "state": "bridging", "client_state": None}
+        response = await self._event("call.initiated", initiated)
+        if response is None or self._refused(response.status_code):
+            return None
+        self._reached = self._answered = True
+        self._api.pick_up(self._ids.call_control_id)
+        answered = {"direction": "outgoing", "state": "answered", "client_state": None}
+        await self._event("call.answered", answered)
+        started = await self._wait_command(
+            {"streaming_start", "hangup"}, "streaming_start", "call.answered"
+        )
+        streaming = started[1] if started is not None else None
         if streaming is not None:
             self._report(streaming, with_violations=False)  # the API request carried them
         return streaming
@@ -455,6 +484,7 @@ class TelnyxCaller(StreamCaller):
             require_wss=self._require_wss,
             answered=answered,
             account_sid=account_sid,
+            outgoing=self._outgoing,
         )
 
     def _on_command(self, request: ApiRequest, setup: StreamSetup | None) -> None:

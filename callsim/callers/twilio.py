@@ -456,7 +456,9 @@ class TwilioCaller(StreamCaller):
     :class:`~callsim.twilio.api.TwilioApiSimulator` the gateway's ``TWILIO_API_BASE`` points at)
     the call is registered there once its TwiML is accepted, and an update through the REST API
     ends the stream and runs the new TwiML, as on Twilio; ``CallResult.after_stream`` records
-    what ran after the stream either way.
+    what ran after the stream either way. ``call_sid``/``account_sid`` name a call that exists
+    already (one the fake API placed: the callee's side of an outbound call); by default the
+    caller makes up its own.
     """
 
     CONNECT_FAILED_CODE = "31920"
@@ -485,13 +487,15 @@ class TwilioCaller(StreamCaller):
         close_timeout_s: float = 2.0,
         on_event: Callable[[CallEvent], None] | None = None,
         api: TwilioApiSimulator | None = None,
+        call_sid: str | None = None,
+        account_sid: str | None = None,
     ) -> None:
         self._audio = bytes(audio)
         super().__init__(
             CallResult(
                 webhook_url=gateway_url.rstrip("/") + webhook_path,
-                call_sid=peer.new_sid("CA"),
-                account_sid=peer.new_sid("AC"),
+                call_sid=call_sid or peer.new_sid("CA"),
+                account_sid=account_sid or peer.new_sid("AC"),
                 stream_sid=peer.new_sid("MZ"),
             ),
             audio_chunks=math.ceil(len(self._audio) / FRAME_BYTES),

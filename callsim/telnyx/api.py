@@ -1,5 +1,18 @@
-"""A local, strict fake of Telnyx's Call Control REST API (``POST /v2/calls/{id}/actions/{cmd}``),
-and of the TeXML REST "Update call" (``POST /v2/texml/Accounts/{account_sid}/Calls/{call_sid}``).
+"""A local, strict fake of Telnyx's Call Control REST API (``POST /v2/calls/{id}/actions/{cmd}``,
+and "Dial", ``POST /v2/calls``), and of the TeXML REST "Update call"
+(``POST /v2/texml/Accounts/{account_sid}/Calls/{call_sid}``).
+
+"Dial" (https://developers.telnyx.com/api-reference/call-commands/dial) places an outgoing call:
+``connection_id``, ``to``, ``from`` and ``webhook_url`` are checked, and the answer is the new
+call (``{"data": {"call_control_id", "call_leg_id", "call_session_id", "is_alive": true,
+"record_type": "call"}}``). Then the callee picks up: a
+:class:`~callsim.callers.telnyx.TelnyxCaller` in Call Control mode, in the loop that entered the
+simulator, sends ``call.initiated`` (``direction: "outgoing"``; an ``answer`` command on it is a
+violation: the callee answers) and ``call.answered`` to ``webhook_url``, signed with
+``signing_key`` when the simulator has one, and takes the stream the gateway then starts, with
+:attr:`TelnyxApiSimulator.callee` as its options. Its record is
+:meth:`TelnyxApiSimulator.outbound_result`. Without ``webhook_url`` (Telnyx would use the
+connection's) the fake refuses the dial: it knows no connection's settings.
 
 A Call Control gateway answers a call, starts its media stream and hangs it up through REST
 commands, so a Telnyx caller simulator in that mode needs somewhere for those commands to land.
@@ -22,14 +35,17 @@ import base64
 import binascii
 import contextlib
 import json
+import re
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
+from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -37,10 +53,13 @@ from starlette.routing import Route
 
 from callsim.callers.result import ApiRequest
 from callsim.serving import ServerThread
-from callsim.telnyx.peer import Violation
-from callsim.telnyx.webhook import CC_FIELDS, StreamSetup, check_stream_url, negotiate
+from callsim.telnyx.peer import Violation, new_call_control_id, new_uuid
+from callsim.telnyx.webhook import CC_FIELDS, CallIds, StreamSetup, check_stream_url, negotiate
 from callsim.twilio.peer import format_violation
 from callsim.twilio.webhook import update_verbs
+
+if TYPE_CHECKING:
+    from callsim.callers.result import CallResult
 
 __all__ = [
     "CallRecord",
@@ -52,6 +71,16 @@ __all__ = [
 ]
 
 CallState = Literal["parked", "answered", "ended"]
+#: What Telnyx dials: E.164 or a SIP URI; calls come from an E.164 number.
+_DIAL_TO = re.compile(r"\+[1-9][0-9]{1,14}|sips?:\S+")
+_DIAL_FROM = re.compile(r"\+[1-9][0-9]{1,14}")
+_DIAL_NAMES: Final = """connection_id to from from_display_name webhook_url webhook_url_method
+    client_state
+    command_id timeout_secs time_limit_secs answering_machine_detection custom_headers
+    sip_headers stream_url stream_track stream_codec stream_bidirectional_mode
+    stream_bidirectional_codec stream_bidirectional_sampling_rate stream_auth_token
+    audio_url media_name preferred_codecs record record_format billing_group_id"""
+_DIAL_FIELDS: Final = frozenset(_DIAL_NAMES.split())
 Listener = Callable[[ApiRequest, StreamSetup | None], None]
 """Told of every command on its call, in the loop that registered it."""
 
@@ -125,6 +154,8 @@ class CallRecord:
     command_ids: set[str] = field(default_factory=set)
     #: The TeXML AccountSid of a TeXML call (None: a Call Control call, no TeXML REST).
     account_sid: str | None = None
+    #: ``outgoing``: dialled through the API (``POST /v2/calls``); the callee answers it.
+    direction: Literal["incoming", "outgoing"] = "incoming"
 
 
 @dataclass
@@ -221,6 +252,8 @@ def _transition(call: CallRecord, action: str, body: dict[str, Any]) -> Outcome:
         return out
 
     if action == "answer":
+        if call.direction == "outgoing":
+            return wrong_state("an outgoing call is answered by the callee, not by answer")
         if call.state != "parked":
             return wrong_state("the call is already answered")
         call.state = "answered"
@@ -336,8 +369,23 @@ class TelnyxApiSimulator:
     :attr:`violations`; everything is in :attr:`requests`.
     """
 
-    def __init__(self, *, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        connection_id: str | None = None,
+        signing_key: Ed25519PrivateKey | None = None,
+    ) -> None:
         self.api_key = api_key or "KEY" + secrets.token_hex(16).upper()
+        #: The Call Control application a dial must name (None: any).
+        self.connection_id = connection_id
+        #: Signs the webhooks of the calls it dials (as the portal's key pair would).
+        self.signing_key = signing_key
+        #: Options of the :class:`~callsim.callers.telnyx.TelnyxCaller` that answers each
+        #: call dialled here (``speech``, ``linger_s``, ``dtmf``, ``call_codec``, ...).
+        self.callee: dict[str, Any] = {}
+        self._home: asyncio.AbstractEventLoop | None = None
+        self._outbound: dict[str, asyncio.Task[CallResult]] = {}
         self._lock = threading.Lock()
         self._calls: dict[str, CallRecord] = {}
         self._listeners: dict[str, _Registration] = {}
@@ -348,6 +396,7 @@ class TelnyxApiSimulator:
                 Route(
                     "/v2/calls/{call_id:str}/actions/{action:str}", self._command, methods=["POST"]
                 ),
+                Route("/v2/calls", self._dial, methods=["POST"]),
                 Route(
                     "/v2/texml/Accounts/{account_sid:str}/Calls/{call_sid:str}",
                     self._texml_update,
@@ -383,6 +432,7 @@ class TelnyxApiSimulator:
             return list(self._violations)
 
     async def __aenter__(self) -> TelnyxApiSimulator:
+        self._home = asyncio.get_running_loop()  # where the callees of dialled calls run
         await self._serving.start()
         return self
 
@@ -393,6 +443,21 @@ class TelnyxApiSimulator:
         tb: TracebackType | None,
     ) -> None:
         await self._serving.stop()
+        await self.end_callees()
+
+    async def end_callees(self) -> None:
+        """End the callees still on the line (their calls end as a hang-up would)."""
+        tasks = list(self._outbound.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def outbound_result(self, call_control_id: str, within_s: float = 30.0) -> CallResult:
+        """The callee's record of a call dialled here, once that call has ended."""
+        async with asyncio.timeout(within_s):
+            while call_control_id not in self._outbound:  # noqa: ASYNC110 (set by the server)
+                await asyncio.sleep(0.01)
+            return await asyncio.shield(self._outbound[call_control_id])
 
     def register(
         self,
@@ -403,18 +468,29 @@ class TelnyxApiSimulator:
         require_wss: bool = False,
         answered: bool = False,
         account_sid: str | None = None,
+        outgoing: bool = False,
     ) -> None:
         """Create a call; ``listener`` hears of every command on it, in the calling loop.
 
         ``account_sid``: the call is a TeXML call of that account, which the TeXML REST API
         (``POST /v2/texml/Accounts/{account_sid}/Calls/{call_sid}``) can update too.
+        ``outgoing``: a call dialled here, which its callee answers (see :meth:`pick_up`).
         """
         record = CallRecord(call_control_id, call_codec, require_wss, account_sid=account_sid)
+        if outgoing:
+            record.direction = "outgoing"
         if answered:
             record.state = "answered"
         with self._lock:
             self._calls[call_control_id] = record
             self._listeners[call_control_id] = _Registration(asyncio.get_running_loop(), listener)
+
+    def pick_up(self, call_control_id: str) -> None:
+        """The callee of an outgoing call answered: the call can be streamed."""
+        with self._lock:
+            record = self._calls.get(call_control_id)
+            if record is not None and record.state == "parked":
+                record.state = "answered"
 
     def end_call(self, call_control_id: str) -> None:
         """The call ended on the carrier side: later commands get 422 90018."""
@@ -443,6 +519,106 @@ class TelnyxApiSimulator:
             request, call_id, action, (action, "call_control_id"), body,
             lambda record: apply_command(record, action, body),
         )  # fmt: skip
+
+    async def _dial(self, request: Request) -> JSONResponse:
+        """Dial: check the request as Telnyx would, answer the new call, and have its callee
+        pick up (in the loop that entered the simulator); see the module docstring."""
+        auth = request.headers.get("authorization")
+        raw = await request.body()
+        try:
+            body: object = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            body = None
+        ids: CallIds | None = None
+        if auth != f"Bearer {self.api_key}":
+            how = "missing" if auth is None else "wrong"
+            out = _error(401, _UNAUTHORIZED, "the API key is missing or wrong")
+            text = f"dial: Authorization is {how}; send Bearer <TELNYX_API_KEY>"
+            out.violations.append(format_violation(Violation.API_UNAUTHORIZED, text))
+        elif not isinstance(body, dict):
+            out = _error(422, _INVALID, "the body must be a JSON object")
+            text = "dial: the body is not a JSON object"
+            out.violations.append(format_violation(Violation.API_BAD_REQUEST, text))
+        elif (problem := self._dial_problem(body)) is not None:
+            out = _error(422, _INVALID, problem)
+            out.violations.append(format_violation(Violation.API_INVALID_PARAMETER, problem))
+        else:
+            ids = CallIds(
+                call_control_id=new_call_control_id(),
+                call_leg_id=new_uuid(),
+                call_session_id=new_uuid(),
+                connection_id=body["connection_id"],
+                from_number=body["from"],
+                to_number=body["to"],
+            )
+            out = Outcome(200, {"data": {
+                "call_control_id": ids.call_control_id, "call_leg_id": ids.call_leg_id,
+                "call_session_id": ids.call_session_id, "is_alive": True,
+                "record_type": "call", "client_state": body.get("client_state"),
+            }})  # fmt: skip
+            unknown = sorted(body.keys() - _DIAL_FIELDS)
+            if unknown:
+                out.warnings.append(f"dial: fields not in Telnyx's schema, ignored: {unknown}")
+        with self._lock:
+            self._requests.append(
+                ApiRequest(
+                    time=time.monotonic(),
+                    method="POST",
+                    path=request.url.path,
+                    action="dial",
+                    body=body,
+                    status=out.status,
+                    violations=tuple(out.violations),
+                    warnings=tuple(out.warnings),
+                    auth="Bearer" if auth is not None and auth.startswith("Bearer ") else "",
+                )
+            )
+            self._violations += out.violations
+            if ids is not None:  # known to commands at once; the callee listens from its loop
+                record = CallRecord(ids.call_control_id, direction="outgoing")
+                self._calls[ids.call_control_id] = record
+        if ids is not None and isinstance(body, dict) and self._home is not None:
+            self._home.call_soon_threadsafe(self._callee_answers, ids, str(body["webhook_url"]))
+        return JSONResponse(out.body, status_code=out.status)
+
+    def _dial_problem(self, body: dict[str, Any]) -> str | None:
+        """What Telnyx would refuse in a dial request (422), or None."""
+        connection = body.get("connection_id")
+        if not isinstance(connection, str) or not connection:
+            return "dial: connection_id is required"
+        if self.connection_id is not None and connection != self.connection_id:
+            return f"dial: connection_id {connection[:40]!r} is not an application of this key"
+        for name, pattern in (("to", _DIAL_TO), ("from", _DIAL_FROM)):
+            value = body.get(name)
+            if not isinstance(value, str) or not pattern.fullmatch(value):
+                return f"dial: {name} must be an E.164 number (+ and digits), got {value!r:.40}"
+        url = body.get("webhook_url")
+        if not isinstance(url, str):
+            return "dial: webhook_url is required here (the fake knows no connection's URL)"
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return f"dial: webhook_url must be an absolute http(s) URL, got {url[:80]!r}"
+        if body.get("webhook_url_method", "POST") != "POST":
+            return "dial: the fake sends webhooks with POST only"
+        return None
+
+    def _callee_answers(self, ids: CallIds, webhook_url: str) -> None:
+        """The callee of a dialled call picks up (runs in the home loop)."""
+        # Deferred: the caller module imports this one (TelnyxCaller(api=...)).
+        from callsim.callers.telnyx import TelnyxCaller
+
+        callee = TelnyxCaller(
+            webhook_url,
+            webhook_path="",
+            mode="call-control",
+            api=self,
+            outgoing=ids,
+            signing_key=self.signing_key,
+            **self.callee,
+        )
+        self._outbound[ids.call_control_id] = asyncio.get_running_loop().create_task(
+            callee.run(), name=f"telnyx-callee-{ids.call_control_id[:12]}"
+        )
 
     async def _texml_update(self, request: Request) -> JSONResponse:
         account_sid = str(request.path_params["account_sid"])

@@ -60,6 +60,7 @@ from gateway.call.stats import CALLER_ENDED, MODEL_FAILED, CallStats
 from gateway.call.tools import HandoffRequest, answer_tool_call
 from gateway.call.transcript import Transcript
 from gateway.carriers.base import (
+    PHASE_PARAMETER,
     AudioReceived,
     CarrierCodec,
     CarrierEvent,
@@ -354,8 +355,12 @@ class CallBridge:
     def _begin(self, started: StreamStarted) -> ModelSession:
         self._started = started
         params = started.parameters
-        stage = self.graph.start_stage(params.get("to"))
-        if stage is not self.stage:  # a route for the number called
+        phase = params.get(PHASE_PARAMETER)
+        if phase is not None and not self.graph.has_phase(phase):
+            # Checked at POST /calls; the agents file may have changed since the dial.
+            self.log.warning("call.unknown_phase", phase=phase[:64])
+        stage = self.graph.start_stage(started.own_number, phase=phase)
+        if stage is not self.stage:  # the phase asked for, or a route for the gateway's number
             self.stage, self.agent = stage, self.graph.agent(stage.agent_id)
             self.events.agent_changed(self.agent.id)
         self._variables = call_variables(
@@ -394,6 +399,7 @@ class CallBridge:
         self.events.emit(
             "call.started",
             encoding=started.audio_format.encoding,
+            direction=started.direction,
             parameters=sorted(started.parameters),
         )
         return live

@@ -37,6 +37,36 @@ class StreamStarted:
     def outbound_format(self) -> AudioFormat:
         return self.downlink_format or self.audio_format
 
+    @property
+    def direction(self) -> str:
+        """``outbound`` for a call the gateway placed (``POST /calls``), else ``inbound``."""
+        return OUTBOUND if self.parameters.get(DIRECTION_PARAMETER) == OUTBOUND else INBOUND
+
+    @property
+    def own_number(self) -> str | None:
+        """See :func:`own_number`."""
+        return own_number(self.parameters)
+
+
+#: Stream parameters the gateway gives a call it placed itself (``POST /calls``, see
+#: :mod:`gateway.web.outbound`): ``direction=outbound`` (absent: ``inbound``) and ``phase``,
+#: the pipeline stage the call starts in. Set by the gateway from its own webhook URL, never
+#: from a caller's ``param.*``.
+DIRECTION_PARAMETER = "direction"
+PHASE_PARAMETER = "phase"
+INBOUND = "inbound"
+OUTBOUND = "outbound"
+
+
+def own_number(parameters: Mapping[str, str]) -> str | None:
+    """The gateway's own number on a call, which ``routes`` in agents.yaml match: an inbound
+    call was made *to* it (``to``), an outbound one *from* it (``from``, the caller id the
+    gateway dialled with). Matching the callee's number instead would send every outbound call
+    to whatever stage happens to be routed for that stranger's number."""
+    if parameters.get(DIRECTION_PARAMETER) == OUTBOUND:
+        return parameters.get("from")
+    return parameters.get("to")
+
 
 @dataclass(frozen=True, slots=True)
 class AudioReceived:

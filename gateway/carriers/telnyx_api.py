@@ -1,5 +1,11 @@
 """The few Telnyx Call Control commands the gateway issues: answer, stream, hang up.
 
+An outbound call is placed with "Dial" (``POST /v2/calls`` with ``connection_id``, ``to``,
+``from`` and ``webhook_url``; https://developers.telnyx.com/api-reference/call-commands/dial):
+Telnyx answers with the new call's ``call_control_id`` and sends that call's webhooks to
+``webhook_url``, ``direction: "outgoing"``; the callee answers it, so the gateway only streams
+it on ``call.answered``.
+
 A Call Control application drives the call from JSON webhooks: the gateway answers
 ``call.initiated`` and starts a bidirectional RTP stream on ``call.answered`` (streaming before
 the call is answered fails). Each command carries a ``command_id`` so Telnyx can de-duplicate a
@@ -38,6 +44,28 @@ class CallControl:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+    async def dial(self, connection_id: str, to: str, from_: str, webhook_url: str) -> str:
+        """Place a call through the Call Control application ``connection_id``; its webhooks
+        go to ``webhook_url``. Returns the call's ``call_control_id``; a refusal raises
+        :class:`TelnyxApiError` with the status and Telnyx's error code, never its detail."""
+        body = {"connection_id": connection_id, "to": to, "from": from_,
+                "webhook_url": webhook_url, "webhook_url_method": "POST"}  # fmt: skip
+        try:
+            response = await self._client.post(
+                f"{self._base}/calls", json=body, headers=self._headers
+            )
+        except httpx.HTTPError as exc:
+            raise TelnyxApiError(f"dial: {type(exc).__name__}") from None
+        if response.status_code >= 300:
+            raise TelnyxApiError(f"dial: HTTP {response.status_code} {error_code(response)}")
+        try:
+            call_id = response.json()["data"]["call_control_id"]
+        except (ValueError, KeyError, TypeError):
+            call_id = None
+        if not isinstance(call_id, str) or not call_id or len(call_id) > 256:
+            raise TelnyxApiError("dial: the answer has no call_control_id")
+        return call_id
 
     async def answer(self, call_control_id: str) -> None:
         await self._command(call_control_id, "answer", {})

@@ -14,12 +14,14 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import structlog
 from fastapi import Request
 from fastapi.responses import PlainTextResponse, Response
 
 from gateway.agents import BUSY
+from gateway.carriers.base import DIRECTION_PARAMETER, OUTBOUND, PHASE_PARAMETER, own_number
 from gateway.carriers.markup import fallback_verbs, say_and_hang_up
 from gateway.logs import mask_number
 from gateway.web.httputil import pass_on, proxy_retries, public_url
@@ -33,6 +35,14 @@ WEBHOOK_PARAMETER_PREFIX = "param."
 #: Twilio: "the combined length of each <Parameter> name and value must be under 500
 #: characters" (https://www.twilio.com/docs/voice/twiml/stream#custom-parameters).
 _PARAMETER_CHARS = 499
+#: Query parameters the gateway writes into its own webhook URL when it places a call
+#: (:mod:`gateway.web.outbound`), read back by :func:`gateway_parameters`. The ``:`` is outside
+#: the name pattern above, so a variable can never be named like them and
+#: :func:`webhook_parameters` never passes them on as ``param.*``.
+GATEWAY_QUERY_PREFIX = "callbridge:"
+DIRECTION_QUERY = GATEWAY_QUERY_PREFIX + DIRECTION_PARAMETER
+PHASE_QUERY = GATEWAY_QUERY_PREFIX + PHASE_PARAMETER
+_PHASE_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,16 +104,17 @@ def offer_stream(
     if refused is not None:
         return Response(say_and_hang_up(BUSY.say), media_type="text/xml")
     token = state.tokens.mint(carrier, call_id, time.time())
+    query = request.query_params.multi_items()
     parameters = {
-        **webhook_parameters(request.query_params.multi_items()),
+        **webhook_parameters(query),
         id_parameter: call_id,
         **caller_ids(form),
         **(extra or {}),
+        **gateway_parameters(query),
         "token": token,
     }
     url = public_url(request, state.settings, f"{stream_path}/{token}", ws=True)
-    called = form.get("To")
-    fallback = state.opening_fallback(called if isinstance(called, str) else None)
+    fallback = state.opening_fallback(own_number(parameters), parameters.get(PHASE_PARAMETER))
     log.info(f"{carrier}.voice", call_id=call_id, caller=mask_number(form.get("From")))
     return StreamOffer(url, parameters, fallback_verbs(fallback.say, fallback.transfer_to))
 
@@ -136,3 +147,48 @@ def webhook_parameters(query: Iterable[tuple[str, str]]) -> dict[str, str]:
         if _PARAMETER_NAME.fullmatch(name) and key not in out:
             out[key] = value[: _PARAMETER_CHARS - len(key)]
     return out
+
+
+def gateway_parameters(query: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The gateway's own stream parameters from its webhook URL's query (the first value of
+    each): ``direction=outbound`` and ``phase`` for a call it placed (see :func:`outbound_query`).
+
+    The query is trusted as the webhook's whole URL is: Twilio signs it; Telnyx sends a Call
+    Control call's webhooks to the ``webhook_url`` the gateway gave at dial."""
+    out: dict[str, str] = {}
+    for name, value in query:
+        if name == DIRECTION_QUERY and value == OUTBOUND:
+            out.setdefault(DIRECTION_PARAMETER, OUTBOUND)
+        elif name == PHASE_QUERY and 0 < len(value) <= _PHASE_CHARS:
+            out.setdefault(PHASE_PARAMETER, value)
+    return out
+
+
+def outbound_query(variables: Mapping[str, str], phase: str | None) -> str:
+    """The webhook URL query of a call the gateway places: its reserved parameters first, then
+    the variables, which reach the agents as ``param.NAME`` the way an operator's own query does
+    (:func:`webhook_parameters`). Check the variables with :func:`variable_errors` first."""
+    pairs = [(DIRECTION_QUERY, OUTBOUND)]
+    if phase:
+        pairs.append((PHASE_QUERY, phase))
+    pairs += variables.items()
+    return urlencode(pairs)
+
+
+def variable_errors(variables: object) -> str | None:
+    """Why ``variables`` (from ``POST /calls``) cannot travel as webhook query parameters, in
+    one line, or None. The limits are :func:`webhook_parameters`' own, enforced rather than
+    applied quietly: a variable the caller asked for must not vanish or arrive cut short."""
+    if not isinstance(variables, dict):
+        return "variables must be an object of string values"
+    if len(variables) > MAX_WEBHOOK_PARAMETERS:
+        return f"at most {MAX_WEBHOOK_PARAMETERS} variables"
+    for name, value in variables.items():
+        if not isinstance(name, str) or not _PARAMETER_NAME.fullmatch(name):
+            return f"variable name {str(name)[:64]!r} must be 1-64 letters, digits, '_', '.' or '-'"
+        if not isinstance(value, str):
+            return f"variable {name!r} must be a string"
+        room = _PARAMETER_CHARS - len(WEBHOOK_PARAMETER_PREFIX + name)
+        if len(value) > room:
+            return f"variable {name!r} is too long: at most {room} characters"
+    return None

@@ -2,7 +2,8 @@
 
 Routes: the operational ones (:mod:`gateway.web.ops`) always; each carrier's
 (:mod:`gateway.web.twilio`, :mod:`gateway.web.telnyx`) only when it is in ``CARRIERS``; the
-admin API's (:mod:`gateway.web.reload`) only when ADMIN_API_TOKEN is set.
+admin API's (:mod:`gateway.web.admin`, :mod:`gateway.web.outbound`,
+:mod:`gateway.web.reload`) only when ADMIN_API_TOKEN is set.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 from gateway.aio import cancel_and_wait
 from gateway.web.admin import add_admin_routes
 from gateway.web.ops import add_operational_routes
+from gateway.web.outbound import add_outbound_routes
 from gateway.web.reload import add_reload_routes
 from gateway.web.state import GatewayState
 from gateway.web.telnyx import add_telnyx_routes
@@ -45,8 +47,9 @@ def create_app(state: GatewayState) -> FastAPI:
     add_operational_routes(app, state)
     # The admin API exists only when its token is set: nothing to guess at otherwise (404).
     if state.settings.admin_api_token is not None:
-        add_admin_routes(app, state)
-        add_reload_routes(app, state)
+        add_admin_routes(app, state)  # GET /calls, GET /calls/{call_id}
+        add_outbound_routes(app, state)  # POST /calls
+        add_reload_routes(app, state)  # POST /admin/reload
 
     # A carrier not served has no routes at all: its webhooks answer 404, and its stream
     # upgrades are refused (Starlette denies a websocket no route matches with 403).

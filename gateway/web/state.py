@@ -191,10 +191,12 @@ class GatewayState:
             return "capacity"
         return None
 
-    def opening_fallback(self, called: str | None = None) -> Fallback:
-        """The fallback in force when a call to ``called`` starts: the agent's of the stage it
-        starts in (its route's, else the first), or the file's."""
-        return self.graph.fallback(self.graph.agent(self.graph.start_stage(called).agent_id))
+    def opening_fallback(self, called: str | None = None, phase: str | None = None) -> Fallback:
+        """The fallback in force when a call starts: the agent's of the stage it starts in
+        (``phase``, else the route of ``called``, the gateway's own number, else the first),
+        or the file's."""
+        stage = self.graph.start_stage(called, phase=phase)
+        return self.graph.fallback(self.graph.agent(stage.agent_id))
 
     async def aclose(self) -> None:
         for client in (self.telnyx_api, self.texml_api, self.twilio_rest, self.tool_runner):

@@ -37,7 +37,13 @@ from gateway.carriers.telnyx_api import FALLBACK_STATE, TelnyxApiError
 from gateway.carriers.telnyx_signature import SignatureError
 from gateway.carriers.telnyx_signature import verify as verify_signature
 from gateway.carriers.texml_api import TexmlApiError
-from gateway.web.admission import admit_call, caller_ids, offer_stream, webhook_parameters
+from gateway.web.admission import (
+    admit_call,
+    caller_ids,
+    gateway_parameters,
+    offer_stream,
+    webhook_parameters,
+)
 from gateway.web.httputil import CLIENT_GONE, public_url, read_body, read_form
 from gateway.web.state import GatewayState
 from gateway.web.streams import serve_stream
@@ -111,6 +117,9 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
                 "TELNYX_API_KEY is not set: Call Control webhooks need it", 503
             )
         try:
+            # An outgoing call (dialled by the gateway, gateway.web.outbound) is answered by
+            # the callee, not by a command: its call.initiated is news only, and "answer"
+            # would fail on it (https://developers.telnyx.com/api-reference/call-commands/dial).
             if kind == "call.initiated" and payload.get("direction") != "outgoing":
                 refused = admit_call(state, request, log, "telnyx", call_id)
                 if isinstance(refused, Response):
@@ -125,9 +134,13 @@ def add_telnyx_routes(app: FastAPI, state: GatewayState) -> None:
             elif kind == "call.answered":
                 token = state.tokens.mint("telnyx", call_id, time.time())
                 url = public_url(request, settings, f"{STREAM_PATH}/{token}", ws=True)
+                query = request.query_params.multi_items()
                 parameters = {
-                    **webhook_parameters(request.query_params.multi_items()),
+                    **webhook_parameters(query),
                     **caller_ids({"From": payload.get("from"), "To": payload.get("to")}),
+                    # direction=outbound and phase of a call the gateway dialled itself (its
+                    # webhook_url's query; gateway.web.outbound).
+                    **gateway_parameters(query),
                 }
                 await api.start_streaming(call_id, url, settings.telnyx_codec, token, parameters)
             elif kind == "call.speak.ended" and payload.get("client_state") == FALLBACK_STATE:
