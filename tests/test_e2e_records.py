@@ -17,15 +17,15 @@ from typing import Any
 import httpx
 import pytest
 
-from callsim.callers.audio import Silence, Tone
+from callsim.callers.audio import Silence, Tone, render
 from callsim.callers.result import CallResult
 from callsim.live.script import Step, ToolCallSpec
 from callsim.tools import ToolServer
 from gateway.agents import AgentGraph, parse_agents
-from tests.harness import Harness, running
+from tests.harness import ADMIN_TOKEN, Harness, agents, running
 from tests.servers import until
 
-ADMIN = "admin-token-for-the-tests-0123456789"
+ADMIN = ADMIN_TOKEN
 TRIAGE = "Role: Triage receptionist"
 ADVISOR = "Role: Portfolio advisor"
 
@@ -127,6 +127,7 @@ async def test_a_finished_call_leaves_a_record_of_everything_that_happened(
 ) -> None:
     async with recorded_gateway(database_url) as h:
         result = await the_call(h)
+        await until(lambda: not _writing(h))
         answer = await admin_get(h, f"/calls/{result.call_sid}")
         assert answer.status_code == 200, answer.text
         record = answer.json()
@@ -242,3 +243,43 @@ async def test_a_delivery_pending_at_a_restart_is_made_once_by_the_next_process(
     assert len(attempts) == refused + 1  # the new process sent it once, and it was taken
     assert len({delivery_id for delivery_id, _, _ in attempts}) == 1
     assert json.loads(attempts[-1][1])["call_id"] == result.call_sid
+
+
+@pytest.mark.parametrize("carrier", ["twilio", "telnyx"])
+async def test_an_outbound_calls_record_says_outbound_with_the_carriers_call_id(
+    carrier: str, tmp_path: Path
+) -> None:
+    steps = [Step(on="text", when=ADVISOR, say="Hello, advisor calling.", seconds=0.6)]
+    graph = agents(agent_advisor={"greeting": "Introduce yourself."})
+    async with running(
+        steps=steps, graph=graph, outbound=True, database_url=f"sqlite:///{tmp_path}/c.db"
+    ) as h:
+        api = h.twilio_api if carrier == "twilio" else h.telnyx_api
+        assert api is not None
+        if carrier == "twilio":
+            api.callee = {"audio": render([Silence(1.5)]), "linger_s": 0.1}
+        else:
+            api.callee = {"speech": [Silence(1.5)], "linger_s": 0.1}
+        body = {"to": "+15552223333", "from": "+15550001111", "carrier": carrier,
+                "phase": "advising"}  # fmt: skip
+        async with httpx.AsyncClient() as http:
+            placed = await http.post(
+                f"{h.gateway.url}/calls", json=body, headers={"Authorization": f"Bearer {ADMIN}"}
+            )
+        assert placed.status_code == 201, placed.text
+        call_id = placed.json()["call_id"]
+        await api.outbound_result(call_id)
+        await h.calls_finished()
+        await until(lambda: h.gateway.state.records is not None and not _writing(h))
+        record = (await admin_get(h, f"/calls/{call_id}")).json()
+    assert (record["call_id"], record["carrier"], record["direction"]) == (
+        call_id, carrier, "outbound")  # fmt: skip
+    assert (record["from"], record["to"]) == ("+15550001111", "+15552223333")
+    assert record["agents"] == ["agent-advisor"]
+    assert record["end_reason"] == "caller_hangup"
+    assert record["transcript"][0]["text"] == "Hello, advisor calling."
+
+
+def _writing(h: Harness) -> bool:
+    records = h.gateway.state.records
+    return records is not None and records.writing

@@ -426,7 +426,7 @@ class CallBridge:
         record = self.record = CallRecord(
             call_id=started.call_id,
             carrier=self.codec.carrier,
-            direction=params.get("direction", "inbound"),
+            direction=started.direction,
             caller=params.get("from", ""),
             called=params.get("to", ""),
             agent_id=self.agent.id,

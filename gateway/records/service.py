@@ -59,6 +59,11 @@ class CallRecords:
         if self.delivery is not None:
             self._loops.append(asyncio.create_task(self.delivery.run(), name="records-delivery"))
 
+    @property
+    def writing(self) -> bool:
+        """Whether any record write is still in flight."""
+        return bool(self._writes)
+
     def started(self, record: CallRecord) -> None:
         """A call began: its record exists from now on (``interrupted`` until finished)."""
         self._open[record.call_id] = record
