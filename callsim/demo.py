@@ -17,9 +17,11 @@ bundled example used.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.resources
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,6 +48,7 @@ from gateway.live.config import HANDOFF_TOOL
 from gateway.logs import configure_logging
 from gateway.server import build_state, running_gateway
 from gateway.settings import ConfigError, Settings, SettingsError, load_settings
+from gateway.web.state import GatewayState
 
 CALLER_HZ = 150.0
 #: The Twilio auth token of the demo's local Twilio fake (signs the webhooks, opens its REST API).
@@ -215,6 +218,37 @@ class EventPrinter:
         return None
 
 
+def describe_record(record: Mapping[str, Any]) -> list[str]:
+    """A few lines on a call record: what a CRM receiving it would see."""
+    usage = record["usage"]
+    return [
+        f"{record['direction']} {record['carrier']} call {record['call_id']}, "
+        f"{record['duration_s']:.1f} s, ended: {record['end_reason']}",
+        f"agents: {' -> '.join(record['agents'])}; handoffs: {len(record['handoffs'])}; "
+        f"transcript: {len(record['transcript'])} lines",
+        f"tool calls: {', '.join(t['name'] for t in record['tool_calls']) or 'none'}",
+        f"tokens: {usage['input_tokens']} in, {usage['output_tokens']} out, "
+        f"{usage['total_tokens']} in all",
+    ]
+
+
+async def _record_of(state: GatewayState, call_id: str) -> dict[str, Any] | None:
+    records = state.records
+    if records is None:
+        return None
+    for _ in range(100):  # the finished record's write is on its way
+        if not records.writing:
+            break
+        await asyncio.sleep(0.02)
+    return await records.store.get(call_id)
+
+
+@contextlib.asynccontextmanager
+async def _temporary_directory() -> AsyncIterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="callbridge-demo-") as name:
+        yield Path(name)
+
+
 def describe_heard(pcm: bytes, graph: AgentGraph, rate: int = 8000) -> list[str]:
     """Which agent voice the caller heard when, from the pitch of 100 ms windows."""
     voices = {a.voice: a.id for a in graph.spec.agents}
@@ -246,6 +280,7 @@ async def run_demo(*, agents_file: Path | None, out: Path) -> int:
     print(f"agents: {graph.source}\n")
     twilio = TwilioApiSimulator(auth_token=DEMO_TWILIO_TOKEN)
     async with (
+        _temporary_directory() as records_dir,
         LiveSimulator(script=demo_script(graph)) as sim,
         ToolServer() as tools,
         serving(twilio.app) as twilio_base,
@@ -262,6 +297,8 @@ async def run_demo(*, agents_file: Path | None, out: Path) -> int:
             twilio_auth_token=DEMO_TWILIO_TOKEN,
             twilio_api_base=twilio_base,
             log_level="warning",
+            # The call's record, kept for the length of the demo (not a calls.db left behind).
+            database_url=f"sqlite:///{records_dir}/calls.db",
         )
         state = build_state(
             settings, graph, ssl_context=sim.tls.client_context(), observers=(printer,)
@@ -282,6 +319,7 @@ async def run_demo(*, agents_file: Path | None, out: Path) -> int:
                 auth_token=DEMO_TWILIO_TOKEN, api=twilio,
             )  # fmt: skip
             result = await caller.run()
+            record = await _record_of(state, result.call_sid)
     await asyncio.to_thread(result.write_wav, out)
     print("\nWhat the caller heard (by voice pitch):")
     for line in describe_heard(result.heard_pcm(), graph):
@@ -291,6 +329,10 @@ async def run_demo(*, agents_file: Path | None, out: Path) -> int:
     if result.after_stream:
         print(f"after the stream, Twilio ran: {', '.join(result.after_stream)}")
     print(f"wrote what the caller heard to {out}")
+    if record is not None:
+        print("\nThe call's record (GET /calls/{id}, gateway calls show):")
+        for line in describe_record(record):
+            print(f"  {line}")
     for violation in result.violations:
         print(f"PROTOCOL VIOLATION: {violation}")
     final = (
