@@ -88,7 +88,7 @@ from gateway.live.events import (
 )
 from gateway.live.session import LiveConnectError
 from gateway.metrics import Metrics
-from gateway.records.document import CallRecord
+from gateway.records.record import CallRecord
 from gateway.records.recording import CallRecording
 from gateway.records.service import CallRecords
 from gateway.variables import PARAM_PREFIX, call_variables

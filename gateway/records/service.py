@@ -24,7 +24,7 @@ import structlog
 from gateway.aio import cancel_and_wait
 from gateway.metrics import Metrics
 from gateway.records.delivery import RecordDelivery
-from gateway.records.document import CallRecord
+from gateway.records.record import CallRecord
 from gateway.records.store import RecordStore
 
 #: Seconds between checkpoints of the open records (and their heartbeat).

@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import JSONResponse
 
-from gateway.records.document import END_REASONS
+from gateway.records.record import END_REASONS
 from gateway.records.store import RecordStore
 from gateway.web.auth import admin_guard
 from gateway.web.state import GatewayState

@@ -13,8 +13,10 @@ the event happened (a transcript entry's when the utterance ended).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from gateway.records.times import format_time, utc_now
 
 #: The record's ``end_reason`` values (a contract; see :func:`record_end_reason`).
 END_REASONS = (
@@ -40,15 +42,6 @@ def record_end_reason(bridge_reason: str) -> str:
     return _END_REASONS.get(bridge_reason, "failed")
 
 
-def iso(moment: datetime) -> str:
-    """``2026-12-06T09:00:00.123Z``: ISO 8601, UTC, milliseconds."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class CallRecord:
     """Collects one call's record; :meth:`observe` is its call-event observer."""
 
@@ -61,7 +54,7 @@ class CallRecord:
         caller: str,
         called: str,
         agent_id: str,
-        clock: Callable[[], datetime] = _now,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._clock = clock
         self.started_at = clock()
@@ -98,7 +91,7 @@ class CallRecord:
     def observe(self, name: str, payload: Mapping[str, Any]) -> None:
         handler = self._handlers.get(name)
         if handler is not None:
-            handler(iso(self._clock()), payload)
+            handler(format_time(self._clock()), payload)
 
     def finish(self, bridge_reason: str) -> None:
         """The call is over: ``bridge_reason`` is the bridge's end reason."""
@@ -115,8 +108,8 @@ class CallRecord:
             "direction": self.direction,
             "from": self.caller,
             "to": self.called,
-            "started_at": iso(self.started_at),
-            "ended_at": iso(ended) if ended is not None else None,
+            "started_at": format_time(self.started_at),
+            "ended_at": format_time(ended) if ended is not None else None,
             "duration_s": (
                 round((ended - self.started_at).total_seconds(), 3) if ended is not None else None
             ),
