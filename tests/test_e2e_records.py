@@ -9,12 +9,14 @@ import contextlib
 import hashlib
 import hmac
 import json
+import wave
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from callsim.callers.audio import Silence, Tone, render
@@ -22,6 +24,7 @@ from callsim.callers.result import CallResult
 from callsim.live.script import Step, ToolCallSpec
 from callsim.tools import ToolServer
 from gateway.agents import AgentGraph, parse_agents
+from gateway.audio.analysis import dominant_frequency, rms_dbfs
 from tests.harness import ADMIN_TOKEN, Harness, agents, running
 from tests.servers import until
 
@@ -283,3 +286,58 @@ async def test_an_outbound_calls_record_says_outbound_with_the_carriers_call_id(
 def _writing(h: Harness) -> bool:
     records = h.gateway.state.records
     return records is not None and records.writing
+
+
+def audible_spans(pcm: bytes, rate: int = 8000) -> list[tuple[float, float]]:
+    """(start, end) seconds of each stretch of audible 10 ms windows in ``pcm``."""
+    window, spans = rate // 100 * 2, []
+    for i in range(0, len(pcm) - window + 1, window):
+        if rms_dbfs(pcm[i : i + window]) <= -40:
+            continue
+        t = i / 2 / rate
+        if spans and t - spans[-1][1] < 0.015:
+            spans[-1] = (spans[-1][0], t + 0.01)
+        else:
+            spans.append((t, t + 0.01))
+    return spans
+
+
+async def test_the_recording_holds_both_sides_as_the_caller_heard_them_barge_in_included(
+    tmp_path: Path,
+) -> None:
+    steps = [Step(on="text", say="a long answer", seconds=6.0)]
+    greeting = agents(agent_triage={"greeting": "Greet the caller."})
+    async with running(
+        steps=steps,
+        graph=greeting,
+        database_url=f"sqlite:///{tmp_path}/calls.db",
+        admin_api_token=ADMIN,
+        recordings_dir=tmp_path / "recordings",
+    ) as h:
+        result = await h.call([Silence(1.5), Tone(300, 0.8), Silence(1.5)], linger_s=0.2)
+        await until(lambda: not _writing(h))
+        record = (await admin_get(h, f"/calls/{result.call_sid}")).json()
+    path = tmp_path / "recordings" / f"{result.call_sid}.wav"
+    assert record["recording"] == str(path)
+    with wave.open(str(path)) as wav:
+        assert (wav.getnchannels(), wav.getframerate(), wav.getsampwidth()) == (2, 8000, 2)
+        frames = wav.readframes(wav.getnframes())
+    stereo = np.frombuffer(frames, dtype="<i2").reshape(-1, 2)
+    caller, agent = (np.ascontiguousarray(stereo[:, i]).tobytes() for i in (0, 1))
+    # The caller's whole stream: 3.8 s of speech and silence, and 0.2 s more while it lingers.
+    assert len(caller) / 2 / 8000 == pytest.approx(4.0, abs=0.15)
+    # Left: the caller's tone where the caller said it, and nothing else.
+    assert audible_spans(caller) == [(pytest.approx(1.5, abs=0.1), pytest.approx(2.3, abs=0.1))]
+    assert dominant_frequency(caller[int(1.7 * 16000) : int(2.1 * 16000)], 8000) == (
+        pytest.approx(300, abs=10)
+    )
+    # Right: the agent as the caller heard it, stretch for stretch: the long answer cut off at
+    # the barge-in (the clear), then the agent's reply to what the caller said.
+    heard = audible_spans(result.heard_pcm())
+    recorded = audible_spans(agent)
+    assert len(recorded) == len(heard) >= 2
+    for (start, end), (heard_start, heard_end) in zip(recorded, heard, strict=True):
+        assert start == pytest.approx(heard_start, abs=0.06)
+        assert end == pytest.approx(heard_end, abs=0.06)
+    clear_at = result.call_time(result.clear_times[0])
+    assert recorded[0][1] == pytest.approx(clear_at, abs=0.1)  # not the 6 s it was to last
