@@ -128,3 +128,11 @@ def test_a_database_that_cannot_be_opened_stops_serve_with_one_line(tmp_path: Pa
         "unable to open database file"
     )
     assert "Traceback" not in done.stderr
+
+
+def test_gateway_calls_does_not_create_a_database_where_there_is_none(tmp_path: Path) -> None:
+    done = gateway("calls", "list", cwd=tmp_path, DATABASE_URL="sqlite:///calls.db",
+                   ADMIN_API_TOKEN=ADMIN)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: DATABASE_URL: no call records at calls.db")
+    assert not (tmp_path / "calls.db").exists()

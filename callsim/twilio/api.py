@@ -169,18 +169,7 @@ class TwilioApiSimulator:
             sid = new_sid("CA")
             status, body = 201, _created_resource(account, sid, form)
         with self._lock:
-            self._requests.append(
-                ApiRequest(
-                    time=time.monotonic(),
-                    method="POST",
-                    path=request.url.path,
-                    action="create",
-                    body=form,
-                    status=status,
-                    violations=tuple(violations),
-                    auth=f"Basic {user}" if user is not None else "",
-                )
-            )
+            self._requests.append(_logged(request, "create", form, status, violations, user))
             self._violations += violations
             if sid:
                 self._calls[sid] = _Call(account, None, None, in_progress=False)  # queued
@@ -241,16 +230,7 @@ class TwilioApiSimulator:
                     status, body = 200, _call_resource(account, sid, verbs)
                     # The stream has ended; Dial keeps the call up with someone else.
                     call.in_progress = any(v.startswith(("Dial:", "Sip:")) for v in verbs)
-            entry = ApiRequest(
-                time=time.monotonic(),
-                method="POST",
-                path=request.url.path,
-                action="update",
-                body=form,
-                status=status,
-                violations=tuple(violations),
-                auth=f"Basic {user}" if user is not None else "",
-            )
+            entry = _logged(request, "update", form, status, violations, user)
             self._requests.append(entry)
             listener = call.listener if call is not None and status == 200 else None
             loop = call.loop if call is not None else None
@@ -263,6 +243,27 @@ class TwilioApiSimulator:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(listener, entry, verbs)
         return JSONResponse(body, status_code=status)
+
+
+def _logged(
+    request: Request,
+    action: str,
+    form: dict[str, str],
+    status: int,
+    violations: list[str],
+    user: str | None,
+) -> ApiRequest:
+    """One request as the fake records it (a POST: both of its routes take forms)."""
+    return ApiRequest(
+        time=time.monotonic(),
+        method="POST",
+        path=request.url.path,
+        action=action,
+        body=form,
+        status=status,
+        violations=tuple(violations),
+        auth=f"Basic {user}" if user is not None else "",
+    )
 
 
 def _basic(header: str | None) -> tuple[str | None, str | None]:

@@ -18,11 +18,14 @@ import json
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from gateway.settings import ConfigError, Settings
 
 if TYPE_CHECKING:  # imported when used: ``gateway --help`` and ``check`` stay light
+    import httpx
+
     from gateway.records.store import RecordStore
 
 #: Records per page when exporting everything.
@@ -74,7 +77,7 @@ class ApiSource:
         return record
 
     @staticmethod
-    def _check(answer: Any) -> Any:
+    def _check(answer: httpx.Response) -> httpx.Response:
         if answer.status_code == 401:
             raise ConfigError("ADMIN_API_TOKEN: the gateway refused it (401)")
         if answer.status_code >= 400:
@@ -155,9 +158,18 @@ def open_source(args: argparse.Namespace, settings: Settings) -> RecordSource:
         return ApiSource(args.url, settings.admin_api_token.get_secret_value())
     if settings.database_url is None:
         raise ConfigError("DATABASE_URL: empty, so there are no call records to read")
+    from gateway.records.database import database_url
     from gateway.records.store import RecordStore
 
-    return StoreSource(RecordStore(settings.database_url.get_secret_value()))
+    url = settings.database_url.get_secret_value()
+    parsed = database_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists():
+        # Reading must not leave an empty database behind where the records are not.
+        raise ConfigError(
+            f"DATABASE_URL: no call records at {parsed.database} (is this the directory the "
+            "gateway runs in? or give --url of a running gateway)"
+        )
+    return StoreSource(RecordStore(url))
 
 
 async def run(args: argparse.Namespace, settings: Settings, out: TextIO = sys.stdout) -> int:
