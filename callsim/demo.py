@@ -221,9 +221,11 @@ class EventPrinter:
 def describe_record(record: Mapping[str, Any]) -> list[str]:
     """A few lines on a call record: what a CRM receiving it would see."""
     usage = record["usage"]
+    seconds = record["duration_s"]
+    length = "still open" if seconds is None else f"{seconds:.1f} s"
     return [
         f"{record['direction']} {record['carrier']} call {record['call_id']}, "
-        f"{record['duration_s']:.1f} s, ended: {record['end_reason']}",
+        f"{length}, ended: {record['end_reason']}",
         f"agents: {' -> '.join(record['agents'])}; handoffs: {len(record['handoffs'])}; "
         f"transcript: {len(record['transcript'])} lines",
         f"tool calls: {', '.join(t['name'] for t in record['tool_calls']) or 'none'}",
@@ -236,8 +238,8 @@ async def _record_of(state: GatewayState, call_id: str) -> dict[str, Any] | None
     records = state.records
     if records is None:
         return None
-    for _ in range(100):  # the finished record's write is on its way
-        if not records.writing:
+    for _ in range(250):  # the gateway ends its side of the call, then writes the record
+        if not state.calls and not records.writing:
             break
         await asyncio.sleep(0.02)
     return await records.store.get(call_id)

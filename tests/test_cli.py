@@ -308,6 +308,11 @@ def test_demo_runs_a_call_with_a_handoff_a_tool_and_an_end_call(tmp_path: Path) 
     assert "call ended          agent_ended" in done.stdout
     assert "after the stream, Twilio ran: Hangup" in done.stdout
     assert (tmp_path / "heard.wav").stat().st_size > 8000 * 2 * 10
+    # The call's record, from a database the demo does not leave behind.
+    assert "ended: agent_ended" in done.stdout
+    assert "agents: agent-triage -> agent-advisor; handoffs: 1" in done.stdout
+    assert "tool calls: handoff_conversation, get_quote, end_call" in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heard.wav"]
 
 
 USER_AGENTS = """\
