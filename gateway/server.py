@@ -249,6 +249,12 @@ async def serve(
     register_secrets(settings.secrets())
     log = structlog.get_logger("gateway")
     announce_graph(settings, graph, log)  # its HTTP tools' tokens are scrubbed from here on
+    if settings.weak_admin_token():
+        log.warning(
+            "security.weak_admin_token",
+            risk="a short ADMIN_API_TOKEN can be guessed, and it reads every call record and "
+            "places calls; use a long random one (openssl rand -hex 32)",
+        )
     unverified = [] if simulator else settings.unverified_carriers()
     if unverified:  # only reachable with ALLOW_UNSIGNED_WEBHOOKS=true (cli.py refuses otherwise)
         log.warning(

@@ -3,6 +3,7 @@ filters, the paging, the errors; and the routes' absence without ADMIN_API_TOKEN
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ async def get(
 ) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with httpx.AsyncClient(base_url=h.gateway.url) as http:
-        return await http.get(path, params=params, headers=headers)
+        return await http.get(path, params=params or None, headers=headers)
 
 
 async def place_calls(h: Harness) -> list[str]:
@@ -44,6 +45,8 @@ async def test_calls_are_listed_newest_first_filtered_and_paged(tmp_path: Path) 
         first = (await get(h, "/calls", limit="2")).json()
         second = (await get(h, "/calls", limit="2", cursor=first["next"])).json()
         by_from = (await get(h, "/calls", **{"from": CALLERS[1]})).json()
+        unencoded_plus = (await get(h, f"/calls?from={CALLERS[1]}")).json()  # '+' reads ' '
+        huge_page = (await get(h, "/calls", limit="100000")).json()
         by_to = (await get(h, "/calls", to="+18005550100")).json()
         by_agent = (await get(h, "/calls", agent="agent-triage")).json()
         nobody = (await get(h, "/calls", agent="agent-advisor")).json()
@@ -51,6 +54,8 @@ async def test_calls_are_listed_newest_first_filtered_and_paged(tmp_path: Path) 
         failed = (await get(h, "/calls", end_reason="failed")).json()
         started = everything["calls"][1]["started_at"]
         since = (await get(h, "/calls", since=started)).json()
+        epoch = datetime.fromisoformat(started).timestamp()
+        since_epoch = (await get(h, "/calls", since=str(epoch))).json()
         future = (await get(h, "/calls", since="2999-01-01")).json()
         one = await get(h, f"/calls/{ids[0]}")
         missing = await get(h, "/calls/CA" + "0" * 32)
@@ -61,9 +66,12 @@ async def test_calls_are_listed_newest_first_filtered_and_paged(tmp_path: Path) 
     assert [c["call_id"] for c in second["calls"]] == newest_first[2:]
     assert second["next"] is None
     assert [c["call_id"] for c in by_from["calls"]] == [ids[1]]
+    assert unencoded_plus == by_from
+    assert huge_page == everything  # more than a page holds: a full page
     assert len(by_to["calls"]) == 3 and len(by_agent["calls"]) == 3 and len(hung_up["calls"]) == 3
     assert nobody["calls"] == [] and failed["calls"] == [] and future["calls"] == []
     assert [c["call_id"] for c in since["calls"]] == newest_first[:2]
+    assert since_epoch == since
     assert one.status_code == 200 and one.json() == everything["calls"][2]
     assert missing.status_code == 404
 

@@ -25,6 +25,11 @@ ENV_NAMES = (
     "IDLE_PROMPT_S",
     "IDLE_HANGUP_S",
     "TIMEZONE",
+    "DATABASE_URL",
+    "CALL_RECORDS_URL",
+    "CALL_RECORDS_SECRET",
+    "ADMIN_API_TOKEN",
+    "RECORDINGS_DIR",
 )
 
 
@@ -146,3 +151,53 @@ def test_conversation_settings_defaults_and_environment(monkeypatch: pytest.Monk
     assert settings.tzinfo() == ZoneInfo("Europe/London")
     noon = datetime(2025, 7, 1, 12, 0, tzinfo=UTC).astimezone(settings.tzinfo())
     assert noon.hour == 13  # British Summer Time: the zone database is there (tzdata)
+
+
+def test_call_record_defaults_and_what_empty_means(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(_env_file=None)
+    assert settings.database_url is not None
+    assert settings.database_url.get_secret_value() == "sqlite:///calls.db"
+    assert (settings.call_records_url, settings.admin_api_token) == (None, None)
+    assert settings.call_records_retry_s == 2.0 and settings.recordings_dir is None
+    for name in ("DATABASE_URL", "RECORDINGS_DIR", "ADMIN_API_TOKEN", "CALL_RECORDS_URL"):
+        monkeypatch.setenv(name, "")
+    empty = load_settings(_env_file=None)
+    assert (empty.database_url, empty.recordings_dir, empty.admin_api_token) == (None, None, None)
+    assert empty.call_records_url is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL: must be sqlite:///"),
+        ({"CALL_RECORDS_URL": "crm.example.com"}, "CALL_RECORDS_URL: must be an http(s) URL"),
+        ({"CALL_RECORDS_URL": "https://crm.example.com/r"}, "CALL_RECORDS_SECRET: needed with"),
+        ({"CALL_RECORDS_URL": "https://crm.example.com/r", "CALL_RECORDS_SECRET": "s" * 20,
+          "DATABASE_URL": ""}, "CALL_RECORDS_URL: deliveries wait in the database's outbox"),
+        ({"CALL_RECORDS_RETRY_S": "0"}, "CALL_RECORDS_RETRY_S: "),
+    ],
+)  # fmt: skip
+def test_call_record_settings_that_cannot_work_stop_start_up(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings(_env_file=None)
+    assert str(info.value).startswith(message)
+
+
+def test_a_short_admin_token_is_weak_but_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADMIN_API_TOKEN", "short")
+    assert load_settings(_env_file=None).weak_admin_token()
+    monkeypatch.setenv("ADMIN_API_TOKEN", "a" * 32)
+    settings = load_settings(_env_file=None)
+    assert not settings.weak_admin_token()
+    assert "a" * 32 in settings.secrets()  # the log scrubber knows it
+
+
+def test_the_database_password_is_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://gw:pa55word-xyz@db:5432/calls")
+    settings = load_settings(_env_file=None)
+    assert "pa55word-xyz" in settings.secrets()
+    assert "pa55word-xyz" not in repr(settings)

@@ -1,5 +1,7 @@
 """The call records API: ``GET /calls`` (search, newest first, paged) and ``GET /calls/{id}``.
 
+``limit`` over :data:`MAX_LIMIT` gets a full page (with ``next``), not an error.
+
 Registered only when ADMIN_API_TOKEN is set, and every request needs that token
 (:mod:`gateway.web.auth`). Records hold personal data (numbers, what was said), so the answer
 to a missing or wrong token is 401 and nothing else.
@@ -45,8 +47,8 @@ def add_admin_routes(app: FastAPI, state: GatewayState) -> None:
             raise HTTPException(400, f"end_reason must be one of {', '.join(END_REASONS)}")
         try:
             calls, next_cursor = await store().search(
-                from_=from_ or None,
-                to=to or None,
+                from_=phone_number(from_),
+                to=phone_number(to),
                 since=parse_since(since) if since else None,
                 agent=agent or None,
                 end_reason=end_reason,
@@ -65,11 +67,28 @@ def add_admin_routes(app: FastAPI, state: GatewayState) -> None:
         return JSONResponse(record)
 
 
+def phone_number(value: str | None) -> str | None:
+    """A ``from``/``to`` filter as the number it was meant to be: ``?from=+14155550123`` sent
+    without encoding the ``+`` arrives as a space (form encoding), so a leading space before
+    digits is read back as the ``+`` it was."""
+    if not value:
+        return None
+    number = value.strip()
+    if value.startswith(" ") and number.isdigit():
+        return "+" + number
+    return number or None
+
+
 def parse_since(text: str) -> datetime:
-    """``since``: an ISO 8601 date or time (``2026-12-06``, ``2026-12-06T09:00:00Z``); a time
-    without a zone is UTC."""
+    """``since``: an ISO 8601 date or time (``2026-12-06``, ``2026-12-06T09:00:00Z``; a time
+    without a zone is UTC), or Unix seconds (``1796547600``)."""
+    text = text.strip()
     try:
-        moment = datetime.fromisoformat(text.strip())
+        return datetime.fromtimestamp(float(text), UTC)
+    except (ValueError, OverflowError, OSError):
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(
             "since must be an ISO 8601 date or time, e.g. 2026-12-06T09:00:00Z"
@@ -84,6 +103,6 @@ def parse_limit(text: str | None) -> int:
         limit = int(text)
     except ValueError:
         raise ValueError(f"limit must be a whole number from 1 to {MAX_LIMIT}") from None
-    if not 1 <= limit <= MAX_LIMIT:
+    if limit < 1:
         raise ValueError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
-    return limit
+    return min(limit, MAX_LIMIT)  # more than a page holds: a full page
