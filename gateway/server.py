@@ -277,42 +277,74 @@ async def serve(
         state = build_state(settings, graph, ssl_context=ssl_context)
         raise_open_file_limit(open_files_needed(settings), log)
         prepare_recordings_dir(settings)
+        signals = ServeSignals(state, settings.drain_timeout)
+        # Before the port opens: once healthz answers, a SIGHUP or SIGTERM must find its
+        # handler (SIGHUP's default action would kill the process, SIGTERM's skip the drain).
+        signals.install(asyncio.get_running_loop())
         try:
-            gateway = await stack.enter_async_context(running_gateway(state, host=host, port=port))
-        except RecordsUnavailableError as exc:
-            detail = str(exc)
-            password = settings.database_password()
-            if password:
-                detail = detail.replace(password, "***")
-            raise ConfigError(
-                f"DATABASE_URL: the call records database cannot be used: {detail}"
-            ) from None
-        freeze_startup_heap()
-        loop = asyncio.get_running_loop()
-        draining: list[asyncio.Task[None]] = []
-        reloads = Reloads(state)
+            try:
+                gateway = await stack.enter_async_context(
+                    running_gateway(state, host=host, port=port)
+                )
+            except RecordsUnavailableError as exc:
+                detail = str(exc)
+                password = settings.database_password()
+                if password:
+                    detail = detail.replace(password, "***")
+                raise ConfigError(
+                    f"DATABASE_URL: the call records database cannot be used: {detail}"
+                ) from None
+            signals.serving(gateway)
+            freeze_startup_heap()
+            log.info(
+                "gateway.listening",
+                url=gateway.url,
+                model=state.model_for(graph),
+                live_endpoint=settings.gemini_base_url or "default",
+                public_url=settings.public_url or "derived from requests",
+                agents=[a.id for a in graph.spec.agents],
+            )
+            await gateway.wait_closed()
+        finally:
+            await signals.aclose()
 
-        def on_signal() -> None:
-            if draining:  # a second signal: stop now
-                gateway.stop()
-            else:
-                draining.append(loop.create_task(gateway.drain(settings.drain_timeout)))
 
+class ServeSignals:
+    """``gateway serve``'s signals: SIGTERM/SIGINT drain (a second one stops at once), SIGHUP
+    reloads agents.yaml. Installed before the server listens; a stop asked for before the
+    server is up drains it as soon as it is (with no calls yet, that is a stop)."""
+
+    def __init__(self, state: GatewayState, drain_timeout_s: float) -> None:
+        self._drain_timeout_s = drain_timeout_s
+        self._gateway: RunningGateway | None = None
+        self._stop_asked = False
+        self._draining: list[asyncio.Task[None]] = []
+        self.reloads = Reloads(state)
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
-        loop.add_signal_handler(signal.SIGHUP, reloads.request)
-        log.info(
-            "gateway.listening",
-            url=gateway.url,
-            model=state.model_for(graph),
-            live_endpoint=settings.gemini_base_url or "default",
-            public_url=settings.public_url or "derived from requests",
-            agents=[a.id for a in graph.spec.agents],
-        )
-        await gateway.wait_closed()
-        for task in draining:
-            await cancel_and_wait(task)
-        await reloads.aclose()
+            loop.add_signal_handler(sig, self._stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reloads.request)
+
+    def serving(self, gateway: RunningGateway) -> None:
+        self._gateway = gateway
+        if self._stop_asked:
+            self._stop_asked = False
+            self._stop()
+
+    def _stop(self) -> None:
+        gateway = self._gateway
+        if gateway is None:
+            self._stop_asked = True
+        elif self._draining:  # a second signal: stop now
+            gateway.stop()
+        else:
+            task = asyncio.get_running_loop().create_task(gateway.drain(self._drain_timeout_s))
+            self._draining.append(task)
+
+    async def aclose(self) -> None:
+        await cancel_and_wait(*self._draining)
+        await self.reloads.aclose()
 
 
 class Reloads:
