@@ -331,13 +331,14 @@ async def test_the_recording_holds_both_sides_as_the_caller_heard_them_barge_in_
     assert dominant_frequency(caller[int(1.7 * 16000) : int(2.1 * 16000)], 8000) == (
         pytest.approx(300, abs=10)
     )
-    # Right: the agent as the caller heard it, stretch for stretch: the long answer cut off at
-    # the barge-in (the clear), then the agent's reply to what the caller said.
+    # Right: the agent as the caller heard it, stretch for stretch (within 100 ms: the caller's
+    # clock and the recording's start a few milliseconds apart, and a busy machine schedules
+    # late): the long answer cut off at the barge-in (the clear), then the agent's reply.
     heard = audible_spans(result.heard_pcm())
     recorded = audible_spans(agent)
     assert len(recorded) == len(heard) >= 2
     for (start, end), (heard_start, heard_end) in zip(recorded, heard, strict=True):
-        assert start == pytest.approx(heard_start, abs=0.06)
-        assert end == pytest.approx(heard_end, abs=0.06)
+        assert start == pytest.approx(heard_start, abs=0.1)
+        assert end == pytest.approx(heard_end, abs=0.1)
     clear_at = result.call_time(result.clear_times[0])
     assert recorded[0][1] == pytest.approx(clear_at, abs=0.1)  # not the 6 s it was to last
