@@ -51,6 +51,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from callsim.callees import Callees
 from callsim.callers.result import ApiRequest
 from callsim.serving import ServerThread
 from callsim.telnyx.peer import Violation, new_call_control_id, new_uuid
@@ -385,7 +386,7 @@ class TelnyxApiSimulator:
         #: call dialled here (``speech``, ``linger_s``, ``dtmf``, ``call_codec``, ...).
         self.callee: dict[str, Any] = {}
         self._home: asyncio.AbstractEventLoop | None = None
-        self._outbound: dict[str, asyncio.Task[CallResult]] = {}
+        self._callees = Callees()
         self._lock = threading.Lock()
         self._calls: dict[str, CallRecord] = {}
         self._listeners: dict[str, _Registration] = {}
@@ -447,17 +448,11 @@ class TelnyxApiSimulator:
 
     async def end_callees(self) -> None:
         """End the callees still on the line (their calls end as a hang-up would)."""
-        tasks = list(self._outbound.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._callees.end_all()
 
     async def outbound_result(self, call_control_id: str, within_s: float = 30.0) -> CallResult:
         """The callee's record of a call dialled here, once that call has ended."""
-        async with asyncio.timeout(within_s):
-            while call_control_id not in self._outbound:  # noqa: ASYNC110 (set by the server)
-                await asyncio.sleep(0.01)
-            return await asyncio.shield(self._outbound[call_control_id])
+        return await self._callees.result(call_control_id, within_s)
 
     def register(
         self,
@@ -616,9 +611,8 @@ class TelnyxApiSimulator:
             signing_key=self.signing_key,
             **self.callee,
         )
-        self._outbound[ids.call_control_id] = asyncio.get_running_loop().create_task(
-            callee.run(), name=f"telnyx-callee-{ids.call_control_id[:12]}"
-        )
+        call_id = ids.call_control_id
+        self._callees.start(call_id, callee.run(), name=f"telnyx-callee-{call_id[:12]}")
 
     async def _texml_update(self, request: Request) -> JSONResponse:
         account_sid = str(request.path_params["account_sid"])

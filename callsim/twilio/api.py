@@ -50,6 +50,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from callsim.callees import Callees
 from callsim.callers.result import ApiRequest
 from callsim.twilio.peer import Violation, format_violation, new_sid
 from callsim.twilio.webhook import update_verbs
@@ -99,7 +100,7 @@ class TwilioApiSimulator:
         self._calls: dict[str, _Call] = {}
         self._requests: list[ApiRequest] = []
         self._violations: list[str] = []
-        self._outbound: dict[str, asyncio.Task[CallResult]] = {}
+        self._callees = Callees()
         base = "/2010-04-01/Accounts/{account:str}/Calls"
         self.app = Starlette(
             routes=[
@@ -137,17 +138,11 @@ class TwilioApiSimulator:
 
     async def outbound_result(self, call_sid: str, within_s: float = 30.0) -> CallResult:
         """The callee's record of a call placed here, once that call has ended."""
-        async with asyncio.timeout(within_s):
-            while call_sid not in self._outbound:  # noqa: ASYNC110 (set by another request)
-                await asyncio.sleep(0.01)
-            return await asyncio.shield(self._outbound[call_sid])
+        return await self._callees.result(call_sid, within_s)
 
     async def end_callees(self) -> None:
         """End the callees still on the line (their calls end as a hang-up would)."""
-        tasks = list(self._outbound.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._callees.end_all()
 
     # --- HTTP -----------------------------------------------------------------------------------
 
@@ -194,9 +189,7 @@ class TwilioApiSimulator:
             api=self,
             **self.callee,
         )
-        self._outbound[sid] = asyncio.get_running_loop().create_task(
-            callee.run(), name=f"twilio-callee-{sid}"
-        )
+        self._callees.start(sid, callee.run(), name=f"twilio-callee-{sid}")
 
     async def _update(self, request: Request) -> JSONResponse:
         account = str(request.path_params["account"])
