@@ -282,12 +282,8 @@ class TelnyxCaller(StreamCaller):
             answered |= {"stream_url": streaming.url, "stream_track": "inbound_track"}
         await self._event("call.answered", answered)
         if streaming is None:
-            started = await self._wait_command(
-                {"streaming_start", "hangup"}, "streaming_start", "call.answered"
-            )
-            streaming = started[1] if started is not None else None
-        if streaming is not None:
-            self._report(streaming, with_violations=False)  # the API request carried them
+            return await self._streaming_started()
+        self._report(streaming, with_violations=False)  # the API request carried them
         return streaming
 
     async def _pick_up(self) -> StreamSetup | None:
@@ -303,6 +299,10 @@ class TelnyxCaller(StreamCaller):
         self._api.pick_up(self._ids.call_control_id)
         answered = {"direction": "outgoing", "state": "answered", "client_state": None}
         await self._event("call.answered", answered)
+        return await self._streaming_started()
+
+    async def _streaming_started(self) -> StreamSetup | None:
+        """After ``call.answered``: the gateway's ``streaming_start`` (None if it hung up)."""
         started = await self._wait_command(
             {"streaming_start", "hangup"}, "streaming_start", "call.answered"
         )
