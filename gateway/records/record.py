@@ -16,12 +16,13 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from gateway.records.documents import INTERRUPTED
 from gateway.records.times import format_time, utc_now
 
 #: The record's ``end_reason`` values (a contract; see :func:`record_end_reason`).
 END_REASONS = (
     "caller_hangup", "agent_ended", "transferred", "idle", "failed", "drained", "limit",
-    "interrupted",
+    INTERRUPTED,
 )  # fmt: skip
 
 _END_REASONS: dict[str, str] = {
@@ -64,7 +65,7 @@ class CallRecord:
         self.direction = direction
         self.caller = caller
         self.called = called
-        self.end_reason = "interrupted"  # what a record not yet finished says
+        self.end_reason = INTERRUPTED  # what a record not yet finished says
         self.end_detail: str | None = None
         self.transfer_to: str | None = None
         self.agents = [agent_id]

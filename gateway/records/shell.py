@@ -17,10 +17,10 @@ import argparse
 import json
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from gateway.records.times import parse_since
 from gateway.settings import ConfigError, Settings
 
 if TYPE_CHECKING:  # imported when used: ``gateway --help`` and ``check`` stay light
@@ -110,7 +110,7 @@ class StoreSource:
         return await self._store.search(
             from_=filters.get("from"),
             to=filters.get("to"),
-            since=datetime.fromisoformat(since) if since else None,
+            since=parse_since(since) if since else None,
             agent=filters.get("agent"),
             end_reason=filters.get("end_reason"),
             limit=limit,
@@ -177,6 +177,8 @@ async def run(args: argparse.Namespace, settings: Settings, out: TextIO = sys.st
     try:
         await source.open()
         return await _ACTIONS[args.action](source, args, out)
+    except ValueError as exc:  # a bad --since or --cursor: one line, as the API's 400 says
+        raise ConfigError(str(exc)) from None
     finally:
         await source.aclose()
 

@@ -30,3 +30,20 @@ def parse_time(text: str) -> datetime:
 def format_time(value: datetime) -> str:
     """The documents' form: UTC, milliseconds, ``Z``."""
     return as_utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_since(text: str) -> datetime:
+    """``since``: an ISO 8601 date or time (``2026-12-06``, ``2026-12-06T09:00:00Z``; a time
+    without a zone is UTC), or Unix seconds (``1796547600``)."""
+    text = text.strip()
+    try:
+        return datetime.fromtimestamp(float(text), UTC)
+    except (ValueError, OverflowError, OSError):
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            "since must be an ISO 8601 date or time, e.g. 2026-12-06T09:00:00Z"
+        ) from None
+    return as_utc(moment)

@@ -9,7 +9,6 @@ to a missing or wrong token is 401 and nothing else.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Query
@@ -17,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from gateway.records.record import END_REASONS
 from gateway.records.store import RecordStore
+from gateway.records.times import parse_since
 from gateway.web.auth import admin_guard
 from gateway.web.state import GatewayState
 
@@ -77,23 +77,6 @@ def phone_number(value: str | None) -> str | None:
     if value.startswith(" ") and number.isdigit():
         return "+" + number
     return number or None
-
-
-def parse_since(text: str) -> datetime:
-    """``since``: an ISO 8601 date or time (``2026-12-06``, ``2026-12-06T09:00:00Z``; a time
-    without a zone is UTC), or Unix seconds (``1796547600``)."""
-    text = text.strip()
-    try:
-        return datetime.fromtimestamp(float(text), UTC)
-    except (ValueError, OverflowError, OSError):
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(
-            "since must be an ISO 8601 date or time, e.g. 2026-12-06T09:00:00Z"
-        ) from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def parse_limit(text: str | None) -> int:
