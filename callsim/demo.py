@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.resources
+import secrets
+import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -273,7 +275,22 @@ def describe_heard(pcm: bytes, graph: AgentGraph, rate: int = 8000) -> list[str]
     return [f"{t0:6.2f}s-{t1:5.2f}s  {voices[v]} ({v}, {pitches[v]:.0f} Hz)" for v, t0, t1 in spans]
 
 
-async def run_demo(*, agents_file: Path | None, out: Path) -> int:
+async def _until_interrupted() -> None:
+    """Until SIGINT or SIGTERM (Ctrl-C): the demo's gateway then stops like any other."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+async def run_demo(*, agents_file: Path | None, out: Path, stay: bool = False) -> int:
+    """One call through the real gateway; with ``stay``, the gateway then serves on (the
+    console, browser calls against the simulator) until Ctrl-C."""
     configure_logging("warning", "console")
     graph = demo_agents(agents_file)
     printer = EventPrinter()
@@ -281,6 +298,7 @@ async def run_demo(*, agents_file: Path | None, out: Path) -> int:
     print("built-in Live simulator (no API key, nothing leaves this machine).")
     print(f"agents: {graph.source}\n")
     twilio = TwilioApiSimulator(auth_token=DEMO_TWILIO_TOKEN)
+    admin_token = secrets.token_urlsafe(18)
     async with (
         _temporary_directory() as records_dir,
         LiveSimulator(script=demo_script(graph)) as sim,
@@ -301,12 +319,19 @@ async def run_demo(*, agents_file: Path | None, out: Path) -> int:
             log_level="warning",
             # The call's record, kept for the length of the demo (not a calls.db left behind).
             database_url=f"sqlite:///{records_dir}/calls.db",
+            # The console's, for this demo only: it ends with it.
+            admin_api_token=admin_token,
         )
         state = build_state(
             settings, graph, ssl_context=sim.tls.client_context(), observers=(printer,)
         )
         async with running_gateway(state) as gateway:
-            print(f"gateway on {gateway.url}, Live simulator on {sim.base_url}\n")
+            print(f"gateway on {gateway.url}, Live simulator on {sim.base_url}")
+            print(f"console: open {gateway.url}/console and log in with the admin token")
+            print(f"         {admin_token} (this demo's own; it ends with the demo)")
+            if not stay:
+                print("         (gateway demo --stay keeps it up after the call)")
+            print()
             caller_says: list[Segment] = [
                 Silence(3.0),
                 Tone(CALLER_HZ, 1.2, -15),
@@ -322,6 +347,12 @@ async def run_demo(*, agents_file: Path | None, out: Path) -> int:
             )  # fmt: skip
             result = await caller.run()
             record = await _record_of(state, result.call_sid)
+            if stay:
+                await asyncio.to_thread(result.write_wav, out)
+                print(f"\nThe call is over; wrote what the caller heard to {out}.")
+                print(f"The gateway stays up: open {gateway.url}/console to read the call's")
+                print("record or talk to the agents from the browser. Ctrl-C stops it.")
+                await _until_interrupted()
     await asyncio.to_thread(result.write_wav, out)
     print("\nWhat the caller heard (by voice pitch):")
     for line in describe_heard(result.heard_pcm(), graph):

@@ -132,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
         help="agents file (default: AGENTS_FILE, else ./agents.yaml, else the bundled example)",
     )
     demo.add_argument("--out", type=Path, default=Path("heard.wav"))
+    demo.add_argument(
+        "--stay",
+        action="store_true",
+        help="after the call, keep the gateway up for the console (/console) until Ctrl-C",
+    )
     demo.set_defaults(run=_cmd_demo)
 
     calls = sub.add_parser(
@@ -298,7 +303,7 @@ def _reason(response: httpx.Response) -> str:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from callsim.demo import run_demo
 
-    return asyncio.run(run_demo(agents_file=args.agents, out=args.out))
+    return asyncio.run(run_demo(agents_file=args.agents, out=args.out, stay=args.stay))
 
 
 def _cmd_calls(args: argparse.Namespace) -> int:

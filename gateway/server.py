@@ -171,6 +171,7 @@ class RunningGateway:
 
     def stop(self) -> None:
         """Stop serving now (live calls are ended); see :meth:`drain` for the polite way."""
+        self.state.stop_watching()
         self.server.should_exit = True
 
     async def drain(self, timeout_s: float, *, grace_s: float = 5.0) -> None:
@@ -227,6 +228,7 @@ async def running_gateway(
         bound = server.servers[0].sockets[0].getsockname()[1]
         yield RunningGateway(f"http://{host}:{bound}", bound, state, server, task)
     finally:
+        state.stop_watching()
         server.should_exit = True
         try:
             await task

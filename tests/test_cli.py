@@ -301,6 +301,8 @@ async def test_sigterm_drains_live_calls_then_exits_0(tmp_path: Path) -> None:
 def test_demo_runs_a_call_with_a_handoff_a_tool_and_an_end_call(tmp_path: Path) -> None:
     done = gateway("demo", "--out", str(tmp_path / "heard.wav"), cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
+    # The console, to watch the call live (with this demo's own admin token).
+    assert re.search(r"console: open http://127\.0\.0\.1:\d+/console and log in", done.stdout)
     assert "HANDOFF             agent-triage -> agent-advisor: resumed" in done.stdout
     assert "agent-advisor (Charon" in done.stdout
     # The advisor looks something up (at the demo's local stand-in), then ends the call.

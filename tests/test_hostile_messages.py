@@ -25,6 +25,7 @@ from gateway.carriers.base import (
 from gateway.carriers.reorder import Reorderer
 from gateway.carriers.telnyx import TelnyxCodec
 from gateway.carriers.twilio import TwilioCodec
+from gateway.carriers.web import WebCodec
 
 SID = "MZ" + "5" * 32
 TWILIO = {
@@ -116,9 +117,22 @@ def _survives(codec_factory: Callable[[], Any], messages: dict[str, Any], text: 
             codec.parse(text)
 
 
+#: The browser's (``/web/stream``): Twilio's shape, its own audio format.
+WEB: dict[str, Any] = {
+    "connected": {"event": "connected"},
+    "start": {"event": "start", "start": {
+        "streamSid": "WS1", "callSid": "WB1", "customParameters": {"token": "t", "phase": "p"},
+        "mediaFormat": {"encoding": "audio/pcm16le", "sampleRate": 16000, "channels": 1}}},
+    "media": {"event": "media", "media": {"payload": "AAABAA=="}},
+    "mark": {"event": "mark", "mark": {"name": "played-1"}},
+    "dtmf": {"event": "dtmf", "dtmf": {"digit": "5"}},
+    "stop": {"event": "stop"},
+}  # fmt: skip
+
 CODECS = [
     pytest.param(TwilioCodec, TWILIO, id="twilio"),
     pytest.param(TelnyxCodec, TELNYX, id="telnyx"),
+    pytest.param(WebCodec, WEB, id="web"),
 ]
 
 
@@ -211,3 +225,14 @@ def test_chunk_numbers_far_ahead_cost_no_more_than_near_ones() -> None:
     for n in range(10**9, 10**9 + 10):
         reorder.push(n, b"x")
     assert reorder.lost == 10**9 - 1
+
+
+def test_a_browser_start_keeps_only_the_parameters_the_page_may_set() -> None:
+    msg = copy.deepcopy(WEB["start"])
+    msg["start"]["customParameters"].update(direction="outbound", to="+15551234567")
+    event = WebCodec().parse(json.dumps(msg))
+    assert isinstance(event, StreamStarted)
+    assert dict(event.parameters) == {"token": "t", "phase": "p", "from": "browser"}
+    assert event.direction == "inbound"  # a page cannot pass for a call the gateway placed
+    assert str(event.audio_format) == "L16/16000/little-endian"
+    assert event.downlink_format is not None and event.downlink_format.sample_rate == 24000

@@ -46,7 +46,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("records", ("gateway.records",)),
     ("live", ("gateway.live",)),
     ("call", ("gateway.call",)),
-    ("web state", ("gateway.web.state", "gateway.web.httputil", "gateway.web.auth")),
+    (
+        "web state",
+        ("gateway.web.feed", "gateway.web.state", "gateway.web.httputil", "gateway.web.auth"),
+    ),
     ("web paths", ("gateway.web.admission", "gateway.web.streams")),
     (
         "web routes",
@@ -57,6 +60,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.web.admin",
             "gateway.web.outbound",
             "gateway.web.reload",
+            "gateway.web.console",
+            "gateway.web.browser",
         ),
     ),
     ("web app", ("gateway.web.app", "gateway.web")),

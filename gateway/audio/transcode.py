@@ -99,6 +99,10 @@ PCMU_8K: Final = AudioFormat("PCMU", 8000)
 PCMA_8K: Final = AudioFormat("PCMA", 8000)
 L16_16K: Final = AudioFormat("L16", 16000)
 G722_16K: Final = AudioFormat("G722", 16000)
+#: The browser's formats (``/web/stream``): the model's own rates, native byte order, so
+#: neither direction is resampled or swapped.
+PCM16_16K: Final = AudioFormat("L16", MODEL_INPUT_RATE, "little")
+PCM16_24K: Final = AudioFormat("L16", MODEL_OUTPUT_RATE, "little")
 
 _SUPPORTED: Final = "PCMU/8000, PCMA/8000, L16/16000 (either byte order), G722/16000"
 _WIDEBAND: Final = frozenset({"L16", "G722"})
@@ -185,6 +189,38 @@ class Uplink:
             self._codec.reset()
 
 
+class Passthrough:
+    """The resampler of a downlink already at the model's rate: no filter, no delay."""
+
+    __slots__ = ()
+
+    @property
+    def delay_ms(self) -> float:
+        return 0.0
+
+    def process(self, pcm: bytes) -> bytes:
+        return pcm
+
+    def flush(self) -> bytes:
+        return b""
+
+    def reset(self) -> None:
+        pass
+
+
+class Resampler(Protocol):
+    """What a :class:`Downlink` needs of its resampler (a :class:`StreamResampler`)."""
+
+    @property
+    def delay_ms(self) -> float: ...
+
+    def process(self, pcm: bytes) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+    def reset(self) -> None: ...
+
+
 class Downlink:
     """Model PCM16LE at 24 kHz -> whole 20 ms carrier frames.
 
@@ -197,7 +233,7 @@ class Downlink:
         self,
         fmt: AudioFormat,
         encode: Callable[[bytes], bytes],
-        resampler: StreamResampler,
+        resampler: Resampler,
         *,
         codec: CodecState | None = None,
     ) -> None:
@@ -267,7 +303,13 @@ def uplink_for(fmt: AudioFormat) -> Uplink:
 
 
 def downlink_for(fmt: AudioFormat) -> Downlink:
-    """A fresh model -> carrier transcoder for one call."""
+    """A fresh model -> carrier transcoder for one call.
+
+    Little-endian L16 at the model's own 24 kHz (the browser) is only cut into frames: no
+    carrier plays it, but a peer that can take the model's audio as it is should get it so.
+    """
+    if fmt == PCM16_24K:
+        return Downlink(fmt, _identity, Passthrough())
     _check_supported(fmt)
     if fmt.encoding == "PCMU":
         return Downlink(fmt, g711.ulaw_encode, model_to_telephone())

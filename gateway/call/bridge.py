@@ -398,9 +398,12 @@ class CallBridge:
         self.actions.begin(live, started)
         self.events.emit(
             "call.started",
+            carrier=self.codec.carrier,
             encoding=started.audio_format.encoding,
             direction=started.direction,
             parameters=sorted(started.parameters),
+            # The numbers: personal data (the log masks them at the webhook already).
+            _private={"from": params.get("from", ""), "to": params.get("to", "")},
         )
         return live
 

@@ -17,8 +17,10 @@ from gateway.metrics import Metrics
 
 #: End reasons where the caller is already gone, so there is nothing to hang up.
 CALLER_ENDED = frozenset({"caller_hung_up", "caller_disconnected"})
-#: End reasons where the agent ended the call (``end_call``, or a quiet line it said goodbye to).
-AGENT_ENDED = frozenset({"agent_ended", "idle_ended"})
+#: End reasons where our side ended the call on purpose: the agent (``end_call``, or a quiet
+#: line it said goodbye to), or an operator (the console's end-call button). The carrier is
+#: asked to hang up, so nothing placed after ``</Connect>`` plays.
+AGENT_ENDED = frozenset({"agent_ended", "idle_ended", "operator_ended"})
 #: End reasons where Gemini is gone for good: the active agent's fallback runs.
 MODEL_FAILED = frozenset({"model_ended", "model_unavailable"})
 

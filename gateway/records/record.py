@@ -22,7 +22,7 @@ from gateway.records.times import format_time, utc_now
 #: The record's ``end_reason`` values (a contract; see :func:`record_end_reason`).
 END_REASONS = (
     "caller_hangup", "agent_ended", "transferred", "idle", "failed", "drained", "limit",
-    INTERRUPTED,
+    INTERRUPTED, "operator_ended",
 )  # fmt: skip
 
 _END_REASONS: dict[str, str] = {
@@ -35,6 +35,7 @@ _END_REASONS: dict[str, str] = {
     "drained": "drained",
     "cancelled": "drained",  # the server stopped with the call up
     "max_duration": "limit",
+    "operator_ended": "operator_ended",  # the console's end-call button
 }
 
 

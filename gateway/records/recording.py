@@ -36,7 +36,7 @@ import structlog
 
 from gateway.audio import g711
 from gateway.audio.g722 import G722Decoder
-from gateway.audio.resample import StreamResampler, wideband_to_telephone
+from gateway.audio.resample import StreamResampler, model_to_telephone, wideband_to_telephone
 from gateway.audio.transcode import AudioFormat, UnsupportedAudioFormat
 
 RATE: Final = 8000
@@ -104,6 +104,9 @@ class _ToTelephone:
         elif fmt.encoding == "L16" and fmt.sample_rate == 16000:
             self._decode = None  # PCM already; only the byte order may need a swap
             self._resampler = wideband_to_telephone()
+        elif fmt.encoding == "L16" and fmt.sample_rate == 24000:  # the browser's agent side
+            self._decode = None
+            self._resampler = model_to_telephone()
         else:
             raise UnsupportedAudioFormat(f"cannot record {fmt}")
 

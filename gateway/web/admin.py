@@ -9,12 +9,14 @@ to a missing or wrong token is 401 and nothing else.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from gateway.records.record import END_REASONS
+from gateway.records.recording import recording_path
 from gateway.records.store import RecordStore
 from gateway.records.times import parse_since
 from gateway.web.auth import admin_guard
@@ -65,6 +67,34 @@ def add_admin_routes(app: FastAPI, state: GatewayState) -> None:
         if record is None:
             raise HTTPException(404, "no record of that call")
         return JSONResponse(record)
+
+    @app.get("/calls/{call_id}/recording", dependencies=[guard])
+    async def call_recording(call_id: str) -> FileResponse:
+        """The call's WAV (RECORDINGS_DIR), with range requests for the console's player."""
+        path = await recording_file(state, call_id[:200])
+        if path is None:
+            raise HTTPException(404, "no recording of that call here")
+        return FileResponse(path, media_type="audio/wav", headers={"Cache-Control": "no-store"})
+
+
+async def recording_file(state: GatewayState, call_id: str) -> Path | None:
+    """Where this gateway keeps the call's recording, if it does: the path its record names
+    (a restarted stream's recording has a suffix), else the usual name, and only inside
+    RECORDINGS_DIR whatever a record says."""
+    directory = state.settings.recordings_dir
+    if directory is None:
+        return None
+    candidates = [recording_path(directory, call_id)]
+    if state.records is not None:
+        record = await state.records.store.get(call_id)
+        if record is not None and isinstance(record.get("recording"), str):
+            candidates.insert(0, Path(record["recording"]))
+    root = directory.resolve()
+    for candidate in candidates:
+        resolved = candidate.resolve()
+        if resolved.parent == root and resolved.is_file():
+            return resolved
+    return None
 
 
 def phone_number(value: str | None) -> str | None:

@@ -3,7 +3,8 @@
 Routes: the operational ones (:mod:`gateway.web.ops`) always; each carrier's
 (:mod:`gateway.web.twilio`, :mod:`gateway.web.telnyx`) only when it is in ``CARRIERS``; the
 admin API's (:mod:`gateway.web.admin`, :mod:`gateway.web.outbound`,
-:mod:`gateway.web.reload`) only when ADMIN_API_TOKEN is set.
+:mod:`gateway.web.reload`), the console (:mod:`gateway.web.console`) and browser calls
+(:mod:`gateway.web.browser`) only when ADMIN_API_TOKEN is set.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from fastapi import FastAPI
 
 from gateway.aio import cancel_and_wait
 from gateway.web.admin import add_admin_routes
+from gateway.web.browser import add_browser_routes
+from gateway.web.console import add_console_routes
+from gateway.web.feed import LiveFeed
 from gateway.web.ops import add_operational_routes
 from gateway.web.outbound import add_outbound_routes
 from gateway.web.reload import add_reload_routes
@@ -50,6 +54,10 @@ def create_app(state: GatewayState) -> FastAPI:
         add_admin_routes(app, state)  # GET /calls, GET /calls/{call_id}
         add_outbound_routes(app, state)  # POST /calls
         add_reload_routes(app, state)  # POST /admin/reload
+        if state.feed is None:  # the console's live view exists with the console
+            state.feed = LiveFeed()
+        add_console_routes(app, state, state.feed)  # /console…
+        add_browser_routes(app, state)  # POST /web/calls, WS /web/stream
 
     # A carrier not served has no routes at all: its webhooks answer 404, and its stream
     # upgrades are refused (Starlette denies a websocket no route matches with 403).

@@ -40,6 +40,7 @@ from gateway.metrics import Metrics
 from gateway.records.service import CallRecords
 from gateway.security import StreamGrant, StreamLedger, StreamReusedError, StreamTokens
 from gateway.settings import Settings
+from gateway.web.feed import LiveFeed
 
 #: A refused upgrade or webhook is logged this many times per reason, then every 100th: a
 #: flood of them must not flood the logs.
@@ -79,6 +80,8 @@ class GatewayState:
     tool_runner: HttpToolRunner | None = None
     #: Call records (store, checkpoints, delivery); None when DATABASE_URL is empty.
     records: CallRecords | None = None
+    #: The console's view of live calls; None without ADMIN_API_TOKEN (no console).
+    feed: LiveFeed | None = None
     #: Admitted calls: these count for capacity, readyz and gateway_active_calls.
     calls: dict[asyncio.Task[None], CallBridge] = field(default_factory=dict)
     #: Accepted sockets that are not calls (yet): waiting for a start that proves them, or
@@ -91,6 +94,12 @@ class GatewayState:
     _refusals: dict[str, int] = field(default_factory=dict)
     #: One reload at a time: two would race to install graphs read at different moments.
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def call_observers(self) -> tuple[CallObserver, ...]:
+        """Who hears every call's events: the configured observers and the console's feed."""
+        if self.feed is None:
+            return self.observers
+        return (*self.observers, self.feed.observe)
 
     def model_for(self, graph: AgentGraph) -> str:
         """The model a call on ``graph`` talks to: GEMINI_MODEL if set, else the file's."""
@@ -197,6 +206,12 @@ class GatewayState:
         or the file's."""
         stage = self.graph.start_stage(called, phase=phase)
         return self.graph.fallback(self.graph.agent(stage.agent_id))
+
+    def stop_watching(self) -> None:
+        """The server is stopping: end the consoles' event streams, which would otherwise
+        keep it waiting for its grace period."""
+        if self.feed is not None:
+            self.feed.close()
 
     async def aclose(self) -> None:
         for client in (self.telnyx_api, self.texml_api, self.twilio_rest, self.tool_runner):

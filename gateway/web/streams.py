@@ -125,7 +125,7 @@ async def _run(
         graph=graph,
         new_live_session=state.live_sessions(state.model_for(graph)),
         options=state.bridge_options(),
-        observers=state.observers,
+        observers=state.call_observers(),
         hooks=replace(hooks, admit=admit),
         metrics=state.metrics,
         tool_runner=state.tool_runner,
