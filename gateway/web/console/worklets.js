@@ -6,8 +6,8 @@
 // player:  a jitter buffer for the gateway's 24 kHz PCM: a Float32 ring, marks queued at the
 //          sample position where they arrived and reported when the playhead passes them.
 //
-// Int16Array is in platform byte order; every platform a browser runs on is little-endian,
-// which is what the wire format (PCM16LE) wants. The player reads with DataView to be exact.
+// The capture's Int16Array is in platform byte order: little-endian wherever browsers run,
+// as the wire (PCM16LE) wants. The player reads with DataView, little-endian explicitly.
 
 const CAPTURE_FRAME = 320;
 
