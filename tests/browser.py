@@ -89,9 +89,14 @@ async def browser_page(
             page = await context.new_page()
             page.on("console", lambda m: m.type == "error" and watch.errors.append(m.text))
             page.on("pageerror", lambda e: watch.errors.append(f"uncaught: {e}"))
+            # A request cut short by leaving the page (the live events' stream, at log-out)
+            # is ERR_ABORTED: the browser's doing, not a failure.
             page.on(
                 "requestfailed",
-                lambda r: watch.errors.append(f"request failed: {r.url} {r.failure}"),
+                lambda r: (
+                    "ERR_ABORTED" not in str(r.failure)
+                    and watch.errors.append(f"request failed: {r.url} {r.failure}")
+                ),
             )
 
             async def only_ours(route: Route) -> None:

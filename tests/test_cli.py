@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 
 from callsim.callers.audio import Silence, Tone, render
 from callsim.callers.twilio import TwilioCaller
@@ -456,3 +458,61 @@ async def test_serve_reaches_a_separate_live_endpoint_via_base_url_and_ssl_cert_
     transcripts = [json.loads(line) for line in logs.splitlines() if '"transcript"' in line]
     assert transcripts and all("text" not in t for t in transcripts)
     assert "Traceback" not in logs
+
+
+async def test_serve_simulator_takes_a_browser_call_and_stops_with_a_console_watching(
+    tmp_path: Path,
+) -> None:
+    """The console's browser call works against ``serve --simulator`` (the greeting comes back
+    as 24 kHz PCM, the call shows in the live feed), and SIGTERM stops the server at once
+    although a console's event stream is open (it would otherwise hold the shutdown)."""
+    (tmp_path / "agents.yaml").write_text((ROOT / "agents.yaml").read_text())
+    port = _free_port()
+    token = "console-token-0123456789abcdef"
+    proc = subprocess.Popen(  # noqa: ASYNC220 -- a real server process, polled below
+        [sys.executable, "-m", "gateway", "serve", "--simulator", "--host", "127.0.0.1",
+         "--port", str(port)],
+        cwd=tmp_path, env=_env(LOG_FORMAT="json", ADMIN_API_TOKEN=token),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    bearer = {"Authorization": f"Bearer {token}"}
+    feed: list[str] = []
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            await _wait_healthy(http, url, proc)
+            async with http.stream("GET", url + "/console/api/live", headers=bearer) as events:
+
+                async def read_feed() -> None:
+                    async for line in events.aiter_lines():
+                        feed.append(line)
+
+                reader = asyncio.create_task(read_feed())
+                issued = (await http.post(url + "/web/calls", headers=bearer)).json()
+                received = 0
+                async with websockets.connect(
+                    issued["stream_url"], additional_headers=bearer
+                ) as ws:
+                    ids = {"streamSid": issued["stream_id"], "callSid": issued["call_id"]}
+                    await ws.send(json.dumps({"event": "start", "start": ids}))
+                    while received < 24_000 * 2:  # a second of the greeting, at 24 kHz
+                        message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                        if message["event"] == "media":
+                            received += len(base64.b64decode(message["media"]["payload"]))
+                    await ws.send(json.dumps({"event": "stop"}))
+                for _ in range(100):
+                    if any('"end_reason"' in line for line in feed):
+                        break
+                    await asyncio.sleep(0.05)
+                stopping = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                _, stderr = await asyncio.to_thread(proc.communicate, timeout=20)
+                stopped_s = time.monotonic() - stopping
+                await reader
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert stopped_s < 5  # not the 10 s grace an open response would have held it for
+    assert any(issued["call_id"] in line and '"carrier":"web"' in line for line in feed)
+    assert any('"end_reason":"caller_hangup"' in line or "caller_hung_up" in line for line in feed)

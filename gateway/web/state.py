@@ -242,14 +242,15 @@ def call_action_gaps(settings: Settings, graph: AgentGraph) -> list[str]:
     if not acting:
         return []
     tools = " and ".join(acting)
+    need = "needs" if len(acting) == 1 else "need"
     gaps = []
     if "twilio" in settings.served_carriers and settings.twilio_auth_token is None:
         gaps.append(
-            f"Twilio: {tools} need TWILIO_AUTH_TOKEN (the REST API); without it end_call "
+            f"Twilio: {tools} {need} TWILIO_AUTH_TOKEN (the REST API); without it end_call "
             "closes the stream, which plays the fallback after </Connect>, and transfers fail"
         )
     if "telnyx" in settings.served_carriers and settings.telnyx_api_key is None:
-        gaps.append(f"Telnyx: {tools} need TELNYX_API_KEY (TeXML REST and Call Control)")
+        gaps.append(f"Telnyx: {tools} {need} TELNYX_API_KEY (TeXML REST and Call Control)")
     return gaps
 
 
