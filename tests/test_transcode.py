@@ -374,3 +374,26 @@ def test_g722_reset_matches_fresh_codecs() -> None:
     assert again == fresh_down.feed(speech)
     payload = b"".join(again)
     assert uplink.feed(payload) == fresh_up.feed(payload)
+
+
+def test_the_browsers_downlink_is_the_models_audio_cut_into_frames_untouched() -> None:
+    from gateway.audio.transcode import PCM16_24K
+
+    rng = np.random.default_rng(7)
+    pcm = rng.integers(-32768, 32767, 24000 * 3 // 10, dtype="<i2").tobytes()  # 300 ms
+    downlink = downlink_for(PCM16_24K)
+    frames = downlink.feed(pcm[:1001]) + downlink.feed(pcm[1001:]) + downlink.flush()
+    assert {len(f) for f in frames} == {960}  # 20 ms at 24 kHz
+    joined = b"".join(frames)
+    assert joined[: len(pcm)] == pcm
+    assert joined[len(pcm) :] == bytes(len(joined) - len(pcm))  # padded with PCM silence
+    assert downlink.delay_ms == 0.0
+
+
+def test_the_browsers_uplink_is_passed_straight_to_the_model() -> None:
+    from gateway.audio.transcode import PCM16_16K
+
+    uplink = uplink_for(PCM16_16K)
+    pcm = bytes(range(256)) * 5
+    assert uplink.feed(pcm[:641]) + uplink.feed(pcm[641:]) == pcm
+    assert uplink.delay_ms == 0.0

@@ -178,6 +178,7 @@ class Uplink:
                 self._odd = b""
             if len(payload) & 1:
                 self._odd = payload[-1:]
+                payload = payload[:-1]  # whole samples only; that byte waits for its partner
         return self._decode(payload)
 
     def reset(self) -> None:
