@@ -28,7 +28,9 @@ a mark echo arriving after ``stop`` is not a protocol violation to report.
 
 from __future__ import annotations
 
+import base64
 import enum
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -122,6 +124,14 @@ class StreamCodec(ABC):
         if stream_id is not None and stream_id != self.stream_id:
             raise ProtocolError(f"message for another {self.stream_key}")
 
+    @staticmethod
+    def _start_object(msg: dict[str, Any]) -> dict[str, Any]:
+        """The ``start`` object of a start message; a fatal ProtocolError if it has none."""
+        start = msg.get("start")
+        if not isinstance(start, dict):
+            raise ProtocolError("'start' without a start object", fatal=True)
+        return start
+
     @abstractmethod
     def _start(self, msg: dict[str, Any]) -> StreamStarted:
         """Read a ``start`` message (ids, media format, parameters); ProtocolError if unusable."""
@@ -145,6 +155,20 @@ class StreamCodec(ABC):
     @abstractmethod
     def clear(self) -> str:
         """Drop everything the carrier has buffered for playback (barge-in)."""
+
+
+class UnnamedOutbound:
+    """Outbound messages that name no stream (Telnyx's, the browser's): the socket is the
+    stream. A mixin for a :class:`StreamCodec`."""
+
+    def media(self, payload: bytes) -> str:
+        return '{"event":"media","media":{"payload":"' + base64.b64encode(payload).decode() + '"}}'
+
+    def mark(self, name: str) -> str:
+        return '{"event":"mark","mark":{"name":' + json.dumps(name) + "}}"
+
+    def clear(self) -> str:
+        return '{"event":"clear"}'
 
 
 def _field(msg: Mapping[str, Any], obj: str, key: str) -> Any:

@@ -17,7 +17,6 @@ file per second and cannot carry a conversation.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,7 +42,7 @@ from gateway.carriers.base import (
 )
 from gateway.carriers.markup import connect_stream
 from gateway.carriers.reorder import Reorderer
-from gateway.carriers.stream import StreamCodec
+from gateway.carriers.stream import StreamCodec, UnnamedOutbound
 
 #: client_state prefix on streams the gateway started through Call Control. It comes back in
 #: the stream's ``start`` (with the stream token after it): that is how the token reaches a
@@ -144,7 +143,7 @@ def downlink_format(requested: str | None, streamed: AudioFormat) -> AudioFormat
     return None if fmt == streamed else fmt
 
 
-class TelnyxCodec(StreamCodec):
+class TelnyxCodec(UnnamedOutbound, StreamCodec):
     """One Telnyx stream's codec: ids from ``start``, reordering of inbound media.
 
     The order of events is :class:`~gateway.carriers.stream.StreamCodec`'s; this class reads
@@ -166,19 +165,8 @@ class TelnyxCodec(StreamCodec):
         self.call_control = False
         self.reorder = Reorderer(reorder_window, first=1)  # media.chunk counts from 1
 
-    def media(self, payload: bytes) -> str:
-        return '{"event":"media","media":{"payload":"' + base64.b64encode(payload).decode() + '"}}'
-
-    def mark(self, name: str) -> str:
-        return '{"event":"mark","mark":{"name":' + json.dumps(name) + "}}"
-
-    def clear(self) -> str:
-        return '{"event":"clear"}'
-
     def _start(self, msg: dict[str, Any]) -> StreamStarted:
-        start = msg.get("start")
-        if not isinstance(start, dict):
-            raise ProtocolError("'start' without a start object", fatal=True)
+        start = self._start_object(msg)
         stream_id = carrier_id(msg.get("stream_id"), "stream_id")
         call_id = carrier_id(start.get("call_control_id"), "call_control_id")
         fmt = start.get("media_format")

@@ -56,9 +56,7 @@ class TwilioCodec(StreamCodec):
         return self._clear
 
     def _start(self, msg: dict[str, Any]) -> StreamStarted:
-        start = msg.get("start")
-        if not isinstance(start, dict):
-            raise ProtocolError("'start' without a start object", fatal=True)
+        start = self._start_object(msg)
         sid = carrier_id(start.get("streamSid", msg.get("streamSid")), "streamSid")
         call_sid = carrier_id(start.get("callSid"), "callSid")
         account = start.get("accountSid")  # only used in a REST URL, which checks its shape

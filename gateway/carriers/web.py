@@ -19,13 +19,11 @@ played at the wrong speed. The stream token travels in the URL's path like the c
 
 from __future__ import annotations
 
-import base64
-import json
 from typing import Any, Final
 
 from gateway.audio.transcode import PCM16_16K, PCM16_24K
 from gateway.carriers.base import ProtocolError, StreamStarted, carrier_id, custom_parameters
-from gateway.carriers.stream import StreamCodec
+from gateway.carriers.stream import StreamCodec, UnnamedOutbound
 
 CARRIER: Final = "web"
 #: The ``mediaFormat.encoding`` of both directions.
@@ -34,29 +32,14 @@ ENCODING: Final = "audio/pcm16le"
 ALLOWED_PARAMETERS: Final = frozenset({"token", "phase"})
 
 
-class WebCodec(StreamCodec):
-    """One browser stream's codec."""
+class WebCodec(UnnamedOutbound, StreamCodec):
+    """One browser stream's codec (its outbound messages name no stream, as Telnyx's)."""
 
     carrier = CARRIER
     stream_key = "streamSid"
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._mark_prefix = '{"event":"mark","mark":{"name":'
-
-    def media(self, payload: bytes) -> str:
-        return '{"event":"media","media":{"payload":"' + base64.b64encode(payload).decode() + '"}}'
-
-    def mark(self, name: str) -> str:
-        return self._mark_prefix + json.dumps(name) + "}}"
-
-    def clear(self) -> str:
-        return '{"event":"clear"}'
-
     def _start(self, msg: dict[str, Any]) -> StreamStarted:
-        start = msg.get("start")
-        if not isinstance(start, dict):
-            raise ProtocolError("'start' without a start object", fatal=True)
+        start = self._start_object(msg)
         stream_id = carrier_id(start.get("streamSid"), "streamSid")
         call_id = carrier_id(start.get("callSid"), "callSid")
         fmt = start.get("mediaFormat")

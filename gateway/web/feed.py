@@ -56,17 +56,17 @@ class LiveCall:
     )
 
     def document(self) -> dict[str, Any]:
-        return {
-            "call_id": self.call_id,
-            "carrier": self.carrier,
-            "direction": self.direction,
-            "from": self.caller,
-            "to": self.called,
-            "agent": self.agent,
-            "started_at": self.started_at,
-            "handoffs": list(self.handoffs),
-            "transcript": list(self.transcript),
-        }
+        """What the page gets: the fields by their names, the numbers as ``from``/``to``."""
+        body = {name: getattr(self, name) for name in _SHOWN_AS_IS}
+        body.update(
+            {"from": self.caller, "to": self.called},
+            handoffs=list(self.handoffs),
+            transcript=list(self.transcript),
+        )
+        return body
+
+
+_SHOWN_AS_IS: Final = ("call_id", "carrier", "direction", "agent", "started_at")
 
 
 class Subscription:
