@@ -42,6 +42,9 @@ class Metrics:
             "gateway_calls", "Calls by how they ended or were refused.", ["outcome"], registry=r
         )
         self.handoffs = Counter("gateway_handoffs", "Completed agent handoffs.", registry=r)
+        self.console_watchers = Gauge(
+            "gateway_console_watchers", "Consoles watching the live calls now.", registry=r
+        )
         self.live_reconnects = Counter(
             "gateway_live_reconnects",
             "Gemini Live reconnections not asked for by a handoff.",

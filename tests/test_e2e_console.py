@@ -76,6 +76,7 @@ async def test_a_live_call_is_watched_as_it_happens_and_ended_from_the_console(
         httpx.AsyncClient(base_url=h.gateway.url) as http,
     ):  # fmt: skip
         assert feed.named("snapshot")[0] == {"calls": []}
+        watched = (await http.get("/metrics")).text
         call = asyncio.create_task(h.call([Tone(700, 0.8), Silence(30)], linger_s=0.1))
         await until(lambda: feed.named("call"), 10)
         live = feed.named("call")[0]
@@ -96,6 +97,7 @@ async def test_a_live_call_is_watched_as_it_happens_and_ended_from_the_console(
         assert records is not None
         await until(lambda: not records.writing)
         record = (await http.get(f"/calls/{call_id}", headers=BEARER)).json()
+    assert "gateway_console_watchers 1.0" in watched
     assert live["carrier"] == "twilio"
     assert live["direction"] == "inbound"
     assert live["from"] == "***0123"  # masked: the console shows no whole number

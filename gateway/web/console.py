@@ -43,6 +43,7 @@ from fastapi.responses import (
     Response,
     StreamingResponse,
 )
+from prometheus_client import Gauge
 
 from gateway.agents import AgentGraph
 from gateway.web.auth import SESSION_COOKIE, AdminAuth
@@ -197,7 +198,7 @@ def add_console_routes(app: FastAPI, state: GatewayState, feed: LiveFeed) -> Non
         if feed.subscribers >= MAX_SUBSCRIBERS:
             raise HTTPException(503, f"at most {MAX_SUBSCRIBERS} consoles can watch at once")
         return StreamingResponse(
-            _events(feed),
+            _events(feed, state.metrics.console_watchers),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -251,10 +252,11 @@ def graph_document(graph: AgentGraph, model: str) -> dict[str, Any]:
     }
 
 
-async def _events(feed: LiveFeed) -> AsyncIterator[str]:
+async def _events(feed: LiveFeed, watchers: Gauge) -> AsyncIterator[str]:
     """One console's event stream: a snapshot, then every change, until it leaves or the
     server stops."""
     subscription = feed.subscribe()
+    watchers.inc()
     try:
         yield "retry: 2000\n" + _event("snapshot", feed.snapshot())
         while True:
@@ -272,6 +274,7 @@ async def _events(feed: LiveFeed) -> AsyncIterator[str]:
             yield _event(name, data)
     finally:
         feed.unsubscribe(subscription)
+        watchers.dec()
 
 
 def _event(name: str, data: dict[str, Any]) -> str:
