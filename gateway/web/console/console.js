@@ -166,16 +166,22 @@ function transcriptLine(entry) {
     entry.interrupted ? el('span', { class: 'interrupted' }, '(interrupted)') : null);
 }
 
-// Append lines, keeping the view pinned to the bottom unless the user scrolled up.
-function appendLines(box, entries) {
+// Lines a transcript box keeps: an hour-long call must not grow the page without end (the
+// call's record keeps every line).
+const MAX_LINES = 300;
+
+// Append lines, keeping the view pinned to the bottom unless the user scrolled up; a live
+// transcript keeps its last `max` lines.
+function appendLines(box, entries, max = MAX_LINES) {
   const pinned = box.scrollHeight - box.scrollTop - box.clientHeight < 24;
   for (const entry of entries) box.append(transcriptLine(entry));
+  while (box.childElementCount > max) box.firstElementChild.remove();
   if (pinned) box.scrollTop = box.scrollHeight;
 }
 
 function setLines(box, entries) {
   box.replaceChildren();
-  appendLines(box, entries || []);
+  appendLines(box, entries || [], Infinity); // a record's transcript is shown whole
   box.scrollTop = box.scrollHeight;
 }
 
@@ -314,6 +320,7 @@ function onTranscript(event) {
   const live = liveCalls.get(callId);
   if (live && !live.ended) {
     live.data.transcript.push(entry);
+    if (live.data.transcript.length > MAX_LINES) live.data.transcript.shift();
     appendLines(live.parts.transcript, [entry]);
   }
   if (callId === talk.callId) {
