@@ -1,12 +1,13 @@
-"""What a simulated call (Twilio or Telnyx) observed: the record tests assert on and the CLI prints.
+"""What a simulated call (Twilio, Telnyx or the browser) observed: the record tests assert on and
+the CLI prints.
 
 Times are ``time.monotonic()`` values so in-process tests can compare them with timestamps taken
 by other peers (the gateway, the Live simulator, the fake Telnyx API). ``heard`` is on the *call
 timeline*, which starts when the ``start`` message was sent. Its format depends on the carrier:
 Twilio's is μ-law 8 kHz exactly as received (byte ``i`` was heard ``i / 8000`` s in); Telnyx's is
 PCM16LE at ``heard_rate`` (8000 or 16000), decoded from the negotiated codec as each frame
-arrived, because several codecs (G.722 is stateful ADPCM) cannot be compared byte for byte.
-``heard_pcm()`` gives PCM16 for both.
+arrived, because several codecs (G.722 is stateful ADPCM) cannot be compared byte for byte; the
+browser's is PCM16LE at 24000 Hz exactly as received. ``heard_pcm()`` gives PCM16 for all.
 """
 
 from __future__ import annotations
@@ -128,13 +129,13 @@ class ProtocolViolationError(AssertionError):
 class CallResult:
     """Everything observed during one call (also readable live, while the call runs)."""
 
-    webhook_url: str
-    call_sid: str  # Telnyx: the call_control_id (TeXML's CallSid)
-    account_sid: str  # Telnyx: the user_id (TeXML's AccountSid)
-    stream_sid: str  # Telnyx: the stream_id
+    webhook_url: str  # the browser: POST /web/calls, which issues the call
+    call_sid: str  # Telnyx: the call_control_id (TeXML's CallSid); the browser: the call_id
+    account_sid: str  # Telnyx: the user_id (TeXML's AccountSid); the browser: ""
+    stream_sid: str  # Telnyx: the stream_id; the browser: the issued stream_id
     webhook_status: int | None = None
-    twiml: str = ""  # the webhook answer (Telnyx: TeXML)
-    twiml_stream_url: str | None = None  # the <Stream url> as the carrier would use it
+    twiml: str = ""  # the webhook answer (Telnyx: TeXML; the browser: POST /web/calls' JSON)
+    twiml_stream_url: str | None = None  # the <Stream url> (the browser: the issued stream_url)
     stream_url: str | None = None  # the URL actually connected to (may be an override)
     parameters: dict[str, str] = field(default_factory=dict)
     started_at: float | None = None
@@ -146,7 +147,7 @@ class CallResult:
     mark_echoes: list[MarkEcho] = field(default_factory=list)
     media_messages_received: int = 0
     media_bytes_received: int = 0
-    odd_media_sizes: list[int] = field(default_factory=list)  # not whole 20 ms frames (160 B)
+    odd_media_sizes: list[int] = field(default_factory=list)  # not whole 20 ms frames
     first_media_time: float | None = None
     unplayed_bytes: int = 0  # gateway audio (in `heard`'s format) still buffered at the end
     unechoed_marks: list[str] = field(default_factory=list)
@@ -157,9 +158,9 @@ class CallResult:
     closed_by: Literal["gateway", "caller"] | None = None  # None: no stream was opened
     send_timing: TimingStats = field(default_factory=TimingStats)
     playout_timing: TimingStats = field(default_factory=TimingStats)
-    # What Telnyx adds (the defaults describe a Twilio call):
-    carrier: Literal["twilio", "telnyx"] = "twilio"
-    mode: str = "twiml"  # twiml | texml | call-control
+    # What Telnyx and the browser add (the defaults describe a Twilio call):
+    carrier: Literal["twilio", "telnyx", "web"] = "twilio"
+    mode: str = "twiml"  # twiml | texml | call-control | browser
     codec: str = "PCMU"  # what the caller sends (Telnyx start.media_format.encoding)
     bidirectional_codec: str = "PCMU"  # what the gateway must send back
     heard_rate: int = SAMPLE_RATE  # samples per second on the heard timeline
@@ -232,8 +233,8 @@ class CallResult:
         write_wav(path, self.heard_pcm(), self.heard_rate)
 
     def violation_kinds(self) -> list[str]:
-        """The kind of each violation (a ``callsim.twilio.peer.Violation``
-        or ``callsim.telnyx.peer.Violation`` value)."""
+        """The kind of each violation (a ``callsim.twilio.peer.Violation``,
+        ``callsim.telnyx.peer.Violation`` or ``callsim.callers.web.Violation`` value)."""
         return [violation_kind(v) for v in self.violations]
 
     def raise_for_violations(self) -> None:
@@ -246,9 +247,10 @@ class CallResult:
         """A few human-readable lines for the CLI."""
         lines = [f"call {self.call_sid} -> {self.webhook_url} (HTTP {self.webhook_status})"]
         if self.carrier != "twilio":
+            commands = f"; commands {self.api_actions()}" if self.carrier == "telnyx" else ""
             lines.append(
                 f"{self.carrier} {self.mode}: caller sends {self.codec}, gateway must send "
-                f"{self.bidirectional_codec}; commands {self.api_actions()}"
+                f"{self.bidirectional_codec}{commands}"
             )
         if self.started_at is not None and self.ended_at is not None:
             lines.append(

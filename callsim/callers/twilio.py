@@ -5,8 +5,8 @@ models the carrier's playback buffer (through the sans-I/O
 :class:`~callsim.callers.state.CallerState`) to record what the caller *heard* and to
 echo marks as the carrier does. :class:`TwilioCaller` adds Twilio's part: it POSTs the voice
 webhook, checks the TwiML and speaks the Media Streams protocol; the Telnyx caller lives in
-:mod:`callsim.callers.telnyx`. Every way the gateway's traffic would upset the carrier is
-recorded in ``CallResult.violations``.
+:mod:`callsim.callers.telnyx`, the browser's in :mod:`callsim.callers.web`. Every way the
+gateway's traffic would upset the carrier is recorded in ``CallResult.violations``.
 
 Three tasks share one call, all owned by :meth:`StreamCaller.run` and cancelled and awaited
 before it returns:
@@ -207,7 +207,8 @@ class StreamCaller:
             Violation.WEBSOCKET_PROTOCOL, detail + _code(self.FRAMING_ERROR_CODE)
         )
 
-    def _connected_message(self) -> dict[str, Any]:
+    def _connected_message(self) -> dict[str, Any] | None:
+        """The message before ``start``, or None for a protocol with none (the browser's)."""
         raise NotImplementedError
 
     def _start_builder(self) -> MessageBuilder:
@@ -270,13 +271,15 @@ class StreamCaller:
             self._emit("closed", detail=res.closed_by or "")
 
     async def _converse(self, ws: ClientConnection) -> None:
-        """Send ``connected`` and ``start``, then run the call's three tasks to its end."""
+        """Send ``connected`` (if the protocol has one) and ``start``, then run the call's three
+        tasks to its end."""
         res = self.result
         self._emit("stream_open")
         try:
             connected = self._connected_message()
-            await ws.send(peer.encode(connected))
-            res.sent.append((time.monotonic(), connected))
+            if connected is not None:
+                await ws.send(peer.encode(connected))
+                res.sent.append((time.monotonic(), connected))
             res.started_at = time.monotonic()
             await self._send(self._start_builder())
         except ConnectionClosed as exc:
