@@ -13,6 +13,7 @@ from callsim.callers.audio import Segment, Silence, Wav, parse_spec, render
 from callsim.callers.result import CallResult
 from callsim.callers.telnyx import TelnyxCaller
 from callsim.callers.twilio import TwilioCaller
+from callsim.callers.web import WebCaller
 from callsim.live.script import ScriptError, load_script
 from callsim.live.server import LiveSimulator
 from gateway.logs import configure_logging
@@ -20,14 +21,17 @@ from gateway.settings import ConfigError
 
 
 async def place_call(args: argparse.Namespace) -> int:
-    """``gateway call``: one simulated Twilio or Telnyx call; prints what happened."""
-    telnyx = args.carrier == "telnyx"
+    """``gateway call``: one simulated Twilio, Telnyx or browser call; prints what happened.
+
+    ``gateway.cli`` has checked the options against the carrier and filled in their defaults.
+    """
+    telnyx, web = args.carrier == "telnyx", args.carrier == "web"
     segments: list[Segment]
     if args.wav:
         segments = [Silence(0.5), Wav(args.wav)]
     elif args.audio:
-        try:  # a Telnyx call may be wideband: allow tones up to 8 kHz there
-            segments = parse_spec(args.audio, rate=16000 if telnyx else 8000)
+        try:  # a Telnyx or browser call may be wideband: allow tones up to 8 kHz there
+            segments = parse_spec(args.audio, rate=16000 if telnyx or web else 8000)
         except ValueError as exc:
             raise ConfigError(f"--audio: {exc}") from None
     else:
@@ -39,11 +43,15 @@ async def place_call(args: argparse.Namespace) -> int:
             dtmf.append((float(at), digit))
         except ValueError:
             raise ConfigError(f"--dtmf {item!r}: expected DIGIT@SECONDS, e.g. 5@2.5") from None
-    caller: TwilioCaller | TelnyxCaller
+    caller: TwilioCaller | TelnyxCaller | WebCaller
     try:
         common = {"dtmf": dtmf, "hangup": args.hangup, "linger_s": args.linger,
                   "stream_url": args.stream_url}  # fmt: skip
-        if telnyx:
+        if web:
+            caller = WebCaller(
+                args.url, admin_token=args.admin_token, speech=segments, phase=args.phase, **common
+            )
+        elif telnyx:
             caller = TelnyxCaller(
                 args.url,
                 speech=segments,
@@ -58,11 +66,16 @@ async def place_call(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     result: CallResult = await caller.run()
-    codecs = f" ({result.codec} in, {result.bidirectional_codec} back)" if telnyx else ""
+    codecs = f" ({result.codec} in, {result.bidirectional_codec} back)" if telnyx or web else ""
     print(f"carrier:     {args.carrier}{codecs}")
+    if web:
+        print(f"call:        {result.call_sid or 'not issued'} (HTTP {result.webhook_status})")
     print(f"stream:      {result.stream_url}")
     print(f"parameters:  {', '.join(sorted(result.parameters)) or 'none'}")
-    agent_s = result.media_messages_received * 0.020  # the gateway sends 20 ms per message
+    if web:  # PCM as received: its bytes are its length (a message may hold several frames)
+        agent_s = result.media_bytes_received / result.heard_bytes_per_second
+    else:
+        agent_s = result.media_messages_received * 0.020  # the carriers get 20 ms per message
     print(f"heard:       {result.heard_s:.2f} s of call, {agent_s:.2f} s of it agent audio")
     print(f"clears:      {len(result.clear_times)}   marks echoed: {len(result.mark_echoes)}")
     print(f"ended by:    {result.closed_by} (code {result.close_code})")

@@ -74,18 +74,18 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_cmd_check)
 
     call = sub.add_parser(
-        "call", help="place a simulated Twilio or Telnyx call to a running gateway"
+        "call", help="place a simulated Twilio, Telnyx or browser call to a running gateway"
     )
     call.add_argument("url", help="the gateway's base URL, e.g. http://127.0.0.1:8080")
-    call.add_argument("--carrier", choices=("twilio", "telnyx"), default="twilio")
+    call.add_argument("--carrier", choices=("twilio", "telnyx", "web"), default="twilio")
     call.add_argument(
-        "--reorder", type=int, default=0, metavar="N",
+        "--reorder", type=int, metavar="N",
         help="telnyx: shuffle media within windows of N frames, as Telnyx may deliver them",
     )  # fmt: skip
     call.add_argument(
-        "--call-codec", choices=("PCMU", "PCMA", "G722", "L16"), default="PCMU",
-        help="telnyx: the call leg's own codec (Telnyx streams the caller in it unless it can "
-        "transcode to the one asked for: only PCMU<->PCMA)",
+        "--call-codec", choices=("PCMU", "PCMA", "G722", "L16"),
+        help="telnyx: the call leg's own codec (default PCMU; Telnyx streams the caller in it "
+        "unless it can transcode to the one asked for: only PCMU<->PCMA)",
     )  # fmt: skip
     call.add_argument("--wav", type=Path, help="what the caller says (a PCM WAV, any rate)")
     call.add_argument(
@@ -96,12 +96,19 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--linger", type=float, default=3.0, help="seconds to listen after")
     call.add_argument("--dtmf", action="append", default=[], metavar="DIGIT@SECONDS")
     call.add_argument("--hangup", choices=("stop", "close"), default="stop")
-    call.add_argument("--stream-url", help="connect here instead of the TwiML's stream URL")
+    call.add_argument(
+        "--stream-url",
+        help="connect here instead of the stream URL the gateway gave (TwiML, TeXML, /web/calls)",
+    )
     call.add_argument(
         "--auth-token",
-        default=os.environ.get("TWILIO_AUTH_TOKEN") or None,
         help="twilio: sign the webhook and stream as Twilio does (default: TWILIO_AUTH_TOKEN)",
     )
+    call.add_argument(
+        "--admin-token",
+        help="web: the gateway's admin token, to issue the call (default: ADMIN_API_TOKEN)",
+    )
+    call.add_argument("--phase", help="web: the pipeline stage to start in (default: the first)")
     call.set_defaults(run=_cmd_call)
 
     dial = sub.add_parser(
@@ -246,7 +253,40 @@ def _cmd_call(args: argparse.Namespace) -> int:
 
     if args.wav and args.audio:
         raise ConfigError("give either --wav or --audio, not both")
+    _carrier_options(args)
     return asyncio.run(place_call(args))
+
+
+#: ``gateway call``'s options that only one kind of call uses.
+_PHONE_ONLY = ("reorder", "call_codec", "auth_token")
+_WEB_ONLY = ("admin_token", "phase")
+
+
+def _carrier_options(args: argparse.Namespace) -> None:
+    """Refuse another carrier's options, and fill in the defaults the environment gives.
+
+    Refused rather than ignored: a smoke test that silently dropped ``--reorder`` or
+    ``--auth-token`` would pass without testing what its command line says. The defaults are
+    read here, not in the parser, so that ``TWILIO_AUTH_TOKEN`` in the environment is not
+    mistaken for an ``--auth-token`` given to a browser call.
+    """
+    web = args.carrier == "web"
+    others = _PHONE_ONLY if web else _WEB_ONLY
+    given = [name for name in others if getattr(args, name) is not None]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        only = "Twilio and Telnyx calls, not --carrier web" if web else "--carrier web"
+        raise ConfigError(f"{flags}: only for {only}")
+    if web:
+        args.admin_token = (args.admin_token or os.environ.get("ADMIN_API_TOKEN", "")).strip()
+        if not args.admin_token:
+            raise ConfigError(
+                "--carrier web needs the admin token: --admin-token or ADMIN_API_TOKEN"
+            )
+    else:
+        args.reorder = 0 if args.reorder is None else args.reorder
+        args.call_codec = args.call_codec or "PCMU"
+        args.auth_token = args.auth_token or os.environ.get("TWILIO_AUTH_TOKEN") or None
 
 
 def _cmd_dial(args: argparse.Namespace) -> int:
