@@ -126,15 +126,20 @@ async def test_a_refused_issue_is_reported_with_the_status_and_the_gateways_reas
     assert "HTTP 422: phase 'nowhere' is not a stage" in stage.violations[0]
 
 
-async def test_a_call_starts_at_the_phase_asked_for_and_may_hang_up_with_a_bare_close() -> None:
+async def test_a_call_starts_at_its_phase_on_the_bare_path_and_may_end_with_a_bare_close() -> None:
+    """With ``stream_url`` (the bare ``/web/stream``) the stream token rides in ``start``."""
     async with running(admin_api_token=ADMIN_TOKEN) as h:
+        bare = h.gateway.url.replace("http", "ws") + "/web/stream"
         result = await WebCaller(
             h.gateway.url, admin_token=ADMIN_TOKEN, phase="advising", hangup="close",
-            speech=[Silence(0.3)], linger_s=0.1,
+            stream_url=bare, speech=[Silence(0.3)], linger_s=0.1,
         ).run()  # fmt: skip
         await h.calls_finished()
     assert result.violations == []
+    assert result.stream_url == bare and result.twiml_stream_url != bare
     assert h.named("call.started")[-1]["agent"] == "agent-advisor"
+    [start] = [m for _, m in result.sent if m["event"] == "start"]
+    assert set(start["start"]["customParameters"]) == {"phase", "token"}
     assert not [m for _, m in result.sent if m["event"] == "stop"]
     assert result.closed_by == "caller"
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import logging
 import math
 import ssl
 from collections.abc import Callable, Mapping, Sequence
@@ -56,8 +55,6 @@ __all__ = [
     "WebHangup",
     "parse_gateway_frame",
 ]
-
-log = logging.getLogger("callsim.callers")
 
 ENCODING: Final = "audio/pcm16le"
 """``start.mediaFormat.encoding``: PCM16 little-endian, mono, both ways."""
