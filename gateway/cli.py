@@ -13,13 +13,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from gateway.agents import AgentGraph, AgentsFileError, load_agents
 from gateway.settings import ConfigError, Settings, SettingsError, load_settings
-
-if TYPE_CHECKING:
-    import httpx
 
 EXIT_CONFIG = 2
 
@@ -296,6 +292,8 @@ def _cmd_dial(args: argparse.Namespace) -> int:
     works from any shell that can reach the gateway, without its keys or agents file."""
     import httpx  # deferred: ``gateway check`` stays light
 
+    from gateway.answers import error_detail
+
     token = os.environ.get("ADMIN_API_TOKEN", "").strip()
     if not token:
         raise ConfigError("ADMIN_API_TOKEN is not set: gateway dial sends it as the admin token")
@@ -325,19 +323,10 @@ def _cmd_dial(args: argparse.Namespace) -> int:
         print(f"error: cannot reach the gateway at {base}: {type(exc).__name__}", file=sys.stderr)
         return 1
     if response.status_code != 201:
-        print(f"error: HTTP {response.status_code}: {_reason(response)}", file=sys.stderr)
+        print(f"error: HTTP {response.status_code}: {error_detail(response)}", file=sys.stderr)
         return 1
     print(json.dumps(response.json()))
     return 0
-
-
-def _reason(response: httpx.Response) -> str:
-    """The ``detail`` of a gateway error answer, else the start of its text."""
-    try:
-        detail = response.json().get("detail")
-    except (ValueError, AttributeError):
-        detail = None
-    return str(detail) if detail else response.text[:200].strip() or response.reason_phrase
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "foundations",
         (
             "gateway.aio",
+            "gateway.answers",
             "gateway.logs",
             "gateway.metrics",
             "gateway.variables",

@@ -42,6 +42,7 @@ from callsim.callers.result import CallEvent, CallResult
 from callsim.callers.state import StreamRules
 from callsim.callers.twilio import MessageBuilder, StreamCaller, default_ssl_context
 from callsim.twilio.peer import DuplicateKeyError, GatewayFrame, format_violation, loads_strict
+from gateway.answers import error_detail
 
 __all__ = [
     "DOWN_FRAME_BYTES",
@@ -343,7 +344,9 @@ class WebCaller(StreamCaller):
         res.webhook_status = response.status_code
         res.twiml = response.text
         if response.status_code != 201:
-            detail = f"POST {res.webhook_url}: HTTP {response.status_code}: {_reason(response)}"
+            detail = (
+                f"POST {res.webhook_url}: HTTP {response.status_code}: {error_detail(response)}"
+            )
             self._violation(format_violation(Violation.ISSUE_REFUSED, detail))
             return None
         issued = _Issued.of(response.text)
@@ -411,12 +414,3 @@ class _Issued(NamedTuple):
         values = [data.get(name) for name in cls._fields]
         strings = [value for value in values if isinstance(value, str) and value]
         return cls(*strings) if len(strings) == len(values) else None
-
-
-def _reason(response: httpx.Response) -> str:
-    """The ``detail`` of a gateway error answer, else the start of its text."""
-    try:
-        detail = response.json().get("detail")
-    except (ValueError, AttributeError):
-        detail = None
-    return str(detail) if detail else response.text[:200].strip() or response.reason_phrase
