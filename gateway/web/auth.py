@@ -36,6 +36,7 @@ from fastapi import HTTPException, Request, WebSocket
 from starlette.requests import HTTPConnection
 
 from gateway.settings import Settings
+from gateway.web.httputil import request_origin
 
 #: Sent with every 401, as RFC 6750 asks of a bearer-token API.
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="callbridge"'}
@@ -145,8 +146,7 @@ def same_origin(connection: HTTPConnection) -> bool:
     origin = connection.headers.get("origin")
     if not origin or origin == "null":
         return False
-    host = connection.headers.get("x-forwarded-host") or connection.headers.get("host") or ""
-    return urlsplit(origin).netloc.lower() == host.split(",")[0].strip().lower()
+    return urlsplit(origin).netloc.lower() == request_origin(connection)[1].lower()
 
 
 def admin_guard(settings: Settings) -> Callable[[Request], None]:

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from gateway.call.hooks import CallHooks
 from gateway.carriers.web import CARRIER, WebCodec
 from gateway.web.auth import CHALLENGE, AdminAuth
-from gateway.web.httputil import read_body
+from gateway.web.httputil import origin_url, read_body
 from gateway.web.state import GatewayState
 from gateway.web.streams import serve_stream
 
@@ -54,7 +54,9 @@ def add_browser_routes(app: FastAPI, state: GatewayState) -> None:
             "call_id": call_id,
             "stream_id": STREAM_PREFIX + secrets.token_hex(16),
             "token": token,
-            "stream_url": _stream_url(request, f"{STREAM_PATH}/{token}"),
+            # On the origin the browser used, not PUBLIC_URL: its session cookie is for that
+            # host, and ``Origin`` is checked against it.
+            "stream_url": origin_url(request, f"{STREAM_PATH}/{token}", ws=True),
             "expires_in": int(state.tokens.ttl_s),
         }
         if phase is not None:
@@ -98,13 +100,3 @@ def _phase(body: bytes | None) -> str | None:
     if not isinstance(phase, str):
         raise HTTPException(400, "phase must be a string")
     return phase
-
-
-def _stream_url(request: Request, path: str) -> str:
-    """The stream's URL on the origin the browser used (its session cookie is for that host,
-    and ``Origin`` is checked against it), ``wss://`` when the page came over HTTPS."""
-    headers = request.headers
-    proto = headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
-    host = headers.get("x-forwarded-host") or headers.get("host") or request.url.netloc
-    scheme = "wss" if proto in ("https", "wss") else "ws"
-    return f"{scheme}://{host.split(',')[0].strip()}{path}"

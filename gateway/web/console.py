@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -48,7 +49,7 @@ from prometheus_client import Gauge
 from gateway.agents import AgentGraph
 from gateway.web.auth import SESSION_COOKIE, AdminAuth
 from gateway.web.feed import LiveFeed
-from gateway.web.httputil import CLIENT_GONE, read_form
+from gateway.web.httputil import CLIENT_GONE, read_form, request_origin
 from gateway.web.state import GatewayState, call_action_gaps
 
 #: What the console's pages may load and talk to: this gateway, nothing else. No inline
@@ -284,11 +285,11 @@ def _event(name: str, data: dict[str, Any]) -> str:
 def _insecure_notice(request: Request) -> str:
     """Why logging in cannot work here, if it cannot: the session cookie is ``Secure``, so a
     browser keeps it only over HTTPS or from a loopback address."""
-    proto = request.headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
-    if proto == "https":
+    secure, host = request_origin(request)
+    if secure:
         return ""
-    host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
-    if host == "localhost" or _loopback(host):
+    hostname = urlsplit(f"//{host}").hostname or ""
+    if hostname == "localhost" or _loopback(hostname):
         return ""
     return (
         "This page was not loaded over HTTPS: the browser will not keep the session cookie. "

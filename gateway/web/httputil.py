@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response
 from starlette.datastructures import FormData
-from starlette.requests import ClientDisconnect
+from starlette.requests import ClientDisconnect, HTTPConnection
 
 from gateway.settings import Settings
 
@@ -61,10 +61,20 @@ def public_url(request: Request | WebSocket, settings: Settings, path: str, *, w
         base = settings.stream_base() if ws else settings.public_url
         assert base is not None
         return base + path
-    headers = request.headers
-    proto = headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
-    host = headers.get("x-forwarded-host") or headers.get("host") or request.url.netloc
-    host = host.split(",")[0].strip()
-    secure = proto in ("https", "wss")
+    return origin_url(request, path, ws=ws)
+
+
+def request_origin(connection: HTTPConnection) -> tuple[bool, str]:
+    """Whether the client used TLS, and the host it asked for, as the proxy or tunnel in front
+    saw them (X-Forwarded-Proto/Host, then Host): what the client's own URL was."""
+    headers = connection.headers
+    proto = headers.get("x-forwarded-proto", connection.url.scheme).split(",")[0].strip()
+    host = headers.get("x-forwarded-host") or headers.get("host") or connection.url.netloc
+    return proto in ("https", "wss"), host.split(",")[0].strip()
+
+
+def origin_url(connection: HTTPConnection, path: str, *, ws: bool) -> str:
+    """``path`` on the origin the client used (``wss://`` for a websocket over TLS)."""
+    secure, host = request_origin(connection)
     scheme = ("wss" if secure else "ws") if ws else ("https" if secure else "http")
     return f"{scheme}://{host}{path}"
