@@ -38,6 +38,7 @@ from callsim.tools import ToolServer
 from callsim.twilio.api import TwilioApiSimulator
 from gateway.agents import (
     END_CALL_TOOL,
+    HANDOFF_TOOL,
     Agent,
     AgentGraph,
     AgentsFileError,
@@ -46,7 +47,6 @@ from gateway.agents import (
     parse_agents,
 )
 from gateway.audio.analysis import dominant_frequency, rms_dbfs
-from gateway.live.config import HANDOFF_TOOL
 from gateway.logs import configure_logging
 from gateway.server import build_state, running_gateway
 from gateway.settings import ConfigError, Settings, SettingsError, load_settings

@@ -50,6 +50,21 @@ GEMINI_VOICES: tuple[str, ...] = (
 
 DEFAULT_MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 
+#: The speech-to-speech services an agent can run on.
+Provider = Literal["gemini", "openai"]
+PROVIDERS: tuple[Provider, ...] = get_args(Provider)
+#: OpenAI Realtime's voices (the openai SDK's ``RealtimeAudioConfigOutput.voice``, 3.63).
+OPENAI_VOICES: tuple[str, ...] = (
+    "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar",
+)  # fmt: skip
+#: ``gpt-realtime`` and ``gpt-realtime-mini`` shut down on 2027-01-20 (the SDK's model notes).
+DEFAULT_OPENAI_MODEL = "gpt-realtime-2.1"
+#: Each provider's model and voice when the file names none.
+DEFAULT_MODELS: dict[Provider, str] = {"gemini": DEFAULT_MODEL, "openai": DEFAULT_OPENAI_MODEL}
+DEFAULT_VOICES: dict[Provider, str] = {"gemini": "Puck", "openai": "marin"}
+VOICES: dict[Provider, tuple[str, ...]] = {"gemini": GEMINI_VOICES, "openai": OPENAI_VOICES}
+PROVIDER_NAMES: dict[Provider, str] = {"gemini": "Gemini", "openai": "OpenAI"}
+
 #: The function the gateway declares for handoffs; no declared tool may take its name.
 HANDOFF_TOOL = "handoff_conversation"
 END_CALL_TOOL = "end_call"
@@ -96,7 +111,10 @@ class Agent(_Strict):
     description: str = ""
     scope: str = ""
     system_prompt: str = Field(min_length=1)
-    voice: str = "Puck"
+    #: Overrides the file's ``provider`` for this agent; the graph fills it in.
+    provider: Provider | None = None
+    #: One of the provider's voices; the graph fills in its default and normalises the case.
+    voice: str = ""
     greeting: str = ""
     #: Built-in tool names and names declared in the file's ``tools:`` (checked by the graph,
     #: which sees the whole file).
@@ -123,18 +141,6 @@ class Agent(_Strict):
                     '"+15551234567" (quoted) or a sip:/sips: URI'
                 )
         return {name: destination.strip() for name, destination in transfers.items()}
-
-    @field_validator("voice")
-    @classmethod
-    def _known_voice(cls, voice: str) -> str:
-        """A prebuilt voice, its case normalised (``aoede`` is ``Aoede``)."""
-        by_lower = {v.lower(): v for v in GEMINI_VOICES}
-        if voice.lower() in by_lower:
-            return by_lower[voice.lower()]
-        raise ValueError(
-            f"unknown voice {voice!r}{did_you_mean(voice, GEMINI_VOICES)} "
-            f"Gemini's voices are: {', '.join(GEMINI_VOICES)}"
-        )
 
     def system_instruction(self) -> str:
         """The agent's prompt plus its identity block, exactly as Gemini receives it.
@@ -243,7 +249,9 @@ class Stage(_Strict):
 class AgentsFile(_Strict):
     """The whole file, as written (before graph validation)."""
 
-    model: str = Field(default=DEFAULT_MODEL, min_length=1)
+    provider: Provider = "gemini"
+    #: The model of ``provider``; empty: that provider's default.
+    model: str = ""
     agents: tuple[Agent, ...] = Field(min_length=1)
     pipeline: tuple[Stage, ...] = Field(min_length=1)
     fallback: Fallback = Fallback()
@@ -265,6 +273,10 @@ class AgentGraph:
     def __init__(
         self, spec: AgentsFile, *, source: str = "agents.yaml", expanded_secrets: Sequence[str] = ()
     ) -> None:
+        errors = _model_errors(spec.provider, spec.model) + _voice_errors(spec)
+        if errors:
+            raise AgentsFileError(f"{source}: {errors[0]}")
+        spec = _resolved(spec)
         self.spec = spec
         self.source = source
         self.warnings: list[str] = []
@@ -276,8 +288,25 @@ class AgentGraph:
         self._validate()
 
     @property
+    def provider(self) -> Provider:
+        """The file's provider (an agent may run on another: ``Agent.provider``)."""
+        return self.spec.provider
+
+    @property
     def model(self) -> str:
+        """The file's model, for its provider."""
         return self.spec.model
+
+    @property
+    def providers(self) -> tuple[Provider, ...]:
+        """The providers the agents run on, the file's first."""
+        used = {agent.provider for agent in self.spec.agents}
+        return tuple(p for p in dict.fromkeys((self.provider, *PROVIDERS)) if p in used)
+
+    def model_of(self, provider: Provider) -> str:
+        """The model the file gives ``provider``: its ``model`` for its own provider, the
+        provider's default for the other (a per-agent override names no model)."""
+        return self.spec.model if provider == self.spec.provider else DEFAULT_MODELS[provider]
 
     @property
     def first_stage(self) -> Stage:
@@ -347,10 +376,11 @@ class AgentGraph:
         Header values never appear, and ``${VAR}`` values in a url's query are masked: the
         output is meant to be pasted into tickets.
         """
-        lines = [f"model: {self.model}", "agents:"]
+        lines = [f"provider: {self.provider}", f"model: {self.model}", "agents:"]
         for agent in self.spec.agents:
             greeting = " (speaks first)" if agent.greeting else ""
-            lines.append(f"  {agent.id}: {agent.role}, voice {agent.voice}{greeting}")
+            on = f" on {agent.provider}" if agent.provider != self.provider else ""
+            lines.append(f"  {agent.id}: {agent.role}, voice {agent.voice}{on}{greeting}")
             if agent.tools:
                 lines.append(f"    tools: {', '.join(agent.tools)}")
             if agent.transfers:
@@ -469,7 +499,12 @@ class AgentGraph:
                     f"tools[{i}]: tool {tool.name!r} is in no agent's tools, so no agent can "
                     "call it"
                 )
+        gemini_tools = {
+            name for agent in self.spec.agents if agent.provider == "gemini" for name in agent.tools
+        }
         for i, tool in enumerate(self.spec.tools):
+            if tool.name not in gemini_tools:
+                continue  # OpenAI takes the JSON Schema as it is
             for where in live_schema_gaps(tool.parameters, f"tools[{i}].parameters"):
                 self.warnings.append(
                     f"{where}: Gemini Live's function schema cannot carry this keyword, so "
@@ -498,6 +533,66 @@ class AgentGraph:
             stage = self._stages[phase]
             todo.extend(([stage.next] if stage.next else []) + list(stage.can_return_to))
         return seen
+
+
+def _model_errors(provider: Provider, model: str) -> list[str]:
+    """A model name the provider cannot serve: every call would fail at connect."""
+    if not model:
+        return []
+    lowered = model.lower().removeprefix("models/")
+    if provider == "gemini" and (lowered.startswith("gpt-") or "realtime" in lowered):
+        return [
+            f"model: {model!r} is an OpenAI model; set provider: openai to use it, or name a "
+            f"Gemini Live model such as {DEFAULT_MODEL!r}"
+        ]
+    if provider == "openai" and not ("realtime" in lowered or lowered.startswith("gpt-audio")):
+        hint = "set provider: gemini to use it, or" if lowered.startswith("gemini") else "name"
+        return [
+            f"model: {model!r} is not an OpenAI Realtime model; {hint} a realtime model such "
+            f"as {DEFAULT_OPENAI_MODEL!r}"
+        ]
+    return []
+
+
+def _voice_errors(spec: AgentsFile) -> list[str]:
+    """Each voice exists at its agent's provider (a field validator cannot see the file's
+    provider)."""
+    errors = []
+    for i, agent in enumerate(spec.agents):
+        provider = agent.provider or spec.provider
+        if not agent.voice or _voice(provider, agent.voice):
+            continue
+        voices = VOICES[provider]
+        name = PROVIDER_NAMES[provider]
+        other = next(
+            (PROVIDER_NAMES[p] for p in PROVIDERS if p != provider and _voice(p, agent.voice)),
+            None,
+        )
+        if other is not None:
+            problem = f"{agent.voice!r} is a voice of {other}, but this agent runs on {provider}."
+        else:
+            problem = f"unknown voice {agent.voice!r}{did_you_mean(agent.voice, voices)}"
+        errors.append(f"agents[{i}].voice: {problem} {name}'s voices are: {', '.join(voices)}")
+    return errors
+
+
+def _voice(provider: Provider, voice: str) -> str | None:
+    """``voice`` as ``provider`` spells it (case normalised), or None if it has no such voice."""
+    by_lower = {v.lower(): v for v in VOICES[provider]}
+    return by_lower.get(voice.lower())
+
+
+def _resolved(spec: AgentsFile) -> AgentsFile:
+    """The file with every default filled in: the model, and each agent's provider and voice
+    (so the rest of the gateway reads them without knowing the defaults)."""
+    agents = []
+    for agent in spec.agents:
+        provider = agent.provider or spec.provider
+        voice = _voice(provider, agent.voice) if agent.voice else DEFAULT_VOICES[provider]
+        agents.append(agent.model_copy(update={"provider": provider, "voice": voice}))
+    return spec.model_copy(
+        update={"model": spec.model or DEFAULT_MODELS[spec.provider], "agents": tuple(agents)}
+    )
 
 
 #: The JSON Schema keywords an HTTP tool's ``parameters`` keep on their way to Gemini Live,

@@ -24,17 +24,14 @@ from gateway.agents import AgentGraph
 from gateway.aio import cancel_and_wait
 from gateway.call.emitter import CallObserver
 from gateway.call.http_tools import HttpToolRunner
-from gateway.call.model_session import LiveSessionFactory
 from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.telnyx_signature import load_public_key
 from gateway.carriers.texml_api import TexmlRest
 from gateway.carriers.twilio_api import TwilioRest
 from gateway.connections import guarded_h11
-from gateway.live.client import make_client
-from gateway.live.machine import Policy
-from gateway.live.session import Conversation, LiveSession
 from gateway.logs import configure_logging, register_secrets
 from gateway.metrics import Metrics
+from gateway.providers import ModelProviders
 from gateway.records.delivery import RecordDelivery
 from gateway.records.service import CallRecords
 from gateway.records.store import RecordStore
@@ -51,21 +48,7 @@ def build_state(
     ssl_context: ssl.SSLContext | None = None,
     observers: tuple[CallObserver, ...] = (),
 ) -> GatewayState:
-    """One shared SDK client per process; one LiveSession per call."""
-    client = make_client(settings, ssl_context=ssl_context)
-    policy = Policy(replay_limit_ms=settings.resume_replay_ms)
-
-    def live_sessions(model: str) -> LiveSessionFactory:
-        """The session factory of one call: its model is fixed when the call starts (a reload
-        of agents.yaml may change the model for later calls, never within one)."""
-
-        def new_live_session(
-            log: structlog.stdlib.BoundLogger, conversation: Conversation
-        ) -> LiveSession:
-            return LiveSession(client, model, conversation, log=log, policy=policy)
-
-        return new_live_session
-
+    """One shared SDK client per provider and process; one model session per call."""
     telnyx_api = texml_api = None
     if settings.telnyx_api_key is not None:
         telnyx_key = settings.telnyx_api_key.get_secret_value()
@@ -85,7 +68,7 @@ def build_state(
     return GatewayState(
         settings=settings,
         graph=graph,
-        live_sessions=live_sessions,
+        providers=ModelProviders(settings, ssl_context=ssl_context),
         tokens=tokens,
         # Longer than a token lives, so a replayed webhook's fresh token is refused as well.
         ledger=StreamLedger(retention_s=max(900.0, 2 * settings.stream_token_ttl)),

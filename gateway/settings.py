@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     gemini_base_url: str | None = None
     #: Pinned: google-genai 3.x would otherwise dial ``v1``, which the docs do not publish.
     gemini_api_version: str = "v1beta"
+    #: For agents on ``provider: openai`` (OpenAI Realtime).
+    openai_api_key: SecretStr | None = None
+    #: Overrides ``model`` of an agents file on OpenAI (and the default of agents moved to it).
+    openai_model: str | None = None
+    #: Must end in ``/v1`` like the SDK's default ``https://api.openai.com/v1``: the realtime
+    #: socket is ``<base>/realtime``. A proxy, Azure-style gateway or the local simulator.
+    openai_base_url: str | None = None
     agents_file: Path = Path("agents.yaml")
     #: Public base URL (``https://gw.example.com``) used to build the ``wss://`` stream URL.
     public_url: str | None = None
@@ -163,8 +170,8 @@ class Settings(BaseSettings):
     live_ping_timeout: float = Field(default=30.0, ge=1.0)
 
     @field_validator(
-        "gemini_api_key", "telnyx_api_key", "twilio_auth_token", "gateway_secret",
-        "database_url", "call_records_secret", "admin_api_token",
+        "gemini_api_key", "openai_api_key", "telnyx_api_key", "twilio_auth_token",
+        "gateway_secret", "database_url", "call_records_secret", "admin_api_token",
     )  # fmt: skip
     @classmethod
     def _non_empty_key(cls, key: SecretStr | None) -> SecretStr | None:
@@ -172,7 +179,7 @@ class Settings(BaseSettings):
             return None
         return key
 
-    @field_validator("gemini_base_url")
+    @field_validator("gemini_base_url", "openai_base_url")
     @classmethod
     def _base_url(cls, url: str | None) -> str | None:
         if not url:
@@ -333,8 +340,9 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every secret value configured, for the log scrubber."""
-        keys = (self.gemini_api_key, self.telnyx_api_key, self.twilio_auth_token,
-                self.gateway_secret, self.call_records_secret, self.admin_api_token)  # fmt: skip
+        keys = (self.gemini_api_key, self.openai_api_key, self.telnyx_api_key,
+                self.twilio_auth_token, self.gateway_secret, self.call_records_secret,
+                self.admin_api_token)  # fmt: skip
         found = [k.get_secret_value() for k in keys if k is not None]
         password = self.database_password()
         return [*found, password] if password else found

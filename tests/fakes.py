@@ -14,11 +14,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
-from google.genai import types
 
-from gateway.live.config import AgentPersona
-from gateway.live.events import LiveEvent
-from gateway.live.session import Conversation, LiveConnectError, TakeoverFactory
+from gateway.audio.transcode import PCM16_16K, PCM16_24K, AudioFormat
+from gateway.model.events import LiveEvent
+from gateway.model.persona import AgentPersona
+from gateway.model.session import ModelAudio, ModelConnectError
+from gateway.model.turns import Conversation, TakeoverFactory, Turn
 
 #: How long a test waits for something the code under test is about to do.
 WAIT_S = 1.0
@@ -82,8 +83,8 @@ class FakeCarrierSocket(_Recorder):
 
 
 class FakeModelSession(_Recorder):
-    """A model session (the :class:`~gateway.call.model_session.ModelSession` protocol): the
-    test pushes :mod:`gateway.live.events`, the session records what the call sent it.
+    """A model session (the :class:`~gateway.model.session.ModelSession` protocol): the
+    test pushes :mod:`gateway.model.events`, the session records what the call sent it.
 
     ``actions`` keeps the order of what the call did (``("tool_response", name)``,
     ``("hand_off", agent_id)``, ...), for tests about ordering.
@@ -92,8 +93,9 @@ class FakeModelSession(_Recorder):
     def __init__(
         self,
         *,
-        open_error: LiveConnectError | None = None,
-        handoff_error: LiveConnectError | None = None,
+        open_error: ModelConnectError | None = None,
+        handoff_error: ModelConnectError | None = None,
+        model_audio: ModelAudio | None = None,
     ) -> None:
         super().__init__()
         self.events: asyncio.Queue[LiveEvent] = asyncio.Queue()
@@ -101,21 +103,26 @@ class FakeModelSession(_Recorder):
         self.log: structlog.stdlib.BoundLogger | None = None
         self.audio_dropped_ms = 0.0
         self.opened: list[AgentPersona] = []
-        self.audio: list[bytes] = []
+        self.audio_sent: list[bytes] = []
+        #: What the bridge is told the model takes and gives (Gemini's formats by default).
+        self.audio = model_audio or ModelAudio(PCM16_16K, PCM16_24K)
+        self.cuts: list[float] = []
+        self.responds: list[bool] = []
+        self.carrier: AudioFormat | None = None
         self.texts: list[str] = []
         self.tool_responses: list[tuple[str, str, dict[str, Any]]] = []
         #: Each handoff's persona and the opening it would send to a resumed session.
-        self.handoffs: list[tuple[AgentPersona, Sequence[types.Content]]] = []
+        self.handoffs: list[tuple[AgentPersona, Sequence[Turn]]] = []
         self.actions: list[tuple[str, str]] = []
         self.close_calls = 0
         self._open_error = open_error
         self._handoff_error = handoff_error
 
     def factory(
-        self, log: structlog.stdlib.BoundLogger, conversation: Conversation
+        self, log: structlog.stdlib.BoundLogger, conversation: Conversation, carrier: AudioFormat
     ) -> FakeModelSession:
-        """A ``LiveSessionFactory`` that hands out this session."""
-        self.log, self.conversation = log, conversation
+        """A ``SessionFactory`` that hands out this session."""
+        self.log, self.conversation, self.carrier = log, conversation, carrier
         return self
 
     def push(self, *events: LiveEvent) -> None:
@@ -124,9 +131,11 @@ class FakeModelSession(_Recorder):
 
     @property
     def audio_bytes(self) -> int:
-        return sum(len(chunk) for chunk in self.audio)
+        return sum(len(chunk) for chunk in self.audio_sent)
 
-    async def open(self, persona: AgentPersona) -> tuple[bool, float]:
+    async def open(
+        self, persona: AgentPersona, takeover: TakeoverFactory | None = None
+    ) -> tuple[bool, float]:
         self.opened.append(persona)
         self.actions.append(("open", persona.agent.id))
         self._touch()
@@ -144,8 +153,8 @@ class FakeModelSession(_Recorder):
         self.handoffs.append((persona, takeover(True)))
         return True, 7.5
 
-    async def send_audio(self, pcm16k: bytes) -> None:
-        self.audio.append(pcm16k)
+    async def send_audio(self, audio: bytes) -> None:
+        self.audio_sent.append(audio)
         self._touch()
 
     async def send_text(self, text: str) -> None:
@@ -153,9 +162,16 @@ class FakeModelSession(_Recorder):
         self.actions.append(("text", text))
         self._touch()
 
-    async def send_tool_response(self, call_id: str, name: str, response: dict[str, Any]) -> None:
+    async def send_tool_response(
+        self, call_id: str, name: str, response: dict[str, Any], *, respond: bool = True
+    ) -> None:
         self.tool_responses.append((call_id, name, response))
+        self.responds.append(respond)
         self.actions.append(("tool_response", name))
+        self._touch()
+
+    async def playback_cut(self, unheard_ms: float) -> None:
+        self.cuts.append(unheard_ms)
         self._touch()
 
     async def next_event(self) -> LiveEvent:

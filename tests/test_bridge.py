@@ -1,5 +1,5 @@
 """CallBridge in isolation: a fake carrier socket speaking real Twilio wire JSON through the real
-codec, and a fake model session the test scripts with :mod:`gateway.live.events`. No sockets,
+codec, and a fake model session the test scripts with :mod:`gateway.model.events`. No sockets,
 no network; the bridge, codec, playout and transcoders are the real ones.
 
 Every test ends through :meth:`Call.ended`, which also checks the teardown: the bridge left no
@@ -18,15 +18,14 @@ from typing import Any
 
 import pytest
 
-from gateway.agents import BUSY, AgentGraph, Fallback, parse_agents
+from gateway.agents import BUSY, HANDOFF_TOOL, AgentGraph, Fallback, parse_agents
 from gateway.audio import g711
 from gateway.audio.transcode import PCMU_8K, downlink_for
 from gateway.call.bridge import BridgeOptions, CallBridge
 from gateway.call.hooks import CallHooks, Refusal
 from gateway.carriers.base import StreamStarted
 from gateway.carriers.twilio import TwilioCodec
-from gateway.live.config import HANDOFF_TOOL
-from gateway.live.events import (
+from gateway.model.events import (
     AgentTranscript,
     AudioOut,
     CallerTranscript,
@@ -39,7 +38,7 @@ from gateway.live.events import (
     ToolCallCancelled,
     TurnComplete,
 )
-from gateway.live.session import LiveConnectError
+from gateway.model.session import ModelConnectError
 from tests.fakes import WAIT_S, FakeCarrierSocket, FakeModelSession, RecordingObserver
 
 STREAM_SID = "MZ" + "a" * 32
@@ -235,8 +234,8 @@ async def test_caller_audio_goes_up_as_pcm16_at_16khz() -> None:
     call = begin()
     await call.connected()
     call.socket.feed(*(media(seq=2 + i) for i in range(5)))
-    await call.session.until(lambda: len(call.session.audio) == 5)
-    assert [len(chunk) for chunk in call.session.audio] == [PCM16K_FRAME_BYTES] * 5
+    await call.session.until(lambda: len(call.session.audio_sent) == 5)
+    assert [len(chunk) for chunk in call.session.audio_sent] == [PCM16K_FRAME_BYTES] * 5
     assert call.session.opened[0].agent.id == "agent-triage"
     call.socket.feed(stop())
     assert await call.ended() == "caller_hung_up"
@@ -371,7 +370,7 @@ async def test_handoff_answers_the_tool_first_and_plays_the_old_agent_out() -> N
     assert call.session.tool_responses[0][2]["result"] == "transferred"
     persona, opening = call.session.handoffs[0]
     assert persona.agent.id == "agent-advisor"
-    assert opening[0].parts and "[Call transfer]" in (opening[0].parts[0].text or "")
+    assert "[Call transfer]" in opening[0].text
     # Frame by frame: the old agent's speech (with its tail) entirely before the new agent's.
     silent = [is_silent(frame) for frame in media_frames(call.socket)]
     assert silent == [False] * expected_old + [True] * 5
@@ -398,7 +397,7 @@ async def test_handoff_to_an_unknown_agent_is_refused_and_the_call_goes_on() -> 
     assert call.event("handoff.rejected")["target"] == "agent-nobody"
     assert not call.session.handoffs
     call.socket.feed(media())  # still a call
-    await call.session.until(lambda: call.session.audio)
+    await call.session.until(lambda: call.session.audio_sent)
     call.socket.feed(stop())
     assert await call.ended() == "caller_hung_up"
     assert "handoff.completed" not in call.names()
@@ -415,7 +414,7 @@ async def test_an_unknown_tool_gets_an_error_answer() -> None:
 
 
 async def test_a_handoff_that_cannot_connect_ends_the_call_as_model_failure() -> None:
-    session = FakeModelSession(handoff_error=LiveConnectError("refused", code=1011))
+    session = FakeModelSession(handoff_error=ModelConnectError("refused", code=1011))
     call = begin(session=session)
     await call.connected()
     session.push(handoff_call("agent-advisor"))
@@ -511,7 +510,7 @@ async def test_over_capacity_the_caller_hears_busy() -> None:
 
 
 async def test_model_unavailable_at_open() -> None:
-    session = FakeModelSession(open_error=LiveConnectError("no route", permanent=True))
+    session = FakeModelSession(open_error=ModelConnectError("no route", permanent=True))
     call = begin(session=session)
     assert await call.ended() == "model_unavailable"
     assert [f.say for f in call.fallbacks] == ["Sorry, triage cannot continue."]
@@ -526,7 +525,7 @@ async def test_malformed_messages_are_tolerated_up_to_the_limit() -> None:
     await call.connected()
     call.socket.feed("not json", b"\x00binary", json.dumps({"event": "bogus"}))
     call.socket.feed(media())  # still served after three
-    await call.session.until(lambda: call.session.audio)
+    await call.session.until(lambda: call.session.audio_sent)
     call.socket.feed("x" * 5000)  # the fourth: over the limit
     assert await call.ended() == "protocol_error"
     assert call.event("call.ended")["bad_messages"] == 4

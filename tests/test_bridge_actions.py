@@ -19,7 +19,7 @@ from gateway.call.hooks import CallActionError
 from gateway.call.http_tools import ToolOutcome
 from gateway.call.tools import END_CALL_ACCEPTED, TRANSFER_DONE
 from gateway.carriers.base import StreamStarted
-from gateway.live.events import (
+from gateway.model.events import (
     AudioOut,
     Interrupted,
     Reconnected,
@@ -174,7 +174,7 @@ async def test_a_failed_transfer_is_told_to_the_model_and_the_call_goes_on() -> 
     ((_, _, response),) = call.session.tool_responses
     assert "the line is busy" in response["error"]
     call.socket.feed(media())  # the caller is still connected to the agent
-    await call.session.until(lambda: call.session.audio)
+    await call.session.until(lambda: call.session.audio_sent)
     call.socket.feed(stop())
     assert await call.ended() == "caller_hung_up"
 
@@ -188,7 +188,7 @@ async def test_an_http_tool_runs_while_caller_audio_keeps_flowing() -> None:
     assert runner.calls == [("lookup_order", {"order_id": "A17"}, call.bridge.events.call_id,
                              "agent-support")]  # fmt: skip
     call.socket.feed(*(media(seq=2 + i) for i in range(10)))
-    await call.session.until(lambda: len(call.session.audio) == 10)  # not stalled by the tool
+    await call.session.until(lambda: len(call.session.audio_sent) == 10)  # not stalled by the tool
     assert call.session.tool_responses == []
     runner.release.set()
     await call.session.until(lambda: call.session.tool_responses)
@@ -227,7 +227,7 @@ async def test_a_route_picks_the_first_agent_and_variables_fill_its_prompt() -> 
     assert [t.name for t in persona.http_tools] == ["lookup_order"]
     assert call.session.conversation is not None
     (greeting,) = call.session.conversation.greeting()
-    assert greeting.parts is not None and greeting.parts[0].text == "Greet +15550001111."
+    assert greeting.text == "Greet +15550001111."
     call.socket.feed(stop())
     assert await call.ended() == "caller_hung_up"
 

@@ -11,7 +11,8 @@ from google.genai.client import Client
 
 from callsim.live.protocol import parse_frame, parse_setup
 from gateway.agents import parse_agents
-from gateway.live.config import AgentPersona, live_config
+from gateway.live.config import live_config
+from gateway.model.persona import AgentPersona
 from tests.test_agents import _acting
 
 ENV = {"ORDERS_API_TOKEN": "tok-live-77aa01"}

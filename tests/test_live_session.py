@@ -11,8 +11,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from google.genai import types
-
 from callsim.live.model import prompt_text_tokens
 from callsim.live.records import ConnectionRecord
 from callsim.live.script import Script, Step, ToolCallSpec
@@ -20,8 +18,8 @@ from callsim.live.server import LiveSimulator
 from callsim.tls import generate_tls
 from gateway.agents import Agent
 from gateway.live.client import make_client
-from gateway.live.config import AgentPersona
-from gateway.live.events import (
+from gateway.live.session import LiveSession
+from gateway.model.events import (
     AudioOut,
     LiveEvent,
     Reconnected,
@@ -30,7 +28,8 @@ from gateway.live.events import (
     TurnComplete,
     UsageReported,
 )
-from gateway.live.session import LiveSession
+from gateway.model.persona import AgentPersona
+from gateway.model.turns import Turn
 from gateway.settings import Settings
 from tests.harness import agents
 
@@ -39,13 +38,13 @@ FRAME = bytes(640)
 
 
 class _Conversation:
-    def greeting(self) -> list[types.Content]:
+    def greeting(self) -> list[Turn]:
         return []
 
-    def reseed(self, *, until_handle: bool) -> tuple[list[types.Content], bool]:
+    def reseed(self, *, until_handle: bool) -> tuple[list[Turn], bool]:
         return [], False
 
-    def recap(self, *, cut_off: bool) -> tuple[list[types.Content], bool]:
+    def recap(self, *, cut_off: bool) -> tuple[list[Turn], bool]:
         return [], False
 
 
@@ -159,7 +158,7 @@ async def test_a_keypad_entry_sent_during_a_handoff_reaches_the_new_agent_after_
     entry = "The caller pressed 5 # on the phone keypad."
     async with _session(setup_delay_ms=400) as (sim, session):
         await sim.wait_for_connections(1)
-        takeover = [types.Content(role="user", parts=[types.Part(text="[Call transfer] note")])]
+        takeover = [Turn("user", "[Call transfer] note")]
         handoff = asyncio.create_task(session.hand_off(_persona(), lambda resumed: takeover))
         await sim.wait_for(lambda: len(sim.connections) == 2)  # dialled, still setting up
         await session.send_text(entry)  # the caller typed meanwhile

@@ -19,9 +19,9 @@ from callsim.tls import generate_tls
 from gateway.agents import Agent
 from gateway.live import fast_path
 from gateway.live.client import make_client
-from gateway.live.config import AgentPersona
-from gateway.live.events import AgentTranscript, AudioOut, LiveEvent, TurnComplete
 from gateway.live.session import LiveSession
+from gateway.model.events import AgentTranscript, AudioOut, LiveEvent, TurnComplete
+from gateway.model.persona import AgentPersona
 from gateway.settings import Settings
 from tests.harness import agents
 

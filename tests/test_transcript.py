@@ -61,7 +61,5 @@ def test_history_turns_alternate_and_end_with_the_prompt() -> None:
     t.note("handoff", "b", "a -> b")
     turns = history_turns(t.entries, "PROMPT")
     assert [c.role for c in turns] == ["model", "user"]
-    assert turns[0].parts is not None
-    assert turns[0].parts[0].text == "Hello."
-    assert turns[1].parts is not None
-    assert turns[1].parts[0].text == "Hi. I need help.\n\nPROMPT"
+    assert turns[0].text == "Hello."
+    assert turns[1].text == "Hi. I need help.\n\nPROMPT"

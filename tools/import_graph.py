@@ -45,8 +45,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("carriers", ("gateway.carriers",)),
     ("settings", ("gateway.settings",)),
     ("records", ("gateway.records",)),
+    ("model", ("gateway.model",)),
     ("live", ("gateway.live",)),
+    ("realtime", ("gateway.realtime",)),
     ("call", ("gateway.call",)),
+    ("providers", ("gateway.providers",)),
     (
         "web state",
         ("gateway.web.feed", "gateway.web.state", "gateway.web.httputil", "gateway.web.auth"),

@@ -422,6 +422,23 @@ def telephone_to_model() -> StreamResampler:
     return StreamResampler(8000, 16000, passband_hz=3600, stopband_hz=4400, attenuation_db=80)
 
 
+def telephone_to_model_24k() -> StreamResampler:
+    """8 kHz telephone audio -> 24 kHz PCM (a model that takes neither G.711 nor 16 kHz).
+
+    The same response as :func:`telephone_to_model`: passband 3.6 kHz, stopband 4.4 kHz, 80 dB.
+    """
+    return StreamResampler(8000, 24000, passband_hz=3600, stopband_hz=4400, attenuation_db=80)
+
+
+def wideband_to_model_24k() -> StreamResampler:
+    """16 kHz wideband audio (G.722, L16, the browser) -> 24 kHz PCM for OpenAI Realtime.
+
+    Interpolation by 3/2: passband 7 kHz, stopband from the 8 kHz input Nyquist, where the
+    images of the 2x upsampling start (the mirror of :func:`model_to_wideband`).
+    """
+    return StreamResampler(16000, 24000, passband_hz=7000, stopband_hz=8000, attenuation_db=72)
+
+
 def model_to_telephone() -> StreamResampler:
     """24 kHz model output -> 8 kHz telephone audio.
 

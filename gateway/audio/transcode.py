@@ -1,8 +1,12 @@
-"""Carrier codec <-> Gemini Live PCM, as the call bridge sees it: bytes in, bytes out.
+"""Carrier codec <-> the model's audio, as the call bridge sees it: bytes in, bytes out.
 
-Gemini Live takes PCM16LE at 16 kHz and speaks PCM16LE at 24 kHz. Carriers send 20 ms RTP-style
-frames of G.711 (8 kHz), G.722 (16 kHz audio, 64 kbit/s) or L16 (16 kHz, big-endian network order
-by default). The bridge never touches numpy; it holds one ``Uplink`` and one ``Downlink`` per call.
+Gemini Live takes PCM16LE at 16 kHz and speaks PCM16LE at 24 kHz. OpenAI Realtime takes and
+speaks G.711 at 8 kHz as it is, or PCM16LE at 24 kHz. Carriers send 20 ms RTP-style frames of
+G.711 (8 kHz), G.722 (16 kHz audio, 64 kbit/s) or L16 (16 kHz, big-endian network order by
+default). The bridge never touches numpy; it holds one uplink and one downlink per call, made
+for the carrier's format and the model's (``uplink_for``, ``downlink_for``). When the two are
+the same codec nothing is decoded, resampled or encoded: the bytes pass through, and only the
+downlink's framing into whole 20 ms packets remains.
 
 Framing policy: the uplink passes audio straight through (the model does not care about frame
 boundaries), while the downlink returns only whole 20 ms frames because carriers play fixed-ptime
@@ -25,7 +29,10 @@ from gateway.audio.resample import (
     model_to_telephone,
     model_to_wideband,
     telephone_to_model,
+    telephone_to_model_24k,
+    wideband_to_model_24k,
 )
+from gateway.audio.vad import voiced
 
 Encoding = Literal["PCMU", "PCMA", "L16", "G722"]
 ByteOrder = Literal["big", "little"]
@@ -133,7 +140,7 @@ class CodecState(Protocol):
 
 
 class Uplink:
-    """Carrier payloads -> PCM16LE at 16 kHz for the model.
+    """Carrier payloads -> the model's input format (PCM16LE at 16 kHz unless made otherwise).
 
     G.711 is decoded and upsampled 8 -> 16 kHz (so output bytes are exactly 4x input bytes); G.722
     is decoded straight to 16 kHz (4 bytes out per byte in); L16 at 16 kHz is only byte-swapped. A
@@ -141,7 +148,9 @@ class Uplink:
     every later sample by one byte.
     """
 
-    __slots__ = ("_codec", "_decode", "_format", "_odd", "_resampler", "_whole_samples")
+    __slots__ = (
+        "_codec", "_decode", "_format", "_level", "_odd", "_resampler", "_whole_samples",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -150,6 +159,7 @@ class Uplink:
         resampler: StreamResampler | None,
         *,
         codec: CodecState | None = None,
+        level: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self._format = fmt
         self._decode = decode
@@ -157,6 +167,8 @@ class Uplink:
         self._codec = codec
         self._whole_samples = fmt.encoding == "L16"  # every G.711 or G.722 byte decodes alone
         self._odd = b""
+        #: What :meth:`voiced` decodes the output with first (None: the output is PCM16LE).
+        self._level = level
 
     @property
     def format(self) -> AudioFormat:
@@ -180,6 +192,10 @@ class Uplink:
                 self._odd = payload[-1:]
                 payload = payload[:-1]  # whole samples only; that byte waits for its partner
         return self._decode(payload)
+
+    def voiced(self, out: bytes) -> bool:
+        """Whether ``out`` (what :meth:`feed` returned) is louder than line noise."""
+        return voiced(self._level(out) if self._level is not None else out)
 
     def reset(self) -> None:
         """Forget filter and codec state (e.g. after a media stream restart)."""
@@ -290,25 +306,96 @@ class Downlink:
             self._codec.reset()
 
 
-def uplink_for(fmt: AudioFormat) -> Uplink:
-    """A fresh carrier -> model transcoder for one call."""
+class FramePassthrough:
+    """Model audio already in the carrier's G.711 codec -> whole 20 ms frames, bytes untouched.
+
+    G.711 is one byte per sample and stateless, so the only work left is the framing; the pad
+    that ``flush`` adds to the last frame is the codec's silence byte.
+    """
+
+    __slots__ = ("_format", "_pending")
+
+    def __init__(self, fmt: AudioFormat) -> None:
+        self._format = fmt
+        self._pending = bytearray()
+
+    @property
+    def format(self) -> AudioFormat:
+        return self._format
+
+    @property
+    def delay_ms(self) -> float:
+        return 0.0
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._pending)
+
+    def _frames(self) -> list[bytes]:
+        size = self._format.frame_bytes
+        pending = self._pending
+        whole = len(pending) - len(pending) % size
+        if not whole:
+            return []
+        frames = [bytes(pending[i : i + size]) for i in range(0, whole, size)]
+        del pending[:whole]
+        return frames
+
+    def feed(self, encoded: bytes) -> list[bytes]:
+        self._pending += encoded
+        return self._frames()
+
+    def flush(self) -> list[bytes]:
+        partial = len(self._pending) % self._format.frame_bytes
+        if partial:
+            self._pending += self._format.silence[partial:]
+        return self._frames()
+
+    def reset(self) -> None:
+        self._pending.clear()
+
+
+#: A model -> carrier transcoder, as the bridge uses it.
+AnyDownlink = Downlink | FramePassthrough
+
+_G711_DECODE: Final = {"PCMU": g711.ulaw_decode, "PCMA": g711.alaw_decode}
+
+
+def uplink_for(fmt: AudioFormat, model: AudioFormat = PCM16_16K) -> Uplink:
+    """A fresh carrier -> model transcoder for one call; ``model`` is the model's input
+    format: PCM16LE at 16 kHz (Gemini) or 24 kHz, or the carrier's own G.711 (passed through).
+    """
+    if model == fmt and fmt.encoding in _G711_DECODE:
+        return Uplink(fmt, _identity, None, level=_G711_DECODE[fmt.encoding])
+    if model == fmt == PCM16_16K:
+        return Uplink(fmt, _identity, None)
+    if model not in (PCM16_16K, PCM16_24K):
+        raise UnsupportedAudioFormat(f"no transcoder from {fmt} to the model's {model}")
     _check_supported(fmt)
-    if fmt.encoding == "PCMU":
-        return Uplink(fmt, g711.ulaw_decode, telephone_to_model())
-    if fmt.encoding == "PCMA":
-        return Uplink(fmt, g711.alaw_decode, telephone_to_model())
+    wide = model == PCM16_24K
+    if fmt.encoding in _G711_DECODE:
+        resampler = telephone_to_model_24k() if wide else telephone_to_model()
+        return Uplink(fmt, _G711_DECODE[fmt.encoding], resampler)
+    to_24k = wideband_to_model_24k() if wide else None
     if fmt.encoding == "G722":
         decoder = g722.G722Decoder()
-        return Uplink(fmt, decoder.decode, None, codec=decoder)
+        return Uplink(fmt, decoder.decode, to_24k, codec=decoder)
+    if to_24k is not None:
+        return Uplink(fmt, _l16_swap(fmt), to_24k)
     return Uplink(fmt, _l16_swap(fmt), None)
 
 
-def downlink_for(fmt: AudioFormat) -> Downlink:
-    """A fresh model -> carrier transcoder for one call.
+def downlink_for(fmt: AudioFormat, model: AudioFormat = PCM16_24K) -> AnyDownlink:
+    """A fresh model -> carrier transcoder for one call; ``model`` is the model's output
+    format: PCM16LE at 24 kHz, or the carrier's own G.711 (then only framed).
 
     Little-endian L16 at the model's own 24 kHz (the browser) is only cut into frames: no
     carrier plays it, but a peer that can take the model's audio as it is should get it so.
     """
+    if model == fmt and fmt.encoding in _G711_DECODE:
+        return FramePassthrough(fmt)
+    if model != PCM16_24K:
+        raise UnsupportedAudioFormat(f"no transcoder from the model's {model} to {fmt}")
     if fmt == PCM16_24K:
         return Downlink(fmt, _identity, Passthrough())
     _check_supported(fmt)

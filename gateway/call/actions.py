@@ -27,7 +27,6 @@ from gateway.agents import Agent
 from gateway.call.emitter import CallEvents
 from gateway.call.hooks import CallActionError, CallHooks
 from gateway.call.http_tools import HttpToolRunner
-from gateway.call.model_session import ModelSession
 from gateway.call.stats import AGENT_ENDED, CallStats
 from gateway.call.tools import (
     TRANSFER_DONE,
@@ -37,7 +36,8 @@ from gateway.call.tools import (
     transfer_failed,
 )
 from gateway.carriers.base import StreamStarted
-from gateway.live.events import ToolCall
+from gateway.model.events import ToolCall
+from gateway.model.session import ModelSession
 
 #: The longest the gateway waits for a farewell or a transfer notice to finish playing.
 FAREWELL_MAX_S = 10.0

@@ -27,7 +27,7 @@ The bridge owns the call's lifecycle and its tasks; the rest is delegated, one m
 events and the personal-data rule (:mod:`~gateway.call.emitter`), tallies and metrics
 (:mod:`~gateway.call.stats`), tool calls (:mod:`~gateway.call.tools`), what a new connection
 is told (:mod:`~gateway.call.conversation`), the deployment's decisions
-(:mod:`~gateway.call.hooks`) and the model behind :class:`~gateway.call.model_session.ModelSession`.
+(:mod:`~gateway.call.hooks`) and the model behind :class:`~gateway.model.session.ModelSession`.
 """
 
 from __future__ import annotations
@@ -45,8 +45,7 @@ import structlog
 from gateway.agents import BUSY, Agent, AgentGraph, Fallback, Stage
 from gateway.aio import cancel_and_wait
 from gateway.audio.budget import RealTimeBudget
-from gateway.audio.transcode import FRAME_MS, Downlink, Uplink, downlink_for, uplink_for
-from gateway.audio.vad import voiced
+from gateway.audio.transcode import FRAME_MS, AnyDownlink, Uplink, downlink_for, uplink_for
 from gateway.call.actions import CallActions
 from gateway.call.conversation import CallConversation
 from gateway.call.emitter import CallEvents, CallObserver
@@ -54,7 +53,6 @@ from gateway.call.hooks import CallHooks, Refusal
 from gateway.call.http_tools import HttpToolRunner
 from gateway.call.idle import CHECK_IN_PROMPT, GOODBYE_PROMPT, IdleAction, IdleWatch
 from gateway.call.keypad import Keypad, entry_text
-from gateway.call.model_session import LiveSessionFactory, ModelSession
 from gateway.call.playout import Playout
 from gateway.call.stats import CALLER_ENDED, MODEL_FAILED, CallStats
 from gateway.call.tools import HandoffRequest, answer_tool_call
@@ -71,11 +69,12 @@ from gateway.carriers.base import (
     StreamStarted,
     StreamStopped,
 )
-from gateway.live.config import AgentPersona
-from gateway.live.events import (
+from gateway.metrics import Metrics
+from gateway.model.events import (
     AgentTranscript,
     AudioOut,
     CallerTranscript,
+    CallerTurnEnded,
     GoAway,
     HandleUpdated,
     Interrupted,
@@ -86,8 +85,8 @@ from gateway.live.events import (
     TurnComplete,
     UsageReported,
 )
-from gateway.live.session import LiveConnectError
-from gateway.metrics import Metrics
+from gateway.model.persona import AgentPersona
+from gateway.model.session import ModelAudio, ModelConnectError, ModelSession, SessionFactory
 from gateway.records.record import CallRecord
 from gateway.records.recording import CallRecording
 from gateway.records.service import CallRecords
@@ -152,7 +151,7 @@ class CallBridge:
         codec: CarrierCodec,
         *,
         graph: AgentGraph,
-        new_live_session: LiveSessionFactory,
+        new_live_session: SessionFactory,
         options: BridgeOptions | None = None,
         observers: tuple[CallObserver, ...] = (),
         hooks: CallHooks | None = None,
@@ -192,7 +191,9 @@ class CallBridge:
         self._live: ModelSession | None = None
         self._conversation = CallConversation(self.transcript, self.events, self._persona)
         self._uplink: Uplink | None = None
-        self._downlink: Downlink | None = None
+        self._downlink: AnyDownlink | None = None
+        #: The formats the transcoders were made for (a handoff to another provider changes).
+        self._model_audio: ModelAudio | None = None
         self._playout: Playout | None = None
         self._turns = 0
         self._speaking = False
@@ -242,11 +243,12 @@ class CallBridge:
             live = self._begin(started)
             try:
                 _, elapsed = await live.open(self._persona())
-            except LiveConnectError as exc:
+            except ModelConnectError as exc:
                 self.end_reason = "model_unavailable"
                 self.stats.error("live_connect")
                 self.log.error("call.model_unavailable", reason=exc.reason, code=exc.code)
                 return
+            self._wire_audio(live.audio)
             self._cue_at = time.monotonic() if self.agent.greeting else None
             self.events.emit("call.connected", live_connect_ms=round(elapsed, 1))
             tasks = [
@@ -382,19 +384,15 @@ class CallBridge:
             self._start_recording(started, self.options.recordings_dir)
         if self._records is not None:
             self._open_record(started)
-        self._uplink = uplink_for(started.audio_format)
-        self._downlink = downlink_for(started.outbound_format)
-        self._playout = Playout(
-            self.codec, self.socket.send, lead_ms=self.options.playout_lead_ms,
-            tap=self.recording,  # the agent's audio as the caller hears it: paced, cut
-        )  # fmt: skip
         self._idle = IdleWatch(
             self.options.idle_prompt_s, self.options.idle_hangup_s, now=self._begun_at
         )
         fmt = started.audio_format
         self._budget = RealTimeBudget(fmt.frame_bytes * 1000 / FRAME_MS, started_at=self._begun_at)
         self.stats.call_began()
-        live = self._live = self._new_live_session(self.log, self._conversation)
+        live = self._live = self._new_live_session(
+            self.log, self._conversation, started.audio_format
+        )
         self.actions.begin(live, started)
         self.events.emit(
             "call.started",
@@ -507,10 +505,10 @@ class CallBridge:
         self.stats.frame_admitted()
         if self.recording is not None:
             self.recording.caller(event.payload)
-        pcm = uplink.feed(event.payload)
-        if voiced(pcm) and self._idle is not None:
+        audio = uplink.feed(event.payload)
+        if self._idle is not None and uplink.voiced(audio):
             self._idle.caller_spoke(now)
-        await live.send_audio(pcm)
+        await live.send_audio(audio)
 
     async def _on_mark(self, event: MarkPlayed) -> None:
         assert self._playout is not None
@@ -564,6 +562,7 @@ class CallBridge:
         handlers: dict[type[Any], _Handler] = {
             AgentTranscript: self._on_agent_transcript,
             CallerTranscript: self._on_caller_transcript,
+            CallerTurnEnded: self._on_caller_turn_ended,
             Interrupted: self._on_interrupted,
             TurnComplete: self._on_turn_complete,
             UsageReported: self._on_usage,
@@ -604,22 +603,37 @@ class CallBridge:
         self.events.record(self.transcript.agent_piece(event.text, self.agent.id))
 
     async def _on_caller_transcript(self, event: CallerTranscript) -> None:
+        if not event.late:
+            await self._on_caller_turn_ended(CallerTurnEnded())
+        self.events.record(self.transcript.caller_piece(event.text, self.agent.id))
+
+    async def _on_caller_turn_ended(self, _: CallerTurnEnded) -> None:
         self._cue_at = time.monotonic()  # the caller spoke: the next audio answers it
         if self._idle is not None:
             self._idle.caller_spoke(self._cue_at)
-        self.events.record(self.transcript.caller_piece(event.text, self.agent.id))
 
     async def _on_interrupted(self, _: Interrupted) -> None:
-        downlink, playout = self._downlink, self._playout
+        downlink, playout, live = self._downlink, self._playout, self._live
         assert downlink is not None
         assert playout is not None
+        assert live is not None
+        now = time.monotonic()
+        if not self._speaking and not playout.busy(now):
+            return  # nothing is playing: the caller only began to speak (OpenAI says so too)
+        # What the caller never heard: still at the carrier, queued here, or not yet framed.
+        queued_ms = playout.queued_frames * FRAME_MS
+        pending_ms = downlink.pending_bytes / downlink.format.frame_bytes * FRAME_MS
+        unheard_ms = playout.unheard_s(now) * 1000 + queued_ms + pending_ms
         dropped = playout.interrupt()
         downlink.reset()
         self._speaking = False
         self._release_mark_waiters()  # the audio they waited for will never play
         self.stats.barge_in(dropped)
         self.events.record(self.transcript.finish_agent(interrupted=True))
-        self.events.emit("agent.interrupted", frames_dropped=dropped)
+        self.events.emit(
+            "agent.interrupted", frames_dropped=dropped, unheard_ms=round(unheard_ms, 1)
+        )
+        await live.playback_cut(unheard_ms)
 
     async def _on_turn_complete(self, _: TurnComplete) -> None:
         """The agent's turn is over: its audio tail and a mark follow what is queued."""
@@ -741,10 +755,12 @@ class CallBridge:
         self.events.agent_changed(agent.id)
         try:
             resumed, elapsed = await live.hand_off(self._persona(), opening)
-        except LiveConnectError as exc:
+        except ModelConnectError as exc:
             self.stats.error("live_connect")
             self.log.error("handoff.failed", target=agent.id, reason=exc.reason, code=exc.code)
             return False
+        if live.audio != self._model_audio:  # the new agent runs on another provider
+            self._wire_audio(live.audio)
         self._cue_at = time.monotonic()
         self.stats.handed_off(elapsed)
         self.events.emit(
@@ -758,6 +774,23 @@ class CallBridge:
             _private={"reason": request.reason, "summary": request.summary},
         )
         return True
+
+    def _wire_audio(self, audio: ModelAudio) -> None:
+        """Transcoders between the carrier's formats and the model's, and the playout (made
+        once; a handoff to another provider makes new transcoders, the playout stays)."""
+        started = self._started
+        assert started is not None
+        self._model_audio = audio
+        self._uplink = uplink_for(started.audio_format, audio.input)
+        self._downlink = downlink_for(started.outbound_format, audio.output)
+        if self._playout is None:
+            self._playout = Playout(
+                self.codec, self.socket.send, lead_ms=self.options.playout_lead_ms,
+                tap=self.recording,  # the agent's audio as the caller hears it: paced, cut
+                track_heard=audio.tracks_playback,
+            )  # fmt: skip
+        else:
+            self._playout.track_heard = self._playout.track_heard or audio.tracks_playback
 
     def _flush_downlink(self) -> None:
         """Queue the resampler's tail behind the agent's audio; the agent stopped speaking."""

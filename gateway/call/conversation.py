@@ -1,15 +1,14 @@
-"""What a new Live connection is told, from the active agent and the call's transcript.
+"""What a new model connection is told, from the active agent and the call's transcript.
 
-The Live session dials new connections on its own (goAway, a dropped socket) and on a handoff;
-each time it asks the call what to open with. The answers are SDK ``Content`` turns, built
-from the gateway's transcript by :mod:`gateway.call.handoff`.
+The model session dials new connections on its own (goAway, a dropped socket) and on a
+handoff; each time it asks the call what to open with. The answers are plain
+:class:`~gateway.model.turns.Turn` values, built from the gateway's transcript by
+:mod:`gateway.call.handoff`, that each provider sends its own way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-from google.genai import types
 
 from gateway.agents import Agent
 from gateway.call.emitter import CallEvents
@@ -19,11 +18,10 @@ from gateway.call.handoff import (
     history_turns,
     recap_turns,
     takeover_prompt,
-    user_turn,
 )
 from gateway.call.transcript import Transcript
-from gateway.live.config import AgentPersona
-from gateway.live.session import TakeoverFactory
+from gateway.model.persona import AgentPersona
+from gateway.model.turns import TakeoverFactory, Turn, user_turn
 
 #: Told to a fresh session that remembers nothing, after the history.
 _CARRY_ON = (
@@ -33,7 +31,7 @@ _CARRY_ON = (
 
 
 class CallConversation:
-    """The call's side of :class:`~gateway.live.session.Conversation`, plus the handoff's
+    """The call's side of :class:`~gateway.model.turns.Conversation`, plus the handoff's
     opening. Utterances it closes are reported as transcript events."""
 
     __slots__ = ("_events", "_persona", "_transcript")
@@ -46,10 +44,10 @@ class CallConversation:
         #: The active agent with the call's variables, asked each time: a handoff changes it.
         self._persona = persona
 
-    def greeting(self) -> list[types.Content]:
+    def greeting(self) -> list[Turn]:
         return greeting_turns(self._persona().greeting())
 
-    def reseed(self, *, until_handle: bool) -> tuple[list[types.Content], bool]:
+    def reseed(self, *, until_handle: bool) -> tuple[list[Turn], bool]:
         """After a fault with no usable handle: the transcript, then "carry on"."""
         self._close_utterances(cut_off=False)
         transcript = self._transcript
@@ -62,7 +60,7 @@ class CallConversation:
             return self.greeting(), True
         return history_turns(transcript.entries, _CARRY_ON), True
 
-    def recap(self, *, cut_off: bool) -> tuple[list[types.Content], bool]:
+    def recap(self, *, cut_off: bool) -> tuple[list[Turn], bool]:
         self._close_utterances(cut_off=cut_off)
         return recap_turns(self._transcript.since_handle(), cut_off=cut_off)
 
@@ -82,7 +80,7 @@ class CallConversation:
         self._events.record(transcript.note("handoff", agent.id, note))
         prompt = takeover_prompt(agent, reason=reason, summary=summary, since=since)
 
-        def opening(resumed: bool) -> list[types.Content]:
+        def opening(resumed: bool) -> list[Turn]:
             if resumed:
                 return [user_turn(prompt)]
             return history_turns(transcript.entries, prompt)

@@ -1,4 +1,4 @@
-"""The words the gateway says to Gemini around a handoff (the caller never hears them).
+"""The words the gateway says to the model around a handoff (the caller never hears them).
 
 A resumed session does not carry the tool call that triggered the handoff, nor anything said
 after its handle was issued, so the tool result alone would leave the new agent silent and
@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from google.genai import types
-
 from gateway.agents import Agent
 from gateway.call.transcript import Entry
+from gateway.model.turns import Role, Turn, user_turn
 
 #: The tool result the *old* agent receives: short, and telling it not to talk over the new one.
 HANDOFF_ACCEPTED = {
@@ -53,12 +52,12 @@ def takeover_prompt(agent: Agent, *, reason: str, summary: str, since: Sequence[
     return "\n".join(lines)
 
 
-def greeting_turns(greeting: str) -> list[types.Content]:
+def greeting_turns(greeting: str) -> list[Turn]:
     """The first agent's opening (its greeting, variables filled in), when it speaks first."""
     return [user_turn(greeting)] if greeting else []
 
 
-def history_turns(entries: Sequence[Entry], final_prompt: str) -> list[types.Content]:
+def history_turns(entries: Sequence[Entry], final_prompt: str) -> list[Turn]:
     """Re-seed a *fresh* session (no usable handle) with the transcript, then the prompt.
 
     Consecutive lines of one side are merged because the API expects turns to alternate, and
@@ -68,12 +67,10 @@ def history_turns(entries: Sequence[Entry], final_prompt: str) -> list[types.Con
     prompt = final_prompt
     if turns and turns[-1][0] == "user":
         prompt = f"{turns.pop()[1]}\n\n{final_prompt}"
-    contents = [types.Content(role=r, parts=[types.Part(text=t)]) for r, t in turns]
-    contents.append(user_turn(prompt))
-    return contents
+    return [*(Turn(role, text) for role, text in turns), user_turn(prompt)]
 
 
-def recap_turns(since: Sequence[Entry], *, cut_off: bool) -> tuple[list[types.Content], bool]:
+def recap_turns(since: Sequence[Entry], *, cut_off: bool) -> tuple[list[Turn], bool]:
     """Tell a resumed session what its handle does not hold; and whether it should answer.
 
     Used when replaying the caller's audio would not do (the model had begun answering, which
@@ -109,13 +106,14 @@ def recap_turns(since: Sequence[Entry], *, cut_off: bool) -> tuple[list[types.Co
     return [user_turn("\n".join(lines))], answer
 
 
-def context_turns(entries: Sequence[Entry]) -> list[types.Content]:
+def context_turns(entries: Sequence[Entry]) -> list[Turn]:
     """The transcript as turns for a fresh session to know, sent without asking for a reply."""
-    return [types.Content(role=r, parts=[types.Part(text=t)]) for r, t in _alternating(entries)]
+    return [Turn(role, text) for role, text in _alternating(entries)]
 
 
-def _alternating(entries: Sequence[Entry]) -> list[tuple[str, str]]:
-    turns: list[tuple[str, str]] = []
+def _alternating(entries: Sequence[Entry]) -> list[tuple[Role, str]]:
+    turns: list[tuple[Role, str]] = []
+    role: Role
     for entry in entries:
         if entry.speaker == "caller":
             role, text = "user", entry.text
@@ -128,7 +126,3 @@ def _alternating(entries: Sequence[Entry]) -> list[tuple[str, str]]:
         else:
             turns.append((role, text))
     return turns
-
-
-def user_turn(text: str) -> types.Content:
-    return types.Content(role="user", parts=[types.Part(text=text)])

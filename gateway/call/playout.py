@@ -8,7 +8,10 @@ fixed *lead* ahead of real time (enough to ride out jitter) and holds the rest i
 - barge-in (:meth:`interrupt`) drops everything still held here and sends ``clear`` ahead of
   any other message, so the caller stops hearing the agent within one frame;
 - a mark follows each agent turn, so an echo tells when the caller really heard the end of it
-  (an echo caused by a ``clear`` is recognised and not counted as played).
+  (an echo caused by a ``clear`` is recognised and not counted as played);
+- with ``track_heard``, a mark also follows each media message, so that at a barge-in
+  :meth:`unheard_s` can tell how much of what was sent the caller never heard (a model that
+  truncates its answer there needs it: OpenAI Realtime).
 
 Refills are batched (wake when the lead falls below ``lead - refill``, top it back up) so an idle
 call costs a few wake-ups a second, not fifty.
@@ -62,6 +65,7 @@ class Playout:
         max_queued_s: float = 300.0,
         max_batch: int = 5,
         tap: PlayoutTap | None = None,
+        track_heard: bool = False,
     ) -> None:
         self._codec = codec
         self._tap = tap
@@ -79,6 +83,14 @@ class Playout:
         self._outstanding: set[str] = set()
         self._flushed: set[str] = set()
         self.frames_sent = 0
+        self.track_heard = track_heard
+        #: Audio sent, in seconds, and how much of it an echoed progress mark proved played
+        #: (``_heard_s``), as of when (``_heard_at``); progress marks in flight -> audio sent
+        #: up to them.
+        self._sent_s = 0.0
+        self._heard_s = 0.0
+        self._heard_at = 0.0
+        self._progress: dict[str, float] = {}
         #: Dropped by barge-in (never sent), and by a runaway producer overflowing the queue.
         self.frames_dropped = 0
         self.frames_overflowed = 0
@@ -105,23 +117,53 @@ class Playout:
         self._control.append(self._codec.clear())
         self._flushed |= self._outstanding
         self._outstanding.clear()
+        self._progress.clear()
+        # What was sent and not heard is gone with the clear: count it as heard from here on.
+        self._heard_s, self._heard_at = self._sent_s, time.monotonic()
         self._play_end = 0.0
         if self._tap is not None:
             self._tap.cleared(time.monotonic())
         self._wake.set()
         return dropped
 
+    @property
+    def queued_frames(self) -> int:
+        """Frames held here, not yet sent to the carrier."""
+        return sum(1 for item in self._items if not isinstance(item, _Mark))
+
     def busy(self, now: float) -> bool:
         """Whether agent audio is still queued here or still playing at the carrier."""
         return self._play_end > now or any(not isinstance(i, _Mark) for i in self._items)
 
     def mark_echoed(self, name: str) -> bool:
-        """A mark came back; True if its audio was really played (not flushed by a clear)."""
+        """A mark came back; True if it is a turn's mark whose audio was really played (not
+        flushed by a clear, and not one of the progress marks of ``track_heard``)."""
         if name in self._flushed:
             self._flushed.discard(name)
             return False
         self._outstanding.discard(name)
-        return True
+        sent_s = self._progress.pop(name, None)
+        if sent_s is None:
+            return True
+        if sent_s > self._heard_s:
+            self._heard_s, self._heard_at = sent_s, time.monotonic()
+        return False
+
+    def unheard_s(self, now: float) -> float:
+        """Audio sent to the carrier that the caller has not heard (yet), in seconds.
+
+        Two bounds on what was heard, the tighter wins: the carrier cannot play faster than
+        real time (what was sent, less what is still ahead of now by the pacing clock), and it
+        cannot have played past the newest echoed progress mark by more than the time since
+        that echo (a carrier buffering more than the pacing assumes, or a slow network).
+        Without ``track_heard`` only the first bound is known.
+        """
+        by_clock = self._sent_s - max(0.0, self._play_end - now)
+        heard = by_clock
+        if self.track_heard:
+            by_marks = self._heard_s + max(0.0, now - self._heard_at)
+            heard = max(self._heard_s, min(by_clock, by_marks))
+        return max(0.0, self._sent_s - heard)
 
     async def run(self) -> None:
         """Drain the queue forever (cancel to stop); the only coroutine that sends."""
@@ -173,9 +215,19 @@ class Playout:
             if not frames:
                 return
             starts_at = max(self._play_end, now)
+            if self.track_heard and starts_at == now and not self._progress:
+                # The carrier had played everything (its last mark is back): what it plays
+                # next starts now, not at the last echo.
+                self._heard_s, self._heard_at = self._sent_s, now
             self._play_end = starts_at + self._frame_s * len(frames)
+            self._sent_s += self._frame_s * len(frames)
             if self._tap is not None:  # before the send: a barge-in during it must cut these
                 for i, frame in enumerate(frames):
                     self._tap.sent(frame, starts_at + i * self._frame_s)
             self.frames_sent += len(frames)
             await self._send(self._codec.media(frames[0] if len(frames) == 1 else b"".join(frames)))
+            if self.track_heard:
+                name = f"heard-{self.frames_sent}"
+                self._progress[name] = self._sent_s
+                self._outstanding.add(name)
+                await self._send(self._codec.mark(name))

@@ -22,12 +22,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.agents import END_CALL_TOOL, TRANSFER_CALL_TOOL, Agent, HandoffTarget, HttpTool
+from gateway.agents import (
+    END_CALL_TOOL,
+    HANDOFF_TOOL,
+    TRANSFER_CALL_TOOL,
+    Agent,
+    HandoffTarget,
+    HttpTool,
+)
 from gateway.call.emitter import CallEvents
 from gateway.call.handoff import HANDOFF_ACCEPTED, handoff_rejected
-from gateway.call.model_session import ModelSession
-from gateway.live.config import HANDOFF_TOOL
-from gateway.live.events import ToolCall
+from gateway.model.events import ToolCall
+from gateway.model.session import ModelSession
 
 #: The answer to ``end_call``: the call ends once what the model says now has played.
 END_CALL_ACCEPTED = {
@@ -113,7 +119,8 @@ async def _handoff(
             call.call_id, call.name, handoff_rejected(call.args.get("target"), list(by_id))
         )
         return None
-    await session.send_tool_response(call.call_id, call.name, dict(HANDOFF_ACCEPTED))
+    # The new agent speaks next: the old one must not answer its own transfer.
+    await session.send_tool_response(call.call_id, call.name, dict(HANDOFF_ACCEPTED), respond=False)
     return HandoffRequest(
         target, reason=_text(call.args, "reason", 500), summary=_text(call.args, "summary", 2000)
     )

@@ -61,8 +61,9 @@ SILENT_LEAD_MS = 500
 
 @dataclass(slots=True, eq=False)
 class Sent:
-    """A message for the model: caller audio (``pcm``) or turns (``turns``, SDK ``Content``
-    objects the machine never looks into; ``complete`` asks the model to answer them)."""
+    """A message for the model: caller audio (``pcm``) or turns (``turns``, the call's
+    :class:`~gateway.model.turns.Turn` values, which the machine never looks into;
+    ``complete`` asks the model to answer them)."""
 
     kind: Literal["audio", "turns"]
     pcm: bytes = b""

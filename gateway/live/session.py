@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 import websockets.exceptions
@@ -35,10 +35,13 @@ from google import genai
 from google.genai import errors, types
 
 from gateway.aio import cancel_and_wait
+from gateway.audio.transcode import PCM16_16K, PCM16_24K
 from gateway.audio.vad import voiced
 from gateway.live import fast_path
-from gateway.live.config import AgentPersona, live_config
-from gateway.live.events import (
+from gateway.live.config import live_config
+from gateway.live.fast_path import INPUT_MIME, model_audio, realtime_audio_message
+from gateway.live.machine import Dial, End, Opening, Policy, Recover, Sent, SessionMachine
+from gateway.model.events import (
     AgentTranscript,
     AudioOut,
     CallerTranscript,
@@ -53,46 +56,17 @@ from gateway.live.events import (
     TurnComplete,
     UsageReported,
 )
-from gateway.live.fast_path import INPUT_MIME, model_audio, realtime_audio_message
-from gateway.live.machine import Dial, End, Opening, Policy, Recover, Sent, SessionMachine
+from gateway.model.persona import AgentPersona
+from gateway.model.session import ModelAudio, ModelConnectError, ModelSession
+from gateway.model.turns import Conversation, TakeoverFactory, Turn
 
 #: HTTP answers to the websocket upgrade that no retry will change.
 PERMANENT_HTTP_STATUSES = frozenset({400, 401, 403, 404})
 #: What a send on a connection that is gone raises (the SDK passes the socket's errors on).
 SEND_ERRORS = (websockets.exceptions.ConnectionClosed, errors.APIError)
 
-#: Builds a handoff's opening turns; the flag says whether the session resumed (the model
-#: remembers the call) or started fresh (the model must be told the history).
-TakeoverFactory = Callable[[bool], Sequence[types.Content]]
-
-
-class Conversation(Protocol):
-    """What the call knows about its conversation: the one way a new connection is seeded."""
-
-    def greeting(self) -> Sequence[types.Content]:
-        """The first agent's opening on a fresh call (empty: wait for the caller)."""
-        ...
-
-    def reseed(self, *, until_handle: bool) -> tuple[Sequence[types.Content], bool]:
-        """The history, for a fresh session that remembers nothing: up to the newest handle
-        (as context only: what followed is replayed as it was sent) or all of it, and then
-        "carry on"; and whether the model should answer now."""
-        ...
-
-    def recap(self, *, cut_off: bool) -> tuple[Sequence[types.Content], bool]:
-        """What was said since the newest handle, for a resumed session that lost it; and
-        whether the model should answer now (it was cut off, or the caller is owed a reply)."""
-        ...
-
-
-class LiveConnectError(Exception):
-    """No connection could be opened; ``permanent`` when retrying cannot help."""
-
-    def __init__(self, reason: str, *, code: int | None = None, permanent: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.code = code
-        self.permanent = permanent
+#: What a Gemini Live session takes and gives: PCM16 at 16 kHz in, at 24 kHz out.
+GEMINI_AUDIO = ModelAudio(input=PCM16_16K, output=PCM16_24K)
 
 
 @dataclass(slots=True)
@@ -152,12 +126,16 @@ class LiveSession:
 
     # ------------------------------------------------------------------ connection lifecycle
 
-    async def open(self, persona: AgentPersona) -> tuple[bool, float]:
-        """The call's first connection, opened with the greeting; returns (resumed, ms).
+    async def open(
+        self, persona: AgentPersona, takeover: TakeoverFactory | None = None
+    ) -> tuple[bool, float]:
+        """The call's first connection, opened with the greeting (or, taking over a call from
+        another provider, with ``takeover(False)``); returns (resumed, ms).
 
-        Raises :class:`LiveConnectError` when no connection could be opened.
+        Raises :class:`ModelConnectError` when no connection could be opened.
         """
         self.persona = persona
+        self._takeover = takeover
         return await self._establish(self.machine.start())
 
     async def hand_off(
@@ -186,12 +164,12 @@ class LiveSession:
         await self._drop_connection()
         while True:
             if isinstance(action, End):
-                raise LiveConnectError(action.reason, code=action.code, permanent=True)
+                raise ModelConnectError(action.reason, code=action.code, permanent=True)
             if action.delay_s:
                 await asyncio.sleep(action.delay_s)
             try:
                 conn = await self._connect(action)
-            except LiveConnectError as exc:
+            except ModelConnectError as exc:
                 self.log.warning(
                     "live.connect_failed",
                     code=exc.code,
@@ -212,11 +190,11 @@ class LiveSession:
                 await self._drop_connection()
                 self.log.warning("live.opening_failed", code=_close_code(exc))
                 if step is None:  # cannot happen: the connection is the current one
-                    raise LiveConnectError("connection lost while opening") from exc
+                    raise ModelConnectError("connection lost while opening") from exc
                 action = step.dial if isinstance(step, Recover) else step
                 continue
             self.machine.opening_sent()
-            if opening.kind == "handoff":
+            if opening.kind in ("first", "handoff"):
                 self._takeover = None
             return conn.resumed, (time.perf_counter() - started) * 1000
 
@@ -254,10 +232,10 @@ class LiveSession:
 
     async def _send_opening(self, conn: _Connection, opening: Opening) -> None:
         """The opening the machine chose, then whatever was queued meanwhile, in order."""
-        turns: Sequence[types.Content] = ()
+        turns: Sequence[Turn] = ()
         complete = True
         if opening.kind == "first":
-            turns = self._conversation.greeting()
+            turns = self._takeover(False) if self._takeover else self._conversation.greeting()
         elif opening.kind == "handoff":
             turns = self._takeover(conn.resumed) if self._takeover else ()
         elif opening.kind == "reseed":
@@ -282,16 +260,25 @@ class LiveSession:
 
     # ------------------------------------------------------------------ sending
 
-    async def send_audio(self, pcm16k: bytes) -> None:
+    @property
+    def audio(self) -> ModelAudio:
+        return GEMINI_AUDIO
+
+    async def send_audio(self, audio: bytes) -> None:
         """Caller audio (PCM16 16 kHz); journalled for a resume, queued while reconnecting."""
-        await self._submit(Sent("audio", pcm=pcm16k, voiced=voiced(pcm16k)))
+        await self._submit(Sent("audio", pcm=audio, voiced=voiced(audio)))
 
     async def send_text(self, text: str) -> None:
         """A user text turn (a note the caller does not hear); queued while reconnecting."""
-        turn = types.Content(role="user", parts=[types.Part(text=text)])
-        await self._submit(Sent("turns", turns=(turn,)))
+        await self._submit(Sent("turns", turns=(Turn("user", text),)))
 
-    async def send_tool_response(self, call_id: str, name: str, response: dict[str, Any]) -> None:
+    async def playback_cut(self, unheard_ms: float) -> None:
+        """Nothing to do: Gemini Live cannot be told how much of an answer was heard (it
+        stops generating at barge-in, and its context keeps what it generated)."""
+
+    async def send_tool_response(
+        self, call_id: str, name: str, response: dict[str, Any], *, respond: bool = True
+    ) -> None:
         """Answer a tool call, on the connection that made it only.
 
         A resumed or replaced connection does not know the calls of the one before it, so an
@@ -343,7 +330,7 @@ class LiveSession:
             await self._send_turns(conn, entry.turns, complete=entry.complete)  # type: ignore[arg-type]
 
     async def _send_turns(
-        self, conn: _Connection, turns: Sequence[types.Content], *, complete: bool
+        self, conn: _Connection, turns: Sequence[Turn], *, complete: bool
     ) -> None:
         """Send prompt/history turns; with ``complete`` the model answers them.
 
@@ -352,12 +339,11 @@ class LiveSession:
         the model always answers).
         """
         if self.model.removeprefix("models/").startswith("gemini-3"):
-            text = "\n\n".join(
-                f"[{t.role}] " + "".join(p.text or "" for p in (t.parts or [])) for t in turns
-            )
+            text = "\n\n".join(f"[{t.role}] {t.text}" for t in turns)
             await conn.session.send_realtime_input(text=text)
         else:
-            await conn.session.send_client_content(turns=list(turns), turn_complete=complete)
+            contents = [types.Content(role=t.role, parts=[types.Part(text=t.text)]) for t in turns]
+            await conn.session.send_client_content(turns=contents, turn_complete=complete)
 
     # ------------------------------------------------------------------ receiving
 
@@ -416,7 +402,7 @@ class LiveSession:
         self._tool_calls.clear()  # calls of the old connection are never answered on a new one
         try:
             resumed, elapsed = await self._establish(step.dial)
-        except LiveConnectError:
+        except ModelConnectError:
             return self._session_ended()
         return Reconnected(step.reason, resumed=resumed, elapsed_ms=elapsed, detail=step.detail)
 
@@ -568,21 +554,26 @@ def _close_code(exc: BaseException) -> int | None:
     return None
 
 
-def _connect_error(exc: Exception) -> LiveConnectError:
-    if isinstance(exc, LiveConnectError):
+def _connect_error(exc: Exception) -> ModelConnectError:
+    if isinstance(exc, ModelConnectError):
         return exc
     if isinstance(exc, errors.APIError):
         reason = str(exc.details or exc.message or exc.status or "connect failed")
-        return LiveConnectError(reason, code=exc.code)
+        return ModelConnectError(reason, code=exc.code)
     if isinstance(exc, websockets.exceptions.InvalidStatus):
         status = exc.response.status_code
-        return LiveConnectError(
+        return ModelConnectError(
             f"HTTP {status} on connect", code=status, permanent=status in PERMANENT_HTTP_STATUSES
         )
     if isinstance(exc, TimeoutError):
-        return LiveConnectError("connect timed out")
+        return ModelConnectError("connect timed out")
     if isinstance(exc, OSError):
-        return LiveConnectError(f"cannot reach the Live endpoint: {exc.strerror or exc}")
+        return ModelConnectError(f"cannot reach the Live endpoint: {exc.strerror or exc}")
     if isinstance(exc, websockets.exceptions.WebSocketException):
-        return LiveConnectError(f"websocket error: {exc}")
-    return LiveConnectError(f"{type(exc).__name__}: {exc}")
+        return ModelConnectError(f"websocket error: {exc}")
+    return ModelConnectError(f"{type(exc).__name__}: {exc}")
+
+
+def _fits_the_seam(session: LiveSession) -> ModelSession:
+    """Never called: mypy checks here that the Gemini session still fits the seam."""
+    return session

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +30,12 @@ from gateway.agents import (
 from gateway.call.bridge import BridgeOptions, CallBridge
 from gateway.call.emitter import CallObserver
 from gateway.call.http_tools import HttpToolRunner
-from gateway.call.model_session import LiveSessionFactory
 from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.texml_api import TexmlRest
 from gateway.carriers.twilio_api import TwilioRest
 from gateway.logs import register_secrets
 from gateway.metrics import Metrics
+from gateway.providers import ModelProviders
 from gateway.records.service import CallRecords
 from gateway.security import StreamGrant, StreamLedger, StreamReusedError, StreamTokens
 from gateway.settings import Settings
@@ -60,14 +59,14 @@ class ReloadResult:
 
 @dataclass(slots=True)
 class GatewayState:
-    """What the routes share: configuration, the way to reach Gemini, the live calls."""
+    """What the routes share: configuration, the way to reach the models, the live calls."""
 
     settings: Settings
     #: The agents for calls that start now; a reload replaces it (never mutates it).
     graph: AgentGraph
-    #: A model name -> the factory of that model's Live sessions. The model is chosen once per
-    #: call, when its stream starts (:meth:`model_for`): a reload may change it, a call never.
-    live_sessions: Callable[[str], LiveSessionFactory]
+    #: Each call's model sessions. Provider and model are chosen once per call, when its
+    #: stream starts (``providers.sessions(graph)``): a reload may change them, a call never.
+    providers: ModelProviders
     tokens: StreamTokens
     metrics: Metrics = field(default_factory=Metrics)
     observers: tuple[CallObserver, ...] = ()
@@ -102,8 +101,9 @@ class GatewayState:
         return (*self.observers, self.feed.observe)
 
     def model_for(self, graph: AgentGraph) -> str:
-        """The model a call on ``graph`` talks to: GEMINI_MODEL if set, else the file's."""
-        return self.settings.gemini_model or graph.model
+        """The model of ``graph``'s own provider (GEMINI_MODEL or OPENAI_MODEL if set, else
+        the file's); an agent on the other provider gets that one's."""
+        return self.providers.model(graph, graph.provider)
 
     async def reload_agents(self) -> ReloadResult:
         """Re-read agents.yaml (``AGENTS_FILE``) and use it for every call that starts after.
@@ -122,6 +122,12 @@ class GatewayState:
                 self.metrics.config_reloads.labels("error").inc()
                 log.warning("config.reload_failed", error=str(exc))
                 return ReloadResult(ok=False, error=str(exc))
+            missing = self.providers.missing_keys(graph)
+            if missing:  # every call on those agents would fail at connect
+                error = f"{self.settings.agents_file}: {missing[0]}"
+                self.metrics.config_reloads.labels("error").inc()
+                log.warning("config.reload_failed", error=error)
+                return ReloadResult(ok=False, error=error)
             announce_graph(self.settings, graph, log)
             if graph.spec.tools and self.tool_runner is None:
                 # The file now has HTTP tools and the gateway had no client for them. A runner

@@ -123,7 +123,7 @@ async def _run(
         StarletteCarrierSocket(websocket),
         codec,
         graph=graph,
-        new_live_session=state.live_sessions(state.model_for(graph)),
+        new_live_session=state.providers.sessions(graph),
         options=state.bridge_options(),
         observers=state.call_observers(),
         hooks=replace(hooks, admit=admit),

@@ -1,14 +1,11 @@
-"""What a Gemini Live conversation tells the call bridge, in plain terms.
+"""What a model conversation tells the call bridge, in plain terms, whoever the provider.
 
-The SDK's ``LiveServerMessage`` mixes audio, transcripts, tool calls and session bookkeeping in
-one nested object whose shape differs between model generations (one part per message on 2.5,
-several on 3.x). The session flattens each message into these events, in order, so the bridge
-handles one small thing at a time without walking SDK message types.
-
-That holds for what the call *receives*: no event carries an SDK type. What the call *sends*
-back as conversation turns (greeting, handoff opening, recap) is SDK ``types.Content``, built
-by ``gateway/call/handoff.py`` for ``gateway/call/conversation.py``; the bridge module itself
-imports nothing from the SDK.
+Gemini's ``LiveServerMessage`` mixes audio, transcripts, tool calls and session bookkeeping in
+one nested object whose shape differs between model generations; OpenAI Realtime sends one small
+event per thing but in its own vocabulary. Each session flattens what it receives into these
+events, in order, so the bridge handles one small thing at a time and never sees an SDK type.
+Some events are one provider's only (handles and ``goAway`` are Gemini's, ``CallerTurnEnded``
+is OpenAI's); the bridge handles each the same whoever sends it.
 """
 
 from __future__ import annotations
@@ -20,21 +17,33 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class AudioOut:
-    """Model speech: PCM16 little-endian, 24 kHz mono."""
+    """Model speech, in the session's output format (``ModelSession.audio.output``): PCM16
+    little-endian at 24 kHz, or G.711 at 8 kHz when the provider speaks the carrier's codec."""
 
     pcm: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class CallerTranscript:
-    """A piece of Gemini's transcription of the caller's speech."""
+    """A piece of the model's transcription of the caller's speech.
+
+    ``late``: it arrived after the utterance was over (OpenAI transcribes asynchronously, often
+    once the answer has begun), so it says nothing about when the caller spoke.
+    """
 
     text: str
+    late: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CallerTurnEnded:
+    """The provider's turn detection found the end of a caller utterance: the model's next
+    audio answers it (Gemini does not report this; its transcripts mark the caller's turns)."""
 
 
 @dataclass(frozen=True, slots=True)
 class AgentTranscript:
-    """A piece of Gemini's transcription of its own speech."""
+    """A piece of the model's transcription of its own speech."""
 
     text: str
 
@@ -63,14 +72,15 @@ class TurnComplete:
 
 @dataclass(frozen=True, slots=True)
 class UsageReported:
-    """Tokens Gemini counted for one model turn (its ``usageMetadata``), as it bills them.
+    """Tokens the provider counted for one model turn (Gemini's ``usageMetadata``, OpenAI's
+    ``response.usage``), as it bills them.
 
     Per turn, not a running total: each turn's ``input_tokens`` is everything the model
     processed for that turn (system instruction, tools, the session's context so far and the
     new input), so it grows through a conversation, and a call's usage is the sum of these
     over its turns and over its connections (handoffs and reconnects open new sessions).
-    ``total_tokens`` is Gemini's own total, which also counts tool-use prompts and thoughts,
-    so it may exceed the sum of the other two.
+    ``total_tokens`` is the provider's own total, which (on Gemini) also counts tool-use prompts
+    and thoughts, so it may exceed the sum of the other two.
     """
 
     input_tokens: int
@@ -101,8 +111,9 @@ class GoAway:
 class Reconnected:
     """The session moved to a new connection without the bridge asking.
 
-    ``reason`` is ``goaway`` (planned: the server announced the end of the connection) or
-    ``dropped`` (a fault); ``detail`` says more (close code and reason).
+    ``reason`` is ``goaway`` (planned: the server announced the end of the connection),
+    ``expired`` (OpenAI's session reached its time limit) or ``dropped`` (a fault); ``detail``
+    says more (close code and reason).
     """
 
     reason: str
@@ -113,7 +124,7 @@ class Reconnected:
 
 @dataclass(frozen=True, slots=True)
 class SessionEnded:
-    """The conversation with Gemini is over for good; the call cannot continue."""
+    """The conversation with the model is over for good; the call cannot continue."""
 
     reason: str
     code: int | None = None
@@ -122,6 +133,7 @@ class SessionEnded:
 LiveEvent = (
     AudioOut
     | CallerTranscript
+    | CallerTurnEnded
     | AgentTranscript
     | ToolCall
     | ToolCallCancelled

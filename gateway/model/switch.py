@@ -1,0 +1,102 @@
+"""A call whose agents run on more than one provider: one session at a time, switched on handoff.
+
+An agents file may put one agent on OpenAI and the rest on Gemini (``provider:`` per agent).
+Neither service can take over the other's session, so a handoff across providers opens a fresh
+session at the new provider, told the history and the new agent's note (``takeover(False)``),
+and closes the old one. Its audio formats may differ (the bridge rebuilds its transcoders when
+``audio`` changes). Within one provider the session's own handoff applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gateway.agents import Provider
+from gateway.model.events import LiveEvent
+from gateway.model.persona import AgentPersona
+from gateway.model.session import ModelAudio, ModelSession
+from gateway.model.turns import TakeoverFactory
+
+
+class ProviderSwitch:
+    """A :class:`ModelSession` over one session per provider, made when first needed."""
+
+    def __init__(self, sessions: Mapping[Provider, Callable[[], ModelSession]]) -> None:
+        self._make = sessions
+        self._provider: Provider | None = None
+        self._session: ModelSession | None = None
+        #: Caller audio the sessions already closed lost.
+        self._dropped_before = 0.0
+
+    @property
+    def current(self) -> ModelSession:
+        assert self._session is not None, "the call has not opened its session"
+        return self._session
+
+    @property
+    def audio(self) -> ModelAudio:
+        return self.current.audio
+
+    @property
+    def audio_dropped_ms(self) -> float:
+        now = self._session.audio_dropped_ms if self._session is not None else 0.0
+        return self._dropped_before + now
+
+    async def open(
+        self, persona: AgentPersona, takeover: TakeoverFactory | None = None
+    ) -> tuple[bool, float]:
+        self._provider = _provider(persona)
+        self._session = self._make[self._provider]()
+        return await self._session.open(persona, takeover)
+
+    async def hand_off(
+        self, persona: AgentPersona, takeover: TakeoverFactory
+    ) -> tuple[bool, float]:
+        provider = _provider(persona)
+        if provider == self._provider:
+            return await self.current.hand_off(persona, takeover)
+        old = self.current
+        new = self._make[provider]()
+        try:
+            kept, elapsed = await new.open(persona, takeover)
+        except BaseException:
+            await new.close()
+            raise
+        self._dropped_before += old.audio_dropped_ms
+        self._provider, self._session = provider, new
+        await old.close()
+        return kept, elapsed
+
+    async def send_audio(self, audio: bytes) -> None:
+        await self.current.send_audio(audio)
+
+    async def send_text(self, text: str) -> None:
+        await self.current.send_text(text)
+
+    async def send_tool_response(
+        self, call_id: str, name: str, response: dict[str, Any], *, respond: bool = True
+    ) -> None:
+        await self.current.send_tool_response(call_id, name, response, respond=respond)
+
+    async def playback_cut(self, unheard_ms: float) -> None:
+        await self.current.playback_cut(unheard_ms)
+
+    async def next_event(self) -> LiveEvent:
+        return await self.current.next_event()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def _provider(persona: AgentPersona) -> Provider:
+    """The agent's provider (the agents file fills it in for every agent)."""
+    provider = persona.agent.provider
+    assert provider is not None, "agents come from an AgentGraph, which sets their provider"
+    return provider
+
+
+def _fits_the_seam(session: ProviderSwitch) -> ModelSession:
+    """Never called: mypy checks here that the switch still fits the seam."""
+    return session
