@@ -1,6 +1,7 @@
 """``gateway demo``: one whole call, end to end, with no API key and no phone.
 
-It starts the built-in Live simulator, runs the real gateway against it on a free local port,
+It starts the built-in model simulators (Gemini Live's and OpenAI Realtime's; ``--provider``
+moves every agent to one of them), runs the real gateway against them on a free local port,
 and places one call through the real Twilio protocol with the caller simulator: the first
 agent greets, the caller asks for help, the agent hands the call to the first agent reachable
 from the first stage (when there is one), which introduces itself and answers — calling one of
@@ -33,16 +34,22 @@ from callsim.callers.twilio import TwilioCaller
 from callsim.live.script import Script, Step, ToolCallSpec
 from callsim.live.server import LiveSimulator
 from callsim.live.voices import voice_pitch_hz
+from callsim.realtime.server import RealtimeSimulator
 from callsim.serving import serving
+from callsim.tls import generate_tls
 from callsim.tools import ToolServer
 from callsim.twilio.api import TwilioApiSimulator
 from gateway.agents import (
+    DEFAULT_MODELS,
     END_CALL_TOOL,
     HANDOFF_TOOL,
+    PROVIDER_NAMES,
+    VOICES,
     Agent,
     AgentGraph,
     AgentsFileError,
     HttpTool,
+    Provider,
     load_agents,
     parse_agents,
 )
@@ -77,6 +84,28 @@ def demo_agents(agents_file: Path | None) -> AgentGraph:
         return load_agents(agents_file) if agents_file else example_agents()
     except AgentsFileError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def with_provider(graph: AgentGraph, provider: Provider) -> AgentGraph:
+    """``graph`` with every agent on ``provider``. A voice the provider lacks is swapped for
+    one of its own, a different one per agent, so the caller still hears who is speaking."""
+    if graph.provider == provider and graph.providers == (provider,):
+        return graph
+    voices = VOICES[provider]
+    agents = [
+        agent.model_copy(
+            update={
+                "provider": provider,
+                "voice": agent.voice if agent.voice in voices else voices[i % len(voices)],
+            }
+        )
+        for i, agent in enumerate(graph.spec.agents)
+    ]
+    model = graph.model if graph.provider == provider else DEFAULT_MODELS[provider]
+    spec = graph.spec.model_copy(
+        update={"provider": provider, "model": model, "agents": tuple(agents)}
+    )
+    return AgentGraph(spec, source=f"{graph.source}, on {PROVIDER_NAMES[provider]}")
 
 
 def demo_script(graph: AgentGraph) -> Script:
@@ -288,20 +317,29 @@ async def _until_interrupted() -> None:
             loop.remove_signal_handler(signum)
 
 
-async def run_demo(*, agents_file: Path | None, out: Path, stay: bool = False) -> int:
+async def run_demo(
+    *, agents_file: Path | None, out: Path, stay: bool = False, provider: Provider | None = None
+) -> int:
     """One call through the real gateway; with ``stay``, the gateway then serves on (the
-    console, browser calls against the simulator) until Ctrl-C."""
+    console, browser calls against the simulator) until Ctrl-C. ``provider`` moves every
+    agent to that provider's simulator."""
     configure_logging("warning", "console")
     graph = demo_agents(agents_file)
+    if provider is not None:
+        graph = with_provider(graph, provider)
+    names = " and ".join(f"{PROVIDER_NAMES[p]}'s" for p in graph.providers)
     printer = EventPrinter()
     print("Callbridge demo: a simulated Twilio call through the real gateway, against the")
-    print("built-in Live simulator (no API key, nothing leaves this machine).")
+    print(f"built-in simulator of {names} model (no API key, nothing leaves this machine).")
     print(f"agents: {graph.source}\n")
     twilio = TwilioApiSimulator(auth_token=DEMO_TWILIO_TOKEN)
     admin_token = secrets.token_urlsafe(18)
+    tls = generate_tls()
+    script = demo_script(graph)
     async with (
         _temporary_directory() as records_dir,
-        LiveSimulator(script=demo_script(graph)) as sim,
+        LiveSimulator(script=script, tls=tls) as sim,
+        RealtimeSimulator(script=script, tls=tls) as realtime,
         ToolServer() as tools,
         serving(twilio.app) as twilio_base,
     ):
@@ -314,6 +352,8 @@ async def run_demo(*, agents_file: Path | None, out: Path, stay: bool = False) -
             _env_file=None,
             gemini_api_key="demo-key",
             gemini_base_url=sim.base_url,
+            openai_api_key="demo-key",
+            openai_base_url=realtime.base_url,
             twilio_auth_token=DEMO_TWILIO_TOKEN,
             twilio_api_base=twilio_base,
             log_level="warning",
@@ -326,7 +366,11 @@ async def run_demo(*, agents_file: Path | None, out: Path, stay: bool = False) -
             settings, graph, ssl_context=sim.tls.client_context(), observers=(printer,)
         )
         async with running_gateway(state) as gateway:
-            print(f"gateway on {gateway.url}, Live simulator on {sim.base_url}")
+            simulators = {"gemini": sim.base_url, "openai": realtime.base_url}
+            on = ", ".join(
+                f"{PROVIDER_NAMES[p]} simulator on {simulators[p]}" for p in graph.providers
+            )
+            print(f"gateway on {gateway.url}, {on}")
             print(f"console: open {gateway.url}/console and log in with the admin token")
             print(f"         {admin_token} (this demo's own; it ends with the demo)")
             if not stay:

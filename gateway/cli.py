@@ -19,13 +19,23 @@ from gateway.settings import ConfigError, Settings, SettingsError, load_settings
 
 EXIT_CONFIG = 2
 
-NO_KEY_MESSAGE = """\
+NO_KEY_MESSAGES = {
+    "gemini": """\
 GEMINI_API_KEY is not set, so the gateway cannot reach Gemini.
   Set it in the environment:   export GEMINI_API_KEY=your-key   (GOOGLE_API_KEY also works)
   or in a .env file:            echo GEMINI_API_KEY=your-key >> .env
   Get a key at https://aistudio.google.com/apikey
 Or try it without Gemini, answering calls with the built-in Live simulator:
-  gateway serve --simulator"""
+  gateway serve --simulator""",
+    "openai": """\
+OPENAI_API_KEY is not set, so the gateway cannot reach OpenAI Realtime (agents on
+provider: openai in the agents file).
+  Set it in the environment:   export OPENAI_API_KEY=your-key
+  or in a .env file:            echo OPENAI_API_KEY=your-key >> .env
+  Get a key at https://platform.openai.com/api-keys
+Or try it without OpenAI, answering calls with the built-in Realtime simulator:
+  gateway serve --simulator""",
+}
 
 UNVERIFIED_MESSAGE = """\
 refusing to serve {carriers} without webhook verification: anyone who finds this
@@ -127,7 +137,13 @@ def _parser() -> argparse.ArgumentParser:
     dial.set_defaults(run=_cmd_dial)
 
     demo = sub.add_parser(
-        "demo", help="one simulated call with a handoff, against the built-in Live simulator"
+        "demo", help="one simulated call with a handoff, against the built-in model simulator"
+    )
+    demo.add_argument(
+        "--provider",
+        choices=("gemini", "openai"),
+        help="the model simulator to talk to: Gemini Live or OpenAI Realtime "
+        "(default: the agents file's provider)",
     )
     demo.add_argument(
         "--agents",
@@ -217,8 +233,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     settings, graph = load_config()
     if not args.simulator:
-        if settings.gemini_api_key is None:
-            raise ConfigError(NO_KEY_MESSAGE)
+        keys = {"gemini": settings.gemini_api_key, "openai": settings.openai_api_key}
+        for provider in graph.providers:
+            if keys[provider] is None:
+                raise ConfigError(NO_KEY_MESSAGES[provider])
         missing = settings.unverified_carriers()
         if missing and not settings.allow_unsigned_webhooks:
             carriers = settings.carriers.replace(",", " and ")
@@ -332,7 +350,9 @@ def _cmd_dial(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from callsim.demo import run_demo
 
-    return asyncio.run(run_demo(agents_file=args.agents, out=args.out, stay=args.stay))
+    return asyncio.run(
+        run_demo(agents_file=args.agents, out=args.out, stay=args.stay, provider=args.provider)
+    )
 
 
 def _cmd_calls(args: argparse.Namespace) -> int:

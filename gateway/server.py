@@ -226,8 +226,8 @@ SIMULATOR_KEY = "simulator-key"
 async def serve(
     settings: Settings, graph: AgentGraph, *, host: str, port: int, simulator: bool
 ) -> None:
-    """Run until SIGTERM/SIGINT (SIGHUP re-reads agents.yaml); with ``simulator`` Gemini is
-    the built-in Live simulator."""
+    """Run until SIGTERM/SIGINT (SIGHUP re-reads agents.yaml); with ``simulator`` the models
+    are the built-in simulators (Gemini Live's and OpenAI Realtime's)."""
     from pydantic import SecretStr
 
     configure_logging(settings.log_level, settings.log_format)
@@ -251,14 +251,25 @@ async def serve(
     async with contextlib.AsyncExitStack() as stack:
         ssl_context = None
         if simulator:
+            # Both providers' simulators, trusted through one throwaway CA: a reload may move
+            # the agents to the other provider.
             from callsim.live.server import LiveSimulator
+            from callsim.realtime.server import RealtimeSimulator
+            from callsim.tls import generate_tls
 
-            sim = await stack.enter_async_context(LiveSimulator())
+            tls = generate_tls()
+            sim = await stack.enter_async_context(LiveSimulator(tls=tls))
+            realtime = await stack.enter_async_context(RealtimeSimulator(tls=tls))
             settings = settings.model_copy(
-                update={"gemini_api_key": SecretStr(SIMULATOR_KEY), "gemini_base_url": sim.base_url}
+                update={
+                    "gemini_api_key": SecretStr(SIMULATOR_KEY),
+                    "gemini_base_url": sim.base_url,
+                    "openai_api_key": SecretStr(SIMULATOR_KEY),
+                    "openai_base_url": realtime.base_url,
+                }
             )
             ssl_context = sim.tls.client_context()
-            log.info("simulator.started", base_url=sim.base_url)
+            log.info("simulator.started", base_url=sim.base_url, openai_base_url=realtime.base_url)
         state = build_state(settings, graph, ssl_context=ssl_context)
         raise_open_file_limit(open_files_needed(settings), log)
         prepare_recordings_dir(settings)
@@ -284,8 +295,9 @@ async def serve(
             log.info(
                 "gateway.listening",
                 url=gateway.url,
+                provider=graph.provider,
                 model=state.model_for(graph),
-                live_endpoint=settings.gemini_base_url or "default",
+                endpoints=state.providers.endpoints(),
                 public_url=settings.public_url or "derived from requests",
                 agents=[a.id for a in graph.spec.agents],
             )

@@ -472,3 +472,70 @@ def test_a_yaml_error_is_one_line_with_its_place() -> None:
     assert str(caught.value) == (
         "agents.yaml: not valid YAML: expected the node content, but found '-' (line 2, column 3)"
     )
+
+
+def test_the_provider_defaults_to_gemini_and_fills_in_each_agents_provider() -> None:
+    graph = parse_agents(yaml.safe_dump(BASE))
+    assert graph.provider == "gemini"
+    assert graph.providers == ("gemini",)
+    assert {a.provider for a in graph.spec.agents} == {"gemini"}
+
+
+def test_an_openai_file_gets_its_default_model_and_voice() -> None:
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data["provider"] = "openai"
+    del data["model"]
+    for agent in data["agents"]:
+        del agent["voice"]
+    graph = parse_agents(yaml.safe_dump(data))
+    assert graph.model == "gpt-realtime-2.1"
+    assert {a.voice for a in graph.spec.agents} == {"marin"}
+    assert graph.describe().startswith("provider: openai\nmodel: gpt-realtime-2.1")
+
+
+def test_an_agent_may_run_on_the_other_provider() -> None:
+    text = _with("agents.1.provider", "openai").replace("Charon", "Cedar")
+    graph = parse_agents(text)
+    assert graph.providers == ("gemini", "openai")
+    advisor = graph.agent("agent-advisor")
+    assert (advisor.provider, advisor.voice) == ("openai", "cedar")
+    assert graph.model_of("openai") == "gpt-realtime-2.1"
+    assert graph.model_of("gemini") == BASE["model"]
+    assert "agent-advisor: Portfolio advisor, voice cedar on openai" in graph.describe()
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (
+            "agents.1.provider",
+            "openai",  # keeps the Gemini voice Charon
+            "agents[1].voice: 'Charon' is a voice of Gemini, but this agent runs on openai. "
+            "OpenAI's voices are: alloy,",
+        ),
+        ("agents.1.provider", "anthropic", "agents[1].provider"),
+        ("provider", "azure", "provider"),
+        ("model", "gpt-realtime", "model: 'gpt-realtime' is an OpenAI model; set provider: openai"),
+    ],
+)
+def test_provider_mistakes_name_the_field(path: str, value: str, message: str) -> None:
+    with pytest.raises(AgentsFileError) as err:
+        parse_agents(_with(path, value))
+    assert message in str(err.value)
+
+
+def test_an_openai_file_refuses_a_model_that_is_not_a_realtime_one() -> None:
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data["provider"] = "openai"
+    for agent in data["agents"]:
+        agent["voice"] = "alloy"
+    for model, hint in [
+        ("gpt-4o", "not an OpenAI Realtime model; name a realtime model"),
+        (BASE["model"], "set provider: gemini to use it"),
+    ]:
+        data["model"] = model
+        with pytest.raises(AgentsFileError) as err:
+            parse_agents(yaml.safe_dump(data))
+        assert hint in str(err.value)
+    data["model"] = "gpt-realtime-mini"
+    assert parse_agents(yaml.safe_dump(data)).model == "gpt-realtime-mini"

@@ -123,3 +123,72 @@ async def test_idle_playout_does_not_spin(lead_ms: int) -> None:
         assert rec.sent == []
     finally:
         await cancel_and_wait(runner)
+
+
+def _media_and_marks(rec: Recorder) -> list[str]:
+    return [
+        f"mark:{m['mark']['name']}" if m["event"] == "mark" else str(m["event"])  # type: ignore[index]
+        for _, m in rec.sent
+    ]
+
+
+async def test_track_heard_follows_each_media_message_with_a_progress_mark() -> None:
+    rec = Recorder()
+    playout = Playout(_codec(), rec.send, lead_ms=200, refill_ms=100, track_heard=True)
+    runner = asyncio.create_task(playout.run())
+    try:
+        for _ in range(5):
+            playout.enqueue(b"\xff" * 160)
+        await asyncio.sleep(0.05)
+    finally:
+        await cancel_and_wait(runner)
+    events = _media_and_marks(rec)
+    assert events[0] == "media"
+    assert events[1].startswith("mark:heard-")
+    name = events[1].removeprefix("mark:")
+    assert playout.mark_echoed(name) is False  # progress, not a turn's end
+
+
+async def test_unheard_is_what_was_sent_and_not_yet_played() -> None:
+    """At a barge-in the carrier still holds what it was sent ahead of real time; the echoed
+    progress marks bound what it can have played."""
+    rec = Recorder()
+    playout = Playout(_codec(), rec.send, lead_ms=400, refill_ms=100, track_heard=True)
+    runner = asyncio.create_task(playout.run())
+    try:
+        for _ in range(20):  # 400 ms: the whole lead goes out at once
+            playout.enqueue(b"\xff" * 160)
+        await asyncio.sleep(0.1)
+        now = time.monotonic()
+        # About 100 ms played by the clock, and no mark is back: the marks bound the heard
+        # part by the time since the audio started, so the clock's estimate stands.
+        assert 0.27 <= playout.unheard_s(now) <= 0.32
+        # The carrier says it played the first message (its mark echoed) only now: the
+        # caller cannot have heard more than that plus the time since.
+        first = next(m["mark"]["name"] for _, m in rec.sent if m["event"] == "mark")  # type: ignore[index]
+        playout.mark_echoed(first)
+        assert playout.unheard_s(time.monotonic()) >= 0.27
+        playout.interrupt()
+        assert playout.unheard_s(time.monotonic()) == 0.0  # cleared: nothing is pending
+    finally:
+        await cancel_and_wait(runner)
+
+
+async def test_a_late_carrier_lowers_the_heard_estimate() -> None:
+    """A carrier that confirms less than the clock assumes (it buffers, or the network is
+    slow) moves the estimate of what was heard back to its confirmations."""
+    rec = Recorder()
+    playout = Playout(_codec(), rec.send, lead_ms=200, refill_ms=100, max_batch=1, track_heard=True)
+    runner = asyncio.create_task(playout.run())
+    try:
+        for _ in range(10):
+            playout.enqueue(b"\xff" * 160)
+        await asyncio.sleep(0.01)
+        marks = [m["mark"]["name"] for _, m in rec.sent if m["event"] == "mark"]  # type: ignore[index]
+        assert len(marks) == 10
+        await asyncio.sleep(0.15)
+        playout.mark_echoed(marks[0])  # the carrier has played 20 ms, 150 ms after the send
+        unheard = playout.unheard_s(time.monotonic())
+        assert unheard >= 0.17  # 200 ms sent, at most 20 ms + a moment heard
+    finally:
+        await cancel_and_wait(runner)

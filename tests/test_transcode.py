@@ -397,3 +397,58 @@ def test_the_browsers_uplink_is_passed_straight_to_the_model() -> None:
     pcm = bytes(range(256)) * 5
     assert uplink.feed(pcm[:641]) + uplink.feed(pcm[641:]) == pcm
     assert uplink.delay_ms == 0.0
+
+
+def test_g711_passes_through_both_ways_when_the_model_takes_it() -> None:
+    """OpenAI Realtime speaks μ-law and A-law: no decode, no resampling, no encode."""
+    from gateway.audio.transcode import PCMA_8K, PCMU_8K, FramePassthrough, downlink_for, uplink_for
+
+    for fmt in (PCMU_8K, PCMA_8K):
+        payload = bytes(range(256))[:160]
+        uplink = uplink_for(fmt, fmt)
+        assert uplink.feed(payload) == payload
+        assert uplink.delay_ms == 0.0
+        downlink = downlink_for(fmt, fmt)
+        assert isinstance(downlink, FramePassthrough)
+        assert downlink.feed(payload[:100]) == []
+        assert downlink.feed(payload[100:] + payload) == [payload, payload]
+        assert downlink.feed(b"\x42" * 30) == []
+        (last,) = downlink.flush()
+        assert last == b"\x42" * 30 + fmt.silence[30:]
+
+
+def test_the_uplink_hears_voice_in_passed_through_g711() -> None:
+    from gateway.audio import g711
+    from gateway.audio.transcode import PCMU_8K, uplink_for
+
+    uplink = uplink_for(PCMU_8K, PCMU_8K)
+    loud = g711.ulaw_encode(b"\x00\x40" * 160)
+    assert uplink.voiced(uplink.feed(loud))
+    assert not uplink.voiced(uplink.feed(PCMU_8K.silence))
+
+
+def test_wideband_and_g711_reach_a_24k_model_resampled() -> None:
+    from gateway.audio.transcode import G722_16K, PCM16_16K, PCM16_24K, PCMU_8K, uplink_for
+
+    for fmt, ratio in ((PCMU_8K, 6), (PCM16_16K, 1.5), (G722_16K, 6)):
+        uplink = uplink_for(fmt, PCM16_24K)
+        out = b"".join(uplink.feed(fmt.silence) for _ in range(50))
+        assert abs(len(out) - ratio * 50 * fmt.frame_bytes) <= 2 * 24 * 5  # a filter's delay
+
+
+def test_a_model_format_without_a_transcoder_is_refused() -> None:
+    import pytest
+
+    from gateway.audio.transcode import (
+        G722_16K,
+        PCMA_8K,
+        PCMU_8K,
+        UnsupportedAudioFormat,
+        downlink_for,
+        uplink_for,
+    )
+
+    with pytest.raises(UnsupportedAudioFormat):
+        uplink_for(PCMU_8K, PCMA_8K)
+    with pytest.raises(UnsupportedAudioFormat):
+        downlink_for(G722_16K, PCMU_8K)

@@ -107,7 +107,7 @@ class RealtimeReader:
         if kind == "response.output_audio.delta":
             return self._audio(message)
         if kind == "response.output_audio_transcript.delta":
-            if message.get("response_id") in self.interrupted:
+            if _text(message.get("response_id")) in self.interrupted:
                 return []
             delta = message.get("delta")
             return [AgentTranscript(delta)] if isinstance(delta, str) and delta else []
@@ -152,7 +152,7 @@ class RealtimeReader:
         return truncations
 
     def _audio(self, message: Mapping[str, Any]) -> list[LiveEvent | Signal]:
-        if message.get("response_id") in self.interrupted:
+        if _text(message.get("response_id")) in self.interrupted:
             return []  # already in flight when the caller spoke over it
         try:
             audio = base64.b64decode(message.get("delta") or "", validate=True)
@@ -188,11 +188,13 @@ class RealtimeReader:
         if not isinstance(response, Mapping):
             response = {}
         status = str(response.get("status") or "completed")
-        response_id = response.get("id")
+        response_id = _text(response.get("id"))
         if response_id == self.active_response:
             self.active_response = None
-        self.interrupted.discard(response_id)
-        for item in response.get("output") or ():
+        if response_id is not None:
+            self.interrupted.discard(response_id)
+        output = response.get("output")
+        for item in output if isinstance(output, list) else ():
             if isinstance(item, Mapping) and item.get("type") == "function_call":
                 self._function_call(item)
         calls, self.calls = list(self.calls.values()), {}
@@ -239,6 +241,11 @@ def _arguments(raw: object) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _text(value: object) -> str | None:
+    """An id, if it is one (the service's, or a malformed event's anything)."""
+    return value if isinstance(value, str) else None
 
 
 def _count(usage: Mapping[str, Any], key: str) -> int:
