@@ -6,8 +6,14 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import urllib.parse
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -313,3 +319,28 @@ async def test_http_control_routes_and_plain_ws() -> None:
             assert (await http.post("/_sim/fail-connects?n=1&status=429")).status_code == 200
             assert (await http.post("/_sim/expire")).json()["affected"] == 0
     assert sim.connections[0].close_code == 1011
+
+
+def test_cli_simulator_provider_openai_starts(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "simulator", "--provider", "openai", "--port", port,
+         "--ca-file", str(tmp_path / "ca.pem")],
+        cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        lines: list[str] = []
+        while len(lines) < 20 and "OPENAI_API_KEY" not in "".join(lines):
+            lines.append(process.stderr.readline())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(10)
+    text = "".join(lines)
+    assert "Realtime simulator listening" in text, text
+    assert f"export OPENAI_BASE_URL=https://127.0.0.1:{port}/v1\n" in text
+    assert "export OPENAI_API_KEY=anything" in text
+    assert (tmp_path / "ca.pem").read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
