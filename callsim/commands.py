@@ -1,5 +1,5 @@
 """The simulator-backed CLI commands: ``gateway call`` (one simulated call) and ``gateway
-simulator`` (the Live simulator alone). ``gateway.cli`` imports this module only to run them."""
+simulator`` (a model simulator alone). ``gateway.cli`` imports this module only to run them."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from callsim.callers.twilio import TwilioCaller
 from callsim.callers.web import WebCaller
 from callsim.live.script import ScriptError, load_script
 from callsim.live.server import LiveSimulator
+from callsim.realtime.server import RealtimeSimulator
 from gateway.logs import configure_logging
 from gateway.settings import ConfigError
 
@@ -88,7 +89,8 @@ async def place_call(args: argparse.Namespace) -> int:
 
 
 async def run_simulator(args: argparse.Namespace) -> int:
-    """``gateway simulator``: the Live simulator alone, for a gateway run separately."""
+    """``gateway simulator``: the Live (or, with ``--provider openai``, the Realtime) simulator
+    alone, for a gateway run separately."""
     configure_logging("info", "console")
     script = None
     if args.script:
@@ -96,13 +98,20 @@ async def run_simulator(args: argparse.Namespace) -> int:
             script = load_script(args.script)
         except (OSError, ScriptError) as exc:
             raise ConfigError(f"{args.script}: {exc}") from None
-    async with LiveSimulator(script=script, host=args.host, port=args.port) as sim:
+    simulator: LiveSimulator | RealtimeSimulator
+    if getattr(args, "provider", "gemini") == "openai":
+        simulator = RealtimeSimulator(script=script, host=args.host, port=args.port)
+        name, exports = "Realtime", ("OPENAI_BASE_URL", "OPENAI_API_KEY")
+    else:
+        simulator = LiveSimulator(script=script, host=args.host, port=args.port)
+        name, exports = "Live", ("GEMINI_BASE_URL", "GEMINI_API_KEY")
+    async with simulator as sim:
         ca_file = await asyncio.to_thread(Path(args.ca_file).resolve)
         await asyncio.to_thread(sim.tls.write_ca, ca_file)
-        print("Live simulator listening. Point a gateway at it with:", file=sys.stderr)
-        print(f"  export GEMINI_BASE_URL={sim.base_url}", file=sys.stderr)
+        print(f"{name} simulator listening. Point a gateway at it with:", file=sys.stderr)
+        print(f"  export {exports[0]}={sim.base_url}", file=sys.stderr)
         print(f"  export SSL_CERT_FILE={ca_file}", file=sys.stderr)
-        print("  export GEMINI_API_KEY=anything", file=sys.stderr)
+        print(f"  export {exports[1]}=anything", file=sys.stderr)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

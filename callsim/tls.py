@@ -143,6 +143,14 @@ def generate_tls(hostnames: Iterable[str] = ("127.0.0.1", "localhost")) -> TlsMa
     )
 
 
+def tls_names(host: str) -> tuple[str, ...]:
+    """The names a local simulator's certificate covers: the loopback names and ``host``."""
+    names = ["127.0.0.1", "localhost"]
+    if host not in ("", "0.0.0.0", "::") and host not in names:
+        names.insert(0, host)
+    return tuple(names)
+
+
 def _san_entries(names: list[str]) -> list[x509.GeneralName]:
     entries: list[x509.GeneralName] = []
     for name in names:

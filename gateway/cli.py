@@ -171,6 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=port_number, default=9443)
     sim.add_argument("--script", type=Path, help="YAML/JSON script of what the model says")
     sim.add_argument("--ca-file", type=Path, default=Path("live-simulator-ca.pem"))
+    sim.add_argument("--provider", choices=("gemini", "openai"), default="gemini")
     sim.set_defaults(run=_cmd_simulator)
     return parser
 

@@ -47,7 +47,7 @@ class LiveConnection:
             self.record.closed_by = "server"
             self.record.close_code = code
             self.record.close_reason = reason
-        await self.ws.close(code, _truncate_reason(reason))
+        await self.ws.close(code, truncate_reason(reason))
 
     def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coroutine, name=name)
@@ -92,7 +92,7 @@ def check_close_code(code: int) -> None:
         raise ValueError(f"{code} cannot be sent in a close frame")
 
 
-def _truncate_reason(reason: str) -> str:
+def truncate_reason(reason: str) -> str:
     """A close reason fit for the frame: valid UTF-8 (client data may hold lone surrogates) and
     at most 123 bytes."""
     encoded = reason.encode("utf-8", errors="backslashreplace")

@@ -66,7 +66,7 @@ def is_control_path(target: str) -> bool:
 async def handle_control(sim: Controllable, method: str, target: str) -> tuple[int, JsonObject]:
     """Run one control request; return the HTTP status and the JSON body."""
     route = target.split("?", 1)[0].removeprefix(CONTROL_PREFIX).strip("/")
-    args = _Args(target)
+    args = QueryArgs(target)
     reads: dict[str, Callable[[], JsonObject]] = {
         "health": lambda: {"ok": True},
         "connections": lambda: {"connections": [c.summary() for c in sim.connections]},
@@ -107,8 +107,9 @@ async def _sync(function: Callable[..., None], *args: object) -> None:
     function(*args)
 
 
-class _Args:
-    """Typed access to query parameters; raises ValueError with the parameter's name."""
+class QueryArgs:
+    """Typed access to query parameters; raises ValueError with the parameter's name. Shared
+    with the Realtime simulator's control routes (``callsim.realtime.control``)."""
 
     def __init__(self, target: str) -> None:
         self._params = query_params(target)

@@ -69,7 +69,7 @@ from callsim.live.model import ConversationEngine, ModelOptions
 from callsim.live.records import ConnectionRecord, SessionRecord
 from callsim.live.script import Script
 from callsim.live.sessions import SessionRegistry
-from callsim.tls import TlsMaterial, generate_tls
+from callsim.tls import TlsMaterial, generate_tls, tls_names
 
 logger = logging.getLogger("callsim")
 
@@ -123,7 +123,7 @@ class LiveSimulator:
         self.http_control = http_control
         self._host = host
         self._requested_port = port
-        self._tls = tls or generate_tls(_tls_names(host))
+        self._tls = tls or generate_tls(tls_names(host))
         self._server: Server | None = None
         self._port: int | None = None
         self._connections: list[ConnectionRecord] = []
@@ -483,10 +483,3 @@ class LiveSimulator:
             connection.close(proto.CLOSE_INTERNAL_ERROR, INTERNAL_ERROR_REASON),
             name=f"sim-conn{connection.record.index}-fail",
         )
-
-
-def _tls_names(host: str) -> tuple[str, ...]:
-    names = ["127.0.0.1", "localhost"]
-    if host not in ("", "0.0.0.0", "::") and host not in names:
-        names.insert(0, host)
-    return tuple(names)

@@ -1,14 +1,17 @@
-"""One distinct, deterministic tone pitch per Gemini Live voice.
+"""One distinct, deterministic tone pitch per voice: the Gemini Live voices and the OpenAI
+Realtime ones (the Realtime simulator speaks with the same table).
 
 The simulator cannot synthesise speech, so each voice "speaks" a sine tone at its own pitch. A
 test that only sees what the caller heard (for example μ-law audio on a carrier websocket) can
 then tell which voice, and therefore which agent, was speaking: estimate the dominant frequency
 and call :func:`voice_for_pitch`.
 
-The 30 prebuilt voices sit on a 24 Hz grid from 200 Hz to 896 Hz (well inside the 4 kHz band of
-an 8 kHz phone line). Names are matched case-insensitively. Unknown names are hashed stably
-(SHA-256, not Python's salted ``hash``) onto the midpoints between grid lines, so they are at
-least 12 Hz away from every known voice and the same name gets the same pitch in every process.
+The 30 prebuilt Gemini voices sit on a 24 Hz grid from 200 Hz to 896 Hz, and the 10 OpenAI
+voices continue it from 920 Hz to 1136 Hz (all well inside the 4 kHz band of an 8 kHz phone
+line), so a test can tell every voice of either provider apart. Names are matched
+case-insensitively. Unknown names are hashed stably (SHA-256, not Python's salted ``hash``) onto
+the midpoints between the Gemini grid lines, so they are at least 12 Hz away from every known
+voice and the same name gets the same pitch in every process.
 """
 
 from __future__ import annotations
@@ -49,6 +52,23 @@ VOICES: tuple[str, ...] = (
 )
 """The prebuilt Gemini Live voices, in the order the documentation lists them."""
 
+OPENAI_VOICES: tuple[str, ...] = (
+    "alloy",
+    "ash",
+    "ballad",
+    "coral",
+    "echo",
+    "sage",
+    "shimmer",
+    "verse",
+    "marin",
+    "cedar",
+)
+"""The OpenAI Realtime voices (GA), continuing the pitch grid after the Gemini voices."""
+
+ALL_VOICES: tuple[str, ...] = VOICES + OPENAI_VOICES
+"""Every voice with a grid slot; no name appears twice, even ignoring case."""
+
 DEFAULT_VOICE = "Puck"
 """The voice Gemini Live uses when the setup names none."""
 
@@ -56,7 +76,8 @@ LOWEST_PITCH_HZ = 200.0
 PITCH_STEP_HZ = 24.0
 
 _PITCH_BY_NAME: dict[str, float] = {
-    name.casefold(): LOWEST_PITCH_HZ + index * PITCH_STEP_HZ for index, name in enumerate(VOICES)
+    name.casefold(): LOWEST_PITCH_HZ + index * PITCH_STEP_HZ
+    for index, name in enumerate(ALL_VOICES)
 }
 
 
@@ -78,7 +99,7 @@ def voice_for_pitch(pitch_hz: float, tolerance_hz: float = PITCH_STEP_HZ / 4) ->
     """Return the known voice whose pitch is within ``tolerance_hz`` of ``pitch_hz``, if any."""
     best_name: str | None = None
     best_error = tolerance_hz
-    for name in VOICES:
+    for name in ALL_VOICES:
         error = abs(voice_pitch_hz(name) - pitch_hz)
         if error <= best_error:
             best_name, best_error = name, error

@@ -1,0 +1,1 @@
+"""A local OpenAI Realtime API simulator (GA protocol), the sibling of ``callsim.live``."""
