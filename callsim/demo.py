@@ -223,7 +223,7 @@ class EventPrinter:
         if name == "call.started":
             return f"call started        {f['call_id']} ({f['encoding']} audio)"
         if name == "call.connected":
-            return f"Live connected      {f['agent']} in {f['live_connect_ms']:.0f} ms"
+            return f"model connected     {f['agent']} in {f['live_connect_ms']:.0f} ms"
         if name == "transcript" and f["speaker"] in ("caller", "agent"):
             who = "caller" if f["speaker"] == "caller" else f["agent_id"]
             cut = " (interrupted)" if f["interrupted"] else ""

@@ -1,6 +1,7 @@
 """End-to-end harness: the real gateway (uvicorn on a free port), the real google-genai SDK
-pointed at the Live simulator over TLS, and a caller simulator speaking the real protocol of
-the carrier under test (Twilio; Telnyx TeXML or Call Control, with the fake Call Control API).
+pointed at the Live simulator over TLS (and, for agents on OpenAI, the real openai SDK pointed
+at the Realtime simulator), and a caller simulator speaking the real protocol of the carrier
+under test (Twilio; Telnyx TeXML or Call Control, with the fake Call Control API).
 
 Nothing here is mocked: a test drives a whole call through real sockets and then asserts on
 what each peer recorded (the simulator's setup/audio/tool responses, the caller's heard audio
@@ -22,11 +23,13 @@ from callsim.callers.audio import Segment, render
 from callsim.callers.result import CallResult
 from callsim.callers.telnyx import TelnyxCaller
 from callsim.callers.twilio import TwilioCaller
+from callsim.demo import with_provider
 from callsim.live.script import Script, Step
 from callsim.live.server import LiveSimulator
+from callsim.realtime.server import RealtimeSimulator
 from callsim.telnyx.api import TelnyxApiSimulator
 from callsim.twilio.api import TwilioApiSimulator
-from gateway.agents import AgentGraph, load_agents, parse_agents
+from gateway.agents import AgentGraph, Provider, load_agents, parse_agents
 from gateway.server import RunningGateway, build_state, running_gateway
 from gateway.settings import Settings
 from tests.servers import serving as serving  # the e2e tests serve fake carrier APIs with it
@@ -91,6 +94,8 @@ class Harness:
     telnyx_api: TelnyxApiSimulator | None = None
     #: The fake Twilio REST API (``carrier_api=True``); every call registers with it.
     twilio_api: TwilioApiSimulator | None = None
+    #: The OpenAI Realtime simulator, when an agent runs on OpenAI.
+    realtime: RealtimeSimulator | None = None
 
     def named(self, name: str) -> list[dict[str, Any]]:
         """Fields of every call event with this name, in order."""
@@ -131,12 +136,19 @@ class Harness:
             await asyncio.sleep(0.01)
 
 
-def agents(**changes: Any) -> AgentGraph:
+def agents(*, provider: Provider | None = None, **changes: Any) -> AgentGraph:
     """The example graph with fields changed: ``agent_triage={...}`` updates the agent with id
-    ``agent-triage``, ``stage_advising={...}`` the pipeline stage with phase ``advising``."""
+    ``agent-triage``, ``stage_advising={...}`` the pipeline stage with phase ``advising``.
+    ``provider`` is the file's (on ``openai`` the model and the Gemini voices go, for that
+    provider's defaults)."""
     from tests.test_agents import BASE
 
     data = yaml.safe_load(yaml.safe_dump(BASE))
+    if provider is not None and provider != "gemini":
+        data["provider"] = provider
+        del data["model"]
+        for agent in data["agents"]:
+            del agent["voice"]
     for agent in data["agents"]:
         agent.update(changes.get(agent["id"].replace("-", "_"), {}))
     for stage in data["pipeline"]:
@@ -153,6 +165,8 @@ async def running(
     carrier: Carrier = TWILIO,
     carrier_api: bool = False,
     outbound: bool = False,
+    provider: Provider | None = None,
+    realtime_options: dict[str, Any] | None = None,
     **settings: Any,
 ) -> AsyncIterator[Harness]:
     """The gateway, the Live simulator and (Call Control, or any carrier with ``carrier_api``)
@@ -163,13 +177,18 @@ async def running(
 
     ``outbound``: both carriers' fake APIs, and the settings ``POST /calls`` needs
     (:data:`ADMIN_TOKEN`, :data:`TWILIO_ACCOUNT_SID`, :data:`TELNYX_CONNECTION_ID`; a test's
-    own ``settings`` win); the callees of the calls placed are the fakes' (``callee``)."""
+    own ``settings`` win); the callees of the calls placed are the fakes' (``callee``).
+
+    ``provider`` moves every agent to that provider (``openai``: the Realtime simulator, with
+    ``realtime_options``, speaks the steps; a graph that mixes providers gets both)."""
     # With ``agents_file`` (a reload test) the gateway starts on that file, as it would
     # serve; otherwise on the example graph, where by default no agent speaks first, so a
     # test's script alone decides what is said.
     if graph is None and "agents_file" in settings:
         graph = load_agents(settings["agents_file"])
     graph = graph or agents(agent_triage={"greeting": ""})
+    if provider is not None:
+        graph = with_provider(graph, provider)
     async with contextlib.AsyncExitStack() as stack:
         telnyx_api = twilio_api = None
         if (carrier.name == "twilio" and carrier_api) or outbound:
@@ -191,7 +210,7 @@ async def running(
             settings.setdefault("admin_api_token", ADMIN_TOKEN)
             settings.setdefault("twilio_account_sid", TWILIO_ACCOUNT_SID)
             settings.setdefault("telnyx_connection_id", TELNYX_CONNECTION_ID)
-        async with _running(steps, graph, sim_options, settings) as harness:
+        async with _running(steps, graph, sim_options, realtime_options, settings) as harness:
             harness.carrier = carrier
             harness.telnyx_api = telnyx_api
             harness.twilio_api = twilio_api
@@ -208,9 +227,19 @@ async def _running(
     steps: Sequence[Step],
     graph: AgentGraph,
     sim_options: dict[str, Any] | None,
+    realtime_options: dict[str, Any] | None,
     settings: dict[str, Any],
 ) -> AsyncIterator[Harness]:
-    async with LiveSimulator(script=Script(steps), **(sim_options or {})) as sim:
+    script = Script(steps)  # one for both simulators: a step one of them used is used up
+    async with contextlib.AsyncExitStack() as stack:
+        sim = await stack.enter_async_context(LiveSimulator(script=script, **(sim_options or {})))
+        realtime = None
+        if "openai" in graph.providers:
+            realtime = await stack.enter_async_context(
+                RealtimeSimulator(script=script, tls=sim.tls, **(realtime_options or {}))
+            )
+            settings.setdefault("openai_api_key", API_KEY)
+            settings.setdefault("openai_base_url", realtime.base_url)
         config = Settings(
             _env_file=None,
             gemini_api_key=API_KEY,
@@ -227,7 +256,7 @@ async def _running(
         )
         async with running_gateway(state) as gateway:
             baseline = asyncio.all_tasks()
-            harness = Harness(sim, gateway, graph, harness_events)
+            harness = Harness(sim, gateway, graph, harness_events, realtime=realtime)
             yield harness
             await harness.calls_finished()
             await _no_tasks_left_beyond(baseline)

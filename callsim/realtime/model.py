@@ -416,11 +416,15 @@ class RealtimeEngine:
             if last and last.type == "function_call_output"
             else None
         )
-        if then is not None and then.then_say:
+        if then is not None:
+            # The step that made the call says what follows its result: its then_say, or
+            # nothing (a model told to end the call has said its goodbye already).
             hz = self._pitch(then)
-            parts: list[Speech | Call] = [
-                Speech(then.then_say, then.then_say_seconds, hz, then.level_dbfs)
-            ]
+            parts: list[Speech | Call] = (
+                [Speech(then.then_say, then.then_say_seconds, hz, then.level_dbfs)]
+                if then.then_say
+                else []
+            )
         else:
             text = last is not None and last.source == "client" and last.role != "assistant"
             step = self._step("text" if text else "caller", instructions)
@@ -490,7 +494,7 @@ class RealtimeEngine:
         self._assistant_audio = self._assistant_audio or run.audio_sent
 
     def _on_call(self, call_id: str, step: Step | None) -> None:
-        if step is not None and step.then_say:
+        if step is not None:
             self._then[call_id] = step
 
     # --- script --------------------------------------------------------------------------------
