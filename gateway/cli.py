@@ -39,7 +39,7 @@ Or try it without OpenAI, answering calls with the built-in Realtime simulator:
 
 UNVERIFIED_MESSAGE = """\
 refusing to serve {carriers} without webhook verification: anyone who finds this
-server could place calls to your agents and spend your Gemini quota.
+server could place calls to your agents and spend your model quota.
 {missing}
   Serve only the carriers you use:   CARRIERS=twilio   (or telnyx)
   Experiments only, never production: ALLOW_UNSIGNED_WEBHOOKS=true"""

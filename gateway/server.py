@@ -245,7 +245,7 @@ async def serve(
         log.warning(
             "security.unsigned_webhooks_allowed",
             risk="anyone who finds this server can place calls to your agents and spend your "
-            "Gemini quota; set the verification keys before taking real calls",
+            "model quota; set the verification keys before taking real calls",
             missing=unverified,
         )
     async with contextlib.AsyncExitStack() as stack:

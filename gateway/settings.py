@@ -328,7 +328,7 @@ class Settings(BaseSettings):
 
     def unverified_carriers(self) -> list[str]:
         """``"Twilio needs TWILIO_AUTH_TOKEN"``-style lines for every served carrier whose
-        webhooks cannot be verified: anyone could then place calls and spend Gemini quota."""
+        webhooks cannot be verified: anyone could then place calls and spend model quota."""
         missing = []
         if "twilio" in self.served_carriers and self.twilio_auth_token is None:
             missing.append("Twilio needs TWILIO_AUTH_TOKEN (Twilio console: Account, Auth Token)")
