@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+from collections.abc import AsyncIterator
 
 from callsim.callers.audio import Silence, Tone
 from callsim.callers.result import CallResult
@@ -19,7 +21,7 @@ from callsim.live.script import Step, ToolCallSpec
 from callsim.live.voices import voice_pitch_hz
 from callsim.realtime.records import RealtimeConnectionRecord
 from gateway.audio.analysis import dominant_frequency, rms_dbfs
-from tests.harness import ADMIN_TOKEN, Carrier, agents, running
+from tests.harness import ADMIN_TOKEN, Carrier, Harness, agents, running
 from tests.servers import until
 from tests.webcaller import web_call
 
@@ -153,14 +155,22 @@ def _handoff_steps(second_role: str) -> list[Step]:
     ]
 
 
-async def test_a_handoff_to_the_same_voice_updates_the_session_in_place() -> None:
+@contextlib.asynccontextmanager
+async def _handoff_call(advisor_voice: str) -> AsyncIterator[tuple[Harness, CallResult]]:
+    """A call on OpenAI in which the triage agent (voice coral) hands off to the advisor."""
     graph = agents(
         provider="openai",
         agent_triage={"greeting": "", "voice": "coral"},
-        agent_advisor={"voice": "coral"},
+        agent_advisor={"voice": advisor_voice},
     )
     async with running(steps=_handoff_steps("Portfolio advisor"), graph=graph) as h:
         result = await h.call([Silence(0.5), Tone(300, 0.6, -15), Silence(3.5)], linger_s=0.2)
+        assert h.realtime is not None
+        yield h, result
+
+
+async def test_a_handoff_to_the_same_voice_updates_the_session_in_place() -> None:
+    async with _handoff_call("coral") as (h, result):
         assert h.realtime is not None
         (conn,) = h.realtime.connections  # no new connection
     first, second = conn.session_updates[0], conn.session_updates[-1]
@@ -183,13 +193,7 @@ async def test_a_handoff_to_the_same_voice_updates_the_session_in_place() -> Non
 
 
 async def test_a_handoff_to_another_voice_opens_a_new_session_told_the_history() -> None:
-    graph = agents(
-        provider="openai",
-        agent_triage={"greeting": "", "voice": "coral"},
-        agent_advisor={"voice": "sage"},
-    )
-    async with running(steps=_handoff_steps("Portfolio advisor"), graph=graph) as h:
-        result = await h.call([Silence(0.5), Tone(300, 0.6, -15), Silence(3.5)], linger_s=0.2)
+    async with _handoff_call("sage") as (h, result):
         assert h.realtime is not None
         old, new = h.realtime.connections
     assert (old.voice, new.voice) == ("coral", "sage")

@@ -316,8 +316,9 @@ class RealtimeSession:
                     await self._respond(conn)
             except websockets.exceptions.ConnectionClosed:
                 pass  # the reader reports it; next_event recovers
-            if old is not None:
-                await self._close_connection(old)
+            finally:  # even when the call is cancelled meanwhile: nothing else owns it now
+                if old is not None:
+                    await self._close_connection(old)
             return
         self._holding = False
         assert failure is not None
@@ -354,13 +355,15 @@ class RealtimeSession:
                     event("session.update", session=session_config(persona, self._audio))
                 )
                 await conn.configured
-        except Exception as exc:
+        except BaseException as exc:  # a cancelled call too: the connection is nobody's yet
             await self._close_connection(conn)
             if isinstance(exc, ModelConnectError):
                 raise
             if isinstance(exc, TimeoutError):
                 raise ModelConnectError("the session was not configured in time") from None
-            raise _connect_error(exc) from None
+            if isinstance(exc, Exception):
+                raise _connect_error(exc) from None
+            raise
         return conn
 
     async def _read(self, conn: _Connection) -> None:
