@@ -466,6 +466,12 @@ class AgentGraph:
                     )
                 elif name in agent.tools[:j]:
                     errors.append(f"agents[{i}].tools[{j}]: tool {name!r} is listed twice")
+                elif name == "google_search" and agent.provider != "gemini":
+                    errors.append(
+                        f"agents[{i}].tools[{j}]: google_search is Gemini's own tool, and this "
+                        f"agent runs on {agent.provider}; declare a search API as an HTTP tool "
+                        "instead"
+                    )
             if TRANSFER_CALL_TOOL in agent.tools and not agent.transfers:
                 errors.append(
                     f"agents[{i}].transfers: {TRANSFER_CALL_TOOL} needs at least one destination, "

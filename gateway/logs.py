@@ -143,7 +143,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     # replayed). uvicorn hands its own "uvicorn.error" logger to the websockets library, so it
     # logs the same frames and headers. None of that may reach a log: these stay at WARNING
     # (uvicorn's at INFO, its connection lines) even when the gateway is at DEBUG.
-    for name in ("websockets", "google_genai", "httpx", "httpcore", "hpack"):
+    for name in ("websockets", "google_genai", "openai", "httpx", "httpcore", "hpack"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
         logger = logging.getLogger(name)

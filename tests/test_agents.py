@@ -539,3 +539,12 @@ def test_an_openai_file_refuses_a_model_that_is_not_a_realtime_one() -> None:
         assert hint in str(err.value)
     data["model"] = "gpt-realtime-mini"
     assert parse_agents(yaml.safe_dump(data)).model == "gpt-realtime-mini"
+
+
+def test_google_search_is_refused_for_an_agent_on_openai() -> None:
+    text = _with("agents.0.provider", "openai").replace("Aoede", "alloy")
+    data = yaml.safe_load(text)
+    data["agents"][0]["tools"] = ["google_search"]
+    with pytest.raises(AgentsFileError) as err:
+        parse_agents(yaml.safe_dump(data))
+    assert "agents[0].tools[0]: google_search is Gemini's own tool" in str(err.value)

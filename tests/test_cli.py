@@ -20,6 +20,7 @@ import websockets
 
 from callsim.callers.audio import Silence, Tone, render
 from callsim.callers.twilio import TwilioCaller
+from callsim.live.records import ConnectionRecord as LiveConnectionRecord
 from callsim.twilio.webhook import twilio_signature
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -399,27 +400,41 @@ async def test_call_places_a_twilio_call_and_writes_what_was_heard(tmp_path: Pat
     assert received >= 0.8 * 16000 * 2  # the WAV reached the model
 
 
-async def test_serve_reaches_a_separate_live_endpoint_via_base_url_and_ssl_cert_file(
-    tmp_path: Path,
+@pytest.mark.parametrize("provider", ["gemini", "openai"])
+async def test_serve_reaches_a_separate_model_endpoint_via_base_url_and_ssl_cert_file(
+    tmp_path: Path, provider: str
 ) -> None:
-    """The deployment path: GEMINI_BASE_URL + SSL_CERT_FILE; and at LOG_LEVEL=debug, with every
-    library logging, no key, token, signature, audio, transcript or whole number in the log."""
+    """The deployment path: GEMINI_BASE_URL (OPENAI_BASE_URL) + SSL_CERT_FILE; and at
+    LOG_LEVEL=debug, with every library logging, no key, token, signature, audio, transcript
+    or whole number in the log."""
     from callsim.live.server import LiveSimulator
+    from callsim.realtime.server import RealtimeSimulator
 
     secret = "AIzaSy-not-a-real-key-0123456789abcdef"
     others = {"TWILIO_AUTH_TOKEN": "twilio-token-secret-abcdef012345",
               "GATEWAY_SECRET": "gateway-secret-value-abcdef012345",
               "TELNYX_API_KEY": "KEY0123456789telnyx-secret-abcdef"}  # fmt: skip
-    (tmp_path / "agents.yaml").write_text((ROOT / "agents.yaml").read_text())
+    agents_yaml = (ROOT / "agents.yaml").read_text()
+    if provider == "openai":
+        secret = "sk-proj-not-a-real-key-0123456789abcdef"
+        agents_yaml = agents_yaml.replace("model: gemini-2.5-flash-native-audio-preview-12-2025",
+                                          "provider: openai")  # fmt: skip
+        agents_yaml = agents_yaml.replace("voice: Aoede", "voice: alloy")
+        agents_yaml = agents_yaml.replace("voice: Charon", "voice: cedar")
+        assert "provider: openai" in agents_yaml
+    (tmp_path / "agents.yaml").write_text(agents_yaml)
     port = _free_port()
-    async with LiveSimulator() as sim:
+    sim = LiveSimulator() if provider == "gemini" else RealtimeSimulator()
+    async with sim:
         await asyncio.to_thread(sim.tls.write_ca, tmp_path / "ca.pem")
+        endpoint = {"GEMINI_API_KEY": secret, "GEMINI_BASE_URL": sim.base_url}
+        if provider == "openai":
+            endpoint = {"OPENAI_API_KEY": secret, "OPENAI_BASE_URL": sim.base_url}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port),
             cwd=tmp_path, stderr=asyncio.subprocess.PIPE,
-            env=_env(GEMINI_API_KEY=secret, GEMINI_BASE_URL=sim.base_url, **others,
-                     SSL_CERT_FILE=str(tmp_path / "ca.pem"), LOG_LEVEL="debug",
-                     CARRIERS="twilio"),
+            env=_env(**endpoint, **others, SSL_CERT_FILE=str(tmp_path / "ca.pem"),
+                     LOG_LEVEL="debug", CARRIERS="twilio"),
         )  # fmt: skip
         try:
             url = f"http://127.0.0.1:{port}"
@@ -442,7 +457,10 @@ async def test_serve_reaches_a_separate_live_endpoint_via_base_url_and_ssl_cert_
         conn = sim.connections[0]
     assert result.violations == []
     assert result.media_bytes_received > 0
-    assert conn.api_key == secret and conn.api_version == "v1beta"
+    if isinstance(conn, LiveConnectionRecord):
+        assert conn.api_key == secret and conn.api_version == "v1beta"
+    else:
+        assert conn.authorized and conn.input_format == {"type": "audio/pcmu"}
     assert proc.returncode == 0
     logs = err.decode()
     assert '"event": "call.ended"' in logs

@@ -61,6 +61,8 @@ from gateway.realtime.protocol import (
 PERMANENT_HTTP_STATUSES = frozenset({400, 401, 403, 404})
 #: A failed response is asked for again this many times in a row, then the call ends.
 MAX_FAILED_RESPONSES = 3
+#: Before the first such retry; doubled for each further one.
+RETRY_BACKOFF_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,6 +476,9 @@ class RealtimeSession:
                 await self._drop_connection()
                 return SessionEnded(f"responses failed: {failed.code or failed.type}")
             self._owed_response = True  # ask again: the caller is still owed an answer
+            # Backing off a little: a failure is often the service's load (rate limits,
+            # server errors). Nothing plays meanwhile; the caller's speech still goes up.
+            await asyncio.sleep(RETRY_BACKOFF_S * 2 ** (self._failed_responses - 1))
         else:
             self._failed_responses = 0
         if self._owed_response:

@@ -226,12 +226,14 @@ def graph_document(graph: AgentGraph, model: str) -> dict[str, Any]:
     calls start (the first stage, and each route's), and the file's warnings."""
     starts = {graph.first_stage.phase} | {route.phase for route in graph.spec.routes}
     return {
+        "provider": graph.provider,
         "model": model,
         "source": graph.source,
         "agents": [
             {
                 "id": agent.id,
                 "role": agent.role,
+                "provider": agent.provider,
                 "voice": agent.voice,
                 "greeting": bool(agent.greeting),
                 "tools": list(agent.tools),

@@ -564,7 +564,7 @@ async function loadAgents() {
       : 'Could not reach the gateway';
   if (!body) return;
   agentsInfo = body;
-  $('agents-model').textContent = body.model || '—';
+  $('agents-model').textContent = body.provider ? `${body.model || '—'} (${body.provider})` : (body.model || '—');
   const warnings = body.warnings || [];
   $('agents-warnings').replaceChildren(
     ...(warnings.length ? warnings.map((w) => el('li', {}, w)) : [el('li', { class: 'muted' }, 'No warnings')]));
@@ -720,7 +720,8 @@ function drawGraph() {
     line(1, 'phase', s.phase, s.start ? inner - 50 : inner);
     line(2, 'agent-id', s.agent_id);
     line(3, 'role', agent.role || '');
-    line(4, 'voice', `voice ${agent.voice || '—'}${agent.greeting ? ' · greets' : ''}`);
+    const elsewhere = agent.provider && agent.provider !== agentsInfo.provider ? ` · ${agent.provider}` : '';
+    line(4, 'voice', `voice ${agent.voice || '—'}${elsewhere}${agent.greeting ? ' · greets' : ''}`);
     if (numbers.length) line(5, 'route-label', `☎ ${numbers.join(', ')}`);
     if (s.start) {
       g.append(svgEl('rect', { x: x + BOX_W - 50, y: y + 7, width: 42, height: 17, rx: 8, class: 'start-badge' }));
