@@ -379,3 +379,27 @@ async def test_a_browser_call_on_openai_hears_the_models_24k_audio_untouched() -
     spoken = _spoken(conn)
     assert bytes(call.received[: len(spoken)]) == spoken
     assert conn.input_format == {"type": "audio/pcm", "rate": 24000}
+
+
+async def test_an_http_tool_is_called_and_its_answer_continues_the_turn() -> None:
+    from callsim.tools import ToolServer
+    from tests.test_e2e_tools import ASK, support_graph
+
+    async with ToolServer() as tools:
+        tools.respond("/orders/lookup", {"status": "shipped"})
+        graph = support_graph(tools.url)
+        async with running(steps=ASK, graph=graph, provider="openai") as h:
+            await h.call([Silence(0.5), Tone(300, 0.6, -15), Silence(3.0)], linger_s=0.2)
+            assert h.realtime is not None
+            (conn,) = h.realtime.connections
+        (request,) = tools.requests
+    assert request.body == {"order_id": "A17"}
+    (call,) = [i for i in conn.items if i.type == "function_call"]
+    (output,) = [i for i in conn.items if i.type == "function_call_output"]
+    assert output.call_id == call.call_id
+    assert json.loads(output.output or "{}") == {"status": "shipped"}
+    lines = [(e["speaker"], e["text"]) for e in h.named("transcript")]
+    assert ("agent", "It has shipped.") in lines
+    # The tool's parameters reached the model as written (JSON Schema, nothing dropped).
+    tool = next(t for t in conn.session["tools"] if t["name"] == "lookup_order")
+    assert tool["parameters"]["properties"]["order_id"]["description"]
