@@ -69,6 +69,8 @@ from callsim.live.records import (
 )
 from callsim.live.script import Script, Step, Trigger, default_step
 from callsim.live.voices import voice_pitch_hz
+from callsim.simconnection import cancel_and_wait
+from callsim.simoptions import SimOptions
 
 logger = logging.getLogger("callsim")
 
@@ -79,26 +81,13 @@ Send = Callable[[proto.JsonObject], Awaitable[None]]
 
 
 @dataclass(frozen=True)
-class ModelOptions:
-    """Timing and detection knobs shared by every connection of a simulator."""
+class ModelOptions(SimOptions):
+    """The shared knobs (``callsim.simoptions``) and how long a tool call may stay unanswered."""
 
-    speed: float = 2.0
-    chunk_ms: int = 40
-    think_ms: int = 150
-    vad_threshold_dbfs: float = -40.0
-    vad_start_ms: int = 100
-    vad_silence_ms: int = 400
     tool_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if not self.speed > 0:
-            raise ValueError("speed must be positive")
-        if not 0 < self.chunk_ms <= 5000:  # larger chunks approach the SDK's 1 MiB frame cap
-            raise ValueError("chunk_ms must be within 1..5000")
-        if self.think_ms < 0:
-            raise ValueError("think_ms must not be negative")
-        if self.vad_start_ms <= 0 or self.vad_silence_ms <= 0:
-            raise ValueError("vad_start_ms and vad_silence_ms must be positive")
+        super().__post_init__()
         if not self.tool_timeout_s > 0:
             raise ValueError("tool_timeout_s must be positive")
 
@@ -110,19 +99,6 @@ def split_transcript(text: str, pieces: int) -> list[str]:
     for index, word in enumerate(words):
         slots[index * len(slots) // len(words)] += word
     return slots
-
-
-async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
-    """Cancel ``task``, wait until it has finished, and log an exception it ended with.
-
-    Uses ``asyncio.wait`` so that a cancellation of the *caller* is not swallowed.
-    """
-    if task is None:
-        return
-    task.cancel()
-    await asyncio.wait({task})
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("simulator task %s failed", task.get_name(), exc_info=task.exception())
 
 
 class ConversationEngine:

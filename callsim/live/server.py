@@ -42,45 +42,41 @@ Fault hooks (:meth:`LiveSimulator.close`, :meth:`~LiveSimulator.go_away`,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
 import time
-from collections.abc import Callable
-from types import TracebackType
-from typing import Literal, TypeVar
+from typing import Literal
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from callsim.live import handshake, messages
 from callsim.live import protocol as proto
-from callsim.live.connection import (
-    LiveConnection,
-    check_close_code,
-    close_later,
-    record_close,
-)
-from callsim.live.control import Which, handle_control, is_control_path
+from callsim.live.connection import LiveConnection, close_later
+from callsim.live.control import handle_control
 from callsim.live.model import ConversationEngine, ModelOptions
 from callsim.live.records import ConnectionRecord, SessionRecord
 from callsim.live.script import Script
 from callsim.live.sessions import SessionRegistry
-from callsim.tls import TlsMaterial, generate_tls, tls_names
+from callsim.simconnection import check_close_code
+from callsim.simcontrol import JsonObject, Which
+from callsim.simserver import INTERNAL_ERROR_REASON, SimServer, select
+from callsim.tls import TlsMaterial
 
 logger = logging.getLogger("callsim")
 
 SETUP_TIMEOUT_S = 30.0
-CLOSE_TIMEOUT_S = 2.0
-INTERNAL_ERROR_REASON = "internal simulator error"
-_T = TypeVar("_T")
 
 
-class LiveSimulator:
-    """Local Gemini Live server. See the module docstring; all arguments are keyword-only."""
+class LiveSimulator(SimServer[LiveConnection, ConnectionRecord]):
+    """Local Gemini Live server. See the module docstring; all arguments are keyword-only.
+
+    Listening, stopping, ``connections``, ``wait_for`` and the control routes' plumbing are
+    ``callsim.simserver``'s, shared with the Realtime simulator."""
+
+    _name = "Live"
 
     def __init__(
         self,
@@ -120,88 +116,17 @@ class LiveSimulator:
         #: session, which is what a handoff's reconnect mostly waits for.
         self.setup_delay_ms = setup_delay_ms
         self.frames = frames
-        self.http_control = http_control
-        self._host = host
-        self._requested_port = port
-        self._tls = tls or generate_tls(tls_names(host))
-        self._server: Server | None = None
-        self._port: int | None = None
-        self._connections: list[ConnectionRecord] = []
-        self._live: dict[int, LiveConnection] = {}
+        super().__init__(host=host, port=port, tls=tls, http_control=http_control)
         self._registry = SessionRegistry()
         self._call_ids = itertools.count(1)
         self._fail_connects: tuple[int, int, str, bool] = (0, 1011, "", False)
-        self._changed = asyncio.Event()
-        self.internal_errors = 0
-
-    # --- lifecycle -----------------------------------------------------------------------------
-
-    async def __aenter__(self) -> LiveSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        """Start listening (idempotent)."""
-        if self._server is not None:
-            return
-        self._server = await serve(
-            self._handle,
-            self._host,
-            self._requested_port,
-            ssl=self._tls.server_context(),
-            process_request=self._process_request,
-            compression=None,
-            close_timeout=CLOSE_TIMEOUT_S,
-            server_header="callbridge-live-simulator",
-            logger=handshake.RedactingLogger(logging.getLogger("callsim.websockets")),
-        )
-        self._port = self._server.sockets[0].getsockname()[1]
-        logger.info("Live simulator listening on %s", self.base_url)
-
-    async def stop(self) -> None:
-        """Close every connection (1001) and wait until all handlers and their tasks are done."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        for connection in list(self._live.values()):
-            connection.server_closing = True
-        server.close()
-        await server.wait_closed()
-        logger.info("Live simulator stopped")
 
     # --- properties ----------------------------------------------------------------------------
 
     @property
     def base_url(self) -> str:
         """``https://HOST:PORT`` for ``HttpOptions.base_url`` (the SDK switches it to wss)."""
-        if self._port is None:
-            raise RuntimeError("the simulator is not started")
-        host = self._host if self._host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-        host = f"[{host}]" if ":" in host else host
-        return f"https://{host}:{self._port}"
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("the simulator is not started")
-        return self._port
-
-    @property
-    def tls(self) -> TlsMaterial:
-        return self._tls
-
-    @property
-    def connections(self) -> list[ConnectionRecord]:
-        """Every connection accepted so far, in order (``connections[i].index == i``)."""
-        return self._connections
+        return self._url("https")
 
     @property
     def sessions(self) -> dict[int, SessionRecord]:
@@ -271,24 +196,6 @@ class LiveSimulator:
         """Invalidate every resumption handle issued so far (later resumes are closed 1008)."""
         self._registry.forget_handles()
 
-    async def wait_for(
-        self,
-        predicate: Callable[[], _T],
-        timeout: float = 5.0,  # noqa: ASYNC109 - a deadline is the point of this helper
-    ) -> _T:
-        """Wait until ``predicate()`` is truthy and return its value (TimeoutError otherwise)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            changed = self._changed
-            value = predicate()
-            if value:
-                return value
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"condition not met within {timeout} s")
-            with contextlib.suppress(TimeoutError):  # woken by changes; polls catch the rest
-                await asyncio.wait_for(changed.wait(), min(remaining, 0.05))
-
     async def wait_for_connections(
         self,
         n: int,
@@ -305,44 +212,19 @@ class LiveSimulator:
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
     def _pick(self, which: Which, *, set_up_only: bool = False) -> list[LiveConnection]:
         """Open connections selected by ``which``; ``set_up_only`` skips those still in setup
         (a message sent before ``setupComplete`` would be taken for the setup reply)."""
-        live = sorted(self._live.values(), key=lambda c: c.record.index)
-        live = [
-            c
-            for c in live
-            if c.ws.state is State.OPEN and (c.record.setup_completed or not set_up_only)
-        ]
-        if which == "all":
-            return live
-        if which == "latest":
-            return live[-1:]
-        return [c for c in live if c.record.index == which]
+        live = self._open_connections()
+        if set_up_only:
+            live = [c for c in live if c.record.setup_completed]
+        return select(live, which)
 
-    async def _send_or_ignore(self, connection: LiveConnection, message: proto.JsonObject) -> None:
-        try:
-            await connection.send(message)
-        except ConnectionClosed:
-            logger.debug("connection %d closed before a hook message", connection.record.index)
-        self._notify()
+    async def _control(self, method: str, target: str) -> tuple[int, JsonObject]:
+        return await handle_control(self, method, target)
 
-    async def _process_request(
-        self, connection: ServerConnection, request: Request
-    ) -> Response | None:
+    def _check_upgrade(self, connection: ServerConnection, request: Request) -> Response | None:
         target = request.path
-        if is_control_path(target):
-            if not self.http_control:
-                return connection.respond(404, "Not Found\n")
-            status, body = await handle_control(self, request.method, target)
-            response = connection.respond(status, json.dumps(body) + "\n")
-            del response.headers["Content-Type"]
-            response.headers["Content-Type"] = "application/json"
-            return response
         if handshake.match_path(target) is None:
             return connection.respond(404, "Not Found: not a Gemini Live endpoint\n")
         if handshake.find_api_key(target, request.headers) is None:
@@ -361,31 +243,8 @@ class LiveSimulator:
             api_key=handshake.find_api_key(request.path, request.headers) or "",
             opened_at=time.monotonic(),
         )
-        self._connections.append(record)
         connection = LiveConnection(ws, record, binary=self.frames == "binary")
-        self._live[record.index] = connection
-        logger.info("connection %d opened (%s)", record.index, endpoint.api_version)
-        self._notify()
-        try:
-            await self._serve(connection)
-        except ConnectionClosed:
-            pass
-        except Exception:
-            logger.exception("connection %d: simulator error", record.index)
-            self.internal_errors += 1
-            await connection.close(proto.CLOSE_INTERNAL_ERROR, INTERNAL_ERROR_REASON)
-        finally:
-            await connection.shutdown()
-            del self._live[record.index]
-            record_close(connection)
-            logger.info(
-                "connection %d closed by %s (%s %s)",
-                record.index,
-                record.closed_by,
-                record.close_code,
-                record.close_reason,
-            )
-            self._notify()
+        await self._run(connection, record, endpoint.api_version)
 
     async def _serve(self, connection: LiveConnection) -> None:
         ws, record = connection.ws, connection.record

@@ -40,6 +40,7 @@ from callsim.realtime.events import Ids, JsonObject
 from callsim.realtime.listener import InputBuffer, Onset
 from callsim.realtime.records import ItemRecord, ResponseRecord, ResponseTrigger
 from callsim.realtime.response import Call, Failure, ResponseRun, Speech
+from callsim.simoptions import SimOptions
 
 logger = logging.getLogger("callsim")
 
@@ -47,26 +48,16 @@ MIN_COMMIT_MS = 100
 
 
 @dataclass(frozen=True)
-class EngineOptions:
-    """Timing and detection knobs shared by every connection of a simulator."""
+class EngineOptions(SimOptions):
+    """The shared knobs (``callsim.simoptions``) and how many audio deltas of a response
+    cancelled by a barge-in still arrive after ``speech_started``."""
 
-    speed: float = 2.0
-    chunk_ms: int = 40
-    think_ms: int = 150
-    vad_threshold_dbfs: float = -40.0
-    vad_start_ms: int = 100
-    vad_silence_ms: int = 400
     late_deltas: int = 1
 
     def __post_init__(self) -> None:
-        if not self.speed > 0:
-            raise ValueError("speed must be positive")
-        if not 0 < self.chunk_ms <= 5000:
-            raise ValueError("chunk_ms must be within 1..5000")
-        if self.think_ms < 0 or self.late_deltas < 0:
-            raise ValueError("think_ms and late_deltas must not be negative")
-        if self.vad_start_ms <= 0 or self.vad_silence_ms <= 0:
-            raise ValueError("vad_start_ms and vad_silence_ms must be positive")
+        super().__post_init__()
+        if self.late_deltas < 0:
+            raise ValueError("late_deltas must not be negative")
 
 
 class ClientEventError(Exception):

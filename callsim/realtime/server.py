@@ -37,44 +37,44 @@ Fault hooks (also over HTTP, ``callsim.realtime.control``):
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import time
-from collections.abc import Callable
-from types import TracebackType
-from typing import TypeVar
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 
-from callsim.live.control import Which, is_control_path
-from callsim.live.handshake import RedactingLogger
 from callsim.live.script import Script
 from callsim.realtime import events, handshake
-from callsim.realtime.connection import RealtimeConnection, check_hook_close_code, record_close
+from callsim.realtime.connection import RealtimeConnection, check_hook_close_code
 from callsim.realtime.control import handle_control
 from callsim.realtime.events import Ids, JsonObject
 from callsim.realtime.model import EngineOptions, RealtimeEngine
 from callsim.realtime.records import RealtimeConnectionRecord
 from callsim.realtime.response import Failure
 from callsim.realtime.session import default_session
-from callsim.tls import TlsMaterial, generate_tls, tls_names
+from callsim.simcontrol import Which, json_response
+from callsim.simserver import SimServer
+from callsim.tls import TlsMaterial
 
 logger = logging.getLogger("callsim")
 
-CLOSE_TIMEOUT_S = 2.0
 EXPIRED_MESSAGE = "Your session hit the maximum duration of 60 minutes."
 _RETRY_LATER = frozenset({"rate_limit_exceeded"})
 _SERVER_ERRORS = frozenset({"server_error", "internal_error", "service_unavailable"})
-_T = TypeVar("_T")
 
 
-class RealtimeSimulator:
-    """Local OpenAI Realtime server. See the module docstring; all arguments are keyword-only."""
+class RealtimeSimulator(SimServer[RealtimeConnection, RealtimeConnectionRecord]):
+    """Local OpenAI Realtime server. See the module docstring; all arguments are keyword-only.
+
+    Listening, stopping, ``connections``, ``wait_for`` and the control routes' plumbing are
+    ``callsim.simserver``'s, shared with the Live simulator."""
+
+    _name = "Realtime"
+    _max_size = None  # appended audio may come in frames of any size
 
     def __init__(
         self,
@@ -104,92 +104,20 @@ class RealtimeSimulator:
             late_deltas=late_deltas,
         )
         self.use_tls = use_tls
-        self.http_control = http_control
-        self._host = host
-        self._requested_port = port
-        self._tls = tls or generate_tls(tls_names(host))
-        self._server: Server | None = None
-        self._port: int | None = None
-        self._connections: list[RealtimeConnectionRecord] = []
-        self._live: dict[int, RealtimeConnection] = {}
+        super().__init__(host=host, port=port, tls=tls, http_control=http_control)
         self._ids = Ids()
         self._fail_connects = 0
         self._fail_connect_with: tuple[int | None, str | None, str, str] = (None, None, "", "")
         self._fail_responses: list[Failure] = []
-        self._changed = asyncio.Event()
         #: HTTP refusals of upgrade requests: (status, error code), in order.
         self.refused: list[tuple[int, str | None]] = []
-        self.internal_errors = 0
-
-    # --- lifecycle -----------------------------------------------------------------------------
-
-    async def __aenter__(self) -> RealtimeSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        """Start listening (idempotent)."""
-        if self._server is not None:
-            return
-        self._server = await serve(
-            self._handle,
-            self._host,
-            self._requested_port,
-            ssl=self._tls.server_context() if self.use_tls else None,
-            process_request=self._process_request,
-            compression=None,
-            max_size=None,
-            close_timeout=CLOSE_TIMEOUT_S,
-            server_header="callbridge-realtime-simulator",
-            logger=RedactingLogger(logging.getLogger("callsim.websockets")),
-        )
-        self._port = self._server.sockets[0].getsockname()[1]
-        logger.info("Realtime simulator listening on %s", self.base_url)
-
-    async def stop(self) -> None:
-        """Close every connection (1001) and wait until all handlers and their tasks are done."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        for connection in list(self._live.values()):
-            connection.server_closing = True
-        server.close()
-        await server.wait_closed()
-        logger.info("Realtime simulator stopped")
 
     # --- properties ----------------------------------------------------------------------------
 
     @property
     def base_url(self) -> str:
         """``https://HOST:PORT/v1`` (``http://`` without TLS) for ``AsyncOpenAI(base_url=...)``."""
-        if self._port is None:
-            raise RuntimeError("the simulator is not started")
-        host = self._host if self._host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-        host = f"[{host}]" if ":" in host else host
-        return f"{'https' if self.use_tls else 'http'}://{host}:{self._port}/v1"
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("the simulator is not started")
-        return self._port
-
-    @property
-    def tls(self) -> TlsMaterial:
-        return self._tls
-
-    @property
-    def connections(self) -> list[RealtimeConnectionRecord]:
-        """Every accepted connection, in order (``connections[i].index == i``)."""
-        return self._connections
+        return self._url("https" if self.use_tls else "http", "/v1")
 
     # --- fault hooks ---------------------------------------------------------------------------
 
@@ -249,58 +177,19 @@ class RealtimeSimulator:
             raise ValueError("n must not be negative")
         self._fail_responses = [Failure(error_type, error_code) for _ in range(n)]
 
-    async def wait_for(
-        self,
-        predicate: Callable[[], _T],
-        timeout: float = 5.0,  # noqa: ASYNC109 - a deadline is the point of this helper
-    ) -> _T:
-        """Wait until ``predicate()`` is truthy and return its value (TimeoutError otherwise)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            changed = self._changed
-            value = predicate()
-            if value:
-                return value
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"condition not met within {timeout} s")
-            with contextlib.suppress(TimeoutError):  # woken by changes; polls catch the rest
-                await asyncio.wait_for(changed.wait(), min(remaining, 0.05))
-
     # --- internals -----------------------------------------------------------------------------
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    def _pick(self, which: Which) -> list[RealtimeConnection]:
-        live = sorted(self._live.values(), key=lambda c: c.record.index)
-        live = [c for c in live if c.ws.state is State.OPEN]
-        if which == "all":
-            return live
-        if which == "latest":
-            return live[-1:]
-        return [c for c in live if c.record.index == which]
-
-    async def _send_or_ignore(self, connection: RealtimeConnection, event: JsonObject) -> None:
-        try:
-            await connection.send(event)
-        except ConnectionClosed:
-            logger.debug("connection %d closed before a hook event", connection.record.index)
-        self._notify()
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        return self._tls.server_context() if self.use_tls else None
 
     def _take_failure(self) -> Failure | None:
         return self._fail_responses.pop(0) if self._fail_responses else None
 
-    async def _process_request(
-        self, connection: ServerConnection, request: Request
-    ) -> Response | None:
+    async def _control(self, method: str, target: str) -> tuple[int, JsonObject]:
+        return await handle_control(self, method, target)
+
+    def _check_upgrade(self, connection: ServerConnection, request: Request) -> Response | None:
         target = request.path
-        if is_control_path(target):
-            if not self.http_control:
-                return connection.respond(404, "Not Found\n")
-            answer, body = await handle_control(self, request.method, target)
-            return _json_response(connection, answer, json.dumps(body) + "\n")
         refusal = handshake.check_request("GET", target, request.headers)
         if refusal is None and self._fail_connects > 0 and self._fail_connect_with[0] is not None:
             self._fail_connects -= 1
@@ -310,7 +199,7 @@ class RealtimeSimulator:
             return None
         self.refused.append((refusal.status, refusal.body["error"].get("code")))
         self._notify()
-        return _json_response(connection, refusal.status, refusal.text())
+        return json_response(connection, refusal.status, refusal.text())
 
     async def _handle(self, ws: ServerConnection) -> None:
         request = ws.request
@@ -326,42 +215,23 @@ class RealtimeSimulator:
         record.session = default_session(
             self._ids.new("sess"), model, vad_silence_ms=self.options.vad_silence_ms
         )
-        self._connections.append(record)
         connection = RealtimeConnection(ws, record, self._ids)
-        self._live[record.index] = connection
-        logger.info("connection %d opened (%s)", record.index, model)
-        self._notify()
-        engine: RealtimeEngine | None = None
-        try:
-            if self._fail_connects > 0:
-                self._fail_connects -= 1
-                await self._refuse_after_upgrade(connection)
-                return
-            engine = RealtimeEngine(
-                connection=connection,
-                options=self.options,
-                script=self.script,
-                ids=self._ids,
-                take_failure=self._take_failure,
-            )
-            await connection.send({"type": "session.created", "session": record.session})
-            await self._serve(connection, engine)
-        except ConnectionClosed:
-            pass
-        except Exception:
-            logger.exception("connection %d: simulator error", record.index)
-            self.internal_errors += 1
-            await connection.close(1011, "internal simulator error")
-        finally:
-            if engine is not None:
-                await engine.close()
-            await connection.shutdown()
-            del self._live[record.index]
-            record_close(connection)
-            logger.info(
-                "connection %d closed by %s (%s)", record.index, record.closed_by, record.close_code
-            )
-            self._notify()
+        await self._run(connection, record, model)
+
+    async def _serve(self, connection: RealtimeConnection) -> None:
+        if self._fail_connects > 0:
+            self._fail_connects -= 1
+            await self._refuse_after_upgrade(connection)
+            return
+        engine = connection.engine = RealtimeEngine(
+            connection=connection,
+            options=self.options,
+            script=self.script,
+            ids=self._ids,
+            take_failure=self._take_failure,
+        )
+        await connection.send({"type": "session.created", "session": connection.record.session})
+        await self._receive(connection, engine)
 
     async def _refuse_after_upgrade(self, connection: RealtimeConnection) -> None:
         _, code, error_type, message = self._fail_connect_with
@@ -376,7 +246,7 @@ class RealtimeSimulator:
         close_code = 1013 if code in _RETRY_LATER else 1011 if code in _SERVER_ERRORS else 1008
         await connection.close(close_code, message or code)
 
-    async def _serve(self, connection: RealtimeConnection, engine: RealtimeEngine) -> None:
+    async def _receive(self, connection: RealtimeConnection, engine: RealtimeEngine) -> None:
         record = connection.record
         async for frame in connection.ws:
             text = frame.decode("utf-8", errors="replace") if isinstance(frame, bytes) else frame
@@ -395,10 +265,3 @@ class RealtimeSimulator:
             record.client_events.append((time.monotonic(), kind if isinstance(kind, str) else ""))
             await engine.handle(event)
             self._notify()
-
-
-def _json_response(connection: ServerConnection, status: int, body: str) -> Response:
-    response = connection.respond(status, body)
-    del response.headers["Content-Type"]
-    response.headers["Content-Type"] = "application/json"
-    return response
