@@ -120,7 +120,7 @@ async def test_the_answer_to_a_call_waits_for_every_call_of_its_response() -> No
     assert [o.call_id for o in outputs] == [call.call_id]
 
 
-async def test_caller_audio_of_a_reconnect_reaches_the_new_session() -> None:
+async def test_caller_audio_and_keys_of_a_reconnect_reach_the_new_session() -> None:
     async with _simulator() as sim:
         session = _session(sim)
         try:
@@ -131,6 +131,7 @@ async def test_caller_audio_of_a_reconnect_reaches_the_new_session() -> None:
             await sim.wait_for(lambda: sim.connections[0].closed_at is not None)
             for _ in range(10):  # the session has not noticed yet: held, not lost
                 await session.send_audio(b"\x7f" * 160)
+            await session.send_text("The caller pressed 5 on the phone keypad.")
             event = await _until(session, Reconnected)
             assert isinstance(event, Reconnected) and event.reason == "dropped"
             await sim.wait_for(lambda: len(sim.connections[1].audio_in) >= 1600)
@@ -144,6 +145,7 @@ async def test_caller_audio_of_a_reconnect_reaches_the_new_session() -> None:
     assert [(i.role, i.text) for i in new.items if i.source == "client"] == [
         ("assistant", "Hello."),
         ("user", "carry on"),
+        ("user", "The caller pressed 5 on the phone keypad."),
     ]
 
 

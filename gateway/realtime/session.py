@@ -150,7 +150,8 @@ class RealtimeSession:
         self._failed_responses = 0
         self._drops = 0
         self._expiring = False
-        self._closed = False
+        #: Text turns (keypresses, idle prompts) while no connection takes them.
+        self._held_texts: list[str] = []
 
     # ------------------------------------------------------------------ the seam
 
@@ -216,13 +217,19 @@ class RealtimeSession:
             self._hold(audio)  # the reader reports the drop; this goes to the next connection
 
     async def send_text(self, text: str) -> None:
-        """A user text turn (a note the caller does not hear), answered when the model is free."""
+        """A user text turn (a note the caller does not hear), answered when the model is free;
+        held while no connection takes it (a reconnect, a handoff to a new session)."""
         conn = self._conn
-        if conn is None:
+        if conn is None or self._holding:
+            self._held_texts.append(text)
+            return
+        (message,) = seed_events([Turn("user", text)])
+        try:
+            await conn.send(message)
+        except websockets.exceptions.ConnectionClosed:
+            self._held_texts.append(text)  # the reader reports the drop; the next one gets it
             return
         with contextlib.suppress(websockets.exceptions.ConnectionClosed):
-            for message in seed_events([Turn("user", text)]):
-                await conn.send(message)
             await self._respond(conn)
 
     async def send_tool_response(
@@ -284,7 +291,6 @@ class RealtimeSession:
 
     async def close(self) -> None:
         """End the conversation; idempotent."""
-        self._closed = True
         await self._drop_connection()
 
     # ------------------------------------------------------------------ connections
@@ -311,10 +317,14 @@ class RealtimeSession:
             old, self._conn = self._conn, conn
             self._forget_tool_calls()
             try:
-                for message in seed_events(turns):
+                texts, self._held_texts = self._held_texts, []
+                for message in seed_events([*turns, *(Turn("user", t) for t in texts)]):
                     await conn.send(message)
                 await self._release_held(conn)
-                if respond:
+                late, self._held_texts = self._held_texts, []  # held during the replay
+                for message in seed_events([Turn("user", t) for t in late]):
+                    await conn.send(message)
+                if respond or texts or late:
                     await self._respond(conn)
             except websockets.exceptions.ConnectionClosed:
                 pass  # the reader reports it; next_event recovers
