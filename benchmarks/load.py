@@ -664,12 +664,12 @@ async def _drive(
         frames = _voice_frames(r["heard"], voices=voices)
         gaps, holes = _gaps(frames)
         if len(voices) == 1:  # one voice: _gaps sees no handoff; a short one looked "late"
-            media = sorted(r["media"])
+            heard_at = sorted(r["media"])
             gaps = []
             for sent_at, spoken in seen.handoffs.get(r["index"], []):
-                j = int(np.searchsorted(media, sent_at))
-                if j < len(media):
-                    start = round((media[j] - r["started_at"]) / FRAME_S)
+                j = int(np.searchsorted(heard_at, sent_at))
+                if j < len(heard_at):
+                    start = round((heard_at[j] - r["started_at"]) / FRAME_S)
                     gap = _gap_after(frames, start, spoken)
                     if gap is not None:
                         gaps.append(gap)
