@@ -18,6 +18,8 @@ from typing import Any
 import uvicorn
 
 from callsim.serving import serving as serving  # fake carrier APIs next to the real gateway
+from gateway.model.events import LiveEvent, SessionEnded
+from gateway.model.session import ModelSession
 
 
 class ThreadedServer:
@@ -57,3 +59,13 @@ async def until(predicate: Callable[[], object], within_s: float = 5.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.01)
+
+
+async def next_of(session: ModelSession, kind: type[LiveEvent], within_s: float = 5.0) -> LiveEvent:
+    """The session's next event of ``kind``, skipping others; fail on the session's end."""
+    async with asyncio.timeout(within_s):
+        while True:
+            event = await session.next_event()
+            if isinstance(event, kind):
+                return event
+            assert not isinstance(event, SessionEnded), event

@@ -23,7 +23,6 @@ from gateway.model.events import (
     AudioOut,
     LiveEvent,
     Reconnected,
-    SessionEnded,
     ToolCall,
     TurnComplete,
     UsageReported,
@@ -32,6 +31,7 @@ from gateway.model.persona import AgentPersona
 from gateway.model.turns import Turn
 from gateway.settings import Settings
 from tests.harness import agents
+from tests.servers import next_of
 
 TLS = generate_tls()
 FRAME = bytes(640)
@@ -70,15 +70,6 @@ async def _session(
             await session.close()
 
 
-async def _until(session: LiveSession, kind: type[LiveEvent], within: float = 5.0) -> LiveEvent:
-    async with asyncio.timeout(within):
-        while True:
-            event = await session.next_event()
-            if isinstance(event, kind):
-                return event
-            assert not isinstance(event, SessionEnded), event
-
-
 async def test_sends_to_a_connection_the_server_closed_are_kept_for_the_next_one() -> None:
     async with _session() as (sim, session):
         await sim.wait_for_connections(1)
@@ -88,7 +79,7 @@ async def test_sends_to_a_connection_the_server_closed_are_kept_for_the_next_one
         for _ in range(10):
             await session.send_audio(FRAME)
         await session.send_text("[The caller pressed the 5 key on their phone keypad.]")
-        event = await _until(session, Reconnected)
+        event = await next_of(session, Reconnected)
         assert isinstance(event, Reconnected) and event.reason == "dropped"
         await sim.wait_for(lambda: len(sim.connections) == 2 and sim.connections[1].setup_completed)
         await sim.wait_for(lambda: bool(sim.connections[1].client_contents))
@@ -109,10 +100,10 @@ async def test_a_tool_call_of_a_replaced_connection_is_never_answered_on_the_new
     ]  # fmt: skip
     async with _session(steps) as (sim, session):
         await session.send_text("hello")
-        call = await _until(session, ToolCall)
+        call = await next_of(session, ToolCall)
         assert isinstance(call, ToolCall)
         await sim.close(1011, "internal error")
-        await _until(session, Reconnected)
+        await next_of(session, Reconnected)
         await session.send_tool_response(call.call_id, call.name, {"ok": True})
         await asyncio.sleep(0.2)
     assert len(sim.connections) == 2
@@ -135,7 +126,7 @@ async def test_the_second_call_of_a_tool_call_message_is_dropped_after_a_handoff
     async with _session() as (sim, session):
         await sim.wait_for_connections(1)
         await sim.inject(calls)
-        first = await _until(session, ToolCall)
+        first = await next_of(session, ToolCall)
         assert isinstance(first, ToolCall) and first.call_id == "call-1"
         await session.send_tool_response(first.call_id, first.name, {"result": "transferred"})
         await session.hand_off(_persona(), lambda resumed: [])
@@ -178,10 +169,10 @@ async def test_each_turn_reports_its_own_usage_as_gemini_counts_it() -> None:
     ]
     async with _session(steps) as (sim, session):
         await session.send_text("hello")
-        first = await _until(session, UsageReported)
+        first = await next_of(session, UsageReported)
         at_first = _prompt_text_tokens(sim)
         await session.send_text("again")
-        second = await _until(session, UsageReported)
+        second = await next_of(session, UsageReported)
         at_second = _prompt_text_tokens(sim)
     assert isinstance(first, UsageReported) and isinstance(second, UsageReported)
     # The simulator's numbers, as it sent them: 32 tokens a second of audio out; the prompt

@@ -17,7 +17,7 @@ from callsim.live.script import Script, Step, ToolCallSpec
 from callsim.realtime.server import RealtimeSimulator
 from callsim.tls import generate_tls
 from gateway.audio.transcode import PCMU_8K
-from gateway.model.events import LiveEvent, Reconnected, SessionEnded, ToolCall, TurnComplete
+from gateway.model.events import Reconnected, ToolCall, TurnComplete
 from gateway.model.persona import AgentPersona
 from gateway.model.session import ModelConnectError
 from gateway.model.turns import Turn
@@ -25,6 +25,7 @@ from gateway.realtime.client import make_openai_client, websocket_options
 from gateway.realtime.session import RealtimeSession
 from gateway.settings import Settings
 from tests.harness import agents
+from tests.servers import next_of
 
 TLS = generate_tls()
 FRAME = b"\xff" * 160  # 20 ms of μ-law silence
@@ -69,15 +70,6 @@ def _session(sim: RealtimeSimulator, greeting: str = "") -> RealtimeSession:
     )
 
 
-async def _until(session: RealtimeSession, kind: type[LiveEvent], within: float = 5.0) -> LiveEvent:
-    async with asyncio.timeout(within):
-        while True:
-            event = await session.next_event()
-            if isinstance(event, kind):
-                return event
-            assert not isinstance(event, SessionEnded), event
-
-
 async def test_a_text_turn_during_an_answer_waits_for_its_end() -> None:
     """A response.create while a response is active is refused by the service."""
     steps = [Step(on="text", say="a long greeting", seconds=1.0), Step(on="text", say="ok")]
@@ -88,8 +80,8 @@ async def test_a_text_turn_during_an_answer_waits_for_its_end() -> None:
             conn = sim.connections[0]
             await sim.wait_for(lambda: conn.responses)
             await session.send_text("The caller pressed 5 on the phone keypad.")
-            await _until(session, TurnComplete)
-            await _until(session, TurnComplete)
+            await next_of(session, TurnComplete)
+            await next_of(session, TurnComplete)
         finally:
             await session.close()
     assert [r.status for r in conn.responses] == ["completed", "completed"]
@@ -104,7 +96,7 @@ async def test_the_answer_to_a_call_waits_for_every_call_of_its_response() -> No
         session = _session(sim, greeting="Greet.")
         try:
             await session.open(_persona())
-            call = await _until(session, ToolCall)
+            call = await next_of(session, ToolCall)
             assert isinstance(call, ToolCall) and call.name == "lookup"
             conn = sim.connections[0]
             responses = len(conn.responses)
@@ -132,7 +124,7 @@ async def test_caller_audio_and_keys_of_a_reconnect_reach_the_new_session() -> N
             for _ in range(10):  # the session has not noticed yet: held, not lost
                 await session.send_audio(b"\x7f" * 160)
             await session.send_text("The caller pressed 5 on the phone keypad.")
-            event = await _until(session, Reconnected)
+            event = await next_of(session, Reconnected)
             assert isinstance(event, Reconnected) and event.reason == "dropped"
             await sim.wait_for(lambda: len(sim.connections[1].audio_in) >= 1600)
         finally:
