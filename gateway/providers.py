@@ -25,7 +25,8 @@ from gateway.live.session import LiveSession
 from gateway.model.session import ModelSession, SessionFactory
 from gateway.model.switch import ProviderSwitch
 from gateway.model.turns import Conversation
-from gateway.realtime.client import make_openai_client, websocket_options
+from gateway.model.websocket import websocket_options
+from gateway.realtime.client import make_openai_client
 from gateway.realtime.session import RealtimeSession, ReconnectPolicy
 from gateway.settings import Settings
 

@@ -21,7 +21,8 @@ from gateway.model.events import Reconnected, ToolCall, TurnComplete
 from gateway.model.persona import AgentPersona
 from gateway.model.session import ModelConnectError
 from gateway.model.turns import Turn
-from gateway.realtime.client import make_openai_client, websocket_options
+from gateway.model.websocket import websocket_options
+from gateway.realtime.client import make_openai_client
 from gateway.realtime.session import RealtimeSession
 from gateway.settings import Settings
 from tests.harness import agents

@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import ssl
-from typing import Any
 
 from google import genai
 from google.genai import types
 
+from gateway.model.websocket import websocket_options
 from gateway.settings import Settings
 
 
 def make_client(settings: Settings, *, ssl_context: ssl.SSLContext | None = None) -> genai.Client:
-    """A client for the Live API, pinned to ``GEMINI_API_VERSION`` and ``GEMINI_BASE_URL``.
-
-    ``ssl_context`` is only passed for the built-in simulator (whose throwaway CA nothing else
-    trusts); otherwise the SDK's own default applies, which honours ``SSL_CERT_FILE``.
-    ``close_timeout`` is short because a handoff waits for the old connection's close to
-    complete (Gemini rejects a resume while it is open) and a silent peer must not stall a call.
-    """
+    """A client for the Live API, pinned to ``GEMINI_API_VERSION`` and ``GEMINI_BASE_URL``;
+    its websockets are dialled as every model connection is (:func:`websocket_options`)."""
     if settings.gemini_api_key is None:
         raise ValueError("GEMINI_API_KEY is not set")
-    ws_args: dict[str, Any] = {
-        "open_timeout": 10,
-        "close_timeout": 2,
-        "ping_interval": settings.live_ping_interval,
-        "ping_timeout": settings.live_ping_timeout,
-    }
-    if ssl_context is not None:
-        ws_args["ssl"] = ssl_context
+    ws_args = websocket_options(settings, ssl_context=ssl_context)
     return genai.Client(
         api_key=settings.gemini_api_key.get_secret_value(),
         http_options=types.HttpOptions(
