@@ -162,7 +162,10 @@ def test_a_failed_response_carries_its_error() -> None:
 
 def test_caller_speech_and_its_late_transcript() -> None:
     reader = RealtimeReader(ULAW_PER_MS)
+    reader.feed({"type": "input_audio_buffer.speech_started"})
+    assert reader.caller_speaking  # a reconnect now lets the caller's words make the turn
     assert reader.feed({"type": "input_audio_buffer.speech_stopped"}) == [CallerTurnEnded()]
+    assert not reader.caller_speaking
     completed = {
         "type": "conversation.item.input_audio_transcription.completed",
         "item_id": "u1",

@@ -92,6 +92,8 @@ class RealtimeReader:
     active_response: str | None = None
     #: A ``response.create`` was sent and its ``response.created`` has not come yet.
     requested: bool = False
+    #: Between the service's ``speech_started`` and ``speech_stopped``.
+    caller_speaking: bool = False
     #: Responses the caller interrupted: what they still send is dropped.
     interrupted: set[str] = field(default_factory=set)
     #: [item id, audio ms delivered], oldest first, since the last barge-in.
@@ -114,6 +116,7 @@ class RealtimeReader:
         if kind == "input_audio_buffer.speech_started":
             return self._speech_started()
         if kind == "input_audio_buffer.speech_stopped":
+            self.caller_speaking = False
             return [CallerTurnEnded()]
         if kind == "conversation.item.input_audio_transcription.completed":
             text = message.get("transcript")
@@ -172,6 +175,7 @@ class RealtimeReader:
         return [AudioOut(audio)]
 
     def _speech_started(self) -> list[LiveEvent | Signal]:
+        self.caller_speaking = True
         if self.active_response is not None:
             # The service cancels it (interrupt_response): drop what it still sends.
             self.interrupted.add(self.active_response)

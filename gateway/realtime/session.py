@@ -41,9 +41,7 @@ import websockets.exceptions
 from openai import AsyncOpenAI
 
 from gateway.aio import cancel_and_wait
-from gateway.audio.g711 import alaw_decode, ulaw_decode
 from gateway.audio.transcode import AudioFormat
-from gateway.audio.vad import voiced
 from gateway.model.events import AudioOut, LiveEvent, Reconnected, SessionEnded, ToolCall
 from gateway.model.persona import AgentPersona
 from gateway.model.session import ModelAudio, ModelConnectError, ModelSession
@@ -76,8 +74,6 @@ class ReconnectPolicy:
     stable_after_s: float = 30.0
     #: Caller audio kept while no connection takes it, replayed into the next one.
     replay_limit_ms: float = 15_000.0
-    #: Caller voice within this long counts as "the caller is speaking" (no answer forced).
-    voice_hangover_s: float = 0.4
     #: How long a new connection may take to confirm its configuration.
     configure_timeout_s: float = 10.0
 
@@ -141,7 +137,6 @@ class RealtimeSession:
         self._held_ms = 0.0
         self._holding = True
         self._dropped_ms = 0.0
-        self._last_voice = 0.0
         #: Tool calls handed to the call and not answered yet; answers wait for all of them.
         self._unanswered: set[str] = set()
         self._wants_response = False
@@ -205,8 +200,6 @@ class RealtimeSession:
 
     async def send_audio(self, audio: bytes) -> None:
         """Caller audio in the session's input format; held while no connection takes it."""
-        if voiced(self._pcm(audio)):
-            self._last_voice = time.monotonic()
         conn = self._conn
         if conn is None or self._holding:
             self._hold(audio)
@@ -429,9 +422,9 @@ class RealtimeSession:
         if self._drops > self.policy.max_drops:
             await self._drop_connection()
             return SessionEnded(f"connection kept dropping ({detail})", dropped.code)
-        # Answer at once only if the caller is not speaking: otherwise their words, replayed,
-        # make the turn themselves.
-        speaking = time.monotonic() - self._last_voice < self.policy.voice_hangover_s
+        # Answer at once only if the caller was not speaking (by the service's own turn
+        # detection): otherwise their words, replayed, make the turn themselves.
+        speaking = conn.reader.caller_speaking
         turns, answer = self._conversation.reseed(until_handle=False)
         started = time.perf_counter()
         await self._close_connection(conn)
@@ -539,23 +532,10 @@ class RealtimeSession:
         self._held_ms = 0.0
         self._holding = False
 
-    def _pcm(self, audio: bytes) -> bytes:
-        """For the voice check only: G.711 is decoded, PCM is PCM."""
-        return _LEVEL[self._audio.input.encoding](audio)
-
 
 def _append(audio: bytes) -> str:
     """``input_audio_buffer.append``, serialised by hand: it is 50 messages a second."""
     return '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(audio).decode() + '"}'
-
-
-def _identity(data: bytes) -> bytes:
-    return data
-
-
-_LEVEL: dict[str, Callable[[bytes], bytes]] = {
-    "PCMU": ulaw_decode, "PCMA": alaw_decode, "L16": _identity,
-}  # fmt: skip
 
 
 def _connect_error(exc: BaseException) -> ModelConnectError:
