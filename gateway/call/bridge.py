@@ -2,7 +2,7 @@
 
 Five tasks run per call, all created here and all cancelled and awaited when any one ends:
 
-- the *caller loop* reads the carrier socket: caller audio goes up to Gemini (transcoded), marks
+- the *caller loop* reads the carrier socket: caller audio goes up to the model (transcoded), marks
   and DTMF are handled, ``stop`` or a closed socket ends the call;
 - the *model loop* reads the model session's events: speech goes down to the playout queue,
   barge-in clears it, transcripts are kept, and a ``handoff_conversation`` call moves the
@@ -20,7 +20,7 @@ a transfer (:mod:`~gateway.call.actions` decides what each does).
 
 (The Live session runs its own reader task per connection; :meth:`ModelSession.close` ends it.)
 
-Whatever ends the call — the caller hanging up, Gemini ending for good, a protocol error —
+Whatever ends the call — the caller hanging up, the model ending for good, a protocol error —
 the ``finally`` in :meth:`CallBridge.run` closes the model session and the carrier socket.
 
 The bridge owns the call's lifecycle and its tasks; the rest is delegated, one module each:
@@ -648,7 +648,7 @@ class CallBridge:
             self.events.record(entry)
 
     async def _on_usage(self, event: UsageReported) -> None:
-        """One turn's tokens as Gemini counts them: the call's cost is the sum of these."""
+        """One turn's tokens as the provider counts them: the call's cost is the sum of these."""
         self.events.emit(
             "live.usage",
             input_tokens=event.input_tokens,

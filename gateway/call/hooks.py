@@ -41,12 +41,12 @@ def _admit_all(_: StreamStarted) -> Refusal | None:
 class CallHooks:
     """Decisions that belong to the deployment and the carrier, not to the bridge."""
 
-    #: Decides, before Gemini is dialled, whether the started stream becomes a call: None to
+    #: Decides, before the model is dialled, whether the started stream becomes a call: None to
     #: bridge it (the hook has then counted it as a call), else why not.
     admit: Callable[[StreamStarted], Refusal | None] = _admit_all
     #: Ends the phone call when the gateway ends it and closing the stream alone would not.
     hang_up: Callable[[str], Awaitable[None]] | None = None
-    #: Gives the caller a fallback (the active agent's when Gemini is gone for good, the busy
+    #: Gives the caller a fallback (the active agent's when the model is gone for good, the busy
     #: message when there is no room) through the carrier's API; True if that also took care
     #: of ending the call (so ``hang_up`` must not cut it short), False if it could not.
     fallback: Callable[[StreamStarted, Fallback], Awaitable[bool]] | None = None

@@ -1,6 +1,6 @@
 """Outbound audio to the carrier: paced, interruptible, and the socket's only writer.
 
-Gemini produces speech in bursts faster than real time. Forwarding each burst at once would park
+The model produces speech in bursts faster than real time. Forwarding each burst at once would park
 seconds of audio in the carrier's buffer, where the gateway can no longer take it back; holding
 it all here would make every network hiccup audible. So the gateway keeps the carrier a short,
 fixed *lead* ahead of real time (enough to ride out jitter) and holds the rest itself:

@@ -21,7 +21,7 @@ CALLER_ENDED = frozenset({"caller_hung_up", "caller_disconnected"})
 #: line it said goodbye to), or an operator (the console's end-call button). The carrier is
 #: asked to hang up, so nothing placed after ``</Connect>`` plays.
 AGENT_ENDED = frozenset({"agent_ended", "idle_ended", "operator_ended"})
-#: End reasons where Gemini is gone for good: the active agent's fallback runs.
+#: End reasons where the model is gone for good: the active agent's fallback runs.
 MODEL_FAILED = frozenset({"model_ended", "model_unavailable"})
 
 
@@ -83,7 +83,7 @@ class CallStats:
         self.frames_in += 1
 
     def frame_admitted(self) -> None:
-        """A caller frame within the real-time budget goes up to Gemini."""
+        """A caller frame within the real-time budget goes up to the model."""
         if self._frames_in is not None:
             self._frames_in.inc()
 

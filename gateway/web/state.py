@@ -1,6 +1,6 @@
 """The gateway's state: what every route shares, and nothing about HTTP.
 
-``GatewayState`` holds the configuration, the way to reach Gemini, the live calls and the
+``GatewayState`` holds the configuration, the way to reach the models, the live calls and the
 sockets not yet calls, capacity and draining, and the one-stream-per-call ledger. Every other
 module of the web layer imports it; it imports none of them.
 

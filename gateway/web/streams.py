@@ -16,7 +16,7 @@ itself, and proving costs the gateway as little as possible:
   routes, and each has 5 s to send its ``start``.
 
 Either way a token admits one stream for its call (:class:`~gateway.security.StreamLedger`),
-and only then is a Gemini session opened.
+and only then is a model session opened.
 """
 
 from __future__ import annotations
