@@ -341,14 +341,17 @@ pipeline:
 
 
 @pytest.mark.timeout(90)
-def test_demo_uses_the_users_own_agents_file(tmp_path: Path) -> None:
-    """Edit agents.yaml, run the demo, hear the edit: ./agents.yaml is what the demo runs."""
+def test_demo_uses_the_users_own_agents_file_and_moves_it_to_openai(tmp_path: Path) -> None:
+    """Edit agents.yaml, run the demo, hear the edit: ./agents.yaml is what the demo runs; and
+    ``--provider openai`` runs the same agents on the Realtime simulator, in OpenAI's voices."""
     (tmp_path / "agents.yaml").write_text(USER_AGENTS)
-    done = gateway("demo", cwd=tmp_path)
+    done = gateway("demo", "--provider", "openai", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "agents: agents.yaml" in done.stdout
-    assert "HANDOFF             front-desk -> billing: resumed" in done.stdout
-    assert "billing (Puck" in done.stdout and "front-desk (Kore" in done.stdout
+    assert "agents: agents.yaml, on OpenAI" in done.stdout
+    assert "OpenAI simulator on https://127.0.0.1:" in done.stdout
+    # Two voices: the handoff opens a new Realtime session told the conversation.
+    assert "HANDOFF             front-desk -> billing: fresh session" in done.stdout
+    assert "front-desk (alloy" in done.stdout and "billing (ash" in done.stdout
 
 
 def test_demo_picks_agents_file_then_dot_agents_yaml_then_the_bundled_example(
