@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import ssl
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from google import genai
-from openai import AsyncOpenAI
 
 from gateway.agents import PROVIDER_NAMES, AgentGraph, Provider
 from gateway.audio.transcode import AudioFormat
@@ -29,6 +28,9 @@ from gateway.model.websocket import websocket_options
 from gateway.realtime.client import make_openai_client
 from gateway.realtime.session import RealtimeSession, ReconnectPolicy
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
 
 #: The setting that holds each provider's key, for messages.
 KEY_SETTINGS: dict[Provider, str] = {"gemini": "GEMINI_API_KEY", "openai": "OPENAI_API_KEY"}

@@ -5,6 +5,7 @@ the simulated carriers are built without the gateway's carriers."""
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import import_graph  # a script in tools/, not a package
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_gateway_has_no_circle_no_upward_import_and_no_eager_simulator_import() -> None:
@@ -120,3 +123,13 @@ def test_the_gateway_imports_callsim_only_inside_functions() -> None:
     assert _importers("gateway", "callsim", eager_only=True) == []
     # The lazy imports exist (a finder that saw nothing would pass the check above too).
     assert "gateway.cli" in _importers("gateway", "callsim")
+
+
+def test_a_gemini_only_gateway_never_imports_the_openai_sdk() -> None:
+    """The SDK costs ~0.5 s and ~10 MB per process: only a gateway whose agents run on OpenAI
+    pays it (``gateway/realtime/client.py`` imports it when the first client is made)."""
+    code = (
+        "import sys, gateway.cli, gateway.server, gateway.providers, gateway.realtime.session\n"
+        "assert 'openai' not in sys.modules, sorted(m for m in sys.modules if 'openai' in m)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)

@@ -34,11 +34,10 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import websockets.exceptions
-from openai import AsyncOpenAI
 
 from gateway.aio import cancel_and_wait
 from gateway.audio.transcode import AudioFormat
@@ -101,6 +100,9 @@ class _Dropped:
 
 
 _Item = LiveEvent | ServerError | ResponseFinished | _Dropped
+
+if TYPE_CHECKING:  # the SDK is imported by the client's maker, when OpenAI is first used
+    from openai import AsyncOpenAI
 
 
 class RealtimeSession:
