@@ -234,10 +234,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     settings, graph = load_config()
     if not args.simulator:
-        keys = {"gemini": settings.gemini_api_key, "openai": settings.openai_api_key}
-        for provider in graph.providers:
-            if keys[provider] is None:
-                raise ConfigError(NO_KEY_MESSAGES[provider])
+        keyless = settings.keyless(graph.providers)
+        if keyless:
+            raise ConfigError(NO_KEY_MESSAGES[keyless[0]])
         missing = settings.unverified_carriers()
         if missing and not settings.allow_unsigned_webhooks:
             carriers = settings.carriers.replace(",", " and ")

@@ -51,18 +51,13 @@ class ModelProviders:
     def model(self, graph: AgentGraph, provider: Provider) -> str:
         """The model ``provider`` serves a call on ``graph`` with: its setting
         (GEMINI_MODEL, OPENAI_MODEL) if set, else the file's."""
-        override = (
-            self._settings.gemini_model if provider == "gemini" else self._settings.openai_model
-        )
-        return override or graph.model_of(provider)
+        return self._settings.model_override(provider) or graph.model_of(provider)
 
     def missing_keys(self, graph: AgentGraph) -> list[str]:
         """The providers ``graph`` needs whose key is not set, as one line each."""
-        keys = {"gemini": self._settings.gemini_api_key, "openai": self._settings.openai_api_key}
         return [
             f"{KEY_SETTINGS[p]} is not set, and agents run on {PROVIDER_NAMES[p]}"
-            for p in graph.providers
-            if keys[p] is None
+            for p in self._settings.keyless(graph.providers)
         ]
 
     def sessions(self, graph: AgentGraph) -> SessionFactory:

@@ -7,6 +7,7 @@ appear in a repr, a log line or an error message.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -22,6 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.agents import Provider
 from gateway.carriers.telnyx_signature import load_public_key
 
 #: The carriers the gateway can serve, in the order CARRIERS is normalised to.
@@ -337,6 +339,15 @@ class Settings(BaseSettings):
                 "Telnyx needs TELNYX_PUBLIC_KEY (Telnyx portal: Keys & Credentials, Public Key)"
             )
         return missing
+
+    def keyless(self, providers: Iterable[Provider]) -> list[Provider]:
+        """Those of ``providers`` whose API key (GEMINI_API_KEY, OPENAI_API_KEY) is not set."""
+        keys = {"gemini": self.gemini_api_key, "openai": self.openai_api_key}
+        return [provider for provider in providers if keys[provider] is None]
+
+    def model_override(self, provider: Provider) -> str | None:
+        """GEMINI_MODEL or OPENAI_MODEL: the model every call on ``provider`` uses, if set."""
+        return self.gemini_model if provider == "gemini" else self.openai_model
 
     def secrets(self) -> list[str]:
         """Every secret value configured, for the log scrubber."""

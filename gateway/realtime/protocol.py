@@ -101,7 +101,6 @@ class RealtimeReader:
     #: What ``spoken`` held at the newest barge-in: what :meth:`cut` truncates.
     at_barge_in: list[list[Any]] = field(default_factory=list)
     calls: dict[str, ToolCall] = field(default_factory=dict)
-    audio_ms: float = 0.0
 
     def feed(self, message: Mapping[str, Any]) -> list[LiveEvent | Signal]:
         """The call's events (and the session's signals) for one server event, in order."""
@@ -164,7 +163,6 @@ class RealtimeReader:
         if not audio:
             return []
         ms = len(audio) / self.bytes_per_ms
-        self.audio_ms += ms
         item_id = message.get("item_id")
         if isinstance(item_id, str):
             if self.spoken and self.spoken[-1][0] == item_id:
