@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import time
 
@@ -62,6 +63,36 @@ async def test_sends_a_lead_at_once_then_paces_in_real_time() -> None:
         assert sent * 0.020 >= elapsed + 0.200 - 0.100 - 0.060
     finally:
         await cancel_and_wait(runner)
+
+
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "queued"])
+async def test_a_steady_answer_goes_out_as_one_media_message_per_refill(streamed: bool) -> None:
+    """A model answer streamed at 2x real time in 40 ms chunks (as Gemini sends it), or queued
+    at once: once the lead is full, each refill is one media message with every frame it
+    needs, sent when the lead has drained by a refill. Chunks arriving meanwhile do not go out
+    one by one, and a refill woken a little late is not split into a full batch and a
+    one-frame straggler."""
+    rec = Recorder()
+    playout = Playout(_codec(), rec.send)  # the defaults: lead 240 ms, refill 100 ms
+    runner = asyncio.create_task(playout.run())
+    try:
+        for _ in range(30):  # 1.2 s of audio, in 0.6 s or at once
+            playout.enqueue(b"\xff" * 160)
+            playout.enqueue(b"\xff" * 160)
+            if streamed:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(1.5 - (0.6 if streamed else 0))
+    finally:
+        await cancel_and_wait(runner)
+    assert rec.frames() == 60
+    media = [(t, len(base64.b64decode(m["media"]["payload"])) // 160)  # type: ignore[index]
+             for t, m in rec.sent if m["event"] == "media"]  # fmt: skip
+    first = media[0][0]
+    refills = [(t, n) for t, n in media if t - first > 0.3]  # the lead is full by 0.15 s
+    assert len(refills) >= 5
+    assert all(n >= 5 for _, n in refills[:-1]), refills  # the last one ends the answer
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(refills)]
+    assert min(gaps) > 0.05, gaps  # one message per refill, about 100 ms apart
 
 
 async def test_interrupt_drops_queued_audio_and_clears_first() -> None:

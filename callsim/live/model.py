@@ -34,6 +34,13 @@ the last message whose effect is in the handle's state; granularity is whole mes
 message whose audio straddles the end of an utterance counts as not consumed (replaying its
 quiet tail is harmless).
 
+Scheduled answers (``ModelOptions.answer_every_s``, off by default): a load generator's model
+that says ``answer_s`` of audio after every ``answer_every_s`` of caller audio received, whatever
+the audio holds, for callers that never stop sending (a peer benchmark's workload). The VAD and
+activity signals then start no turn and nothing is a barge-in; an answer due while the previous
+one is still being generated follows it. Such answers carry no transcription of the caller and
+call no tools, so no handoff happens; text turns are answered as usual.
+
 A ``toolResponse`` answers only a call pending on *this* connection (the real service does not
 know a call id issued on an earlier connection of the session); any other function response is
 logged, recorded in ``ConnectionRecord.stray_tool_responses`` and ignored.
@@ -80,16 +87,30 @@ _WORD_RE = re.compile(r"\S+\s*")
 Send = Callable[[proto.JsonObject], Awaitable[None]]
 
 
+#: What a scheduled answer says (its transcript); its length is ``ModelOptions.answer_s``.
+SCHEDULED_ANSWER = "Here is an answer."
+
+
 @dataclass(frozen=True)
 class ModelOptions(SimOptions):
-    """The shared knobs (``callsim.simoptions``) and how long a tool call may stay unanswered."""
+    """The shared knobs (``callsim.simoptions``), how long a tool call may stay unanswered and
+    scheduled answers (see the module docstring): Live's alone, as only this simulator's
+    engine has them."""
 
     tool_timeout_s: float = 30.0
+    #: Say ``answer_s`` of audio after every this many seconds of caller audio received,
+    #: independent of the VAD (None: answer the utterances the VAD finds).
+    answer_every_s: float | None = None
+    answer_s: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.tool_timeout_s > 0:
             raise ValueError("tool_timeout_s must be positive")
+        if self.answer_every_s is not None and not self.answer_every_s > 0:
+            raise ValueError("answer_every_s must be positive")
+        if not self.answer_s > 0:
+            raise ValueError("answer_s must be positive")
 
 
 def split_transcript(text: str, pieces: int) -> list[str]:
@@ -142,6 +163,8 @@ class ConversationEngine:
         self._audio_marks: list[tuple[int, int]] = []  # (message, VAD stream end) not decided
         self._open_byte: int | None = None  # VAD stream offset where undecided audio starts
         self._manual_open: int | None = None  # the activityStart of an open manual utterance
+        self._scheduled_heard_s = 0.0  # caller audio received, for scheduled answers
+        self._scheduled_answers = 0  # scheduled answers started so far
 
     @property
     def last_consumed_index(self) -> int:
@@ -214,6 +237,9 @@ class ConversationEngine:
             self._record.audio_in_started_at = now
         self._record.audio_in_chunks.append((now, len(audio.pcm)))
         self._record.audio_in += audio.pcm
+        if self._options.answer_every_s is not None:
+            self._answer_on_schedule(self._options.answer_every_s, len(audio.pcm) / 2 / audio.rate)
+            return
         if self._setup.manual_activity:
             self._manual_rate = audio.rate
             if self._manual_bytes is not None:
@@ -262,8 +288,10 @@ class ConversationEngine:
                     await self._on_vad(vad, vad_event)
                 self._settle_audio(vad)
             return
-        if not self._setup.manual_activity:
-            return  # activity signals only apply when automatic detection is disabled
+        if not self._setup.manual_activity or self._options.answer_every_s is not None:
+            # Activity signals only apply when automatic detection is disabled, and never to
+            # scheduled answers.
+            return
         if kind == "activityStart":
             self._manual_bytes = 0
             self._manual_open = self._message_index
@@ -337,6 +365,27 @@ class ConversationEngine:
         if self._setup.input_transcription:
             await self._send(messages.input_transcription(hear))
         await self._start_turn(step, "caller")
+
+    def _answer_on_schedule(self, every_s: float, seconds: float) -> None:
+        """Count ``seconds`` more caller audio; start each scheduled answer that falls due."""
+        self._scheduled_heard_s += seconds
+        # The tolerance absorbs float sums: 75 frames of 20 ms are 1.5 s.
+        while self._scheduled_heard_s >= every_s * (self._scheduled_answers + 1) - 1e-6:
+            self._scheduled_answers += 1
+            step = Step(on="caller", say=SCHEDULED_ANSWER, seconds=self._options.answer_s)
+            self._turn_count += 1
+            self._turn = asyncio.create_task(
+                self._after(self._turn, step),
+                name=f"sim-conn{self._record.index}-turn{self._turn_count}",
+            )
+
+    async def _after(self, previous: asyncio.Task[None] | None, step: Step) -> None:
+        """A scheduled answer: after the previous turn, never cutting it off. Awaiting it (not
+        ``asyncio.wait``) means cancelling this turn cancels the chain, as :meth:`close`
+        cancels only the newest turn."""
+        if previous is not None:
+            await previous
+        await self._run_turn(step, "caller", None)
 
     # --- answering -----------------------------------------------------------------------------
 

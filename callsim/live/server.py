@@ -19,6 +19,8 @@ What happens on a connection (see ``callsim.live.model`` for the turn sequence a
   handle: 1008; the session still open on another connection: 1011; another model: 1007);
 * then caller audio, text and tool responses drive the simulated model until either side closes.
   A malformed or unknown message closes that connection with 1007 and a reason; the server goes on.
+  With ``answer_every_s`` the model instead answers on a schedule of caller audio received (a load
+  generator's model: ``callsim.live.model``).
 
 Resumption is as unforgiving as the real service's (``callsim.live.sessions``,
 ``callsim.live.model``): a handle restores the session **as of that handle**. Caller audio, text
@@ -96,6 +98,8 @@ class LiveSimulator(SimServer[LiveConnection, ConnectionRecord]):
         tool_timeout_s: float = 30.0,
         http_control: bool = True,
         setup_delay_ms: int = 0,
+        answer_every_s: float | None = None,
+        answer_s: float = 1.0,
     ) -> None:
         if frames not in ("binary", "text"):
             raise ValueError("frames must be 'binary' or 'text'")
@@ -110,6 +114,8 @@ class LiveSimulator(SimServer[LiveConnection, ConnectionRecord]):
             vad_start_ms=vad_start_ms,
             vad_silence_ms=vad_silence_ms,
             tool_timeout_s=tool_timeout_s,
+            answer_every_s=answer_every_s,
+            answer_s=answer_s,
         )
         self.reject_resume_while_open = reject_resume_while_open
         #: Delay before ``setupComplete``: the real service takes a few hundred ms to set up a

@@ -13,8 +13,10 @@ fixed *lead* ahead of real time (enough to ride out jitter) and holds the rest i
   :meth:`unheard_s` can tell how much of what was sent the caller never heard (a model that
   truncates its answer there needs it: OpenAI Realtime).
 
-Refills are batched (wake when the lead falls below ``lead - refill``, top it back up) so an idle
-call costs a few wake-ups a second, not fifty.
+Refills are batched: wake when the lead falls below ``lead - refill`` and top it back up with one
+media message holding every frame the refill needs, so a call costs a few wake-ups and messages a
+second, not fifty. New audio does not end that wait (the carrier still holds more than ``lead -
+refill``, so it can wait for the refill); only a barge-in does.
 
 A :class:`PlayoutTap` (the call recording) sees the audio as the caller hears it: each frame with
 the moment the carrier starts playing it, and each barge-in, since only the playout knows both.
@@ -23,6 +25,7 @@ the moment the carrier starts playing it, and each barge-in, since only the play
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -63,7 +66,7 @@ class Playout:
         lead_ms: float = 240.0,
         refill_ms: float = 100.0,
         max_queued_s: float = 300.0,
-        max_batch: int = 5,
+        max_batch: int | None = None,
         tap: PlayoutTap | None = None,
         track_heard: bool = False,
     ) -> None:
@@ -73,8 +76,10 @@ class Playout:
         self._frame_s = frame_ms / 1000
         self._lead_s = lead_ms / 1000
         self._refill_s = min(refill_ms / 1000, self._lead_s / 2)
+        self._refill_frames = max(1, round(self._refill_s / self._frame_s))
         self._max_items = int(max_queued_s / self._frame_s)
-        self._max_batch = max(1, max_batch)
+        #: Frames per media message at most; None: as many as the lead has room for.
+        self._max_batch = None if max_batch is None else max(1, max_batch)
         self._items: deque[bytes | _Mark] = deque()
         self._control: deque[str] = deque()
         self._wake = asyncio.Event()
@@ -178,22 +183,26 @@ class Playout:
             now = time.monotonic()
             ahead = self._play_end - now
             if ahead > self._lead_s - self._refill_s and not isinstance(self._items[0], _Mark):
-                self._wake.clear()
                 # Sleep until the lead has drained by one refill, unless barge-in wakes us.
-                try:
+                with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(ahead - (self._lead_s - self._refill_s)):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
-                await self._top_up()
-                continue
+                        await self._control_waiting()
             await self._top_up()
+
+    async def _control_waiting(self) -> None:
+        """Return once a control message (barge-in's ``clear``) is waiting. New frames and
+        marks set the wake-up event too, but they wait for the refill: answering each of them
+        would send the few frames the lead has room for at that moment, one small message per
+        model chunk."""
+        while not self._control:
+            self._wake.clear()
+            await self._wake.wait()
 
     async def _top_up(self) -> None:
         """Send queued items until the carrier is a full lead ahead (or a clear is waiting).
 
-        Frames that go out together are joined into one media message (whole 20 ms frames,
-        at most ``max_batch``): each message costs a JSON envelope, a websocket frame and a
+        Frames that go out together are joined into media messages of whole 20 ms frames
+        (:meth:`_take_batch`): each message costs a JSON envelope, a websocket frame and a
         syscall, so a 100 ms refill as one message instead of five is most of the send cost.
         """
         while self._items and not self._control:
@@ -205,13 +214,7 @@ class Playout:
                 continue
             now = time.monotonic()
             room = self._lead_s - max(0.0, self._play_end - now)
-            frames: list[bytes] = []
-            while len(frames) < self._max_batch and room - len(frames) * self._frame_s > 0:
-                head = self._items[0] if self._items else None
-                if not isinstance(head, bytes):
-                    break  # a mark, or nothing left
-                self._items.popleft()
-                frames.append(head)
+            frames = self._take_batch(room)
             if not frames:
                 return
             starts_at = max(self._play_end, now)
@@ -231,3 +234,28 @@ class Playout:
                 self._progress[name] = self._sent_s
                 self._outstanding.add(name)
                 await self._send(self._codec.mark(name))
+
+    def _take_batch(self, room: float) -> list[bytes]:
+        """Take the frames of the next media message off the queue.
+
+        A frame goes out while the carrier is less than a lead ahead (``room`` > 0), so a refill
+        woken a little late has room for a frame or more beyond ``refill``: all of them go in
+        one message (a cap of ``refill`` frames used to send such a refill as a full batch and
+        a one-frame straggler). Room for two refills or more (the first fill of a turn, or a
+        loop that missed a refill) is split into messages of one to two refills each, so the
+        progress marks of ``track_heard`` still come back about every refill.
+        """
+        fits = 0
+        for item in self._items:
+            if not isinstance(item, bytes) or room - fits * self._frame_s <= 0:
+                break  # a mark, or the lead is full
+            fits += 1
+        count = -(-fits // max(1, fits // self._refill_frames))  # fits over whole refills
+        if self._max_batch is not None:
+            count = min(count, self._max_batch)
+        frames: list[bytes] = []
+        for _ in range(count):
+            frame = self._items.popleft()
+            assert isinstance(frame, bytes)  # counted above
+            frames.append(frame)
+        return frames

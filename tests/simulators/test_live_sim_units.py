@@ -22,7 +22,7 @@ from callsim.live.audio import (
     split_chunks,
     tone_pcm16,
 )
-from callsim.live.model import split_transcript
+from callsim.live.model import ModelOptions, split_transcript
 from callsim.live.script import (
     Script,
     ScriptError,
@@ -360,6 +360,19 @@ def test_vad_ignores_short_clicks_and_flushes_on_stream_end() -> None:
     (end,) = vad.flush()
     assert isinstance(end, SpeechEnded)
     assert not vad.in_speech
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"answer_every_s": 0.0}, "answer_every_s must be positive"),
+        ({"answer_every_s": 1.5, "answer_s": 0.0}, "answer_s must be positive"),
+    ],
+)
+def test_scheduled_answer_options_are_checked(options: dict[str, float], message: str) -> None:
+    assert ModelOptions().answer_every_s is None  # off unless asked for
+    with pytest.raises(ValueError, match=message):
+        ModelOptions(**options)
 
 
 def test_split_transcript_keeps_the_text() -> None:

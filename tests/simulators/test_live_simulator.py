@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
 from callsim.live.audio import tone_pcm16
-from callsim.live.model import prompt_text_tokens
+from callsim.live.model import SCHEDULED_ANSWER, prompt_text_tokens
 from callsim.live.script import Script, Step, ToolCallSpec
 from callsim.live.server import LiveSimulator
 from callsim.live.voices import voice_pitch_hz
@@ -423,6 +423,35 @@ async def test_caller_audio_gets_transcribed_and_answered() -> None:
         assert [(e.kind, e.text) for e in history if e.kind == "model"] == [
             ("model", "Sure, one moment."),
             ("model", "I understand. Let me help you with that."),
+        ]
+
+
+async def test_scheduled_answers_follow_the_caller_audio_received_not_its_turns() -> None:
+    """With ``answer_every_s`` the model says ``answer_s`` of audio after every 0.5 s of caller
+    audio received, speech or not, one answer after the other: a caller who never stops is
+    neither an utterance nor a barge-in, and a declared handoff function is never called."""
+    async with (
+        fast_sim(answer_every_s=0.5, answer_s=0.3) as sim,
+        live(sim, config(tools=[HANDOFF])) as (session, inbox),
+    ):
+        await send_audio(session, speech(1.0) + silence(0.6))  # at once: three answers due
+        for _ in range(3):
+            await inbox.next(turn_complete)
+        await asyncio.sleep(0.1)  # nothing else follows
+        sent = [m for _, m in inbox.messages]
+        assert sum(turn_complete(m) for m in sent) == 3
+        assert len(audio(sent)) == 3 * 2 * round(0.3 * 24000)
+        assert not any(content(m).interrupted or m.tool_call or is_heard(m) for m in sent)
+        history = sim.sessions[1].history
+        assert [e.kind for e in history] == ["model"] * 3
+        assert [e.text for e in history] == [SCHEDULED_ANSWER] * 3
+        assert not any(e.interrupted for e in history)
+        record = sim.connections[0]
+        audio_at = record.sent_times("audio")
+        done_at = record.sent_times("turnComplete")
+        # In turn: each answer's audio ends before the next answer's audio starts.
+        assert [sum(t < end for t in audio_at) for end in done_at] == [
+            len(audio_at) // 3 * k for k in (1, 2, 3)
         ]
 
 

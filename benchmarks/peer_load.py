@@ -1,0 +1,654 @@
+"""Peer-comparable load benchmark: the workload an issue used to compare this gateway with pipecat.
+
+Run by hand (not a test)::
+
+    .venv/bin/python benchmarks/peer_load.py --calls 10,20,30,40,50 --duration 30
+    .venv/bin/python benchmarks/peer_load.py --gateway-root /path/to/older/checkout   # "before"
+    .venv/bin/python benchmarks/peer_load.py --calls 10,20,30 --capacity              # largest N
+
+The workload, as the issue describes pipecat 1.14's run on one 2-core machine: the same fake
+Gemini Live, a Twilio load generator sending caller audio every 20 ms for the whole call, the
+simulated model answering with 1 s of audio after every 1.5 s of caller audio it received, the
+gateway process pinned to one core. ``load.py`` measures a different workload (callers that
+speak in turns, handoffs under load); this one has no turns, no handoffs and no tools, so its
+figures can sit next to the peer's.
+
+- The gateway is its own ``gateway serve`` process (``--gateway-workers N`` > 1: ``gateway
+  serve --workers N``), pinned to ``--gateway-cpus``. It is started as ``PYTHONPATH=ROOT python
+  -m gateway serve`` in ROOT, this checkout or ``--gateway-root``'s, with its agents file and
+  call records in a temporary directory, and the modules it imports are checked to come from
+  ROOT: a "before" run measures only the old code.
+- The Live simulator (``callsim.live``, this process, uvloop) answers on a schedule
+  (``answer_every_s`` / ``answer_s``): independent of its VAD, so the caller who never stops is
+  never taken for a barge-in; model audio streams in 40 ms chunks at ``--speed`` times real
+  time, as Gemini's does. The caller processes (``--workers``, niced) share ``--load-cpus``
+  with it.
+- Each caller (``callsim.callers.twilio``) sends a tone at ``--caller-dbfs`` at its own pitch
+  in every 20 ms frame: every frame is real audio, and the pitch tells the calls' Live
+  sessions apart.
+
+Measured per level, all peers sharing CLOCK_MONOTONIC:
+
+- gateway CPU over the steady window (all callers connected), from /proc for the gateway
+  process and its children: % of one core, and ms of CPU per call-second;
+- added latency up: a caller frame's send → its arrival at the simulator (frames sent before
+  the call's Live connection was set up are held and replayed by the gateway: counted apart);
+- added latency down: the first audio chunk of each model answer leaving the simulator → the
+  first media message of that answer at the caller;
+- lost: caller frames that never reached the simulator; late: holes of ≤ 100 ms inside an
+  answer as the caller heard it (its playback ran dry);
+- RSS per call (peak over idle, over the process tree), the gateway's own event-loop lag p99
+  (``/metrics``), the load generators' CPU, and the media messages the gateway sent each call.
+
+"SLO met": p99 ≤ 5 ms added each way and nothing lost, late or violated; a second column says
+whether both p99s stayed under 20 ms (``load.py``'s bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import multiprocessing as mp
+import os
+import platform
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from load import (  # noqa: E402 -- load.py's helpers; it runs nothing at import
+    FRAME_S,
+    _cpu_s,
+    _cpus,
+    _free_port,
+    _gaps,
+    _histogram,
+    _load_cpu_s,
+    _machine,
+    _pct,
+    _quantile,
+    _turn_starts,
+    _voice_frames,
+    caller_hz,
+)
+
+from callsim.callers.audio import Silence, Tone, render  # noqa: E402
+from callsim.callers.twilio import TwilioCaller  # noqa: E402
+from callsim.live.server import LiveSimulator  # noqa: E402
+from gateway.audio.analysis import dominant_frequency, rms_dbfs  # noqa: E402
+from gateway.cli import _fast_loop  # noqa: E402
+
+VOICE = "Aoede"
+CALLER_NUMBER = "+1415555{:04d}"
+#: One agent, no greeting, no tools: the model speaks only on the simulator's schedule.
+AGENTS_YAML = f"""\
+model: gemini-2.5-flash-native-audio-preview-12-2025
+agents:
+  - id: agent
+    role: Assistant
+    system_prompt: Answer the caller.
+    voice: {VOICE}
+pipeline:
+  - phase: main
+    agent_id: agent
+    next: null
+"""
+SLO_P99_MS = 5.0
+RELAXED_P99_MS = 20.0
+#: Caller tones are 7 Hz apart from 1000 Hz (load.py's ``caller_hz``); keep them in the band.
+MAX_CALLS = 340
+#: Imports the gateway's main modules; prints the file each gateway or callsim module came from.
+_WHERE_FROM = """\
+import importlib, json, sys
+import gateway.cli
+for name in ("gateway.server", "gateway.web.app", "gateway.call.bridge"):  # where they exist
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass
+print(json.dumps({name: getattr(module, "__file__", None) for name, module in sys.modules.items()
+                  if name.split(".")[0] in ("gateway", "callsim")}))
+"""
+
+
+# ---------------------------------------------------------------------- callers (workers)
+
+
+def _worker(
+    url: str,
+    indexes: list[int],
+    total: int,
+    args: dict[str, float],
+    out: Any,
+) -> None:
+    """One caller process: runs its callers, sends back what each observed."""
+    os.nice(int(args["nice"]))  # callers yield to the simulator on their shared core
+
+    async def one(i: int) -> dict[str, Any]:
+        await asyncio.sleep(args["ramp"] * i / total)
+        tone = Tone(caller_hz(i), args["duration"], args["dbfs"])
+        result = await TwilioCaller(
+            url, audio=render([tone]), linger_s=0.2, from_number=CALLER_NUMBER.format(i)
+        ).run()
+        sent = [t for t, m in result.sent if m.get("event") == "media"]
+        media = [t for t, m in result.received if m.get("event") == "media"]
+        return {"index": i, "sent": sent, "media": media, "heard": result.heard_pcm(),
+                "violations": result.violations}  # fmt: skip
+
+    async def run() -> list[dict[str, Any]]:
+        return await asyncio.gather(*(one(i) for i in indexes))
+
+    with asyncio.Runner(loop_factory=_fast_loop()) as runner:
+        out.send(runner.run(run()))
+    out.close()
+
+
+# ---------------------------------------------------------------------- the gateway process
+
+
+def _gateway_env(root: Path) -> dict[str, str]:
+    """The environment without this checkout on the path: the gateway imports ``root``'s."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["PYTHONPATH"] = str(root)
+    return env
+
+
+def _check_root(root: Path) -> str:
+    """Fail unless ``root``'s gateway is what ``python -m gateway`` imports there; describe it."""
+    if not (root / "gateway" / "__main__.py").is_file():
+        sys.exit(f"--gateway-root {root}: no gateway/__main__.py there")
+    done = subprocess.run(
+        [sys.executable, "-c", _WHERE_FROM],
+        cwd=root,
+        env=_gateway_env(root),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        sys.exit(f"the gateway in {root} does not import:\n{done.stderr}")
+    files: dict[str, str | None] = json.loads(done.stdout)
+    foreign = sorted(f for f in files.values() if f and not Path(f).resolve().is_relative_to(root))
+    if foreign:
+        sys.exit(f"modules from outside {root} would be imported: {foreign[:5]}")
+    git = subprocess.run(
+        ["git", "-C", str(root), "log", "-1", "--format=%h %cs %s"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    dirty = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    commit = git.stdout.strip() or "not a git checkout"
+    commit = commit if len(commit) <= 60 else commit[:59] + "…"
+    return f"{root} ({commit}{', with local changes' if dirty.stdout.strip() else ''})"
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (``gateway serve --workers`` runs one process per worker)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        out.append(todo.pop())
+        todo += children.get(out[-1], [])
+    return out
+
+
+def _tree_cpu_s(pid: int) -> float:
+    total = 0.0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError, IndexError):  # exited meanwhile
+            total += _cpu_s(p)
+    return total
+
+
+def _tree_rss_mb(pid: int) -> float:
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
+
+
+# ---------------------------------------------------------------------- one level
+
+
+@dataclass
+class Level:
+    calls: int
+    up: list[float]
+    down: list[float]
+    #: Model answers sent to the calls; ``down`` has one sample per answer it could pair.
+    answers: int
+    replayed: int
+    lost: int
+    late: int
+    cpu_s: float
+    window_s: float
+    rss_mb_per_call: float
+    lag_p99_ms: float
+    load_cpu_pct: float
+    media_per_call_s: float
+    violations: int
+    unattributed: int
+
+    @property
+    def cpu_pct(self) -> float:
+        return self.cpu_s / self.window_s * 100
+
+    @property
+    def cpu_ms_per_call_s(self) -> float:
+        return self.cpu_s * 1000 / self.window_s / self.calls
+
+    def met(self, p99_ms: float, *, inclusive: bool) -> bool:
+        """p99 within ``p99_ms`` both ways, and nothing lost, late or violated."""
+        p99s = (_pct(self.up, 99), _pct(self.down, 99))
+        within = all((p <= p99_ms) if inclusive else (p < p99_ms) for p in p99s)
+        clean = self.lost == 0 and self.late == 0 and self.violations == 0
+        return within and clean and bool(self.up and self.down)
+
+    @property
+    def slo(self) -> bool:
+        return self.met(SLO_P99_MS, inclusive=True)
+
+    @property
+    def relaxed(self) -> bool:
+        return self.met(RELAXED_P99_MS, inclusive=False)
+
+
+async def run_level(n: int, args: argparse.Namespace, root: Path) -> Level:
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        async with LiveSimulator(
+            think_ms=args.think_ms,
+            setup_delay_ms=args.setup_delay_ms,
+            speed=args.speed,
+            answer_every_s=args.answer_every,
+            answer_s=args.answer_s,
+        ) as sim:
+            sim.tls.write_ca(tmp / "ca.pem")
+            (tmp / "agents.yaml").write_text(AGENTS_YAML)
+            port = _free_port()
+            env = {
+                **_gateway_env(root),
+                "GEMINI_API_KEY": "bench-key",
+                "GEMINI_BASE_URL": sim.base_url,
+                "SSL_CERT_FILE": str(tmp / "ca.pem"),
+                "AGENTS_FILE": str(tmp / "agents.yaml"),
+                "DATABASE_URL": f"sqlite:///{tmp / 'calls.db'}",  # not in the checkout
+                "LOG_LEVEL": "warning",
+                "MAX_CONCURRENT_CALLS": "10000",
+                "CARRIERS": "twilio",
+                "ALLOW_UNSIGNED_WEBHOOKS": "true",  # a benchmark, not a deployment
+                "OPENBLAS_NUM_THREADS": "1",
+            }
+            command = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1",
+                       "--port", str(port)]  # fmt: skip
+            if args.gateway_workers > 1:
+                # Only then: a checkout without --workers still runs the one-process levels.
+                command += ["--workers", str(args.gateway_workers)]
+                # A stream token must verify in whichever worker takes the stream.
+                env["GATEWAY_SECRET"] = secrets.token_hex(32)
+            log_path = Path(args.gateway_log) if args.gateway_log else tmp / "gateway.log"
+            gateway_cpus, load_cpus = _cpus(args.gateway_cpus), _cpus(args.load_cpus)
+            with log_path.open("ab") as log:
+                gateway = subprocess.Popen(  # noqa: ASYNC220 -- started once per level
+                    command, cwd=root, env=env, stderr=log,
+                    preexec_fn=(lambda: os.sched_setaffinity(0, gateway_cpus)) if gateway_cpus
+                    else None,
+                )  # fmt: skip
+            if load_cpus:
+                # The simulator (this process) and the caller workers (spawned later, they
+                # inherit it) stay off the gateway's cores.
+                os.sched_setaffinity(0, load_cpus)
+            try:
+                return await _drive(n, args, sim, gateway, f"http://127.0.0.1:{port}", log_path)
+            finally:
+                gateway.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(gateway.wait, 30)
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
+
+
+async def _wait_healthy(
+    http: httpx.AsyncClient, url: str, gateway: subprocess.Popen[bytes], log: Path
+) -> None:
+    for _ in range(400):
+        if gateway.poll() is not None:
+            sys.exit(f"the gateway exited with {gateway.returncode}:\n{_tail(log)}")
+        try:
+            if (await http.get(url + "/healthz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.05)
+    sys.exit("the gateway did not become healthy within 20 s")
+
+
+async def _lag_p99_ms(http: httpx.AsyncClient, url: str, workers: int, before: str | None) -> float:
+    """Loop lag p99 from ``/metrics``. One process: over the run (before → after). Several:
+    each scrape may reach another worker and none can be matched to an earlier one, so the
+    worst of a few scrapes over each worker's whole life (start-up included)."""
+    name = "gateway_event_loop_lag_seconds"
+    if workers == 1:
+        assert before is not None
+        after = (await http.get(url + "/metrics")).text
+        return _quantile(_histogram(before, name)[0], _histogram(after, name)[0], 0.99) * 1000
+    worst = float("nan")
+    async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as c:
+        for _ in range(4 * workers):
+            buckets = _histogram((await c.get(url + "/metrics")).text, name)[0]
+            zero = [(le, 0.0) for le, _ in buckets]
+            p99 = _quantile(zero, buckets, 0.99) * 1000
+            worst = p99 if np.isnan(worst) else max(worst, p99)
+    return worst
+
+
+async def _drive(
+    n: int,
+    args: argparse.Namespace,
+    sim: LiveSimulator,
+    gateway: subprocess.Popen[bytes],
+    url: str,
+    log: Path,
+) -> Level:
+    pid = gateway.pid
+    async with httpx.AsyncClient(timeout=10) as http:
+        await _wait_healthy(http, url, gateway, log)
+        if args.gateway_workers > 1:
+            await asyncio.sleep(1.0)  # the other workers
+        warm = await TwilioCaller(  # one answer through every path, before measuring
+            url, audio=render([Silence(2.0)]), linger_s=1.2, from_number=CALLER_NUMBER.format(9999)
+        ).run()
+        assert not warm.violations, warm.violations
+        await asyncio.sleep(0.5)
+        idle_rss = _tree_rss_mb(pid)
+        before = (await http.get(url + "/metrics")).text if args.gateway_workers == 1 else None
+
+        workers = max(1, min(args.workers, n))
+        job = {"ramp": args.ramp, "duration": args.duration, "dbfs": args.caller_dbfs,
+               "nice": args.nice}  # fmt: skip
+        pipes, procs = [], []
+        ctx = mp.get_context("spawn")
+        for w in range(workers):
+            receiver, sender = ctx.Pipe(duplex=False)
+            proc = ctx.Process(
+                target=_worker, args=(url, list(range(w, n, workers)), n, job, sender)
+            )
+            proc.start()
+            pipes.append(receiver)
+            procs.append(proc)
+        # Steady window: every caller connected, none finished.
+        await asyncio.sleep(args.ramp + 0.5)
+        cpu0, load0, t0 = _tree_cpu_s(pid), _load_cpu_s(procs), time.monotonic()
+        peak_rss = _tree_rss_mb(pid)
+        while time.monotonic() - t0 < max(2.0, args.duration - args.ramp - 2.0):
+            await asyncio.sleep(0.5)
+            peak_rss = max(peak_rss, _tree_rss_mb(pid))
+        cpu1, load1, t1 = _tree_cpu_s(pid), _load_cpu_s(procs), time.monotonic()
+        results: list[dict[str, Any]] = []
+        for receiver in pipes:
+            results += await asyncio.to_thread(receiver.recv)
+        for proc in procs:
+            proc.join()
+        await asyncio.sleep(1.0)
+        lag_p99_ms = await _lag_p99_ms(http, url, args.gateway_workers, before)
+    level = _analyse(n, sim, results, args.setup_delay_ms / 1000)
+    level.cpu_s, level.window_s = cpu1 - cpu0, t1 - t0
+    level.rss_mb_per_call = (peak_rss - idle_rss) / n
+    level.lag_p99_ms = lag_p99_ms
+    level.load_cpu_pct = (load1 - load0) / (t1 - t0) * 100
+    return level
+
+
+# ---------------------------------------------------------------------- analysis
+
+
+def _connections_by_caller(sim: LiveSimulator) -> dict[int, list[Any]]:
+    """Caller index → its Live connections, by the pitch of the caller's tone (0.2 s from its
+    first 0.1 s above line noise; the tone is quieter than ``load.py``'s speech, hence -45
+    dBFS)."""
+    by_session: dict[int, list[Any]] = {}
+    for conn in sim.connections:
+        if conn.session_id is not None:
+            by_session.setdefault(conn.session_id, []).append(conn)
+    out: dict[int, list[Any]] = {}
+    for conns in by_session.values():
+        audio = bytes(conns[0].audio_in)
+        loud = [i for i in range(0, len(audio) - 6400, 3200) if rms_dbfs(audio[i : i + 3200]) > -45]
+        if loud:
+            hz = dominant_frequency(audio[loud[0] : loud[0] + 6400], 16000)
+            out[round((hz - 1000.0) / 7.0)] = conns
+    return out
+
+
+def _analyse(n: int, sim: LiveSimulator, results: list[dict[str, Any]], setup_s: float) -> Level:
+    by_caller = _connections_by_caller(sim)
+    up: list[float] = []
+    down: list[float] = []
+    answers = replayed = lost = late = media = 0
+    for r in results:
+        conns = by_caller.get(r["index"], [])
+        arrivals = [t for c in conns for t, _ in c.audio_in_chunks]
+        lost += max(0, len(r["sent"]) - len(arrivals) - 3)  # ≤ 3 in flight at hang-up
+        # Frames sent before the call's Live connection was set up wait in the gateway and
+        # are replayed when it is: their wait is the connection's, not added latency.
+        ready = conns[0].opened_at + setup_s + 0.05 if conns else float("inf")
+        for sent_at, arrived in zip(r["sent"], arrivals, strict=False):
+            if sent_at < ready:
+                replayed += 1
+            else:
+                up.append((arrived - sent_at) * 1000)
+        heard_at = np.array(sorted(r["media"]))
+        starts = _turn_starts(conns)
+        answers += len(starts)
+        for start in starts:
+            j = int(np.searchsorted(heard_at, start))
+            # The answer's first media: the previous answer's last one is long gone (answers
+            # are answer_every_s apart and play in answer_s).
+            if j < len(heard_at) and (j == 0 or heard_at[j - 1] < start - 0.3):
+                down.append((heard_at[j] - start) * 1000)
+        late += _gaps(_voice_frames(r["heard"], voices=(VOICE,)))[1]
+        media += len(r["media"])
+    call_s = sum(len(r["sent"]) for r in results) * FRAME_S
+    return Level(
+        calls=n,
+        up=up,
+        down=down,
+        answers=answers,
+        replayed=replayed,
+        lost=lost,
+        late=late,
+        cpu_s=0.0,
+        window_s=1.0,
+        rss_mb_per_call=0.0,
+        lag_p99_ms=float("nan"),
+        load_cpu_pct=0.0,
+        media_per_call_s=media / call_s if call_s else 0.0,
+        violations=sum(len(r["violations"]) for r in results),
+        unattributed=sum(1 for r in results if r["index"] not in by_caller),
+    )
+
+
+# ---------------------------------------------------------------------- output
+
+HEADER = (
+    "| calls | gateway CPU % of a core | CPU ms per call-second | added up ms p50 / p99 | "
+    "added down ms p50 / p99 (answers) | lost | late | RSS MB/call | loop lag p99 ms | "
+    "load gen. CPU % | media msgs down per call-s | SLO met (p99 ≤ 5 ms) | p99 < 20 ms |\n|"
+    + "---|"
+    * 13
+)
+PEER_HEADER = (
+    "| calls | gateway CPU % of a core (ms of CPU per call-second) | added latency down "
+    "(model → caller) ms p50 / p99 |\n|---|---|---|"
+)
+
+
+def _p50_p99(xs: list[float]) -> str:
+    return f"{_pct(xs, 50):.1f} / {_pct(xs, 99):.1f}"
+
+
+def _row(v: Level) -> str:
+    return (
+        f"| {v.calls} | {v.cpu_pct:.1f} | {v.cpu_ms_per_call_s:.1f} | {_p50_p99(v.up)} | "
+        f"{_p50_p99(v.down)} ({len(v.down)}/{v.answers}) | {v.lost} | {v.late} | "
+        f"{v.rss_mb_per_call:.2f} | ≤{v.lag_p99_ms:.0f} | {v.load_cpu_pct:.0f} | "
+        f"{v.media_per_call_s:.1f} | {'yes' if v.slo else 'no'} | "
+        f"{'yes' if v.relaxed else 'no'} |"
+    )
+
+
+def _peer_row(v: Level) -> str:
+    return f"| {v.calls} | {v.cpu_pct:.1f} ({v.cpu_ms_per_call_s:.1f}) | {_p50_p99(v.down)} |"
+
+
+def _largest(levels: list[Level], ok: str) -> int | None:
+    """The largest N met with every smaller level run also met (noise above a miss is no
+    capacity)."""
+    best = None
+    for level in sorted(levels, key=lambda v: v.calls):
+        if not getattr(level, ok):
+            break
+        best = level.calls
+    return best
+
+
+def _calls_to_run(args: argparse.Namespace) -> list[int]:
+    calls = [int(x) for x in args.calls.split(",") if x.strip()]
+    if not calls or min(calls) < 1 or max(calls) > MAX_CALLS:
+        sys.exit(f"--calls: between 1 and {MAX_CALLS} (the callers' tones must stay in band)")
+    return calls
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", default="10,20,30,40,50", help="levels, comma-separated")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds per call")
+    parser.add_argument("--ramp", type=float, default=3.0, help="callers start over this long")
+    parser.add_argument("--workers", type=int, default=2, help="caller processes")
+    parser.add_argument("--nice", type=int, default=10, help="niceness of the caller processes")
+    parser.add_argument(
+        "--gateway-workers", type=int, default=1, help="N > 1: gateway serve --workers N"
+    )
+    parser.add_argument("--gateway-root", help="run the gateway of this checkout (default: ours)")
+    parser.add_argument("--gateway-cpus", default="0", help="CPUs of the gateway ('' = any)")
+    parser.add_argument("--load-cpus", default="1", help="CPUs of the simulator and callers")
+    parser.add_argument("--gateway-log", help="append the gateway's stderr (logs) to this file")
+    parser.add_argument("--speed", type=float, default=2.0, help="model audio vs real time")
+    parser.add_argument("--think-ms", type=int, default=150, help="before each answer's audio")
+    parser.add_argument("--setup-delay-ms", type=int, default=100, help="Live session set-up")
+    parser.add_argument("--answer-every", type=float, default=1.5, help="s of caller audio")
+    parser.add_argument("--answer-s", type=float, default=1.0, help="s of model audio")
+    parser.add_argument("--caller-dbfs", type=float, default=-30.0, help="the callers' tone")
+    parser.add_argument(
+        "--capacity",
+        action="store_true",
+        help="go on past --calls by --capacity-step until the SLO fails; print the largest N",
+    )
+    parser.add_argument("--capacity-step", type=int, default=10)
+    parser.add_argument(
+        "--max-calls", type=int, default=MAX_CALLS, help="--capacity stops here at the latest"
+    )
+    return parser.parse_args()
+
+
+async def main(args: argparse.Namespace, root: Path) -> None:
+    calls = _calls_to_run(args)
+    where = await asyncio.to_thread(_check_root, root)
+    gateway_cpus = _cpus(args.gateway_cpus)
+    cores = len(gateway_cpus) or os.cpu_count() or 1
+    serve = f"--workers {args.gateway_workers}" if args.gateway_workers > 1 else "(one process)"
+
+    print(f"machine: {_machine()}; Python {platform.python_version()}; "
+          f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")  # fmt: skip
+    print(f"command: {' '.join(sys.argv)}")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"gateway: {where}; `gateway serve` {serve} on CPUs "
+          f"{args.gateway_cpus or 'any'}; simulator and {args.workers} caller processes "
+          f"(nice {args.nice}) on CPUs {args.load_cpus or 'any'}")  # fmt: skip
+    print(f"Live simulator: {args.answer_s:g} s of audio after every {args.answer_every:g} s of "
+          f"caller audio received, think {args.think_ms} ms, setup {args.setup_delay_ms} ms, "
+          f"audio at {args.speed:g}x real time in 40 ms chunks")  # fmt: skip
+    print(
+        f"callers: Twilio, a {args.caller_dbfs:g} dBFS tone in every 20 ms frame for "
+        f"{args.duration:g} s, started over {args.ramp:g} s; CPU over the steady window"
+    )
+    print(flush=True)
+
+    levels: list[Level] = []
+    todo = list(calls)
+    while todo:
+        n = todo.pop(0)
+        print(f"  running {n} calls…", file=sys.stderr, flush=True)
+        level = await run_level(n, args, root)
+        levels.append(level)
+        print(f"  {_row(level)}", file=sys.stderr, flush=True)
+        if level.unattributed:
+            print(f"  warning: {level.unattributed} calls not found at the simulator",
+                  file=sys.stderr)  # fmt: skip
+        if args.capacity:
+            if not level.relaxed:
+                break  # both SLOs have failed: nothing above is capacity
+            if not todo and n + args.capacity_step <= min(args.max_calls, MAX_CALLS):
+                todo.append(n + args.capacity_step)
+
+    print(HEADER)
+    for level in levels:
+        print(_row(level))
+    print("\nIn the issue's format:\n")
+    print(PEER_HEADER)
+    for level in levels:
+        print(_peer_row(level))
+    print()
+    if args.capacity:
+        for label, ok in (("p99 ≤ 5 ms, nothing lost or late", "slo"),
+                          ("p99 < 20 ms, nothing lost or late", "relaxed")):  # fmt: skip
+            best = _largest(levels, ok)
+            if best is None:
+                print(f"capacity ({label}): not met at {min(v.calls for v in levels)} calls")
+                continue
+            # Every level run met it: the search stopped at --max-calls, not at a failure.
+            floor = "at least " if best == max(v.calls for v in levels) else ""
+            print(f"capacity ({label}): {floor}{best} calls, {best / cores:.1f} calls per core "
+                  f"({cores} gateway core{'s' if cores > 1 else ''})")  # fmt: skip
+        print()
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+
+
+if __name__ == "__main__":
+    arguments = _arguments()
+    gateway_root = Path(arguments.gateway_root).resolve() if arguments.gateway_root else ROOT
+    with asyncio.Runner(loop_factory=_fast_loop()) as runner:
+        runner.run(main(arguments, gateway_root))
