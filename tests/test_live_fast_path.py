@@ -17,8 +17,14 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosedOK
 
 from gateway.live import fast_path
-from gateway.live.fast_path import INPUT_MIME, model_audio, realtime_audio_message
-from gateway.live.session import _AudioTap
+from gateway.live.fast_path import (
+    INPUT_MIME,
+    model_audio,
+    model_transcript,
+    realtime_audio_message,
+)
+from gateway.live.session import _AudioTap, _translate
+from gateway.model.events import AgentTranscript, AudioOut, CallerTranscript
 
 
 class _CapturingSocket:
@@ -225,3 +231,58 @@ async def test_the_tap_also_serves_an_sdk_that_iterates_the_socket() -> None:
     frames = ['{"unknown": 1}', '{"serverContent": {"turnComplete": true}}']
     tap = _AudioTap(_ScriptedSocket(frames), 1, asyncio.Queue(), structlog.get_logger("t"))
     assert [frame async for frame in tap] == [frames[1]]
+
+
+def _transcript_message(field: str, text: str, **extra: Any) -> bytes:
+    return json.dumps({"serverContent": {field: {"text": text, **extra}}}).encode()
+
+
+@given(st.sampled_from(["inputTranscription", "outputTranscription"]), st.text(min_size=1))
+async def test_a_transcription_takes_the_fast_path_and_reads_as_through_the_sdk(
+    field: str, text: str
+) -> None:
+    raw = _transcript_message(field, text)
+    fast = model_transcript(raw)
+    assert fast is not None, "a plain transcription must take the fast path"
+    (event,) = _translate(await _sdk_parse(raw))
+    speaker, fast_text = fast
+    expected = CallerTranscript if speaker == "caller" else AgentTranscript
+    assert event == expected(fast_text)
+    assert model_transcript(raw.decode()) == fast
+
+
+async def test_transcriptions_with_anything_else_are_left_to_the_sdk() -> None:
+    for raw in [
+        _transcript_message("outputTranscription", "hi", finished=True),
+        _transcript_message("outputTranscription", ""),
+        json.dumps({"serverContent": {"outputTranscription": {"text": "a"},
+                                      "turnComplete": True}}).encode(),
+        json.dumps({"serverContent": {"outputTranscription": {"text": "a"}},
+                    "usageMetadata": {}}).encode(),
+        json.dumps({"serverContent": {"outputTranscription": {"text": 5}}}).encode(),
+        json.dumps({"serverContent": {"outputTranscription": "text"}}).encode(),
+        json.dumps({"serverContent": {"otherTranscription": {"text": "a"}}}).encode(),
+        b"{not json Transcription",
+    ]:  # fmt: skip
+        assert model_transcript(raw) is None, raw
+    # and the SDK still reads what was left to it
+    raw = _transcript_message("outputTranscription", "hi", finished=True)
+    assert _translate(await _sdk_parse(raw)) == [AgentTranscript("hi")]
+
+
+async def test_the_tap_queues_transcriptions_in_order_with_the_audio() -> None:
+    frames = [
+        _audio_message([b"\x01\x02"]).decode(),
+        _transcript_message("outputTranscription", "Hel").decode(),
+        _transcript_message("inputTranscription", "yes").decode(),
+        '{"serverContent": {"turnComplete": true}}',
+    ]
+    events: asyncio.Queue[Any] = asyncio.Queue()
+    tap = _AudioTap(_ScriptedSocket(frames), 7, events, structlog.get_logger("t"))
+    assert await tap.recv() == frames[3]
+    queued = [events.get_nowait() for _ in range(events.qsize())]
+    assert queued == [
+        (7, AudioOut(b"\x01\x02")),
+        (7, AgentTranscript("Hel")),
+        (7, CallerTranscript("yes")),
+    ]

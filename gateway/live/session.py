@@ -39,7 +39,12 @@ from gateway.audio.transcode import PCM16_16K, PCM16_24K
 from gateway.audio.vad import voiced
 from gateway.live import fast_path
 from gateway.live.config import live_config
-from gateway.live.fast_path import INPUT_MIME, model_audio, realtime_audio_message
+from gateway.live.fast_path import (
+    INPUT_MIME,
+    model_audio,
+    model_transcript,
+    realtime_audio_message,
+)
 from gateway.live.machine import Dial, End, Opening, Policy, Recover, Sent, SessionMachine
 from gateway.model.events import (
     AgentTranscript,
@@ -486,8 +491,8 @@ def _usage(usage: types.UsageMetadata) -> UsageReported:
 class _AudioTap:
     """Stands in for the SDK session's websocket and takes model-audio messages off the top.
 
-    The SDK's receive loop calls ``recv``; every message that is only model audio is turned
-    into an :class:`AudioOut` here and queued, a frame with no top-level key the SDK knows
+    The SDK's receive loop calls ``recv``; every message that is only model audio (or only a
+    piece of transcription) is turned into its event here and queued, a frame with no top-level key the SDK knows
     (which would make it raise) is skipped, and everything else is handed to the SDK unchanged,
     in order, so the events of one connection keep their order. Everything but ``recv`` is the
     real socket's (``send``, ``close``, the close code the SDK reads on errors).
@@ -515,6 +520,10 @@ class _AudioTap:
             pcm = model_audio(raw)
             if pcm is not None:
                 await self._events.put((self._generation, AudioOut(pcm)))
+            elif (transcript := model_transcript(raw)) is not None:
+                speaker, text = transcript
+                event = CallerTranscript(text) if speaker == "caller" else AgentTranscript(text)
+                await self._events.put((self._generation, event))
             elif fast_path.understood(raw):
                 return raw
             elif not self._warned:
