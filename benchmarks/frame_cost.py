@@ -6,8 +6,11 @@ Run by hand (not a test; ~1 min on 2 cores, most of it timing):
     PYTHONPATH=. .venv/bin/python benchmarks/frame_cost.py --quick     # fewer repetitions
 
 It measures whichever ``gateway`` package is imported (the header names its folder), so the same
-script times an older revision too: ``git archive REV gateway | tar -x -C /tmp/old`` and run it
-with ``PYTHONPATH=/tmp/old``.
+script times an older revision too. ``--compare`` does that for several at once, each in a
+process of its own, alternating, and prints one column per revision:
+
+    git archive REV gateway | mkdir -p /tmp/old && tar -x -C /tmp/old
+    .venv/bin/python benchmarks/frame_cost.py --compare before=/tmp/old after=.
 
 Why this exists next to ``audio_resamplers.py`` and ``audio_quality.py``: those time a resampler
 alone, fed one tone frame over and over. The gateway pays for the whole transcoder of each
@@ -37,8 +40,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -284,16 +291,64 @@ def machine_info() -> str:
     )
 
 
+_ROW = re.compile(r"^\| (.+?) \| (uplink|downlink) \| ([0-9.]+) \|$")
+
+
+def compare(trees: list[tuple[str, str]], runs: int, child_args: list[str]) -> None:
+    """Time each tree in a process of its own, ``runs`` times in alternating order; best per row.
+
+    Alternating spreads the machine's load over all trees, and each child is the very same
+    script, so a before/after table differs only in the ``gateway`` it imported.
+    """
+    best: dict[tuple[str, str], dict[str, float]] = {}
+    for run in range(runs):
+        for label, folder in trees if run % 2 == 0 else trees[::-1]:
+            env = {**os.environ, "PYTHONPATH": folder}
+            child = [sys.executable, __file__, *child_args]
+            output = subprocess.run(child, env=env, capture_output=True, text=True, check=True)
+            for line in output.stdout.splitlines():
+                if match := _ROW.match(line):
+                    figures = best.setdefault((match[1], match[2]), {})
+                    figures[label] = min(figures.get(label, math.inf), float(match[3]))
+    labels = [label for label, _ in trees]
+    print(f"best of {runs} alternating runs of each: {', '.join(f'{n}={f}' for n, f in trees)}\n")
+    print(f"| path | direction | {' | '.join(labels)} | change |")
+    print(f"|---|---|{'---:|' * len(labels)}---:|")
+    for (name, direction), figures in best.items():
+        first, last = figures[labels[0]], figures[labels[-1]]
+        cells = " | ".join(f"{figures[label]:.2f}" for label in labels)
+        print(f"| {name} | {direction} | {cells} | {100 * (last / first - 1):+.0f} % |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and frames")
     parser.add_argument("--frames", type=int, default=2000, help="20 ms frames per round")
     parser.add_argument("--rounds", type=int, default=15, help="rounds; the best one counts")
     parser.add_argument("--chunk-ms", type=int, default=20, help="model audio chunk (20 or 40)")
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="LABEL=DIR",
+        help="time the gateway package in each DIR instead (a folder holding gateway/)",
+    )
+    parser.add_argument("--runs", type=int, default=4, help="with --compare: runs of each DIR")
     args = parser.parse_args()
     if args.chunk_ms % FRAME_MS:
         parser.error(f"--chunk-ms must be a multiple of {FRAME_MS}")
     frames_per_round, rounds = (500, 5) if args.quick else (args.frames, args.rounds)
+    if args.compare:
+        trees = [item.partition("=") for item in args.compare]
+        if not all(label and sep and folder for label, sep, folder in trees):
+            parser.error("--compare takes LABEL=DIR items")
+        child_args = ["--frames", str(frames_per_round), "--rounds", str(rounds)]
+        print(machine_info().rsplit("\n", 1)[0])  # the children name no gateway of their own
+        compare(
+            [(label, folder) for label, _, folder in trees],
+            args.runs,
+            [*child_args, "--chunk-ms", str(args.chunk_ms)],
+        )
+        return
     print(machine_info())
     print(
         f"best of {rounds} rounds x {frames_per_round} frames, model chunks of {args.chunk_ms} ms\n"
