@@ -25,7 +25,7 @@ Design choices:
   ``(J*P, B)`` matrix. Per 20 ms frame that is one small ``np.dot`` whose operand copy is at most
   2.4k doubles, instead of a ~30k-double Toeplitz copy (~10 µs) for the naive one-row-per-output
   form. With the int16 conversions a call is six numpy calls (eight while clamping, below):
-  5.2 / 6.1 / 6.6 µs per 20 ms frame of speech for the 8->16, 24->8 and 24->16 kHz presets on a
+  5.1 / 6.2 / 6.7 µs per 20 ms frame of speech for the 8->16, 24->8 and 24->16 kHz presets on a
   2-core AMD EPYC VM, of which the matmul is 2-3 µs (``benchmarks/frame_cost.py``; the rest is
   numpy's per-call overhead, which is why the calls are few).
 * **Clamping only when it can matter.** An output can leave int16 only if its window holds an
