@@ -1,6 +1,6 @@
 """CPU per 20 ms frame of every transcoder path a call uses, as the call bridge drives it.
 
-Run by hand (not a test; ~1 min on 2 cores, most of it timing):
+Run by hand (not a test; ~10 s, or ~1.5 min for a ``--compare`` of three revisions):
 
     PYTHONPATH=. .venv/bin/python benchmarks/frame_cost.py             # markdown table
     PYTHONPATH=. .venv/bin/python benchmarks/frame_cost.py --quick     # fewer repetitions
@@ -9,7 +9,7 @@ It measures whichever ``gateway`` package is imported (the header names its fold
 script times an older revision too. ``--compare`` does that for several at once, each in a
 process of its own, alternating, and prints one column per revision:
 
-    git archive REV gateway | mkdir -p /tmp/old && tar -x -C /tmp/old
+    mkdir -p /tmp/old && git archive REV gateway | tar -x -C /tmp/old
     .venv/bin/python benchmarks/frame_cost.py --compare before=/tmp/old after=.
 
 Why this exists next to ``audio_resamplers.py`` and ``audio_quality.py``: those time a resampler
@@ -30,7 +30,7 @@ The audio is speech-like, not zeros or one tone: a voice with a wandering pitch 
 formants, syllables, fricative noise and pauses with line noise, so the codecs see the values and
 the voice check sees both answers that a call gives them (see ``speech_like``).
 
-Timing: each path streams ``--frames`` frames (one pass over 10 s of audio, repeated) per round,
+Timing: each path streams ``--frames`` frames (cycling over 10 s of audio) per round,
 round-robin over all paths so that a burst of load from the machine's other users hits them all
 alike; the figure is the best round, in process CPU time (time the process was descheduled is not
 counted). The transcoder keeps its state across rounds like a long call.
