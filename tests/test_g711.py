@@ -103,3 +103,13 @@ def test_pcm16_rms_matches_the_textbook_definition(pcm: bytes) -> None:
     samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
     expected = float(np.sqrt(np.mean(samples * samples))) if samples.size else 0.0
     assert abs(g711.pcm16_rms(pcm) - expected) <= 1.0
+
+
+@given(st.binary(min_size=0, max_size=1281))
+def test_pcm16_peak_is_the_largest_magnitude(pcm: bytes) -> None:
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.int64)
+    assert g711.pcm16_peak(pcm) == (int(np.abs(samples).max()) if samples.size else 0)
+
+
+def test_pcm16_peak_of_the_most_negative_sample_is_32768() -> None:
+    assert g711.pcm16_peak(struct.pack("<3h", 5, -32768, 32767)) == 32768

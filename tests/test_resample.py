@@ -25,6 +25,9 @@ from gateway.audio.resample import (
     model_to_telephone,
     model_to_wideband,
     telephone_to_model,
+    telephone_to_model_24k,
+    wideband_to_model_24k,
+    wideband_to_telephone,
 )
 
 Factory = Callable[[], StreamResampler]
@@ -33,6 +36,13 @@ PRESETS = [
     pytest.param(telephone_to_model, id="8k-16k"),
     pytest.param(model_to_telephone, id="24k-8k"),
     pytest.param(model_to_wideband, id="24k-16k"),
+]
+#: Every preset the call path uses (the tests of the shared machinery that need no per-preset spec).
+ALL_PRESETS = [
+    *PRESETS,
+    pytest.param(telephone_to_model_24k, id="8k-24k"),
+    pytest.param(wideband_to_model_24k, id="16k-24k"),
+    pytest.param(wideband_to_telephone, id="16k-8k"),
 ]
 DELAY_BUDGET_MS = {telephone_to_model: 3.5, model_to_telephone: 5.0, model_to_wideband: 5.0}
 PASSBAND_TOP_HZ = {telephone_to_model: 3400, model_to_telephone: 3400, model_to_wideband: 7000}
@@ -135,6 +145,71 @@ def test_full_scale_overshoot_clips_instead_of_wrapping(factory: Factory) -> Non
     assert out.max() == 32767  # Gibbs overshoot reached the rail ...
     assert out.min() == -32768
     assert np.array_equal(out, _direct_form(resampler, square.astype(np.int16)))  # ... and held
+
+
+@pytest.mark.parametrize("factory", ALL_PRESETS)
+def test_quiet_peak_is_the_largest_input_that_cannot_clip(factory: Factory) -> None:
+    """For each output phase, the input that drives it hardest (every sample at the peak, with
+    the sign of its tap): at ``quiet_peak`` no phase leaves int16, one step louder one could."""
+    resampler = factory()
+    up, down, peak = resampler.up, resampler.down, resampler.quiet_peak
+    n = 4 * resampler.taps.size
+    worst = 0.0
+    for phase in range(up):
+        m = up * (n * up // down // up - 1) + phase  # late enough to see every tap
+        taps_at = m * down - np.arange(n) * up  # the tap each input sample meets
+        valid = (taps_at >= 0) & (taps_at < resampler.taps.size)
+        signs = np.sign(resampler.taps[np.clip(taps_at, 0, resampler.taps.size - 1)])
+        x = np.where(valid, peak * signs, 0).astype(np.int16)
+        stuffed = np.zeros(n * up)
+        stuffed[::up] = x
+        value = float(np.convolve(stuffed, resampler.taps)[m * down])
+        worst = max(worst, abs(value))
+        out = np.frombuffer(resampler.process(x.tobytes()), dtype="<i2")
+        assert np.array_equal(out, _direct_form(resampler, x)[: out.size])
+        resampler.reset()
+    assert 32767 - worst / peak < worst <= 32767
+
+
+@pytest.mark.parametrize("factory", ALL_PRESETS)
+@pytest.mark.parametrize("polarity", [1, -1])
+def test_a_loud_frame_is_still_clamped_in_the_frames_after_it(
+    factory: Factory, polarity: int
+) -> None:
+    """Outputs owed from the end of a loud 20 ms frame come out with the next frame's."""
+    resampler = factory()
+    frame = resampler.in_rate // 50
+    square = np.where(np.arange(frame) // 5 % 2, 32767, -32768) * polarity
+    x = np.concatenate((np.zeros(frame), np.clip(square, -32768, 32767), np.zeros(3 * frame)))
+    x = x.astype(np.int16)
+    out = b"".join(resampler.process(x[i : i + frame].tobytes()) for i in range(0, x.size, frame))
+    assert np.array_equal(np.frombuffer(out, dtype="<i2"), _direct_form(resampler, x))
+
+
+@pytest.mark.parametrize("factory", ALL_PRESETS)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_clamping_follows_loud_chunks_however_the_stream_is_cut(
+    factory: Factory, data: st.DataObject
+) -> None:
+    """The clamps run only while samples of a chunk louder than ``quiet_peak`` are in the filter's
+    window. Quiet noise at up to ``quiet_peak`` with full-scale square bursts (whose overshoot
+    clips), cut at random: the output still equals the clipped direct form sample for sample."""
+    resampler = factory()
+    n = data.draw(st.integers(1, 3000), label="samples")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    x = rng.integers(-resampler.quiet_peak, resampler.quiet_peak + 1, n)
+    bursts = st.tuples(st.integers(0, n - 1), st.integers(1, 300))
+    for start, length in data.draw(st.lists(bursts, max_size=4), label="bursts"):
+        span = x[start : start + length]
+        span[:] = np.where(np.arange(span.size) // 7 % 2, 32767, -32768)
+    pcm = x.astype("<i2").tobytes()
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(pcm)), max_size=12), label="cuts"))
+    out = b"".join(
+        resampler.process(pcm[a:b]) for a, b in zip([0, *cuts], [*cuts, len(pcm)], strict=True)
+    )
+    reference = _direct_form(resampler, x.astype(np.int16))
+    assert np.array_equal(np.frombuffer(out, dtype="<i2"), reference[: len(out) // 2])
 
 
 @pytest.mark.parametrize("factory", PRESETS)

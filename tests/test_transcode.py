@@ -16,6 +16,7 @@ from gateway.audio.resample import model_to_wideband
 from gateway.audio.transcode import (
     G722_16K,
     L16_16K,
+    PCM16_24K,
     PCMA_8K,
     PCMU_8K,
     AudioFormat,
@@ -102,6 +103,45 @@ def test_downlink_returns_only_whole_frames(fmt: AudioFormat, chunks: list[int])
     frames += downlink.flush()
     assert all(len(frame) == fmt.frame_bytes for frame in frames)
     assert downlink.pending_bytes == 0
+
+
+DOWNLINKS = [
+    pytest.param(fmt, model, id=f"{fmt}<-{model}")
+    for fmt, model in [
+        (PCMU_8K, PCM16_24K),
+        (PCMA_8K, PCM16_24K),
+        (L16_16K, PCM16_24K),
+        (LITTLE_L16, PCM16_24K),
+        (G722_16K, PCM16_24K),
+        (PCM16_24K, PCM16_24K),
+        (PCMU_8K, PCMU_8K),
+        (PCMA_8K, PCMA_8K),
+    ]
+]
+#: Chunk sizes in 20 ms frames of the model's audio (0 means an arbitrary byte count).
+WHOLE_OR_ANY = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3001)), min_size=1, max_size=12)
+
+
+@pytest.mark.parametrize(("fmt", "model"), DOWNLINKS)
+@settings(max_examples=40, deadline=None)
+@given(chunks=WHOLE_OR_ANY)
+def test_downlink_frames_do_not_depend_on_chunking(
+    fmt: AudioFormat, model: AudioFormat, chunks: list[tuple[int, int]]
+) -> None:
+    """Whole-frame chunks (cut straight into frames when nothing waits) mixed with any byte
+    counts (buffered) give the frames of the whole stream fed at once."""
+    sizes = [frames * model.frame_bytes if frames else size for frames, size in chunks]
+    audio = _noise(sum(sizes), seed=12) if model == PCM16_24K else bytes(range(256)) * 150
+    audio = audio[: sum(sizes)]
+    downlink, whole = downlink_for(fmt, model), downlink_for(fmt, model)
+    frames, pos = [], 0
+    for size in sizes:
+        frames += downlink.feed(audio[pos : pos + size])
+        assert downlink.pending_bytes < fmt.frame_bytes
+        pos += size
+    frames += downlink.flush()
+    assert all(isinstance(frame, bytes) and len(frame) == fmt.frame_bytes for frame in frames)
+    assert frames == whole.feed(audio) + whole.flush()
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

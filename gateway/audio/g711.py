@@ -68,6 +68,17 @@ def pcm16_byteswap(pcm: bytes) -> bytes:
     return audioop.byteswap(_whole_samples(pcm), 2)
 
 
+def pcm16_peak(pcm: bytes) -> int:
+    """Largest absolute sample value of PCM16LE audio (0..32768); a trailing odd byte is ignored.
+
+    Here for the same reason as ``pcm16_rms``: the resampler asks this of every chunk to know
+    whether its output can leave the int16 range, and ``audioop.max`` answers in ~0.1 µs where
+    the two numpy clamps it saves cost ~0.9 µs.
+    """
+    pcm = _whole_samples(pcm)
+    return int(audioop.max(audioop.byteswap(pcm, 2) if _SWAP else pcm, 2))
+
+
 def pcm16_rms(pcm: bytes) -> int:
     """Root-mean-square level of PCM16LE audio (0..32767); a trailing odd byte is ignored.
 

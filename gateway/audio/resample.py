@@ -24,9 +24,15 @@ Design choices:
   superblocks of history and input, rows overlapping by ``(J-1)*P``) times one precomputed
   ``(J*P, B)`` matrix. Per 20 ms frame that is one small ``np.dot`` whose operand copy is at most
   2.4k doubles, instead of a ~30k-double Toeplitz copy (~10 µs) for the naive one-row-per-output
-  form. With the int16 conversions a call is nine numpy calls: measured 9 / 11 / 12 µs per 20 ms
-  frame for the three presets (8->16, 24->8, 24->16 kHz) on a 2-core AMD EPYC VM, of which the
-  matmul is 3 / 4.6 / 5 µs.
+  form. With the int16 conversions a call is six numpy calls (eight while clamping, below):
+  5.1 / 6.2 / 6.7 µs per 20 ms frame of speech for the 8->16, 24->8 and 24->16 kHz presets on a
+  2-core AMD EPYC VM, of which the matmul is 2-3 µs (``benchmarks/frame_cost.py``; the rest is
+  numpy's per-call overhead, which is why the calls are few).
+* **Clamping only when it can matter.** An output can leave int16 only if its window holds an
+  input louder than ``quiet_peak`` (32767 over the largest sum of |coefficients| of one output,
+  -8.6 to -6.7 dBFS for the presets). ``audioop.max`` of each chunk (~0.1 µs) marks how far into
+  the buffer a loud chunk reaches, and a call whose windows all start beyond that skips the two
+  clamps (~0.9 µs). The output is the same as clamping every time; only the work differs.
 * **Causal, no trimming.** ``process`` emits every output sample whose inputs have arrived (it holds
   back fewer than M input samples), so the output stream is the input delayed by ``delay_ms`` —
   exactly what cross-correlation measures. ``flush`` then pushes zeros through the filter so the
@@ -46,6 +52,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from gateway.audio import g711
+
 Float64Array = npt.NDArray[np.float64]
 
 TAP_FRACTION_BITS: Final = 24
@@ -53,6 +61,10 @@ TAP_FRACTION_BITS: Final = 24
 
 _INT16_MIN: Final = -32768.0
 _INT16_MAX: Final = 32767.0
+_PCM16: Final = np.dtype("<i2")  # a dtype object: parsing "<i2" costs ~0.3 µs per call
+# 0-d arrays, not Python floats: NumPy 2 converts a Python scalar operand on every ufunc call.
+_CLAMP_LOW: Final = np.array(_INT16_MIN)
+_CLAMP_HIGH: Final = np.array(_INT16_MAX)
 _FLOAT64_BYTES: Final = 8
 
 # Spare room (in input samples) allocated beyond the filter history. Compaction then happens
@@ -62,8 +74,9 @@ _BUFFER_SLACK: Final = 4096
 # Superblock sizing. Cost per output of the block-Toeplitz form is modelled as
 #   J*P * (B + _COPY_WEIGHT) / B
 # (J*P*B MACs per row plus a per-row charge for the overlapping-row copy and small-gemm overhead).
-# _COPY_WEIGHT is fitted: with 8 the model picks G = 10 / 20 / 10 for the three presets, which a
-# sweep over G in 4..32 measured within 3% of the fastest choice (9.0 / 11.2 / 11.7 µs per frame).
+# _COPY_WEIGHT is fitted: with 8 the model picks G = 8 / 20 / 10 for 8->16, 24->8 and 24->16 kHz.
+# A sweep over every G that divides a 20 ms frame, re-run after the clamp gate, measured those
+# within 6% of the fastest choice (5.1 / 6.2 / 6.9 µs against 5.1 / 6.0 / 6.5 µs per frame).
 _COPY_WEIGHT: Final = 8.0
 _MAX_GROUP: Final = 32
 
@@ -131,6 +144,7 @@ class _Design:
     group: int  # G: M-sample input blocks per superblock
     span: int  # J: superblocks in one window (J - 1 of them history)
     matrix: Float64Array  # (J * G * M, G * L) block-Toeplitz polyphase coefficients
+    quiet_peak: int  # inputs no louder than this cannot drive an output beyond int16
 
 
 def _blocks_spanned(num_taps: int, up: int, down: int) -> int:
@@ -196,6 +210,11 @@ def _design(
     frame_blocks = in_rate // 50 // down if in_rate % (50 * down) == 0 else 1
     group = _choose_group(_blocks_spanned(taps.size, up, down), up, frame_blocks)
     matrix = _polyphase_matrix(taps, up, down, group)
+    # |output| <= peak * (largest sum of |coefficients| over one output); exact in float64.
+    gain = float(np.abs(matrix).sum(axis=0).max())
+    quiet_peak = int(_INT16_MAX // gain)
+    while quiet_peak * gain > _INT16_MAX:  # guard against the division rounding up
+        quiet_peak -= 1
     taps.setflags(write=False)
     matrix.setflags(write=False)
     return _Design(
@@ -206,6 +225,7 @@ def _design(
         group=group,
         span=matrix.shape[0] // (group * down),
         matrix=matrix,
+        quiet_peak=quiet_peak,
     )
 
 
@@ -227,9 +247,11 @@ class StreamResampler:
         "_fill",
         "_history",
         "_in_rate",
+        "_loud_end",
         "_matrix",
         "_odd",
         "_out_rate",
+        "_quiet_peak",
         "_samples_in",
         "_samples_out",
         "_up",
@@ -266,6 +288,7 @@ class StreamResampler:
         self._up = design.up
         self._down = design.down
         self._matrix = design.matrix
+        self._quiet_peak = design.quiet_peak
         block = design.group * design.down
         self._block = block
         self._history = (design.span - 1) * block
@@ -275,6 +298,7 @@ class StreamResampler:
         self._base = 0  # buffer index where the current superblock's window starts
         self._fill = self._history  # buffer index one past the last input sample
         self._done = 0  # outputs of the current (partial) superblock already returned
+        self._loud_end = 0  # buffer index one past the last chunk louder than quiet_peak
         self._odd = b""
         self._samples_in = 0
         self._samples_out = 0
@@ -301,6 +325,15 @@ class StreamResampler:
     def taps(self) -> Float64Array:
         """Quantised prototype filter at ``in_rate * up`` Hz (read-only; sums to ``up``)."""
         return self._design.taps
+
+    @property
+    def quiet_peak(self) -> int:
+        """Largest input magnitude that cannot drive any output beyond int16 (no clamping).
+
+        The bound is the input peak times the largest sum of absolute coefficients over one
+        output (2.15-2.69 for the presets, so 12170-15237: -8.6 to -6.7 dBFS).
+        """
+        return self._design.quiet_peak
 
     @property
     def delay_samples(self) -> int:
@@ -333,6 +366,7 @@ class StreamResampler:
         buf = self._buf
         live = self._fill - self._base
         buf[:live] = buf[self._base : self._fill]
+        self._loud_end -= self._base
         self._base, self._fill = 0, live
         needed = live + incoming + self._block
         if needed > buf.size:
@@ -353,7 +387,9 @@ class StreamResampler:
         if fill + count + block > self._buf.size:
             self._make_room(count)
             fill = self._fill
-        self._buf[fill : fill + count] = np.frombuffer(pcm, dtype="<i2", count=count)
+        self._buf[fill : fill + count] = np.frombuffer(pcm, _PCM16, count)
+        if g711.pcm16_peak(pcm) > self._quiet_peak:
+            self._loud_end = fill + count
         fill += count
         self._fill = fill
         self._samples_in += count
@@ -371,13 +407,16 @@ class StreamResampler:
         out: Float64Array = np.dot(self._windows[row : row - (-avail // block)], self._matrix)
         out = out.ravel()[done : done + ready]
         np.rint(out, out=out)
-        np.minimum(out, _INT16_MAX, out=out)
-        np.maximum(out, _INT16_MIN, out=out)
+        # Every returned output is made of samples at or after ``base``; unless one of them came
+        # in a loud chunk, no output can leave the int16 range and the clamps are skipped.
+        if self._loud_end > base:
+            np.minimum(out, _CLAMP_HIGH, out=out)
+            np.maximum(out, _CLAMP_LOW, out=out)
         partial = avail % block
         self._base = fill - self._history - partial
         self._done = partial // self._down * self._up
         self._samples_out += ready
-        return out.astype("<i2").tobytes()
+        return out.astype(_PCM16).tobytes()
 
     def flush(self) -> bytes:
         """Return the tail still inside the filter, then reset.
@@ -405,6 +444,7 @@ class StreamResampler:
         self._base = 0
         self._fill = self._history
         self._done = 0
+        self._loud_end = 0
         self._odd = b""
         self._samples_in = 0
         self._samples_out = 0

@@ -244,7 +244,9 @@ class Downlink:
     ``encode`` takes PCM16LE at the carrier rate and is only ever given whole frames.
     """
 
-    __slots__ = ("_codec", "_encode", "_format", "_frame_pcm", "_pending", "_resampler")
+    __slots__ = (
+        "_codec", "_encode", "_format", "_frame_bytes", "_frame_pcm", "_pending", "_resampler",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -259,6 +261,7 @@ class Downlink:
         self._resampler = resampler
         self._codec = codec
         self._frame_pcm = 2 * fmt.samples_per_frame
+        self._frame_bytes = fmt.frame_bytes
         self._pending = bytearray()  # PCM16LE at the carrier rate, less than one frame
 
     @property
@@ -273,7 +276,7 @@ class Downlink:
     @property
     def pending_bytes(self) -> int:
         """Encoded size of the audio waiting for a whole frame (rounded down for G.722)."""
-        return len(self._pending) * self._format.frame_bytes // self._frame_pcm
+        return len(self._pending) * self._frame_bytes // self._frame_pcm
 
     def _frames(self) -> list[bytes]:
         pending = self._pending
@@ -282,12 +285,15 @@ class Downlink:
             return []
         encoded = self._encode(bytes(pending[:whole]))
         del pending[:whole]
-        size = self._format.frame_bytes
-        return [encoded[i : i + size] for i in range(0, len(encoded), size)]
+        return _split(encoded, self._frame_bytes)
 
     def feed(self, pcm24k: bytes) -> list[bytes]:
         """Accept a model chunk (any length); returns the whole frames it completes."""
-        self._pending += self._resampler.process(pcm24k)
+        pcm = self._resampler.process(pcm24k)
+        if not self._pending and not len(pcm) % self._frame_pcm:
+            # The usual case, model chunks of whole 20 ms frames: no copy through the buffer.
+            return _split(self._encode(pcm), self._frame_bytes) if pcm else []
+        self._pending += pcm
         return self._frames()
 
     def flush(self) -> list[bytes]:
@@ -306,6 +312,13 @@ class Downlink:
             self._codec.reset()
 
 
+def _split(encoded: bytes, size: int) -> list[bytes]:
+    """Whole frames of ``size`` bytes (``encoded`` holds a whole number of them)."""
+    if len(encoded) == size:
+        return [encoded]
+    return [encoded[i : i + size] for i in range(0, len(encoded), size)]
+
+
 class FramePassthrough:
     """Model audio already in the carrier's G.711 codec -> whole 20 ms frames, bytes untouched.
 
@@ -313,10 +326,11 @@ class FramePassthrough:
     that ``flush`` adds to the last frame is the codec's silence byte.
     """
 
-    __slots__ = ("_format", "_pending")
+    __slots__ = ("_format", "_frame_bytes", "_pending")
 
     def __init__(self, fmt: AudioFormat) -> None:
         self._format = fmt
+        self._frame_bytes = fmt.frame_bytes
         self._pending = bytearray()
 
     @property
@@ -332,7 +346,7 @@ class FramePassthrough:
         return len(self._pending)
 
     def _frames(self) -> list[bytes]:
-        size = self._format.frame_bytes
+        size = self._frame_bytes
         pending = self._pending
         whole = len(pending) - len(pending) % size
         if not whole:
@@ -342,11 +356,14 @@ class FramePassthrough:
         return frames
 
     def feed(self, encoded: bytes) -> list[bytes]:
+        if not self._pending and not len(encoded) % self._frame_bytes:
+            # Whole frames with nothing waiting (the usual case): cut, never copied through.
+            return _split(bytes(encoded), self._frame_bytes) if encoded else []
         self._pending += encoded
         return self._frames()
 
     def flush(self) -> list[bytes]:
-        partial = len(self._pending) % self._format.frame_bytes
+        partial = len(self._pending) % self._frame_bytes
         if partial:
             self._pending += self._format.silence[partial:]
         return self._frames()
