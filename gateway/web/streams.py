@@ -157,14 +157,25 @@ class StarletteCarrierSocket:
         self._gone = False
 
     async def receive(self) -> str | bytes | None:
+        """The next message's text or bytes; None once the caller is gone.
+
+        On an open socket this awaits the ASGI ``receive`` itself: Starlette's ``receive``
+        re-validates the state and message type of each of the fifty messages a second a call
+        brings, which the ASGI server already guarantees for an accepted socket.
+        """
         if self._gone:
             return None
+        ws = self._ws
         try:
-            message = await self._ws.receive()
+            if ws.client_state is WebSocketState.CONNECTED:
+                message = await ws._receive()
+            else:
+                message = await ws.receive()
         except (WebSocketDisconnect, RuntimeError):
             self._gone = True
             return None
         if message["type"] == "websocket.disconnect":
+            ws.client_state = WebSocketState.DISCONNECTED  # as Starlette's receive would
             self._gone = True
             return None
         text = message.get("text")
