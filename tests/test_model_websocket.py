@@ -20,18 +20,19 @@ async def test_messages_arrive_whole_and_in_order_and_a_closed_socket_raises() -
         async for message in ws:
             assert isinstance(message, str)
             received.append(message)
-            if len(received) == 200:
+            if len(received) == 201:  # the first, then the loop's 200
                 done.set()
 
     async with serve(handler, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
         async with connect(f"ws://127.0.0.1:{port}") as ws:
             send = direct_sender(ws)
+            assert send.write_now('{"first":true}')  # open and idle: written at once
             sent = [f'{{"n":{i},"pad":"{"é" * (i % 7)}"}}' for i in range(200)]
             for message in sent:
                 await send(message)
             await asyncio.wait_for(done.wait(), 5)
-            assert received == sent
+            assert received == ['{"first":true}', *sent]
             await ws.close()
             with pytest.raises(websockets.exceptions.ConnectionClosed):
                 await send('{"late":true}')
@@ -44,6 +45,7 @@ async def test_a_paused_transport_waits_for_the_drain_as_send_does() -> None:
         async with connect(f"ws://127.0.0.1:{port}") as ws:
             send = direct_sender(ws)
             ws.pause_writing()  # what the transport does when its buffer is full
+            assert not send.write_now("{}")
             pending = asyncio.create_task(send("{}"))
             await asyncio.sleep(0.05)
             assert not pending.done()
@@ -51,10 +53,16 @@ async def test_a_paused_transport_waits_for_the_drain_as_send_does() -> None:
             await asyncio.wait_for(pending, 2)
 
 
-def test_a_socket_of_another_shape_gets_its_own_send() -> None:
+async def test_a_socket_of_another_shape_gets_its_own_send() -> None:
     class Plain:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
         async def send(self, message: str) -> None:
-            raise NotImplementedError
+            self.sent.append(message)
 
     plain = Plain()
-    assert direct_sender(plain) == plain.send
+    sender = direct_sender(plain)
+    assert not sender.write_now("{}")
+    await sender('{"a":1}')
+    assert plain.sent == ['{"a":1}']
