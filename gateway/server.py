@@ -28,7 +28,7 @@ from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.telnyx_signature import load_public_key
 from gateway.carriers.texml_api import TexmlRest
 from gateway.carriers.twilio_api import TwilioRest
-from gateway.connections import guarded_h11
+from gateway.connections import MediaWebSocketProtocol, guarded_h11
 from gateway.logs import configure_logging, register_secrets
 from gateway.metrics import Metrics
 from gateway.providers import ModelProviders
@@ -132,6 +132,7 @@ def uvicorn_config(state: GatewayState, host: str, port: int) -> uvicorn.Config:
             max_connections=max_connections(state.settings),
             on_refused=lambda kind: refused.labels(kind).inc(),
         ),
+        ws=MediaWebSocketProtocol,
         # Oversize carrier messages are refused by the websocket layer itself (close 1009).
         ws_max_size=state.settings.max_message_bytes,
         log_config=None,
