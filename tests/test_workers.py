@@ -40,6 +40,7 @@ from gateway.workers import SharedStreamLedger, available_cpus, cpu_quota, prune
 from tests.test_cli import ROOT, _env, _free_port
 
 WORKERS = 2
+ADMIN = "admin-token-workers-0123456789abcdef"
 #: The agent greets; the caller speaks once; about 3 s in all.
 SHORT = render([Silence(1.2), Tone(300, 0.5), Silence(1.0)])
 #: Long enough for something to happen to the gateway while it runs (about 4.5 s).
@@ -85,12 +86,17 @@ class Served:
         return [e["worker"] for e in self.named(event, call_id=call_id)]
 
     def only(self, index: int) -> None:
-        """Let only worker ``index`` accept connections: stop the others until :meth:`resume`."""
+        """Let only worker ``index`` accept connections: stop the others until :meth:`resume`
+        (and wait until they are stopped: a signal is delivered when the kernel gets to it)."""
         self.resume()
         for worker, pid in self.pids().items():
             if worker != index:
                 os.kill(pid, signal.SIGSTOP)
                 self._stopped.append(pid)
+        deadline = time.monotonic() + 5
+        while not all(_state(pid) in ("T", "") for pid in self._stopped):
+            assert time.monotonic() < deadline, "a worker did not stop"
+            time.sleep(0.001)
 
     def resume(self) -> None:
         while self._stopped:
@@ -108,6 +114,15 @@ class Served:
         once it has answered)."""
         self.only(index)
         return httpx.AsyncClient(base_url=self.url, timeout=10)
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (``T``: stopped), or "" when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[0]
 
 
 @contextlib.contextmanager
@@ -143,7 +158,8 @@ def serving(tmp: Path, **env: str) -> Iterator[Served]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with serving(tmp_path_factory.mktemp("workers"), DRAIN_TIMEOUT="20") as s:
+    tmp = tmp_path_factory.mktemp("workers")
+    with serving(tmp, DRAIN_TIMEOUT="20", ADMIN_API_TOKEN=ADMIN) as s:
         yield s
 
 
@@ -295,6 +311,20 @@ async def test_a_token_used_on_one_worker_is_refused_by_the_other(served: Served
     (stream,) = served.named("twilio.stream_refused", worker=1)
     assert stream["reason"] == "stream token already used"
     assert served.named("twilio.webhook_replayed", worker=1, call_id=result.call_sid)
+
+
+async def test_a_reload_through_the_admin_api_reaches_every_worker(served: Served) -> None:
+    """The request reaches one worker, which has the master pass SIGHUP to the others."""
+    before = len(served.named("config.reloaded"))
+    async with served.through(0) as http:
+        try:
+            answer = await http.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"})
+        finally:
+            served.resume()
+    assert answer.status_code == 200, answer.text
+    await served.until(
+        lambda: sorted(e["worker"] for e in served.named("config.reloaded")[before:]) == [0, 1]
+    )
 
 
 async def test_a_killed_worker_is_replaced_and_the_other_worker_s_call_goes_on(
