@@ -6,7 +6,8 @@ process (``gateway simulator``), so its memory and tasks are measured alone. Cal
 greeting, a caller turn, a tool call or a handoff. Afterwards the gateway's event loop holds as
 many tasks as before, and its Python heap (traced: PYTHONTRACEMALLOC, measured after a full
 collection) is back to where it was. RSS is only reported: the allocator keeps a high-water mark
-that depends on the random peak concurrency, not on leaks.
+that depends on the random peak concurrency, not on leaks. With several workers (the default on
+a machine with several cores) the tasks and the heap are every worker's, summed by the scrape.
 """
 
 from __future__ import annotations
@@ -79,10 +80,12 @@ async def _until_up(http: httpx.AsyncClient, url: str, proc: subprocess.Popen[by
 
 
 def _rss_mb(pid: int) -> float:
+    """The gateway's resident memory: the process's, and its workers' when it has several."""
     status = Path(f"/proc/{pid}/status").read_text()
     match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
     assert match
-    return int(match.group(1)) / 1024
+    workers = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(match.group(1)) / 1024 + sum(_rss_mb(int(child)) for child in workers)
 
 
 async def _gauges(http: httpx.AsyncClient, url: str) -> tuple[float, float]:
