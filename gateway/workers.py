@@ -346,7 +346,8 @@ class Master:
         self._stop_signals = 0
         self._stopped = asyncio.Event()
         self._any_ready = False
-        self._failed_at_start: set[int] = set()
+        #: The status and error of each slot's first worker, if it failed before any was ready.
+        self._failed_at_start: dict[int, tuple[int, str | None]] = {}
         #: A worker's exit status that makes the master's non-zero, and its error.
         self._failure: tuple[int, str | None] | None = None
         self.url = ""
@@ -372,11 +373,14 @@ class Master:
             claims, self._metrics_dir = runtime / "claims", runtime / "metrics"
             claims.mkdir()
             self._metrics_dir.mkdir()
-            self._env = self._worker_env(port, started_at, claims, self._metrics_dir)
+            self._env = self._worker_env(started_at, claims, self._metrics_dir)
+            self._argv = [*self._command, "--host", self._host, "--port", str(port)]
+            if self._simulator:
+                self._argv.append("--simulator")
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stop, sig)
             loop.add_signal_handler(signal.SIGHUP, self._reload_all)
-            first = [await self._spawn(index) for index in range(self._count)]
+            first = [w for index in range(self._count) if (w := await self._spawn(index))]
             self._log.info(
                 "gateway.workers_started",
                 url=self.url,
@@ -414,9 +418,8 @@ class Master:
     def _share(self, total: int) -> int:
         return math.ceil(total / self._count)
 
-    def _worker_env(
-        self, port: int, started_at: float, claims: Path, metrics: Path
-    ) -> dict[str, str]:
+    def _worker_env(self, started_at: float, claims: Path, metrics: Path) -> dict[str, str]:
+        """What every worker's environment adds to the master's (see the module docstring)."""
         env = dict(os.environ)
         env.update({
             ENV_MASTER_PID: str(os.getpid()),
@@ -431,12 +434,12 @@ class Master:
             # A token minted by one worker must pass in another: one key for all of them.
             env["GATEWAY_SECRET"] = secrets.token_hex(32)
             register_secrets([env["GATEWAY_SECRET"]])
-        command = [*self._command, "--host", self._host, "--port", str(port)]
-        self._argv = command + (["--simulator"] if self._simulator else [])
         return env
 
-    async def _spawn(self, index: int) -> _Worker:
-        assert self._sock is not None
+    async def _spawn(self, index: int) -> _Worker | None:
+        """Start worker ``index`` on the socket; None when stopping (the socket is closed)."""
+        if self._sock is None:
+            return None
         read, write = os.pipe()
         os.set_blocking(read, False)
         env = {
@@ -473,9 +476,9 @@ class Master:
             if self._stopping:
                 return
             if not worker.ready and not self._any_ready:
-                self._failed_at_start.add(worker.index)
+                self._failed_at_start.setdefault(worker.index, (status, worker.error))
                 if len(self._failed_at_start) == self._count:
-                    self._give_up(worker, status)
+                    self._give_up()
                     return
             lived = time.monotonic() - worker.started
             backoff = 0.0 if lived >= QUICK_EXIT_S else min(MAX_BACKOFF_S, max(1.0, 2 * backoff))
@@ -486,7 +489,10 @@ class Master:
                 if self._stopped.is_set():
                     return
             previous = worker.pid
-            worker = await self._spawn(worker.index)
+            replacement = await self._spawn(worker.index)
+            if replacement is None:
+                return
+            worker = replacement
             self._log.info(
                 "gateway.worker_restarted",
                 worker=worker.index,
@@ -520,13 +526,16 @@ class Master:
 
     @staticmethod
     def _clean(status: int) -> bool:
-        """A stopping worker's status is clean: it drained (0), or the signal passed on ended
+        """A stopping worker's status is clean: it drained (0), or the SIGTERM passed on ended
         it before it had installed its handlers."""
-        return status in (0, -signal.SIGTERM, -signal.SIGINT)
+        return status in (0, -signal.SIGTERM)
 
-    def _give_up(self, worker: _Worker, status: int) -> None:
-        """No worker could start: stop the master with the first one's status and error."""
-        self._failure = (status if status > 0 else 1, worker.error)
+    def _give_up(self) -> None:
+        """No worker could start: stop, with the status and reason of the first that said why
+        (the workers leave their configuration errors to the master, to say once)."""
+        failures = [self._failed_at_start[i] for i in sorted(self._failed_at_start)]
+        status, error = next((f for f in failures if f[1] is not None), failures[0])
+        self._failure = (status if status > 0 else 1, error)
         self._begin_stop()
         for other in self._workers.values():
             other.signal(signal.SIGTERM)
@@ -567,7 +576,9 @@ class Master:
     # --- signals --------------------------------------------------------------------------
 
     def _stop(self, sig: int) -> None:
-        """SIGTERM/SIGINT: the first drains every worker, a second stops them at once."""
+        """SIGTERM/SIGINT: the first drains every worker, a second stops them at once. The
+        workers get SIGTERM either way (they treat both alike): a SIGINT reaching a worker
+        still importing would print a KeyboardInterrupt traceback, SIGTERM just ends it."""
         self._stop_signals += 1
         name = signal.Signals(sig).name
         if self._stop_signals == 1:
@@ -577,7 +588,7 @@ class Master:
         else:
             self._log.info("gateway.stopping_now", signal=name)
         for worker in self._workers.values():
-            worker.signal(sig)
+            worker.signal(signal.SIGTERM)
 
     def _begin_stop(self) -> None:
         self._stopping = True
@@ -588,6 +599,7 @@ class Master:
     def _close_socket(self) -> None:
         if self._sock is not None:
             self._sock.close()
+            self._sock = None
 
     def _reload_all(self, but: _Worker | None = None) -> None:
         """SIGHUP (or one worker's admin reload): every (other) worker re-reads agents.yaml."""
