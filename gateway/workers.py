@@ -71,6 +71,7 @@ __all__ = [
     "available_cpus",
     "cpu_quota",
     "prune_claims",
+    "restart_delay",
     "run_master",
 ]
 
@@ -480,8 +481,7 @@ class Master:
                 if len(self._failed_at_start) == self._count:
                     self._give_up()
                     return
-            lived = time.monotonic() - worker.started
-            backoff = 0.0 if lived >= QUICK_EXIT_S else min(MAX_BACKOFF_S, max(1.0, 2 * backoff))
+            backoff = restart_delay(backoff, time.monotonic() - worker.started)
             if backoff:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(backoff):
@@ -616,6 +616,16 @@ class Master:
         while True:
             await asyncio.sleep(PRUNE_EVERY_S)
             prune_claims(claims, time.time() - retention)
+
+
+def restart_delay(previous_s: float, lived_s: float) -> float:
+    """Seconds before replacing a worker that lived ``lived_s``, the last wait having been
+    ``previous_s``: none after one that ran a while (a crash or a kill: replace it now), else
+    twice the last wait, from 1 s to 30 s: a worker that dies as it starts (a broken file, a
+    database down) would otherwise spin, starting and dying as fast as it can import."""
+    if lived_s >= QUICK_EXIT_S:
+        return 0.0
+    return min(MAX_BACKOFF_S, max(1.0, 2 * previous_s))
 
 
 def listen(host: str, port: int) -> socket.socket:

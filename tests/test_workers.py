@@ -36,7 +36,13 @@ from callsim.callers.audio import Silence, Tone, render
 from callsim.callers.result import CallEvent, CallResult
 from callsim.callers.twilio import TwilioCaller
 from gateway.security import StreamGrant
-from gateway.workers import SharedStreamLedger, available_cpus, cpu_quota, prune_claims
+from gateway.workers import (
+    SharedStreamLedger,
+    available_cpus,
+    cpu_quota,
+    prune_claims,
+    restart_delay,
+)
 from tests.test_cli import ROOT, _env, _free_port
 
 WORKERS = 2
@@ -435,6 +441,17 @@ def test_workers_default_to_the_cpu_quota_rounded_up_within_the_cores(
 
 def test_this_machine_gets_at_least_one_worker() -> None:
     assert 1 <= available_cpus() <= (os.cpu_count() or 1)
+
+
+def test_a_worker_dying_young_is_restarted_later_each_time_one_that_ran_at_once() -> None:
+    waits, delay = [], 0.0
+    for _ in range(7):
+        delay = restart_delay(delay, lived_s=0.5)
+        waits.append(delay)
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert restart_delay(30.0, lived_s=9.9) == 30.0
+    assert restart_delay(30.0, lived_s=10.0) == 0.0  # it ran: replaced now, and the count resets
+    assert restart_delay(0.0, lived_s=3600) == 0.0
 
 
 # --- stream claims shared by the workers ---------------------------------------------------------
