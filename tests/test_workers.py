@@ -404,6 +404,60 @@ def test_workers_must_be_a_whole_number_of_at_least_one(tmp_path: Path) -> None:
         assert done.returncode == 2 and "argument --workers:" in done.stderr
 
 
+#: A stand-in worker: accepts on the master's socket and answers with what it was given.
+FAKE_WORKER = """
+import hashlib, os, signal, socket, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+sock = socket.socket(fileno=int(os.environ["CALLBRIDGE_LISTEN_FD"]))
+os.write(int(os.environ["CALLBRIDGE_STATUS_FD"]), b"ready\\n")
+secret = hashlib.sha256(os.environ["GATEWAY_SECRET"].encode()).hexdigest()
+said = [os.getpid(), os.environ["CALLBRIDGE_WORKER"], secret, os.environ["MAX_CONCURRENT_CALLS"]]
+while True:
+    conn, _ = sock.accept()
+    conn.sendall(" ".join(map(str, said)).encode())
+    conn.close()
+"""
+
+
+async def test_the_master_binds_port_0_once_and_gives_every_worker_the_same_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The master alone, with stand-in workers: port 0 is bound once and shared; the secret it
+    makes is the same in every worker and on no command line; the limits are shared out."""
+    from gateway.settings import load_settings
+    from gateway.workers import Master
+
+    monkeypatch.delenv("GATEWAY_SECRET", raising=False)
+    settings = load_settings(_env_file=None, max_concurrent_calls=61)
+    master = Master(settings, host="127.0.0.1", port=0, count=2,
+                    command=[sys.executable, "-c", FAKE_WORKER])  # fmt: skip
+    running = asyncio.create_task(master.run())
+    try:
+        while not master.url or len(master._workers) < 2:
+            assert not running.done(), running.result()
+            await asyncio.sleep(0.01)
+        port = int(master.url.rsplit(":", 1)[1])
+        answers = set()
+        for _ in range(20):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            answers.add(tuple((await reader.read()).decode().split()))
+            writer.close()
+        secret = master._env["GATEWAY_SECRET"].encode()
+        for worker in master._workers.values():
+            cmdline = await asyncio.to_thread(Path(f"/proc/{worker.pid}/cmdline").read_bytes)
+            assert secret not in cmdline
+        assert master._any_ready
+    finally:
+        master._stop(signal.SIGTERM)
+        code = await running
+    pids = {str(w.pid) for w in master._workers.values()}
+    assert port > 0 and code == 0
+    assert {a[0] for a in answers} <= pids and {a[1] for a in answers} <= {"0", "1"}
+    assert len({a[2] for a in answers}) == 1  # one secret
+    assert {a[3] for a in answers} == {"31"}  # 61 calls over 2 workers, rounded up
+    assert not Path(master._env["CALLBRIDGE_CLAIMS_DIR"]).parent.exists()  # removed on exit
+
+
 # --- how many workers ---------------------------------------------------------------------------
 
 
