@@ -23,7 +23,8 @@ watches and signals its workers:
 * what the workers must share, it provides: the stream token secret when GATEWAY_SECRET is
   unset (one random key in their environment, never on a command line or in a log), a
   directory of stream claims (:class:`SharedStreamLedger`), prometheus_client's multiprocess
-  directory (``gateway.metrics``), and the start time that tells a previous run's open call
+  directory (``gateway.metrics``), both in one directory of their own that outlives none of
+  them (:func:`shared_directory`), and the start time that tells a previous run's open call
   records from a sibling's (``gateway.records.store``). MAX_CONCURRENT_CALLS and
   MAX_PENDING_STREAMS stay totals: each worker gets its share, rounded up.
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import math
 import os
@@ -73,6 +75,7 @@ __all__ = [
     "prune_claims",
     "restart_delay",
     "run_master",
+    "shared_directory",
 ]
 
 #: The worker's index (0…N-1), which also marks a ``gateway serve`` as a worker.
@@ -343,6 +346,9 @@ class Master:
         self._sock: socket.socket | None = None
         self._env: dict[str, str] = {}
         self._metrics_dir: Path | None = None
+        #: The share-locked descriptor that marks the shared directory in use (see
+        #: :func:`shared_directory`); every worker inherits it.
+        self._in_use = -1
         self._stopping = False
         self._stop_signals = 0
         self._stopped = asyncio.Event()
@@ -367,7 +373,7 @@ class Master:
             return 3
         port = self._sock.getsockname()[1]
         self.url = f"http://{self._host}:{port}"
-        runtime = Path(tempfile.mkdtemp(prefix="callbridge-", dir=_memory_dir()))
+        runtime, self._in_use = shared_directory()
         loop = asyncio.get_running_loop()
         handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         try:
@@ -404,6 +410,7 @@ class Master:
                 worker.signal(signal.SIGKILL)
             self._close_socket()
             shutil.rmtree(runtime, ignore_errors=True)
+            os.close(self._in_use)
         return self._exit_status()
 
     def _exit_status(self) -> int:
@@ -453,7 +460,7 @@ class Master:
             process = await asyncio.create_subprocess_exec(
                 *self._argv,
                 env=env,
-                pass_fds=(self._sock.fileno(), write),
+                pass_fds=(self._sock.fileno(), write, self._in_use),
                 start_new_session=True,  # the terminal's Ctrl-C is the master's to pass on
             )
         except BaseException:
@@ -643,10 +650,34 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _memory_dir() -> str | None:
-    """Where the workers' shared files go: a memory file system when there is one."""
-    shm = Path("/dev/shm")
-    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+def shared_directory(parent: Path | None = None) -> tuple[Path, int]:
+    """A new directory for what a master's workers share (in ``parent``, default a memory
+    file system when there is one), and an open descriptor holding a shared lock on its
+    ``in-use`` file, for the master to keep and pass to every worker.
+
+    The master removes the directory when it exits, but a master killed with SIGKILL cannot:
+    its directory is removed by the next master to start in the same place, once nothing holds
+    that lock any more (a lock held through inherited descriptors lives as long as the last
+    process holding one: the killed master's workers drain in peace). Nothing else is left.
+    """
+    if parent is None:
+        shm = Path("/dev/shm")
+        parent = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    for stale in parent.glob(_SHARED_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            fd = os.open(stale / "in-use", os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError: still in use
+                shutil.rmtree(stale, ignore_errors=True)
+            finally:
+                os.close(fd)
+    directory = Path(tempfile.mkdtemp(prefix=_SHARED_PREFIX, dir=parent))
+    fd = os.open(directory / "in-use", os.O_RDONLY | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return directory, fd
+
+
+_SHARED_PREFIX = "callbridge-"
 
 
 def run_master(

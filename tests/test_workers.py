@@ -42,6 +42,7 @@ from gateway.workers import (
     cpu_quota,
     prune_claims,
     restart_delay,
+    shared_directory,
 )
 from tests.test_cli import ROOT, _env, _free_port
 
@@ -534,3 +535,24 @@ def test_two_workers_share_one_stream_per_call_through_the_claims_directory(
     assert not second.streamed("twilio", "CA-old", now)
     assert second.streamed("twilio", grant.call_id, now + 5)  # recent ones stay
     assert second.claim(old, now)
+
+
+def test_a_killed_master_s_directory_goes_once_no_process_of_it_is_left(tmp_path: Path) -> None:
+    """What a SIGKILLed master leaves is removed by the next one, but not while any of its
+    workers (which inherited its lock) still drain."""
+    killed, held = shared_directory(tmp_path)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"], pass_fds=(held,)
+    )
+    try:
+        os.close(held)  # the master is gone; its worker goes on
+        _, mine = shared_directory(tmp_path)
+        assert killed.exists()
+    finally:
+        worker.kill()
+        worker.wait()
+    _, another = shared_directory(tmp_path)
+    assert not killed.exists()
+    assert len(list(tmp_path.iterdir())) == 2  # the live masters' own
+    os.close(mine)
+    os.close(another)
