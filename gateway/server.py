@@ -3,8 +3,10 @@
 :func:`build_state` and :func:`running_gateway` are shared by ``gateway serve``, ``gateway demo``
 and the tests, so that all three run the very same server (real uvicorn, real sockets) rather
 than three look-alikes; :func:`serve` adds what only a long-running process needs (logging,
-signals and drain, the open-file limit, a frozen start-up heap). ``gateway.cli`` imports this
-module only to serve, so ``gateway check`` answers without loading uvicorn, numpy and the SDK.
+signals and drain, the open-file limit, a frozen start-up heap), and is also what each worker
+of ``gateway serve --workers N`` runs (``gateway.workers``: the master's socket, the shared
+claims, telling the master it serves). ``gateway.cli`` imports this module only to serve, so
+``gateway check`` (and the workers' master) answers without loading uvicorn, numpy and the SDK.
 """
 
 from __future__ import annotations
