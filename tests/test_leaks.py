@@ -26,6 +26,7 @@ import httpx
 
 from callsim.callers.audio import Silence, Tone, render
 from callsim.callers.twilio import TwilioCaller
+from gateway.workers import available_cpus
 from tests.test_cli import ROOT, _env, _free_port
 
 CALLS = 200
@@ -118,10 +119,10 @@ async def _one_call(url: str, rng: random.Random) -> None:
         await asyncio.gather(timer, return_exceptions=True)
 
 
-async def _load(url: str, rng: random.Random, calls: int) -> None:
+async def _load(url: str, rng: random.Random, calls: int, concurrency: int = CONCURRENCY) -> None:
     pending: set[asyncio.Task[None]] = set()
     for _ in range(calls):
-        if len(pending) >= CONCURRENCY:
+        if len(pending) >= concurrency:
             _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         pending.add(asyncio.create_task(_one_call(url, rng)))
     await asyncio.gather(*pending)
@@ -140,7 +141,9 @@ async def _settled(http: httpx.AsyncClient, url: str) -> tuple[float, float]:
 async def test_random_hang_ups_leak_no_task_or_memory(tmp_path: Path) -> None:
     rng = random.Random(20261125)
     async with gateway_process(tmp_path) as (url, pid), httpx.AsyncClient() as http:
-        await _load(url, rng, 2 * CONCURRENCY)  # warm up caches, pools and lazy imports
+        # Warm up caches, pools and lazy imports: in every worker, which each take a share.
+        workers = available_cpus()
+        await _load(url, rng, 2 * CONCURRENCY * workers, concurrency=CONCURRENCY * workers)
         tasks_before, heap_before = await _settled(http, url)
         rss_before = _rss_mb(pid)
         await _load(url, rng, CALLS)
