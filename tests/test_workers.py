@@ -35,6 +35,7 @@ import websockets
 from callsim.callers.audio import Silence, Tone, render
 from callsim.callers.result import CallEvent, CallResult
 from callsim.callers.twilio import TwilioCaller
+from gateway.aio import cancel_and_wait
 from gateway.security import StreamGrant
 from gateway.workers import (
     SharedStreamLedger,
@@ -206,7 +207,7 @@ async def placed(caller: SteeredCaller) -> asyncio.Task[CallResult]:
     task = asyncio.create_task(caller.run())
     waiting = asyncio.create_task(caller.opened.wait())
     await asyncio.wait({task, waiting}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-    waiting.cancel()
+    await cancel_and_wait(waiting)
     assert caller.opened.is_set(), (await task).summary()
     return task
 
