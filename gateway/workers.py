@@ -13,9 +13,9 @@ watches and signals its workers:
   descriptors and the rest in its environment (:data:`ENV_WORKER`…), in a session of its own:
   Ctrl-C in a terminal reaches the master alone, which passes it on, so a worker never takes
   the terminal's signal for a second one;
-* SIGTERM/SIGINT: every worker drains as one process does, and the master exits when they all
-  have (0, or 1 if one failed); a second signal is passed on too (stop at once). SIGHUP is
-  passed on (each worker re-reads agents.yaml);
+* SIGTERM/SIGINT: every worker gets SIGTERM and drains as one process does, and the master
+  exits when they all have (0, or 1 if one failed); a second signal is passed on too (stop at
+  once). SIGHUP is passed on (each worker re-reads agents.yaml);
 * a worker that dies while the master is not stopping is replaced on the same socket, the
   other workers untouched; one that dies within :data:`QUICK_EXIT_S` of starting waits 1, 2,
   4 … 30 s first. If every worker fails before any was ready, start-up has failed: the master
@@ -97,8 +97,9 @@ ENV_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 QUICK_EXIT_S = 10.0
 #: Longest wait before restarting a crash-looping worker.
 MAX_BACKOFF_S = 30.0
-#: How often a worker checks its master is alive, and the master prunes the stream claims.
+#: How often a worker checks its master is alive.
 MASTER_POLL_S = 1.0
+#: How often the master prunes the stream claims.
 PRUNE_EVERY_S = 60.0
 #: uvicorn's default listen backlog.
 BACKLOG = 2048
