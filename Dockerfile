@@ -34,5 +34,6 @@ EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8080') + '/healthz', timeout=2)"]
 
-# Validate agents.yaml at start (one clear error and exit 2 if it is wrong), then serve.
+# Validate agents.yaml at start (one clear error and exit 2 if it is wrong), then serve: one
+# worker per core of the container's CPU limit (WORKERS or --workers to choose; README "Scaling").
 CMD ["gateway", "serve", "--host", "0.0.0.0"]

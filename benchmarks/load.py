@@ -520,6 +520,9 @@ async def run_level(n: int, args: argparse.Namespace, provider: Provider) -> Lev
                 "CARRIERS": "twilio",
                 "ALLOW_UNSIGNED_WEBHOOKS": "true",  # a benchmark, not a deployment
                 "OPENBLAS_NUM_THREADS": "1",
+                # One process: what is measured is what one event loop (a core) carries, and
+                # the CPU and RSS read are that process's; workers multiply it.
+                "WORKERS": "1",
             }
             log = (
                 open(args.gateway_log, "ab")  # noqa: SIM115, ASYNC230 -- before any load

@@ -13,9 +13,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.agents import AgentGraph, AgentsFileError, load_agents
 from gateway.settings import ConfigError, Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from gateway.workers import WorkerContext
 
 EXIT_CONFIG = 2
 
@@ -72,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
         "--simulator",
         action="store_true",
         help="answer calls with the built-in Live simulator instead of Gemini (no key, no cost)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=worker_count,
+        metavar="N",
+        help="processes serving calls on the one port (default: WORKERS, else one per core "
+        "the container may use; 1: a single process, no master)",
     )
     serve.set_defaults(run=_cmd_serve)
 
@@ -190,6 +201,17 @@ def port_number(text: str) -> int:
     return port
 
 
+def worker_count(text: str) -> int:
+    """argparse type for ``--workers``: a whole number, at least 1."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of workers: {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 worker, got {count}")
+    return count
+
+
 def variable(text: str) -> tuple[str, str]:
     """argparse type for ``--var NAME=VALUE`` (the gateway checks the name itself)."""
     name, sep, value = text.partition("=")
@@ -230,8 +252,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.server import serve  # deferred: pulls in uvicorn, the SDK and numpy
+    from gateway.workers import WorkerContext  # light: no uvicorn, SDK or numpy
 
+    worker = WorkerContext.from_environ()  # started by a master: one of its workers
+    try:
+        return _serve(args, worker)
+    except ConfigError as exc:
+        # A worker that cannot start leaves the message to its master, which says it once
+        # for all its workers (and exits 2), as one process would.
+        if worker is not None and worker.report_error(str(exc)):
+            return EXIT_CONFIG
+        raise
+
+
+def _serve(args: argparse.Namespace, worker: WorkerContext | None) -> int:
     settings, graph = load_config()
     if not args.simulator:
         keyless = settings.keyless(graph.providers)
@@ -247,8 +281,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             )
     host = args.host or settings.host
     port = args.port or settings.port
+    if worker is None:
+        from gateway.workers import available_cpus, run_master
+
+        count = args.workers or settings.workers or available_cpus()
+        if count > 1:
+            return run_master(
+                settings, graph, host=host, port=port, count=count, simulator=args.simulator
+            )
+    from gateway.server import serve  # deferred: pulls in uvicorn, the SDK and numpy
+
     with asyncio.Runner(loop_factory=_fast_loop()) as runner:
-        runner.run(serve(settings, graph, host=host, port=port, simulator=args.simulator))
+        runner.run(
+            serve(settings, graph, host=host, port=port, simulator=args.simulator, worker=worker)
+        )
     return 0
 
 

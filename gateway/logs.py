@@ -100,8 +100,12 @@ def redact_secrets(
     return event_dict
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Install the processors for structlog and for stdlib loggers; safe to call again."""
+def configure_logging(level: str = "info", fmt: str = "json", *, worker: int | None = None) -> None:
+    """Install the processors for structlog and for stdlib loggers; safe to call again.
+
+    ``worker``: this process is that worker of a ``gateway serve --workers N``, and every line
+    says so (``"worker": 1``), the libraries' too: the workers share one log.
+    """
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -109,6 +113,8 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_secrets,
     ]
+    if worker is not None:
+        shared.insert(1, _WorkerField(worker))
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -151,6 +157,19 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         logger.filters[:] = [PerConnectionLines()]
         logger.propagate = True
         logger.setLevel(max(logging.INFO, logging.getLevelName(level.upper())))
+
+
+class _WorkerField:
+    """structlog processor: the worker's index on every line."""
+
+    def __init__(self, index: int) -> None:
+        self._index = index
+
+    def __call__(
+        self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        event_dict.setdefault("worker", self._index)
+        return event_dict
 
 
 def get_logger(name: str = "gateway") -> structlog.stdlib.BoundLogger:

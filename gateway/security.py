@@ -8,7 +8,9 @@ and it is worthless minutes later. Because it names its call, it can be checked 
 websocket upgrade, before the socket costs anything, when it travels in the stream URL's path.
 
 Opening a Gemini session costs money, so an unauthenticated stream must never get one, and one
-token must never get two: :class:`StreamLedger` admits one stream per call.
+token must never get two: :class:`StreamLedger` admits one stream per call (the workers of one
+``gateway serve`` share ``gateway.workers.SharedStreamLedger`` instead; both are
+:class:`StreamClaims`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from twilio.request_validator import RequestValidator
 
@@ -116,6 +119,22 @@ class StreamTokens:
         return base64.urlsafe_b64encode(digest[:24]).decode()
 
 
+class StreamClaims(Protocol):
+    """Which calls have had their stream, as the web layer asks it (see :class:`StreamLedger`)."""
+
+    def claim(self, grant: StreamGrant, now: float) -> bool:
+        """Record the call's stream; False if it already had one."""
+        ...
+
+    def release(self, grant: StreamGrant) -> None:
+        """Undo a claim whose stream was passed on, unopened."""
+        ...
+
+    def streamed(self, carrier: str, call_id: str, now: float) -> bool:
+        """Whether this call has had its stream (a webhook for it now is a replay)."""
+        ...
+
+
 class StreamLedger:
     """Which calls have had their stream: a token admits one stream, however often shown.
 
@@ -125,7 +144,8 @@ class StreamLedger:
     token is refused anyway; longer, so that a replayed signed webhook's fresh token for a call
     already streamed is refused too) and at most ``max_entries``, oldest dropped first.
 
-    This is one process's memory: replicas do not share it (see the README, Security).
+    This is one process's memory: replicas do not share it (see the README, Security); the
+    workers of one ``gateway serve`` share ``gateway.workers.SharedStreamLedger``.
     """
 
     def __init__(self, *, retention_s: float, max_entries: int = 100_000) -> None:

@@ -3,8 +3,10 @@
 :func:`build_state` and :func:`running_gateway` are shared by ``gateway serve``, ``gateway demo``
 and the tests, so that all three run the very same server (real uvicorn, real sockets) rather
 than three look-alikes; :func:`serve` adds what only a long-running process needs (logging,
-signals and drain, the open-file limit, a frozen start-up heap). ``gateway.cli`` imports this
-module only to serve, so ``gateway check`` answers without loading uvicorn, numpy and the SDK.
+signals and drain, the open-file limit, a frozen start-up heap), and is also what each worker
+of ``gateway serve --workers N`` runs (``gateway.workers``: the master's socket, the shared
+claims, telling the master it serves). ``gateway.cli`` imports this module only to serve, so
+``gateway check`` (and the workers' master) answers without loading uvicorn, numpy and the SDK.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 import uvicorn
@@ -35,10 +40,12 @@ from gateway.providers import ModelProviders
 from gateway.records.delivery import RecordDelivery
 from gateway.records.service import CallRecords
 from gateway.records.store import RecordStore
-from gateway.security import StreamLedger, StreamTokens
+from gateway.security import StreamClaims, StreamLedger, StreamTokens
 from gateway.settings import ConfigError, Settings
+from gateway.startup import announce, prepare_recordings_dir
 from gateway.web.app import create_app
-from gateway.web.state import GatewayState, announce_graph
+from gateway.web.state import GatewayState
+from gateway.workers import SharedStreamLedger, WorkerContext
 
 
 def build_state(
@@ -47,8 +54,11 @@ def build_state(
     *,
     ssl_context: ssl.SSLContext | None = None,
     observers: tuple[CallObserver, ...] = (),
+    worker: WorkerContext | None = None,
 ) -> GatewayState:
-    """One shared SDK client per provider and process; one model session per call."""
+    """One shared SDK client per provider and process; one model session per call. A
+    ``worker`` of a ``gateway serve --workers N`` shares its stream claims and the call
+    records' start-up rule with its siblings, and has the admin API's reloads reach them."""
     telnyx_api = texml_api = None
     if settings.telnyx_api_key is not None:
         telnyx_key = settings.telnyx_api_key.get_secret_value()
@@ -59,22 +69,25 @@ def build_state(
         twilio_rest = TwilioRest(
             settings.twilio_auth_token.get_secret_value(), base_url=settings.twilio_api_base
         )
-    metrics = Metrics()
+    metrics = Metrics(since=worker.started_at if worker is not None else None)
     if settings.gateway_secret is not None:
         secret = settings.gateway_secret.get_secret_value().encode()
         tokens = StreamTokens(secret, ttl_s=settings.stream_token_ttl)
     else:
         tokens = StreamTokens.ephemeral(ttl_s=settings.stream_token_ttl)
+    ledger: StreamClaims = StreamLedger(retention_s=settings.ledger_retention_s())
+    if worker is not None:
+        ledger = SharedStreamLedger(worker.claims_dir)  # the master prunes it
     return GatewayState(
         settings=settings,
         graph=graph,
         providers=ModelProviders(settings, ssl_context=ssl_context),
         tokens=tokens,
-        # Longer than a token lives, so a replayed webhook's fresh token is refused as well.
-        ledger=StreamLedger(retention_s=max(900.0, 2 * settings.stream_token_ttl)),
+        ledger=ledger,
+        reload_others=worker.reload_others if worker is not None else None,
         observers=observers,
         metrics=metrics,
-        records=call_records(settings, metrics),
+        records=call_records(settings, metrics, siblings_since=worker.since if worker else None),
         telnyx_api=telnyx_api,
         texml_api=texml_api,
         twilio_rest=twilio_rest,
@@ -86,12 +99,15 @@ def build_state(
     )
 
 
-def call_records(settings: Settings, metrics: Metrics) -> CallRecords | None:
+def call_records(
+    settings: Settings, metrics: Metrics, *, siblings_since: datetime | None = None
+) -> CallRecords | None:
     """The call records of DATABASE_URL (None when it is empty), delivered to
-    CALL_RECORDS_URL when that is set. Nothing connects until :meth:`CallRecords.start`."""
+    CALL_RECORDS_URL when that is set. Nothing connects until :meth:`CallRecords.start`.
+    ``siblings_since``: other workers, started since then, share the database."""
     if settings.database_url is None:
         return None
-    store = RecordStore(settings.database_url.get_secret_value())
+    store = RecordStore(settings.database_url.get_secret_value(), siblings_since=siblings_since)
     delivery = None
     if settings.call_records_url is not None:
         assert settings.call_records_secret is not None  # the settings insist on it
@@ -183,9 +199,14 @@ class RunningGateway:
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    state: GatewayState, *, host: str = "127.0.0.1", port: int = 0
+    state: GatewayState,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    sock: socket.socket | None = None,
 ) -> AsyncIterator[RunningGateway]:
-    """Run the gateway on this event loop (port 0 picks a free one) until the block exits.
+    """Run the gateway on this event loop (port 0 picks a free one) until the block exits;
+    on ``sock`` instead when given (a worker accepts on the socket its master bound).
 
     uvicorn's own signal capture is switched off: it re-raises the signal after shutting down,
     which would kill the process before the rest of the program (the simulator, logs) has
@@ -202,7 +223,9 @@ async def running_gateway(
             raise RecordsUnavailableError(first_line) from exc
     server = uvicorn.Server(uvicorn_config(state, host, port))
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    task = asyncio.create_task(server.serve(), name="uvicorn")
+    task = asyncio.create_task(
+        server.serve(sockets=[sock] if sock is not None else None), name="uvicorn"
+    )
     try:
         while not server.started:
             if task.done():
@@ -225,30 +248,29 @@ SIMULATOR_KEY = "simulator-key"
 
 
 async def serve(
-    settings: Settings, graph: AgentGraph, *, host: str, port: int, simulator: bool
+    settings: Settings,
+    graph: AgentGraph,
+    *,
+    host: str,
+    port: int,
+    simulator: bool,
+    worker: WorkerContext | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT (SIGHUP re-reads agents.yaml); with ``simulator`` the models
-    are the built-in simulators (Gemini Live's and OpenAI Realtime's)."""
+    are the built-in simulators (Gemini Live's and OpenAI Realtime's). As a ``worker`` (see
+    ``gateway.workers``): on the master's socket, logging its index, its start-up warnings left
+    to the master, telling the master when it serves, and draining if the master dies."""
     from pydantic import SecretStr
 
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(
+        settings.log_level, settings.log_format, worker=worker.index if worker else None
+    )
     register_secrets(settings.secrets())
     log = structlog.get_logger("gateway")
-    announce_graph(settings, graph, log)  # its HTTP tools' tokens are scrubbed from here on
-    if settings.weak_admin_token():
-        log.warning(
-            "security.weak_admin_token",
-            risk="a short ADMIN_API_TOKEN can be guessed, and it reads every call record and "
-            "places calls; use a long random one (openssl rand -hex 32)",
-        )
-    unverified = [] if simulator else settings.unverified_carriers()
-    if unverified:  # only reachable with ALLOW_UNSIGNED_WEBHOOKS=true (cli.py refuses otherwise)
-        log.warning(
-            "security.unsigned_webhooks_allowed",
-            risk="anyone who finds this server can place calls to your agents and spend your "
-            "model quota; set the verification keys before taking real calls",
-            missing=unverified,
-        )
+    if worker is None:
+        announce(settings, graph, simulator=simulator, log=log)
+    else:  # said once, by the master; the agents' secrets are scrubbed here all the same
+        register_secrets(graph.secrets())
     async with contextlib.AsyncExitStack() as stack:
         ssl_context = None
         if simulator:
@@ -271,7 +293,7 @@ async def serve(
             )
             ssl_context = sim.tls.client_context()
             log.info("simulator.started", base_url=sim.base_url, openai_base_url=realtime.base_url)
-        state = build_state(settings, graph, ssl_context=ssl_context)
+        state = build_state(settings, graph, ssl_context=ssl_context, worker=worker)
         raise_open_file_limit(open_files_needed(settings), log)
         prepare_recordings_dir(settings)
         signals = ServeSignals(state, settings.drain_timeout)
@@ -281,7 +303,12 @@ async def serve(
         try:
             try:
                 gateway = await stack.enter_async_context(
-                    running_gateway(state, host=host, port=port)
+                    running_gateway(
+                        state,
+                        host=host,
+                        port=port,
+                        sock=worker.listening_socket() if worker is not None else None,
+                    )
                 )
             except RecordsUnavailableError as exc:
                 detail = str(exc)
@@ -301,7 +328,11 @@ async def serve(
                 endpoints=state.providers.endpoints(),
                 public_url=settings.public_url or "derived from requests",
                 agents=[a.id for a in graph.spec.agents],
+                pid=os.getpid(),
             )
+            if worker is not None:
+                worker.ready()
+                signals.watch_master(worker)
             await gateway.wait_closed()
         finally:
             await signals.aclose()
@@ -317,12 +348,20 @@ class ServeSignals:
         self._gateway: RunningGateway | None = None
         self._stop_asked = False
         self._draining: list[asyncio.Task[None]] = []
+        self._watching: asyncio.Task[None] | None = None
         self.reloads = Reloads(state)
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop)
         loop.add_signal_handler(signal.SIGHUP, self.reloads.request)
+
+    def watch_master(self, worker: WorkerContext) -> None:
+        """A worker whose master dies drains as if the master had passed SIGTERM on: nothing
+        would stop it otherwise, nor restart it, nor pass it a signal."""
+        self._watching = asyncio.get_running_loop().create_task(
+            worker.watch_master(self._stop), name="master-watch"
+        )
 
     def serving(self, gateway: RunningGateway) -> None:
         self._gateway = gateway
@@ -341,7 +380,7 @@ class ServeSignals:
             self._draining.append(task)
 
     async def aclose(self) -> None:
-        await cancel_and_wait(*self._draining)
+        await cancel_and_wait(self._watching, *self._draining)
         await self.reloads.aclose()
 
 
@@ -383,23 +422,6 @@ class Reloads:
 
     async def aclose(self) -> None:
         await cancel_and_wait(*self._tasks)
-
-
-def prepare_recordings_dir(settings: Settings) -> None:
-    """Create RECORDINGS_DIR if needed; a directory the gateway cannot write to is a start-up
-    error, not a silent loss of every recording."""
-    directory = settings.recordings_dir
-    if directory is None:
-        return
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".callbridge-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(
-            f"RECORDINGS_DIR: cannot write recordings to {directory}: {exc.strerror or exc}"
-        ) from None
 
 
 def raise_open_file_limit(needed: int, log: structlog.stdlib.BoundLogger) -> None:

@@ -164,6 +164,9 @@ class Settings(BaseSettings):
     #: Defaults for ``gateway serve --host/--port``.
     host: str = Field(default="0.0.0.0", min_length=1)
     port: int = Field(default=8080, ge=1, le=65535)
+    #: Default for ``gateway serve --workers``: processes serving calls on the one port. Unset:
+    #: one per core the container may use (``gateway.workers.available_cpus``).
+    workers: int | None = Field(default=None, ge=1)
 
     # --- Gemini Live connection -------------------------------------------------------------
     #: Websocket keepalive towards Gemini. Pongs have been seen to take 8-30 s under load, and a
@@ -230,9 +233,9 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL such as https://crm.example.com/calls")
         return url.strip()
 
-    @field_validator("recordings_dir", mode="before")
+    @field_validator("recordings_dir", "workers", mode="before")
     @classmethod
-    def _recordings_dir(cls, value: object) -> object:
+    def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("timezone")
@@ -367,6 +370,11 @@ class Settings(BaseSettings):
     def tzinfo(self) -> ZoneInfo:
         """TIMEZONE as a zone for ``datetime.astimezone``."""
         return ZoneInfo(self.timezone)
+
+    def ledger_retention_s(self) -> float:
+        """How long the gateway remembers that a call has had its stream: longer than a token
+        lives, so a replayed webhook's fresh token is refused as well."""
+        return max(900.0, 2 * self.stream_token_ttl)
 
     def stream_base(self) -> str | None:
         """``wss://host[/prefix]`` from PUBLIC_URL, or None to derive it per request."""

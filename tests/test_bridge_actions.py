@@ -299,7 +299,7 @@ async def test_barge_in_during_the_goodbye_does_not_hold_the_end() -> None:
 
 def test_start_up_names_the_keys_agent_actions_need() -> None:
     from gateway.settings import Settings
-    from gateway.web.state import call_action_gaps
+    from gateway.startup import call_action_gaps
 
     bare = Settings(_env_file=None)
     gaps = call_action_gaps(bare, GRAPH)

@@ -11,6 +11,7 @@ nginx config is also parsed by nginx itself (``nginx -t``) when Debian's nginx i
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 from collections.abc import Iterator
@@ -239,6 +240,8 @@ def test_compose_runs_replicas_behind_the_proxy(compose: dict[str, Any], nginx: 
     assert {"path": ".env", "required": False} in gateway["env_file"]
     env = gateway["environment"]
     assert set(env) <= setting_names(), set(env) - setting_names()
+    # Workers per replica: .env's WORKERS, else (empty) one per core of the container's quota.
+    assert env["WORKERS"] == "${WORKERS:-}"
     # Every replica must check the tokens the others mint: the shared secret is required.
     assert env["GATEWAY_SECRET"].startswith("${GATEWAY_SECRET:?")
     source, target, mode = gateway["volumes"][0].split(":")
@@ -315,6 +318,24 @@ def test_deployment_runs_three_non_root_replicas_with_limits(
     resources = container["resources"]
     for kind in ("cpu", "memory"):
         assert quantity(resources["requests"][kind]) <= quantity(resources["limits"][kind])
+
+
+def test_each_pod_runs_a_worker_per_core_of_its_cpu_limit_within_the_latency_slo(
+    k8s: dict[str, dict[str, Any]],
+) -> None:
+    """The CPU limit is the pod's worker count (``gateway.workers.available_cpus`` reads it
+    from the cgroup quota): a whole number of cores, requested as well, so no worker gets part
+    of a core; MAX_CONCURRENT_CALLS is the pod's total, and a worker's share stays where the
+    load benchmark held the latency SLO (30 calls a core)."""
+    container = _container(k8s["Deployment"])
+    env = _env(container)
+    assert "WORKERS" not in env  # the limit decides
+    limit = quantity(container["resources"]["limits"]["cpu"])
+    assert limit >= 1 and limit == int(limit)
+    assert quantity(container["resources"]["requests"]["cpu"]) == limit
+    workers = math.ceil(limit)
+    per_worker = math.ceil(int(env["MAX_CONCURRENT_CALLS"]["value"]) / workers)
+    assert 20 <= per_worker <= 30
 
 
 def test_deployment_environment_is_the_gateways_settings_with_secrets_from_a_secret(

@@ -1,11 +1,13 @@
 """Call records and recordings across a crash, and ``gateway calls``, with real processes:
-``gateway serve --simulator`` killed with SIGKILL mid-call, started again on the same database,
-and the record read back from the shell, straight from the database and through the API."""
+``gateway serve --simulator`` (and its workers, if it has several) killed with SIGKILL
+mid-call, started again on the same database, and the record read back from the shell,
+straight from the database and through the API."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -30,6 +32,16 @@ def _serve(tmp_path: Path, port: int, **env: str) -> subprocess.Popen[str]:
         cwd=tmp_path, env=_env(LOG_FORMAT="json", **env), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def _kill_gateway(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL the whole gateway, as an OOM kill or ``docker kill`` does: the process and its
+    workers, if it has any (a master killed alone leaves its workers to drain their calls,
+    which they outlive by design)."""
+    workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    proc.send_signal(signal.SIGKILL)
+    for pid in workers:
+        os.kill(int(pid), signal.SIGKILL)
 
 
 def _auth() -> dict[str, str]:
@@ -59,7 +71,7 @@ async def test_sigkill_mid_call_leaves_an_interrupted_record_and_a_readable_wav(
                 if open_calls:
                     break
             await asyncio.sleep(3.0)  # a few seconds of audio on both sides
-            proc.send_signal(signal.SIGKILL)
+            _kill_gateway(proc)
             await asyncio.to_thread(proc.wait, 10)
             result = await call
     finally:

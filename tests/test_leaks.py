@@ -6,7 +6,8 @@ process (``gateway simulator``), so its memory and tasks are measured alone. Cal
 greeting, a caller turn, a tool call or a handoff. Afterwards the gateway's event loop holds as
 many tasks as before, and its Python heap (traced: PYTHONTRACEMALLOC, measured after a full
 collection) is back to where it was. RSS is only reported: the allocator keeps a high-water mark
-that depends on the random peak concurrency, not on leaks.
+that depends on the random peak concurrency, not on leaks. With several workers (the default on
+a machine with several cores) the tasks and the heap are every worker's, summed by the scrape.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import httpx
 
 from callsim.callers.audio import Silence, Tone, render
 from callsim.callers.twilio import TwilioCaller
+from gateway.workers import available_cpus
 from tests.test_cli import ROOT, _env, _free_port
 
 CALLS = 200
@@ -79,10 +81,12 @@ async def _until_up(http: httpx.AsyncClient, url: str, proc: subprocess.Popen[by
 
 
 def _rss_mb(pid: int) -> float:
+    """The gateway's resident memory: the process's, and its workers' when it has several."""
     status = Path(f"/proc/{pid}/status").read_text()
     match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
     assert match
-    return int(match.group(1)) / 1024
+    workers = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(match.group(1)) / 1024 + sum(_rss_mb(int(child)) for child in workers)
 
 
 async def _gauges(http: httpx.AsyncClient, url: str) -> tuple[float, float]:
@@ -115,10 +119,10 @@ async def _one_call(url: str, rng: random.Random) -> None:
         await asyncio.gather(timer, return_exceptions=True)
 
 
-async def _load(url: str, rng: random.Random, calls: int) -> None:
+async def _load(url: str, rng: random.Random, calls: int, concurrency: int = CONCURRENCY) -> None:
     pending: set[asyncio.Task[None]] = set()
     for _ in range(calls):
-        if len(pending) >= CONCURRENCY:
+        if len(pending) >= concurrency:
             _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         pending.add(asyncio.create_task(_one_call(url, rng)))
     await asyncio.gather(*pending)
@@ -137,7 +141,9 @@ async def _settled(http: httpx.AsyncClient, url: str) -> tuple[float, float]:
 async def test_random_hang_ups_leak_no_task_or_memory(tmp_path: Path) -> None:
     rng = random.Random(20261125)
     async with gateway_process(tmp_path) as (url, pid), httpx.AsyncClient() as http:
-        await _load(url, rng, 2 * CONCURRENCY)  # warm up caches, pools and lazy imports
+        # Warm up caches, pools and lazy imports: in every worker, which each take a share.
+        workers = available_cpus()
+        await _load(url, rng, 2 * CONCURRENCY * workers, concurrency=CONCURRENCY * workers)
         tasks_before, heap_before = await _settled(http, url)
         rss_before = _rss_mb(pid)
         await _load(url, rng, CALLS)

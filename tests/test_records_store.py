@@ -512,3 +512,70 @@ async def test_two_replicas_never_claim_the_same_delivery(
     finally:
         for store in (writer, *replicas):
             await store.aclose()
+
+
+# --- the workers of one gateway on one SQLite file ---------------------------------------------
+
+
+async def test_a_worker_s_start_closes_a_previous_run_s_records_and_not_its_siblings(
+    tmp_path: Path,
+) -> None:
+    """``gateway serve --workers N`` on SQLite: a (re)starting worker closes what was open
+    before the gateway started, never a live sibling's call; a killed sibling's call is the
+    sweep's once its heartbeat is stale."""
+    url = f"sqlite:///{tmp_path / 'calls.db'}"
+    clock = Clock(datetime(2026, 12, 6, 9, 0, tzinfo=UTC))
+    stores: list[RecordStore] = []
+
+    async def worker(owner: str, since: datetime) -> tuple[RecordStore, list[str]]:
+        store = RecordStore(url, owner=owner, clock=clock, siblings_since=since)
+        stores.append(store)
+        return store, await store.start(deliver=False)
+
+    try:
+        previous, _ = await worker("previous-run", clock.now)
+        await previous.call_started(record("CA-before"))
+        clock.advance(60)
+        gateway_started = clock.now
+        sibling, closed = await worker("sibling", gateway_started)
+        assert closed == ["CA-before"]
+        await sibling.call_started(record("CA-live"))
+        clock.advance(30)
+        _restarted, closed = await worker("restarted", gateway_started)
+        assert closed == []  # the sibling's call goes on
+        assert (await sibling.get("CA-live") or {})["ended_at"] is None
+        clock.advance(61)  # the sibling was killed: no checkpoint for 91 s
+        assert await _restarted.sweep() == ["CA-live"]
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+async def test_workers_writing_one_sqlite_file_at_once_wait_their_turn(tmp_path: Path) -> None:
+    """Several processes' transactions that read and then write (finishing a record, claiming
+    deliveries) would fail at once on SQLite if another wrote in between; they begin holding the
+    write lock instead, and the busy timeout orders them. Stores with their own connections
+    and threads stand in for the worker processes; they start (and migrate) together too."""
+    url = f"sqlite:///{tmp_path / 'calls.db'}"
+    stores = [RecordStore(url, owner=f"worker-{n}") for n in range(3)]
+    try:
+        await asyncio.gather(*(store.start(deliver=True) for store in stores))
+
+        async def calls(n: int, store: RecordStore) -> list[str]:
+            claimed = []
+            for i in range(15):
+                doc = record(f"CA{n}-{i}")
+                await store.call_started(doc)
+                done = finished(doc, ended_at="2026-12-06T09:00:01.000Z", duration_s=1, reason="x")
+                await store.call_finished(done, deliver=True)
+                claimed += [d.delivery_id for d in await store.due_deliveries(2)]
+            return claimed
+
+        claims = await asyncio.gather(*(calls(n, s) for n, s in enumerate(stores)))
+        found, _ = await stores[0].search(limit=100)
+    finally:
+        for store in stores:
+            await store.aclose()
+    assert len(found) == 45 and all(doc["end_reason"] == "x" for doc in found)
+    every = [c for claimed in claims for c in claimed]
+    assert len(every) == len(set(every)) == 45

@@ -237,9 +237,22 @@ async def _log_line(lines: asyncio.Queue[str], event: str, within_s: float) -> d
             return parsed
 
 
+async def _serving_processes(lines: asyncio.Queue[str]) -> int:
+    """How many processes serve the calls: with several workers their master says, in
+    ``gateway.workers_started``, before any of them listens; one process just listens."""
+    while True:
+        line = await asyncio.wait_for(lines.get(), 30)
+        if '"event": "gateway.workers_started"' in line:
+            return len(json.loads(line)["pids"])
+        if '"event": "gateway.listening"' in line:
+            return 1
+
+
 async def test_sighup_reloads_a_serving_process_and_a_broken_file_keeps_it_serving(
     tmp_path: Path,
 ) -> None:
+    """With several workers, the master passes SIGHUP on to each, which reloads (and counts
+    its reload: the scrape, whichever worker answers it, adds them up)."""
     agents_file = tmp_path / "agents.yaml"
     write(agents_file, file_a())
     port = _free_port()
@@ -262,25 +275,31 @@ async def test_sighup_reloads_a_serving_process_and_a_broken_file_keeps_it_servi
     reader = loop.run_in_executor(None, pump)
     try:
         async with httpx.AsyncClient() as http:
+            processes = await _serving_processes(lines)
             await _wait_healthy(http, url, proc)
             write(agents_file, file_b())
             proc.send_signal(signal.SIGHUP)
-            reloaded = await _log_line(lines, "config.reloaded", within_s=1.0)
+            every = [await _log_line(lines, "config.reloaded", 1.0) for _ in range(processes)]
             ok = await http.get(url + "/metrics")
             agents_file.write_text("agents: [\n")
             proc.send_signal(signal.SIGHUP)
-            failed = await _log_line(lines, "config.reload_failed", within_s=1.0)
+            failures = [
+                await _log_line(lines, "config.reload_failed", 1.0) for _ in range(processes)
+            ]
             broken = await http.get(url + "/metrics")
             health = await http.get(url + "/healthz")
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.to_thread(proc.wait, 20)
         await reader
-    assert reloaded["agents"] == ["front-desk", "mortgages"] and reloaded["model"] == MODEL_B
-    assert _metric(ok.text, 'gateway_config_reloads_total{result="ok"}') == 1.0
-    assert failed["error"].startswith("agents.yaml: not valid YAML: ")
-    assert "Traceback" not in failed["error"]
-    assert _metric(broken.text, 'gateway_config_reloads_total{result="error"}') == 1.0
-    assert _metric(broken.text, 'gateway_config_reloads_total{result="ok"}') == 1.0
+    for reloaded in every:
+        assert reloaded["agents"] == ["front-desk", "mortgages"] and reloaded["model"] == MODEL_B
+    assert len({reloaded.get("worker") for reloaded in every}) == processes  # each, once
+    assert _metric(ok.text, 'gateway_config_reloads_total{result="ok"}') == processes
+    for failed in failures:
+        assert failed["error"].startswith("agents.yaml: not valid YAML: ")
+        assert "Traceback" not in failed["error"]
+    assert _metric(broken.text, 'gateway_config_reloads_total{result="error"}') == processes
+    assert _metric(broken.text, 'gateway_config_reloads_total{result="ok"}') == processes
     assert health.status_code == 200
     assert proc.returncode == 0

@@ -30,6 +30,7 @@ ENV_NAMES = (
     "CALL_RECORDS_SECRET",
     "ADMIN_API_TOKEN",
     "RECORDINGS_DIR",
+    "WORKERS",
 )
 
 
@@ -89,6 +90,8 @@ def test_public_url_builds_the_wss_stream_base(monkeypatch: pytest.MonkeyPatch) 
         ("TIMEZONE", "Mars/Olympus", "TIMEZONE: unknown time zone 'Mars/Olympus'; use an IANA"),
         ("TIMEZONE", "America", "TIMEZONE: unknown time zone 'America'"),
         ("TIMEZONE", "../etc/passwd", "TIMEZONE: unknown time zone"),
+        ("WORKERS", "0", "WORKERS: Input should be greater than or equal to 1"),
+        ("WORKERS", "auto", "WORKERS: Input should be a valid integer"),
     ],
 )
 def test_invalid_settings_name_the_variable(
@@ -201,3 +204,12 @@ def test_the_database_password_is_a_secret(monkeypatch: pytest.MonkeyPatch) -> N
     settings = load_settings(_env_file=None)
     assert "pa55word-xyz" in settings.secrets()
     assert "pa55word-xyz" not in repr(settings)
+
+
+@pytest.mark.parametrize(("value", "workers"), [(None, None), ("", None), (" ", None), ("3", 3)])
+def test_workers_unset_or_empty_leave_it_to_the_cpu_count(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, workers: int | None
+) -> None:
+    if value is not None:
+        monkeypatch.setenv("WORKERS", value)
+    assert load_settings(_env_file=None).workers == workers

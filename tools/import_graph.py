@@ -44,6 +44,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("audio", ("gateway.audio",)),
     ("carriers", ("gateway.carriers",)),
     ("settings", ("gateway.settings",)),
+    ("startup", ("gateway.startup",)),
     ("records", ("gateway.records",)),
     ("model", ("gateway.model",)),
     ("live", ("gateway.live",)),
@@ -69,6 +70,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("web app", ("gateway.web.app", "gateway.web")),
+    ("workers", ("gateway.workers",)),
     ("server", ("gateway.server",)),
     ("cli", ("gateway.cli", "gateway.__main__", "gateway")),
 )

@@ -7,7 +7,12 @@ of database is set up.
   lose the newest transaction); a busy timeout, so a reader holding a lock delays a write
   instead of failing it; foreign keys enforced (SQLite leaves them off by default). SQLite's
   Python driver starts transactions only before data changes, so the schema's migrations
-  would run unprotected: here every transaction begins explicitly, DDL included.
+  would run unprotected: here every transaction begins explicitly, DDL included. A
+  transaction that writes (an engine from :func:`for_writing`) begins ``IMMEDIATE``, holding
+  the write lock from its first statement: the workers of one ``gateway serve`` write to one
+  file, and a transaction that read first and then found another process had written since
+  would fail at once (``SQLITE_BUSY_SNAPSHOT``: the busy timeout cannot help), where waiting
+  for the lock at ``BEGIN`` lets the busy timeout order the writers.
 * ``postgresql://``, ``postgres://`` or ``postgresql+psycopg://``: always psycopg 3, the one
   PostgreSQL driver the gateway depends on. Connections are checked before use, so a database
   restart costs one reconnection, not one failed write per pooled connection.
@@ -26,6 +31,8 @@ from sqlalchemy.exc import ArgumentError
 
 #: Milliseconds a write waits for another connection's lock before SQLite gives up.
 SQLITE_BUSY_TIMEOUT_MS = 5000
+#: The execution option :func:`for_writing` sets (any other database ignores it).
+_WRITES = "callbridge_writes"
 
 _POSTGRES_DRIVERS = ("postgres", "postgresql", "postgresql+psycopg")
 
@@ -60,6 +67,12 @@ def open_engine(url: URL) -> Engine:
     return create_engine(url, hide_parameters=True, pool_pre_ping=True)
 
 
+def for_writing(engine: Engine) -> Engine:
+    """``engine`` for transactions that write: on SQLite they take the write lock as they
+    begin (see the module docstring); the connections are the same pool's."""
+    return engine.execution_options(**{_WRITES: True})
+
+
 def _sqlite_connected(dbapi_connection: Any, _record: object) -> None:
     # Autocommit at the driver level: SQLAlchemy's "begin" event then issues BEGIN itself, for
     # every transaction (the driver's own would skip DDL and reads).
@@ -75,4 +88,5 @@ def _sqlite_connected(dbapi_connection: Any, _record: object) -> None:
 
 
 def _sqlite_begin(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN")
+    writes = connection.get_execution_options().get(_WRITES, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")

@@ -7,7 +7,9 @@ makes SQLite's so), so a failed migration leaves the previous schema, not half o
 
 Replicas sharing a PostgreSQL database may start together: each takes the same advisory lock
 (held to the end of the migration's transaction) before looking at the schema's version, so
-one migrates and the others then find the schema current. SQLite has one process per file.
+one migrates and the others then find the schema current. The workers of one ``gateway
+serve`` sharing a SQLite file do the same through SQLite's write lock: the transaction begins
+``IMMEDIATE`` (``database.for_writing``), so the second waits at ``BEGIN`` for the first.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, text
 
+from gateway.records.database import for_writing
+
 MIGRATIONS = Path(__file__).resolve().with_name("migrations")
 #: The advisory lock's key: any constant that other software on the database is unlikely to
 #: use; this one spells "callbrdg".
@@ -26,7 +30,7 @@ MIGRATION_LOCK_KEY = 0x63616C6C62726467
 
 def upgrade_to_head(engine: Engine) -> None:
     """Apply every revision ``engine``'s database does not have yet (none: nothing happens)."""
-    with engine.connect() as connection, connection.begin():
+    with for_writing(engine).connect() as connection, connection.begin():
         if connection.dialect.name == "postgresql":
             connection.execute(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}

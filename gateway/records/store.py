@@ -15,7 +15,11 @@ They are closed as having ended at their last heartbeat (``duration_s`` to match
 ``interrupted``), with an outbox row when delivery is on:
 
 * at :meth:`RecordStore.start`, on SQLite, every open record of another owner: one gateway
-  process uses a SQLite file, so any open record found at start-up is a previous run's;
+  uses a SQLite file, so any open record found at start-up is a previous run's. The workers of
+  one ``gateway serve`` share the file, so a worker's store is told when that gateway started
+  (``siblings_since``) and closes only the open records from before it: a restarted worker
+  leaves its live siblings' calls alone, and a killed worker's records are closed by the
+  sweep (below) once their heartbeat is stale;
 * at :meth:`RecordStore.start` on PostgreSQL, and at every :meth:`RecordStore.sweep` (the
   gateway's minute timer) on either database, the open records of other owners whose
   heartbeat is older than ``stale_after_s``: replicas share a PostgreSQL database, and a
@@ -43,6 +47,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, ParamSpec, TypeVar
@@ -53,7 +58,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.records import documents
 from gateway.records.cursor import decode_cursor, encode_cursor
-from gateway.records.database import database_url, open_engine
+from gateway.records.database import database_url, for_writing, open_engine
 from gateway.records.migrate import upgrade_to_head
 from gateway.records.schema import call_agents, calls, deliveries
 from gateway.records.times import as_utc, utc_now
@@ -102,12 +107,17 @@ class RecordStore:
         owner: str | None = None,
         stale_after_s: float = 90.0,
         clock: Callable[[], datetime] = utc_now,
+        siblings_since: datetime | None = None,
     ) -> None:
         self._url = database_url(url)
         self.owner = owner or default_owner()
         self._stale_after = timedelta(seconds=stale_after_s)
         self._clock = clock
+        #: When the gateway whose other workers share this database started (None: alone).
+        self._siblings_since = siblings_since
         self._engine: Engine | None = None
+        #: The same engine for transactions that write (SQLite: they begin IMMEDIATE).
+        self._writer: Engine | None = None
         #: Whether records this store closes as interrupted get an outbox row (start's flag).
         self._deliver_interrupted = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="call-records")
@@ -131,6 +141,12 @@ class RecordStore:
             raise RuntimeError("RecordStore.start() has not run")
         return self._engine
 
+    def _write(self) -> AbstractContextManager[Connection]:
+        """A transaction that writes (see ``gateway.records.database``)."""
+        if self._writer is None:
+            raise RuntimeError("RecordStore.start() has not run")
+        return self._writer.begin()
+
     # --- life cycle -----------------------------------------------------------------------
 
     async def start(self, *, deliver: bool, close_interrupted: bool = True) -> list[str]:
@@ -144,17 +160,21 @@ class RecordStore:
     def _start(self, close_interrupted: bool) -> list[str]:
         if self._engine is None:
             self._engine = open_engine(self._url)
+            self._writer = for_writing(self._engine)
         upgrade_to_head(self._engine)
         if not close_interrupted:
             return []
-        closed = self._close_interrupted(stale_only=not self._is_sqlite)
+        if not self._is_sqlite:
+            closed = self._close_interrupted(before=self.now() - self._stale_after)
+        else:
+            closed = self._close_interrupted(before=self._siblings_since)
         if closed:
             self._log.warning("records.interrupted_closed", count=len(closed), at="start")
         return closed
 
     async def sweep(self) -> list[str]:
         """Close other owners' stale open records (see the module docstring)."""
-        closed = await self._run(self._close_interrupted, stale_only=True)
+        closed = await self._run(self._close_interrupted, before=self.now() - self._stale_after)
         if closed:
             self._log.warning("records.interrupted_closed", count=len(closed), at="sweep")
         return closed
@@ -179,7 +199,7 @@ class RecordStore:
     def _call_started(self, doc: dict[str, Any]) -> None:
         values = documents.columns(documents.opened(doc))
         try:
-            with self._connect().begin() as connection:
+            with self._write() as connection:
                 connection.execute(
                     insert(calls).values(**values, owner=self.owner, heartbeat_at=self.now())
                 )
@@ -196,7 +216,7 @@ class RecordStore:
 
     def _checkpoint(self, docs: list[dict[str, Any]]) -> None:
         now = self.now()
-        with self._connect().begin() as connection:
+        with self._write() as connection:
             for doc in docs:
                 values = documents.columns(documents.opened(doc))
                 call_id = values.pop("call_id")
@@ -217,7 +237,7 @@ class RecordStore:
     def _call_finished(self, doc: dict[str, Any], deliver: bool) -> str | None:
         values = documents.columns(doc)
         call_id = values["call_id"]
-        with self._connect().begin() as connection:
+        with self._write() as connection:
             found = connection.execute(
                 select(calls.c.ended_at).where(calls.c.call_id == call_id)
             ).first()
@@ -237,15 +257,16 @@ class RecordStore:
             _set_agents(connection, call_id, doc, replace=True)
             return self._add_delivery(connection, call_id, values["document"]) if deliver else None
 
-    def _close_interrupted(self, *, stale_only: bool) -> list[str]:
-        now = self.now()
+    def _close_interrupted(self, *, before: datetime | None) -> list[str]:
+        """Close other owners' open records whose heartbeat is older than ``before`` (None:
+        all of them)."""
         query = select(calls.c.call_id, calls.c.heartbeat_at, calls.c.document).where(
             calls.c.ended_at.is_(None), calls.c.owner != self.owner
         )
-        if stale_only:
-            query = query.where(calls.c.heartbeat_at < now - self._stale_after)
+        if before is not None:
+            query = query.where(calls.c.heartbeat_at < as_utc(before))
         closed: list[str] = []
-        with self._connect().begin() as connection:
+        with self._write() as connection:
             for row in connection.execute(query.order_by(calls.c.call_id)).all():
                 doc = documents.interrupted(documents.loads(row.document), row.heartbeat_at)
                 body = documents.dumps(doc)
@@ -358,7 +379,7 @@ class RecordStore:
         d = deliveries.c
         pending = and_(d.delivered_at.is_(None), d.abandoned_at.is_(None))
         claimed: list[Delivery] = []
-        with self._connect().begin() as connection:
+        with self._write() as connection:
             rows = connection.execute(
                 select(
                     d.delivery_id, d.call_id, d.body, d.attempts, d.created_at, d.next_attempt_at
@@ -401,7 +422,7 @@ class RecordStore:
     def _settle(self, delivery_id: str, **changes: Any) -> None:
         """Record one attempt's outcome (``changes``) on a pending row."""
         d = deliveries.c
-        with self._connect().begin() as connection:
+        with self._write() as connection:
             connection.execute(
                 update(deliveries)
                 .where(

@@ -47,10 +47,11 @@ from fastapi.responses import (
 from prometheus_client import Gauge
 
 from gateway.agents import AgentGraph
+from gateway.startup import call_action_gaps
 from gateway.web.auth import SESSION_COOKIE, AdminAuth
 from gateway.web.feed import LiveFeed
 from gateway.web.httputil import CLIENT_GONE, read_form, request_origin
-from gateway.web.state import GatewayState, call_action_gaps
+from gateway.web.state import GatewayState
 
 #: What the console's pages may load and talk to: this gateway, nothing else. No inline
 #: script or style, so an injected string can never run.

@@ -13,32 +13,32 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.agents import (
-    END_CALL_TOOL,
-    TRANSFER_CALL_TOOL,
-    AgentGraph,
-    AgentsFileError,
-    Fallback,
-    load_agents,
-)
+from gateway.agents import AgentGraph, AgentsFileError, Fallback, load_agents
 from gateway.call.bridge import BridgeOptions, CallBridge
 from gateway.call.emitter import CallObserver
 from gateway.call.http_tools import HttpToolRunner
 from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.texml_api import TexmlRest
 from gateway.carriers.twilio_api import TwilioRest
-from gateway.logs import register_secrets
 from gateway.metrics import Metrics
 from gateway.providers import ModelProviders
 from gateway.records.service import CallRecords
-from gateway.security import StreamGrant, StreamLedger, StreamReusedError, StreamTokens
+from gateway.security import (
+    StreamClaims,
+    StreamGrant,
+    StreamLedger,
+    StreamReusedError,
+    StreamTokens,
+)
 from gateway.settings import Settings
+from gateway.startup import announce_graph
 from gateway.web.feed import LiveFeed
 
 #: A refused upgrade or webhook is logged this many times per reason, then every 100th: a
@@ -86,7 +86,10 @@ class GatewayState:
     #: Accepted sockets that are not calls (yet): waiting for a start that proves them, or
     #: being refused politely. Owned here so shutdown ends them too.
     pending: set[asyncio.Task[None]] = field(default_factory=set)
-    ledger: StreamLedger = field(default_factory=lambda: StreamLedger(retention_s=900.0))
+    ledger: StreamClaims = field(default_factory=lambda: StreamLedger(retention_s=900.0))
+    #: With several workers: asks the master to have the others re-read agents.yaml too (a
+    #: reload through the admin API reaches one worker; SIGHUP to the master reaches all).
+    reload_others: Callable[[], None] | None = None
     draining: bool = False
     #: Set whenever no call is live (drain waits on it).
     idle: asyncio.Event = field(default_factory=lambda: _set(asyncio.Event()))
@@ -223,41 +226,6 @@ class GatewayState:
         for client in (self.telnyx_api, self.texml_api, self.twilio_rest, self.tool_runner):
             if client is not None:
                 await client.aclose()
-
-
-def announce_graph(
-    settings: Settings, graph: AgentGraph, log: structlog.stdlib.BoundLogger
-) -> None:
-    """What a newly loaded agents file needs before it serves, at start-up and on a reload:
-    its expanded HTTP tool secrets join the log scrubber (before anything about it is logged),
-    and its warnings and the call actions it cannot carry out are logged."""
-    register_secrets(graph.secrets())
-    for warning in graph.warnings:
-        log.warning("agents.warning", detail=warning)
-    for gap in call_action_gaps(settings, graph):
-        log.warning("agents.call_actions_unavailable", detail=gap)
-
-
-def call_action_gaps(settings: Settings, graph: AgentGraph) -> list[str]:
-    """What agents with ``end_call`` or ``transfer_call`` cannot do on the carriers served,
-    for want of the carrier's API key: said at start-up, not found out on a live call."""
-    acting = sorted(
-        {tool for agent in graph.spec.agents for tool in agent.tools}
-        & {END_CALL_TOOL, TRANSFER_CALL_TOOL}
-    )
-    if not acting:
-        return []
-    tools = " and ".join(acting)
-    need = "needs" if len(acting) == 1 else "need"
-    gaps = []
-    if "twilio" in settings.served_carriers and settings.twilio_auth_token is None:
-        gaps.append(
-            f"Twilio: {tools} {need} TWILIO_AUTH_TOKEN (the REST API); without it end_call "
-            "closes the stream, which plays the fallback after </Connect>, and transfers fail"
-        )
-    if "telnyx" in settings.served_carriers and settings.telnyx_api_key is None:
-        gaps.append(f"Telnyx: {tools} {need} TELNYX_API_KEY (TeXML REST and Call Control)")
-    return gaps
 
 
 def _set(event: asyncio.Event) -> asyncio.Event:
