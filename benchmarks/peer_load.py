@@ -310,6 +310,9 @@ async def run_level(n: int, args: argparse.Namespace, root: Path) -> Level:
                 "CARRIERS": "twilio",
                 "ALLOW_UNSIGNED_WEBHOOKS": "true",  # a benchmark, not a deployment
                 "OPENBLAS_NUM_THREADS": "1",
+                # One process unless asked: `gateway serve` would otherwise start a worker per
+                # core it may use (an older checkout ignores the variable).
+                "WORKERS": str(args.gateway_workers),
             }
             command = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1",
                        "--port", str(port)]  # fmt: skip
