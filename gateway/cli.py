@@ -282,7 +282,8 @@ def _serve(args: argparse.Namespace, worker: WorkerContext | None) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
     if worker is None:
-        from gateway.workers import available_cpus, run_master
+        from gateway.cpus import available_cpus
+        from gateway.workers import run_master
 
         count = args.workers or settings.workers or available_cpus()
         if count > 1:

@@ -9,7 +9,7 @@ websocket upgrade, before the socket costs anything, when it travels in the stre
 
 Opening a Gemini session costs money, so an unauthenticated stream must never get one, and one
 token must never get two: :class:`StreamLedger` admits one stream per call (the workers of one
-``gateway serve`` share ``gateway.workers.SharedStreamLedger`` instead; both are
+``gateway serve`` share ``gateway.claims.SharedStreamLedger`` instead; both are
 :class:`StreamClaims`).
 """
 
@@ -145,7 +145,7 @@ class StreamLedger:
     already streamed is refused too) and at most ``max_entries``, oldest dropped first.
 
     This is one process's memory: replicas do not share it (see the README, Security); the
-    workers of one ``gateway serve`` share ``gateway.workers.SharedStreamLedger``.
+    workers of one ``gateway serve`` share ``gateway.claims.SharedStreamLedger``.
     """
 
     def __init__(self, *, retention_s: float, max_entries: int = 100_000) -> None:

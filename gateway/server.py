@@ -33,6 +33,7 @@ from gateway.carriers.telnyx_api import CallControl
 from gateway.carriers.telnyx_signature import load_public_key
 from gateway.carriers.texml_api import TexmlRest
 from gateway.carriers.twilio_api import TwilioRest
+from gateway.claims import SharedStreamLedger
 from gateway.connections import MediaWebSocketProtocol, guarded_h11
 from gateway.logs import configure_logging, register_secrets
 from gateway.metrics import Metrics
@@ -45,7 +46,7 @@ from gateway.settings import ConfigError, Settings
 from gateway.startup import announce, prepare_recordings_dir
 from gateway.web.app import create_app
 from gateway.web.state import GatewayState
-from gateway.workers import SharedStreamLedger, WorkerContext
+from gateway.workers import WorkerContext
 
 
 def build_state(

@@ -165,7 +165,7 @@ class Settings(BaseSettings):
     host: str = Field(default="0.0.0.0", min_length=1)
     port: int = Field(default=8080, ge=1, le=65535)
     #: Default for ``gateway serve --workers``: processes serving calls on the one port. Unset:
-    #: one per core the container may use (``gateway.workers.available_cpus``).
+    #: one per core the container may use (``gateway.cpus.available_cpus``).
     workers: int | None = Field(default=None, ge=1)
 
     # --- Gemini Live connection -------------------------------------------------------------

@@ -22,7 +22,7 @@ watches and signals its workers:
   exits with the first worker's status and error, as one process would;
 * what the workers must share, it provides: the stream token secret when GATEWAY_SECRET is
   unset (one random key in their environment, never on a command line or in a log), a
-  directory of stream claims (:class:`SharedStreamLedger`), prometheus_client's multiprocess
+  directory of stream claims (``gateway.claims``), prometheus_client's multiprocess
   directory (``gateway.metrics``), both in one directory of their own that outlives none of
   them (:func:`shared_directory`), and the start time that tells a previous run's open call
   records from a sibling's (``gateway.records.store``). MAX_CONCURRENT_CALLS and
@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import math
 import os
 import secrets
@@ -53,26 +52,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import structlog
 
 from gateway.agents import AgentGraph
 from gateway.aio import cancel_and_wait
+from gateway.claims import prune_claims
 from gateway.logs import configure_logging, register_secrets
 from gateway.settings import ConfigError, Settings
 from gateway.startup import announce, prepare_recordings_dir
 
-if TYPE_CHECKING:
-    from gateway.security import StreamGrant
-
 __all__ = [
     "Master",
-    "SharedStreamLedger",
     "WorkerContext",
-    "available_cpus",
-    "cpu_quota",
-    "prune_claims",
     "restart_delay",
     "run_master",
     "shared_directory",
@@ -103,116 +95,6 @@ MASTER_POLL_S = 1.0
 PRUNE_EVERY_S = 60.0
 #: uvicorn's default listen backlog.
 BACKLOG = 2048
-
-
-# ---------------------------------------------------------------------------- how many
-
-
-def cpu_quota(cgroup_root: Path) -> float | None:
-    """The CPU quota of the cgroup at ``cgroup_root``, in cores (1.5 for "150000 100000"), or
-    None when there is none: cgroup v2's ``cpu.max``, else v1's ``cpu.cfs_quota_us`` over
-    ``cpu.cfs_period_us`` (at the root or in its ``cpu`` controller's directory)."""
-    v2 = _read(cgroup_root / "cpu.max")
-    if v2 is not None:
-        quota, _, period = v2.partition(" ")
-        return _ratio(quota, period)
-    for directory in (cgroup_root / "cpu", cgroup_root / "cpu,cpuacct", cgroup_root):
-        quota_us = _read(directory / "cpu.cfs_quota_us")
-        if quota_us is not None:
-            return _ratio(quota_us, _read(directory / "cpu.cfs_period_us") or "")
-    return None
-
-
-def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup"), cores: int | None = None) -> int:
-    """How many workers ``gateway serve`` starts by default: the container's CPU quota rounded
-    up, at most the cores this process may run on (``cores``; default: its affinity), at
-    least 1. A container limited to 1.5 cores gets 2 workers: a worker is idle most of the
-    time between audio frames, and the quota is a budget over 100 ms, not a core count."""
-    if cores is None:
-        affinity = getattr(os, "sched_getaffinity", None)
-        cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
-    quota = cpu_quota(cgroup_root)
-    if quota is not None:
-        cores = min(cores, math.ceil(quota))
-    return max(1, cores)
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
-
-
-def _ratio(quota: str, period: str) -> float | None:
-    try:
-        q, p = int(quota), int(period)
-    except ValueError:  # "max", or nothing
-        return None
-    return q / p if q > 0 and p > 0 else None
-
-
-# ---------------------------------------------------------------------------- shared claims
-
-
-class SharedStreamLedger:
-    """``gateway.security.StreamLedger`` for the workers of one ``gateway serve``: which calls
-    have had their stream, in a directory they share.
-
-    The workers accept on one socket, so a call's webhook answered by one worker and its
-    stream served by another is the normal case, and a replayed token may reach any of them:
-    "one stream per call" must hold across them. A claim is a file named by a hash of (carrier,
-    call id), created with ``O_CREAT | O_EXCL``, which the kernel lets exactly one process do:
-    no lock, no server, and a worker that dies mid-claim leaves nothing half done.
-    ``streamed`` asks whether the file exists, ``release`` removes it. The file's modification
-    time is the claim's; the master removes claims older than the retention once a minute
-    (:func:`prune_claims`): a single pruner, so no prune can remove a claim made since it
-    looked. The directory is on a memory file system (``/dev/shm``) when there is one: a claim
-    costs a few microseconds on the event loop.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def claim(self, grant: StreamGrant, now: float) -> bool:
-        """Record the call's stream; False if it already had one (in any worker)."""
-        path = self._path(grant.carrier, grant.call_id)
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except FileExistsError:
-            return False
-        try:
-            os.utime(fd, (now, now))
-        finally:
-            os.close(fd)
-        return True
-
-    def release(self, grant: StreamGrant) -> None:
-        """Undo a claim whose stream was passed on to another replica, unopened."""
-        with contextlib.suppress(FileNotFoundError):
-            self._path(grant.carrier, grant.call_id).unlink()
-
-    def streamed(self, carrier: str, call_id: str, now: float) -> bool:
-        """Whether this call has had its stream (a webhook for it now is a replay)."""
-        return self._path(carrier, call_id).exists()
-
-    def _path(self, carrier: str, call_id: str) -> Path:
-        # Hashed: a call id is the carrier's text, and must not become a path.
-        digest = hashlib.sha256(f"{carrier}\0{call_id}".encode()).hexdigest()
-        return self.directory / digest
-
-
-def prune_claims(directory: Path, before: float) -> int:
-    """Remove the claims in ``directory`` made before ``before`` (Unix seconds); returns how
-    many. Only the master calls it (see :class:`SharedStreamLedger`)."""
-    removed = 0
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            with contextlib.suppress(FileNotFoundError):
-                if entry.stat().st_mtime < before:
-                    os.unlink(entry.path)
-                    removed += 1
-    return removed
 
 
 # ---------------------------------------------------------------------------- a worker's side

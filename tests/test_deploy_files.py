@@ -323,7 +323,7 @@ def test_deployment_runs_three_non_root_replicas_with_limits(
 def test_each_pod_runs_a_worker_per_core_of_its_cpu_limit_within_the_latency_slo(
     k8s: dict[str, dict[str, Any]],
 ) -> None:
-    """The CPU limit is the pod's worker count (``gateway.workers.available_cpus`` reads it
+    """The CPU limit is the pod's worker count (``gateway.cpus.available_cpus`` reads it
     from the cgroup quota): a whole number of cores, requested as well, so no worker gets part
     of a core; MAX_CONCURRENT_CALLS is the pod's total, and a worker's share stays where the
     load benchmark held the latency SLO (30 calls a core)."""

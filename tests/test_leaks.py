@@ -26,7 +26,7 @@ import httpx
 
 from callsim.callers.audio import Silence, Tone, render
 from callsim.callers.twilio import TwilioCaller
-from gateway.workers import available_cpus
+from gateway.cpus import available_cpus
 from tests.test_cli import ROOT, _env, _free_port
 
 CALLS = 200

@@ -36,15 +36,10 @@ from callsim.callers.audio import Silence, Tone, render
 from callsim.callers.result import CallEvent, CallResult
 from callsim.callers.twilio import TwilioCaller
 from gateway.aio import cancel_and_wait
+from gateway.claims import SharedStreamLedger, prune_claims
+from gateway.cpus import available_cpus, cpu_quota
 from gateway.security import StreamGrant
-from gateway.workers import (
-    SharedStreamLedger,
-    available_cpus,
-    cpu_quota,
-    prune_claims,
-    restart_delay,
-    shared_directory,
-)
+from gateway.workers import restart_delay, shared_directory
 from tests.test_cli import ROOT, _env, _free_port
 
 WORKERS = 2

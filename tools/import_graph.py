@@ -38,6 +38,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.variables",
             "gateway.agents",
             "gateway.security",
+            "gateway.claims",
+            "gateway.cpus",
             "gateway.connections",
         ),
     ),
