@@ -57,17 +57,8 @@ def model_audio(raw: bytes | str) -> bytes | None:
     Several parts are joined in order. None is also returned for anything malformed, so the SDK
     gets to report it as it always does.
     """
-    hint = _AUDIO_HINT if isinstance(raw, bytes) else _AUDIO_HINT.decode()
-    if hint not in raw:  # type: ignore[operator]
-        return None
-    try:
-        message = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(message, dict) or len(message) != 1:
-        return None
-    content = message.get("serverContent")
-    if not isinstance(content, dict) or len(content) != 1:
+    content = _only_server_content(raw, _AUDIO_HINT)
+    if content is None:
         return None
     turn = content.get("modelTurn")
     if not isinstance(turn, dict) or not turn.keys() <= {"parts", "role"}:
@@ -89,8 +80,23 @@ def model_transcript(raw: bytes | str) -> tuple[str, str] | None:
     {"text": "<text>"}}}``. A transcription with any other field (``finished``, a language), or
     sharing its message with anything, is left to the SDK.
     """
-    hint = _TRANSCRIPT_HINT if isinstance(raw, bytes) else _TRANSCRIPT_HINT.decode()
-    if hint not in raw:  # type: ignore[operator]
+    content = _only_server_content(raw, _TRANSCRIPT_HINT)
+    if content is None:
+        return None
+    ((field, transcription),) = content.items()
+    speaker = _TRANSCRIPTS.get(field)
+    if speaker is None or not isinstance(transcription, dict) or transcription.keys() != {"text"}:
+        return None
+    text = transcription["text"]
+    if not isinstance(text, str) or not text:
+        return None
+    return speaker, text
+
+
+def _only_server_content(raw: bytes | str, hint: bytes) -> dict[str, Any] | None:
+    """The ``serverContent`` of a message that is that and nothing else, holding exactly one
+    field; None otherwise, or when ``hint`` is not in the raw frame (no parse then)."""
+    if (hint if isinstance(raw, bytes) else hint.decode()) not in raw:  # type: ignore[operator]
         return None
     try:
         message = json.loads(raw)
@@ -101,14 +107,7 @@ def model_transcript(raw: bytes | str) -> tuple[str, str] | None:
     content = message.get("serverContent")
     if not isinstance(content, dict) or len(content) != 1:
         return None
-    ((field, transcription),) = content.items()
-    speaker = _TRANSCRIPTS.get(field)
-    if speaker is None or not isinstance(transcription, dict) or transcription.keys() != {"text"}:
-        return None
-    text = transcription["text"]
-    if not isinstance(text, str) or not text:
-        return None
-    return speaker, text
+    return content
 
 
 def _part_audio(part: Any) -> bytes | None:
