@@ -206,8 +206,9 @@ def _openai_agents(same_voice: bool) -> str:
 # ---------------------------------------------------------------------- analysis: Gemini Live
 
 
-def _sessions_by_caller(sim: LiveSimulator) -> dict[int, list[Any]]:
-    """Caller index → its Live connections in order (identified by the caller's tone)."""
+def _sessions_by_caller(sim: LiveSimulator, loud_dbfs: float = -30.0) -> dict[int, list[Any]]:
+    """Caller index → its Live connections in order, by the pitch of the caller's tone (0.2 s
+    from its first 0.1 s above ``loud_dbfs``)."""
     by_session: dict[int, list[Any]] = {}
     for conn in sim.connections:
         if conn.session_id is not None:
@@ -215,7 +216,8 @@ def _sessions_by_caller(sim: LiveSimulator) -> dict[int, list[Any]]:
     out: dict[int, list[Any]] = {}
     for conns in by_session.values():
         audio = bytes(conns[0].audio_in)
-        loud = [i for i in range(0, len(audio) - 3200, 3200) if rms_dbfs(audio[i : i + 3200]) > -30]
+        windows = range(0, len(audio) - 6400, 3200)
+        loud = [i for i in windows if rms_dbfs(audio[i : i + 3200]) > loud_dbfs]
         if not loud:
             continue
         hz = dominant_frequency(audio[loud[0] : loud[0] + 6400], 16000)

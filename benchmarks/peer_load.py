@@ -81,6 +81,7 @@ from load import (  # noqa: E402 -- load.py's helpers; it runs nothing at import
     _machine,
     _pct,
     _quantile,
+    _sessions_by_caller,
     _turn_starts,
     _voice_frames,
     caller_hz,
@@ -89,7 +90,6 @@ from load import (  # noqa: E402 -- load.py's helpers; it runs nothing at import
 from callsim.callers.audio import Silence, Tone, render  # noqa: E402
 from callsim.callers.twilio import TwilioCaller  # noqa: E402
 from callsim.live.server import LiveSimulator  # noqa: E402
-from gateway.audio.analysis import dominant_frequency, rms_dbfs  # noqa: E402
 from gateway.cli import _fast_loop  # noqa: E402
 
 VOICE = "Aoede"
@@ -438,26 +438,9 @@ async def _drive(
 # ---------------------------------------------------------------------- analysis
 
 
-def _connections_by_caller(sim: LiveSimulator) -> dict[int, list[Any]]:
-    """Caller index → its Live connections, by the pitch of the caller's tone (0.2 s from its
-    first 0.1 s above line noise; the tone is quieter than ``load.py``'s speech, hence -45
-    dBFS)."""
-    by_session: dict[int, list[Any]] = {}
-    for conn in sim.connections:
-        if conn.session_id is not None:
-            by_session.setdefault(conn.session_id, []).append(conn)
-    out: dict[int, list[Any]] = {}
-    for conns in by_session.values():
-        audio = bytes(conns[0].audio_in)
-        loud = [i for i in range(0, len(audio) - 6400, 3200) if rms_dbfs(audio[i : i + 3200]) > -45]
-        if loud:
-            hz = dominant_frequency(audio[loud[0] : loud[0] + 6400], 16000)
-            out[round((hz - 1000.0) / 7.0)] = conns
-    return out
-
-
 def _analyse(n: int, sim: LiveSimulator, results: list[dict[str, Any]], setup_s: float) -> Level:
-    by_caller = _connections_by_caller(sim)
+    # The tone is quieter than load.py's speech: -45 dBFS tells it from line noise.
+    by_caller = _sessions_by_caller(sim, loud_dbfs=-45.0)
     up: list[float] = []
     down: list[float] = []
     answers = replayed = lost = late = media = 0
