@@ -9,7 +9,7 @@ import websockets
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from gateway.model.websocket import direct_sender
+from gateway.model.websocket import DirectSender
 
 
 async def test_messages_arrive_whole_and_in_order_and_a_closed_socket_raises() -> None:
@@ -26,7 +26,7 @@ async def test_messages_arrive_whole_and_in_order_and_a_closed_socket_raises() -
     async with serve(handler, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
         async with connect(f"ws://127.0.0.1:{port}") as ws:
-            send = direct_sender(ws)
+            send = DirectSender(ws)
             assert send.write_now('{"first":true}')  # open and idle: written at once
             sent = [f'{{"n":{i},"pad":"{"é" * (i % 7)}"}}' for i in range(200)]
             for message in sent:
@@ -43,7 +43,7 @@ async def test_a_paused_transport_waits_for_the_drain_as_send_does() -> None:
     async with serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
         async with connect(f"ws://127.0.0.1:{port}") as ws:
-            send = direct_sender(ws)
+            send = DirectSender(ws)
             ws.pause_writing()  # what the transport does when its buffer is full
             assert not send.write_now("{}")
             pending = asyncio.create_task(send("{}"))
@@ -62,7 +62,7 @@ async def test_a_socket_of_another_shape_gets_its_own_send() -> None:
             self.sent.append(message)
 
     plain = Plain()
-    sender = direct_sender(plain)
+    sender = DirectSender(plain)
     assert not sender.write_now("{}")
     await sender('{"a":1}')
     assert plain.sent == ['{"a":1}']

@@ -64,7 +64,7 @@ from gateway.model.events import (
 from gateway.model.persona import AgentPersona
 from gateway.model.session import ModelAudio, ModelConnectError, ModelSession
 from gateway.model.turns import Conversation, TakeoverFactory, Turn
-from gateway.model.websocket import DirectSender, direct_sender
+from gateway.model.websocket import DirectSender
 
 #: HTTP answers to the websocket upgrade that no retry will change.
 PERMANENT_HTTP_STATUSES = frozenset({400, 401, 403, 404})
@@ -222,7 +222,7 @@ class LiveSession:
         if self._audio_fast_path and await fast_path.usable(self._client, self.log):
             ws = session._ws
             session._ws = _AudioTap(ws, dial.generation, self._events, self.log)  # type: ignore[assignment]
-            raw_send = direct_sender(ws)
+            raw_send = DirectSender(ws)
         return _Connection(dial.generation, session, stack, dial.handle is not None, None, raw_send)
 
     async def _drop_connection(self) -> None:

@@ -87,9 +87,3 @@ class DirectSender:
     async def __call__(self, message: str) -> None:
         if not self.write_now(message):
             await self._send(message)
-
-
-def direct_sender(ws: Any) -> DirectSender:
-    """A :class:`DirectSender` for ``ws`` (a ``websockets`` asyncio connection, or anything
-    with an async ``send``)."""
-    return DirectSender(ws)

@@ -45,7 +45,7 @@ from gateway.model.events import AudioOut, LiveEvent, Reconnected, SessionEnded,
 from gateway.model.persona import AgentPersona
 from gateway.model.session import ModelAudio, ModelConnectError, ModelSession
 from gateway.model.turns import Conversation, TakeoverFactory, Turn
-from gateway.model.websocket import direct_sender
+from gateway.model.websocket import DirectSender
 from gateway.realtime.config import event, realtime_audio, seed_events, session_config
 from gateway.realtime.protocol import (
     HARMLESS_ERROR_CODES,
@@ -347,7 +347,7 @@ class RealtimeSession:
         except Exception as exc:
             raise _connect_error(exc) from None
         raw = getattr(ws, "_connection", None)
-        send = direct_sender(raw) if raw is not None and hasattr(raw, "send") else ws.send_raw
+        send = DirectSender(raw) if raw is not None and hasattr(raw, "send") else ws.send_raw
         conn = _Connection(
             self._generation,
             ws,
