@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import httpx
+from peer_load import _tree_cpu_s, _tree_rss_mb  # the process tree: master and workers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,42 +35,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _tree(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        pids.append(current)
-        try:
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            continue
-        todo += [int(c) for c in children]
-    return pids
-
-
-def _rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
-
-
-def _cpu_s(pids: list[int]) -> float:
-    ticks = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-        except OSError:
-            pass
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def one_run(root: Path, workers: int, idle_s: float) -> tuple[float, float, float]:
@@ -103,11 +68,10 @@ def one_run(root: Path, workers: int, idle_s: float) -> tuple[float, float, floa
                 time.sleep(0.02)
             ready_s = time.perf_counter() - started
             time.sleep(2.0)  # every worker up, start-up work done
-            pids = _tree(proc.pid)
-            rss = _rss_mb(pids)
-            before = _cpu_s(pids)
+            rss = _tree_rss_mb(proc.pid)
+            before = _tree_cpu_s(proc.pid)
             time.sleep(idle_s)
-            idle_cpu = (_cpu_s(_tree(proc.pid)) - before) / idle_s * 100
+            idle_cpu = (_tree_cpu_s(proc.pid) - before) / idle_s * 100
             return ready_s, rss, idle_cpu
         finally:
             proc.terminate()
