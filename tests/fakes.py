@@ -52,8 +52,11 @@ class FakeCarrierSocket(_Recorder):
         self.sent: list[str] = []
         #: Every close, in order (the gateway may close an already closed socket).
         self.closes: list[tuple[int, str]] = []
+        #: Set: sends fail, and this message (the carrier's ``stop``) and the disconnect arrive
+        #: just after the failure, as when a carrier hangs up while the gateway is sending.
+        self.hang_up_on_send: str | None = None
 
-    def feed(self, *messages: str | bytes) -> None:
+    def feed(self, *messages: str | bytes | None) -> None:
         for message in messages:
             self.inbox.put_nowait(message)
 
@@ -66,6 +69,11 @@ class FakeCarrierSocket(_Recorder):
     async def send(self, text: str) -> None:
         if self.closes:
             raise ConnectionError("send on a closed socket")
+        if self.hang_up_on_send is not None:
+            # The stop is still on its way when the send fails: it is read a moment later.
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.02, self.feed, self.hang_up_on_send, None)
+            raise ConnectionError("the carrier closed the socket")
         self.sent.append(text)
         self._touch()
 

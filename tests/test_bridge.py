@@ -436,6 +436,17 @@ async def test_caller_stop_ends_the_call_without_hanging_up() -> None:
     assert call.session.actions[-1] == ("close", "")
 
 
+async def test_a_stop_that_races_a_failed_send_still_ends_the_call_as_hung_up() -> None:
+    # The carrier sends stop and closes while the agent speaks: the send to the closed socket
+    # fails before the caller loop reads the stop. The record must say the caller hung up.
+    call = begin()
+    await call.connected()
+    call.socket.hang_up_on_send = stop()
+    call.session.push(AudioOut(tone(200)))
+    assert await call.ended() == "caller_hung_up"
+    assert call.hang_ups == []
+
+
 async def test_a_closed_carrier_socket_ends_the_call() -> None:
     call = begin()
     await call.connected()

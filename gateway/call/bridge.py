@@ -98,6 +98,8 @@ from gateway.variables import PARAM_PREFIX, call_variables
 FAIRNESS_EVERY = 16
 #: How often the watchdog looks at the call (keypad entries wake it on time regardless).
 WATCH_STEP_S = 0.5
+#: Seconds the caller loop has, once a send to the caller failed, to read how the caller left.
+CALLER_LEFT_GRACE_S = 0.5
 
 #: Handles one kind of event; returns the end reason if the event ends the call.
 _Handler = Callable[[Any], Awaitable[str | None]]
@@ -260,6 +262,8 @@ class CallBridge:
             ]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finished = next(iter(done))
+            if finished is tasks[2] and not finished.cancelled() and not finished.exception():
+                finished = await self._how_the_caller_left(finished, tasks[0])
             failure = None if finished.cancelled() else finished.exception()
             if finished.cancelled():
                 self.end_reason = "cancelled"
@@ -282,6 +286,23 @@ class CallBridge:
             await self.socket.close(1000, "call ended")
             await self._run_hang_up(handled or self.actions.transferred_to is not None)
             self._finish(time.monotonic() - started_at)
+
+    @staticmethod
+    async def _how_the_caller_left(
+        playout: asyncio.Task[str], caller: asyncio.Task[str]
+    ) -> asyncio.Task[str]:
+        """The task whose ending says why the call ended, once a send to the caller failed.
+
+        A carrier that hangs up sends ``stop`` and closes: a send racing that close fails
+        before the caller loop has read the ``stop`` waiting for it, and the call would be
+        recorded as dropped (``caller_disconnected``) when the caller hung up. The caller loop
+        gets :data:`CALLER_LEFT_GRACE_S` to read what the socket still holds; it ends at once
+        either way, on the ``stop`` or on the disconnect.
+        """
+        await asyncio.wait([caller], timeout=CALLER_LEFT_GRACE_S)
+        if caller.done() and not caller.cancelled() and caller.exception() is None:
+            return caller
+        return playout
 
     async def _refuse(self, started: StreamStarted, refusal: Refusal) -> None:
         """A start that does not become a call. Over capacity, the caller (whose token proved
