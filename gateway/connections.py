@@ -29,6 +29,12 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover -- websockets built without its C extension
+    from websockets.utils import apply_mask
 
 #: Seconds a request has to arrive whole (the issue's slowloris bound).
 REQUEST_TIMEOUT_S = 10.0
@@ -101,17 +107,105 @@ def guarded_h11(
 MAX_QUEUED_MESSAGES = 32
 
 
-class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets (sans-I/O) protocol, pausing reads only when messages pile up.
+#: First byte of a whole (FIN) text frame with no extension bits: every media message.
+_FIN_TEXT = 0x81
+_OPEN = State.OPEN
 
-    uvicorn stops reading the socket after *every* message it hands to the application, and
-    starts again when the application has taken it: for a media stream, fifty
-    ``pause_reading``/``resume_reading`` pairs a second per call, each an epoll change the
-    event loop has to make (one ``io_uring_enter`` system call per frame under load, by
-    ``strace -c``). Here reading pauses once :data:`MAX_QUEUED_MESSAGES` wait unread, and
-    resumes (uvicorn's own ``receive``) once the call has taken them all: the same bound on what
-    a sender can park in the gateway, at one pause per burst instead of one per message.
+
+class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets (sans-I/O) protocol, cheaper per message for media streams.
+
+    Two costs of uvicorn's protocol, paid fifty times a second per call:
+
+    - **A pause per message.** uvicorn stops reading the socket after *every* message it hands
+      to the application, and starts again when the application has taken it: an epoll change
+      per frame (one ``io_uring_enter`` system call per frame under load, by ``strace -c``).
+      Here reading pauses once :data:`MAX_QUEUED_MESSAGES` wait unread, and resumes (uvicorn's
+      own ``receive``) once the call has taken them all: the same bound on what a sender can
+      park in the gateway, at one pause per burst instead of one per message.
+    - **A generator-based parse per frame.** ``websockets`` parses every frame through nested
+      generators, then uvicorn dispatches the resulting events. Media messages are all of one
+      shape, a whole masked text frame of a few hundred bytes, so :meth:`data_received` cuts
+      frames of that shape out of the bytes itself (:meth:`_take_text_frames`) and hands the
+      text over exactly as uvicorn would (:meth:`send_receive_event_to_app`: the same UTF-8
+      check and 1007 close, the same discard once the app has closed). Anything else — a
+      control frame (ping, pong, close), a fragment, a binary or unmasked frame, a frame over
+      the size limit, a compressed connection, a connection not (or no longer) open — goes to
+      uvicorn's own path from that frame on, unchanged; the fast path resumes only once the
+      ``websockets`` parser is back between frames with nothing buffered, so the two never
+      share a frame.
     """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        #: The start of a frame the fast path has seen only part of.
+        self._partial = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self._partial:
+            data = self._partial + data
+            self._partial = b""
+        elif not self._fast_path_open():
+            super().data_received(data)
+            return
+        taken = self._take_text_frames(data)
+        if taken < len(data):
+            super().data_received(data[taken:])  # from a frame's first byte: uvicorn's path
+
+    def _fast_path_open(self) -> bool:
+        """Whether the connection is open and ``websockets``' parser is between frames."""
+        conn = self.conn
+        if not self.handshake_complete or self.close_sent or conn.state is not _OPEN:
+            return False
+        if conn.extensions or conn.current_size is not None or conn.reader.buffer:
+            return False
+        # Between frames the parser waits in ``reader.at_eof()`` (websockets 13-17), at the end
+        # of its chain of ``yield from``; inside a frame it waits in ``Frame.parse``. Any other
+        # shape: leave every byte to it.
+        waiting = conn.parser
+        while (inner := getattr(waiting, "gi_yieldfrom", None)) is not None:
+            waiting = inner
+        return waiting is not conn.parser and getattr(waiting, "__name__", None) == "at_eof"
+
+    def _take_text_frames(self, data: bytes) -> int:
+        """Deliver the whole masked text frames at the start of ``data``; returns the bytes
+        taken. A frame cut off by the end of ``data`` is kept for the next read; the first frame
+        of another shape stops the loop, and it and what follows are uvicorn's."""
+        size = len(data)
+        limit = self.conn.max_message_size
+        view = memoryview(data)
+        at = 0
+        while at < size:
+            if data[at] != _FIN_TEXT:
+                return at
+            if size - at < 2:
+                break
+            second = data[at + 1]
+            if not second & 0x80:  # unmasked: a protocol error uvicorn's path reports
+                return at
+            length = second & 0x7F
+            header = 6
+            if length == 126:
+                header = 8
+                if size - at < header:
+                    break
+                length = (data[at + 2] << 8) | data[at + 3]
+            elif length == 127:
+                return at  # 64 KiB and more: not a media message
+            if limit is not None and length > limit:
+                return at
+            end = at + header + length
+            if end > size:
+                break
+            mask = data[at + header - 4 : at + header]
+            self.curr_msg_data_type = "text"
+            self.frames = [apply_mask(view[at + header : end], mask)]
+            self.send_receive_event_to_app()
+            at = end
+            if self.close_sent or self.transport.is_closing():  # e.g. invalid UTF-8: closed
+                return size
+        self._partial = data[at:]
+        return size
 
     def send_receive_event_to_app(self) -> None:
         paused = self.read_paused

@@ -1,14 +1,22 @@
-"""Carrier websockets are read without a pause per message, and paused when messages pile up."""
+"""Carrier websockets: read without a pause per message (paused when messages pile up), and
+media frames cut out of the bytes without websockets' parser, which still gets everything else."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import itertools
+import os
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
+import pytest
 import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.client import connect
+from websockets.frames import Close, Frame, Opcode
 
 from gateway.connections import MAX_QUEUED_MESSAGES, MediaWebSocketProtocol
 
@@ -79,3 +87,195 @@ async def test_reading_pauses_only_when_messages_pile_up_and_resumes_once_taken(
         await _until(lambda: len(taken) == MAX_QUEUED_MESSAGES + 1)
         assert taken[-2:] == ['{"n":"last"}', '{"n":"again"}']
         assert protocol.pauses == 1
+
+
+# ---------------------------------------------------------------------- the fast parse
+
+
+class _Counted(_Observed):
+    """Also counts the bytes that reach ``websockets``' own parser after the handshake."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.parsed_by_websockets = 0
+        receive_data = self.conn.receive_data
+
+        def counted(data: bytes) -> None:
+            if self.handshake_complete:
+                self.parsed_by_websockets += len(data)
+            receive_data(data)
+
+        self.conn.receive_data = counted  # type: ignore[method-assign]
+
+
+class _RawClient:
+    """A websocket client at the byte level: the test decides every byte and every write."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> _RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET /stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return cls(reader, writer)
+
+    async def write(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def frame(self) -> tuple[int, bytes]:
+        """The next frame from the server (unmasked): its opcode and payload."""
+        first, second = await self.reader.readexactly(2)
+        length = second & 0x7F
+        if length == 126:
+            length = int.from_bytes(await self.reader.readexactly(2), "big")
+        elif length == 127:
+            length = int.from_bytes(await self.reader.readexactly(8), "big")
+        return first & 0x0F, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _frame(opcode: Opcode, data: bytes, *, fin: bool = True, mask: bool = True) -> bytes:
+    return Frame(opcode, data, fin=fin).serialize(mask=mask)
+
+
+@contextlib.asynccontextmanager
+async def _echo_server(max_size: int = 1 << 20) -> AsyncIterator[tuple[int, list[Any]]]:
+    """A server whose app keeps every message it receives (text or bytes) and the disconnect."""
+    got: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            got.append(message.get("text", message.get("bytes")))
+        got.append(("disconnect", message.get("code")))
+
+    config = uvicorn.Config(
+        app, port=0, ws=_Counted, lifespan="off", log_config=None, ws_max_size=max_size
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 -- uvicorn offers no event to wait on
+        await asyncio.sleep(0.01)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1], got
+    finally:
+        server.should_exit = True
+        await task
+
+
+_TEXTS = st.lists(
+    st.one_of(
+        st.text(max_size=300),  # media-message sizes, any Unicode
+        st.sampled_from([125, 126, 65535]).map(lambda n: "x" * n),  # the length encodings
+        st.just("é" * 40000),  # 80,000 bytes: the 64-bit length, uvicorn's path
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texts=_TEXTS, cuts=st.lists(st.integers(min_value=0), max_size=20), data=st.data())
+async def test_any_split_of_text_and_ping_frames_delivers_every_message_in_order(
+    texts: list[str], cuts: list[int], data: st.DataObject
+) -> None:
+    # Frames in any mix, cut into writes anywhere (a byte at a time included): the app gets
+    # each message whole and in order, and each ping its pong, whichever path read it.
+    pings = data.draw(st.lists(st.booleans(), min_size=len(texts), max_size=len(texts)))
+    stream = b""
+    for text, ping in zip(texts, pings, strict=True):
+        stream += _frame(Opcode.TEXT, text.encode())
+        if ping:
+            stream += _frame(Opcode.PING, b"p")
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    async with _echo_server() as (port, got):
+        client = await _RawClient.open(port)
+        try:
+            for start, end in itertools.pairwise(points):
+                await client.write(stream[start:end])
+            await _until(lambda: len(got) == len(texts))
+            assert got == texts
+            for _ in range(sum(pings)):
+                assert await client.frame() == (Opcode.PONG, b"p")
+        finally:
+            client.close()
+
+
+async def test_media_messages_never_reach_the_websockets_parser_but_control_frames_do() -> None:
+    _Observed.instances.clear()
+    async with _echo_server() as (port, got):
+        client = await _RawClient.open(port)
+        (protocol,) = _Observed.instances
+        assert isinstance(protocol, _Counted)
+        media = [f'{{"event":"media","n":{n}}}' for n in range(50)]
+        await client.write(b"".join(_frame(Opcode.TEXT, m.encode()) for m in media))
+        await _until(lambda: len(got) == 50)
+        assert protocol.parsed_by_websockets == 0
+        ping = _frame(Opcode.PING, b"keepalive")
+        await client.write(ping)
+        assert await client.frame() == (Opcode.PONG, b"keepalive")
+        assert protocol.parsed_by_websockets == len(ping)
+        # Past the ping the parser is between frames again: media is read fast once more.
+        await client.write(_frame(Opcode.TEXT, b'{"after":"ping"}'))
+        await _until(lambda: len(got) == 51)
+        assert got[-1] == '{"after":"ping"}'
+        assert protocol.parsed_by_websockets == len(ping)
+        client.close()
+
+
+async def test_fragments_and_binary_frames_go_to_uvicorn_and_arrive_whole() -> None:
+    async with _echo_server() as (port, got):
+        client = await _RawClient.open(port)
+        await client.write(
+            _frame(Opcode.TEXT, b'{"a":', fin=False)
+            + _frame(Opcode.CONT, b'"b"}')
+            + _frame(Opcode.BINARY, b"\x00\x01")
+            + _frame(Opcode.TEXT, b'{"c":1}')
+        )
+        await _until(lambda: len(got) == 3)
+        assert got == ['{"a":"b"}', b"\x00\x01", '{"c":1}']
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (_frame(Opcode.TEXT, b'{"bad":"\xff"}'), 1007),  # invalid UTF-8
+        (_frame(Opcode.TEXT, b"x" * 2000), 1009),  # over ws_max_size
+        (_frame(Opcode.TEXT, b'{"unmasked":1}', mask=False), 1002),
+    ],
+)
+async def test_a_bad_frame_closes_the_socket_as_uvicorn_would(frame: bytes, code: int) -> None:
+    async with _echo_server(max_size=1000) as (port, got):
+        client = await _RawClient.open(port)
+        await client.write(_frame(Opcode.TEXT, b'{"ok":1}') + frame + _frame(Opcode.TEXT, b"{}"))
+        opcode, payload = await client.frame()
+        assert opcode == Opcode.CLOSE
+        assert int.from_bytes(payload[:2], "big") == code
+        await _until(lambda: len(got) == 2)
+        assert got[0] == '{"ok":1}'  # what came before the bad frame was delivered
+        assert got[1][0] == "disconnect"  # and nothing after it
+        client.close()
+
+
+async def test_a_close_frame_is_answered_and_ends_the_stream() -> None:
+    async with _echo_server() as (port, got):
+        client = await _RawClient.open(port)
+        close = Close(1000, "bye").serialize()
+        await client.write(_frame(Opcode.TEXT, b'{"last":1}') + _frame(Opcode.CLOSE, close))
+        assert await client.frame() == (Opcode.CLOSE, close)
+        await _until(lambda: len(got) == 2)
+        assert got == ['{"last":1}', ("disconnect", 1000)]
+        client.close()
