@@ -66,3 +66,59 @@ async def test_a_socket_of_another_shape_gets_its_own_send() -> None:
     assert not sender.write_now("{}")
     await sender('{"a":1}')
     assert plain.sent == ['{"a":1}']
+
+
+@pytest.mark.parametrize("compression", [None, "deflate"])
+async def test_every_length_encoding_arrives_whole_compressed_or_not(
+    compression: str | None,
+) -> None:
+    # The frames DirectSender builds itself (no extension) and those it leaves to websockets
+    # (permessage-deflate negotiated): a real server unmasks and checks them all.
+    sizes = [0, 1, 125, 126, 127, 65535, 65536, 70000]
+    received: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            assert isinstance(message, str)
+            received.append(message)
+            if len(received) == len(sizes):
+                done.set()
+
+    async with serve(handler, "127.0.0.1", 0, compression=compression) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", compression=compression) as ws:
+            assert bool(ws.protocol.extensions) == (compression is not None)
+            send = DirectSender(ws)
+            sent = ["x" * size for size in sizes]
+            for message in sent:
+                assert send.write_now(message)
+            await asyncio.wait_for(done.wait(), 5)
+            assert received == sent
+
+
+async def _drain(ws: ServerConnection) -> None:
+    async for _ in ws:
+        pass
+
+
+async def test_each_frame_has_its_own_masking_key() -> None:
+    async with serve(_drain, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
+            written: list[bytes] = []
+            write = ws.transport.write
+
+            def capture(data: bytes) -> None:
+                written.append(bytes(data))
+                write(data)
+
+            ws.transport.write = capture  # type: ignore[method-assign]
+            send = DirectSender(ws)
+            for n in range(3000):  # past the pool of 1024 keys, twice
+                assert send.write_now(f'{{"n":{n}}}')
+            keys = [frame[2:6] for frame in written]
+            assert len(written) == 3000
+            assert all(frame[0] == 0x81 and frame[1] & 0x80 for frame in written)
+            # 3000 random 32-bit keys: a repeat or two is possible, a pattern is not.
+            assert len(set(keys)) >= 2990
