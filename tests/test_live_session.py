@@ -184,6 +184,15 @@ async def test_each_turn_reports_its_own_usage_as_gemini_counts_it() -> None:
     assert second.input_tokens > first.input_tokens > 100  # instruction and tools included
 
 
+async def test_the_connection_offers_no_compression() -> None:
+    # websockets offers permessage-deflate by default; a zlib pass per audio frame is not paid.
+    async with _session() as (sim, _):
+        await sim.wait_for_connections(1)
+    (record,) = sim.connections
+    assert record.path.endswith("BidiGenerateContent")  # the SDK's own dial, options and all
+    assert record.extensions_offered == ""
+
+
 async def test_usage_riding_on_a_frame_of_model_audio_is_not_lost() -> None:
     """The real service may put ``usageMetadata`` on the frame of other content; one with
     audio must not be taken by the audio fast path, which would drop the usage."""

@@ -221,6 +221,8 @@ class ConnectionRecord:
     method: str
     api_key: str = field(repr=False)
     opened_at: float
+    #: The client's ``Sec-WebSocket-Extensions`` offer (e.g. permessage-deflate), as sent.
+    extensions_offered: str = ""
     model: str | None = None
     setup_raw: JsonObject | None = field(default=None, repr=False)
     setup: JsonObject | None = field(default=None, repr=False)

@@ -248,6 +248,7 @@ class LiveSimulator(SimServer[LiveConnection, ConnectionRecord]):
             method=endpoint.method,
             api_key=handshake.find_api_key(request.path, request.headers) or "",
             opened_at=time.monotonic(),
+            extensions_offered=", ".join(request.headers.get_all("Sec-WebSocket-Extensions")),
         )
         connection = LiveConnection(ws, record, binary=self.frames == "binary")
         await self._run(connection, record, endpoint.api_version)
