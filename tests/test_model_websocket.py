@@ -12,17 +12,25 @@ from websockets.asyncio.server import ServerConnection, serve
 from gateway.model.websocket import DirectSender
 
 
-async def test_messages_arrive_whole_and_in_order_and_a_closed_socket_raises() -> None:
-    received: list[str] = []
-    done = asyncio.Event()
+class _Collector:
+    """A server handler keeping the text messages it gets; ``done`` once it has ``count``."""
 
-    async def handler(ws: ServerConnection) -> None:
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.received: list[str] = []
+        self.done = asyncio.Event()
+
+    async def __call__(self, ws: ServerConnection) -> None:
         async for message in ws:
             assert isinstance(message, str)
-            received.append(message)
-            if len(received) == 201:  # the first, then the loop's 200
-                done.set()
+            self.received.append(message)
+            if len(self.received) == self.count:
+                self.done.set()
 
+
+async def test_messages_arrive_whole_and_in_order_and_a_closed_socket_raises() -> None:
+    handler = _Collector(201)  # the first, then the loop's 200
+    received, done = handler.received, handler.done
     async with serve(handler, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
         async with connect(f"ws://127.0.0.1:{port}") as ws:
@@ -75,16 +83,8 @@ async def test_every_length_encoding_arrives_whole_compressed_or_not(
     # The frames DirectSender builds itself (no extension) and those it leaves to websockets
     # (permessage-deflate negotiated): a real server unmasks and checks them all.
     sizes = [0, 1, 125, 126, 127, 65535, 65536, 70000]
-    received: list[str] = []
-    done = asyncio.Event()
-
-    async def handler(ws: ServerConnection) -> None:
-        async for message in ws:
-            assert isinstance(message, str)
-            received.append(message)
-            if len(received) == len(sizes):
-                done.set()
-
+    handler = _Collector(len(sizes))
+    received, done = handler.received, handler.done
     async with serve(handler, "127.0.0.1", 0, compression=compression) as server:
         port = server.sockets[0].getsockname()[1]
         async with connect(f"ws://127.0.0.1:{port}", compression=compression) as ws:
