@@ -253,17 +253,20 @@ class CallBridge:
             self._wire_audio(live.audio)
             self._cue_at = time.monotonic() if self.agent.greeting else None
             self.events.emit("call.connected", live_connect_ms=round(elapsed, 1))
+            caller = asyncio.create_task(self._caller_loop(), name="caller")
+            model = asyncio.create_task(self._model_loop(), name="model")
+            playout = asyncio.create_task(self._run_playout(), name="playout")
             tasks = [
-                asyncio.create_task(self._caller_loop(), name="caller"),
-                asyncio.create_task(self._model_loop(), name="model"),
-                asyncio.create_task(self._run_playout(), name="playout"),
+                caller,
+                model,
+                playout,
                 asyncio.create_task(self._watchdog(), name="watchdog"),
                 asyncio.create_task(self._wait_for_end_request(), name="end-request"),
             ]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finished = next(iter(done))
-            if finished is tasks[2] and not finished.cancelled() and not finished.exception():
-                finished = await self._how_the_caller_left(finished, tasks[0])
+            if finished is playout and not playout.cancelled() and not playout.exception():
+                finished = await self._how_the_caller_left(playout, caller)
             failure = None if finished.cancelled() else finished.exception()
             if finished.cancelled():
                 self.end_reason = "cancelled"
