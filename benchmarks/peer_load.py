@@ -5,6 +5,7 @@ Run by hand (not a test)::
     .venv/bin/python benchmarks/peer_load.py --calls 10,20,30,40,50 --duration 30
     .venv/bin/python benchmarks/peer_load.py --gateway-root /path/to/older/checkout   # "before"
     .venv/bin/python benchmarks/peer_load.py --calls 10,20,30 --capacity              # largest N
+    .venv/bin/python benchmarks/peer_load.py --calls 30,50 --against ../before --rounds 2  # A/B
 
 The workload, as the issue describes pipecat 1.14's run on one 2-core machine: the same fake
 Gemini Live, a Twilio load generator sending caller audio every 20 ms for the whole call, the
@@ -565,6 +566,11 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument("--capacity-step", type=int, default=10)
     parser.add_argument(
+        "--against",
+        help="A/B: run each level on this checkout and on the gateway's in turns, --rounds times",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="A/B rounds (with --against)")
+    parser.add_argument(
         "--max-calls", type=int, default=MAX_CALLS, help="--capacity stops here at the latest"
     )
     return parser.parse_args()
@@ -592,6 +598,9 @@ async def main(args: argparse.Namespace, root: Path) -> None:
         f"{args.duration:g} s, started over {args.ramp:g} s; CPU over the steady window"
     )
     print(flush=True)
+    if args.against:
+        await compare(calls, args, Path(args.against), root)
+        return
 
     levels: list[Level] = []
     todo = list(calls)
@@ -633,8 +642,38 @@ async def main(args: argparse.Namespace, root: Path) -> None:
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 
 
+async def compare(calls: list[int], args: argparse.Namespace, before: Path, after: Path) -> None:
+    """CPU per call-second of two checkouts, each level run on both in turns.
+
+    This VM's speed drifts by up to 40 % within hours (benchmarks/README.md), far more than most
+    changes save: figures of two checkouts compare only when taken close together. Each round
+    runs every level on both, and the order flips from round to round, so a drift during the
+    run weighs on both sides alike.
+    """
+    where = await asyncio.to_thread(_check_root, before)
+    print(f"A/B against: {where}; {args.rounds} rounds, the order flipping each round\n")
+    ms: dict[tuple[str, int], list[float]] = {}
+    for round_ in range(args.rounds):
+        sides = [("before", before), ("after", after)]
+        for label, root in sides if round_ % 2 == 0 else sides[::-1]:
+            for n in calls:
+                print(f"  round {round_ + 1}, {label}: {n} calls…", file=sys.stderr, flush=True)
+                level = await run_level(n, args, root)
+                print(f"  {_row(level)}", file=sys.stderr, flush=True)
+                ms.setdefault((label, n), []).append(level.cpu_ms_per_call_s)
+    print("| calls | before: ms per call-second, each run | after | change of the means |")
+    print("|---:|---|---|---:|")
+    for n in calls:
+        runs = {label: ms[label, n] for label in ("before", "after")}
+        change = float(np.mean(runs["after"])) / float(np.mean(runs["before"])) - 1
+        shown = {k: " / ".join(f"{v:.1f}" for v in vs) for k, vs in runs.items()}
+        print(f"| {n} | {shown['before']} | {shown['after']} | {change:+.0%} |")
+
+
 if __name__ == "__main__":
     arguments = _arguments()
     gateway_root = Path(arguments.gateway_root).resolve() if arguments.gateway_root else ROOT
+    if arguments.against:
+        arguments.against = str(Path(arguments.against).resolve())
     with asyncio.Runner(loop_factory=_fast_loop()) as runner:
         runner.run(main(arguments, gateway_root))
