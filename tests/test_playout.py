@@ -205,6 +205,41 @@ async def test_unheard_is_what_was_sent_and_not_yet_played() -> None:
         await cancel_and_wait(runner)
 
 
+async def test_frames_that_arrive_during_a_refills_send_wait_for_the_next_refill() -> None:
+    """A refill that finds fewer frames than it has room for sends them; a chunk arriving
+    while that message is being sent waits for the next refill instead of following at once
+    as a one- or two-frame message (seen when a refill woke late, under load)."""
+    frame = b"\xff" * 160
+    rec = Recorder()
+    started = time.monotonic()
+
+    async def send(text: str) -> None:
+        await rec.send(text)
+        at, message = rec.sent[-1]
+        if message["event"] == "media" and at - started > 0.05 and not arrived:
+            arrived.append(at)  # the refill's message: a chunk arrives during its send
+            playout.enqueue(frame)
+            playout.enqueue(frame)
+        await asyncio.sleep(0)
+
+    arrived: list[float] = []
+    playout = Playout(_codec(), send)  # lead 240 ms, refill 100 ms
+    runner = asyncio.create_task(playout.run())
+    try:
+        for _ in range(12):
+            playout.enqueue(frame)  # the first fill: the whole 240 ms lead
+        await asyncio.sleep(0.05)
+        playout.enqueue(frame)
+        playout.enqueue(frame)  # 40 ms for the refill, which has room for 100
+        await asyncio.sleep(0.3)
+    finally:
+        await cancel_and_wait(runner)
+    assert rec.frames() == 16
+    media = [t for t, m in rec.sent if m["event"] == "media" and t - started > 0.05]
+    assert len(media) == 2, media  # the refill, then the late chunk at the next refill
+    assert media[1] - media[0] > 0.03  # not straight after the refill's send
+
+
 async def test_a_late_carrier_lowers_the_heard_estimate() -> None:
     """A carrier that confirms less than the clock assumes (it buffers, or the network is
     slow) moves the estimate of what was heard back to its confirmations."""

@@ -205,6 +205,7 @@ class Playout:
         (:meth:`_take_batch`): each message costs a JSON envelope, a websocket frame and a
         syscall, so a 100 ms refill as one message instead of five is most of the send cost.
         """
+        emptied = False  # the last batch took every frame there was
         while self._items and not self._control:
             item = self._items[0]
             if isinstance(item, _Mark):
@@ -214,7 +215,13 @@ class Playout:
                 continue
             now = time.monotonic()
             room = self._lead_s - max(0.0, self._play_end - now)
+            if emptied and room < self._refill_s:
+                # Frames that arrived while the last batch was being sent, with the lead nearly
+                # full: they wait for the next refill rather than go out as a message of a frame
+                # or two (seen when a refill woke late and found fewer frames than room).
+                return
             frames = self._take_batch(room)
+            emptied = not self._items
             if not frames:
                 return
             starts_at = max(self._play_end, now)
