@@ -140,6 +140,10 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         super().connection_made(transport)
         #: The start of a frame the fast path has seen only part of.
         self._partial = b""
+        #: The largest frame the fast path takes: ``websockets``' own limits (uvicorn's
+        #: ``ws_max_size``); a larger one is left to it, to be refused with 1009.
+        limits = [self.conn.max_message_size, self.conn.max_fragment_size]
+        self._frame_limit = min((n for n in limits if n is not None), default=None)
 
     def data_received(self, data: bytes) -> None:
         if self._partial:
@@ -172,7 +176,7 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         taken. A frame cut off by the end of ``data`` is kept for the next read; the first frame
         of another shape stops the loop, and it and what follows are uvicorn's."""
         size = len(data)
-        limit = self.conn.max_message_size
+        limit = self._frame_limit
         view = memoryview(data)
         at = 0
         while at < size:
