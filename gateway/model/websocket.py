@@ -113,12 +113,16 @@ class DirectSender:
         ):
             return False
         protocol = self._protocol
+        frame = None
+        if protocol.writes or protocol.extensions or protocol.expect_continuation_frame:
+            protocol.send_text(message.encode())  # its errors are the caller's, as in send()
+        else:
+            frame = self._frame(message.encode())
         try:
-            if protocol.writes or protocol.extensions or protocol.expect_continuation_frame:
-                protocol.send_text(message.encode())
+            if frame is None:
                 self._send_data()
             else:
-                self._transport.write(self._frame(message.encode()))
+                self._transport.write(frame)
         except Exception:  # a transport that broke just now: let send() report it
             self._transport.abort()
             return False
