@@ -1,5 +1,8 @@
 """StreamResampler: exactness, chunking invariance, length rule, frequency response, delay.
 
+Every test here runs twice: on the compiled FIR (``_polyphase.c``, the default where it was
+built) and on the numpy form (``compiled=False``), through the ``engine`` fixture below.
+
 Levels are measured on the *output stream* with gateway.audio.analysis after skipping the start-up
 transient (50 ms, many times the <= 4 ms group delay). The presets' specs: passband flat within
 ±0.5 dB over 300-3400 Hz (7 kHz for wideband), images/aliases >= 60 dB down, delay <= 3.5/5/5 ms.
@@ -8,6 +11,7 @@ transient (50 ms, many times the <= 4 ms group delay). The presets' specs: passb
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -16,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.audio import analysis
+from gateway.audio import analysis, resample
 from gateway.audio.resample import (
     TAP_FRACTION_BITS,
     StreamResampler,
@@ -48,6 +52,23 @@ DELAY_BUDGET_MS = {telephone_to_model: 3.5, model_to_telephone: 5.0, model_to_wi
 PASSBAND_TOP_HZ = {telephone_to_model: 3400, model_to_telephone: 3400, model_to_wideband: 7000}
 
 SKIP_S = 0.05  # start-up transient skipped before measuring
+
+
+@pytest.fixture(autouse=True, params=["compiled", "numpy"])
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test on both FIRs: the numpy one by hiding the compiled module from the factories."""
+    if request.param == "numpy":
+        monkeypatch.setattr(resample, "_polyphase", None)
+    elif not resample.COMPILED:
+        require_compiled()
+    return str(request.param)
+
+
+def require_compiled() -> None:
+    """Skip without the compiled FIR, or fail where the run must have it (CI has a compiler)."""
+    if os.environ.get("CALLBRIDGE_REQUIRE_COMPILED") == "1":
+        pytest.fail("CALLBRIDGE_REQUIRE_COMPILED=1 but gateway/audio/_polyphase.c is not built")
+    pytest.skip("the compiled resampler is not built (no C compiler at install)")
 
 
 def _noise(samples: int, seed: int, scale: float = 8000.0) -> npt.NDArray[np.int16]:
@@ -376,3 +397,7 @@ def test_rejects_impossible_parameters() -> None:
         StreamResampler(8000, 16000, passband_hz=3000, stopband_hz=9000, attenuation_db=60)
     with pytest.raises(ValueError, match="160/147"):
         StreamResampler(44100, 48000, passband_hz=3000, stopband_hz=4000, attenuation_db=60)
+
+
+def test_the_engine_fixture_runs_the_engine_it_names(engine: str) -> None:
+    assert telephone_to_model().compiled is (engine == "compiled")
