@@ -8,6 +8,10 @@ every process that reloads agents.yaml, since each then serves the new file.
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
+from pathlib import Path
+
 import structlog
 
 from gateway.agents import END_CALL_TOOL, TRANSFER_CALL_TOOL, AgentGraph
@@ -27,6 +31,13 @@ def announce(
             "security.weak_admin_token",
             risk="a short ADMIN_API_TOKEN can be guessed, and it reads every call record and "
             "places calls; use a long random one (openssl rand -hex 32)",
+        )
+    if not resampler_compiled():
+        log.warning(
+            "audio.resampler_not_compiled",
+            risk="installed without a C compiler, so the resampler runs as numpy: the same "
+            "audio at several times the CPU per call; reinstall with gcc present "
+            "(the container image always has it)",
         )
     unverified = [] if simulator else settings.unverified_carriers()
     if unverified:
@@ -88,3 +99,17 @@ def prepare_recordings_dir(settings: Settings) -> None:
         raise ConfigError(
             f"RECORDINGS_DIR: cannot write recordings to {directory}: {exc.strerror or exc}"
         ) from None
+
+
+def resampler_compiled() -> bool:
+    """Whether the install built the resampler's FIR (``gateway/audio/_polyphase.c``): pip
+    skips it quietly without a compiler. Found by its file, so a workers' master need not
+    import numpy to ask; ``gateway.audio.resample.COMPILED`` is what the calls then use."""
+    spec = importlib.util.find_spec("gateway")
+    if spec is None or spec.origin is None:
+        return False
+    audio = Path(spec.origin).parent / "audio"
+    return any(
+        (audio / f"_polyphase{suffix}").is_file()
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES
+    )

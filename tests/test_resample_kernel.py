@@ -118,8 +118,7 @@ def test_the_kernel_takes_any_bytes_like_object() -> None:
     design = telephone_to_model()
     pcm = np.arange(-160, 160, dtype="<i2").tobytes()
     results = {
-        telephone_to_model().process(chunk)
-        for chunk in (pcm, bytearray(pcm), memoryview(pcm))
+        telephone_to_model().process(chunk) for chunk in (pcm, bytearray(pcm), memoryview(pcm))
     }
     assert len(results) == 1
     assert len(results.pop()) == 2 * 2 * 320

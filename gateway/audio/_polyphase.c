@@ -27,6 +27,9 @@
 
 #define PAD 4 /* taps per phase are padded to a multiple of this (zeros: exact, harmless) */
 #define MAX_FACTOR 64
+/* Room beyond the filter's history, in input samples: four 20 ms frames at 24 kHz. When it is
+ * used up, the history moves to the front (a copy of at most a few hundred doubles). */
+#define SLACK 2048
 
 /* The output loop, stamped out for a vector width: NAME(phases, width, up, down, buf, first,
  * m, count, o) writes outputs m .. m+count-1 as PCM16LE into o. buf[j] holds stream sample
@@ -173,7 +176,7 @@ kernel_init(Kernel *self, PyObject *args, PyObject *kwds)
     PyMem_Free(self->buf);
     self->buf = NULL;
     self->phases = PyMem_Calloc((size_t)(up * width), sizeof(double));
-    self->capacity = width + 4096;
+    self->capacity = width + SLACK;
     self->buf = PyMem_Malloc((size_t)self->capacity * sizeof(double));
     if (self->phases == NULL || self->buf == NULL) {
         PyBuffer_Release(&taps);

@@ -312,9 +312,15 @@ class StreamResampler:
         block = design.group * design.down
         self._block = block
         self._history = (design.span - 1) * block
+        self._kernel = (
+            _polyphase.Kernel(design.taps.tobytes(), design.up, design.down)
+            if _polyphase is not None and compiled is not False
+            else None
+        )
         self._buf: Float64Array = np.zeros(0)
         self._windows: Float64Array = np.zeros((0, 0))
-        self._allocate(self._history + _BUFFER_SLACK + block)
+        if self._kernel is None:  # the kernel keeps its own samples
+            self._allocate(self._history + _BUFFER_SLACK + block)
         self._base = 0  # buffer index where the current superblock's window starts
         self._fill = self._history  # buffer index one past the last input sample
         self._done = 0  # outputs of the current (partial) superblock already returned
@@ -322,11 +328,6 @@ class StreamResampler:
         self._odd = b""
         self._samples_in = 0
         self._samples_out = 0
-        self._kernel = (
-            _polyphase.Kernel(design.taps.tobytes(), design.up, design.down)
-            if _polyphase is not None and compiled is not False
-            else None
-        )
 
     @property
     def compiled(self) -> bool:
