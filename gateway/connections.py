@@ -17,8 +17,9 @@ The h11 protocol is used explicitly (not uvicorn's "auto", which prefers httptoo
 installed) so these bounds hold whatever else is installed.
 
 Upgraded connections get :class:`MediaWebSocketProtocol`, which reads a media stream's fifty
-messages a second without pausing the socket after each, and cuts them out of the bytes
-without ``websockets``' generator parse.
+messages a second without pausing the socket after each, cuts them out of the bytes without
+``websockets``' generator parse, and offers the application a media lane (:data:`MEDIA_LANE`):
+a message handed to a callback as it is read, instead of through the ASGI queue.
 """
 
 from __future__ import annotations
@@ -108,6 +109,14 @@ def guarded_h11(
 MAX_QUEUED_MESSAGES = 32
 
 
+#: The ASGI scope extension under which an upgraded socket offers its media lane: a callable
+#: taking the application's handler (or None to withdraw it). See
+#: :meth:`MediaWebSocketProtocol.offer_media_lane`.
+MEDIA_LANE = "callbridge.media_lane"
+
+#: Takes a text message as it is read: True if it took it, False to have it queued as usual.
+MediaHandler = Callable[[str], bool]
+
 #: First byte of a whole (FIN) text frame with no extension bits: every media message.
 _FIN_TEXT = 0x81
 _OPEN = State.OPEN
@@ -135,7 +144,33 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
       uvicorn's own path from that frame on, unchanged; the fast path resumes only once the
       ``websockets`` parser is back between frames with nothing buffered, so the two never
       share a frame.
+
+    And one cost of ASGI: each message goes through a queue to a task that awaits it, a task
+    switch and three coroutine layers per message. The application may take the messages the
+    fast path cuts as they are read instead (:meth:`offer_media_lane`, through the scope's
+    :data:`MEDIA_LANE` extension): its handler is called with the text while nothing waits in
+    the queue ahead of it, and what it declines is queued as before.
     """
+
+    #: The application's media handler while it offers one (:meth:`offer_media_lane`).
+    _media_handler: MediaHandler | None = None
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:  # upgraded (a refused handshake has no scope)
+            scope["extensions"][MEDIA_LANE] = self.offer_media_lane
+
+    def offer_media_lane(self, handler: MediaHandler | None) -> None:
+        """Hand each text message the fast path reads to ``handler`` first (None: stop).
+
+        Called only while no message waits in the ASGI queue (so the order the application
+        sees is the order sent) and the socket is open and not closing; the UTF-8 check is
+        made first (a message that fails it goes uvicorn's way, to its 1007 close). A handler
+        that raises is withdrawn: the error is logged and the message is queued, so the
+        application's own path meets it.
+        """
+        self._media_handler = handler
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -203,14 +238,37 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
             if end > size:
                 break
             mask = data[at + header - 4 : at + header]
-            self.curr_msg_data_type = "text"
-            self.frames = [apply_mask(view[at + header : end], mask)]
-            self.send_receive_event_to_app()
+            payload = apply_mask(view[at + header : end], mask)
             at = end
+            if self._media_handler is not None and self._to_media_lane(payload):
+                continue
+            self.curr_msg_data_type = "text"
+            self.frames = [payload]
+            self.send_receive_event_to_app()
             if self.close_sent or self.transport.is_closing():  # e.g. invalid UTF-8: closed
                 return size
         self._partial = data[at:]
         return size
+
+    def _to_media_lane(self, payload: bytes) -> bool:
+        """Whether the media handler took this message (see :meth:`offer_media_lane`)."""
+        handler = self._media_handler
+        if handler is None or self.queue.qsize() or self.close_sent:
+            return False
+        try:
+            text = payload.decode()
+        except UnicodeDecodeError:
+            return False
+        try:
+            return handler(text)
+        except Exception:
+            self.logger.exception("The media lane's handler failed; it is withdrawn.")
+            self._media_handler = None
+            return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._media_handler = None  # no reference to the application past the connection
+        super().connection_lost(exc)
 
     def send_receive_event_to_app(self) -> None:
         paused = self.read_paused

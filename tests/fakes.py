@@ -55,10 +55,27 @@ class FakeCarrierSocket(_Recorder):
         #: Set: sends fail, and this message (the carrier's ``stop``) and the disconnect arrive
         #: just after the failure, as when a carrier hangs up while the gateway is sending.
         self.hang_up_on_send: str | None = None
+        #: The bridge's media lane while it offers one, and the messages it took.
+        self.lane: Callable[[str], bool] | None = None
+        self.laned = 0
 
     def feed(self, *messages: str | bytes | None) -> None:
+        """What the carrier says, in order: each text message goes to the media lane first
+        while the bridge offers one and nothing is queued, as the server's socket does."""
         for message in messages:
+            if isinstance(message, str) and self._to_lane(message):
+                continue
             self.inbox.put_nowait(message)
+
+    def _to_lane(self, message: str) -> bool:
+        if self.lane is None or not self.inbox.empty() or not self.lane(message):
+            return False
+        self.laned += 1
+        return True
+
+    def take_media(self, lane: Callable[[str], bool] | None) -> bool:
+        self.lane = lane
+        return True
 
     def disconnect(self) -> None:
         self.inbox.put_nowait(None)
@@ -164,6 +181,15 @@ class FakeModelSession(_Recorder):
     async def send_audio(self, audio: bytes) -> None:
         self.audio_sent.append(audio)
         self._touch()
+
+    def audio_writable(self) -> bool:
+        return True
+
+    def send_audio_now(self, audio: bytes) -> bool:
+        """Taken at once, like a connected session's (the bridge's media lane)."""
+        self.audio_sent.append(audio)
+        self._touch()
+        return True
 
     async def send_text(self, text: str) -> None:
         self.texts.append(text)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.frames import Close, Frame, Opcode
 
-from gateway.connections import MAX_QUEUED_MESSAGES, MediaWebSocketProtocol
+from gateway.connections import MAX_QUEUED_MESSAGES, MEDIA_LANE, MediaWebSocketProtocol
 
 
 class _Observed(MediaWebSocketProtocol):
@@ -279,4 +279,142 @@ async def test_a_close_frame_is_answered_and_ends_the_stream() -> None:
         assert await client.frame() == (Opcode.CLOSE, close)
         await _until(lambda: len(got) == 2)
         assert got == ['{"last":1}', ("disconnect", 1000)]
+        client.close()
+
+
+# ---------------------------------------------------------------------- the media lane
+
+
+@contextlib.asynccontextmanager
+async def _lane_server(
+    takes: Any = lambda text: '"media"' in text,
+) -> AsyncIterator[tuple[int, list[Any]]]:
+    """A server whose app offers a media lane taking what ``takes`` accepts, and keeps every
+    message it sees, by either way, in the order it saw them: ("lane" | "queue", text)."""
+    got: list[Any] = []
+
+    def lane(text: str) -> bool:
+        if not takes(text):
+            return False
+        got.append(("lane", text))
+        return True
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        scope["extensions"][MEDIA_LANE](lane)
+        while (message := await receive())["type"] == "websocket.receive":
+            got.append(("queue", message.get("text", message.get("bytes"))))
+        got.append(("disconnect", message.get("code")))
+
+    async with _server(app) as port:
+        yield port, got
+
+
+_LANE_TEXTS = st.lists(
+    st.one_of(
+        st.integers(0, 999).map(lambda n: f'{{"event":"media","n":{n}}}'),
+        st.sampled_from(['{"event":"mark"}', '{"event":"dtmf"}', "x" * 200]),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texts=_LANE_TEXTS, cuts=st.lists(st.integers(min_value=0), max_size=20), data=st.data())
+async def test_the_media_lane_keeps_the_order_messages_were_sent_in(
+    texts: list[str], cuts: list[int], data: st.DataObject
+) -> None:
+    """The lane takes a message only while none waits in the queue ahead of it: whatever the
+    mix and however the bytes are cut, the app sees every message once, in order, by either
+    way; pings still get their pongs."""
+    pings = data.draw(st.lists(st.booleans(), min_size=len(texts), max_size=len(texts)))
+    stream = b""
+    for text, ping in zip(texts, pings, strict=True):
+        stream += _frame(Opcode.TEXT, text.encode())
+        if ping:
+            stream += _frame(Opcode.PING, b"p")
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    async with _lane_server() as (port, got):
+        client = await _RawClient.open(port)
+        try:
+            for start, end in itertools.pairwise(points):
+                await client.write(stream[start:end])
+            await _until(lambda: len(got) == len(texts))
+            assert [text for _, text in got] == texts
+            for way, text in got:
+                assert way == "queue" or '"media"' in text
+            for _ in range(sum(pings)):
+                assert await client.frame() == (Opcode.PONG, b"p")
+        finally:
+            client.close()
+
+
+async def test_media_goes_by_the_lane_while_the_app_waits() -> None:
+    async with _lane_server() as (port, got):
+        client = await _RawClient.open(port)
+        for n in range(20):  # one at a time: the app is waiting for each
+            await client.write(_frame(Opcode.TEXT, f'{{"event":"media","n":{n}}}'.encode()))
+            await _until(lambda n=n: len(got) == n + 1)
+        await client.write(_frame(Opcode.TEXT, b'{"event":"stop"}'))
+        await _until(lambda: len(got) == 21)
+        assert [way for way, _ in got] == ["lane"] * 20 + ["queue"]
+        client.close()
+
+
+async def test_invalid_utf8_still_closes_with_1007_when_a_lane_is_offered() -> None:
+    async with _lane_server(takes=lambda text: True) as (port, got):
+        client = await _RawClient.open(port)
+        await client.write(
+            _frame(Opcode.TEXT, b'{"event":"media"}') + _frame(Opcode.TEXT, b'{"media":"\xff"}')
+        )
+        opcode, payload = await client.frame()
+        assert (opcode, int.from_bytes(payload[:2], "big")) == (Opcode.CLOSE, 1007)
+        await _until(lambda: len(got) == 2)
+        assert got == [("lane", '{"event":"media"}'), ("disconnect", 1007)]
+        client.close()
+
+
+async def test_a_lane_that_raises_is_withdrawn_and_its_message_queued(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[str] = []
+
+    def broken(text: str) -> bool:
+        calls.append(text)
+        raise ValueError("a bug in the handler")
+
+    async with _lane_server(takes=broken) as (port, got):
+        client = await _RawClient.open(port)
+        await client.write(_frame(Opcode.TEXT, b'{"n":1}'))
+        await _until(lambda: len(got) == 1)
+        await client.write(_frame(Opcode.TEXT, b'{"n":2}'))
+        await _until(lambda: len(got) == 2)
+        assert got == [("queue", '{"n":1}'), ("queue", '{"n":2}')]
+        assert calls == ['{"n":1}']  # withdrawn after the failure
+        assert "media lane's handler failed" in caplog.text
+        client.close()
+
+
+async def test_the_lane_is_withdrawn_with_none() -> None:
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        scope["extensions"][MEDIA_LANE](lambda text: seen.append(("lane", text)) or True)
+        message = await receive()  # the lane takes the first message: this is the second
+        seen.append(("queue", message["text"]))
+
+    _Observed.instances.clear()
+    async with _server(app) as port:
+        client = await _RawClient.open(port)
+        (protocol,) = _Observed.instances
+        await client.write(_frame(Opcode.TEXT, b'{"n":1}'))
+        await _until(lambda: len(seen) == 1)
+        protocol.offer_media_lane(None)
+        await client.write(_frame(Opcode.TEXT, b'{"n":2}'))
+        await _until(lambda: len(seen) == 2)
+        assert seen == [("lane", '{"n":1}'), ("queue", '{"n":2}')]
         client.close()

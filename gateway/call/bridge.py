@@ -118,6 +118,13 @@ class CarrierSocket(Protocol):
         """Close if still open; never raises."""
         ...
 
+    def take_media(self, lane: Callable[[str], bool] | None) -> bool:
+        """Offer the socket a media lane (None: withdraw it). A socket that has one calls
+        ``lane(text)`` with each text message as it arrives, while no message waits for
+        :meth:`receive` ahead of it, and queues the message as usual unless ``lane`` returns
+        True (taken). Returns whether the socket has such a lane (else nothing changes)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class BridgeOptions:
@@ -200,6 +207,9 @@ class CallBridge:
         self._turns = 0
         self._speaking = False
         self._keypad = Keypad(self.options.dtmf_interdigit_s)
+        #: The caller loop is parked in ``socket.receive()``: a media message may be taken
+        #: straight from the socket (:meth:`_take_media`) without reordering anything.
+        self._caller_waiting = False
         self._idle: IdleWatch | None = None
         #: The call's prompt variables (``{{caller_number}}``…), known at ``start``.
         self._variables: dict[str, str] = {}
@@ -253,6 +263,7 @@ class CallBridge:
             self._wire_audio(live.audio)
             self._cue_at = time.monotonic() if self.agent.greeting else None
             self.events.emit("call.connected", live_connect_ms=round(elapsed, 1))
+            self.socket.take_media(self._take_media)
             caller = asyncio.create_task(self._caller_loop(), name="caller")
             model = asyncio.create_task(self._model_loop(), name="model")
             playout = asyncio.create_task(self._run_playout(), name="playout")
@@ -280,6 +291,7 @@ class CallBridge:
             self.end_reason = "cancelled"  # server shutdown; the finally still cleans up
             raise
         finally:
+            self.socket.take_media(None)
             await cancel_and_wait(*tasks, *self._side_tasks)
             if self._live is not None:
                 await self._live.close()
@@ -494,7 +506,11 @@ class CallBridge:
             handled += 1
             if handled % FAIRNESS_EVERY == 0:
                 await asyncio.sleep(0)
-            data = await self.socket.receive()
+            self._caller_waiting = True
+            try:
+                data = await self.socket.receive()
+            finally:
+                self._caller_waiting = False
             if data is None:
                 return "caller_disconnected"
             try:
@@ -512,8 +528,45 @@ class CallBridge:
                 return ended
 
     async def _on_caller_audio(self, event: AudioReceived) -> None:
-        live, uplink, budget = self._live, self._uplink, self._budget
-        assert live is not None
+        audio = self._admit_caller_audio(event)
+        if audio is not None:
+            assert self._live is not None
+            await self._live.send_audio(audio)
+
+    def _take_media(self, text: str) -> bool:
+        """The media lane: a caller frame handled as the socket reads it, with no queue, task
+        switch or coroutine between the carrier's socket and the model's (fifty times a second
+        per call).
+
+        Only a media message, only while the caller loop waits with nothing queued (so order
+        is kept), and only when the model's socket can take the audio this instant. Anything
+        else is declined before it has any effect, and goes the usual way, through the loop.
+        """
+        live = self._live
+        if (
+            not self._caller_waiting
+            or live is None
+            or len(text) > self.options.max_message_bytes
+            or not live.audio_writable()
+        ):
+            return False
+        try:
+            event = self.codec.parse(text)
+        except ProtocolError:
+            return False  # the loop's parse reports it
+        if type(event) is not AudioReceived:
+            return False
+        audio = self._admit_caller_audio(event)
+        if audio is not None and not live.send_audio_now(audio):
+            # Not reached: nothing between audio_writable() and here touches the model's
+            # socket. Were it reached, the audio still goes, the slow way.
+            self._spawn(live.send_audio(audio), name="caller-audio")
+        return True
+
+    def _admit_caller_audio(self, event: AudioReceived) -> bytes | None:
+        """Count, budget, record and transcode one caller frame: the model's audio, or None
+        when the frame is dropped (audio arriving faster than real time)."""
+        uplink, budget = self._uplink, self._budget
         assert uplink is not None
         assert budget is not None
         self.stats.frame_received()
@@ -525,14 +578,14 @@ class CallBridge:
                     admitted_s=round(budget.admitted_s, 2),
                     detail="audio arriving faster than a phone can send it is dropped",
                 )
-            return
+            return None
         self.stats.frame_admitted()
         if self.recording is not None:
             self.recording.caller(event.payload)
         audio = uplink.feed(event.payload)
         if self._idle is not None and uplink.voiced(audio):
             self._idle.caller_spoke(now)
-        await live.send_audio(audio)
+        return audio
 
     async def _on_mark(self, event: MarkPlayed) -> None:
         assert self._playout is not None

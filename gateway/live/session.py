@@ -273,17 +273,17 @@ class LiveSession:
     async def send_audio(self, audio: bytes) -> None:
         """Caller audio (PCM16 16 kHz); journalled for a resume, queued while reconnecting.
 
-        Fifty times a second per call: a message the socket can take at once is written here
-        without a coroutine in between (:meth:`DirectSender.write_now`); anything else goes the
-        way of every other message (:meth:`_submit`).
+        Fifty times a second per call: a message the socket can take at once is written
+        without a coroutine in between (:meth:`send_audio_now`); anything else goes the way of
+        every other message (:meth:`_submit`).
         """
+        if self.send_audio_now(audio):
+            return
         entry = Sent("audio", pcm=audio, voiced=voiced(audio))
         conn = self._conn
         if conn is not None and conn.raw_send is not None and self.machine.accepting:
             if self.machine.record(entry, now=time.monotonic()) is None:
                 return  # the call ended
-            if conn.raw_send.write_now(realtime_audio_message(audio)):
-                return
             try:
                 await conn.raw_send(realtime_audio_message(audio))
             except SEND_ERRORS as exc:
@@ -291,6 +291,31 @@ class LiveSession:
                 self._send_failed(conn, exc)
             return
         await self._submit(entry)
+
+    def audio_writable(self) -> bool:
+        conn = self._conn
+        return (
+            conn is not None
+            and conn.raw_send is not None
+            and self.machine.accepting
+            and conn.raw_send.writable()
+        )
+
+    def send_audio_now(self, audio: bytes) -> bool:
+        """Caller audio written at once (:meth:`DirectSender.write_now`), journalled as
+        :meth:`send_audio` journals it; False, with nothing done, unless the connection is
+        current and its socket can take the message this instant."""
+        if not self.audio_writable():
+            return False
+        conn = self._conn
+        assert conn is not None and conn.raw_send is not None
+        entry = Sent("audio", pcm=audio, voiced=voiced(audio))
+        if self.machine.record(entry, now=time.monotonic()) is None:
+            return True  # the call ended
+        if not conn.raw_send.write_now(realtime_audio_message(audio)):
+            entry.carried_by = None  # the transport failed as it wrote: nobody heard it
+            self._send_failed(conn, ConnectionResetError("the model socket failed on a write"))
+        return True
 
     async def send_text(self, text: str) -> None:
         """A user text turn (a note the caller does not hear); queued while reconnecting."""

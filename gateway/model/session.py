@@ -80,6 +80,17 @@ class ModelSession(Protocol):
         """Caller audio in ``audio.input``'s format."""
         ...
 
+    def audio_writable(self) -> bool:
+        """Whether :meth:`send_audio_now` would write this instant."""
+        ...
+
+    def send_audio_now(self, audio: bytes) -> bool:
+        """Caller audio written at once, with no coroutine: the bridge's media lane, fifty
+        times a second. False, with nothing done, when the connection cannot take it this
+        instant (none, held, paused): :meth:`send_audio` then. True: taken, as
+        :meth:`send_audio` would have (a write that failed is the session's to recover)."""
+        ...
+
     async def send_text(self, text: str) -> None: ...
 
     async def send_tool_response(

@@ -71,6 +71,14 @@ class ProviderSwitch:
     async def send_audio(self, audio: bytes) -> None:
         await self.current.send_audio(audio)
 
+    def audio_writable(self) -> bool:
+        session = self._session
+        return session is not None and session.audio_writable()
+
+    def send_audio_now(self, audio: bytes) -> bool:
+        session = self._session
+        return session is not None and session.send_audio_now(audio)
+
     async def send_text(self, text: str) -> None:
         await self.current.send_text(text)
 

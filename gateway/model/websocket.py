@@ -101,16 +101,23 @@ class DirectSender:
         self._masks = b""
         self._mask_at = 0
 
-    def write_now(self, message: str) -> bool:
-        """Write ``message`` at once if the connection allows it; False: use :meth:`__call__`."""
+    def writable(self) -> bool:
+        """Whether :meth:`write_now` would write now: open, not paused by flow control, no
+        send of ``websockets``' own under way, the transport not closing."""
         ws = self._ws
-        if not (
+        return (
             self._direct
             and self._protocol.state is _OPEN
             and not ws.paused
             and ws.send_in_progress is None
             and not self._transport.is_closing()
-        ):
+        )
+
+    def write_now(self, message: str) -> bool:
+        """Write ``message`` at once if the connection allows it; False: use :meth:`__call__`
+        (when :meth:`writable` was True just before, False means the transport failed as it
+        wrote, and is aborted)."""
+        if not self.writable():
             return False
         protocol = self._protocol
         frame = None

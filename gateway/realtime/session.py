@@ -212,6 +212,25 @@ class RealtimeSession:
         except websockets.exceptions.ConnectionClosed:
             self._hold(audio)  # the reader reports the drop; this goes to the next connection
 
+    def audio_writable(self) -> bool:
+        conn = self._conn
+        return (
+            conn is not None
+            and not self._holding
+            and isinstance(conn.send, DirectSender)
+            and conn.send.writable()
+        )
+
+    def send_audio_now(self, audio: bytes) -> bool:
+        """Caller audio on the connection's :class:`DirectSender`, if it can write now."""
+        if not self.audio_writable():
+            return False
+        conn = self._conn
+        assert conn is not None and isinstance(conn.send, DirectSender)
+        if not conn.send.write_now(_append(audio)):
+            self._hold(audio)  # the transport failed as it wrote: the reader reports the drop
+        return True
+
     async def send_text(self, text: str) -> None:
         """A user text turn (a note the caller does not hear), answered when the model is free;
         held while no connection takes it (a reconnect, a handoff to a new session)."""

@@ -33,6 +33,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from gateway.call.bridge import CallBridge
 from gateway.call.hooks import CallHooks, Refusal
 from gateway.carriers.base import CarrierCodec, StreamStarted
+from gateway.connections import MEDIA_LANE, MediaHandler
 from gateway.security import StreamGrant, StreamTokenError
 from gateway.web.httputil import pass_on, proxy_retries
 from gateway.web.state import GatewayState
@@ -182,6 +183,15 @@ class StarletteCarrierSocket:
         if text is not None:
             return str(text)
         return bytes(message.get("bytes") or b"")
+
+    def take_media(self, lane: MediaHandler | None) -> bool:
+        """Through the server's media lane (:data:`~gateway.connections.MEDIA_LANE`), when the
+        socket came through :class:`~gateway.connections.MediaWebSocketProtocol`."""
+        offer = self._ws.scope.get("extensions", {}).get(MEDIA_LANE)
+        if offer is None:
+            return False
+        offer(lane)
+        return True
 
     async def send(self, text: str) -> None:
         await self._ws.send_text(text)
