@@ -140,6 +140,10 @@ class FakeModelSession(_Recorder):
         self.handoffs: list[tuple[AgentPersona, Sequence[Turn]]] = []
         self.actions: list[tuple[str, str]] = []
         self.close_calls = 0
+        #: Whether the model's socket can take caller audio at once (the media lane).
+        self.writable = True
+        #: Caller audio that came through ``send_audio_now`` (also in ``audio_sent``).
+        self.audio_sent_now = 0
         self._open_error = open_error
         self._handoff_error = handoff_error
 
@@ -183,10 +187,13 @@ class FakeModelSession(_Recorder):
         self._touch()
 
     def audio_writable(self) -> bool:
-        return True
+        return self.writable
 
     def send_audio_now(self, audio: bytes) -> bool:
-        """Taken at once, like a connected session's (the bridge's media lane)."""
+        """Taken at once while ``writable``, like a connected session's (the media lane)."""
+        if not self.writable:
+            return False
+        self.audio_sent_now += 1
         self.audio_sent.append(audio)
         self._touch()
         return True

@@ -242,6 +242,76 @@ async def test_caller_audio_goes_up_as_pcm16_at_16khz() -> None:
     assert call.event("call.ended")["frames_in"] == 5
 
 
+async def _caller_loop_waiting(call: Call) -> None:
+    await call.session.until(lambda: call.bridge._caller_waiting)
+
+
+async def test_caller_audio_goes_by_the_media_lane_while_the_caller_loop_waits() -> None:
+    call = begin()
+    await call.connected()
+    frames = [bytes([0x80 + i]) * MULAW_FRAME_BYTES for i in range(5)]
+    for i, payload in enumerate(frames):
+        await _caller_loop_waiting(call)
+        call.socket.feed(media(payload, seq=2 + i))
+    assert call.socket.laned == 5  # taken as the socket read them: no queue, no task switch
+    assert call.session.audio_sent_now == 5
+    call.socket.feed(stop())
+    assert await call.ended() == "caller_hung_up"
+    assert call.event("call.ended")["frames_in"] == 5
+    assert call.socket.lane is None  # withdrawn at the end
+    slow = FakeModelSession()
+    slow.writable = False  # the same frames through the caller loop: the same audio, in order
+    queued = begin(session=slow)
+    await queued.connected()
+    queued.socket.feed(*(media(payload, seq=2 + i) for i, payload in enumerate(frames)))
+    await queued.session.until(lambda: len(queued.session.audio_sent) == 5)
+    assert queued.socket.laned == 0
+    assert call.session.audio_sent == queued.session.audio_sent
+    queued.socket.feed(stop())
+    assert await queued.ended() == "caller_hung_up"
+
+
+async def test_the_media_lane_takes_nothing_out_of_turn() -> None:
+    """A message queued ahead (a mark here) makes every message after it wait its turn."""
+    call = begin()
+    await call.connected()
+    await _caller_loop_waiting(call)
+    call.socket.feed(media(seq=2), mark("m1"), media(seq=3), media(seq=4))
+    await call.session.until(lambda: len(call.session.audio_sent) == 3)
+    assert call.socket.laned == 1  # only the first: the mark was queued, and so what followed
+    assert call.session.audio_sent_now == 1
+    call.socket.feed(stop())
+    assert await call.ended() == "caller_hung_up"
+
+
+async def test_the_media_lane_declines_while_the_model_cannot_take_audio_at_once() -> None:
+    session = FakeModelSession()
+    session.writable = False  # reconnecting, paused by flow control, mid-handoff
+    call = begin(session=session)
+    await call.connected()
+    for i in range(3):
+        await _caller_loop_waiting(call)
+        call.socket.feed(media(seq=2 + i))
+        await call.session.until(lambda i=i: len(call.session.audio_sent) == i + 1)
+    assert call.socket.laned == 0
+    assert session.audio_sent_now == 0  # every frame went the caller loop's way
+    call.socket.feed(stop())
+    assert await call.ended() == "caller_hung_up"
+    assert call.event("call.ended")["frames_in"] == 3
+
+
+async def test_a_malformed_message_is_left_to_the_caller_loop() -> None:
+    call = begin()
+    await call.connected()
+    await _caller_loop_waiting(call)
+    call.socket.feed("not json", media())
+    await call.session.until(lambda: call.session.audio_sent)
+    assert call.bridge.stats.bad_messages == 1
+    assert call.socket.laned == 0  # the media behind it waited its turn too
+    call.socket.feed(stop())
+    assert await call.ended() == "caller_hung_up"
+
+
 async def test_agent_audio_goes_down_as_media_then_a_mark_at_turn_end() -> None:
     call = begin()
     await call.connected()

@@ -58,7 +58,7 @@ SKIP_S = 0.05  # start-up transient skipped before measuring
 def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each test on both FIRs: the numpy one by hiding the compiled module from the factories."""
     if request.param == "numpy":
-        monkeypatch.setattr(resample, "_polyphase", None)
+        monkeypatch.setattr(resample, "_Kernel", None)
     elif not resample.COMPILED:
         require_compiled()
     return str(request.param)

@@ -148,7 +148,7 @@ def test_the_kernel_rejects_bad_arguments() -> None:
 def test_compiled_true_is_refused_when_the_kernel_is_missing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(resample, "_polyphase", None)
+    monkeypatch.setattr(resample, "_Kernel", None)
     with pytest.raises(RuntimeError, match="not built"):
         telephone_to_model(compiled=True)
     assert not telephone_to_model().compiled  # the default falls back to numpy

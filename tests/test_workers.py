@@ -313,9 +313,12 @@ async def test_a_token_used_on_one_worker_is_refused_by_the_other(served: Served
         served.resume()
     assert refused.value.response.status_code == 403
     assert webhook.status_code == 409  # a replayed webhook: no fresh token either
+    # The worker logs as it answers; its stderr is read a moment later.
+    await served.until(
+        lambda: served.named("twilio.webhook_replayed", worker=1, call_id=result.call_sid)
+    )
     (stream,) = served.named("twilio.stream_refused", worker=1)
     assert stream["reason"] == "stream token already used"
-    assert served.named("twilio.webhook_replayed", worker=1, call_id=result.call_sid)
 
 
 async def test_a_reload_through_the_admin_api_reaches_every_worker(served: Served) -> None:

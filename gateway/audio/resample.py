@@ -61,11 +61,11 @@ import numpy.typing as npt
 from gateway.audio import g711
 
 try:
-    from gateway.audio import _polyphase
+    from gateway.audio._polyphase import Kernel as _Kernel
 except ImportError:  # installed without a C compiler: the numpy form below does the work
-    _polyphase = None  # type: ignore[assignment]
+    _Kernel = None  # type: ignore[assignment,misc]
 
-COMPILED: Final = _polyphase is not None
+COMPILED: Final = _Kernel is not None
 """True when the compiled FIR (``_polyphase.c``) was built and is used by default."""
 
 Float64Array = npt.NDArray[np.float64]
@@ -285,7 +285,7 @@ class StreamResampler:
     ) -> None:
         """``compiled``: None uses the compiled FIR when it was built, False the numpy form,
         True requires the compiled one (both give the same bytes; tests compare them)."""
-        if compiled and _polyphase is None:
+        if compiled and _Kernel is None:
             raise RuntimeError("the compiled resampler (gateway/audio/_polyphase.c) is not built")
         if in_rate <= 0 or out_rate <= 0:
             raise ValueError(f"sample rates must be positive, got {in_rate} -> {out_rate}")
@@ -313,8 +313,8 @@ class StreamResampler:
         self._block = block
         self._history = (design.span - 1) * block
         self._kernel = (
-            _polyphase.Kernel(design.taps.tobytes(), design.up, design.down)
-            if _polyphase is not None and compiled is not False
+            _Kernel(design.taps.tobytes(), design.up, design.down)
+            if _Kernel is not None and compiled is not False
             else None
         )
         self._buf: Float64Array = np.zeros(0)

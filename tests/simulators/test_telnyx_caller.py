@@ -245,12 +245,14 @@ def test_texml_caller_hanging_up_sends_stop_and_closes_with_1000(texml_call: Tex
 
 
 def test_texml_media_is_paced_in_real_time(texml_call: TexmlCall) -> None:
-    """On an absolute schedule: chunk k arrives ~k·20 ms after `start`."""
+    """On an absolute schedule: chunk k arrives ~k·20 ms after `start`, and a chunk delayed by
+    a busy machine does not delay the ones after it (a relative schedule would drift)."""
     call = texml_call.call
     arrivals = np.array([t for t, m in call.messages if m["event"] == "media"]) - call.start_time
-    lateness = arrivals - 0.020 * np.arange(1, N_MEDIA + 1)
-    assert np.median(np.abs(lateness)) < 0.005
-    assert np.max(np.abs(lateness)) < 0.040
+    lateness = np.abs(arrivals - 0.020 * np.arange(1, N_MEDIA + 1))
+    assert np.median(lateness) < 0.005
+    assert np.percentile(lateness, 80) < 0.040  # a stall on a loaded machine may hit a few
+    assert np.median(lateness[-len(lateness) // 4 :]) < 0.005  # caught up: no drift
     assert texml_call.result.send_timing.samples == N_MEDIA
 
 
