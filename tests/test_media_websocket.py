@@ -175,6 +175,26 @@ async def _echo_server(max_size: int = 1 << 20) -> AsyncIterator[tuple[int, list
         await task
 
 
+async def _write_cut(
+    client: _RawClient, texts: list[str], pings: list[bool], cuts: list[int]
+) -> None:
+    """Each text as a frame, a ping after those ``pings`` marks, the bytes cut at ``cuts``
+    (taken modulo the stream's length) into separate writes."""
+    stream = b""
+    for text, ping in zip(texts, pings, strict=True):
+        stream += _frame(Opcode.TEXT, text.encode())
+        if ping:
+            stream += _frame(Opcode.PING, b"p")
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    for start, end in itertools.pairwise(points):
+        await client.write(stream[start:end])
+
+
+async def _expect_pongs(client: _RawClient, pings: list[bool]) -> None:
+    for _ in range(sum(pings)):
+        assert await client.frame() == (Opcode.PONG, b"p")
+
+
 _TEXTS = st.lists(
     st.one_of(
         st.text(max_size=300),  # media-message sizes, any Unicode
@@ -194,21 +214,13 @@ async def test_any_split_of_text_and_ping_frames_delivers_every_message_in_order
     # Frames in any mix, cut into writes anywhere (a byte at a time included): the app gets
     # each message whole and in order, and each ping its pong, whichever path read it.
     pings = data.draw(st.lists(st.booleans(), min_size=len(texts), max_size=len(texts)))
-    stream = b""
-    for text, ping in zip(texts, pings, strict=True):
-        stream += _frame(Opcode.TEXT, text.encode())
-        if ping:
-            stream += _frame(Opcode.PING, b"p")
-    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
     async with _echo_server() as (port, got):
         client = await _RawClient.open(port)
         try:
-            for start, end in itertools.pairwise(points):
-                await client.write(stream[start:end])
+            await _write_cut(client, texts, pings, cuts)
             await _until(lambda: len(got) == len(texts))
             assert got == texts
-            for _ in range(sum(pings)):
-                assert await client.frame() == (Opcode.PONG, b"p")
+            await _expect_pongs(client, pings)
         finally:
             client.close()
 
@@ -330,23 +342,15 @@ async def test_the_media_lane_keeps_the_order_messages_were_sent_in(
     mix and however the bytes are cut, the app sees every message once, in order, by either
     way; pings still get their pongs."""
     pings = data.draw(st.lists(st.booleans(), min_size=len(texts), max_size=len(texts)))
-    stream = b""
-    for text, ping in zip(texts, pings, strict=True):
-        stream += _frame(Opcode.TEXT, text.encode())
-        if ping:
-            stream += _frame(Opcode.PING, b"p")
-    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
     async with _lane_server() as (port, got):
         client = await _RawClient.open(port)
         try:
-            for start, end in itertools.pairwise(points):
-                await client.write(stream[start:end])
+            await _write_cut(client, texts, pings, cuts)
             await _until(lambda: len(got) == len(texts))
             assert [text for _, text in got] == texts
             for way, text in got:
                 assert way == "queue" or '"media"' in text
-            for _ in range(sum(pings)):
-                assert await client.frame() == (Opcode.PONG, b"p")
+            await _expect_pongs(client, pings)
         finally:
             client.close()
 

@@ -15,27 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.audio import resample
-from gateway.audio.resample import (
-    StreamResampler,
-    model_to_telephone,
-    model_to_wideband,
-    telephone_to_model,
-    telephone_to_model_24k,
-    wideband_to_model_24k,
-    wideband_to_telephone,
-)
-from tests.test_resample import require_compiled
+from gateway.audio.resample import StreamResampler, telephone_to_model
+from tests.test_resample import ALL_PRESETS, require_compiled
 
 Factory = Callable[..., StreamResampler]
-
-ALL_PRESETS = [
-    pytest.param(telephone_to_model, id="8k-16k"),
-    pytest.param(model_to_telephone, id="24k-8k"),
-    pytest.param(model_to_wideband, id="24k-16k"),
-    pytest.param(telephone_to_model_24k, id="8k-24k"),
-    pytest.param(wideband_to_model_24k, id="16k-24k"),
-    pytest.param(wideband_to_telephone, id="16k-8k"),
-]
 
 
 @pytest.fixture(autouse=True)
