@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -19,11 +20,12 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, make_url, select
 
 from gateway.records import store as store_module
 from gateway.records.cursor import encode_cursor
 from gateway.records.database import database_url as parse_database_url
+from gateway.records.database import open_engine
 from gateway.records.migrate import alembic_config
 from gateway.records.schema import deliveries, metadata
 from gateway.records.store import RecordStore
@@ -549,6 +551,29 @@ async def test_a_worker_s_start_closes_a_previous_run_s_records_and_not_its_sibl
     finally:
         for store in stores:
             await store.aclose()
+
+
+def test_a_new_sqlite_file_being_written_is_switched_to_wal_once_the_writer_is_done(
+    tmp_path: Path,
+) -> None:
+    """Another worker writing a new file (still in rollback mode) makes SQLite refuse the
+    switch to WAL at once, busy timeout or not: the connection waits and retries instead."""
+    path = tmp_path / "calls.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE t (x)")
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO t VALUES (1)")
+    done = threading.Timer(0.3, writer.execute, ("COMMIT",))
+    done.start()
+    engine = open_engine(make_url(f"sqlite:///{path}"))
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("SELECT count(*) FROM t").scalar() == 1
+    finally:
+        done.join()
+        engine.dispose()
+        writer.close()
 
 
 async def test_workers_writing_one_sqlite_file_at_once_wait_their_turn(tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ Statement parameters are hidden from SQLAlchemy's error messages: they are call 
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -79,12 +81,29 @@ def _sqlite_connected(dbapi_connection: Any, _record: object) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        _enter_wal(cursor)
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
+
+
+def _enter_wal(cursor: Any) -> None:
+    """``journal_mode=WAL``, waiting as the busy timeout would. Switching a file that is still
+    in rollback mode (a new one) needs its exclusive lock, and SQLite does not wait for that:
+    while another connection writes (another worker migrating the same new file), the switch
+    fails at once with "database is locked", busy timeout or not. Once the file is in WAL mode
+    (it stays so), the switch asks for no lock. Runs on the records' thread, never the loop."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _sqlite_begin(connection: Any) -> None:
