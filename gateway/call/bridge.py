@@ -543,15 +543,10 @@ class CallBridge:
         else is declined before it has any effect, and goes the usual way, through the loop.
         """
         live = self._live
-        if (
-            not self._caller_waiting
-            or live is None
-            or len(text) > self.options.max_message_bytes
-            or not live.audio_writable()
-        ):
+        if not self._caller_waiting or live is None or not live.audio_writable():
             return False
         try:
-            event = self.codec.parse(text)
+            event = self._parse(text)
         except ProtocolError:
             return False  # the loop's parse reports it
         if type(event) is not AudioReceived:
