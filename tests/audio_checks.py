@@ -22,9 +22,21 @@ def audible_s(pcm: bytes, rate: int, floor_dbfs: float = -40.0) -> float:
 
 
 def steady_part(pcm: bytes, rate: int) -> bytes:
-    """The loud part of a burst, minus 100 ms at each edge (fades, filter transients)."""
+    """The loud part of a burst, minus 100 ms at each edge (fades, filter transients).
+
+    Silent 10 ms windows inside the burst are left out. A heard timeline is a caller's: when the
+    gateway's frames arrive late, it plays silence meanwhile, as a carrier does. On a loaded test
+    machine the whole process (gateway, simulated model and caller) can stall for longer than the
+    playout lead, and the burst then has a gap of whole 20 ms ticks. The burst's level is a
+    property of the sound, not of the machine's scheduling: measured across a 0.3 s gap, a -12
+    dBFS tone read -21 dBFS. Removing whole ticks of inserted silence gives back the sound as
+    sent, phase included (windows and ticks both start at the timeline's start). Lost audio is
+    not hidden by this: ``audible_s`` still counts it.
+    """
+    window = rate // 100 * 2
     loud = _loud_windows(pcm, rate, -40.0)
     assert loud, "no audio at all"
-    start, end = loud[0] + rate // 10 * 2, loud[-1] - rate // 10 * 2
-    assert end > start, "burst too short"
-    return pcm[start:end]
+    joined = b"".join(pcm[i : i + window] for i in loud)
+    edge = rate // 10 * 2
+    assert len(joined) > 2 * edge, "burst too short"
+    return joined[edge:-edge]
