@@ -277,3 +277,32 @@ def test_any_sequence_of_events_yields_events_or_protocol_errors(
         assert len(starts) <= 1
         assert (codec.state is StreamState.STREAMING) == bool(starts)
         assert codec.stream_id == (starts[0].stream_id if starts else None)
+
+
+def test_a_start_keeps_a_number_beyond_64_bits_exactly_as_written() -> None:
+    # Media messages are parsed in C (gateway.wire.loads), which reads such a number as a float;
+    # a start's custom parameters are kept as text, so a start is read by json itself.
+    start = json.loads(json.dumps(TWILIO.start))
+    start["start"]["customParameters"] = {"account": 123456789012345678901234567890}
+    started = TwilioCodec().parse(json.dumps(start))
+    assert isinstance(started, StreamStarted)
+    assert started.parameters == {"account": "123456789012345678901234567890"}
+
+
+@pytest.mark.parametrize("wire", WIRES)
+@pytest.mark.parametrize("number", ["18446744073709551616", "1e999", "-1", "2147483648"])
+def test_a_media_counter_out_of_range_is_refused_whatever_type_it_is_read_as(
+    wire: Wire, number: str
+) -> None:
+    # A number beyond 64 bits is an int to json and a float to orjson (gateway.wire): the
+    # counter must be refused either way, as one that is not a number at all is.
+    message = wire.media()
+    assert '"chunk": "1"' in message
+    outcomes = []
+    for chunk in (number, '"not a number"'):
+        codec = wire.started()
+        events = [codec.parse(message.replace('"chunk": "1"', f'"chunk": {chunk}'))]
+        events.append(codec.parse(wire.media(chunk=2)))  # what the counter did to the order
+        outcomes.append(events)
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] == AudioReceived(PAYLOAD)

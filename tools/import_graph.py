@@ -41,6 +41,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.claims",
             "gateway.cpus",
             "gateway.connections",
+            "gateway.wire",
         ),
     ),
     ("audio", ("gateway.audio",)),

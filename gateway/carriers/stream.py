@@ -28,13 +28,13 @@ a mark echo arriving after ``stop`` is not a protocol violation to report.
 
 from __future__ import annotations
 
-import base64
 import enum
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from gateway import wire
 from gateway.carriers.base import (
     AudioReceived,
     CarrierEvent,
@@ -162,7 +162,7 @@ class UnnamedOutbound:
     stream. A mixin for a :class:`StreamCodec`."""
 
     def media(self, payload: bytes) -> str:
-        return '{"event":"media","media":{"payload":"' + base64.b64encode(payload).decode() + '"}}'
+        return '{"event":"media","media":{"payload":"' + wire.b64encode(payload) + '"}}'
 
     def mark(self, name: str) -> str:
         return '{"event":"mark","mark":{"name":' + json.dumps(name) + "}}"

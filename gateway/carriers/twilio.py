@@ -10,11 +10,11 @@ per call, and ``json.dumps`` of a dict would cost more than the base64 of the pa
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Mapping
 from typing import Any
 
+from gateway import wire
 from gateway.audio.transcode import PCMU_8K
 from gateway.carriers.base import (
     ProtocolError,
@@ -47,7 +47,7 @@ class TwilioCodec(StreamCodec):
         self._clear = ""
 
     def media(self, payload: bytes) -> str:
-        return self._media_prefix + base64.b64encode(payload).decode("ascii") + '"}}'
+        return self._media_prefix + wire.b64encode(payload) + '"}}'
 
     def mark(self, name: str) -> str:
         return self._mark_prefix + json.dumps(name) + "}}"

@@ -33,6 +33,8 @@ import websockets.exceptions
 from google import genai
 from google.genai import types
 
+from gateway import wire
+
 INPUT_MIME: Final = "audio/pcm;rate=16000"
 _PREFIX: Final = '{"realtime_input":{"audio":{"data":"'
 _SUFFIX: Final = '","mime_type":"' + INPUT_MIME + '"}}}'
@@ -46,7 +48,7 @@ _TRANSCRIPTS: Final = {"inputTranscription": "caller", "outputTranscription": "a
 
 def realtime_audio_message(pcm16k: bytes) -> str:
     """The ``realtime_input.audio`` message, exactly as ``send_realtime_input`` builds it."""
-    return _PREFIX + base64.urlsafe_b64encode(pcm16k).decode("ascii") + _SUFFIX
+    return _PREFIX + wire.urlsafe_b64encode(pcm16k) + _SUFFIX
 
 
 def model_audio(raw: bytes | str) -> bytes | None:
@@ -99,7 +101,7 @@ def _only_server_content(raw: bytes | str, hint: bytes) -> dict[str, Any] | None
     if (hint if isinstance(raw, bytes) else hint.decode()) not in raw:  # type: ignore[operator]
         return None
     try:
-        message = json.loads(raw)
+        message = wire.loads(raw)  # no number is read from either shape: exact here
     except ValueError:
         return None
     if not isinstance(message, dict) or len(message) != 1:
@@ -123,8 +125,8 @@ def _part_audio(part: Any) -> bytes | None:
         return None
     try:
         if "-" in data or "_" in data:
-            return base64.urlsafe_b64decode(data)
-        return binascii.a2b_base64(data, strict_mode=True)
+            return wire.urlsafe_b64decode(data)
+        return wire.b64decode_strict(data)
     except (binascii.Error, ValueError):
         return None
 

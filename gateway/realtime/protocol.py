@@ -18,13 +18,13 @@ bookkeeping) is ignored.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from gateway import wire
 from gateway.model.events import (
     AgentTranscript,
     AudioOut,
@@ -157,7 +157,7 @@ class RealtimeReader:
         if _text(message.get("response_id")) in self.interrupted:
             return []  # already in flight when the caller spoke over it
         try:
-            audio = base64.b64decode(message.get("delta") or "", validate=True)
+            audio = wire.b64decode(message.get("delta") or "")
         except (binascii.Error, ValueError, TypeError):
             return []
         if not audio:

@@ -27,7 +27,6 @@ session ends after 60 minutes with a ``session_expired`` error and a close.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import time
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import websockets.exceptions
 
+from gateway import wire
 from gateway.aio import cancel_and_wait
 from gateway.audio.transcode import AudioFormat
 from gateway.model.events import AudioOut, LiveEvent, Reconnected, SessionEnded, ToolCall
@@ -557,7 +557,7 @@ class RealtimeSession:
 
 def _append(audio: bytes) -> str:
     """``input_audio_buffer.append``, serialised by hand: it is 50 messages a second."""
-    return '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(audio).decode() + '"}'
+    return '{"type":"input_audio_buffer.append","audio":"' + wire.b64encode(audio) + '"}'
 
 
 def _connect_error(exc: BaseException) -> ModelConnectError:
