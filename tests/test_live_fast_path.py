@@ -12,7 +12,7 @@ import structlog
 import structlog.testing
 from google.genai import Client, types
 from google.genai.live import AsyncSession
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosedOK
 
@@ -24,7 +24,14 @@ from gateway.live.fast_path import (
     realtime_audio_message,
 )
 from gateway.live.session import _AudioTap, _translate
-from gateway.model.events import AgentTranscript, AudioOut, CallerTranscript
+from gateway.model.events import (
+    AgentTranscript,
+    AudioOut,
+    CallerTranscript,
+    HandleUpdated,
+    TurnComplete,
+    UsageReported,
+)
 
 
 class _CapturingSocket:
@@ -214,7 +221,8 @@ async def test_the_sdk_reading_through_the_tap_skips_an_unknown_frame_once_logge
     frames = [
         '{"somethingNew": {"detail": "private"}}',
         '{"anotherNew": {}}',
-        '{"serverContent": {"turnComplete": true}}',
+        '{"goAway": {"timeLeft": "5s"}}',
+        '{"serverContent": {"turnComplete": true, "waitingForInput": true}}',
     ]
     events: asyncio.Queue[Any] = asyncio.Queue()
     log = structlog.get_logger("test")
@@ -222,13 +230,14 @@ async def test_the_sdk_reading_through_the_tap_skips_an_unknown_frame_once_logge
     session = AsyncSession(api_client=API_CLIENT, websocket=tap)  # type: ignore[arg-type]
     with structlog.testing.capture_logs() as logs:
         messages = [m async for m in session.receive()]
-    assert len(messages) == 1 and messages[0].server_content.turn_complete  # type: ignore[union-attr]
+    assert len(messages) == 2 and messages[0].go_away is not None
+    assert messages[1].server_content.turn_complete  # type: ignore[union-attr]
     (warning,) = [e for e in logs if e["event"] == "live.unknown_message_skipped"]
     assert warning["head"] == ["somethingNew"] and "private" not in str(warning)
 
 
 async def test_the_tap_also_serves_an_sdk_that_iterates_the_socket() -> None:
-    frames = ['{"unknown": 1}', '{"serverContent": {"turnComplete": true}}']
+    frames = ['{"unknown": 1}', '{"goAway": {"timeLeft": "5s"}}']
     tap = _AudioTap(_ScriptedSocket(frames), 1, asyncio.Queue(), structlog.get_logger("t"))
     assert [frame async for frame in tap] == [frames[1]]
 
@@ -270,19 +279,151 @@ async def test_transcriptions_with_anything_else_are_left_to_the_sdk() -> None:
     assert _translate(await _sdk_parse(raw)) == [AgentTranscript("hi")]
 
 
-async def test_the_tap_queues_transcriptions_in_order_with_the_audio() -> None:
+async def test_the_tap_queues_transcriptions_and_bookkeeping_in_order_with_the_audio() -> None:
     frames = [
         _audio_message([b"\x01\x02"]).decode(),
         _transcript_message("outputTranscription", "Hel").decode(),
         _transcript_message("inputTranscription", "yes").decode(),
-        '{"serverContent": {"turnComplete": true}}',
+        '{"serverContent": {"turnComplete": true}, "usageMetadata": {"promptTokenCount": 9}}',
+        '{"sessionResumptionUpdate": {"newHandle": "h", "resumable": true}}',
+        '{"goAway": {"timeLeft": "5s"}}',
     ]
     events: asyncio.Queue[Any] = asyncio.Queue()
     tap = _AudioTap(_ScriptedSocket(frames), 7, events, structlog.get_logger("t"))
-    assert await tap.recv() == frames[3]
+    assert await tap.recv() == frames[5]  # the first the SDK must read
     queued = [events.get_nowait() for _ in range(events.qsize())]
     assert queued == [
         (7, AudioOut(b"\x01\x02")),
         (7, AgentTranscript("Hel")),
         (7, CallerTranscript("yes")),
+        (7, TurnComplete()),
+        (7, UsageReported(9, 0, 9)),
+        (7, HandleUpdated("h")),
     ]
+
+
+# ------------------------------------------------------------------ a turn's bookkeeping
+
+_BOOKKEEPING: list[dict[str, Any]] = [
+    {"serverContent": {"turnComplete": True}},
+    {"serverContent": {"generationComplete": True}},
+    {"serverContent": {"interrupted": True}},
+    {"serverContent": {"interrupted": True, "turnComplete": True}},
+    {"serverContent": {}},
+    {"usageMetadata": {"promptTokenCount": 373, "responseTokenCount": 23, "totalTokenCount": 396,
+                       "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 373}],
+                       "responseTokensDetails": [{"modality": "AUDIO", "tokenCount": 23}]}},
+    {"usageMetadata": {"promptTokenCount": 10}},  # proto3 leaves zeros out
+    {"usageMetadata": {"promptTokenCount": 5, "responseTokenCount": 2, "totalTokenCount": 0}},
+    {"serverContent": {"turnComplete": True}, "usageMetadata": {"responseTokenCount": 4}},
+    {"sessionResumptionUpdate": {"newHandle": "h-1", "resumable": True}},
+    {"sessionResumptionUpdate": {"newHandle": "h-2", "resumable": True,
+                                 "lastConsumedClientMessageIndex": "12"}},
+    {"sessionResumptionUpdate": {}},  # "not now"
+    {"sessionResumptionUpdate": {"resumable": False}},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("message", _BOOKKEEPING, ids=lambda m: json.dumps(m)[:60])
+async def test_a_turns_bookkeeping_takes_the_fast_path_and_reads_as_through_the_sdk(
+    message: dict[str, Any],
+) -> None:
+    raw = json.dumps(message).encode()
+    fast = fast_path.model_control(raw)
+    assert fast is not None, "bookkeeping of the usual shape must take the fast path"
+    assert fast == _translate(await _sdk_parse(raw))
+    assert fast_path.model_control(raw.decode()) == fast
+
+
+# Each mostly of the accepted shape (so that many examples take the fast path), now and then not.
+_FLAG_VALUES = st.one_of(st.booleans(), st.sampled_from([None, 1, 0, "true", [], {}]))
+_COUNT_VALUES = st.one_of(
+    st.integers(0, 500),
+    st.integers(-3, 2**64),
+    st.sampled_from([True, 1.0, "5", "x", None, [], 2**63, 2**62 + 1]),
+)
+_DETAILS = st.lists(
+    st.dictionaries(
+        st.sampled_from(["modality", "tokenCount", "other"]),
+        st.one_of(st.sampled_from(["TEXT", "AUDIO", "audio", "NEW_KIND", None]), _COUNT_VALUES),
+        max_size=3,
+    ),
+    max_size=2,
+)
+_SERVER_CONTENT = st.dictionaries(
+    st.sampled_from(["turnComplete", "generationComplete", "interrupted"] * 3
+                    + ["waitingForInput", "turn_complete"]),
+    _FLAG_VALUES, max_size=3,
+)  # fmt: skip
+_USAGE = st.dictionaries(
+    st.sampled_from(["promptTokenCount", "responseTokenCount", "totalTokenCount"] * 3
+                    + ["thoughtsTokenCount", "promptTokensDetails", "responseTokensDetails",
+                       "trafficType"]),
+    st.one_of(_COUNT_VALUES, _DETAILS), max_size=4,
+)  # fmt: skip
+_UPDATE = st.dictionaries(
+    st.sampled_from(["newHandle", "resumable", "lastConsumedClientMessageIndex", "extra"]),
+    st.one_of(st.sampled_from(["h", "", "12", "0012", " 3", "-1", "1e3", "٣"]), _FLAG_VALUES,
+              _COUNT_VALUES),
+    max_size=3,
+)  # fmt: skip
+_COUNTS = st.sampled_from(["promptTokenCount", "responseTokenCount", "totalTokenCount"])
+_MESSAGE = st.fixed_dictionaries(
+    {},
+    optional={
+        "serverContent": st.one_of(
+            st.dictionaries(st.sampled_from(sorted(fast_path._TURN_FLAGS)), st.booleans()),
+            _SERVER_CONTENT,
+            st.none(),
+        ),
+        "usageMetadata": st.one_of(
+            st.dictionaries(_COUNTS, st.integers(0, 500)), _USAGE, st.none()
+        ),
+        "sessionResumptionUpdate": st.one_of(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "newHandle": st.text(max_size=8),
+                    "resumable": st.booleans(),
+                    "lastConsumedClientMessageIndex": st.integers(0, 10**6).map(str),
+                },
+            ),
+            _UPDATE,
+            st.none(),
+        ),
+        "goAway": st.just({"timeLeft": "5s"}),
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(message=_MESSAGE)
+async def test_bookkeeping_the_fast_path_reads_it_reads_as_the_sdk_does(
+    message: dict[str, Any],
+) -> None:
+    raw = json.dumps(message).encode()
+    fast = fast_path.model_control(raw)
+    if fast is None:
+        return  # the SDK's to read (the cases above check that the usual shapes are not)
+    assert fast == _translate(await _sdk_parse(raw))
+
+
+def test_bookkeeping_with_anything_else_is_left_to_the_sdk() -> None:
+    for message in [
+        {"serverContent": {"turnComplete": True}, "goAway": {"timeLeft": "5s"}},
+        {"serverContent": {"turnComplete": True, "outputTranscription": {"text": "a"}}},
+        {"serverContent": {"turnComplete": "true"}},
+        {"serverContent": None},
+        {"usageMetadata": {"promptTokenCount": 1.0}},
+        {"usageMetadata": {"trafficType": "ON_DEMAND"}},
+        {"sessionResumptionUpdate": {"newHandle": 7, "resumable": True}},
+        {"sessionResumptionUpdate": {"newHandle": "h", "resumable": True,
+                                     "lastConsumedClientMessageIndex": "-1"}},
+        {"toolCall": {"functionCalls": [{"name": "f", "id": "1"}]}},
+        {},
+    ]:  # fmt: skip
+        assert fast_path.model_control(json.dumps(message)) is None, message
+    assert fast_path.model_control(b"not json") is None
+    assert fast_path.model_control(b"[1]") is None
+    padded = {"serverContent": {"turnComplete": True}, "usageMetadata": {}}
+    assert fast_path.model_control(json.dumps(padded) + " " * 5000) is None  # too long to look at

@@ -42,6 +42,7 @@ from gateway.live.config import live_config
 from gateway.live.fast_path import (
     INPUT_MIME,
     model_audio,
+    model_control,
     model_transcript,
     realtime_audio_message,
 )
@@ -535,7 +536,8 @@ class _AudioTap:
     """Stands in for the SDK session's websocket and takes model-audio messages off the top.
 
     The SDK's receive loop calls ``recv``; every message that is only model audio (or only a
-    piece of transcription) is turned into its event here and queued, a frame with no
+    piece of transcription, or only a turn's bookkeeping) is turned into its events here and
+    queued, a frame with no
     top-level key the SDK knows (which would make it raise) is skipped, and everything else is
     handed to the SDK unchanged, in order, so the events of one connection keep their order.
     Everything but ``recv`` is the real socket's (``send``, ``close``, the close code the SDK
@@ -568,6 +570,9 @@ class _AudioTap:
                 speaker, text = transcript
                 event = CallerTranscript(text) if speaker == "caller" else AgentTranscript(text)
                 await self._events.put((self._generation, event))
+            elif (bookkeeping := model_control(raw)) is not None:
+                for item in bookkeeping:
+                    await self._events.put((self._generation, item))
             elif fast_path.understood(raw):
                 return raw
             elif not self._warned:
