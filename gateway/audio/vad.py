@@ -24,4 +24,6 @@ _THRESHOLD_RMS: Final = int(_FULL_SCALE * 10 ** (THRESHOLD_DBFS / 20))
 
 def voiced(pcm16: bytes) -> bool:
     """Whether a chunk of PCM16 little-endian audio is louder than line noise."""
-    return len(pcm16) >= 2 and audioop.rms(pcm16[: len(pcm16) & ~1], 2) >= _THRESHOLD_RMS
+    if len(pcm16) & 1:  # a half sample at the end (a copy only then: this runs every frame)
+        pcm16 = pcm16[:-1]
+    return len(pcm16) >= 2 and audioop.rms(pcm16, 2) >= _THRESHOLD_RMS
