@@ -537,9 +537,9 @@ class _AudioTap:
 
     The SDK's receive loop calls ``recv``; every message that is only model audio (or only a
     piece of transcription, or only a turn's bookkeeping) is turned into its events here and
-    queued, a frame with no
-    top-level key the SDK knows (which would make it raise) is skipped, and everything else is
-    handed to the SDK unchanged, in order, so the events of one connection keep their order.
+    queued, a frame with no top-level key the SDK knows (which would make it raise) is
+    skipped, and everything else is handed to the SDK unchanged, in order, so the events of
+    one connection keep their order.
     Everything but ``recv`` is the real socket's (``send``, ``close``, the close code the SDK
     reads on errors).
     """
