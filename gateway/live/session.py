@@ -539,9 +539,8 @@ class _AudioTap:
     piece of transcription, or only a turn's bookkeeping) is turned into its events here and
     queued, a frame with no top-level key the SDK knows (which would make it raise) is
     skipped, and everything else is handed to the SDK unchanged, in order, so the events of
-    one connection keep their order.
-    Everything but ``recv`` is the real socket's (``send``, ``close``, the close code the SDK
-    reads on errors).
+    one connection keep their order. Everything but ``recv`` is the real socket's (``send``,
+    ``close``, the close code the SDK reads on errors).
     """
 
     __slots__ = ("_events", "_generation", "_log", "_warned", "_ws")
