@@ -122,3 +122,36 @@ async def test_each_frame_has_its_own_masking_key() -> None:
             assert all(frame[0] == 0x81 and frame[1] & 0x80 for frame in written)
             # 3000 random 32-bit keys: a repeat or two is possible, a pattern is not.
             assert len(set(keys)) >= 2990
+
+
+async def test_a_servers_frames_go_unmasked_and_arrive_whole() -> None:
+    # The simulators send through DirectSender on their server side: RFC 6455 forbids a
+    # server to mask, and the websockets client fails the connection (1002) if one does.
+    sizes = [0, 1, 125, 126, 127, 65535, 65536, 70000]
+    # Text as text frames and bytes as binary ones, as ws.send sends them.
+    sent: list[str | bytes] = [
+        "y" * size if n % 2 else b"\xff" * size for n, size in enumerate(sizes)
+    ]
+    written: list[bytes] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        write = ws.transport.write
+
+        def capture(data: bytes) -> None:
+            written.append(bytes(data))
+            write(data)
+
+        ws.transport.write = capture  # type: ignore[method-assign]
+        send = DirectSender(ws)
+        for message in sent:
+            assert send.write_now(message)
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
+            received = [await asyncio.wait_for(ws.recv(), 5) for _ in sizes]
+    assert received == sent
+    frames = written[: len(sizes)]  # then the server's close frame, websockets' own
+    assert [frame[0] for frame in frames] == [0x82, 0x81] * (len(sizes) // 2)
+    assert not any(frame[1] & 0x80 for frame in frames)

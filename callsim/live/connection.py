@@ -6,11 +6,11 @@ tasks it starts are owned (and cancelled on close), and the close is recorded wi
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from websockets.asyncio.server import ServerConnection
 
+from callsim.jsontext import compact
 from callsim.live import messages
 from callsim.live.model import ConversationEngine
 from callsim.live.protocol import CLOSE_INTERNAL_ERROR
@@ -30,10 +30,10 @@ class LiveConnection(SimConnection[ConnectionRecord]):
         kind = messages.server_message_kind(message)
         if kind is None:  # the SDK crashes on such a frame; never send one
             raise ValueError(f"server message without a known top-level key: {list(message)}")
-        text = json.dumps(message, separators=(",", ":"))
+        text = compact(message)
         async with self._send_lock:
             sent_at = time.monotonic()
-            await self.ws.send(text.encode("utf-8") if self._binary else text)
+            await self._ws_send(text.encode("utf-8") if self._binary else text)
             self.record.sent.append(SentMessage(sent_at, kind, messages.summarise(message)))
 
     async def shutdown(self) -> None:

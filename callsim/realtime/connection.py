@@ -7,12 +7,12 @@ the client).
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection
 
+from callsim.jsontext import compact
 from callsim.realtime.events import Ids, JsonObject
 from callsim.realtime.records import RealtimeConnectionRecord
 from callsim.simconnection import ABNORMAL_CLOSE, SimConnection, check_close_code
@@ -38,9 +38,9 @@ class RealtimeConnection(SimConnection[RealtimeConnectionRecord]):
     async def send(self, event: JsonObject) -> None:
         message = {"type": event["type"], "event_id": self._ids.new("event")}
         message.update((key, value) for key, value in event.items() if key != "type")
-        text = json.dumps(message, separators=(",", ":"))
+        text = compact(message)
         async with self._send_lock:
-            await self.ws.send(text)
+            await self._ws_send(text)
             self.record.sent_events.append((time.monotonic(), event["type"]))
             if event["type"] == "error":
                 self.record.errors_sent.append(dict(event["error"]))

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
+from callsim.jsontext import compact
+
 __all__ = [
     "DTMF_DIGITS",
     "FRAME_BYTES",
@@ -107,7 +109,7 @@ def new_sid(prefix: str) -> str:
 
 def encode(message: Mapping[str, Any]) -> str:
     """Serialize a message compactly, as Twilio does."""
-    return json.dumps(message, separators=(",", ":"))
+    return compact(message)
 
 
 def connected_message() -> dict[str, Any]:

@@ -7,7 +7,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from websockets.protocol import State
+from websockets.protocol import Side, State
 
 try:
     from websockets.speedups import apply_mask
@@ -17,6 +17,9 @@ except ImportError:  # pragma: no cover -- websockets built without its C extens
 from gateway.settings import Settings
 
 _OPEN = State.OPEN
+#: First bytes of a whole (FIN) text frame and of a whole binary frame.
+_TEXT = 0x81
+_BINARY = 0x82
 #: Random bytes drawn at once for the masking keys of client frames (1024 keys).
 _MASK_POOL_BYTES = 4096
 
@@ -50,7 +53,7 @@ def websocket_options(
 
 
 class DirectSender:
-    """``ws.send`` for text messages, writing straight to the transport when it can.
+    """``ws.send`` for whole messages, writing straight to the transport when it can.
 
     ``websockets``' ``Connection.send`` wraps every message in an async context manager that
     re-checks the state, writes and then awaits a drain: ~10 µs per message, paid fifty times a
@@ -70,11 +73,16 @@ class DirectSender:
     unpredictable key per frame, from a strong source of entropy: that is still so). Only
     while the protocol has nothing of its own waiting to go out, no fragmented message open
     and no extension negotiated (a compressed connection frames through ``websockets``).
+
+    Bytes go out as a binary frame, as ``ws.send`` sends them, and a server's connection is
+    served too, with unmasked frames (RFC 6455 5.1: a server never masks): the simulators send
+    through it what the real services send (Gemini Live's frames are binary).
     """
 
     __slots__ = (
         "_direct",
         "_mask_at",
+        "_masked",
         "_masks",
         "_protocol",
         "_send",
@@ -85,7 +93,7 @@ class DirectSender:
 
     def __init__(self, ws: Any) -> None:
         self._ws = ws
-        self._send: Callable[[str], Awaitable[None]] = ws.send
+        self._send: Callable[[str | bytes], Awaitable[None]] = ws.send
         try:
             self._protocol = ws.protocol
             self._transport = ws.transport
@@ -95,6 +103,7 @@ class DirectSender:
             ws.protocol.writes  # noqa: B018
             ws.protocol.extensions  # noqa: B018
             ws.protocol.expect_continuation_frame  # noqa: B018
+            self._masked = ws.protocol.side is not Side.SERVER
             self._direct = True
         except AttributeError:
             self._direct = False
@@ -113,18 +122,22 @@ class DirectSender:
             and not self._transport.is_closing()
         )
 
-    def write_now(self, message: str) -> bool:
-        """Write ``message`` at once if the connection allows it; False: use :meth:`__call__`
-        (when :meth:`writable` was True just before, False means the transport failed as it
-        wrote, and is aborted)."""
+    def write_now(self, message: str | bytes) -> bool:
+        """Write ``message`` at once if the connection allows it: text as a text frame, bytes
+        as a binary one, as ``ws.send`` does. False: use :meth:`__call__` (when
+        :meth:`writable` was True just before, False means the transport failed as it wrote,
+        and is aborted)."""
         if not self.writable():
             return False
         protocol = self._protocol
+        text = isinstance(message, str)
+        payload = message.encode() if isinstance(message, str) else message
         frame = None
         if protocol.writes or protocol.extensions or protocol.expect_continuation_frame:
-            protocol.send_text(message.encode())  # its errors are the caller's, as in send()
+            # Its errors are the caller's, as in send().
+            (protocol.send_text if text else protocol.send_binary)(payload)
         else:
-            frame = self._frame(message.encode())
+            frame = self._frame(payload, _TEXT if text else _BINARY)
         try:
             if frame is None:
                 self._send_data()
@@ -135,22 +148,27 @@ class DirectSender:
             return False
         return True
 
-    def _frame(self, payload: bytes) -> bytes:
-        """A whole, masked text frame (RFC 6455 5.2) carrying ``payload``."""
+    def _frame(self, payload: bytes, first: int) -> bytes:
+        """A whole frame (RFC 6455 5.2) carrying ``payload``, masked on a client's side;
+        ``first`` is its first byte (FIN and the opcode)."""
+        masked = self._masked
+        bit = 0x80 if masked else 0
+        length = len(payload)
+        if length < 126:
+            header = bytes((first, bit | length))
+        elif length < 65536:
+            header = bytes((first, bit | 126)) + length.to_bytes(2, "big")
+        else:
+            header = bytes((first, bit | 127)) + length.to_bytes(8, "big")
+        if not masked:
+            return header + payload
         at = self._mask_at
         if at >= len(self._masks):
             self._masks, at = os.urandom(_MASK_POOL_BYTES), 0
         mask = self._masks[at : at + 4]
         self._mask_at = at + 4
-        length = len(payload)
-        if length < 126:
-            header = bytes((0x81, 0x80 | length))
-        elif length < 65536:
-            header = b"\x81\xfe" + length.to_bytes(2, "big")
-        else:
-            header = b"\x81\xff" + length.to_bytes(8, "big")
         return header + mask + apply_mask(payload, mask)
 
-    async def __call__(self, message: str) -> None:
+    async def __call__(self, message: str | bytes) -> None:
         if not self.write_now(message):
             await self._send(message)

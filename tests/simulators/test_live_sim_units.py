@@ -8,10 +8,13 @@ import itertools
 import json
 import logging
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from hypothesis import given
+from hypothesis import strategies as st
 
 from callsim.live import handshake, messages
 from callsim.live import protocol as proto
@@ -291,6 +294,40 @@ def test_client_content_and_tool_response() -> None:
     )
     with pytest.raises(proto.ProtocolError, match="only be sent once"):
         proto.parse_client_message({"setup": {"model": "m"}})
+
+
+_keys = st.sampled_from(
+    ["realtimeInput", "realtime_input", "audio", "mimeType", "mime_type", "data", "args", "x_y"]
+)
+_frames = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+def _outcome(parse: Callable[[], object]) -> object:
+    try:
+        return parse()
+    except proto.ProtocolError as exc:
+        return ("error", exc.code, exc.reason)
+
+
+@given(_frames, st.booleans(), st.booleans())
+def test_a_frame_is_parsed_alike_with_or_without_the_renaming_pass(
+    value: object, ascii_only: bool, binary: bool
+) -> None:
+    # parse_frame skips normalise_keys when the text has no underscore and no escape; the
+    # answer must be what the full pass gives, error or message, on every frame.
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    frame: str | bytes = text.encode() if binary else text
+    full = _outcome(lambda: proto.normalise_message(proto.decode_frame(frame)))
+    assert _outcome(lambda: proto.parse_frame(frame)) == full
+
+
+def test_an_escaped_underscore_is_still_renamed() -> None:
+    frame = '{"realtime\\u005finput": {"audioStreamEnd": true}}'
+    assert proto.parse_frame(frame) == {"realtimeInput": {"audioStreamEnd": True}}
 
 
 def test_pcm_rate() -> None:
