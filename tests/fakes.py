@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from gateway.audio.transcode import PCM16_16K, PCM16_24K, AudioFormat
-from gateway.model.events import LiveEvent
+from gateway.model.events import AudioOut, LiveEvent
 from gateway.model.persona import AgentPersona
 from gateway.model.session import ModelAudio, ModelConnectError
 from gateway.model.turns import Conversation, TakeoverFactory, Turn
@@ -188,6 +188,10 @@ class FakeModelSession(_Recorder):
 
     def audio_writable(self) -> bool:
         return self.writable
+
+    def offer_audio_lane(self, handler: Callable[[AudioOut], None] | None) -> None:
+        """Kept, not used: the fake's audio comes through next_event."""
+        self.audio_lane = handler
 
     def send_audio_now(self, audio: bytes) -> bool:
         """Taken at once while ``writable``, like a connected session's (the media lane)."""

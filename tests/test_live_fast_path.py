@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from google.genai.live import AsyncSession
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosedOK
+from websockets.frames import Frame, Opcode
 
 from gateway.live import fast_path
 from gateway.live.fast_path import (
@@ -23,7 +26,7 @@ from gateway.live.fast_path import (
     model_transcript,
     realtime_audio_message,
 )
-from gateway.live.session import _AudioTap, _translate
+from gateway.live.session import _AudioTap, _Lane, _translate
 from gateway.model.events import (
     AgentTranscript,
     AudioOut,
@@ -427,3 +430,62 @@ def test_bookkeeping_with_anything_else_is_left_to_the_sdk() -> None:
     assert fast_path.model_control(b"[1]") is None
     padded = {"serverContent": {"turnComplete": True}, "usageMetadata": {}}
     assert fast_path.model_control(json.dumps(padded) + " " * 5000) is None  # too long to look at
+
+
+class _FrameSocket:
+    """websockets' shape as the tap's lane sees it: a frame handler in front of a buffer."""
+
+    def __init__(self) -> None:
+        self.recv_messages = SimpleNamespace(frames=[])
+        self.processed: list[Frame] = []
+        self._never = asyncio.Event()
+
+    def process_event(self, event: Frame) -> None:
+        self.processed.append(event)
+
+    async def recv(self, decode: bool | None = None) -> str:
+        await self._never.wait()
+        raise AssertionError("unreachable")
+
+
+async def test_the_tap_offers_the_lane_only_whole_audio_frames_read_with_nothing_buffered() -> None:
+    ws = _FrameSocket()
+    taken: list[tuple[int, bytes]] = []
+    lane_open = [True]
+    lane = _Lane(lambda generation: lane_open[0], lambda g, pcm: taken.append((g, pcm)) or True)
+    tap = _AudioTap(ws, 3, asyncio.Queue(), structlog.get_logger("t"), lane)
+    audio = Frame(Opcode.BINARY, _audio_message([b"\x01\x02"]))
+    ws.process_event(audio)  # nobody reads yet: websockets' way
+    assert ws.processed == [audio] and not taken
+    reader = asyncio.create_task(tap.recv(decode=False))
+    await asyncio.sleep(0)
+    ws.process_event(audio)
+    assert taken == [(3, b"\x01\x02")] and ws.processed == [audio]
+    others = [
+        Frame(Opcode.TEXT, _audio_message([b"\x03\x04"]), fin=False),  # a fragment
+        Frame(Opcode.BINARY, b'{"serverContent": {"turnComplete": true}}'),  # not audio
+        Frame(Opcode.PING, b""),
+    ]
+    for frame in others:
+        ws.process_event(frame)
+    ws.recv_messages.frames.append(audio)  # something buffered ahead
+    ws.process_event(audio)
+    ws.recv_messages.frames.clear()
+    lane_open[0] = False  # the session says no (consumer busy, queue not empty...)
+    ws.process_event(audio)
+    assert ws.processed == [audio, *others, audio, audio] and len(taken) == 1
+    lane_open[0] = True
+    ws.process_event(Frame(Opcode.TEXT, bytearray(_audio_message([b"\x05\x06"]))))
+    assert taken[-1] == (3, b"\x05\x06")  # the reader's bytearray is read too
+    reader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reader
+    ws.process_event(audio)  # the reader gone: websockets' way again
+    assert ws.processed[-1] is audio and len(taken) == 2
+
+
+async def test_a_tap_without_a_lane_leaves_the_socket_alone() -> None:
+    ws = _FrameSocket()
+    handler = ws.process_event
+    _AudioTap(ws, 1, asyncio.Queue(), structlog.get_logger("t"))
+    assert ws.process_event == handler

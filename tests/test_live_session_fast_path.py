@@ -7,6 +7,10 @@ identical events (kinds, order, audio bytes, transcripts), and identical audio a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import structlog.testing
@@ -47,7 +51,11 @@ def _persona() -> AgentPersona:
     return AgentPersona(agent)
 
 
-async def _one_turn(fast: bool) -> tuple[list[LiveEvent], bytes, bytes]:
+async def _one_turn(
+    fast: bool, lane: Callable[[AudioOut], None] | None = None
+) -> tuple[list[LiveEvent], bytes, bytes]:
+    """One turn; with ``lane``, offered as the audio lane, whose events join the consumer's
+    in the order it sees them (``lane`` is called first, and may raise)."""
     script = Script([Step(on="text", say="Hello there, how can I help?", seconds=0.5)])
     caller_audio = (np.sin(np.arange(3200) * 0.3) * 8000).astype("<i2").tobytes()
     async with LiveSimulator(tls=TLS, think_ms=5, speed=20.0, script=script) as sim:
@@ -55,11 +63,18 @@ async def _one_turn(fast: bool) -> tuple[list[LiveEvent], bytes, bytes]:
         client = make_client(settings, ssl_context=sim.tls.client_context())
         session = LiveSession(client, "gemini-test", _Greeting(), audio_fast_path=fast)
         try:
+            events: list[LiveEvent] = []
+            if lane is not None:
+
+                def take(event: AudioOut) -> None:
+                    lane(event)
+                    events.append(event)
+
+                session.offer_audio_lane(take)
             await session.open(_persona())
             for i in range(0, len(caller_audio), 640):
                 await session.send_audio(caller_audio[i : i + 640])
             await session.send_text("hi")
-            events: list[LiveEvent] = []
             while not isinstance(events[-1:] and events[-1], TurnComplete):
                 events.append(await session.next_event())
         finally:
@@ -120,3 +135,60 @@ async def test_an_sdk_the_fast_paths_do_not_match_gets_the_sdk_path_and_one_warn
     assert not recognised  # the tap was never installed
     warnings = [e for e in logs if e["event"] == "live.fast_path_disabled"]
     assert len(warnings) == 1 and "differently" in warnings[0]["reason"]
+
+
+async def test_audio_taken_by_the_lane_keeps_the_conversation_and_its_order() -> None:
+    """Model audio handed over from the socket's read (offer_audio_lane): the same events
+    in the same order as through the SDK, and the lane did take the audio."""
+    taken: list[AudioOut] = []
+    lane_events, lane_audio, lane_heard = await _one_turn(fast=True, lane=taken.append)
+    sdk_events, sdk_audio, sdk_heard = await _one_turn(fast=False)
+    assert len(taken) >= 5, "the lane took no audio"
+    assert lane_audio == sdk_audio and len(lane_audio) > 16_000
+    assert lane_heard == sdk_heard
+    assert _shape(lane_events) == _shape(sdk_events)
+
+
+async def test_a_lane_handler_that_raises_is_withdrawn_and_nothing_is_lost() -> None:
+    calls: list[AudioOut] = []
+
+    def broken(event: AudioOut) -> None:
+        calls.append(event)
+        raise RuntimeError("a bug in the consumer")
+
+    with structlog.testing.capture_logs() as logs:
+        events, audio, _heard = await _one_turn(fast=True, lane=broken)
+    _sdk_events, sdk_audio, _ = await _one_turn(fast=False)
+    assert len(calls) == 1  # tried once, then withdrawn
+    assert audio == sdk_audio  # the message it failed on came through next_event
+    assert _shape(events) == _shape(_sdk_events)
+    assert [e["event"] for e in logs].count("live.audio_lane_failed") == 1
+
+
+async def test_the_lane_opens_only_while_the_consumer_waits_with_nothing_ahead() -> None:
+    """The lane's conditions, one at a time, on a real session whose machine has a current
+    connection (no socket needed: _lane_open is what the tap asks before it parses)."""
+    settings = Settings(gemini_api_key="test-key", gemini_base_url="https://127.0.0.1:9")
+    session = LiveSession(make_client(settings), "gemini-test", _Greeting())
+    generation = session.machine.start().generation
+    session.machine.opened(resumed=False, now=0.0)
+    assert not session._lane_open(generation)  # no lane offered
+    session.offer_audio_lane(lambda event: None)
+    assert not session._lane_open(generation)  # nobody waits in next_event
+    consumer = asyncio.create_task(session.next_event())
+    await asyncio.sleep(0)
+    assert session._lane_open(generation)
+    assert not session._lane_open(generation + 1)  # not the current connection
+    session._events.put_nowait((generation, AgentTranscript("first")))
+    # Queued, the consumer not yet run: audio now must queue behind the transcript.
+    assert not session._lane_open(generation)
+    assert await consumer == AgentTranscript("first")
+    assert not session._lane_open(generation)
+    session.offer_audio_lane(None)
+    consumer = asyncio.create_task(session.next_event())
+    await asyncio.sleep(0)
+    assert not session._lane_open(generation)  # withdrawn
+    consumer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await consumer
+    assert not session._consumer_waiting

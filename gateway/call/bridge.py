@@ -646,17 +646,22 @@ class CallBridge:
             SessionEnded: self._on_session_ended,
         }
         handled = 0
-        while True:
-            handled += 1
-            if handled % FAIRNESS_EVERY == 0:
-                await asyncio.sleep(0)
-            event = await live.next_event()
-            if type(event) is AudioOut:  # the hot path: 50 a second, no await
-                self._on_agent_audio(event)
-                continue
-            handler = handlers.get(type(event))
-            if handler is not None and (ended := await handler(event)) is not None:
-                return ended
+        # Model audio may skip the queue while this loop waits with nothing ahead of it.
+        live.offer_audio_lane(self._on_agent_audio)
+        try:
+            while True:
+                handled += 1
+                if handled % FAIRNESS_EVERY == 0:
+                    await asyncio.sleep(0)
+                event = await live.next_event()
+                if type(event) is AudioOut:  # the hot path: 50 a second, no await
+                    self._on_agent_audio(event)
+                    continue
+                handler = handlers.get(type(event))
+                if handler is not None and (ended := await handler(event)) is not None:
+                    return ended
+        finally:
+            live.offer_audio_lane(None)
 
     def _on_agent_audio(self, event: AudioOut) -> None:
         downlink, playout = self._downlink, self._playout

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ import structlog
 import websockets.exceptions
 from google import genai
 from google.genai import errors, types
+from websockets.frames import Opcode
 
 from gateway.aio import cancel_and_wait
 from gateway.audio.transcode import PCM16_16K, PCM16_24K
@@ -125,6 +126,10 @@ class LiveSession:
         self._takeover: TakeoverFactory | None = None
         self._due: Recover | End | None = None
         self._tool_calls: dict[str, int] = {}
+        #: The consumer's model-audio handler while it offers one (:meth:`offer_audio_lane`).
+        self._audio_lane: Callable[[AudioOut], None] | None = None
+        #: True only while :meth:`next_event` awaits the queue (with nothing due).
+        self._consumer_waiting = False
 
     @property
     def audio_dropped_ms(self) -> float:
@@ -222,7 +227,9 @@ class LiveSession:
         raw_send = None
         if self._audio_fast_path and await fast_path.usable(self._client, self.log):
             ws = session._ws
-            session._ws = _AudioTap(ws, dial.generation, self._events, self.log)  # type: ignore[assignment]
+            lane = _Lane(self._lane_open, self._take_lane_audio)
+            tap = _AudioTap(ws, dial.generation, self._events, self.log, lane)
+            session._ws = tap  # type: ignore[assignment]
             raw_send = DirectSender(ws)
         return _Connection(dial.generation, session, stack, dial.handle is not None, None, raw_send)
 
@@ -407,6 +414,7 @@ class LiveSession:
             if machine.phase == "ended":
                 return self._session_ended()
             deadline = machine.next_deadline()
+            self._consumer_waiting = True
             try:
                 if deadline is None:
                     generation, item = await self._events.get()
@@ -416,6 +424,8 @@ class LiveSession:
             except TimeoutError:
                 self._due = machine.tick(time.monotonic())
                 continue
+            finally:
+                self._consumer_waiting = False
             if isinstance(item, _Dropped):
                 self._due = machine.closed(generation, item.code, item.reason, now=time.monotonic())
                 continue
@@ -423,6 +433,46 @@ class LiveSession:
                 continue  # from a connection already replaced: never acted on
             self._due = self._observe(generation, item)
             return item
+
+    def offer_audio_lane(self, handler: Callable[[AudioOut], None] | None) -> None:
+        """Hand model audio to ``handler`` as the socket reads it (None: stop).
+
+        Model audio otherwise takes two task switches and two queues to reach the bridge (the
+        SDK's receive task, then :meth:`next_event` in the consumer's). Here a message that is
+        only model audio is handed over from the socket's read callback instead, but only
+        when that is exactly what :meth:`next_event` would do next: the consumer waits in it
+        with nothing queued and nothing due, the SDK's reader waits on the socket with no
+        message buffered, and the connection is the current one. The machine is told as
+        :meth:`next_event` tells it. Anything else goes the queue's way, so the events keep
+        their order. A handler that raises is withdrawn, and the message queued: the
+        consumer's own loop meets the error.
+        """
+        self._audio_lane = handler
+
+    def _lane_open(self, generation: int) -> bool:
+        """Whether model audio of connection ``generation`` may take the lane this instant."""
+        return (
+            self._audio_lane is not None
+            and self._consumer_waiting
+            and self._due is None
+            and self._events.empty()
+            and self.machine.is_current(generation)
+        )
+
+    def _take_lane_audio(self, generation: int, pcm: bytes) -> bool:
+        """Model audio handed to the lane's handler, right after :meth:`_lane_open` said yes
+        (with nothing in between); False if the handler raised (it is withdrawn)."""
+        handler = self._audio_lane
+        assert handler is not None
+        event = AudioOut(pcm)
+        self._observe(generation, event)
+        try:
+            handler(event)
+        except Exception:
+            self._audio_lane = None
+            self.log.exception("live.audio_lane_failed")
+            return False
+        return True
 
     def _observe(self, generation: int, event: LiveEvent) -> Recover | None:
         """Tell the machine what this event means for the connection's policy."""
@@ -532,6 +582,16 @@ def _usage(usage: types.UsageMetadata) -> UsageReported:
     return UsageReported(prompt, response, total)
 
 
+@dataclass(frozen=True, slots=True)
+class _Lane:
+    """The session's audio lane as a connection's tap sees it."""
+
+    #: Whether audio of connection ``generation`` may take the lane this instant.
+    open: Callable[[int], bool]
+    #: Hand it over; False: not taken (queue it).
+    take: Callable[[int, bytes], bool]
+
+
 class _AudioTap:
     """Stands in for the SDK session's websocket and takes model-audio messages off the top.
 
@@ -541,9 +601,24 @@ class _AudioTap:
     skipped, and everything else is handed to the SDK unchanged, in order, so the events of
     one connection keep their order. Everything but ``recv`` is the real socket's (``send``,
     ``close``, the close code the SDK reads on errors).
+
+    It also hooks the socket's ``process_event`` (``websockets``' handler of each parsed
+    frame) for the session's audio lane (:meth:`LiveSession.offer_audio_lane`): a whole data
+    frame read while ``recv`` waits with nothing buffered, and while the lane is open, is
+    offered to it before it is queued. A ``websockets`` without that shape gets no lane.
     """
 
-    __slots__ = ("_events", "_generation", "_log", "_warned", "_ws")
+    __slots__ = (
+        "_events",
+        "_frames",
+        "_generation",
+        "_lane",
+        "_log",
+        "_process",
+        "_reading",
+        "_warned",
+        "_ws",
+    )
 
     def __init__(
         self,
@@ -551,27 +626,63 @@ class _AudioTap:
         generation: int,
         events: asyncio.Queue[_Item],
         log: structlog.stdlib.BoundLogger,
+        lane: _Lane | None = None,
     ) -> None:
         self._ws = ws
         self._generation = generation
         self._events = events
         self._log = log
         self._warned = False
+        self._lane = lane
+        #: True only while ``recv`` awaits the socket.
+        self._reading = False
+        frames = getattr(getattr(ws, "recv_messages", None), "frames", None)
+        process = getattr(ws, "process_event", None)
+        self._frames: Sized | None = None
+        self._process: Callable[[Any], None] | None = None
+        if lane is not None and isinstance(frames, Sized) and callable(process):
+            self._frames, self._process = frames, process
+            ws.process_event = self._process_event
+
+    def _process_event(self, event: Any) -> None:
+        """``websockets``' frame handler, with the audio lane in front of its queue."""
+        assert self._process is not None and self._frames is not None
+        lane = self._lane
+        if (
+            lane is not None
+            and self._reading
+            and getattr(event, "fin", False)
+            and getattr(event, "opcode", None) in _WHOLE_MESSAGE
+            and not len(self._frames)
+            and lane.open(self._generation)
+        ):
+            data = event.data  # bytes, or a bytearray from websockets' reader
+            pcm = model_audio(data if type(data) is bytes else bytes(data))
+            if pcm is not None and lane.take(self._generation, pcm):
+                return
+        self._process(event)
 
     async def recv(self, decode: bool | None = None) -> str | bytes:
+        events, generation = self._events, self._generation
         while True:
             # Called as the SDK calls it: with decode=False, or bare when that raised TypeError.
-            raw: str | bytes = await (self._ws.recv() if decode is None else self._ws.recv(decode))
+            self._reading = True
+            try:
+                raw: str | bytes = await (
+                    self._ws.recv() if decode is None else self._ws.recv(decode)
+                )
+            finally:
+                self._reading = False
             pcm = model_audio(raw)
             if pcm is not None:
-                await self._events.put((self._generation, AudioOut(pcm)))
+                await events.put((generation, AudioOut(pcm)))
             elif (transcript := model_transcript(raw)) is not None:
                 speaker, text = transcript
                 event = CallerTranscript(text) if speaker == "caller" else AgentTranscript(text)
-                await self._events.put((self._generation, event))
+                await events.put((generation, event))
             elif (bookkeeping := model_control(raw)) is not None:
                 for item in bookkeeping:
-                    await self._events.put((self._generation, item))
+                    await events.put((generation, item))
             elif fast_path.understood(raw):
                 return raw
             elif not self._warned:
@@ -589,6 +700,10 @@ class _AudioTap:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ws, name)
+
+
+#: The opcodes of a message's first frame: text and binary (``websockets.frames.Opcode``).
+_WHOLE_MESSAGE = frozenset({Opcode.TEXT, Opcode.BINARY})
 
 
 def _is_24k_pcm(mime: str | None) -> bool:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import structlog
 
 from gateway.audio.transcode import AudioFormat
-from gateway.model.events import LiveEvent
+from gateway.model.events import AudioOut, LiveEvent
 from gateway.model.persona import AgentPersona
 from gateway.model.turns import Conversation, TakeoverFactory
 
@@ -109,6 +109,13 @@ class ModelSession(Protocol):
 
     async def next_event(self) -> LiveEvent:
         """The next event; :class:`~gateway.model.events.SessionEnded` once it is over."""
+        ...
+
+    def offer_audio_lane(self, handler: Callable[[AudioOut], None] | None) -> None:
+        """Let model audio reach ``handler`` straight from the socket (None: stop), wherever
+        that is exactly what :meth:`next_event` would return next to a consumer waiting in
+        it; the rest still comes through :meth:`next_event`. A session may ignore the offer
+        (then everything does)."""
         ...
 
     async def close(self) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.agents import Provider
-from gateway.model.events import LiveEvent
+from gateway.model.events import AudioOut, LiveEvent
 from gateway.model.persona import AgentPersona
 from gateway.model.session import ModelAudio, ModelSession
 from gateway.model.turns import TakeoverFactory
@@ -28,6 +28,8 @@ class ProviderSwitch:
         self._session: ModelSession | None = None
         #: Caller audio the sessions already closed lost.
         self._dropped_before = 0.0
+        #: The consumer's audio lane, offered to each session as it becomes the current one.
+        self._lane: Callable[[AudioOut], None] | None = None
 
     @property
     def current(self) -> ModelSession:
@@ -48,6 +50,7 @@ class ProviderSwitch:
     ) -> tuple[bool, float]:
         self._provider = _provider(persona)
         self._session = self._make[self._provider]()
+        self._session.offer_audio_lane(self._lane)
         return await self._session.open(persona, takeover)
 
     async def hand_off(
@@ -64,7 +67,9 @@ class ProviderSwitch:
             await new.close()
             raise
         self._dropped_before += old.audio_dropped_ms
+        old.offer_audio_lane(None)
         self._provider, self._session = provider, new
+        new.offer_audio_lane(self._lane)
         await old.close()
         return kept, elapsed
 
@@ -92,6 +97,11 @@ class ProviderSwitch:
 
     async def next_event(self) -> LiveEvent:
         return await self.current.next_event()
+
+    def offer_audio_lane(self, handler: Callable[[AudioOut], None] | None) -> None:
+        self._lane = handler
+        if self._session is not None:
+            self._session.offer_audio_lane(handler)
 
     async def close(self) -> None:
         if self._session is not None:

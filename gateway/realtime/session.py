@@ -282,6 +282,10 @@ class RealtimeSession:
                     )
                 )
 
+    def offer_audio_lane(self, handler: Callable[[AudioOut], None] | None) -> None:
+        """Not taken: OpenAI's audio deltas all come through :meth:`next_event` (the lane is
+        built and measured for Gemini's)."""
+
     async def next_event(self) -> LiveEvent:
         while True:
             generation, item = await self._events.get()
