@@ -176,6 +176,10 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         super().connection_made(transport)
         #: The start of a frame the fast path has seen only part of.
         self._partial = b""
+        #: Set when ``websockets``' parser was found between frames (the walk down its
+        #: generators costs more than the rest of a frame's cut), cleared whenever a byte goes
+        #: to it: nothing else moves that parser.
+        self._parser_idle = False
         #: The largest frame the fast path takes: ``websockets``' own limits (uvicorn's
         #: ``ws_max_size``); a larger one is left to it, to be refused with 1009.
         limits = [self.conn.max_message_size, self.conn.max_fragment_size]
@@ -186,10 +190,12 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
             data = self._partial + data
             self._partial = b""
         elif not self._fast_path_open():
+            self._parser_idle = False
             super().data_received(data)
             return
         taken = self._take_text_frames(data)
         if taken < len(data):
+            self._parser_idle = False
             super().data_received(data[taken:])  # from a frame's first byte: uvicorn's path
 
     def _fast_path_open(self) -> bool:
@@ -197,6 +203,8 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         conn = self.conn
         if not self.handshake_complete or self.close_sent or conn.state is not _OPEN:
             return False
+        if self._parser_idle:  # found between frames, and fed nothing since
+            return True
         if conn.extensions or conn.current_size is not None or conn.reader.buffer:
             return False
         # Between frames the parser waits in ``reader.at_eof()`` (websockets 13-17), at the end
@@ -205,7 +213,9 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         waiting = conn.parser
         while (inner := getattr(waiting, "gi_yieldfrom", None)) is not None:
             waiting = inner
-        return waiting is not conn.parser and getattr(waiting, "__name__", None) == "at_eof"
+        idle = waiting is not conn.parser and getattr(waiting, "__name__", None) == "at_eof"
+        self._parser_idle = idle
+        return idle
 
     def _take_text_frames(self, data: bytes) -> int:
         """Deliver the whole masked text frames at the start of ``data``; returns the bytes

@@ -247,6 +247,27 @@ async def test_media_messages_never_reach_the_websockets_parser_but_control_fram
         client.close()
 
 
+async def test_bytes_inside_a_frame_the_parser_is_reading_are_never_cut_as_media() -> None:
+    # A ping whose payload is itself a whole masked text frame (its own mask all zeros, so
+    # those bytes go on the wire as they are), cut right after the ping's header: the second
+    # write starts with a media frame's first byte, but it is the middle of the ping, which
+    # the websockets parser is reading. It must get those bytes, not the fast path.
+    inner = _frame(Opcode.TEXT, b"not a message")
+    ping_head = bytes((0x89, 0x80 | len(inner))) + b"\0\0\0\0"
+    async with _echo_server() as (port, got):
+        client = await _RawClient.open(port)
+        try:
+            await client.write(_frame(Opcode.TEXT, b"first") + ping_head)
+            await _until(lambda: len(got) == 1)
+            await client.write(inner)
+            assert await client.frame() == (Opcode.PONG, inner)
+            await client.write(_frame(Opcode.TEXT, b"last"))
+            await _until(lambda: len(got) == 2)
+            assert got == ["first", "last"]
+        finally:
+            client.close()
+
+
 async def test_fragments_and_binary_frames_go_to_uvicorn_and_arrive_whole() -> None:
     async with _echo_server() as (port, got):
         client = await _RawClient.open(port)
