@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import hashlib
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import websockets
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
-from gateway.model.websocket import DirectSender
+from gateway.model.websocket import DirectReader, DirectSender
 
 
 class _Collector:
@@ -155,3 +165,204 @@ async def test_a_servers_frames_go_unmasked_and_arrive_whole() -> None:
     frames = written[: len(sizes)]  # then the server's close frame, websockets' own
     assert [frame[0] for frame in frames] == [0x82, 0x81] * (len(sizes) // 2)
     assert not any(frame[1] & 0x80 for frame in frames)
+
+
+# ------------------------------------------------------------------ DirectReader
+
+
+def _counting_parser(ws: Any) -> list[int]:
+    """Install a DirectReader on ``ws`` in front of a counter of the bytes websockets' own
+    parser is given."""
+    parsed: list[int] = []
+    receive = ws.protocol.receive_data
+
+    def counted(data: bytes) -> None:
+        parsed.append(len(data))
+        receive(data)
+
+    ws.protocol.receive_data = counted
+    assert DirectReader.install(ws)
+    return parsed
+
+
+async def test_whole_data_frames_skip_the_parser_and_everything_else_reaches_it() -> None:
+    sizes = [0, 1, 125, 126, 127, 65535, 65536, 70000]
+    messages: list[str | bytes] = [
+        "t" * size if n % 2 else b"\x00" * size for n, size in enumerate(sizes)
+    ]
+
+    async def handler(ws: ServerConnection) -> None:
+        assert await ws.recv() == "go"
+        for message in messages:
+            await ws.send(message)
+        assert await ws.recv() == "more"
+        await ws.ping(b"p")
+        await ws.send(["frag", "ments"])  # a fragmented message: websockets' own
+        await ws.send(b"after")
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
+            parsed = _counting_parser(ws)
+            await ws.send("go")
+            got = [await asyncio.wait_for(ws.recv(), 5) for _ in messages]
+            assert got == messages
+            # Frames cut off by the end of a read go to the parser: the large ones do.
+            big_reads = sum(parsed)
+            await ws.send("more")
+            assert await asyncio.wait_for(ws.recv(), 5) == "fragments"
+            assert await asyncio.wait_for(ws.recv(), 5) == b"after"
+            assert sum(parsed) > big_reads  # the ping and the fragments were websockets'
+    assert big_reads < sum(len(m) for m in messages)  # most bytes were read directly
+
+
+def _accept(key: bytes) -> bytes:
+    digest = hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+    return base64.b64encode(digest)
+
+
+async def _until_client_close(reader: asyncio.StreamReader) -> None:
+    """Read the client's frames (pongs, then its close) up to its close frame."""
+    while True:
+        first, second = await reader.readexactly(2)
+        length = second & 0x7F
+        if length == 126:
+            length = int.from_bytes(await reader.readexactly(2), "big")
+        elif length == 127:
+            length = int.from_bytes(await reader.readexactly(8), "big")
+        await reader.readexactly(4 + length)  # the mask and the payload
+        if first & 0x0F == Opcode.CLOSE:
+            return
+
+
+_SERVER_FRAMES = st.lists(
+    st.one_of(
+        st.tuples(st.sampled_from(["text", "binary"]), st.binary(max_size=300)),
+        st.tuples(st.just("text"), st.sampled_from([126, 65535, 65536, 70000]).map(b"x".__mul__)),
+        st.tuples(st.just("ping"), st.binary(max_size=20)),
+        st.tuples(st.just("fragments"), st.lists(st.binary(max_size=40), min_size=2, max_size=3)),
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+
+def _server_bytes(frames: list[tuple[str, Any]]) -> tuple[bytes, list[bytes]]:
+    """The frames as a server sends them (unmasked), and the messages a client must get."""
+    stream, expected = b"", []
+    for kind, data in frames:
+        if kind == "ping":
+            stream += Frame(Opcode.PING, data).serialize(mask=False)
+            continue
+        if kind == "fragments":
+            for i, piece in enumerate(data):
+                opcode = Opcode.BINARY if i == 0 else Opcode.CONT
+                last = i == len(data) - 1
+                stream += Frame(opcode, piece, fin=last).serialize(mask=False)
+            expected.append(b"".join(data))
+            continue
+        opcode = Opcode.TEXT if kind == "text" else Opcode.BINARY
+        stream += Frame(opcode, data).serialize(mask=False)
+        expected.append(data)
+    return stream, expected
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames=_SERVER_FRAMES, cuts=st.lists(st.integers(min_value=0), max_size=12))
+async def test_any_split_of_a_servers_frames_reads_as_websockets_reads_it(
+    frames: list[tuple[str, Any]], cuts: list[int]
+) -> None:
+    stream, expected = _server_bytes(frames)
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    chunks = [stream[start:end] for start, end in itertools.pairwise(points)]
+    async with (
+        _raw_server(chunks) as port,
+        connect(f"ws://127.0.0.1:{port}", compression=None) as ws,
+    ):
+        assert DirectReader.install(ws)
+        await ws.send("go")
+        got = [await asyncio.wait_for(ws.recv(decode=False), 5) for _ in expected]
+        assert got == expected
+        assert ws.protocol.state is State.OPEN
+
+
+@contextlib.asynccontextmanager
+async def _raw_server(chunks: list[bytes]) -> AsyncIterator[int]:
+    """A server at the byte level: after the handshake and the client's first message, it
+    writes ``chunks`` one write each, then ends at the client's close frame."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in request.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + _accept(key) + b"\r\n\r\n"
+        )
+        await reader.readexactly(2 + 4 + 2)  # the client's "go": header, mask, payload
+        for chunk in chunks:
+            writer.write(chunk)
+            await writer.drain()
+            await asyncio.sleep(0.01)  # its own read
+        await _until_client_close(reader)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def _unmasked(opcode: Opcode, data: bytes, *, fin: bool = True) -> bytes:
+    return Frame(opcode, data, fin=fin).serialize(mask=False)
+
+
+async def test_bytes_inside_a_frame_the_parser_is_reading_are_never_cut_as_a_message() -> None:
+    # A ping whose payload is itself a whole binary frame, cut right after the ping's header:
+    # the second read starts as a message frame does, but it is the middle of the ping,
+    # which websockets' parser is reading. The parser must get those bytes.
+    inner = _unmasked(Opcode.BINARY, b"not a message")
+    chunks = [
+        _unmasked(Opcode.BINARY, b"first") + bytes((0x89, len(inner))),
+        inner + _unmasked(Opcode.BINARY, b"last"),
+    ]
+    async with (
+        _raw_server(chunks) as port,
+        connect(f"ws://127.0.0.1:{port}", compression=None) as ws,
+    ):
+        assert DirectReader.install(ws)
+        await ws.send("go")
+        assert await asyncio.wait_for(ws.recv(), 5) == b"first"
+        assert await asyncio.wait_for(ws.recv(), 5) == b"last"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        # RFC 6455 5.1: a client fails the connection on a masked frame (1002). Read as
+        # unmasked, its second byte would be a length of 134: what follows makes that fit.
+        (Frame(Opcode.BINARY, b"masked").serialize(mask=True) + b"z" * 300, 1002),
+        # Over the client's max_size (1000 here): websockets refuses it with 1009.
+        (_unmasked(Opcode.BINARY, b"b" * 2000), 1009),
+    ],
+)
+async def test_a_frame_websockets_refuses_is_still_refused(frame: bytes, code: int) -> None:
+    async with (
+        _raw_server([frame]) as port,
+        connect(f"ws://127.0.0.1:{port}", compression=None, max_size=1000) as ws,
+    ):
+        assert DirectReader.install(ws)
+        await ws.send("go")
+        with pytest.raises(websockets.exceptions.ConnectionClosedError) as caught:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert caught.value.sent is not None and caught.value.sent.code == code
+
+
+def test_a_connection_of_another_shape_gets_no_reader() -> None:
+    assert not DirectReader.install(object())

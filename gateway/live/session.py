@@ -66,7 +66,7 @@ from gateway.model.events import (
 from gateway.model.persona import AgentPersona
 from gateway.model.session import ModelAudio, ModelConnectError, ModelSession
 from gateway.model.turns import Conversation, TakeoverFactory, Turn
-from gateway.model.websocket import DirectSender
+from gateway.model.websocket import DirectReader, DirectSender
 
 #: HTTP answers to the websocket upgrade that no retry will change.
 PERMANENT_HTTP_STATUSES = frozenset({400, 401, 403, 404})
@@ -231,6 +231,7 @@ class LiveSession:
             tap = _AudioTap(ws, dial.generation, self._events, self.log, lane)
             session._ws = tap  # type: ignore[assignment]
             raw_send = DirectSender(ws)
+            DirectReader.install(ws)
         return _Connection(dial.generation, session, stack, dial.handle is not None, None, raw_send)
 
     async def _drop_connection(self) -> None:
