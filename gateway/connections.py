@@ -38,6 +38,8 @@ try:
 except ImportError:  # pragma: no cover -- websockets built without its C extension
     from websockets.utils import apply_mask
 
+from gateway.wsparser import between_frames
+
 #: Seconds a request has to arrive whole (the issue's slowloris bound).
 REQUEST_TIMEOUT_S = 10.0
 
@@ -205,17 +207,8 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
             return False
         if self._parser_idle:  # found between frames, and fed nothing since
             return True
-        if conn.extensions or conn.current_size is not None or conn.reader.buffer:
-            return False
-        # Between frames the parser waits in ``reader.at_eof()`` (websockets 13-17), at the end
-        # of its chain of ``yield from``; inside a frame it waits in ``Frame.parse``. Any other
-        # shape: leave every byte to it.
-        waiting = conn.parser
-        while (inner := getattr(waiting, "gi_yieldfrom", None)) is not None:
-            waiting = inner
-        idle = waiting is not conn.parser and getattr(waiting, "__name__", None) == "at_eof"
-        self._parser_idle = idle
-        return idle
+        self._parser_idle = between_frames(conn)
+        return self._parser_idle
 
     def _take_text_frames(self, data: bytes) -> int:
         """Deliver the whole masked text frames at the start of ``data``; returns the bytes

@@ -7,7 +7,7 @@ import base64
 import contextlib
 import hashlib
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -107,6 +107,25 @@ async def test_every_length_encoding_arrives_whole_compressed_or_not(
             assert received == sent
 
 
+def _spy(owner: Any, name: str, keep: Callable[[Any], Any]) -> list[Any]:
+    """``owner.name``, a one-argument method, still called, after keeping ``keep(argument)``
+    of each call in the list returned."""
+    kept: list[Any] = []
+    method = getattr(owner, name)
+
+    def spy(data: Any) -> None:
+        kept.append(keep(data))
+        method(data)
+
+    setattr(owner, name, spy)
+    return kept
+
+
+def _capture_writes(ws: Any) -> list[bytes]:
+    """Every write ``ws`` makes to its transport from now on, in order."""
+    return _spy(ws.transport, "write", bytes)
+
+
 async def _drain(ws: ServerConnection) -> None:
     async for _ in ws:
         pass
@@ -116,14 +135,7 @@ async def test_each_frame_has_its_own_masking_key() -> None:
     async with serve(_drain, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
         async with connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
-            written: list[bytes] = []
-            write = ws.transport.write
-
-            def capture(data: bytes) -> None:
-                written.append(bytes(data))
-                write(data)
-
-            ws.transport.write = capture  # type: ignore[method-assign]
+            written = _capture_writes(ws)
             send = DirectSender(ws)
             for n in range(3000):  # past the pool of 1024 keys, twice
                 assert send.write_now(f'{{"n":{n}}}')
@@ -142,16 +154,10 @@ async def test_a_servers_frames_go_unmasked_and_arrive_whole() -> None:
     sent: list[str | bytes] = [
         "y" * size if n % 2 else b"\xff" * size for n, size in enumerate(sizes)
     ]
-    written: list[bytes] = []
+    captured: list[list[bytes]] = []  # the server connection's writes
 
     async def handler(ws: ServerConnection) -> None:
-        write = ws.transport.write
-
-        def capture(data: bytes) -> None:
-            written.append(bytes(data))
-            write(data)
-
-        ws.transport.write = capture  # type: ignore[method-assign]
+        captured.append(_capture_writes(ws))
         send = DirectSender(ws)
         for message in sent:
             assert send.write_now(message)
@@ -162,7 +168,7 @@ async def test_a_servers_frames_go_unmasked_and_arrive_whole() -> None:
         async with connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
             received = [await asyncio.wait_for(ws.recv(), 5) for _ in sizes]
     assert received == sent
-    frames = written[: len(sizes)]  # then the server's close frame, websockets' own
+    frames = captured[0][: len(sizes)]  # then the server's close frame, websockets' own
     assert [frame[0] for frame in frames] == [0x82, 0x81] * (len(sizes) // 2)
     assert not any(frame[1] & 0x80 for frame in frames)
 
@@ -173,14 +179,7 @@ async def test_a_servers_frames_go_unmasked_and_arrive_whole() -> None:
 def _counting_parser(ws: Any) -> list[int]:
     """Install a DirectReader on ``ws`` in front of a counter of the bytes websockets' own
     parser is given."""
-    parsed: list[int] = []
-    receive = ws.protocol.receive_data
-
-    def counted(data: bytes) -> None:
-        parsed.append(len(data))
-        receive(data)
-
-    ws.protocol.receive_data = counted
+    parsed = _spy(ws.protocol, "receive_data", len)
     assert DirectReader.install(ws)
     return parsed
 

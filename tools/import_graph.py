@@ -42,6 +42,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.cpus",
             "gateway.connections",
             "gateway.wire",
+            "gateway.wsparser",
         ),
     ),
     ("audio", ("gateway.audio",)),

@@ -16,6 +16,7 @@ except ImportError:  # pragma: no cover -- websockets built without its C extens
     from websockets.utils import apply_mask
 
 from gateway.settings import Settings
+from gateway.wsparser import between_frames
 
 _OPEN = State.OPEN
 #: First bytes of a whole (FIN) text frame and of a whole binary frame.
@@ -226,14 +227,8 @@ class DirectReader:
             return False
         if self._idle:
             return True
-        if protocol.extensions or protocol.current_size is not None or protocol.reader.buffer:
-            return False
-        waiting = protocol.parser
-        while (inner := getattr(waiting, "gi_yieldfrom", None)) is not None:
-            waiting = inner
-        idle = waiting is not protocol.parser and getattr(waiting, "__name__", None) == "at_eof"
-        self._idle = idle
-        return idle
+        self._idle = between_frames(protocol)
+        return self._idle
 
     def _take_frames(self, data: bytes | bytearray) -> int:
         """Add the whole data frames at the start of ``data`` to the protocol's events;
