@@ -190,8 +190,7 @@ class FakeModelSession(_Recorder):
         return self.writable
 
     def offer_audio_lane(self, handler: Callable[[AudioOut], None] | None) -> None:
-        """Kept, not used: the fake's audio comes through next_event."""
-        self.audio_lane = handler
+        """Ignored, as a session may: the fake's audio comes through next_event."""
 
     def send_audio_now(self, audio: bytes) -> bool:
         """Taken at once while ``writable``, like a connected session's (the media lane)."""

@@ -146,7 +146,6 @@ class StreamCaller:
         self._ran = False
         self._hangup_requested = False
         self._hangup_by: Literal["caller", "gateway"] = "caller"
-        self._ws: ClientConnection | None = None
         #: ``ws.send``, written straight to the transport when it can go at once: the
         #: load benchmarks run fifty callers on one core beside the model simulator.
         self._ws_send: DirectSender | None = None
@@ -264,7 +263,6 @@ class StreamCaller:
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             self._violation(self._connect_failed(url, exc))
             return
-        self._ws = ws
         self._ws_send = DirectSender(ws)
         try:
             await self._converse(ws)
