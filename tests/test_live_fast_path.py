@@ -448,35 +448,50 @@ class _FrameSocket:
         raise AssertionError("unreachable")
 
 
-async def test_the_tap_offers_the_lane_only_whole_audio_frames_read_with_nothing_buffered() -> None:
+async def test_the_tap_delivers_only_whole_fast_path_frames_read_with_nothing_buffered() -> None:
     ws = _FrameSocket()
     taken: list[tuple[int, bytes]] = []
     lane_open = [True]
     lane = _Lane(lambda generation: lane_open[0], lambda g, pcm: taken.append((g, pcm)) or True)
-    tap = _AudioTap(ws, 3, asyncio.Queue(), structlog.get_logger("t"), lane)
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=3)
+    tap = _AudioTap(ws, 3, queue, structlog.get_logger("t"), lane)
     audio = Frame(Opcode.BINARY, _audio_message([b"\x01\x02"]))
+    turn_done = Frame(Opcode.BINARY, b'{"serverContent": {"turnComplete": true}}')
     ws.process_event(audio)  # nobody reads yet: websockets' way
     assert ws.processed == [audio] and not taken
     reader = asyncio.create_task(tap.recv(decode=False))
     await asyncio.sleep(0)
-    ws.process_event(audio)
+    ws.process_event(audio)  # read while the reader waits, the lane open: the lane's
     assert taken == [(3, b"\x01\x02")] and ws.processed == [audio]
     others = [
         Frame(Opcode.TEXT, _audio_message([b"\x03\x04"]), fin=False),  # a fragment
-        Frame(Opcode.BINARY, b'{"serverContent": {"turnComplete": true}}'),  # not audio
+        Frame(Opcode.TEXT, b'{"toolCall": {"functionCalls": [{"name": "f", "id": "1"}]}}'),
         Frame(Opcode.PING, b""),
     ]
-    for frame in others:
+    for frame in others:  # not the fast path's: websockets' way, for the SDK
         ws.process_event(frame)
-    ws.recv_messages.frames.append(audio)  # something buffered ahead
+    assert ws.processed == [audio, *others] and queue.empty()
+    ws.process_event(turn_done)  # bookkeeping: its events straight onto the session's queue
+    assert queue.get_nowait() == (3, TurnComplete())
+    ws.recv_messages.frames.append(audio)  # something buffered ahead: websockets' way
     ws.process_event(audio)
+    ws.process_event(turn_done)
+    assert ws.processed == [audio, *others, audio, turn_done] and queue.empty()
     ws.recv_messages.frames.clear()
     lane_open[0] = False  # the session says no (consumer busy, queue not empty...)
-    ws.process_event(audio)
-    assert ws.processed == [audio, *others, audio, audio] and len(taken) == 1
-    lane_open[0] = True
+    ws.process_event(audio)  # audio then goes onto the session's queue, as recv would put it
     ws.process_event(Frame(Opcode.TEXT, bytearray(_audio_message([b"\x05\x06"]))))
-    assert taken[-1] == (3, b"\x05\x06")  # the reader's bytearray is read too
+    assert [queue.get_nowait(), queue.get_nowait()] == [
+        (3, AudioOut(b"\x01\x02")),
+        (3, AudioOut(b"\x05\x06")),  # the reader's bytearray is read too
+    ]
+    for _ in range(3):
+        ws.process_event(turn_done)
+    ws.process_event(turn_done)  # no room left on the session's queue: websockets' way
+    assert queue.full() and ws.processed[-1] is turn_done and len(ws.processed) == 7
+    lane_open[0] = True
+    ws.process_event(audio)
+    assert len(taken) == 2
     reader.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reader

@@ -604,9 +604,11 @@ class _AudioTap:
     ``close``, the close code the SDK reads on errors).
 
     It also hooks the socket's ``process_event`` (``websockets``' handler of each parsed
-    frame) for the session's audio lane (:meth:`LiveSession.offer_audio_lane`): a whole data
-    frame read while ``recv`` waits with nothing buffered, and while the lane is open, is
-    offered to it before it is queued. A ``websockets`` without that shape gets no lane.
+    frame): a whole data frame read while ``recv`` waits with nothing buffered, that the fast
+    path reads, is delivered from there, without waking the SDK's reader: model audio to the
+    session's audio lane (:meth:`LiveSession.offer_audio_lane`) while it is open, and
+    otherwise its events straight onto the session's queue. A ``websockets`` without that
+    shape gets neither.
     """
 
     __slots__ = (
@@ -646,22 +648,43 @@ class _AudioTap:
             ws.process_event = self._process_event
 
     def _process_event(self, event: Any) -> None:
-        """``websockets``' frame handler, with the audio lane in front of its queue."""
+        """``websockets``' frame handler, with the audio lane and the session's queue in
+        front of its own queue."""
         assert self._process is not None and self._frames is not None
-        lane = self._lane
         if (
-            lane is not None
-            and self._reading
+            self._reading
             and getattr(event, "fin", False)
             and getattr(event, "opcode", None) in _WHOLE_MESSAGE
             and not len(self._frames)
-            and lane.open(self._generation)
         ):
             data = event.data  # bytes, or a bytearray from websockets' reader
-            pcm = model_audio(data if type(data) is bytes else bytes(data))
-            if pcm is not None and lane.take(self._generation, pcm):
+            if self._deliver(data if type(data) is bytes else bytes(data)):
                 return
         self._process(event)
+
+    def _deliver(self, raw: bytes) -> bool:
+        """Deliver a message read while ``recv`` waits with nothing buffered, if the fast
+        path reads it: model audio to the lane when it is open, else its events straight onto
+        the session's queue, as ``recv`` would put them a task switch later (it would be the
+        next to put anything there, so the order is the same). False: not delivered, for
+        ``websockets`` to queue (a message for the SDK, or no room on the session's queue)."""
+        generation, lane = self._generation, self._lane
+        pcm = model_audio(raw)
+        if pcm is not None:
+            if lane is not None and lane.open(generation) and lane.take(generation, pcm):
+                return True
+            items: list[LiveEvent] = [AudioOut(pcm)]
+        else:
+            fast = _fast_events(raw)
+            if fast is None:
+                return False
+            items = fast
+        events = self._events
+        if events.maxsize and events.maxsize - events.qsize() < len(items):
+            return False
+        for item in items:
+            events.put_nowait((generation, item))
+        return True
 
     async def recv(self, decode: bool | None = None) -> str | bytes:
         events, generation = self._events, self._generation
@@ -677,12 +700,8 @@ class _AudioTap:
             pcm = model_audio(raw)
             if pcm is not None:
                 await events.put((generation, AudioOut(pcm)))
-            elif (transcript := model_transcript(raw)) is not None:
-                speaker, text = transcript
-                event = CallerTranscript(text) if speaker == "caller" else AgentTranscript(text)
-                await events.put((generation, event))
-            elif (bookkeeping := model_control(raw)) is not None:
-                for item in bookkeeping:
+            elif (fast := _fast_events(raw)) is not None:
+                for item in fast:
                     await events.put((generation, item))
             elif fast_path.understood(raw):
                 return raw
@@ -701,6 +720,16 @@ class _AudioTap:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ws, name)
+
+
+def _fast_events(raw: bytes | str) -> list[LiveEvent] | None:
+    """The events of a message that is only a piece of transcription or only a turn's
+    bookkeeping (model audio is tried first, apart); None: the SDK reads it."""
+    transcript = model_transcript(raw)
+    if transcript is not None:
+        speaker, text = transcript
+        return [CallerTranscript(text) if speaker == "caller" else AgentTranscript(text)]
+    return model_control(raw)
 
 
 #: The opcodes of a message's first frame: text and binary (``websockets.frames.Opcode``).
