@@ -19,7 +19,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import EXTERNAL_CLOSE_CODES
 
-from gateway.model.websocket import DirectSender
+from gateway.model.websocket import DirectReader, DirectSender
 
 logger = logging.getLogger("callsim")
 
@@ -48,6 +48,8 @@ class SimConnection(Generic[RecordT]):
         #: ``ws.send``, written straight to the transport when it can go at once: the load
         #: benchmarks run one model simulator for fifty calls on the load generators' core.
         self._ws_send = DirectSender(ws)
+        #: And the client's whole data frames cut from each read without websockets' parser.
+        DirectReader.install(ws)
         self._send_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         #: Set once the server started closing (a hook, an error, or the simulator stopping).

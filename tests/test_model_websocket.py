@@ -365,3 +365,118 @@ async def test_a_frame_websockets_refuses_is_still_refused(frame: bytes, code: i
 
 def test_a_connection_of_another_shape_gets_no_reader() -> None:
     assert not DirectReader.install(object())
+
+
+# ------------------------------------------------------- DirectReader on a server's side
+
+
+def _client_bytes(frames: list[tuple[str, Any]]) -> tuple[bytes, list[bytes]]:
+    """The frames as a client sends them (masked), and the messages the server must get."""
+    stream, expected = b"", []
+    for kind, data in frames:
+        if kind == "ping":
+            stream += Frame(Opcode.PING, data).serialize(mask=True)
+            continue
+        if kind == "fragments":
+            for i, piece in enumerate(data):
+                opcode = Opcode.BINARY if i == 0 else Opcode.CONT
+                stream += Frame(opcode, piece, fin=i == len(data) - 1).serialize(mask=True)
+            expected.append(b"".join(data))
+            continue
+        opcode = Opcode.TEXT if kind == "text" else Opcode.BINARY
+        stream += Frame(opcode, data).serialize(mask=True)
+        expected.append(data)
+    return stream, expected
+
+
+@contextlib.asynccontextmanager
+async def _reading_server(
+    max_size: int | None = 2**20,
+) -> AsyncIterator[tuple[int, asyncio.Queue[Any], list[list[int]]]]:
+    """A websockets server whose connections read through a DirectReader; yields its port,
+    a queue of what its one connection got (messages, then the close it sent) and, once it
+    has connected, the sizes of the reads websockets' own parser was given."""
+    got: asyncio.Queue[Any] = asyncio.Queue()
+    parsed: list[list[int]] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        parsed.append(_spy(ws.protocol, "receive_data", len))
+        assert DirectReader.install(ws)
+        try:
+            while True:
+                await got.put(await ws.recv(decode=False))
+        except websockets.exceptions.ConnectionClosed as exc:
+            await got.put(exc)
+
+    async with serve(
+        handler, "127.0.0.1", 0, compression=None, max_size=max_size, close_timeout=0.2
+    ) as server:
+        yield server.sockets[0].getsockname()[1], got, parsed
+
+
+async def _raw_client(
+    port: int, chunks: list[bytes]
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client at the byte level: the handshake, then ``chunks``, one write each."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(b"0123456789abcdef")
+    writer.write(
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    response = await reader.readuntil(b"\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 101") and _accept(key) in response
+    for chunk in chunks:
+        writer.write(chunk)
+        await writer.drain()
+        await asyncio.sleep(0.01)  # its own read
+    return reader, writer
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames=_SERVER_FRAMES, cuts=st.lists(st.integers(min_value=0), max_size=12))
+async def test_any_split_of_a_clients_frames_reads_on_a_server_as_websockets_reads_it(
+    frames: list[tuple[str, Any]], cuts: list[int]
+) -> None:
+    stream, expected = _client_bytes(frames)
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    chunks = [stream[start:end] for start, end in itertools.pairwise(points)]
+    async with _reading_server() as (port, got, _):
+        _, writer = await _raw_client(port, chunks)
+        assert [await asyncio.wait_for(got.get(), 5) for _ in expected] == expected
+        assert got.empty()
+        writer.close()
+
+
+async def test_a_clients_whole_data_frames_skip_a_servers_parser() -> None:
+    messages = [b"a", b"b" * 200, b"c" * 70000]
+    frames = [Frame(Opcode.BINARY, m).serialize(mask=True) for m in messages]
+    async with _reading_server() as (port, got, parsed):
+        _, writer = await _raw_client(port, [b"".join(frames)])
+        assert [await asyncio.wait_for(got.get(), 5) for _ in messages] == messages
+        assert sum(parsed[0]) <= len(frames[-1])  # only the frame cut off by a read's end
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        # RFC 6455 5.1: a server fails the connection on an unmasked frame (1002).
+        (_unmasked(Opcode.BINARY, b"unmasked"), 1002),
+        # Over the server's max_size (1000 here): websockets refuses it with 1009.
+        (Frame(Opcode.BINARY, b"b" * 2000).serialize(mask=True), 1009),
+    ],
+)
+async def test_a_client_frame_websockets_refuses_is_still_refused_on_a_server(
+    frame: bytes, code: int
+) -> None:
+    async with _reading_server(max_size=1000) as (port, got, _):
+        ok = Frame(Opcode.TEXT, b"ok").serialize(mask=True)
+        reader, writer = await _raw_client(port, [ok, frame])
+        assert await asyncio.wait_for(got.get(), 5) == b"ok"
+        first, _ = await asyncio.wait_for(reader.readexactly(2), 5)
+        assert first == 0x88  # the server's close frame: the client hangs up on it
+        writer.close()
+        closed = await asyncio.wait_for(got.get(), 5)
+        assert isinstance(closed, websockets.exceptions.ConnectionClosedError)
+        assert closed.sent is not None and closed.sent.code == code

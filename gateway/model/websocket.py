@@ -182,20 +182,25 @@ class DirectReader:
     ``websockets`` parses every incoming frame through a chain of generators (``Protocol.parse``,
     ``Frame.parse``, ``StreamReader.read_exact``): the largest part of reading a model message,
     about a twentieth of the gateway's CPU at 50 calls. A model's messages are whole, unmasked
-    text or binary frames of a few kilobytes, so :meth:`receive_data`, put in place of the
-    protocol's own, cuts frames of that shape out of each read itself and hands them on as the
-    parser would (as events, which the connection then processes). It does so only while the
+    text or binary frames of a few kilobytes (and a client's, as the simulators' servers read
+    them, the same but masked), so :meth:`receive_data`, put in place of the protocol's own,
+    cuts frames of that shape out of each read itself and hands them on as the parser would
+    (as events, which the connection then processes). It does so only while the
     connection is open with no extension, no fragmented message under way and the parser
     between frames with nothing buffered; from the first byte of any other frame (a control
-    frame, a fragment, a masked or oversized frame, a frame cut off by the end of the read)
+    frame, a fragment, a frame masked the wrong way for the side reading it, an oversized
+    frame, a frame cut off by the end of the read)
     every byte goes to ``websockets``' own parser, which from then on decides as it always
     did. The shortcut resumes once that parser is back between frames.
     """
 
-    __slots__ = ("_idle", "_limit", "_protocol", "_receive")
+    __slots__ = ("_idle", "_limit", "_masked", "_protocol", "_receive")
 
     def __init__(self, protocol: Any) -> None:
         self._protocol = protocol
+        #: A server reads masked frames, a client unmasked ones (RFC 6455 5.1); a frame
+        #: masked the other way is left to the parser, which fails the connection.
+        self._masked = protocol.side is Side.SERVER
         self._receive: Callable[[bytes | bytearray], None] = protocol.receive_data
         limits = [protocol.max_message_size, protocol.max_fragment_size]
         self._limit: int | None = min((n for n in limits if n is not None), default=None)
@@ -207,7 +212,8 @@ class DirectReader:
         """Put a reader in front of ``ws``'s protocol; False (nothing done) for a connection
         of another shape than ``websockets`` 13-17's."""
         protocol = getattr(ws, "protocol", None)
-        needed = ("receive_data", "parser", "reader", "events", "current_size", "extensions")
+        needed = ("receive_data", "parser", "reader", "events", "current_size", "extensions",
+                  "side")  # fmt: skip
         if protocol is None or not all(hasattr(protocol, name) for name in needed):
             return False
         if not hasattr(protocol, "max_message_size") or not hasattr(protocol.reader, "buffer"):
@@ -234,6 +240,8 @@ class DirectReader:
         """Add the whole data frames at the start of ``data`` to the protocol's events;
         returns the bytes taken (from the first frame of another shape on, none)."""
         size, limit, events = len(data), self._limit, self._protocol.events
+        masked = self._masked
+        mask_bit = 0x80 if masked else 0
         at = 0
         while size - at >= 2:
             first, second = data[at], data[at + 1]
@@ -243,9 +251,9 @@ class DirectReader:
                 opcode = Opcode.BINARY
             else:
                 break
-            if second & 0x80:  # masked: a server must not; websockets fails the connection
+            if second & 0x80 != mask_bit:  # masked the wrong way: websockets fails it
                 break
-            length, header = second, 2
+            length, header = second & 0x7F, 2
             if length == 126:
                 header = 4
                 if size - at < header:
@@ -258,9 +266,16 @@ class DirectReader:
                 length = int.from_bytes(data[at + 2 : at + 10], "big")
             if limit is not None and length > limit:
                 break
+            if masked:
+                header += 4
             end = at + header + length
             if end > size:
                 break
-            events.append(Frame(opcode, bytes(data[at + header : end])))
+            if masked:
+                mask = bytes(data[at + header - 4 : at + header])
+                payload = apply_mask(memoryview(data)[at + header : end], mask)
+            else:
+                payload = bytes(data[at + header : end])
+            events.append(Frame(opcode, payload))
             at = end
         return at

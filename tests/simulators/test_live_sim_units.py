@@ -4,6 +4,7 @@ parsing and normalisation, server message shapes, audio (tone, VAD, pitch) and s
 from __future__ import annotations
 
 import base64
+import binascii
 import itertools
 import json
 import logging
@@ -317,8 +318,8 @@ def _outcome(parse: Callable[[], object]) -> object:
 def test_a_frame_is_parsed_alike_with_or_without_the_renaming_pass(
     value: object, ascii_only: bool, binary: bool
 ) -> None:
-    # parse_frame skips normalise_keys when the text has no underscore and no escape; the
-    # answer must be what the full pass gives, error or message, on every frame.
+    # parse_frame skips normalise_keys when no key holds an underscore (values may: URL-safe
+    # base64); the answer must be what the full pass gives, error or message, on every frame.
     text = json.dumps(value, ensure_ascii=ascii_only)
     frame: str | bytes = text.encode() if binary else text
     full = _outcome(lambda: proto.normalise_message(proto.decode_frame(frame)))
@@ -328,6 +329,33 @@ def test_a_frame_is_parsed_alike_with_or_without_the_renaming_pass(
 def test_an_escaped_underscore_is_still_renamed() -> None:
     frame = '{"realtime\\u005finput": {"audioStreamEnd": true}}'
     assert proto.parse_frame(frame) == {"realtimeInput": {"audioStreamEnd": True}}
+
+
+def _standard_base64(text: object, where: str) -> bytes:
+    """decode_base64 as it was, with the standard library alone."""
+    if not isinstance(text, str):
+        raise proto.ProtocolError(f"{where} must be a base64 string")
+    cleaned = text.strip().replace("-", "+").replace("_", "/")
+    cleaned += "=" * (-len(cleaned) % 4)
+    try:
+        return base64.b64decode(cleaned, validate=True)
+    except (binascii.Error, ValueError):
+        raise proto.ProtocolError(f"{where} is not valid base64") from None
+
+
+_base64ish = st.one_of(
+    st.binary(max_size=40).map(lambda b: base64.urlsafe_b64encode(b).decode()),
+    st.binary(max_size=40).map(lambda b: base64.urlsafe_b64encode(b).decode().rstrip("=")),
+    st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode()),
+    st.text(alphabet="AQgw-_+/= \n\t.é", max_size=12),
+)
+
+
+@given(_base64ish)
+def test_base64_is_decoded_as_the_standard_library_decodes_it(text: str) -> None:
+    assert _outcome(lambda: proto.decode_base64(text, "d")) == _outcome(
+        lambda: _standard_base64(text, "d")
+    )
 
 
 def test_pcm_rate() -> None:
