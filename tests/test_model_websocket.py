@@ -235,7 +235,7 @@ async def _until_client_close(reader: asyncio.StreamReader) -> None:
             return
 
 
-_SERVER_FRAMES = st.lists(
+_FRAMES = st.lists(
     st.one_of(
         st.tuples(st.sampled_from(["text", "binary"]), st.binary(max_size=300)),
         st.tuples(st.just("text"), st.sampled_from([126, 65535, 65536, 70000]).map(b"x".__mul__)),
@@ -247,34 +247,48 @@ _SERVER_FRAMES = st.lists(
 )
 
 
-def _server_bytes(frames: list[tuple[str, Any]]) -> tuple[bytes, list[bytes]]:
-    """The frames as a server sends them (unmasked), and the messages a client must get."""
+def _frame_bytes(frames: list[tuple[str, Any]], *, mask: bool) -> tuple[bytes, list[bytes]]:
+    """The frames as a server (unmasked) or a client (``mask``) sends them, and the messages
+    the other side must get."""
     stream, expected = b"", []
     for kind, data in frames:
         if kind == "ping":
-            stream += Frame(Opcode.PING, data).serialize(mask=False)
+            stream += Frame(Opcode.PING, data).serialize(mask=mask)
             continue
         if kind == "fragments":
             for i, piece in enumerate(data):
                 opcode = Opcode.BINARY if i == 0 else Opcode.CONT
                 last = i == len(data) - 1
-                stream += Frame(opcode, piece, fin=last).serialize(mask=False)
+                stream += Frame(opcode, piece, fin=last).serialize(mask=mask)
             expected.append(b"".join(data))
             continue
         opcode = Opcode.TEXT if kind == "text" else Opcode.BINARY
-        stream += Frame(opcode, data).serialize(mask=False)
+        stream += Frame(opcode, data).serialize(mask=mask)
         expected.append(data)
     return stream, expected
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(frames=_SERVER_FRAMES, cuts=st.lists(st.integers(min_value=0), max_size=12))
+def _any_split(test: Callable[..., Any]) -> Callable[..., Any]:
+    """``test`` given any mix of frames (:data:`_FRAMES`) and where to cut them into writes."""
+    cuts = st.lists(st.integers(min_value=0), max_size=12)
+    slow = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    return slow(given(frames=_FRAMES, cuts=cuts)(test))
+
+
+def _cut(
+    frames: list[tuple[str, Any]], cuts: list[int], *, mask: bool
+) -> tuple[list[bytes], list[bytes]]:
+    """:func:`_frame_bytes`' stream cut into writes at ``cuts``, and the messages expected."""
+    stream, expected = _frame_bytes(frames, mask=mask)
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    return [stream[start:end] for start, end in itertools.pairwise(points)], expected
+
+
+@_any_split
 async def test_any_split_of_a_servers_frames_reads_as_websockets_reads_it(
     frames: list[tuple[str, Any]], cuts: list[int]
 ) -> None:
-    stream, expected = _server_bytes(frames)
-    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
-    chunks = [stream[start:end] for start, end in itertools.pairwise(points)]
+    chunks, expected = _cut(frames, cuts, mask=False)
     async with (
         _raw_server(chunks) as port,
         connect(f"ws://127.0.0.1:{port}", compression=None) as ws,
@@ -370,25 +384,6 @@ def test_a_connection_of_another_shape_gets_no_reader() -> None:
 # ------------------------------------------------------- DirectReader on a server's side
 
 
-def _client_bytes(frames: list[tuple[str, Any]]) -> tuple[bytes, list[bytes]]:
-    """The frames as a client sends them (masked), and the messages the server must get."""
-    stream, expected = b"", []
-    for kind, data in frames:
-        if kind == "ping":
-            stream += Frame(Opcode.PING, data).serialize(mask=True)
-            continue
-        if kind == "fragments":
-            for i, piece in enumerate(data):
-                opcode = Opcode.BINARY if i == 0 else Opcode.CONT
-                stream += Frame(opcode, piece, fin=i == len(data) - 1).serialize(mask=True)
-            expected.append(b"".join(data))
-            continue
-        opcode = Opcode.TEXT if kind == "text" else Opcode.BINARY
-        stream += Frame(opcode, data).serialize(mask=True)
-        expected.append(data)
-    return stream, expected
-
-
 @contextlib.asynccontextmanager
 async def _reading_server(
     max_size: int | None = 2**20,
@@ -433,14 +428,11 @@ async def _raw_client(
     return reader, writer
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(frames=_SERVER_FRAMES, cuts=st.lists(st.integers(min_value=0), max_size=12))
+@_any_split
 async def test_any_split_of_a_clients_frames_reads_on_a_server_as_websockets_reads_it(
     frames: list[tuple[str, Any]], cuts: list[int]
 ) -> None:
-    stream, expected = _client_bytes(frames)
-    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
-    chunks = [stream[start:end] for start, end in itertools.pairwise(points)]
+    chunks, expected = _cut(frames, cuts, mask=True)
     async with _reading_server() as (port, got, _):
         _, writer = await _raw_client(port, chunks)
         assert [await asyncio.wait_for(got.get(), 5) for _ in expected] == expected
