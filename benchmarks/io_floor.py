@@ -31,6 +31,7 @@ import asyncio
 import multiprocessing as mp
 import os
 import random
+import socket
 import ssl
 import sys
 import time
@@ -57,41 +58,28 @@ class _Sink(asyncio.Protocol):
 
 
 class _Relay(asyncio.Protocol):
-    """One call: a caller's plain socket in front of a TLS socket to the model."""
+    """One call, as the caller's plain socket sees it: a TLS socket to the model behind it."""
 
     def __init__(self, model: tuple[str, int], context: ssl.SSLContext) -> None:
         self._model_at, self._context = model, context
-        self._caller: asyncio.Transport | None = None
+        self.caller: asyncio.Transport | None = None
         self._upstream: asyncio.Transport | None = None
         self._held = 0
         self._up_message = b"u" * MODEL_BYTES
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._caller = cast(asyncio.Transport, transport)  # uvloop's is not asyncio's class
+        self.caller = cast(asyncio.Transport, transport)  # uvloop's is not asyncio's class
         asyncio.get_running_loop().create_task(self._dial())
 
     async def _dial(self) -> None:
-        relay = self
-
-        class _Down(asyncio.Protocol):
-            held = 0
-
-            def data_received(self, data: bytes) -> None:
-                self.held += len(data)
-                while self.held >= ANSWER_BYTES:
-                    self.held -= ANSWER_BYTES
-                    caller = relay._caller
-                    if caller is not None and not caller.is_closing():
-                        caller.write(b"d" * CARRIER_BYTES)
-
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_connection(
-            _Down, *self._model_at, ssl=self._context, server_hostname="localhost"
+            lambda: _Downlink(self), *self._model_at, ssl=self._context, server_hostname="localhost"
         )
         self._upstream = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._caller = None
+        self.caller = None
         if self._upstream is not None:
             self._upstream.close()
 
@@ -101,6 +89,23 @@ class _Relay(asyncio.Protocol):
             self._held -= CALLER_BYTES
             if self._upstream is not None:
                 self._upstream.write(self._up_message)
+
+
+class _Downlink(asyncio.Protocol):
+    """The same call, as the model's TLS socket sees it."""
+
+    def __init__(self, relay: _Relay) -> None:
+        self._relay = relay
+        self._held = 0
+        self._down_message = b"d" * CARRIER_BYTES
+
+    def data_received(self, data: bytes) -> None:
+        self._held += len(data)
+        while self._held >= ANSWER_BYTES:
+            self._held -= ANSWER_BYTES
+            caller = self._relay.caller
+            if caller is not None and not caller.is_closing():
+                caller.write(self._down_message)
 
 
 def _relay(port: int, model_port: int, ca: bytes, cpus: set[int], ready: Any) -> None:
@@ -180,8 +185,6 @@ def _cpu_s(pid: int) -> float:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

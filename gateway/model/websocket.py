@@ -185,13 +185,12 @@ class DirectReader:
     text or binary frames of a few kilobytes (and a client's, as the simulators' servers read
     them, the same but masked), so :meth:`receive_data`, put in place of the protocol's own,
     cuts frames of that shape out of each read itself and hands them on as the parser would
-    (as events, which the connection then processes). It does so only while the
-    connection is open with no extension, no fragmented message under way and the parser
-    between frames with nothing buffered; from the first byte of any other frame (a control
-    frame, a fragment, a frame masked the wrong way for the side reading it, an oversized
-    frame, a frame cut off by the end of the read)
-    every byte goes to ``websockets``' own parser, which from then on decides as it always
-    did. The shortcut resumes once that parser is back between frames.
+    (as events, which the connection then processes). It does so only while the connection is
+    open with no extension, no fragmented message under way and the parser between frames with
+    nothing buffered; from the first byte of any other frame (a control frame, a fragment, a
+    frame masked the wrong way for the side reading it, an oversized frame, a frame cut off by
+    the end of the read) every byte goes to ``websockets``' own parser, which from then on
+    decides as it always did. The shortcut resumes once that parser is back between frames.
     """
 
     __slots__ = ("_idle", "_limit", "_masked", "_protocol", "_receive")
@@ -251,7 +250,7 @@ class DirectReader:
                 opcode = Opcode.BINARY
             else:
                 break
-            if second & 0x80 != mask_bit:  # masked the wrong way: websockets fails it
+            if (second & 0x80) != mask_bit:  # masked the wrong way: websockets fails it
                 break
             length, header = second & 0x7F, 2
             if length == 126:
