@@ -38,7 +38,7 @@ try:
 except ImportError:  # pragma: no cover -- websockets built without its C extension
     from websockets.utils import apply_mask
 
-from gateway.wsparser import between_frames
+from gateway.wsparser import between_frames, frame_bounds
 
 #: Seconds a request has to arrive whole (the issue's slowloris bound).
 REQUEST_TIMEOUT_S = 10.0
@@ -122,6 +122,8 @@ MediaHandler = Callable[[str], bool]
 #: First byte of a whole (FIN) text frame with no extension bits: every media message.
 _FIN_TEXT = 0x81
 _OPEN = State.OPEN
+#: No media message comes near this; a larger frame takes uvicorn's path.
+_MEDIA_MAX_BYTES = 0xFFFF
 
 
 class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -182,10 +184,11 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         #: generators costs more than the rest of a frame's cut), cleared whenever a byte goes
         #: to it: nothing else moves that parser.
         self._parser_idle = False
-        #: The largest frame the fast path takes: ``websockets``' own limits (uvicorn's
-        #: ``ws_max_size``); a larger one is left to it, to be refused with 1009.
-        limits = [self.conn.max_message_size, self.conn.max_fragment_size]
-        self._frame_limit = min((n for n in limits if n is not None), default=None)
+        #: The largest frame the fast path takes: under 64 KiB (a media message is a few
+        #: hundred bytes), and within ``websockets``' own limits (uvicorn's ``ws_max_size``);
+        #: a larger one is left to it (and refused with 1009 past those limits).
+        limits = [_MEDIA_MAX_BYTES, self.conn.max_message_size, self.conn.max_fragment_size]
+        self._frame_limit = min(n for n in limits if n is not None)
 
     def data_received(self, data: bytes) -> None:
         if self._partial:
@@ -221,27 +224,13 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         while at < size:
             if data[at] != _FIN_TEXT:
                 return at
-            if size - at < 2:
-                break
-            second = data[at + 1]
-            if not second & 0x80:  # unmasked: a protocol error uvicorn's path reports
+            bounds = frame_bounds(data, at, masked=True, limit=limit)
+            if bounds is None:  # unmasked (a protocol error uvicorn's path reports), too long
                 return at
-            length = second & 0x7F
-            header = 6
-            if length == 126:
-                header = 8
-                if size - at < header:
-                    break
-                length = (data[at + 2] << 8) | data[at + 3]
-            elif length == 127:
-                return at  # 64 KiB and more: not a media message
-            if limit is not None and length > limit:
-                return at
-            end = at + header + length
+            start, end = bounds
             if end > size:
                 break
-            mask = data[at + header - 4 : at + header]
-            payload = apply_mask(view[at + header : end], mask)
+            payload = apply_mask(view[start:end], data[start - 4 : start])
             at = end
             if self._media_handler is not None and self._to_media_lane(payload):
                 continue

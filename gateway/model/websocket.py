@@ -16,7 +16,7 @@ except ImportError:  # pragma: no cover -- websockets built without its C extens
     from websockets.utils import apply_mask
 
 from gateway.settings import Settings
-from gateway.wsparser import between_frames
+from gateway.wsparser import between_frames, frame_bounds
 
 _OPEN = State.OPEN
 #: First bytes of a whole (FIN) text frame and of a whole binary frame.
@@ -240,41 +240,25 @@ class DirectReader:
         returns the bytes taken (from the first frame of another shape on, none)."""
         size, limit, events = len(data), self._limit, self._protocol.events
         masked = self._masked
-        mask_bit = 0x80 if masked else 0
         at = 0
-        while size - at >= 2:
-            first, second = data[at], data[at + 1]
+        while at < size:
+            first = data[at]
             if first == _TEXT:
                 opcode = Opcode.TEXT
             elif first == _BINARY:
                 opcode = Opcode.BINARY
             else:
                 break
-            if (second & 0x80) != mask_bit:  # masked the wrong way: websockets fails it
+            bounds = frame_bounds(data, at, masked=masked, limit=limit)
+            if bounds is None:  # masked the wrong way, or too long: websockets fails it
                 break
-            length, header = second & 0x7F, 2
-            if length == 126:
-                header = 4
-                if size - at < header:
-                    break
-                length = (data[at + 2] << 8) | data[at + 3]
-            elif length == 127:
-                header = 10
-                if size - at < header:
-                    break
-                length = int.from_bytes(data[at + 2 : at + 10], "big")
-            if limit is not None and length > limit:
-                break
-            if masked:
-                header += 4
-            end = at + header + length
+            start, end = bounds
             if end > size:
                 break
             if masked:
-                mask = bytes(data[at + header - 4 : at + header])
-                payload = apply_mask(memoryview(data)[at + header : end], mask)
+                payload = apply_mask(memoryview(data)[start:end], bytes(data[start - 4 : start]))
             else:
-                payload = bytes(data[at + header : end])
+                payload = bytes(data[start:end])
             events.append(Frame(opcode, payload))
             at = end
         return at
