@@ -116,8 +116,9 @@ MAX_QUEUED_MESSAGES = 32
 #: :meth:`MediaWebSocketProtocol.offer_media_lane`.
 MEDIA_LANE = "callbridge.media_lane"
 
-#: Takes a text message as it is read: True if it took it, False to have it queued as usual.
-MediaHandler = Callable[[str], bool]
+#: Takes a text message's bytes (unmasked, UTF-8 not yet checked) as it is read: True if it
+#: took it, False to have it queued as usual (and checked there).
+MediaHandler = Callable[[bytes], bool]
 
 #: First byte of a whole (FIN) text frame with no extension bits: every media message.
 _FIN_TEXT = 0x81
@@ -152,8 +153,8 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
     And one cost of ASGI: each message goes through a queue to a task that awaits it, a task
     switch and three coroutine layers per message. The application may take the messages the
     fast path cuts as they are read instead (:meth:`offer_media_lane`, through the scope's
-    :data:`MEDIA_LANE` extension): its handler is called with the text while nothing waits in
-    the queue ahead of it, and what it declines is queued as before.
+    :data:`MEDIA_LANE` extension): its handler is called with the message's bytes while nothing
+    waits in the queue ahead of it, and what it declines is queued as before.
     """
 
     #: The application's media handler while it offers one (:meth:`offer_media_lane`).
@@ -169,10 +170,12 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         """Hand each text message the fast path reads to ``handler`` first (None: stop).
 
         Called only while no message waits in the ASGI queue (so the order the application
-        sees is the order sent) and the socket is open and not closing; the UTF-8 check is
-        made first (a message that fails it goes uvicorn's way, to its 1007 close). A handler
-        that raises is withdrawn: the error is logged and the message is queued, so the
-        application's own path meets it.
+        sees is the order sent) and the socket is open and not closing, with the message's
+        bytes: the handler may take only a message it found to be valid UTF-8 (the bridge's
+        reads plain ASCII, or decodes), for one it declines is queued and checked as uvicorn
+        checks it (invalid UTF-8: its 1007 close). Handing the bytes saves a decode per frame
+        when the handler reads them as bytes. A handler that raises is withdrawn: the error is
+        logged and the message is queued, so the application's own path meets it.
         """
         self._media_handler = handler
 
@@ -248,11 +251,7 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         if handler is None or self.queue.qsize() or self.close_sent:
             return False
         try:
-            text = payload.decode()
-        except UnicodeDecodeError:
-            return False
-        try:
-            return handler(text)
+            return handler(payload)
         except Exception:
             self.logger.exception("The media lane's handler failed; it is withdrawn.")
             self._media_handler = None

@@ -56,7 +56,7 @@ class FakeCarrierSocket(_Recorder):
         #: just after the failure, as when a carrier hangs up while the gateway is sending.
         self.hang_up_on_send: str | None = None
         #: The bridge's media lane while it offers one, and the messages it took.
-        self.lane: Callable[[str], bool] | None = None
+        self.lane: Callable[[bytes], bool] | None = None
         self.laned = 0
 
     def feed(self, *messages: str | bytes | None) -> None:
@@ -68,12 +68,12 @@ class FakeCarrierSocket(_Recorder):
             self.inbox.put_nowait(message)
 
     def _to_lane(self, message: str) -> bool:
-        if self.lane is None or not self.inbox.empty() or not self.lane(message):
+        if self.lane is None or not self.inbox.empty() or not self.lane(message.encode()):
             return False
         self.laned += 1
         return True
 
-    def take_media(self, lane: Callable[[str], bool] | None) -> bool:
+    def take_media(self, lane: Callable[[bytes], bool] | None) -> bool:
         self.lane = lane
         return True
 

@@ -326,7 +326,11 @@ async def _lane_server(
     message it sees, by either way, in the order it saw them: ("lane" | "queue", text)."""
     got: list[Any] = []
 
-    def lane(text: str) -> bool:
+    def lane(raw: bytes) -> bool:
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            return False  # the lane's contract: take only valid UTF-8 (the queue checks it)
         if not takes(text):
             return False
         got.append(("lane", text))
@@ -428,7 +432,7 @@ async def test_the_lane_is_withdrawn_with_none() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
         await send({"type": "websocket.accept"})
-        scope["extensions"][MEDIA_LANE](lambda text: seen.append(("lane", text)) or True)
+        scope["extensions"][MEDIA_LANE](lambda raw: seen.append(("lane", raw.decode())) or True)
         message = await receive()  # the lane takes the first message: this is the second
         seen.append(("queue", message["text"]))
 

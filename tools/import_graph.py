@@ -43,6 +43,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.connections",
             "gateway.wire",
             "gateway.wsparser",
+            "gateway.mediaplane",
+            "gateway._mediaplane",
         ),
     ),
     ("audio", ("gateway.audio",)),

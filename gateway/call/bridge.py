@@ -118,9 +118,9 @@ class CarrierSocket(Protocol):
         """Close if still open; never raises."""
         ...
 
-    def take_media(self, lane: Callable[[str], bool] | None) -> bool:
+    def take_media(self, lane: Callable[[bytes], bool] | None) -> bool:
         """Offer the socket a media lane (None: withdraw it). A socket that has one calls
-        ``lane(text)`` with each text message as it arrives, while no message waits for
+        ``lane(raw)`` with each text message's bytes as it arrives, while no message waits for
         :meth:`receive` ahead of it, and queues the message as usual unless ``lane`` returns
         True (taken). Returns whether the socket has such a lane (else nothing changes)."""
         ...
@@ -528,12 +528,12 @@ class CallBridge:
                 return ended
 
     async def _on_caller_audio(self, event: AudioReceived) -> None:
-        audio = self._admit_caller_audio(event)
+        audio = self._admit_caller_audio(event.payload)
         if audio is not None:
             assert self._live is not None
             await self._live.send_audio(audio)
 
-    def _take_media(self, text: str) -> bool:
+    def _take_media(self, raw: bytes) -> bool:
         """The media lane: a caller frame handled as the socket reads it, with no queue, task
         switch or coroutine between the carrier's socket and the model's (fifty times a second
         per call).
@@ -541,24 +541,32 @@ class CallBridge:
         Only a media message, only while the caller loop waits with nothing queued (so order
         is kept), and only when the model's socket can take the audio this instant. Anything
         else is declined before it has any effect, and goes the usual way, through the loop.
+        A media message in the carriers' plain shape is read straight from its bytes
+        (:meth:`~gateway.carriers.stream.StreamCodec.quick_audio`: printable ASCII, so valid
+        UTF-8 too); any other is decoded and parsed as the loop would.
         """
         live = self._live
         if not self._caller_waiting or live is None or not live.audio_writable():
             return False
-        try:
-            event = self._parse(text)
-        except ProtocolError:
-            return False  # the loop's parse reports it
-        if type(event) is not AudioReceived:
-            return False
-        audio = self._admit_caller_audio(event)
+        if len(raw) > self.options.max_message_bytes:
+            return False  # the loop's parse refuses it
+        payload = self.codec.quick_audio(raw)
+        if payload is None:
+            try:
+                event = self._parse(raw.decode())
+            except (ProtocolError, UnicodeDecodeError):
+                return False  # the loop's parse (or the socket's UTF-8 check) reports it
+            if type(event) is not AudioReceived:
+                return False
+            payload = event.payload
+        audio = self._admit_caller_audio(payload)
         if audio is not None and not live.send_audio_now(audio):
             # Not reached: nothing between audio_writable() and here touches the model's
             # socket. Were it reached, the audio still goes, the slow way.
             self._spawn(live.send_audio(audio), name="caller-audio")
         return True
 
-    def _admit_caller_audio(self, event: AudioReceived) -> bytes | None:
+    def _admit_caller_audio(self, payload: bytes) -> bytes | None:
         """Count, budget, record and transcode one caller frame: the model's audio, or None
         when the frame is dropped (audio arriving faster than real time)."""
         uplink, budget = self._uplink, self._budget
@@ -566,7 +574,7 @@ class CallBridge:
         assert budget is not None
         self.stats.frame_received()
         now = self._last_activity = time.monotonic()
-        if not budget.admit(len(event.payload), now):
+        if not budget.admit(len(payload), now):
             if self.stats.audio_ran_ahead():  # said once; the budget totals the drops
                 self.log.warning(
                     "call.caller_audio_ahead_of_real_time",
@@ -576,8 +584,8 @@ class CallBridge:
             return None
         self.stats.frame_admitted()
         if self.recording is not None:
-            self.recording.caller(event.payload)
-        audio = uplink.feed(event.payload)
+            self.recording.caller(payload)
+        audio = uplink.feed(payload)
         if self._idle is not None and uplink.voiced(audio):
             self._idle.caller_spoke(now)
         return audio

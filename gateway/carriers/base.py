@@ -252,6 +252,11 @@ class CarrierCodec(Protocol):
         """
         ...
 
+    def quick_audio(self, raw: bytes) -> bytes | None:
+        """The audio of a media message read straight from its bytes when :meth:`parse` would
+        answer exactly that audio; None otherwise (then parse it)."""
+        ...
+
     def media(self, payload: bytes) -> str:
         """Outbound audio (codec bytes, one or more whole 20 ms frames) → message text."""
         ...

@@ -46,6 +46,7 @@ from gateway.carriers.base import (
     load_object,
     media_object,
 )
+from gateway.mediaplane import carrier_media
 
 #: The DTMF keys both carriers report (RFC 4733 events 0-15), either case for A-D.
 DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
@@ -75,6 +76,22 @@ class StreamCodec(ABC):
     def __init__(self) -> None:
         self.state = StreamState.AWAITING_START
         self.stream_id: str | None = None
+        #: The stream key and id as bytes, for :meth:`quick_audio` (None: not streaming).
+        self._quick: tuple[bytes, bytes] | None = None
+
+    def quick_audio(self, raw: bytes) -> bytes | None:
+        """The audio of a media message of this stream, read straight from its bytes.
+
+        Answers only when :meth:`parse` would answer exactly ``AudioReceived`` of that audio:
+        the message is in the carriers' plain shape (:func:`~gateway.mediaplane.carrier_media`)
+        and the stream is under way. None for anything else, which :meth:`parse` then reads
+        and judges as it always does. A carrier whose media is more than its audio (Telnyx
+        reorders by its numbering) answers None, always.
+        """
+        quick = self._quick
+        if quick is None:
+            return None
+        return carrier_media(raw, quick[0], quick[1])
 
     def parse(self, text: str) -> CarrierEvent | None:
         """One inbound text message → an event, or None for messages needing no action.
@@ -117,6 +134,8 @@ class StreamCodec(ABC):
         started = self._start(msg)  # raises before any state changes on a bad start
         self.stream_id = started.stream_id
         self.state = _STREAMING
+        if type(self)._audio is StreamCodec._audio:  # the media message is its audio, only
+            self._quick = (self.stream_key.encode(), started.stream_id.encode())
         return started
 
     def _check_stream(self, msg: dict[str, Any]) -> None:

@@ -77,6 +77,12 @@ def realtime_audio_message(pcm16k: bytes) -> str:
     return _PREFIX + wire.urlsafe_b64encode(pcm16k) + _SUFFIX
 
 
+#: :func:`realtime_audio_message` as the bytes around its base64 (``DirectSender``'s
+#: ``write_base64_now`` builds the frame in one piece).
+AUDIO_MESSAGE_PREFIX: Final = _PREFIX.encode()
+AUDIO_MESSAGE_SUFFIX: Final = _SUFFIX.encode()
+
+
 def model_audio(raw: bytes | str) -> bytes | None:
     """The 24 kHz PCM of a server message that carries model audio and nothing else, else None.
 

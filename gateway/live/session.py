@@ -41,6 +41,8 @@ from gateway.audio.vad import voiced
 from gateway.live import fast_path
 from gateway.live.config import live_config
 from gateway.live.fast_path import (
+    AUDIO_MESSAGE_PREFIX,
+    AUDIO_MESSAGE_SUFFIX,
     INPUT_MIME,
     model_audio,
     model_control,
@@ -321,7 +323,7 @@ class LiveSession:
         entry = Sent("audio", pcm=audio, voiced=voiced(audio))
         if self.machine.record(entry, now=time.monotonic()) is None:
             return True  # the call ended
-        if not conn.raw_send.write_now(realtime_audio_message(audio)):
+        if not conn.raw_send.write_base64_now(AUDIO_MESSAGE_PREFIX, audio, AUDIO_MESSAGE_SUFFIX):
             entry.carried_by = None  # the transport failed as it wrote: nobody heard it
             self._send_failed(conn, ConnectionResetError("the model socket failed on a write"))
         return True

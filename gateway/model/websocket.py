@@ -15,6 +15,8 @@ try:
 except ImportError:  # pragma: no cover -- websockets built without its C extension
     from websockets.utils import apply_mask
 
+from gateway import wire
+from gateway.mediaplane import base64_frame
 from gateway.settings import Settings
 from gateway.wsparser import between_frames, frame_bounds
 
@@ -150,6 +152,33 @@ class DirectSender:
             return False
         return True
 
+    def write_base64_now(self, prefix: bytes, data: bytes, suffix: bytes) -> bool:
+        """:meth:`write_now` of the text ``prefix + base64url(data) + suffix``, built, framed
+        and masked in one C call (:func:`gateway.mediaplane.base64_frame`): the shape of
+        every audio message to the model, whose SDKs encode bytes as URL-safe base64."""
+        if not self.writable():
+            return False
+        protocol = self._protocol
+        if protocol.writes or protocol.extensions or protocol.expect_continuation_frame:
+            text = prefix.decode() + wire.urlsafe_b64encode(data) + suffix.decode()
+            return self.write_now(text)  # framed by websockets, behind what it has waiting
+        mask = self._mask() if self._masked else b""
+        frame = base64_frame(_TEXT, prefix, data, suffix, mask, True)
+        try:
+            self._transport.write(frame)
+        except Exception:  # a transport that broke just now: let send() report it
+            self._transport.abort()
+            return False
+        return True
+
+    def _mask(self) -> bytes:
+        """A fresh masking key, from the pool of ``os.urandom`` bytes."""
+        at = self._mask_at
+        if at >= len(self._masks):
+            self._masks, at = os.urandom(_MASK_POOL_BYTES), 0
+        self._mask_at = at + 4
+        return self._masks[at : at + 4]
+
     def _frame(self, payload: bytes, first: int) -> bytes:
         """A whole frame (RFC 6455 5.2) carrying ``payload``, masked on a client's side;
         ``first`` is its first byte (FIN and the opcode)."""
@@ -164,11 +193,7 @@ class DirectSender:
             header = bytes((first, bit | 127)) + length.to_bytes(8, "big")
         if not masked:
             return header + payload
-        at = self._mask_at
-        if at >= len(self._masks):
-            self._masks, at = os.urandom(_MASK_POOL_BYTES), 0
-        mask = self._masks[at : at + 4]
-        self._mask_at = at + 4
+        mask = self._mask()
         return header + mask + apply_mask(payload, mask)
 
     async def __call__(self, message: str | bytes) -> None:

@@ -1,0 +1,456 @@
+/*
+ * The byte work of a caller frame's way to the model, one C call per step instead of many
+ * Python-level ones: gateway/mediaplane.py holds the same two functions in Python, answer for
+ * answer (tests/test_mediaplane.py compares them on arbitrary input), and says why.
+ *
+ *   carrier_media(raw, stream_key, stream_id) -> bytes | None
+ *       The decoded audio of a carrier's media message of that stream, read straight from its
+ *       bytes, when the message is in the narrow shape the carriers send; None for anything
+ *       else (the full parse then decides, as before).
+ *
+ *   base64_frame(first, prefix, data, suffix, mask, urlsafe) -> bytes
+ *       A whole websocket frame (RFC 6455 5.2) with first byte `first`, carrying
+ *       prefix + base64(data) + suffix, masked with the 4-byte `mask` (or unmasked: b"").
+ *
+ * Optional at install, like gateway/audio/_polyphase.c: without a C compiler the package
+ * installs without it and gateway/mediaplane.py uses its Python forms.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ carrier_media */
+
+/* A span of the message: the bytes between a string's quotes. */
+typedef struct {
+    const unsigned char *at;
+    Py_ssize_t len;
+} span;
+
+typedef struct {
+    const unsigned char *p, *end;
+} cursor;
+
+static int is_ws(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+static void skip_ws(cursor *c)
+{
+    while (c->p < c->end && is_ws(*c->p)) {
+        c->p++;
+    }
+}
+
+/* A JSON string with no escape and nothing outside printable ASCII: anything else declines
+ * (returns 0), and the full parse reads it. */
+static int read_plain_string(cursor *c, span *out)
+{
+    if (c->p >= c->end || *c->p != '"') {
+        return 0;
+    }
+    const unsigned char *start = ++c->p;
+    while (c->p < c->end) {
+        unsigned char ch = *c->p;
+        if (ch == '"') {
+            out->at = start;
+            out->len = c->p - start;
+            c->p++;
+            return 1;
+        }
+        if (ch == '\\' || ch < 0x20 || ch >= 0x7f) {
+            return 0;
+        }
+        c->p++;
+    }
+    return 0;
+}
+
+static int span_is(span s, const char *text, Py_ssize_t len)
+{
+    return s.len == len && memcmp(s.at, text, (size_t)len) == 0;
+}
+
+#define SPAN_IS(s, literal) span_is((s), (literal), (Py_ssize_t)(sizeof(literal) - 1))
+
+/* The members of the `media` object: strings only. `track` and `payload` are read (each at
+ * most once: a repeated one declines, so "the last one wins" never has to be decided here). */
+static int read_media_object(cursor *c, span *track, int *has_track, span *payload,
+                             int *has_payload)
+{
+    c->p++; /* the '{' */
+    skip_ws(c);
+    if (c->p < c->end && *c->p == '}') {
+        c->p++;
+        return 1;
+    }
+    for (;;) {
+        span key, value;
+        skip_ws(c);
+        if (!read_plain_string(c, &key)) {
+            return 0;
+        }
+        skip_ws(c);
+        if (c->p >= c->end || *c->p != ':') {
+            return 0;
+        }
+        c->p++;
+        skip_ws(c);
+        if (!read_plain_string(c, &value)) {
+            return 0;
+        }
+        if (SPAN_IS(key, "track")) {
+            if (*has_track) {
+                return 0;
+            }
+            *has_track = 1;
+            *track = value;
+        }
+        else if (SPAN_IS(key, "payload")) {
+            if (*has_payload) {
+                return 0;
+            }
+            *has_payload = 1;
+            *payload = value;
+        }
+        skip_ws(c);
+        if (c->p >= c->end) {
+            return 0;
+        }
+        if (*c->p == '}') {
+            c->p++;
+            return 1;
+        }
+        if (*c->p != ',') {
+            return 0;
+        }
+        c->p++;
+    }
+}
+
+/* Each character's value in the standard alphabet, -1 outside it (filled in at import). */
+static signed char b64_value[256];
+
+/* Strict standard base64 (RFC 4648 4): whole quads, '=' only as the last one or two
+ * characters, no bits set past the data. Anything else declines (0); the full parse's decoder
+ * then decides (it refuses or, for the last rule, reads what it reads). */
+static PyObject *decode_strict_base64(span s, int *declined)
+{
+    *declined = 1;
+    if (s.len % 4 != 0) {
+        return NULL;
+    }
+    Py_ssize_t pad = 0;
+    if (s.len >= 1 && s.at[s.len - 1] == '=') {
+        pad = (s.len >= 2 && s.at[s.len - 2] == '=') ? 2 : 1;
+    }
+    Py_ssize_t out_len = s.len / 4 * 3 - pad;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, out_len);
+    if (out == NULL) {
+        *declined = 0;
+        return NULL;
+    }
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+    const unsigned char *in = s.at;
+    Py_ssize_t quads = s.len / 4;
+    for (Py_ssize_t q = 0; q < quads; q++, in += 4) {
+        int last = q == quads - 1;
+        int a = b64_value[in[0]], b = b64_value[in[1]];
+        int cc = (last && pad == 2) ? 0 : b64_value[in[2]];
+        int d = (last && pad >= 1) ? 0 : b64_value[in[3]];
+        if (a < 0 || b < 0 || cc < 0 || d < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        uint32_t v = ((uint32_t)a << 18) | ((uint32_t)b << 12) | ((uint32_t)cc << 6) | (uint32_t)d;
+        if (last && pad) {
+            if (pad == 2) {
+                if (v & 0xFFFF) {
+                    Py_DECREF(out);
+                    return NULL;
+                }
+                *o++ = (unsigned char)(v >> 16);
+            }
+            else {
+                if (v & 0xFF) {
+                    Py_DECREF(out);
+                    return NULL;
+                }
+                *o++ = (unsigned char)(v >> 16);
+                *o++ = (unsigned char)(v >> 8);
+            }
+        }
+        else {
+            *o++ = (unsigned char)(v >> 16);
+            *o++ = (unsigned char)(v >> 8);
+            *o++ = (unsigned char)v;
+        }
+    }
+    *declined = 0;
+    return out;
+}
+
+static PyObject *carrier_media(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 3 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1]) ||
+        !PyBytes_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "carrier_media(raw: bytes, stream_key: bytes, "
+                                         "stream_id: bytes)");
+        return NULL;
+    }
+    cursor c = {(const unsigned char *)PyBytes_AS_STRING(args[0]), NULL};
+    c.end = c.p + PyBytes_GET_SIZE(args[0]);
+    span stream_key = {(const unsigned char *)PyBytes_AS_STRING(args[1]),
+                       PyBytes_GET_SIZE(args[1])};
+    span stream_id = {(const unsigned char *)PyBytes_AS_STRING(args[2]),
+                      PyBytes_GET_SIZE(args[2])};
+
+    int has_event = 0, has_stream = 0, has_media = 0, has_track = 0, has_payload = 0;
+    span event = {0}, stream = {0}, track = {0}, payload = {0};
+
+    skip_ws(&c);
+    if (c.p >= c.end || *c.p != '{') {
+        Py_RETURN_NONE;
+    }
+    c.p++;
+    skip_ws(&c);
+    if (c.p < c.end && *c.p == '}') {
+        Py_RETURN_NONE; /* {}: not a media message */
+    }
+    for (;;) {
+        span key;
+        skip_ws(&c);
+        if (!read_plain_string(&c, &key)) {
+            Py_RETURN_NONE;
+        }
+        skip_ws(&c);
+        if (c.p >= c.end || *c.p != ':') {
+            Py_RETURN_NONE;
+        }
+        c.p++;
+        skip_ws(&c);
+        if (c.p < c.end && *c.p == '{') {
+            if (!SPAN_IS(key, "media") || has_media) {
+                Py_RETURN_NONE; /* only `media` may hold an object, once */
+            }
+            has_media = 1;
+            if (!read_media_object(&c, &track, &has_track, &payload, &has_payload)) {
+                Py_RETURN_NONE;
+            }
+        }
+        else {
+            span value;
+            if (!read_plain_string(&c, &value)) {
+                Py_RETURN_NONE;
+            }
+            if (SPAN_IS(key, "event")) {
+                if (has_event) {
+                    Py_RETURN_NONE;
+                }
+                has_event = 1;
+                event = value;
+            }
+            else if (key.len == stream_key.len && memcmp(key.at, stream_key.at,
+                                                         (size_t)key.len) == 0) {
+                if (has_stream) {
+                    Py_RETURN_NONE;
+                }
+                has_stream = 1;
+                stream = value;
+            }
+            else if (SPAN_IS(key, "media")) {
+                Py_RETURN_NONE; /* a media that is a string: the parse refuses it */
+            }
+        }
+        skip_ws(&c);
+        if (c.p >= c.end) {
+            Py_RETURN_NONE;
+        }
+        if (*c.p == '}') {
+            c.p++;
+            break;
+        }
+        if (*c.p != ',') {
+            Py_RETURN_NONE;
+        }
+        c.p++;
+    }
+    skip_ws(&c);
+    if (c.p != c.end || !has_event || !SPAN_IS(event, "media") || !has_media || !has_payload) {
+        Py_RETURN_NONE;
+    }
+    if (has_stream && !(stream.len == stream_id.len &&
+                        memcmp(stream.at, stream_id.at, (size_t)stream.len) == 0)) {
+        Py_RETURN_NONE;
+    }
+    if (has_track && !SPAN_IS(track, "inbound")) {
+        Py_RETURN_NONE;
+    }
+    int declined;
+    PyObject *audio = decode_strict_base64(payload, &declined);
+    if (audio == NULL && declined) {
+        Py_RETURN_NONE;
+    }
+    return audio; /* NULL with an exception set: out of memory */
+}
+
+/* ------------------------------------------------------------------ base64_frame */
+
+static const char B64_ALPHABET[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+static const char B64_URLSAFE[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+static PyObject *base64_frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "base64_frame(first, prefix, data, suffix, mask, "
+                                         "urlsafe) takes 6 arguments");
+        return NULL;
+    }
+    long first = PyLong_AsLong(args[0]);
+    if (first == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (first < 0 || first > 255) {
+        PyErr_SetString(PyExc_ValueError, "first must be a byte");
+        return NULL;
+    }
+    Py_buffer prefix, data, suffix, mask;
+    if (PyObject_GetBuffer(args[1], &prefix, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[2], &data, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&prefix);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[3], &suffix, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&prefix);
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[4], &mask, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&prefix);
+        PyBuffer_Release(&data);
+        PyBuffer_Release(&suffix);
+        return NULL;
+    }
+    int urlsafe = PyObject_IsTrue(args[5]);
+    PyObject *out = NULL;
+    if (urlsafe < 0) {
+        goto done;
+    }
+    if (mask.len != 0 && mask.len != 4) {
+        PyErr_SetString(PyExc_ValueError, "mask must be 4 bytes, or empty for none");
+        goto done;
+    }
+    Py_ssize_t encoded = (data.len + 2) / 3 * 4;
+    Py_ssize_t length = prefix.len + encoded + suffix.len;
+    Py_ssize_t header = length < 126 ? 2 : (length < 65536 ? 4 : 10);
+    out = PyBytes_FromStringAndSize(NULL, header + mask.len + length);
+    if (out == NULL) {
+        goto done;
+    }
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+    unsigned char bit = mask.len ? 0x80 : 0;
+    o[0] = (unsigned char)first;
+    if (length < 126) {
+        o[1] = bit | (unsigned char)length;
+    }
+    else if (length < 65536) {
+        o[1] = bit | 126;
+        o[2] = (unsigned char)(length >> 8);
+        o[3] = (unsigned char)length;
+    }
+    else {
+        o[1] = bit | 127;
+        for (int i = 0; i < 8; i++) {
+            o[2 + i] = (unsigned char)((unsigned long long)length >> (56 - 8 * i));
+        }
+    }
+    o += header;
+    memcpy(o, mask.buf, (size_t)mask.len);
+    o += mask.len;
+    unsigned char *body = o;
+    memcpy(o, prefix.buf, (size_t)prefix.len);
+    o += prefix.len;
+    const char *alphabet = urlsafe ? B64_URLSAFE : B64_ALPHABET;
+    const unsigned char *in = data.buf;
+    Py_ssize_t i = 0;
+    for (; i + 3 <= data.len; i += 3) {
+        uint32_t v = ((uint32_t)in[i] << 16) | ((uint32_t)in[i + 1] << 8) | in[i + 2];
+        o[0] = (unsigned char)alphabet[v >> 18];
+        o[1] = (unsigned char)alphabet[(v >> 12) & 63];
+        o[2] = (unsigned char)alphabet[(v >> 6) & 63];
+        o[3] = (unsigned char)alphabet[v & 63];
+        o += 4;
+    }
+    if (data.len - i == 1) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        o[0] = (unsigned char)alphabet[v >> 18];
+        o[1] = (unsigned char)alphabet[(v >> 12) & 63];
+        o[2] = '=';
+        o[3] = '=';
+        o += 4;
+    }
+    else if (data.len - i == 2) {
+        uint32_t v = ((uint32_t)in[i] << 16) | ((uint32_t)in[i + 1] << 8);
+        o[0] = (unsigned char)alphabet[v >> 18];
+        o[1] = (unsigned char)alphabet[(v >> 12) & 63];
+        o[2] = (unsigned char)alphabet[(v >> 6) & 63];
+        o[3] = '=';
+        o += 4;
+    }
+    memcpy(o, suffix.buf, (size_t)suffix.len);
+    if (mask.len) {
+        const unsigned char *k = mask.buf;
+        uint32_t key32;
+        memcpy(&key32, k, 4);
+        uint64_t key64 = ((uint64_t)key32 << 32) | key32;
+        Py_ssize_t j = 0;
+        for (; j + 8 <= length; j += 8) {
+            uint64_t w;
+            memcpy(&w, body + j, 8);
+            w ^= key64; /* the key repeats every 4 bytes, and j is a multiple of 8 */
+            memcpy(body + j, &w, 8);
+        }
+        for (; j < length; j++) {
+            body[j] ^= k[j & 3];
+        }
+    }
+done:
+    PyBuffer_Release(&prefix);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&suffix);
+    PyBuffer_Release(&mask);
+    return out;
+}
+
+/* ------------------------------------------------------------------ the module */
+
+static PyMethodDef methods[] = {
+    {"carrier_media", (PyCFunction)(void (*)(void))carrier_media, METH_FASTCALL,
+     "The audio of a carrier media message of that stream in the narrow shape, else None."},
+    {"base64_frame", (PyCFunction)(void (*)(void))base64_frame, METH_FASTCALL,
+     "A websocket frame carrying prefix + base64(data) + suffix, masked unless mask is b''."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "gateway._mediaplane",
+    .m_doc = "The byte work of gateway.mediaplane, compiled.",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC
+PyInit__mediaplane(void)
+{
+    memset(b64_value, -1, sizeof b64_value);
+    for (int i = 0; i < 64; i++) {
+        b64_value[(unsigned char)B64_ALPHABET[i]] = (signed char)i;
+    }
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,6 @@
+"""Types of the compiled media plane (gateway/_mediaplane.c); see gateway/mediaplane.py."""
+
+def carrier_media(raw: bytes, stream_key: bytes, stream_id: bytes, /) -> bytes | None: ...
+def base64_frame(
+    first: int, prefix: bytes, data: bytes, suffix: bytes, mask: bytes, urlsafe: bool, /
+) -> bytes: ...

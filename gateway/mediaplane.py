@@ -1,0 +1,160 @@
+"""A caller frame's byte work, one C call per step: the media plane of the uplink.
+
+Fifty times a second per call a caller's frame goes from the carrier's websocket to the model's:
+its JSON is parsed into dicts, the payload picked out and base64-decoded, the model's message
+built as text, encoded, framed and masked. Every step was already C (``orjson``, ``pybase64``,
+``websockets``' mask), but each is reached through a Python call, an object or two made and
+dropped, and a few checks: under load at 50 calls those hops were about 15 % of the gateway's
+busy time (benchmarks/README.md, "The media plane, seventh pass"). Here the two ends are one
+C call each (``gateway/_mediaplane.c``):
+
+- :func:`carrier_media` reads a carrier's media message straight from its bytes, without
+  building its JSON, when it has the narrow shape the carriers send: an object of plain strings
+  (no escape, printable ASCII), with one nested object, ``media``, of plain strings too. It
+  answers the audio only when the full parse (:meth:`~gateway.carriers.stream.StreamCodec.parse`)
+  would answer exactly that audio, and None for anything else, which the full parse then reads
+  and judges as before: a number, an escape, a repeated key, other nesting, base64 that is not
+  in its strict form.
+- :func:`base64_frame` builds the model's websocket frame whole: header, masking key and the
+  masked ``prefix + base64(data) + suffix``, the bytes ``DirectSender`` writes.
+
+Each has a Python form here, answer for answer (tests/test_mediaplane.py compares the two on
+arbitrary input); it is used when the extension was not built (an install without a C
+compiler: pyproject.toml marks it optional) and stands as its specification.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover -- websockets built without its C extension
+    from websockets.utils import apply_mask
+
+__all__ = ["COMPILED", "base64_frame", "carrier_media", "py_base64_frame", "py_carrier_media"]
+
+#: A plain JSON string's body: printable ASCII, no quote, no escape.
+_PLAIN = rb'"[\x20\x21\x23-\x5b\x5d-\x7e]*"'
+_WS = rb"[ \t\n\r]*"
+_MEMBER = re.compile(_WS + rb"(" + _PLAIN + rb")" + _WS + rb":" + _WS)
+_STRING = re.compile(_PLAIN)
+_STRICT_B64 = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+
+def py_carrier_media(raw: bytes, stream_key: bytes, stream_id: bytes) -> bytes | None:
+    """:func:`carrier_media` in Python (see the module's docstring for what it accepts)."""
+    top = _plain_object(raw, _skip_ws(raw, 0), (b"event", stream_key, b"media"), b"media")
+    if top is None:
+        return None
+    members, end = top
+    if _skip_ws(raw, end) != len(raw):
+        return None
+    media = members.get(b"media")
+    if members.get(b"event") != b"media" or not isinstance(media, dict):
+        return None
+    stream = members.get(stream_key)
+    if stream is not None and stream != stream_id:
+        return None
+    track, payload = media.get(b"track"), media.get(b"payload")
+    if (track is not None and track != b"inbound") or not isinstance(payload, bytes):
+        return None
+    return _strict_b64decode(payload)
+
+
+_Members = dict[bytes, "bytes | _Members"]
+
+
+def _plain_object(
+    raw: bytes, at: int, read: tuple[bytes, ...], nested: bytes | None
+) -> tuple[_Members, int] | None:
+    """The object of plain strings at ``raw[at]``, and where it ends; its ``nested`` member
+    (if any) must be such an object itself, with ``track`` and ``payload`` read in it.
+
+    Only the keys in ``read`` are kept: a repeated one declines (so "the last one wins" never
+    has to be decided), other keys may repeat and are skipped, as in C."""
+    if raw[at : at + 1] != b"{":
+        return None
+    at = _skip_ws(raw, at + 1)
+    if raw[at : at + 1] == b"}":
+        return None if nested is not None else ({}, at + 1)
+    members: _Members = {}
+    while True:
+        match = _MEMBER.match(raw, at)
+        if match is None:
+            return None
+        key, at = match.group(1)[1:-1], match.end()
+        if raw[at : at + 1] == b"{":
+            if nested is None or key != nested or key in members:
+                return None
+            inner = _plain_object(raw, at, (b"track", b"payload"), None)
+            if inner is None:
+                return None
+            members[key], at = inner
+        else:
+            string = _STRING.match(raw, at)
+            if string is None:
+                return None
+            value, at = string.group()[1:-1], string.end()
+            first = next((k for k in read if k == key), None)  # the C's order of tests
+            if first is not None:
+                if first == nested or first in members:
+                    return None  # a nested key holding a string, or a repeated key
+                members[key] = value
+        at = _skip_ws(raw, at)
+        end = raw[at : at + 1]
+        if end == b"}":
+            return members, at + 1
+        if end != b",":
+            return None
+        at = _skip_ws(raw, at + 1)
+
+
+def _skip_ws(raw: bytes, at: int) -> int:
+    while raw[at : at + 1] in (b" ", b"\t", b"\n", b"\r"):
+        at += 1
+    return at
+
+
+def _strict_b64decode(data: bytes) -> bytes | None:
+    if len(data) % 4 or _STRICT_B64.fullmatch(data) is None:
+        return None
+    decoded = binascii.a2b_base64(data, strict_mode=True)
+    if base64.b64encode(decoded) != data:
+        return None  # bits set past the data
+    return decoded
+
+
+def py_base64_frame(
+    first: int, prefix: bytes, data: bytes, suffix: bytes, mask: bytes, urlsafe: bool
+) -> bytes:
+    """:func:`base64_frame` in Python."""
+    if not 0 <= first <= 255:
+        raise ValueError("first must be a byte")
+    if len(mask) not in (0, 4):
+        raise ValueError("mask must be 4 bytes, or empty for none")
+    encoded = base64.urlsafe_b64encode(data) if urlsafe else base64.b64encode(data)
+    payload = prefix + encoded + suffix
+    bit = 0x80 if mask else 0
+    length = len(payload)
+    if length < 126:
+        header = bytes((first, bit | length))
+    elif length < 65536:
+        header = bytes((first, bit | 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((first, bit | 127)) + length.to_bytes(8, "big")
+    if not mask:
+        return header + payload
+    return header + mask + apply_mask(payload, mask)
+
+
+try:
+    from gateway._mediaplane import base64_frame, carrier_media
+
+    COMPILED = True
+except ImportError:  # pragma: no cover -- built without a C compiler
+    carrier_media = py_carrier_media
+    base64_frame = py_base64_frame
+    COMPILED = False
