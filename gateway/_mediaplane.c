@@ -294,6 +294,311 @@ static PyObject *carrier_media(PyObject *self, PyObject *const *args, Py_ssize_t
     return audio; /* NULL with an exception set: out of memory */
 }
 
+/* ------------------------------------------------------------------ model_audio */
+
+/* Reads `"key"` `:` and leaves the cursor on the value; 0 if not a plain key. */
+static int read_key(cursor *c, span *key)
+{
+    skip_ws(c);
+    if (!read_plain_string(c, key)) {
+        return 0;
+    }
+    skip_ws(c);
+    if (c->p >= c->end || *c->p != ':') {
+        return 0;
+    }
+    c->p++;
+    skip_ws(c);
+    return 1;
+}
+
+/* After a member's value: 1 at ',' (another member follows), 2 at '}' (the object ended),
+ * 0 for anything else. */
+static int next_member(cursor *c, unsigned char close)
+{
+    skip_ws(c);
+    if (c->p >= c->end) {
+        return 0;
+    }
+    if (*c->p == ',') {
+        c->p++;
+        return 1;
+    }
+    if (*c->p == close) {
+        c->p++;
+        return 2;
+    }
+    return 0;
+}
+
+static int expect(cursor *c, unsigned char ch)
+{
+    skip_ws(c);
+    if (c->p >= c->end || *c->p != ch) {
+        return 0;
+    }
+    c->p++;
+    return 1;
+}
+
+/* Whether `mime`, its spaces taken out, is "audio/pcm;rate=24000". */
+static int is_model_mime(span mime)
+{
+    static const char want[] = "audio/pcm;rate=24000";
+    Py_ssize_t j = 0;
+    for (Py_ssize_t i = 0; i < mime.len; i++) {
+        if (mime.at[i] == ' ') {
+            continue;
+        }
+        if (j >= (Py_ssize_t)(sizeof want - 1) || mime.at[i] != (unsigned char)want[j]) {
+            return 0;
+        }
+        j++;
+    }
+    return j == (Py_ssize_t)(sizeof want - 1);
+}
+
+#define MAX_PARTS 64
+
+/* One part: {"inlineData": {"mimeType": "...", "data": "..."}} (members in either order). */
+static int read_part(cursor *c, span *data)
+{
+    span key, mime = {0};
+    int has_mime = 0, has_data = 0;
+    if (!expect(c, '{') || !read_key(c, &key) || !SPAN_IS(key, "inlineData") || !expect(c, '{')) {
+        return 0;
+    }
+    for (;;) {
+        span value;
+        if (!read_key(c, &key) || !read_plain_string(c, &value)) {
+            return 0;
+        }
+        if (SPAN_IS(key, "mimeType") && !has_mime) {
+            has_mime = 1;
+            mime = value;
+        }
+        else if (SPAN_IS(key, "data") && !has_data) {
+            has_data = 1;
+            *data = value;
+        }
+        else {
+            return 0; /* another member, or a repeated one */
+        }
+        int next = next_member(c, '}');
+        if (next == 0) {
+            return 0;
+        }
+        if (next == 2) {
+            break;
+        }
+    }
+    if (!has_mime || !has_data || data->len == 0 || !is_model_mime(mime)) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < data->len; i++) {
+        if (data->at[i] == '-' || data->at[i] == '_') {
+            return 0; /* the URL-safe alphabet: the Python form reads it */
+        }
+    }
+    return expect(c, '}'); /* the part holds inlineData only */
+}
+
+static PyObject *model_audio(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    if (!PyBytes_Check(arg)) {
+        Py_RETURN_NONE;
+    }
+    cursor c = {(const unsigned char *)PyBytes_AS_STRING(arg), NULL};
+    c.end = c.p + PyBytes_GET_SIZE(arg);
+    span key, role, parts[MAX_PARTS];
+    Py_ssize_t n_parts = 0;
+    int has_parts = 0, has_role = 0;
+    if (!expect(&c, '{') || !read_key(&c, &key) || !SPAN_IS(key, "serverContent") ||
+        !expect(&c, '{') || !read_key(&c, &key) || !SPAN_IS(key, "modelTurn") ||
+        !expect(&c, '{')) {
+        Py_RETURN_NONE;
+    }
+    for (;;) {
+        if (!read_key(&c, &key)) {
+            Py_RETURN_NONE;
+        }
+        if (SPAN_IS(key, "role") && !has_role) {
+            has_role = 1;
+            if (!read_plain_string(&c, &role)) {
+                Py_RETURN_NONE;
+            }
+        }
+        else if (SPAN_IS(key, "parts") && !has_parts) {
+            has_parts = 1;
+            if (!expect(&c, '[')) {
+                Py_RETURN_NONE;
+            }
+            for (;;) {
+                if (n_parts == MAX_PARTS || !read_part(&c, &parts[n_parts])) {
+                    Py_RETURN_NONE;
+                }
+                n_parts++;
+                int next = next_member(&c, ']');
+                if (next == 0) {
+                    Py_RETURN_NONE;
+                }
+                if (next == 2) {
+                    break;
+                }
+            }
+        }
+        else {
+            Py_RETURN_NONE;
+        }
+        int next = next_member(&c, '}');
+        if (next == 0) {
+            Py_RETURN_NONE;
+        }
+        if (next == 2) {
+            break;
+        }
+    }
+    if (!has_parts || !expect(&c, '}') || !expect(&c, '}')) {
+        Py_RETURN_NONE;
+    }
+    skip_ws(&c);
+    if (c.p != c.end) {
+        Py_RETURN_NONE;
+    }
+    if (n_parts == 1) {
+        int declined;
+        PyObject *audio = decode_strict_base64(parts[0], &declined);
+        if (audio == NULL && declined) {
+            Py_RETURN_NONE;
+        }
+        return audio;
+    }
+    PyObject *chunks[MAX_PARTS];
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < n_parts; i++) {
+        int declined;
+        chunks[i] = decode_strict_base64(parts[i], &declined);
+        if (chunks[i] == NULL) {
+            for (Py_ssize_t j = 0; j < i; j++) {
+                Py_DECREF(chunks[j]);
+            }
+            if (declined) {
+                Py_RETURN_NONE;
+            }
+            return NULL;
+        }
+        total += PyBytes_GET_SIZE(chunks[i]);
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out != NULL) {
+        char *o = PyBytes_AS_STRING(out);
+        for (Py_ssize_t i = 0; i < n_parts; i++) {
+            memcpy(o, PyBytes_AS_STRING(chunks[i]), (size_t)PyBytes_GET_SIZE(chunks[i]));
+            o += PyBytes_GET_SIZE(chunks[i]);
+        }
+    }
+    for (Py_ssize_t i = 0; i < n_parts; i++) {
+        Py_DECREF(chunks[i]);
+    }
+    return out;
+}
+
+/* ------------------------------------------------------------------ masked_text */
+
+static PyObject *masked_text(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 3 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "masked_text(data: bytes, at: int, limit: int)");
+        return NULL;
+    }
+    Py_ssize_t at = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t limit = PyLong_AsSsize_t(args[2]);
+    if ((at == -1 || limit == -1) && PyErr_Occurred()) {
+        return NULL;
+    }
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    if (at < 0 || at >= size) {
+        PyErr_SetString(PyExc_ValueError, "at must be within data");
+        return NULL;
+    }
+    if (d[at] != 0x81) {
+        Py_RETURN_NONE;
+    }
+    if (size - at < 2) {
+        return PyLong_FromSsize_t(at + 2);
+    }
+    unsigned char second = d[at + 1];
+    if (!(second & 0x80)) {
+        Py_RETURN_NONE;
+    }
+    unsigned long long length = second & 0x7F;
+    Py_ssize_t header = 2;
+    if (length == 126) {
+        header = 4;
+        if (size - at < header) {
+            return PyLong_FromSsize_t(at + header);
+        }
+        length = ((unsigned long long)d[at + 2] << 8) | d[at + 3];
+    }
+    else if (length == 127) {
+        header = 10;
+        if (size - at < header) {
+            return PyLong_FromSsize_t(at + header);
+        }
+        length = 0;
+        for (int i = 0; i < 8; i++) {
+            length = (length << 8) | d[at + 2 + i];
+        }
+    }
+    if (limit >= 0 && length > (unsigned long long)limit) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t start = at + header + 4;
+    if (length > (unsigned long long)(PY_SSIZE_T_MAX - start)) {
+        Py_RETURN_NONE; /* past any buffer: websockets refuses it */
+    }
+    Py_ssize_t end = start + (Py_ssize_t)length;
+    if (end > size) {
+        return PyLong_FromSsize_t(end);
+    }
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+    if (payload == NULL) {
+        return NULL;
+    }
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(payload);
+    const unsigned char *k = d + start - 4, *in = d + start;
+    uint32_t key32;
+    memcpy(&key32, k, 4);
+    uint64_t key64 = ((uint64_t)key32 << 32) | key32;
+    Py_ssize_t j = 0;
+    for (; j + 8 <= (Py_ssize_t)length; j += 8) {
+        uint64_t w;
+        memcpy(&w, in + j, 8);
+        w ^= key64;
+        memcpy(o + j, &w, 8);
+    }
+    for (; j < (Py_ssize_t)length; j++) {
+        o[j] = in[j] ^ k[j & 3];
+    }
+    PyObject *end_obj = PyLong_FromSsize_t(end);
+    if (end_obj == NULL) {
+        Py_DECREF(payload);
+        return NULL;
+    }
+    PyObject *pair = PyTuple_New(2);
+    if (pair == NULL) {
+        Py_DECREF(payload);
+        Py_DECREF(end_obj);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(pair, 0, payload);
+    PyTuple_SET_ITEM(pair, 1, end_obj);
+    return pair;
+}
+
 /* ------------------------------------------------------------------ base64_frame */
 
 static const char B64_ALPHABET[] =
@@ -432,6 +737,11 @@ done:
 static PyMethodDef methods[] = {
     {"carrier_media", (PyCFunction)(void (*)(void))carrier_media, METH_FASTCALL,
      "The audio of a carrier media message of that stream in the narrow shape, else None."},
+    {"model_audio", (PyCFunction)model_audio, METH_O,
+     "The audio of a model message in Gemini Live's plain audio shape, else None."},
+    {"masked_text", (PyCFunction)(void (*)(void))masked_text, METH_FASTCALL,
+     "The unmasked payload and end of the whole masked text frame at `at`; its end if cut "
+     "off; None for a frame of another shape."},
     {"base64_frame", (PyCFunction)(void (*)(void))base64_frame, METH_FASTCALL,
      "A websocket frame carrying prefix + base64(data) + suffix, masked unless mask is b''."},
     {NULL, NULL, 0, NULL},

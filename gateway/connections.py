@@ -33,12 +33,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover -- websockets built without its C extension
-    from websockets.utils import apply_mask
-
-from gateway.wsparser import between_frames, frame_bounds
+from gateway.mediaplane import masked_text
+from gateway.wsparser import between_frames
 
 #: Seconds a request has to arrive whole (the issue's slowloris bound).
 REQUEST_TIMEOUT_S = 10.0
@@ -120,8 +116,6 @@ MEDIA_LANE = "callbridge.media_lane"
 #: took it, False to have it queued as usual (and checked there).
 MediaHandler = Callable[[bytes], bool]
 
-#: First byte of a whole (FIN) text frame with no extension bits: every media message.
-_FIN_TEXT = 0x81
 _OPEN = State.OPEN
 #: No media message comes near this; a larger frame takes uvicorn's path.
 _MEDIA_MAX_BYTES = 0xFFFF
@@ -222,19 +216,15 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         of another shape stops the loop, and it and what follows are uvicorn's."""
         size = len(data)
         limit = self._frame_limit
-        view = memoryview(data)
         at = 0
         while at < size:
-            if data[at] != _FIN_TEXT:
-                return at
-            bounds = frame_bounds(data, at, masked=True, limit=limit)
-            if bounds is None:  # unmasked (a protocol error uvicorn's path reports), too long
-                return at
-            start, end = bounds
-            if end > size:
-                break
-            payload = apply_mask(view[start:end], data[start - 4 : start])
-            at = end
+            # One C call: the header read, the bounds checked, the payload unmasked.
+            cut = masked_text(data, at, limit)
+            if cut is None:  # another shape: unmasked (a protocol error uvicorn's path
+                return at  # reports), a control frame, a fragment, too long
+            if isinstance(cut, int):
+                break  # cut off by the end of the read
+            payload, at = cut
             if self._media_handler is not None and self._to_media_lane(payload):
                 continue
             self.curr_msg_data_type = "text"

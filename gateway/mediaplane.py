@@ -34,7 +34,12 @@ try:
 except ImportError:  # pragma: no cover -- websockets built without its C extension
     from websockets.utils import apply_mask
 
-__all__ = ["COMPILED", "base64_frame", "carrier_media", "py_base64_frame", "py_carrier_media"]
+from gateway.wsparser import frame_bounds
+
+__all__ = [
+    "COMPILED", "base64_frame", "carrier_media", "masked_text", "model_audio",
+    "py_base64_frame", "py_carrier_media", "py_masked_text", "py_model_audio",
+]  # fmt: skip
 
 #: A plain JSON string's body: printable ASCII, no quote, no escape.
 _PLAIN = rb'"[\x20\x21\x23-\x5b\x5d-\x7e]*"'
@@ -127,6 +132,30 @@ def _strict_b64decode(data: bytes) -> bytes | None:
     return decoded
 
 
+def py_masked_text(data: bytes, at: int, limit: int) -> tuple[bytes, int] | int | None:
+    """:func:`masked_text` in Python: the frame at ``data[at]`` if it is a whole (FIN) masked
+    text frame of at most ``limit`` bytes, unmasked, and where it ends; its end (past
+    ``len(data)``) if only its start is here; None for a frame of another shape."""
+    if not 0 <= at < len(data):
+        raise ValueError("at must be within data")
+    if data[at] != 0x81:
+        return None
+    bounds = frame_bounds(data, at, masked=True, limit=limit)
+    if bounds is None:
+        return None
+    start, end = bounds
+    if end > len(data):
+        return end
+    return apply_mask(data[start:end], data[start - 4 : start]), end
+
+
+def py_model_audio(raw: bytes | str) -> bytes | None:
+    """:func:`model_audio` without the extension: it declines every message, which leaves
+    each to the fast path's own reader (``gateway.live.fast_path.model_audio``), the
+    specification the compiled one answers a part of."""
+    return None
+
+
 def py_base64_frame(
     first: int, prefix: bytes, data: bytes, suffix: bytes, mask: bytes, urlsafe: bool
 ) -> bytes:
@@ -151,10 +180,12 @@ def py_base64_frame(
 
 
 try:
-    from gateway._mediaplane import base64_frame, carrier_media
+    from gateway._mediaplane import base64_frame, carrier_media, masked_text, model_audio
 
     COMPILED = True
 except ImportError:  # pragma: no cover -- built without a C compiler
     carrier_media = py_carrier_media
     base64_frame = py_base64_frame
+    masked_text = py_masked_text
+    model_audio = py_model_audio
     COMPILED = False

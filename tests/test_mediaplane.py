@@ -17,6 +17,7 @@ from gateway import mediaplane
 from gateway.carriers.base import AudioReceived, ProtocolError
 from gateway.carriers.telnyx import TelnyxCodec
 from gateway.carriers.twilio import TwilioCodec
+from gateway.live.fast_path import read_model_audio
 
 pytestmark = pytest.mark.skipif(not mediaplane.COMPILED, reason="the C extension is not built")
 
@@ -78,7 +79,11 @@ class _Object(list[tuple[str, Any]]):
 def _dump(value: Any, space: str, ascii_only: bool) -> str:
     if isinstance(value, _Object):
         members = [
-            json.dumps(k, ensure_ascii=ascii_only) + space + ":" + space + _dump(v, space, ascii_only)
+            json.dumps(k, ensure_ascii=ascii_only)
+            + space
+            + ":"
+            + space
+            + _dump(v, space, ascii_only)
             for k, v in value
         ]
         return "{" + space + ("," + space).join(members) + space + "}"
@@ -118,14 +123,14 @@ _ANY_BYTES = st.one_of(_messages(), st.binary(max_size=60))
 # --------------------------------------------------------------------- carrier_media
 
 
-@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw=_ANY_BYTES, key=st.sampled_from([b"streamSid", b"stream_id"]))
 def test_carrier_media_in_c_answers_as_its_python_form(raw: bytes, key: bytes) -> None:
     expected = mediaplane.py_carrier_media(raw, key, _SID.encode())
     assert mediaplane.carrier_media(raw, key, _SID.encode()) == expected
 
 
-@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw=_ANY_BYTES)
 def test_what_carrier_media_reads_the_full_parse_reads_the_same(raw: bytes) -> None:
     """Sound: whenever the quick read answers, the codec's parse answers that very audio. (It
@@ -194,7 +199,7 @@ def _read_frame(data: bytes, *, masked: bool) -> Frame:
     raise AssertionError("an incomplete frame")
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(
     prefix=st.binary(max_size=300),
     data=st.one_of(st.binary(max_size=300), st.binary(min_size=49000, max_size=49200)),
@@ -216,7 +221,151 @@ def test_base64_frame_is_the_frame_websockets_reads(
 
 def test_base64_frame_refuses_a_bad_mask_or_first_byte() -> None:
     for build in (mediaplane.base64_frame, mediaplane.py_base64_frame):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="mask"):
             build(0x81, b"", b"x", b"", b"abc", False)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="byte"):
             build(256, b"", b"x", b"", b"", False)
+
+
+# --------------------------------------------------------------------- masked_text
+
+
+@st.composite
+def _client_frames(draw: st.DrawFn) -> bytes:
+    """A client's frames as ``websockets`` writes them (any opcode, fin, length), or junk."""
+    out = b""
+    for _ in range(draw(st.integers(1, 4))):
+        if draw(st.integers(0, 5)) == 0:
+            out += draw(st.binary(min_size=1, max_size=12))
+            continue
+        opcode = draw(st.sampled_from([Opcode.TEXT, Opcode.TEXT, Opcode.BINARY, Opcode.PING,
+                                       Opcode.CONT]))  # fmt: skip
+        sizes = [0, 1, 125] if opcode is Opcode.PING else [0, 1, 125, 126, 127, 300, 65535, 65536]
+        size = draw(st.sampled_from(sizes))
+        frame = Frame(opcode, draw(st.binary(min_size=size, max_size=size)),
+                      fin=draw(st.booleans()) or opcode is Opcode.PING)  # fmt: skip
+        out += frame.serialize(mask=draw(st.booleans()), extensions=[])
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_client_frames(), cut=st.integers(0, 10**6), limit=st.sampled_from([0xFFFF, 200]))
+def test_masked_text_in_c_answers_as_its_python_form(data: bytes, cut: int, limit: int) -> None:
+    """Every frame start, every way the read may end: C and Python agree (the Python form is
+    ``frame_bounds`` and ``websockets``' own unmasking, which the carrier fast path used)."""
+    data = data[: 1 + cut % len(data)]
+    at = 0
+    while at < len(data):
+        got = mediaplane.masked_text(data, at, limit)
+        assert got == mediaplane.py_masked_text(data, at, limit)
+        if not isinstance(got, tuple):
+            break
+        at = got[1]
+
+
+def test_masked_text_reads_what_websockets_wrote() -> None:
+    text = b'{"event":"media","media":{"payload":"AAAA"}}' * 9
+    frame = Frame(Opcode.TEXT, text).serialize(mask=True, extensions=[])
+    assert mediaplane.masked_text(frame, 0, 0xFFFF) == (text, len(frame))
+    assert mediaplane.masked_text(frame[:-1], 0, 0xFFFF) == len(frame)  # cut off: its end
+    assert mediaplane.masked_text(frame, 0, 100) is None  # longer than the limit
+
+
+# --------------------------------------------------------------------- model_audio
+
+
+def _gemini_audio(pcm_parts: list[bytes], space: str, role: bool) -> bytes:
+    turn: dict[str, Any] = {"parts": [
+        {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": base64.b64encode(p).decode()}}
+        for p in pcm_parts
+    ]}  # fmt: skip
+    if role:
+        turn = {"role": "model", **turn}
+    separators = (",", ":") if not space else (", ", ": ")
+    return json.dumps({"serverContent": {"modelTurn": turn}}, separators=separators).encode()
+
+
+@given(
+    parts=st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=4),
+    space=st.sampled_from(["", " "]),
+    role=st.booleans(),
+)
+def test_model_audio_reads_gemini_audio_in_c(parts: list[bytes], space: str, role: bool) -> None:
+    raw = _gemini_audio(parts, space, role)
+    assert mediaplane.model_audio(raw) == b"".join(parts)
+
+
+def test_model_audio_reads_the_live_simulators_audio() -> None:
+    from callsim.jsontext import compact
+    from callsim.live.messages import audio_chunk
+
+    pcm = bytes(range(256)) * 8
+    raw = compact(audio_chunk(pcm)).encode()
+    assert mediaplane.model_audio(raw) == pcm
+
+
+_MODEL_KEYS = st.sampled_from(
+    ["serverContent", "modelTurn", "parts", "role", "inlineData", "mimeType", "data", "x"]
+)
+_MODEL_STRINGS = st.one_of(
+    st.sampled_from(
+        [
+            "audio/pcm;rate=24000",
+            "audio/pcm; rate=24000",
+            "audio/pcm;rate=16000",
+            "model",
+            "",
+            "AAAA",
+            "AA-_",
+            "AAB=",
+            "QQ==",
+        ]
+    ),
+    _B64_GOOD,
+    st.text(max_size=4),
+)
+
+
+def _model_values(depth: int) -> st.SearchStrategy[Any]:
+    scalars = st.one_of(_MODEL_STRINGS, st.integers(0, 9), st.none())
+    if depth == 0:
+        return scalars
+    inner = st.lists(st.tuples(_MODEL_KEYS, _model_values(depth - 1)), max_size=3)
+    return st.one_of(scalars, inner.map(_Object), st.lists(_model_values(depth - 1), max_size=3))
+
+
+@st.composite
+def _model_messages(draw: st.DrawFn) -> bytes:
+    """Gemini's audio message with a thing or two changed, or anything of its parts."""
+    space = draw(st.sampled_from(["", " "]))
+    if draw(st.integers(0, 3)) == 0:
+        return _dump(draw(_model_values(5)), space, draw(st.booleans())).encode()
+    blob = _Object([("mimeType", "audio/pcm;rate=24000"), ("data", draw(_B64_GOOD))])
+    part = _Object([("inlineData", blob)])
+    parts = [part] + [_Object([("inlineData", _Object([("mimeType", "audio/pcm;rate=24000"),
+                                                       ("data", draw(_B64_GOOD))]))])
+                      for _ in range(draw(st.integers(0, 2)))]  # fmt: skip
+    turn = _Object([("parts", parts)])
+    top = _Object([("serverContent", _Object([("modelTurn", turn)]))])
+    objects = [blob, part, turn, top[0][1]]
+    for _ in range(draw(st.integers(0, 3))):
+        where = draw(st.sampled_from(objects))
+        how = draw(st.sampled_from(["drop", "add", "change"]))
+        if how == "drop" and where:
+            where.pop(draw(st.integers(0, len(where) - 1)))
+        elif how == "add":
+            where.insert(
+                draw(st.integers(0, len(where))), (draw(_MODEL_KEYS), draw(_model_values(1)))
+            )
+        elif where:
+            i = draw(st.integers(0, len(where) - 1))
+            where[i] = (where[i][0], draw(_model_values(1)))
+    return _dump(top, space, draw(st.booleans())).encode()
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=st.one_of(_model_messages(), st.binary(max_size=40)))
+def test_what_model_audio_reads_in_c_the_python_reader_reads_the_same(raw: bytes) -> None:
+    quick = mediaplane.model_audio(raw)
+    if quick is not None:
+        assert read_model_audio(raw) == quick

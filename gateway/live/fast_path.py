@@ -38,6 +38,7 @@ from google import genai
 from google.genai import types
 
 from gateway import wire
+from gateway.mediaplane import model_audio as plain_model_audio
 from gateway.model.events import (
     HandleUpdated,
     Interrupted,
@@ -90,7 +91,19 @@ def model_audio(raw: bytes | str) -> bytes | None:
     "audio/pcm;rate=24000", "data": "<base64>"}}, ...]}}}`` (role allowed, nothing else).
     Several parts are joined in order. None is also returned for anything malformed, so the SDK
     gets to report it as it always does.
+
+    The plain form of that shape (strings without escapes, standard base64, no repeated key:
+    what Gemini sends) is read in one C call (:func:`gateway.mediaplane.model_audio`), which
+    answers only as this function would (tests/test_mediaplane.py); anything else is read here.
     """
+    pcm = plain_model_audio(raw)
+    if pcm is not None:
+        return pcm
+    return read_model_audio(raw)
+
+
+def read_model_audio(raw: bytes | str) -> bytes | None:
+    """:func:`model_audio` read in Python alone: the specification of the C reader."""
     content = _only_server_content(raw, _AUDIO_HINT)
     if content is None:
         return None
