@@ -1,8 +1,9 @@
 # Callbridge gateway image: Python 3.13 (audioop comes from audioop-lts there), non-root.
 
 # Stage 1: the package as a wheel, built where a C compiler is: the resampler's FIR
-# (gateway/audio/_polyphase.c) is compiled here. pip would skip it quietly without a compiler,
-# and the gateway would spend several times the CPU per frame on the numpy form.
+# (gateway/audio/_polyphase.c) and the media plane (gateway/_mediaplane.c) are compiled here.
+# pip would skip them quietly without a compiler, and the gateway would spend several times the
+# CPU per frame on the numpy form, and more on the Python forms of the media plane.
 FROM python:3.13-slim AS build
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
@@ -32,10 +33,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Install the package first (cached while only agents.yaml changes), and refuse an image whose
-# resampler was not compiled.
+# resampler or media plane was not compiled.
 COPY --from=build /wheels /wheels
 RUN pip install /wheels/*.whl && rm -rf /wheels \
-    && python -c "from gateway.audio import resample; assert resample.COMPILED, 'resampler not compiled'" \
+    && python -c "from gateway import mediaplane; from gateway.audio import resample; assert resample.COMPILED, 'resampler not compiled'; assert mediaplane.COMPILED, 'media plane not compiled'" \
     && gateway --help > /dev/null
 
 COPY agents.yaml ./agents.yaml

@@ -48,10 +48,12 @@ def test_the_image_builds_the_compiled_resampler_and_refuses_to_ship_without_it(
     assert re.search(r"^COPY --from=build /wheels /wheels$", image, re.M)
     assert re.search(r"^RUN pip install /wheels/\*\.whl", image, re.M)
     assert "assert resample.COMPILED" in image
+    assert "assert mediaplane.COMPILED" in image
     assert "gcc" not in image
     ci = (ROOT / ".ci" / "run").read_text()
     assert "pip wheel" in ci
     assert "assert resample.COMPILED" in ci
+    assert "assert mediaplane.COMPILED" in ci
 
 
 def test_compose_runs_the_gateway_with_dotenv_and_a_mounted_agents_file() -> None:
