@@ -146,6 +146,30 @@ async def test_each_frame_has_its_own_masking_key() -> None:
             assert len(set(keys)) >= 2990
 
 
+async def test_base64_messages_arrive_as_the_text_they_stand_for_each_with_its_own_key() -> None:
+    """``write_base64_now`` (the model's audio messages, built in C): a real server reads the
+    text ``prefix + base64url(data) + suffix``; every frame is masked, with a fresh key, also
+    the first one and past the pool; a compressed connection still gets the same text."""
+    pcms = [bytes([n % 256]) * (n % 700) for n in range(2100)]
+    for compression in (None, "deflate"):
+        handler = _Collector(len(pcms))
+        async with serve(handler, "127.0.0.1", 0, compression=compression) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}", compression=compression) as ws:
+                written = _capture_writes(ws)
+                send = DirectSender(ws)
+                for pcm in pcms:
+                    assert send.write_base64_now(b'{"audio":"', pcm, b'"}')
+                await asyncio.wait_for(handler.done.wait(), 10)
+        expected = ['{"audio":"' + base64.urlsafe_b64encode(p).decode() + '"}' for p in pcms]
+        assert handler.received == expected
+        if compression is None:
+            written = written[: len(pcms)]  # then the close frame
+            assert all(frame[0] == 0x81 and frame[1] & 0x80 for frame in written)
+            keys = [frame[2:6] if frame[1] & 0x7F < 126 else frame[4:8] for frame in written]
+            assert len(set(keys)) >= len(pcms) - 10
+
+
 async def test_a_servers_frames_go_unmasked_and_arrive_whole() -> None:
     # The simulators send through DirectSender on their server side: RFC 6455 forbids a
     # server to mask, and the websockets client fails the connection (1002) if one does.

@@ -25,7 +25,6 @@ the moment the carrier starts playing it, and each barge-in, since only the play
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -82,7 +81,10 @@ class Playout:
         self._max_batch = None if max_batch is None else max(1, max_batch)
         self._items: deque[bytes | _Mark] = deque()
         self._control: deque[str] = deque()
-        self._wake = asyncio.Event()
+        #: What :meth:`run` awaits while it has nothing to do (None while it works), and
+        #: whether that wait is a refill's, which only a control message cuts short.
+        self._waiter: asyncio.Future[None] | None = None
+        self._pacing = False
         #: Monotonic time at which the carrier will have played everything sent so far.
         self._play_end = 0.0
         self._outstanding: set[str] = set()
@@ -105,12 +107,14 @@ class Playout:
             self._items.popleft()  # a runaway producer; the oldest audio is the least useful
             self.frames_overflowed += 1
         self._items.append(frame)
-        self._wake.set()
+        if self._waiter is not None and not self._pacing:
+            self._wake()
 
     def mark(self, name: str) -> None:
         """Queue a mark behind the frames already queued."""
         self._items.append(_Mark(name))
-        self._wake.set()
+        if self._waiter is not None and not self._pacing:
+            self._wake()
 
     def interrupt(self) -> int:
         """Barge-in: forget queued audio, tell the carrier to flush its buffer. Returns frames."""
@@ -128,7 +132,7 @@ class Playout:
         self._play_end = 0.0
         if self._tap is not None:
             self._tap.cleared(time.monotonic())
-        self._wake.set()
+        self._wake()
         return dropped
 
     @property
@@ -177,26 +181,39 @@ class Playout:
                 await self._send(self._control.popleft())
                 continue
             if not self._items:
-                self._wake.clear()
-                await self._wake.wait()
+                await self._idle(None)
                 continue
             now = time.monotonic()
             ahead = self._play_end - now
             if ahead > self._lead_s - self._refill_s and not isinstance(self._items[0], _Mark):
                 # Sleep until the lead has drained by one refill, unless barge-in wakes us.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(ahead - (self._lead_s - self._refill_s)):
-                        await self._control_waiting()
+                await self._idle(ahead - (self._lead_s - self._refill_s))
             await self._top_up()
 
-    async def _control_waiting(self) -> None:
-        """Return once a control message (barge-in's ``clear``) is waiting. New frames and
-        marks set the wake-up event too, but they wait for the refill: answering each of them
-        would send the few frames the lead has room for at that moment, one small message per
-        model chunk."""
-        while not self._control:
-            self._wake.clear()
-            await self._wake.wait()
+    async def _idle(self, refill_in: float | None) -> None:
+        """Wait for work: for anything queued (``refill_in`` None), or for the refill due in
+        ``refill_in`` seconds, which only a control message (barge-in's ``clear``) cuts short.
+        New frames and marks do not end a refill's wait: answering each of them would send the
+        few frames the lead has room for at that moment, one small message per model chunk.
+
+        One future and, for a refill, one timer: a model chunk arriving meanwhile costs no
+        wake-up of this coroutine (an event and a timeout context woke it for each, to find
+        no control message and wait again)."""
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        self._pacing = refill_in is not None
+        timer = None if refill_in is None else loop.call_later(refill_in, self._wake)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _top_up(self) -> None:
         """Send queued items until the carrier is a full lead ahead (or a clear is waiting).

@@ -316,14 +316,16 @@ class LiveSession:
         """Caller audio written at once (:meth:`DirectSender.write_now`), journalled as
         :meth:`send_audio` journals it; False, with nothing done, unless the connection is
         current and its socket can take the message this instant."""
-        if not self.audio_writable():
+        conn = self._conn  # audio_writable(), inline: fifty times a second per call
+        if conn is None or not self.machine.accepting:
             return False
-        conn = self._conn
-        assert conn is not None and conn.raw_send is not None
+        sender = conn.raw_send
+        if sender is None or not sender.writable():
+            return False
         entry = Sent("audio", pcm=audio, voiced=voiced(audio))
         if self.machine.record(entry, now=time.monotonic()) is None:
             return True  # the call ended
-        if not conn.raw_send.write_base64_now(AUDIO_MESSAGE_PREFIX, audio, AUDIO_MESSAGE_SUFFIX):
+        if not sender.write_base64_now(AUDIO_MESSAGE_PREFIX, audio, AUDIO_MESSAGE_SUFFIX):
             entry.carried_by = None  # the transport failed as it wrote: nobody heard it
             self._send_failed(conn, ConnectionResetError("the model socket failed on a write"))
         return True
