@@ -504,49 +504,44 @@ static PyObject *model_audio(PyObject *self, PyObject *arg)
     return out;
 }
 
-/* ------------------------------------------------------------------ masked_text */
+/* ------------------------------------------------------------------ masked_text, data_frame */
 
-static PyObject *masked_text(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+enum { CUT_OTHER = 0, CUT_SHORT = 1, CUT_WHOLE = 2 };
+
+/* The frame at d[at] (RFC 6455 5.2), if its first byte is one of `first_a`, `first_b` and its
+ * mask bit is `masked`, with a payload of at most `limit` bytes (no limit when negative):
+ * CUT_WHOLE with its payload's start and end, CUT_SHORT with the end it would have (past
+ * `size`: cut off by the end of the read), CUT_OTHER for a frame of another shape. */
+static int cut_frame(const unsigned char *d, Py_ssize_t size, Py_ssize_t at, Py_ssize_t limit,
+                     int masked, unsigned char first_a, unsigned char first_b,
+                     Py_ssize_t *start, Py_ssize_t *end)
 {
-    (void)self;
-    if (nargs != 3 || !PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "masked_text(data: bytes, at: int, limit: int)");
-        return NULL;
-    }
-    Py_ssize_t at = PyLong_AsSsize_t(args[1]);
-    Py_ssize_t limit = PyLong_AsSsize_t(args[2]);
-    if ((at == -1 || limit == -1) && PyErr_Occurred()) {
-        return NULL;
-    }
-    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
-    if (at < 0 || at >= size) {
-        PyErr_SetString(PyExc_ValueError, "at must be within data");
-        return NULL;
-    }
-    if (d[at] != 0x81) {
-        Py_RETURN_NONE;
+    if (d[at] != first_a && d[at] != first_b) {
+        return CUT_OTHER;
     }
     if (size - at < 2) {
-        return PyLong_FromSsize_t(at + 2);
+        *end = at + 2;
+        return CUT_SHORT;
     }
     unsigned char second = d[at + 1];
-    if (!(second & 0x80)) {
-        Py_RETURN_NONE;
+    if (((second & 0x80) != 0) != (masked != 0)) {
+        return CUT_OTHER;
     }
     unsigned long long length = second & 0x7F;
     Py_ssize_t header = 2;
     if (length == 126) {
         header = 4;
         if (size - at < header) {
-            return PyLong_FromSsize_t(at + header);
+            *end = at + header;
+            return CUT_SHORT;
         }
         length = ((unsigned long long)d[at + 2] << 8) | d[at + 3];
     }
     else if (length == 127) {
         header = 10;
         if (size - at < header) {
-            return PyLong_FromSsize_t(at + header);
+            *end = at + header;
+            return CUT_SHORT;
         }
         length = 0;
         for (int i = 0; i < 8; i++) {
@@ -554,17 +549,25 @@ static PyObject *masked_text(PyObject *self, PyObject *const *args, Py_ssize_t n
         }
     }
     if (limit >= 0 && length > (unsigned long long)limit) {
-        Py_RETURN_NONE;
+        return CUT_OTHER;
     }
-    Py_ssize_t start = at + header + 4;
-    if (length > (unsigned long long)(PY_SSIZE_T_MAX - start)) {
-        Py_RETURN_NONE; /* past any buffer: websockets refuses it */
+    *start = at + header + (masked ? 4 : 0);
+    if (length > (unsigned long long)(PY_SSIZE_T_MAX - *start)) {
+        return CUT_OTHER; /* past any buffer: websockets refuses it */
     }
-    Py_ssize_t end = start + (Py_ssize_t)length;
-    if (end > size) {
-        return PyLong_FromSsize_t(end);
+    *end = *start + (Py_ssize_t)length;
+    return *end > size ? CUT_SHORT : CUT_WHOLE;
+}
+
+/* The payload d[start:end], unmasked with the four bytes before it when `masked`. */
+static PyObject *frame_payload(const unsigned char *d, Py_ssize_t start, Py_ssize_t end,
+                               int masked)
+{
+    Py_ssize_t length = end - start;
+    if (!masked) {
+        return PyBytes_FromStringAndSize((const char *)d + start, length);
     }
-    PyObject *payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, length);
     if (payload == NULL) {
         return NULL;
     }
@@ -574,29 +577,92 @@ static PyObject *masked_text(PyObject *self, PyObject *const *args, Py_ssize_t n
     memcpy(&key32, k, 4);
     uint64_t key64 = ((uint64_t)key32 << 32) | key32;
     Py_ssize_t j = 0;
-    for (; j + 8 <= (Py_ssize_t)length; j += 8) {
+    for (; j + 8 <= length; j += 8) {
         uint64_t w;
         memcpy(&w, in + j, 8);
-        w ^= key64;
+        w ^= key64; /* the key repeats every 4 bytes, and j is a multiple of 8 */
         memcpy(o + j, &w, 8);
     }
-    for (; j < (Py_ssize_t)length; j++) {
+    for (; j < length; j++) {
         o[j] = in[j] ^ k[j & 3];
     }
-    PyObject *end_obj = PyLong_FromSsize_t(end);
-    if (end_obj == NULL) {
-        Py_DECREF(payload);
+    return payload;
+}
+
+/* Parses (data, at, limit) of both functions below; 0 with an exception set on bad input. */
+static int frame_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
+                      const char *usage, const unsigned char **d, Py_ssize_t *size,
+                      Py_ssize_t *at, Py_ssize_t *limit)
+{
+    if (nargs != want || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return 0;
+    }
+    *at = PyLong_AsSsize_t(args[1]);
+    if (*at == -1 && PyErr_Occurred()) {
+        return 0;
+    }
+    *limit = PyLong_AsSsize_t(args[2]);
+    if (*limit == -1 && PyErr_Occurred()) {
+        return 0;
+    }
+    *d = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    *size = PyBytes_GET_SIZE(args[0]);
+    if (*at < 0 || *at >= *size) {
+        PyErr_SetString(PyExc_ValueError, "at must be within data");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *masked_text(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    const unsigned char *d;
+    Py_ssize_t size, at, limit, start = 0, end = 0;
+    if (!frame_args(args, nargs, 3, "masked_text(data: bytes, at: int, limit: int)", &d, &size,
+                    &at, &limit)) {
         return NULL;
     }
-    PyObject *pair = PyTuple_New(2);
-    if (pair == NULL) {
-        Py_DECREF(payload);
-        Py_DECREF(end_obj);
+    int cut = cut_frame(d, size, at, limit, 1, 0x81, 0x81, &start, &end);
+    if (cut == CUT_OTHER) {
+        Py_RETURN_NONE;
+    }
+    if (cut == CUT_SHORT) {
+        return PyLong_FromSsize_t(end);
+    }
+    PyObject *payload = frame_payload(d, start, end, 1);
+    if (payload == NULL) {
         return NULL;
     }
-    PyTuple_SET_ITEM(pair, 0, payload);
-    PyTuple_SET_ITEM(pair, 1, end_obj);
-    return pair;
+    return Py_BuildValue("(Nn)", payload, end);
+}
+
+static PyObject *data_frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    const unsigned char *d;
+    Py_ssize_t size, at, limit, start = 0, end = 0;
+    if (!frame_args(args, nargs, 4, "data_frame(data: bytes, at: int, limit: int, masked: bool)",
+                    &d, &size, &at, &limit)) {
+        return NULL;
+    }
+    int masked = PyObject_IsTrue(args[3]);
+    if (masked < 0) {
+        return NULL;
+    }
+    int cut = cut_frame(d, size, at, limit, masked, 0x81, 0x82, &start, &end);
+    if (cut == CUT_OTHER) {
+        Py_RETURN_NONE;
+    }
+    if (cut == CUT_SHORT) {
+        return PyLong_FromSsize_t(end);
+    }
+    PyObject *payload = frame_payload(d, start, end, masked);
+    if (payload == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(iNn)", d[at] & 0x0F, payload, end);
 }
 
 /* ------------------------------------------------------------------ base64_frame */
@@ -742,6 +808,9 @@ static PyMethodDef methods[] = {
     {"masked_text", (PyCFunction)(void (*)(void))masked_text, METH_FASTCALL,
      "The unmasked payload and end of the whole masked text frame at `at`; its end if cut "
      "off; None for a frame of another shape."},
+    {"data_frame", (PyCFunction)(void (*)(void))data_frame, METH_FASTCALL,
+     "The opcode, payload (unmasked) and end of the whole text or binary frame at `at`; its "
+     "end if cut off; None for a frame of another shape."},
     {"base64_frame", (PyCFunction)(void (*)(void))base64_frame, METH_FASTCALL,
      "A websocket frame carrying prefix + base64(data) + suffix, masked unless mask is b''."},
     {NULL, NULL, 0, NULL},

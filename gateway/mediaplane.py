@@ -37,8 +37,8 @@ except ImportError:  # pragma: no cover -- websockets built without its C extens
 from gateway.wsparser import frame_bounds
 
 __all__ = [
-    "COMPILED", "base64_frame", "carrier_media", "masked_text", "model_audio",
-    "py_base64_frame", "py_carrier_media", "py_masked_text", "py_model_audio",
+    "COMPILED", "base64_frame", "carrier_media", "data_frame", "masked_text", "model_audio",
+    "py_base64_frame", "py_carrier_media", "py_data_frame", "py_masked_text", "py_model_audio",
 ]  # fmt: skip
 
 #: A plain JSON string's body: printable ASCII, no quote, no escape.
@@ -149,6 +149,30 @@ def py_masked_text(data: bytes, at: int, limit: int) -> tuple[bytes, int] | int 
     return apply_mask(data[start:end], data[start - 4 : start]), end
 
 
+def py_data_frame(
+    data: bytes, at: int, limit: int, masked: bool
+) -> tuple[int, bytes, int] | int | None:
+    """:func:`data_frame` in Python: the frame at ``data[at]`` if it is a whole (FIN) text or
+    binary frame, masked as ``masked`` says, of at most ``limit`` bytes (negative: any), as its
+    opcode, payload (unmasked) and end; its end (past ``len(data)``) if only its start is here;
+    None for a frame of another shape."""
+    if not 0 <= at < len(data):
+        raise ValueError("at must be within data")
+    first = data[at]
+    if first not in (0x81, 0x82):
+        return None
+    bounds = frame_bounds(data, at, masked=masked, limit=limit if limit >= 0 else None)
+    if bounds is None:
+        return None
+    start, end = bounds
+    if end > len(data):
+        return end
+    payload = data[start:end]
+    if masked:
+        payload = apply_mask(payload, data[start - 4 : start])
+    return first & 0x0F, payload, end
+
+
 def py_model_audio(raw: bytes | str) -> bytes | None:
     """:func:`model_audio` without the extension: it declines every message, which leaves
     each to the fast path's own reader (``gateway.live.fast_path.model_audio``), the
@@ -180,12 +204,19 @@ def py_base64_frame(
 
 
 try:
-    from gateway._mediaplane import base64_frame, carrier_media, masked_text, model_audio
+    from gateway._mediaplane import (
+        base64_frame,
+        carrier_media,
+        data_frame,
+        masked_text,
+        model_audio,
+    )
 
     COMPILED = True
 except ImportError:  # pragma: no cover -- built without a C compiler
     carrier_media = py_carrier_media
     base64_frame = py_base64_frame
     masked_text = py_masked_text
+    data_frame = py_data_frame
     model_audio = py_model_audio
     COMPILED = False

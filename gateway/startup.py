@@ -39,6 +39,13 @@ def announce(
             "audio at several times the CPU per call; reinstall with gcc present "
             "(the container image always has it)",
         )
+    if not media_plane_compiled():
+        log.warning(
+            "media.plane_not_compiled",
+            risk="installed without a C compiler, so each audio frame's JSON, base64 and "
+            "websocket framing take the Python forms: the same bytes at more CPU per call; "
+            "reinstall with gcc present (the container image always has it)",
+        )
     unverified = [] if simulator else settings.unverified_carriers()
     if unverified:
         log.warning(
@@ -105,11 +112,21 @@ def resampler_compiled() -> bool:
     """Whether the install built the resampler's FIR (``gateway/audio/_polyphase.c``): pip
     skips it quietly without a compiler. Found by its file, so a workers' master need not
     import numpy to ask; ``gateway.audio.resample.COMPILED`` is what the calls then use."""
+    return _extension_built("audio", "_polyphase")
+
+
+def media_plane_compiled() -> bool:
+    """Whether the install built the media plane (``gateway/_mediaplane.c``), found the same
+    way; ``gateway.mediaplane.COMPILED`` is what the calls then use."""
+    return _extension_built("_mediaplane")
+
+
+def _extension_built(*parts: str) -> bool:
     spec = importlib.util.find_spec("gateway")
     if spec is None or spec.origin is None:
         return False
-    audio = Path(spec.origin).parent / "audio"
+    where = Path(spec.origin).parent.joinpath(*parts[:-1])
     return any(
-        (audio / f"_polyphase{suffix}").is_file()
+        (where / f"{parts[-1]}{suffix}").is_file()
         for suffix in importlib.machinery.EXTENSION_SUFFIXES
     )

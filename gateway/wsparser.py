@@ -1,10 +1,10 @@
 """The gateway's own websocket frame cutting, next to ``websockets``' sans-I/O parser.
 
 Both of the gateway's frame cutters (the carriers' media frames in :mod:`gateway.connections`,
-the model's messages in :mod:`gateway.model.websocket`) read a frame's header with
-:func:`frame_bounds`, and take whole frames out of a read only while ``websockets`` is not in
-the middle of one (:func:`between_frames`): from the first byte it has seen of a frame, every
-byte is its own.
+the model's messages in :mod:`gateway.model.websocket`) take whole frames out of a read only
+while ``websockets`` is not in the middle of one (:func:`between_frames`): from the first byte
+it has seen of a frame, every byte is its own. They cut each frame in C
+(:mod:`gateway.mediaplane`), whose Python forms read its header with :func:`frame_bounds`.
 """
 
 from __future__ import annotations

@@ -192,7 +192,7 @@ class FakeModelSession(_Recorder):
     def offer_audio_lane(self, handler: Callable[[AudioOut], None] | None) -> None:
         """Ignored, as a session may: the fake's audio comes through next_event."""
 
-    def send_audio_now(self, audio: bytes) -> bool:
+    def send_audio_now(self, audio: bytes, voiced: bool | None = None) -> bool:
         """Taken at once while ``writable``, like a connected session's (the media lane)."""
         if not self.writable:
             return False

@@ -273,6 +273,41 @@ def test_masked_text_in_c_answers_as_its_python_form(data: bytes, cut: int, limi
         at = got[1]
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=_client_frames(),
+    cut=st.integers(0, 10**6),
+    limit=st.sampled_from([-1, 0xFFFF, 200]),
+    masked=st.booleans(),
+)
+def test_data_frame_in_c_answers_as_its_python_form(
+    data: bytes, cut: int, limit: int, masked: bool
+) -> None:
+    """Both sides' frames (masked or not), every way the read may end: C and Python agree."""
+    data = data[: 1 + cut % len(data)]
+    at = 0
+    while at < len(data):
+        got = mediaplane.data_frame(data, at, limit, masked)
+        assert got == mediaplane.py_data_frame(data, at, limit, masked)
+        if not isinstance(got, tuple):
+            break
+        at = got[2]
+
+
+def test_data_frame_reads_what_websockets_wrote() -> None:
+    for opcode in (Opcode.TEXT, Opcode.BINARY):
+        for mask in (True, False):
+            frame = Frame(opcode, b"x" * 3000).serialize(mask=mask, extensions=[])
+            assert mediaplane.data_frame(frame, 0, -1, mask) == (
+                opcode.value,
+                b"x" * 3000,
+                len(frame),
+            )
+            assert mediaplane.data_frame(frame, 0, -1, not mask) is None  # masked the other way
+            assert mediaplane.data_frame(frame[:-1], 0, -1, mask) == len(frame)
+            assert mediaplane.data_frame(frame, 0, 2999, mask) is None
+
+
 def test_masked_text_reads_what_websockets_wrote() -> None:
     text = b'{"event":"media","media":{"payload":"AAAA"}}' * 9
     frame = Frame(Opcode.TEXT, text).serialize(mask=True, extensions=[])

@@ -528,10 +528,10 @@ class CallBridge:
                 return ended
 
     async def _on_caller_audio(self, event: AudioReceived) -> None:
-        audio = self._admit_caller_audio(event.payload)
-        if audio is not None:
+        admitted = self._admit_caller_audio(event.payload)
+        if admitted is not None:
             assert self._live is not None
-            await self._live.send_audio(audio)
+            await self._live.send_audio(admitted[0])
 
     def _take_media(self, raw: bytes) -> bool:
         """The media lane: a caller frame handled as the socket reads it, with no queue, task
@@ -559,16 +559,18 @@ class CallBridge:
             if type(event) is not AudioReceived:
                 return False
             payload = event.payload
-        audio = self._admit_caller_audio(payload)
-        if audio is not None and not live.send_audio_now(audio):
+        admitted = self._admit_caller_audio(payload)
+        if admitted is not None and not live.send_audio_now(*admitted):
             # Not reached: nothing between audio_writable() and here touches the model's
             # socket. Were it reached, the audio still goes, the slow way.
-            self._spawn(live.send_audio(audio), name="caller-audio")
+            self._spawn(live.send_audio(admitted[0]), name="caller-audio")
         return True
 
-    def _admit_caller_audio(self, payload: bytes) -> bytes | None:
-        """Count, budget, record and transcode one caller frame: the model's audio, or None
-        when the frame is dropped (audio arriving faster than real time)."""
+    def _admit_caller_audio(self, payload: bytes) -> tuple[bytes, bool | None] | None:
+        """Count, budget, record and transcode one caller frame: the model's audio, and
+        whether it is voiced when that was measured (for the idle watch; the model session
+        need not measure it again), or None when the frame is dropped (audio arriving faster
+        than real time)."""
         uplink, budget = self._uplink, self._budget
         assert uplink is not None
         assert budget is not None
@@ -586,9 +588,12 @@ class CallBridge:
         if self.recording is not None:
             self.recording.caller(payload)
         audio = uplink.feed(payload)
-        if self._idle is not None and uplink.voiced(audio):
+        if self._idle is None:
+            return audio, None
+        loud = uplink.voiced(audio)
+        if loud:
             self._idle.caller_spoke(now)
-        return audio
+        return audio, loud
 
     async def _on_mark(self, event: MarkPlayed) -> None:
         assert self._playout is not None

@@ -37,7 +37,7 @@ from websockets.frames import Opcode
 
 from gateway.aio import cancel_and_wait
 from gateway.audio.transcode import PCM16_16K, PCM16_24K
-from gateway.audio.vad import voiced
+from gateway.audio.vad import voiced as is_voiced
 from gateway.live import fast_path
 from gateway.live.config import live_config
 from gateway.live.fast_path import (
@@ -290,7 +290,7 @@ class LiveSession:
         """
         if self.send_audio_now(audio):
             return
-        entry = Sent("audio", pcm=audio, voiced=voiced(audio))
+        entry = Sent("audio", pcm=audio, voiced=is_voiced(audio))
         conn = self._conn
         if conn is not None and conn.raw_send is not None and self.machine.accepting:
             if self.machine.record(entry, now=time.monotonic()) is None:
@@ -312,7 +312,7 @@ class LiveSession:
             and conn.raw_send.writable()
         )
 
-    def send_audio_now(self, audio: bytes) -> bool:
+    def send_audio_now(self, audio: bytes, voiced: bool | None = None) -> bool:
         """Caller audio written at once (:meth:`DirectSender.write_now`), journalled as
         :meth:`send_audio` journals it; False, with nothing done, unless the connection is
         current and its socket can take the message this instant."""
@@ -322,7 +322,8 @@ class LiveSession:
         sender = conn.raw_send
         if sender is None or not sender.writable():
             return False
-        entry = Sent("audio", pcm=audio, voiced=voiced(audio))
+        loud = is_voiced(audio) if voiced is None else voiced
+        entry = Sent("audio", pcm=audio, voiced=loud)
         if self.machine.record(entry, now=time.monotonic()) is None:
             return True  # the call ended
         if not sender.write_base64_now(AUDIO_MESSAGE_PREFIX, audio, AUDIO_MESSAGE_SUFFIX):

@@ -16,11 +16,13 @@ except ImportError:  # pragma: no cover -- websockets built without its C extens
     from websockets.utils import apply_mask
 
 from gateway import wire
-from gateway.mediaplane import base64_frame
+from gateway.mediaplane import base64_frame, data_frame
 from gateway.settings import Settings
-from gateway.wsparser import between_frames, frame_bounds
+from gateway.wsparser import between_frames
 
 _OPEN = State.OPEN
+#: The data frames' opcodes, as ``data_frame`` reports them.
+_OPCODES = {Opcode.TEXT.value: Opcode.TEXT, Opcode.BINARY.value: Opcode.BINARY}
 #: First bytes of a whole (FIN) text frame and of a whole binary frame.
 _TEXT = 0x81
 _BINARY = 0x82
@@ -268,28 +270,17 @@ class DirectReader:
 
     def _take_frames(self, data: bytes | bytearray) -> int:
         """Add the whole data frames at the start of ``data`` to the protocol's events;
-        returns the bytes taken (from the first frame of another shape on, none)."""
-        size, limit, events = len(data), self._limit, self._protocol.events
-        masked = self._masked
+        returns the bytes taken (from the first frame of another shape on, none). Each frame
+        is cut (header, bounds, unmasking) in one C call (:func:`gateway.mediaplane.data_frame`)."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        size, events, masked = len(data), self._protocol.events, self._masked
+        limit = -1 if self._limit is None else self._limit
         at = 0
         while at < size:
-            first = data[at]
-            if first == _TEXT:
-                opcode = Opcode.TEXT
-            elif first == _BINARY:
-                opcode = Opcode.BINARY
-            else:
-                break
-            bounds = frame_bounds(data, at, masked=masked, limit=limit)
-            if bounds is None:  # masked the wrong way, or too long: websockets fails it
-                break
-            start, end = bounds
-            if end > size:
-                break
-            if masked:
-                payload = apply_mask(memoryview(data)[start:end], bytes(data[start - 4 : start]))
-            else:
-                payload = bytes(data[start:end])
-            events.append(Frame(opcode, payload))
-            at = end
+            cut = data_frame(data, at, limit, masked)
+            if cut is None or isinstance(cut, int):
+                break  # another shape (websockets judges it), or cut off by the read's end
+            opcode, payload, at = cut
+            events.append(Frame(_OPCODES[opcode], payload))
         return at

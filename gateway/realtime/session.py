@@ -221,7 +221,7 @@ class RealtimeSession:
             and conn.send.writable()
         )
 
-    def send_audio_now(self, audio: bytes) -> bool:
+    def send_audio_now(self, audio: bytes, voiced: bool | None = None) -> bool:
         """Caller audio on the connection's :class:`DirectSender`, if it can write now."""
         if not self.audio_writable():
             return False
