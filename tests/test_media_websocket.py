@@ -18,7 +18,12 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.frames import Close, Frame, Opcode
 
-from gateway.connections import MAX_QUEUED_MESSAGES, MEDIA_LANE, MediaWebSocketProtocol
+from gateway.connections import (
+    MAX_QUEUED_MESSAGES,
+    MEDIA_LANE,
+    MEDIA_SEND,
+    MediaWebSocketProtocol,
+)
 
 
 class _Observed(MediaWebSocketProtocol):
@@ -446,4 +451,33 @@ async def test_the_lane_is_withdrawn_with_none() -> None:
         await client.write(_frame(Opcode.TEXT, b'{"n":2}'))
         await _until(lambda: len(seen) == 2)
         assert seen == [("lane", '{"n":1}'), ("queue", '{"n":2}')]
+        client.close()
+
+
+async def test_texts_written_at_once_arrive_in_order_with_the_asgi_ones() -> None:
+    """``send_text_now`` (the playout's media) writes the frame ``websocket.send`` would, in
+    order with the ASGI sends around it; once the app has closed it declines, so the ASGI way
+    reports the send as it always did."""
+    results: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        send_now = scope["extensions"][MEDIA_SEND]
+        texts = ["é" * n for n in (0, 1, 125, 126, 70000)]
+        for n, text in enumerate(texts):
+            if n % 2:
+                await send({"type": "websocket.send", "text": text})
+            else:
+                results.append(send_now(text))
+        await send({"type": "websocket.close", "code": 1000})
+        results.append(send_now("too late"))
+
+    async with _server(app) as port:
+        client = await _RawClient.open(port)
+        got = [await client.frame() for _ in range(6)]
+        assert got[:5] == [(Opcode.TEXT, ("é" * n).encode()) for n in (0, 1, 125, 126, 70000)]
+        assert got[5][0] == Opcode.CLOSE
+        await _until(lambda: len(results) == 4)
+        assert results == [True, True, True, False]
         client.close()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import replace
 
 import structlog
@@ -33,7 +34,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from gateway.call.bridge import CallBridge
 from gateway.call.hooks import CallHooks, Refusal
 from gateway.carriers.base import CarrierCodec, StreamStarted
-from gateway.connections import MEDIA_LANE, MediaHandler
+from gateway.connections import MEDIA_LANE, MEDIA_SEND, MediaHandler
 from gateway.security import StreamGrant, StreamTokenError
 from gateway.web.httputil import pass_on, proxy_retries
 from gateway.web.state import GatewayState
@@ -156,6 +157,10 @@ class StarletteCarrierSocket:
     def __init__(self, websocket: WebSocket) -> None:
         self._ws = websocket
         self._gone = False
+        #: The server's direct write (:data:`~gateway.connections.MEDIA_SEND`), if it has one.
+        self._send_now: Callable[[str], bool] | None = websocket.scope.get("extensions", {}).get(
+            MEDIA_SEND
+        )
 
     async def receive(self) -> str | bytes | None:
         """The next message's text or bytes; None once the caller is gone.
@@ -194,6 +199,12 @@ class StarletteCarrierSocket:
         return True
 
     async def send(self, text: str) -> None:
+        """Written at once when the socket allows it (an accepted socket, through
+        :class:`~gateway.connections.MediaWebSocketProtocol`), else Starlette's way."""
+        send_now = self._send_now
+        connected = self._ws.application_state is WebSocketState.CONNECTED
+        if send_now is not None and connected and send_now(text):
+            return
         await self._ws.send_text(text)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
