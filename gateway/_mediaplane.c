@@ -20,6 +20,25 @@
 #include <stdint.h>
 #include <string.h>
 
+/* out[j] = in[j] ^ key[j % 4] for j < length (RFC 6455 5.3); `out` may be `in`. */
+static void apply_mask(unsigned char *out, const unsigned char *in, Py_ssize_t length,
+                       const unsigned char *key)
+{
+    uint32_t key32;
+    memcpy(&key32, key, 4);
+    uint64_t key64 = ((uint64_t)key32 << 32) | key32;
+    Py_ssize_t j = 0;
+    for (; j + 8 <= length; j += 8) {
+        uint64_t w;
+        memcpy(&w, in + j, 8);
+        w ^= key64; /* the key repeats every 4 bytes, and j is a multiple of 8 */
+        memcpy(out + j, &w, 8);
+    }
+    for (; j < length; j++) {
+        out[j] = in[j] ^ key[j & 3];
+    }
+}
+
 /* ------------------------------------------------------------------ carrier_media */
 
 /* A span of the message: the bytes between a string's quotes. */
@@ -72,6 +91,51 @@ static int span_is(span s, const char *text, Py_ssize_t len)
 
 #define SPAN_IS(s, literal) span_is((s), (literal), (Py_ssize_t)(sizeof(literal) - 1))
 
+/* Reads `"key"` `:` and leaves the cursor on the value; 0 if not a plain key. */
+static int read_key(cursor *c, span *key)
+{
+    skip_ws(c);
+    if (!read_plain_string(c, key)) {
+        return 0;
+    }
+    skip_ws(c);
+    if (c->p >= c->end || *c->p != ':') {
+        return 0;
+    }
+    c->p++;
+    skip_ws(c);
+    return 1;
+}
+
+/* After a member's value: 1 at ',' (another member follows), 2 at '}' (the object ended),
+ * 0 for anything else. */
+static int next_member(cursor *c, unsigned char close)
+{
+    skip_ws(c);
+    if (c->p >= c->end) {
+        return 0;
+    }
+    if (*c->p == ',') {
+        c->p++;
+        return 1;
+    }
+    if (*c->p == close) {
+        c->p++;
+        return 2;
+    }
+    return 0;
+}
+
+static int expect(cursor *c, unsigned char ch)
+{
+    skip_ws(c);
+    if (c->p >= c->end || *c->p != ch) {
+        return 0;
+    }
+    c->p++;
+    return 1;
+}
+
 /* The members of the `media` object: strings only. `track` and `payload` are read (each at
  * most once: a repeated one declines, so "the last one wins" never has to be decided here). */
 static int read_media_object(cursor *c, span *track, int *has_track, span *payload,
@@ -85,17 +149,7 @@ static int read_media_object(cursor *c, span *track, int *has_track, span *paylo
     }
     for (;;) {
         span key, value;
-        skip_ws(c);
-        if (!read_plain_string(c, &key)) {
-            return 0;
-        }
-        skip_ws(c);
-        if (c->p >= c->end || *c->p != ':') {
-            return 0;
-        }
-        c->p++;
-        skip_ws(c);
-        if (!read_plain_string(c, &value)) {
+        if (!read_key(c, &key) || !read_plain_string(c, &value)) {
             return 0;
         }
         if (SPAN_IS(key, "track")) {
@@ -112,18 +166,10 @@ static int read_media_object(cursor *c, span *track, int *has_track, span *paylo
             *has_payload = 1;
             *payload = value;
         }
-        skip_ws(c);
-        if (c->p >= c->end) {
-            return 0;
+        int next = next_member(c, '}');
+        if (next != 1) {
+            return next == 2;
         }
-        if (*c->p == '}') {
-            c->p++;
-            return 1;
-        }
-        if (*c->p != ',') {
-            return 0;
-        }
-        c->p++;
     }
 }
 
@@ -219,16 +265,9 @@ static PyObject *carrier_media(PyObject *self, PyObject *const *args, Py_ssize_t
     }
     for (;;) {
         span key;
-        skip_ws(&c);
-        if (!read_plain_string(&c, &key)) {
+        if (!read_key(&c, &key)) {
             Py_RETURN_NONE;
         }
-        skip_ws(&c);
-        if (c.p >= c.end || *c.p != ':') {
-            Py_RETURN_NONE;
-        }
-        c.p++;
-        skip_ws(&c);
         if (c.p < c.end && *c.p == '{') {
             if (!SPAN_IS(key, "media") || has_media) {
                 Py_RETURN_NONE; /* only `media` may hold an object, once */
@@ -262,18 +301,13 @@ static PyObject *carrier_media(PyObject *self, PyObject *const *args, Py_ssize_t
                 Py_RETURN_NONE; /* a media that is a string: the parse refuses it */
             }
         }
-        skip_ws(&c);
-        if (c.p >= c.end) {
+        int next = next_member(&c, '}');
+        if (next == 0) {
             Py_RETURN_NONE;
         }
-        if (*c.p == '}') {
-            c.p++;
+        if (next == 2) {
             break;
         }
-        if (*c.p != ',') {
-            Py_RETURN_NONE;
-        }
-        c.p++;
     }
     skip_ws(&c);
     if (c.p != c.end || !has_event || !SPAN_IS(event, "media") || !has_media || !has_payload) {
@@ -295,51 +329,6 @@ static PyObject *carrier_media(PyObject *self, PyObject *const *args, Py_ssize_t
 }
 
 /* ------------------------------------------------------------------ model_audio */
-
-/* Reads `"key"` `:` and leaves the cursor on the value; 0 if not a plain key. */
-static int read_key(cursor *c, span *key)
-{
-    skip_ws(c);
-    if (!read_plain_string(c, key)) {
-        return 0;
-    }
-    skip_ws(c);
-    if (c->p >= c->end || *c->p != ':') {
-        return 0;
-    }
-    c->p++;
-    skip_ws(c);
-    return 1;
-}
-
-/* After a member's value: 1 at ',' (another member follows), 2 at '}' (the object ended),
- * 0 for anything else. */
-static int next_member(cursor *c, unsigned char close)
-{
-    skip_ws(c);
-    if (c->p >= c->end) {
-        return 0;
-    }
-    if (*c->p == ',') {
-        c->p++;
-        return 1;
-    }
-    if (*c->p == close) {
-        c->p++;
-        return 2;
-    }
-    return 0;
-}
-
-static int expect(cursor *c, unsigned char ch)
-{
-    skip_ws(c);
-    if (c->p >= c->end || *c->p != ch) {
-        return 0;
-    }
-    c->p++;
-    return 1;
-}
 
 /* Whether `mime`, its spaces taken out, is "audio/pcm;rate=24000". */
 static int is_model_mime(span mime)
@@ -571,21 +560,7 @@ static PyObject *frame_payload(const unsigned char *d, Py_ssize_t start, Py_ssiz
     if (payload == NULL) {
         return NULL;
     }
-    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(payload);
-    const unsigned char *k = d + start - 4, *in = d + start;
-    uint32_t key32;
-    memcpy(&key32, k, 4);
-    uint64_t key64 = ((uint64_t)key32 << 32) | key32;
-    Py_ssize_t j = 0;
-    for (; j + 8 <= length; j += 8) {
-        uint64_t w;
-        memcpy(&w, in + j, 8);
-        w ^= key64; /* the key repeats every 4 bytes, and j is a multiple of 8 */
-        memcpy(o + j, &w, 8);
-    }
-    for (; j < length; j++) {
-        o[j] = in[j] ^ k[j & 3];
-    }
+    apply_mask((unsigned char *)PyBytes_AS_STRING(payload), d + start, length, d + start - 4);
     return payload;
 }
 
@@ -775,20 +750,7 @@ static PyObject *base64_frame(PyObject *self, PyObject *const *args, Py_ssize_t 
     }
     memcpy(o, suffix.buf, (size_t)suffix.len);
     if (mask.len) {
-        const unsigned char *k = mask.buf;
-        uint32_t key32;
-        memcpy(&key32, k, 4);
-        uint64_t key64 = ((uint64_t)key32 << 32) | key32;
-        Py_ssize_t j = 0;
-        for (; j + 8 <= length; j += 8) {
-            uint64_t w;
-            memcpy(&w, body + j, 8);
-            w ^= key64; /* the key repeats every 4 bytes, and j is a multiple of 8 */
-            memcpy(body + j, &w, 8);
-        }
-        for (; j < length; j++) {
-            body[j] ^= k[j & 3];
-        }
+        apply_mask(body, body, length, mask.buf);
     }
 done:
     PyBuffer_Release(&prefix);

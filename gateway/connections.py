@@ -34,7 +34,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.protocol import State
 
 from gateway.mediaplane import masked_text
-from gateway.wsparser import between_frames
+from gateway.wsparser import between_frames, frame_header
 
 #: Seconds a request has to arrive whole (the issue's slowloris bound).
 REQUEST_TIMEOUT_S = 10.0
@@ -190,14 +190,7 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         ):
             return False
         payload = text.encode()
-        length = len(payload)
-        if length < 126:
-            header = bytes((0x81, length))
-        elif length < 65536:
-            header = bytes((0x81, 126)) + length.to_bytes(2, "big")
-        else:
-            header = bytes((0x81, 127)) + length.to_bytes(8, "big")
-        self.transport.write(header + payload)
+        self.transport.write(frame_header(0x81, len(payload), masked=False) + payload)
         return True
 
     def offer_media_lane(self, handler: MediaHandler | None) -> None:

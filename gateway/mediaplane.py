@@ -34,7 +34,7 @@ try:
 except ImportError:  # pragma: no cover -- websockets built without its C extension
     from websockets.utils import apply_mask
 
-from gateway.wsparser import frame_bounds
+from gateway.wsparser import frame_bounds, frame_header
 
 __all__ = [
     "COMPILED", "base64_frame", "carrier_media", "data_frame", "masked_text", "model_audio",
@@ -190,14 +190,7 @@ def py_base64_frame(
         raise ValueError("mask must be 4 bytes, or empty for none")
     encoded = base64.urlsafe_b64encode(data) if urlsafe else base64.b64encode(data)
     payload = prefix + encoded + suffix
-    bit = 0x80 if mask else 0
-    length = len(payload)
-    if length < 126:
-        header = bytes((first, bit | length))
-    elif length < 65536:
-        header = bytes((first, bit | 126)) + length.to_bytes(2, "big")
-    else:
-        header = bytes((first, bit | 127)) + length.to_bytes(8, "big")
+    header = frame_header(first, len(payload), masked=bool(mask))
     if not mask:
         return header + payload
     return header + mask + apply_mask(payload, mask)

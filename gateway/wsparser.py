@@ -60,3 +60,14 @@ def frame_bounds(
         return None
     start = at + header + (4 if masked else 0)
     return start, start + length
+
+
+def frame_header(first: int, length: int, *, masked: bool) -> bytes:
+    """The header of a frame (RFC 6455 5.2) whose first byte is ``first`` (FIN and the opcode)
+    with a payload of ``length`` bytes, the mask bit set when ``masked`` (its key follows)."""
+    bit = 0x80 if masked else 0
+    if length < 126:
+        return bytes((first, bit | length))
+    if length < 65536:
+        return bytes((first, bit | 126)) + length.to_bytes(2, "big")
+    return bytes((first, bit | 127)) + length.to_bytes(8, "big")

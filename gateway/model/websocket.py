@@ -18,7 +18,7 @@ except ImportError:  # pragma: no cover -- websockets built without its C extens
 from gateway import wire
 from gateway.mediaplane import base64_frame, data_frame
 from gateway.settings import Settings
-from gateway.wsparser import between_frames
+from gateway.wsparser import between_frames, frame_header
 
 _OPEN = State.OPEN
 #: The data frames' opcodes, as ``data_frame`` reports them.
@@ -144,12 +144,17 @@ class DirectSender:
             (protocol.send_text if text else protocol.send_binary)(payload)
         else:
             frame = self._frame(payload, _TEXT if text else _BINARY)
+        return self._write(frame)
+
+    def _write(self, frame: bytes | None) -> bool:
+        """``frame`` to the transport (None: what the protocol has waiting); False, with the
+        transport aborted, if it broke just now (``send()`` then reports it)."""
         try:
             if frame is None:
                 self._send_data()
             else:
                 self._transport.write(frame)
-        except Exception:  # a transport that broke just now: let send() report it
+        except Exception:
             self._transport.abort()
             return False
         return True
@@ -171,13 +176,7 @@ class DirectSender:
                 self._masks, at = os.urandom(_MASK_POOL_BYTES), 0
             self._mask_at = at + 4
             mask = self._masks[at : at + 4]
-        frame = base64_frame(_TEXT, prefix, data, suffix, mask, True)
-        try:
-            self._transport.write(frame)
-        except Exception:  # a transport that broke just now: let send() report it
-            self._transport.abort()
-            return False
-        return True
+        return self._write(base64_frame(_TEXT, prefix, data, suffix, mask, True))
 
     def _mask(self) -> bytes:
         """A fresh masking key, from the pool of ``os.urandom`` bytes."""
@@ -191,14 +190,7 @@ class DirectSender:
         """A whole frame (RFC 6455 5.2) carrying ``payload``, masked on a client's side;
         ``first`` is its first byte (FIN and the opcode)."""
         masked = self._masked
-        bit = 0x80 if masked else 0
-        length = len(payload)
-        if length < 126:
-            header = bytes((first, bit | length))
-        elif length < 65536:
-            header = bytes((first, bit | 126)) + length.to_bytes(2, "big")
-        else:
-            header = bytes((first, bit | 127)) + length.to_bytes(8, "big")
+        header = frame_header(first, len(payload), masked=masked)
         if not masked:
             return header + payload
         mask = self._mask()
