@@ -1,7 +1,12 @@
 /*
- * The byte work of a caller frame's way to the model, one C call per step instead of many
- * Python-level ones: gateway/mediaplane.py holds the same two functions in Python, answer for
- * answer (tests/test_mediaplane.py compares them on arbitrary input), and says why.
+ * A call's per-frame byte work, one C call per step instead of many Python-level ones:
+ * gateway/mediaplane.py holds the same functions in Python, answer for answer
+ * (tests/test_mediaplane.py compares them on arbitrary input), and says why.
+ *
+ *   masked_text(data, at, limit) -> (payload, end) | end | None
+ *   data_frame(data, at, limit, masked) -> (opcode, payload, end) | end | None
+ *       The whole frame at data[at], unmasked; its end when the read cuts it off; None for a
+ *       frame of another shape (websockets' parser then reads it).
  *
  *   carrier_media(raw, stream_key, stream_id) -> bytes | None
  *       The decoded audio of a carrier's media message of that stream, read straight from its
@@ -11,6 +16,10 @@
  *   base64_frame(first, prefix, data, suffix, mask, urlsafe) -> bytes
  *       A whole websocket frame (RFC 6455 5.2) with first byte `first`, carrying
  *       prefix + base64(data) + suffix, masked with the 4-byte `mask` (or unmasked: b"").
+ *
+ *   model_audio(raw) -> bytes | None
+ *       The audio of a Gemini Live message in the plain form of the fast path's audio shape;
+ *       None for anything else (gateway/live/fast_path.py then reads it).
  *
  * Optional at install, like gateway/audio/_polyphase.c: without a C compiler the package
  * installs without it and gateway/mediaplane.py uses its Python forms.

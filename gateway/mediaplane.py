@@ -1,13 +1,17 @@
-"""A caller frame's byte work, one C call per step: the media plane of the uplink.
+"""A call's per-frame byte work, one C call per step: the media plane.
 
 Fifty times a second per call a caller's frame goes from the carrier's websocket to the model's:
-its JSON is parsed into dicts, the payload picked out and base64-decoded, the model's message
-built as text, encoded, framed and masked. Every step was already C (``orjson``, ``pybase64``,
-``websockets``' mask), but each is reached through a Python call, an object or two made and
-dropped, and a few checks: under load at 50 calls those hops were about 15 % of the gateway's
-busy time (benchmarks/README.md, "The media plane, seventh pass"). Here the two ends are one
-C call each (``gateway/_mediaplane.c``):
+the frame is cut and unmasked, its JSON parsed into dicts, the payload picked out and
+base64-decoded, the model's message built as text, encoded, framed and masked; the model's
+answers come back as frames of JSON and base64 the other way. Every step was already C
+(``orjson``, ``pybase64``, ``websockets``' mask), but each is reached through a Python call, an
+object or two made and dropped, and a few checks: at 50 calls those hops were about a sixth of
+the gateway's CPU (benchmarks/README.md, "The media plane (seventh pass)"). Here each step is
+one C call (``gateway/_mediaplane.c``):
 
+- :func:`masked_text` cuts a carrier's masked text frame out of a read and unmasks it;
+  :func:`data_frame` does the same for any whole text or binary frame, masked or not (the
+  model's frames, and the simulators' side of theirs).
 - :func:`carrier_media` reads a carrier's media message straight from its bytes, without
   building its JSON, when it has the narrow shape the carriers send: an object of plain strings
   (no escape, printable ASCII), with one nested object, ``media``, of plain strings too. It
@@ -17,10 +21,13 @@ C call each (``gateway/_mediaplane.c``):
   in its strict form.
 - :func:`base64_frame` builds the model's websocket frame whole: header, masking key and the
   masked ``prefix + base64(data) + suffix``, the bytes ``DirectSender`` writes.
+- :func:`model_audio` reads the audio of a Gemini Live message in its plain form; its
+  specification is the fast path's own reader (``gateway.live.fast_path.read_model_audio``).
 
 Each has a Python form here, answer for answer (tests/test_mediaplane.py compares the two on
 arbitrary input); it is used when the extension was not built (an install without a C
-compiler: pyproject.toml marks it optional) and stands as its specification.
+compiler: pyproject.toml marks it optional) and stands as its specification. The Python
+form of :func:`model_audio` declines every message, leaving each to the fast path's reader.
 """
 
 from __future__ import annotations
