@@ -3,10 +3,9 @@
  * gateway/mediaplane.py holds the same functions in Python, answer for answer
  * (tests/test_mediaplane.py compares them on arbitrary input), and says why.
  *
- *   masked_text(data, at, limit) -> (payload, end) | end | None
  *   data_frame(data, at, limit, masked) -> (opcode, payload, end) | end | None
- *       The whole frame at data[at], unmasked; its end when the read cuts it off; None for a
- *       frame of another shape (websockets' parser then reads it).
+ *       The whole text or binary frame at data[at], unmasked; its end when the read cuts it
+ *       off; None for a frame of another shape (websockets' parser then reads it).
  *
  *   carrier_media(raw, stream_key, stream_id) -> bytes | None
  *       The decoded audio of a carrier's media message of that stream, read straight from its
@@ -502,7 +501,7 @@ static PyObject *model_audio(PyObject *self, PyObject *arg)
     return out;
 }
 
-/* ------------------------------------------------------------------ masked_text, data_frame */
+/* ------------------------------------------------------------------ data_frame */
 
 enum { CUT_OTHER = 0, CUT_SHORT = 1, CUT_WHOLE = 2 };
 
@@ -573,7 +572,7 @@ static PyObject *frame_payload(const unsigned char *d, Py_ssize_t start, Py_ssiz
     return payload;
 }
 
-/* Parses (data, at, limit) of both functions below; 0 with an exception set on bad input. */
+/* Parses (data, at, limit) of data_frame; 0 with an exception set on bad input. */
 static int frame_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
                       const char *usage, const unsigned char **d, Py_ssize_t *size,
                       Py_ssize_t *at, Py_ssize_t *limit)
@@ -597,29 +596,6 @@ static int frame_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
         return 0;
     }
     return 1;
-}
-
-static PyObject *masked_text(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    (void)self;
-    const unsigned char *d;
-    Py_ssize_t size, at, limit, start = 0, end = 0;
-    if (!frame_args(args, nargs, 3, "masked_text(data: bytes, at: int, limit: int)", &d, &size,
-                    &at, &limit)) {
-        return NULL;
-    }
-    int cut = cut_frame(d, size, at, limit, 1, 0x81, 0x81, &start, &end);
-    if (cut == CUT_OTHER) {
-        Py_RETURN_NONE;
-    }
-    if (cut == CUT_SHORT) {
-        return PyLong_FromSsize_t(end);
-    }
-    PyObject *payload = frame_payload(d, start, end, 1);
-    if (payload == NULL) {
-        return NULL;
-    }
-    return Py_BuildValue("(Nn)", payload, end);
 }
 
 static PyObject *data_frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -776,9 +752,6 @@ static PyMethodDef methods[] = {
      "The audio of a carrier media message of that stream in the narrow shape, else None."},
     {"model_audio", (PyCFunction)model_audio, METH_O,
      "The audio of a model message in Gemini Live's plain audio shape, else None."},
-    {"masked_text", (PyCFunction)(void (*)(void))masked_text, METH_FASTCALL,
-     "The unmasked payload and end of the whole masked text frame at `at`; its end if cut "
-     "off; None for a frame of another shape."},
     {"data_frame", (PyCFunction)(void (*)(void))data_frame, METH_FASTCALL,
      "The opcode, payload (unmasked) and end of the whole text or binary frame at `at`; its "
      "end if cut off; None for a frame of another shape."},

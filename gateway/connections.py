@@ -33,7 +33,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
-from gateway.mediaplane import masked_text
+from gateway.mediaplane import data_frame
 from gateway.wsparser import between_frames, frame_header
 
 #: Seconds a request has to arrive whole (the issue's slowloris bound).
@@ -122,6 +122,8 @@ MEDIA_SEND = "callbridge.media_send"
 MediaHandler = Callable[[bytes], bool]
 
 _OPEN = State.OPEN
+#: The text opcode, as ``data_frame`` reports it: every media message is a text frame.
+_TEXT = 0x1
 #: No media message comes near this; a larger frame takes uvicorn's path.
 _MEDIA_MAX_BYTES = 0xFFFF
 
@@ -252,12 +254,13 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         at = 0
         while at < size:
             # One C call: the header read, the bounds checked, the payload unmasked.
-            cut = masked_text(data, at, limit)
-            if cut is None:  # another shape: unmasked (a protocol error uvicorn's path
-                return at  # reports), a control frame, a fragment, too long
+            cut = data_frame(data, at, limit, True)
+            if cut is None or (not isinstance(cut, int) and cut[0] != _TEXT):
+                return at  # another shape: unmasked (a protocol error uvicorn's path
+                # reports), a control frame, a fragment, a binary frame, too long
             if isinstance(cut, int):
                 break  # cut off by the end of the read
-            payload, at = cut
+            _, payload, at = cut
             if self._media_handler is not None and self._to_media_lane(payload):
                 continue
             self.curr_msg_data_type = "text"

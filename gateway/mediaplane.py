@@ -9,9 +9,8 @@ object or two made and dropped, and a few checks: at 50 calls those hops were ab
 the gateway's CPU (benchmarks/README.md, "The media plane (seventh pass)"). Here each step is
 one C call (``gateway/_mediaplane.c``):
 
-- :func:`masked_text` cuts a carrier's masked text frame out of a read and unmasks it;
-  :func:`data_frame` does the same for any whole text or binary frame, masked or not (the
-  model's frames, and the simulators' side of theirs).
+- :func:`data_frame` cuts a whole text or binary frame out of a read and unmasks it: a
+  carrier's masked media frames, the model's unmasked ones (and the simulators' side of theirs).
 - :func:`carrier_media` reads a carrier's media message straight from its bytes, without
   building its JSON, when it has the narrow shape the carriers send: an object of plain strings
   (no escape, printable ASCII), with one nested object, ``media``, of plain strings too. It
@@ -44,8 +43,8 @@ except ImportError:  # pragma: no cover -- websockets built without its C extens
 from gateway.wsparser import frame_bounds, frame_header
 
 __all__ = [
-    "COMPILED", "base64_frame", "carrier_media", "data_frame", "masked_text", "model_audio",
-    "py_base64_frame", "py_carrier_media", "py_data_frame", "py_masked_text", "py_model_audio",
+    "COMPILED", "base64_frame", "carrier_media", "data_frame", "model_audio",
+    "py_base64_frame", "py_carrier_media", "py_data_frame", "py_model_audio",
 ]  # fmt: skip
 
 #: A plain JSON string's body: printable ASCII, no quote, no escape.
@@ -139,23 +138,6 @@ def _strict_b64decode(data: bytes) -> bytes | None:
     return decoded
 
 
-def py_masked_text(data: bytes, at: int, limit: int) -> tuple[bytes, int] | int | None:
-    """:func:`masked_text` in Python: the frame at ``data[at]`` if it is a whole (FIN) masked
-    text frame of at most ``limit`` bytes, unmasked, and where it ends; its end (past
-    ``len(data)``) if only its start is here; None for a frame of another shape."""
-    if not 0 <= at < len(data):
-        raise ValueError("at must be within data")
-    if data[at] != 0x81:
-        return None
-    bounds = frame_bounds(data, at, masked=True, limit=limit)
-    if bounds is None:
-        return None
-    start, end = bounds
-    if end > len(data):
-        return end
-    return apply_mask(data[start:end], data[start - 4 : start]), end
-
-
 def py_data_frame(
     data: bytes, at: int, limit: int, masked: bool
 ) -> tuple[int, bytes, int] | int | None:
@@ -208,7 +190,6 @@ try:
         base64_frame,
         carrier_media,
         data_frame,
-        masked_text,
         model_audio,
     )
 
@@ -216,7 +197,6 @@ try:
 except ImportError:  # pragma: no cover -- built without a C compiler
     carrier_media = py_carrier_media
     base64_frame = py_base64_frame
-    masked_text = py_masked_text
     data_frame = py_data_frame
     model_audio = py_model_audio
     COMPILED = False

@@ -237,7 +237,7 @@ def test_base64_frame_refuses_a_bad_mask_or_first_byte() -> None:
             build(256, b"", b"x", b"", b"", False)
 
 
-# --------------------------------------------------------------------- masked_text
+# --------------------------------------------------------------------- data_frame
 
 
 @st.composite
@@ -256,21 +256,6 @@ def _client_frames(draw: st.DrawFn) -> bytes:
                       fin=draw(st.booleans()) or opcode is Opcode.PING)  # fmt: skip
         out += frame.serialize(mask=draw(st.booleans()), extensions=[])
     return out
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=_client_frames(), cut=st.integers(0, 10**6), limit=st.sampled_from([0xFFFF, 200]))
-def test_masked_text_in_c_answers_as_its_python_form(data: bytes, cut: int, limit: int) -> None:
-    """Every frame start, every way the read may end: C and Python agree (the Python form is
-    ``frame_bounds`` and ``websockets``' own unmasking, which the carrier fast path used)."""
-    data = data[: 1 + cut % len(data)]
-    at = 0
-    while at < len(data):
-        got = mediaplane.masked_text(data, at, limit)
-        assert got == mediaplane.py_masked_text(data, at, limit)
-        if not isinstance(got, tuple):
-            break
-        at = got[1]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -306,14 +291,6 @@ def test_data_frame_reads_what_websockets_wrote() -> None:
             assert mediaplane.data_frame(frame, 0, -1, not mask) is None  # masked the other way
             assert mediaplane.data_frame(frame[:-1], 0, -1, mask) == len(frame)
             assert mediaplane.data_frame(frame, 0, 2999, mask) is None
-
-
-def test_masked_text_reads_what_websockets_wrote() -> None:
-    text = b'{"event":"media","media":{"payload":"AAAA"}}' * 9
-    frame = Frame(Opcode.TEXT, text).serialize(mask=True, extensions=[])
-    assert mediaplane.masked_text(frame, 0, 0xFFFF) == (text, len(frame))
-    assert mediaplane.masked_text(frame[:-1], 0, 0xFFFF) == len(frame)  # cut off: its end
-    assert mediaplane.masked_text(frame, 0, 100) is None  # longer than the limit
 
 
 # --------------------------------------------------------------------- model_audio

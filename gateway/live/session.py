@@ -316,12 +316,11 @@ class LiveSession:
         """Caller audio written at once (:meth:`DirectSender.write_now`), journalled as
         :meth:`send_audio` journals it; False, with nothing done, unless the connection is
         current and its socket can take the message this instant."""
-        conn = self._conn  # audio_writable(), inline: fifty times a second per call
-        if conn is None or not self.machine.accepting:
+        if not self.audio_writable():
             return False
+        conn = self._conn
+        assert conn is not None and conn.raw_send is not None
         sender = conn.raw_send
-        if sender is None or not sender.writable():
-            return False
         loud = is_voiced(audio) if voiced is None else voiced
         entry = Sent("audio", pcm=audio, voiced=loud)
         if self.machine.record(entry, now=time.monotonic()) is None:

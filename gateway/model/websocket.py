@@ -169,13 +169,7 @@ class DirectSender:
         if protocol.writes or protocol.extensions or protocol.expect_continuation_frame:
             text = prefix.decode() + wire.urlsafe_b64encode(data) + suffix.decode()
             return self.write_now(text)  # framed by websockets, behind what it has waiting
-        mask = b""
-        if self._masked:  # _mask(), inline: fifty times a second per call
-            at = self._mask_at
-            if at >= _MASK_POOL_BYTES:
-                self._masks, at = os.urandom(_MASK_POOL_BYTES), 0
-            self._mask_at = at + 4
-            mask = self._masks[at : at + 4]
+        mask = self._mask() if self._masked else b""
         return self._write(base64_frame(_TEXT, prefix, data, suffix, mask, True))
 
     def _mask(self) -> bytes:
