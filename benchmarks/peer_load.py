@@ -6,6 +6,7 @@ Run by hand (not a test)::
     .venv/bin/python benchmarks/peer_load.py --gateway-root /path/to/older/checkout   # "before"
     .venv/bin/python benchmarks/peer_load.py --calls 10,20,30 --capacity              # largest N
     .venv/bin/python benchmarks/peer_load.py --calls 30,50 --against ../before --rounds 2  # A/B
+    .venv/bin/python benchmarks/peer_load.py --calls 50 --against ../before --side-by-side
 
 The workload, as the issue describes pipecat 1.14's run on one 2-core machine: the same fake
 Gemini Live, a Twilio load generator sending caller audio every 20 ms for the whole call, the
@@ -61,6 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -286,59 +288,136 @@ class Level:
         return self.met(RELAXED_P99_MS, inclusive=False)
 
 
+def _simulator(args: argparse.Namespace) -> LiveSimulator:
+    return LiveSimulator(
+        think_ms=args.think_ms,
+        setup_delay_ms=args.setup_delay_ms,
+        speed=args.speed,
+        answer_every_s=args.answer_every,
+        answer_s=args.answer_s,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _gateway(
+    root: Path, args: argparse.Namespace, sim: LiveSimulator, tmp: Path
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """``root``'s ``gateway serve``, pinned to ``--gateway-cpus``, on ``sim``: its process,
+    URL and log (its files in ``tmp``); stopped with SIGTERM on the way out."""
+    await asyncio.to_thread(tmp.mkdir, exist_ok=True)
+    sim.tls.write_ca(tmp / "ca.pem")
+    (tmp / "agents.yaml").write_text(AGENTS_YAML)
+    port = _free_port()
+    env = {
+        **_gateway_env(root),
+        "GEMINI_API_KEY": "bench-key",
+        "GEMINI_BASE_URL": sim.base_url,
+        "SSL_CERT_FILE": str(tmp / "ca.pem"),
+        "AGENTS_FILE": str(tmp / "agents.yaml"),
+        "DATABASE_URL": f"sqlite:///{tmp / 'calls.db'}",  # not in the checkout
+        "LOG_LEVEL": "warning",
+        "MAX_CONCURRENT_CALLS": "10000",
+        "CARRIERS": "twilio",
+        "ALLOW_UNSIGNED_WEBHOOKS": "true",  # a benchmark, not a deployment
+        "OPENBLAS_NUM_THREADS": "1",
+        # One process unless asked: `gateway serve` would otherwise start a worker per
+        # core it may use (an older checkout ignores the variable).
+        "WORKERS": str(args.gateway_workers),
+    }
+    command = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1",
+               "--port", str(port)]  # fmt: skip
+    if args.gateway_workers > 1:
+        # Only then: a checkout without --workers still runs the one-process levels.
+        command += ["--workers", str(args.gateway_workers)]
+        # A stream token must verify in whichever worker takes the stream.
+        env["GATEWAY_SECRET"] = secrets.token_hex(32)
+    log_path = Path(args.gateway_log) if args.gateway_log else tmp / "gateway.log"
+    gateway_cpus = _cpus(args.gateway_cpus)
+    with log_path.open("ab") as log:
+        gateway = subprocess.Popen(  # noqa: ASYNC220 -- started once per level
+            command, cwd=root, env=env, stderr=log,
+            preexec_fn=(lambda: os.sched_setaffinity(0, gateway_cpus)) if gateway_cpus
+            else None,
+        )  # fmt: skip
+    try:
+        yield gateway, f"http://127.0.0.1:{port}", log_path
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(gateway.wait, 30)
+
+
+def _keep_off_the_gateway(args: argparse.Namespace) -> None:
+    """The simulator (this process) and the caller workers (spawned later, they inherit it)
+    stay off the gateway's cores."""
+    load_cpus = _cpus(args.load_cpus)
+    if load_cpus:
+        os.sched_setaffinity(0, load_cpus)
+
+
 async def run_level(n: int, args: argparse.Namespace, root: Path) -> Level:
     with tempfile.TemporaryDirectory() as tmp_name:
+        async with _simulator(args) as sim, _gateway(root, args, sim, Path(tmp_name)) as started:
+            gateway, url, log_path = started
+            _keep_off_the_gateway(args)
+            return await _drive(n, args, sim, gateway, url, log_path)
+
+
+async def run_pair(
+    n: int, args: argparse.Namespace, roots: tuple[Path, Path]
+) -> tuple[tuple[float, float], Level]:
+    """Two checkouts' gateways at once, on the same core(s), the same simulator and load
+    generators, each with half of ``n`` calls (even callers on the first, odd ones on the
+    second): the ms of CPU per call-second of each over the same window, and the run's
+    figures over all ``n`` calls. Taken at the same moments, the two CPU figures share every
+    drift of this VM's speed, which sequential runs do not (``compare``)."""
+    with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        async with LiveSimulator(
-            think_ms=args.think_ms,
-            setup_delay_ms=args.setup_delay_ms,
-            speed=args.speed,
-            answer_every_s=args.answer_every,
-            answer_s=args.answer_s,
-        ) as sim:
-            sim.tls.write_ca(tmp / "ca.pem")
-            (tmp / "agents.yaml").write_text(AGENTS_YAML)
-            port = _free_port()
-            env = {
-                **_gateway_env(root),
-                "GEMINI_API_KEY": "bench-key",
-                "GEMINI_BASE_URL": sim.base_url,
-                "SSL_CERT_FILE": str(tmp / "ca.pem"),
-                "AGENTS_FILE": str(tmp / "agents.yaml"),
-                "DATABASE_URL": f"sqlite:///{tmp / 'calls.db'}",  # not in the checkout
-                "LOG_LEVEL": "warning",
-                "MAX_CONCURRENT_CALLS": "10000",
-                "CARRIERS": "twilio",
-                "ALLOW_UNSIGNED_WEBHOOKS": "true",  # a benchmark, not a deployment
-                "OPENBLAS_NUM_THREADS": "1",
-                # One process unless asked: `gateway serve` would otherwise start a worker per
-                # core it may use (an older checkout ignores the variable).
-                "WORKERS": str(args.gateway_workers),
-            }
-            command = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1",
-                       "--port", str(port)]  # fmt: skip
-            if args.gateway_workers > 1:
-                # Only then: a checkout without --workers still runs the one-process levels.
-                command += ["--workers", str(args.gateway_workers)]
-                # A stream token must verify in whichever worker takes the stream.
-                env["GATEWAY_SECRET"] = secrets.token_hex(32)
-            log_path = Path(args.gateway_log) if args.gateway_log else tmp / "gateway.log"
-            gateway_cpus, load_cpus = _cpus(args.gateway_cpus), _cpus(args.load_cpus)
-            with log_path.open("ab") as log:
-                gateway = subprocess.Popen(  # noqa: ASYNC220 -- started once per level
-                    command, cwd=root, env=env, stderr=log,
-                    preexec_fn=(lambda: os.sched_setaffinity(0, gateway_cpus)) if gateway_cpus
-                    else None,
-                )  # fmt: skip
-            if load_cpus:
-                # The simulator (this process) and the caller workers (spawned later, they
-                # inherit it) stay off the gateway's cores.
-                os.sched_setaffinity(0, load_cpus)
-            try:
-                return await _drive(n, args, sim, gateway, f"http://127.0.0.1:{port}", log_path)
-            finally:
-                gateway.send_signal(signal.SIGTERM)
-                await asyncio.to_thread(gateway.wait, 30)
+        async with (
+            _simulator(args) as sim,
+            _gateway(roots[0], args, sim, tmp / "a") as first,
+            _gateway(roots[1], args, sim, tmp / "b") as second,
+        ):
+            _keep_off_the_gateway(args)
+            pids = (first[0].pid, second[0].pid)
+            async with httpx.AsyncClient(timeout=10) as http:
+                for gateway, url, log_path in (first, second):
+                    await _wait_healthy(http, url, gateway, log_path)
+                    warm = await TwilioCaller(  # one answer through every path
+                        url, audio=render([Silence(2.0)]), linger_s=1.2,
+                        from_number=CALLER_NUMBER.format(9999),
+                    ).run()  # fmt: skip
+                    assert not warm.violations, warm.violations
+            await asyncio.sleep(0.5)
+            job = {"ramp": args.ramp, "duration": args.duration, "dbfs": args.caller_dbfs,
+                   "nice": args.nice}  # fmt: skip
+            per_side = max(1, args.workers // 2)
+            pipes, procs = [], []
+            ctx = mp.get_context("spawn")
+            for side, (_, url, _) in enumerate((first, second)):
+                indexes = list(range(side, n, 2))
+                for w in range(per_side):
+                    receiver, sender = ctx.Pipe(duplex=False)
+                    proc = ctx.Process(
+                        target=_worker, args=(url, indexes[w::per_side], n, job, sender)
+                    )
+                    proc.start()
+                    pipes.append(receiver)
+                    procs.append(proc)
+            await asyncio.sleep(args.ramp + 0.5)
+            cpu0, load0, t0 = [_tree_cpu_s(p) for p in pids], _load_cpu_s(procs), time.monotonic()
+            await asyncio.sleep(max(2.0, args.duration - args.ramp - 2.0))
+            cpu1, load1, t1 = [_tree_cpu_s(p) for p in pids], _load_cpu_s(procs), time.monotonic()
+            results: list[dict[str, Any]] = []
+            for receiver in pipes:
+                results += await asyncio.to_thread(receiver.recv)
+            for proc in procs:
+                proc.join()
+    level = _analyse(n, sim, results, args.setup_delay_ms / 1000)
+    level.cpu_s, level.window_s = sum(cpu1) - sum(cpu0), t1 - t0
+    level.load_cpu_pct = (load1 - load0) / (t1 - t0) * 100
+    calls = (len(range(0, n, 2)), len(range(1, n, 2)))
+    ms = tuple((b - a) * 1000 / (t1 - t0) / c for a, b, c in zip(cpu0, cpu1, calls, strict=True))
+    return (ms[0], ms[1]), level
 
 
 def _tail(log: Path) -> str:
@@ -571,6 +650,11 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, default=2, help="A/B rounds (with --against)")
     parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="with --against: both gateways at once on the same core, half the calls each",
+    )
+    parser.add_argument(
         "--max-calls", type=int, default=MAX_CALLS, help="--capacity stops here at the latest"
     )
     return parser.parse_args()
@@ -598,6 +682,9 @@ async def main(args: argparse.Namespace, root: Path) -> None:
         f"{args.duration:g} s, started over {args.ramp:g} s; CPU over the steady window"
     )
     print(flush=True)
+    if args.against and args.side_by_side:
+        await compare_side_by_side(calls, args, Path(args.against), root)
+        return
     if args.against:
         await compare(calls, args, Path(args.against), root)
         return
@@ -668,6 +755,38 @@ async def compare(calls: list[int], args: argparse.Namespace, before: Path, afte
         change = float(np.mean(runs["after"])) / float(np.mean(runs["before"])) - 1
         shown = {k: " / ".join(f"{v:.1f}" for v in vs) for k, vs in runs.items()}
         print(f"| {n} | {shown['before']} | {shown['after']} | {change:+.0%} |")
+
+
+async def compare_side_by_side(
+    calls: list[int], args: argparse.Namespace, before: Path, after: Path
+) -> None:
+    """CPU per call-second of two checkouts run at once (:func:`run_pair`), each level
+    ``--rounds`` times, the two swapping their callers (even, odd) and start order each round.
+
+    Sequential runs (:func:`compare`) see this VM's speed drift between them: at 50 calls the
+    same code read 7.4 and 8.2 ms in successive runs, as large as most single changes. Two
+    gateways measured over the same seconds on the same core see the same drift, so their ratio
+    keeps what each change saved; each serves half of the level's calls, so the absolute
+    figures are those of a level of half the calls on a shared core, not of a level of its own.
+    """
+    where = await asyncio.to_thread(_check_root, before)
+    print(f"side by side with: {where}; {args.rounds} rounds, each level's calls split\n")
+    print("| calls (each) | round | before ms per call-second | after | after / before |")
+    print("|---:|---:|---:|---:|---:|")
+    ratios: dict[int, list[float]] = {}
+    for round_ in range(args.rounds):
+        for n in calls:
+            swap = round_ % 2 == 1
+            print(f"  round {round_ + 1}: {n} calls…", file=sys.stderr, flush=True)
+            pair, level = await run_pair(n, args, (after, before) if swap else (before, after))
+            ms_before, ms_after = pair[::-1] if swap else pair
+            ratios.setdefault(n, []).append(ms_after / ms_before)
+            print(f"  {_row(level)}", file=sys.stderr, flush=True)
+            print(f"| {n} ({n // 2}) | {round_ + 1} | {ms_before:.2f} | {ms_after:.2f} | "
+                  f"{ms_after / ms_before:.3f} |", flush=True)  # fmt: skip
+    print("\n| calls | after / before, mean of the rounds | spread (min-max) |\n|---:|---:|---|")
+    for n, rs in ratios.items():
+        print(f"| {n} | {float(np.mean(rs)):.3f} | {min(rs):.3f}-{max(rs):.3f} |")
 
 
 if __name__ == "__main__":
