@@ -14,7 +14,8 @@
  *
  *   base64_frame(first, prefix, data, suffix, mask, urlsafe) -> bytes
  *       A whole websocket frame (RFC 6455 5.2) with first byte `first`, carrying
- *       prefix + base64(data) + suffix, masked with the 4-byte `mask` (or unmasked: b"").
+ *       prefix + base64(data) + suffix, masked with the 4-byte `mask` (or unmasked: b"";
+ *       or None: masked with a fresh key from os.urandom, drawn 4096 bytes at a time).
  *
  *   model_audio(raw) -> bytes | None
  *       The audio of a Gemini Live message in the plain form of the fast path's audio shape;
@@ -632,6 +633,36 @@ static const char B64_ALPHABET[] =
 static const char B64_URLSAFE[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
+/* Masking keys: os.urandom's bytes, 1024 keys at a time, each used once (RFC 6455 5.3 asks for
+ * a fresh key per frame from a strong source of entropy; a system call per frame cost more than
+ * the rest of the frame). The pool lives under the GIL, like every call into this module. */
+#define KEY_POOL_BYTES 4096
+static unsigned char key_pool[KEY_POOL_BYTES];
+static Py_ssize_t key_at = KEY_POOL_BYTES;
+static PyObject *urandom; /* os.urandom */
+
+static int fresh_key(unsigned char key[4])
+{
+    if (key_at + 4 > KEY_POOL_BYTES) {
+        PyObject *drawn = PyObject_CallFunction(urandom, "n", (Py_ssize_t)KEY_POOL_BYTES);
+        if (drawn == NULL) {
+            return -1;
+        }
+        if (!PyBytes_Check(drawn) || PyBytes_GET_SIZE(drawn) != KEY_POOL_BYTES) {
+            Py_DECREF(drawn);
+            PyErr_SetString(PyExc_RuntimeError, "os.urandom returned the wrong size");
+            return -1;
+        }
+        memcpy(key_pool, PyBytes_AS_STRING(drawn), KEY_POOL_BYTES);
+        Py_DECREF(drawn);
+        key_at = 0;
+    }
+    memcpy(key, key_pool + key_at, 4);
+    memset(key_pool + key_at, 0, 4); /* used: nothing left to read it from */
+    key_at += 4;
+    return 0;
+}
+
 static PyObject *base64_frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
@@ -661,7 +692,23 @@ static PyObject *base64_frame(PyObject *self, PyObject *const *args, Py_ssize_t 
         PyBuffer_Release(&data);
         return NULL;
     }
-    if (PyObject_GetBuffer(args[4], &mask, PyBUF_SIMPLE) < 0) {
+    unsigned char drawn[4];
+    if (args[4] == Py_None) {
+        if (fresh_key(drawn) < 0) {
+            PyBuffer_Release(&prefix);
+            PyBuffer_Release(&data);
+            PyBuffer_Release(&suffix);
+            return NULL;
+        }
+        /* A read-only view of the drawn key, released below like any other. */
+        if (PyBuffer_FillInfo(&mask, NULL, drawn, 4, 1, PyBUF_SIMPLE) < 0) {
+            PyBuffer_Release(&prefix);
+            PyBuffer_Release(&data);
+            PyBuffer_Release(&suffix);
+            return NULL;
+        }
+    }
+    else if (PyObject_GetBuffer(args[4], &mask, PyBUF_SIMPLE) < 0) {
         PyBuffer_Release(&prefix);
         PyBuffer_Release(&data);
         PyBuffer_Release(&suffix);
@@ -673,7 +720,7 @@ static PyObject *base64_frame(PyObject *self, PyObject *const *args, Py_ssize_t 
         goto done;
     }
     if (mask.len != 0 && mask.len != 4) {
-        PyErr_SetString(PyExc_ValueError, "mask must be 4 bytes, or empty for none");
+        PyErr_SetString(PyExc_ValueError, "mask must be 4 bytes, empty for none, or None");
         goto done;
     }
     Py_ssize_t encoded = (data.len + 2) / 3 * 4;
@@ -756,7 +803,8 @@ static PyMethodDef methods[] = {
      "The opcode, payload (unmasked) and end of the whole text or binary frame at `at`; its "
      "end if cut off; None for a frame of another shape."},
     {"base64_frame", (PyCFunction)(void (*)(void))base64_frame, METH_FASTCALL,
-     "A websocket frame carrying prefix + base64(data) + suffix, masked unless mask is b''."},
+     "A websocket frame carrying prefix + base64(data) + suffix, masked unless mask is b'' "
+     "(None: with a fresh key from os.urandom)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -774,6 +822,15 @@ PyInit__mediaplane(void)
     memset(b64_value, -1, sizeof b64_value);
     for (int i = 0; i < 64; i++) {
         b64_value[(unsigned char)B64_ALPHABET[i]] = (signed char)i;
+    }
+    PyObject *os = PyImport_ImportModule("os");
+    if (os == NULL) {
+        return NULL;
+    }
+    urandom = PyObject_GetAttrString(os, "urandom");
+    Py_DECREF(os);
+    if (urandom == NULL) {
+        return NULL;
     }
     return PyModule_Create(&module);
 }

@@ -19,7 +19,8 @@ one C call (``gateway/_mediaplane.c``):
   and judges as before: a number, an escape, a repeated key, other nesting, base64 that is not
   in its strict form.
 - :func:`base64_frame` builds the model's websocket frame whole: header, masking key and the
-  masked ``prefix + base64(data) + suffix``, the bytes ``DirectSender`` writes.
+  masked ``prefix + base64(data) + suffix``, the bytes ``DirectSender`` writes. Given no key
+  (None) it draws a fresh one from ``os.urandom``, through a pool of its own.
 - :func:`model_audio` reads the audio of a Gemini Live message in its plain form; its
   specification is the fast path's own reader (``gateway.live.fast_path.read_model_audio``).
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 
 try:
@@ -43,7 +45,7 @@ except ImportError:  # pragma: no cover -- websockets built without its C extens
 from gateway.wsparser import frame_bounds, frame_header
 
 __all__ = [
-    "COMPILED", "base64_frame", "carrier_media", "data_frame", "model_audio",
+    "COMPILED", "base64_frame", "carrier_media", "data_frame", "fresh_key", "model_audio",
     "py_base64_frame", "py_carrier_media", "py_data_frame", "py_model_audio",
 ]  # fmt: skip
 
@@ -169,14 +171,32 @@ def py_model_audio(raw: bytes | str) -> bytes | None:
     return None
 
 
+#: Masking keys for ``mask=None``: ``os.urandom``'s bytes, 1024 keys at a time, each used once.
+_KEY_POOL_BYTES = 4096
+_key_pool = b""
+_key_at = _KEY_POOL_BYTES
+
+
+def fresh_key() -> bytes:
+    """A fresh masking key (RFC 6455 5.3: unpredictable, from a strong source of entropy)."""
+    global _key_pool, _key_at
+    if _key_at + 4 > len(_key_pool):
+        _key_pool, _key_at = os.urandom(_KEY_POOL_BYTES), 0
+    key = _key_pool[_key_at : _key_at + 4]
+    _key_at += 4
+    return key
+
+
 def py_base64_frame(
-    first: int, prefix: bytes, data: bytes, suffix: bytes, mask: bytes, urlsafe: bool
+    first: int, prefix: bytes, data: bytes, suffix: bytes, mask: bytes | None, urlsafe: bool
 ) -> bytes:
     """:func:`base64_frame` in Python."""
     if not 0 <= first <= 255:
         raise ValueError("first must be a byte")
+    if mask is None:
+        mask = fresh_key()
     if len(mask) not in (0, 4):
-        raise ValueError("mask must be 4 bytes, or empty for none")
+        raise ValueError("mask must be 4 bytes, empty for none, or None")
     encoded = base64.urlsafe_b64encode(data) if urlsafe else base64.b64encode(data)
     payload = prefix + encoded + suffix
     header = frame_header(first, len(payload), masked=bool(mask))

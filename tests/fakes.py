@@ -192,14 +192,13 @@ class FakeModelSession(_Recorder):
     def offer_audio_lane(self, handler: Callable[[AudioOut], None] | None) -> None:
         """Ignored, as a session may: the fake's audio comes through next_event."""
 
-    def send_audio_now(self, audio: bytes, voiced: bool | None = None) -> bool:
-        """Taken at once while ``writable``, like a connected session's (the media lane)."""
-        if not self.writable:
-            return False
+    def send_audio_now(self, audio: bytes, voiced: bool | None = None) -> None:
+        """Taken at once, like a connected session's (the media lane); only while
+        ``writable``, which the bridge must have asked just before."""
+        assert self.writable, "send_audio_now without audio_writable()"
         self.audio_sent_now += 1
         self.audio_sent.append(audio)
         self._touch()
-        return True
 
     async def send_text(self, text: str) -> None:
         self.texts.append(text)

@@ -147,7 +147,7 @@ async def test_each_frame_has_its_own_masking_key() -> None:
 
 
 async def test_base64_messages_arrive_as_the_text_they_stand_for_each_with_its_own_key() -> None:
-    """``write_base64_now`` (the model's audio messages, built in C): a real server reads the
+    """``write_base64`` (the model's audio messages, built in C): a real server reads the
     text ``prefix + base64url(data) + suffix``; every frame is masked, with a fresh key, also
     the first one and past the pool; a compressed connection still gets the same text."""
     pcms = [bytes([n % 256]) * (n % 700) for n in range(2100)]
@@ -159,7 +159,8 @@ async def test_base64_messages_arrive_as_the_text_they_stand_for_each_with_its_o
                 written = _capture_writes(ws)
                 send = DirectSender(ws)
                 for pcm in pcms:
-                    assert send.write_base64_now(b'{"audio":"', pcm, b'"}')
+                    assert send.writable()
+                    assert send.write_base64(b'{"audio":"', pcm, b'"}')
                 await asyncio.wait_for(handler.done.wait(), 10)
         expected = ['{"audio":"' + base64.urlsafe_b64encode(p).decode() + '"}' for p in pcms]
         assert handler.received == expected

@@ -291,6 +291,80 @@ kernel_process(Kernel *self, PyObject *arg)
     return out;
 }
 
+/* process_coded(table, threshold, codes) -> (pcm, loud): each byte of `codes` decoded through
+ * `table` (256 PCM16LE samples: a G.711 law), resampled as process() would resample the decoded
+ * bytes, and whether the output's RMS reaches `threshold` (audioop.rms's figure: the square root
+ * of the mean square, truncated). One call for what the uplink did in four (decode, resample,
+ * measure; gateway/audio/transcode.py Uplink.feed_measured). `codes` comes last so that a
+ * functools.partial can hold the rest: the per-frame call then has no Python frame at all. */
+static PyObject *
+kernel_process_coded(Kernel *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "process_coded(table, threshold, codes) takes 3 arguments");
+        return NULL;
+    }
+    if (self->phases == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Kernel.__init__ was not called");
+        return NULL;
+    }
+    long threshold = PyLong_AsLong(args[1]);
+    if (threshold == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer in, table;
+    if (PyObject_GetBuffer(args[2], &in, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &table, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&in);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    if (table.len != 512) {
+        PyErr_SetString(PyExc_ValueError, "table must hold 256 PCM16LE samples");
+        goto done;
+    }
+    if (self->has_odd) {
+        PyErr_SetString(PyExc_ValueError, "a dangling odd byte: coded input is whole samples");
+        goto done;
+    }
+    Py_ssize_t count = in.len;
+    if (count > 0 && self->fill + count > self->capacity && kernel_make_room(self, count) < 0) {
+        goto done;
+    }
+    const unsigned char *codes = (const unsigned char *)in.buf;
+    const unsigned char *samples = (const unsigned char *)table.buf;
+    double *to = self->buf + self->fill;
+    for (Py_ssize_t j = 0; j < count; j++) {
+        to[j] = sample_at(samples + 2 * codes[j]);
+    }
+    self->fill += count;
+    self->samples_in += count;
+    long long target = self->samples_in / self->down * self->up;
+    Py_ssize_t ready = (Py_ssize_t)(target - self->samples_out);
+    PyObject *pcm = PyBytes_FromStringAndSize(NULL, 2 * ready);
+    if (pcm == NULL) {
+        goto done;
+    }
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(pcm);
+    self->run(self->phases, self->width, self->up, self->down, self->buf, self->first,
+              self->samples_out, ready, o);
+    self->samples_out = target;
+    /* audioop.rms: sum of squares in a double (exact here: < 2**53), mean, sqrt, truncated. */
+    double squares = 0.0;
+    for (Py_ssize_t j = 0; j < ready; j++) {
+        double v = sample_at(o + 2 * j);
+        squares += v * v;
+    }
+    unsigned int rms = ready ? (unsigned int)sqrt(squares / (double)ready) : 0;
+    out = Py_BuildValue("(NO)", pcm, (ready && (long)rms >= threshold) ? Py_True : Py_False);
+done:
+    PyBuffer_Release(&in);
+    PyBuffer_Release(&table);
+    return out;
+}
+
 static PyObject *
 kernel_reset(Kernel *self, PyObject *Py_UNUSED(ignored))
 {
@@ -322,6 +396,9 @@ kernel_get_samples_out(Kernel *self, void *Py_UNUSED(closure))
 static PyMethodDef kernel_methods[] = {
     {"process", (PyCFunction)kernel_process, METH_O,
      "Resample a chunk of PCM16LE (any length; an odd byte waits); returns PCM16LE."},
+    {"process_coded", (PyCFunction)(void (*)(void))kernel_process_coded, METH_FASTCALL,
+     "Decode 8-bit codes through a 256-sample table, resample, and say whether the output's "
+     "RMS reaches a threshold: (pcm, loud)."},
     {"reset", (PyCFunction)kernel_reset, METH_NOARGS,
      "Forget all input: the next process() behaves like a fresh kernel's."},
     {"drop_odd", (PyCFunction)kernel_drop_odd, METH_NOARGS,

@@ -51,8 +51,9 @@ Design choices:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Final
 
 import numpy as np
@@ -333,6 +334,21 @@ class StreamResampler:
     def compiled(self) -> bool:
         """Whether this instance runs the compiled FIR."""
         return self._kernel is not None
+
+    def coded_step(
+        self, table: bytes, threshold: int
+    ) -> Callable[[bytes], tuple[bytes, bool]] | None:
+        """One C call per chunk of 8-bit codes (G.711): each decoded through ``table`` (256
+        PCM16LE samples), then :meth:`process`, then whether the output's RMS
+        (``audioop.rms``) reaches ``threshold``; None unless this instance is compiled.
+
+        A ``partial`` of the kernel's method, so a caller frame's decode, resampling and
+        voice check cost one call with no Python frame (four before, each reached through
+        Python: at 50 calls every such hop costs several times its hot-loop figure).
+        """
+        if self._kernel is None:
+            return None
+        return partial(self._kernel.process_coded, table, threshold)
 
     @property
     def in_rate(self) -> int:

@@ -32,7 +32,7 @@ from gateway.audio.resample import (
     telephone_to_model_24k,
     wideband_to_model_24k,
 )
-from gateway.audio.vad import voiced
+from gateway.audio.vad import THRESHOLD_RMS, voiced
 
 Encoding = Literal["PCMU", "PCMA", "L16", "G722"]
 ByteOrder = Literal["big", "little"]
@@ -150,6 +150,7 @@ class Uplink:
 
     __slots__ = (
         "_codec", "_decode", "_format", "_level", "_odd", "_resampler", "_whole_samples",
+        "feed_measured",
     )  # fmt: skip
 
     def __init__(
@@ -160,6 +161,7 @@ class Uplink:
         *,
         codec: CodecState | None = None,
         level: Callable[[bytes], bytes] | None = None,
+        codes: bool = False,
     ) -> None:
         self._format = fmt
         self._decode = decode
@@ -169,6 +171,14 @@ class Uplink:
         self._odd = b""
         #: What :meth:`voiced` decodes the output with first (None: the output is PCM16LE).
         self._level = level
+        #: :meth:`feed` and :meth:`voiced` of one payload: ``(out, voiced)``. For 8-bit codes
+        #: (``codes``: G.711, each byte one sample) into a compiled resampler, one C call
+        #: (:meth:`~gateway.audio.resample.StreamResampler.coded_step`), the same answer.
+        self.feed_measured: Callable[[bytes], tuple[bytes, bool]] = self._feed_then_measure
+        if codes and resampler is not None:
+            step = resampler.coded_step(decode(bytes(range(256))), THRESHOLD_RMS)
+            if step is not None:
+                self.feed_measured = step
 
     @property
     def format(self) -> AudioFormat:
@@ -196,6 +206,10 @@ class Uplink:
     def voiced(self, out: bytes) -> bool:
         """Whether ``out`` (what :meth:`feed` returned) is louder than line noise."""
         return voiced(self._level(out) if self._level is not None else out)
+
+    def _feed_then_measure(self, payload: bytes) -> tuple[bytes, bool]:
+        out = self.feed(payload)
+        return out, self.voiced(out)
 
     def reset(self) -> None:
         """Forget filter and codec state (e.g. after a media stream restart)."""
@@ -392,7 +406,7 @@ def uplink_for(fmt: AudioFormat, model: AudioFormat = PCM16_16K) -> Uplink:
     wide = model == PCM16_24K
     if fmt.encoding in _G711_DECODE:
         resampler = telephone_to_model_24k() if wide else telephone_to_model()
-        return Uplink(fmt, _G711_DECODE[fmt.encoding], resampler)
+        return Uplink(fmt, _G711_DECODE[fmt.encoding], resampler, codes=True)
     to_24k = wideband_to_model_24k() if wide else None
     if fmt.encoding == "G722":
         decoder = g722.G722Decoder()

@@ -19,11 +19,12 @@ with warnings.catch_warnings():  # deprecated in 3.11-3.12; audioop-lts provides
 
 THRESHOLD_DBFS: Final = -45.0
 _FULL_SCALE: Final = 32768.0
-_THRESHOLD_RMS: Final = int(_FULL_SCALE * 10 ** (THRESHOLD_DBFS / 20))
+#: ``THRESHOLD_DBFS`` as ``audioop.rms``'s figure: a frame at or above it is voiced.
+THRESHOLD_RMS: Final = int(_FULL_SCALE * 10 ** (THRESHOLD_DBFS / 20))
 
 
 def voiced(pcm16: bytes) -> bool:
     """Whether a chunk of PCM16 little-endian audio is louder than line noise."""
     if len(pcm16) & 1:  # a half sample at the end (a copy only then: this runs every frame)
         pcm16 = pcm16[:-1]
-    return len(pcm16) >= 2 and audioop.rms(pcm16, 2) >= _THRESHOLD_RMS
+    return len(pcm16) >= 2 and audioop.rms(pcm16, 2) >= THRESHOLD_RMS

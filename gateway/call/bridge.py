@@ -560,21 +560,19 @@ class CallBridge:
                 return False
             payload = event.payload
         admitted = self._admit_caller_audio(payload)
-        if admitted is not None and not live.send_audio_now(*admitted):
-            # Not reached: nothing between audio_writable() and here touches the model's
-            # socket. Were it reached, the audio still goes, the slow way.
-            self._spawn(live.send_audio(admitted[0]), name="caller-audio")
+        if admitted is not None:
+            # Nothing since audio_writable() touched the model's socket, or awaited.
+            live.send_audio_now(*admitted)
         return True
 
-    def _admit_caller_audio(self, payload: bytes) -> tuple[bytes, bool | None] | None:
+    def _admit_caller_audio(self, payload: bytes) -> tuple[bytes, bool] | None:
         """Count, budget, record and transcode one caller frame: the model's audio, and
-        whether it is voiced when that was measured (for the idle watch; the model session
-        need not measure it again), or None when the frame is dropped (audio arriving faster
-        than real time)."""
+        whether it is voiced (for the idle watch; the model session need not measure it
+        again), or None when the frame is dropped (audio arriving faster than real time)."""
         uplink, budget = self._uplink, self._budget
         assert uplink is not None
         assert budget is not None
-        self.stats.frame_received()
+        self.stats.frames_in += 1  # a plain counter: no call, fifty times a second
         now = self._last_activity = time.monotonic()
         if not budget.admit(len(payload), now):
             if self.stats.audio_ran_ahead():  # said once; the budget totals the drops
@@ -587,11 +585,8 @@ class CallBridge:
         self.stats.frame_admitted()
         if self.recording is not None:
             self.recording.caller(payload)
-        audio = uplink.feed(payload)
-        if self._idle is None:
-            return audio, None
-        loud = uplink.voiced(audio)
-        if loud:
+        audio, loud = uplink.feed_measured(payload)
+        if loud and self._idle is not None:
             self._idle.caller_spoke(now)
         return audio, loud
 

@@ -89,9 +89,6 @@ class CallStats:
         if self._metrics is not None:
             self._metrics.active_calls.inc()
 
-    def frame_received(self) -> None:
-        self.frames_in += 1
-
     def frame_admitted(self) -> None:
         """A caller frame within the real-time budget goes up to the model."""
         self._unreported_in += 1

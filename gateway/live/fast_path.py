@@ -79,7 +79,7 @@ def realtime_audio_message(pcm16k: bytes) -> str:
 
 
 #: :func:`realtime_audio_message` as the bytes around its base64 (``DirectSender``'s
-#: ``write_base64_now`` builds the frame in one piece).
+#: ``write_base64`` builds the frame in one piece).
 AUDIO_MESSAGE_PREFIX: Final = _PREFIX.encode()
 AUDIO_MESSAGE_SUFFIX: Final = _SUFFIX.encode()
 

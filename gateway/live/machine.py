@@ -100,7 +100,7 @@ class Journal:
         self.entries.append(entry)
         if entry.kind != "audio":
             return
-        self.audio_ms += entry.ms
+        self.audio_ms += len(entry.pcm) / BYTES_PER_MS  # entry.ms, without a call (per frame)
         self._voiced = self._voiced or entry.voiced
         if not self._voiced:
             self._trim_silence()

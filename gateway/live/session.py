@@ -288,7 +288,8 @@ class LiveSession:
         without a coroutine in between (:meth:`send_audio_now`); anything else goes the way of
         every other message (:meth:`_submit`).
         """
-        if self.send_audio_now(audio):
+        if self.audio_writable():
+            self.send_audio_now(audio)
             return
         entry = Sent("audio", pcm=audio, voiced=is_voiced(audio))
         conn = self._conn
@@ -312,23 +313,20 @@ class LiveSession:
             and conn.raw_send.writable()
         )
 
-    def send_audio_now(self, audio: bytes, voiced: bool | None = None) -> bool:
-        """Caller audio written at once (:meth:`DirectSender.write_now`), journalled as
-        :meth:`send_audio` journals it; False, with nothing done, unless the connection is
-        current and its socket can take the message this instant."""
-        if not self.audio_writable():
-            return False
+    def send_audio_now(self, audio: bytes, voiced: bool | None = None) -> None:
+        """Caller audio written at once (:meth:`DirectSender.write_base64`), journalled as
+        :meth:`send_audio` journals it. Only right after :meth:`audio_writable` said True,
+        with nothing awaited or written since (the check is not made twice: this runs fifty
+        times a second per call)."""
         conn = self._conn
         assert conn is not None and conn.raw_send is not None
-        sender = conn.raw_send
         loud = is_voiced(audio) if voiced is None else voiced
         entry = Sent("audio", pcm=audio, voiced=loud)
         if self.machine.record(entry, now=time.monotonic()) is None:
-            return True  # the call ended
-        if not sender.write_base64_now(AUDIO_MESSAGE_PREFIX, audio, AUDIO_MESSAGE_SUFFIX):
+            return  # the call ended
+        if not conn.raw_send.write_base64(AUDIO_MESSAGE_PREFIX, audio, AUDIO_MESSAGE_SUFFIX):
             entry.carried_by = None  # the transport failed as it wrote: nobody heard it
             self._send_failed(conn, ConnectionResetError("the model socket failed on a write"))
-        return True
 
     async def send_text(self, text: str) -> None:
         """A user text turn (a note the caller does not hear); queued while reconnecting."""

@@ -84,13 +84,14 @@ class ModelSession(Protocol):
         """Whether :meth:`send_audio_now` would write this instant."""
         ...
 
-    def send_audio_now(self, audio: bytes, voiced: bool | None = None) -> bool:
+    def send_audio_now(self, audio: bytes, voiced: bool | None = None) -> None:
         """Caller audio written at once, with no coroutine: the bridge's media lane, fifty
-        times a second. False, with nothing done, when the connection cannot take it this
-        instant (none, held, paused): :meth:`send_audio` then. True: taken, as
-        :meth:`send_audio` would have (a write that failed is the session's to recover).
-        ``voiced``: whether the audio is louder than line noise (``gateway.audio.vad``), when
-        the caller measured it already; None: the session measures it if it needs to."""
+        times a second. Only right after :meth:`audio_writable` said True, with nothing
+        awaited or sent since (the session does not ask again); otherwise :meth:`send_audio`.
+        Taken as :meth:`send_audio` would take it (a write that fails is the session's to
+        recover). ``voiced``: whether the audio is louder than line noise
+        (``gateway.audio.vad``), when the caller measured it already; None: the session
+        measures it if it needs to."""
         ...
 
     async def send_text(self, text: str) -> None: ...

@@ -80,9 +80,8 @@ class ProviderSwitch:
         session = self._session
         return session is not None and session.audio_writable()
 
-    def send_audio_now(self, audio: bytes, voiced: bool | None = None) -> bool:
-        session = self._session
-        return session is not None and session.send_audio_now(audio, voiced)
+    def send_audio_now(self, audio: bytes, voiced: bool | None = None) -> None:
+        self.current.send_audio_now(audio, voiced)
 
     async def send_text(self, text: str) -> None:
         await self.current.send_text(text)

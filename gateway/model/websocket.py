@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,7 +15,7 @@ except ImportError:  # pragma: no cover -- websockets built without its C extens
     from websockets.utils import apply_mask
 
 from gateway import wire
-from gateway.mediaplane import base64_frame, data_frame
+from gateway.mediaplane import base64_frame, data_frame, fresh_key
 from gateway.settings import Settings
 from gateway.wsparser import between_frames, frame_header
 
@@ -26,8 +25,6 @@ _OPCODES = {Opcode.TEXT.value: Opcode.TEXT, Opcode.BINARY.value: Opcode.BINARY}
 #: First bytes of a whole (FIN) text frame and of a whole binary frame.
 _TEXT = 0x81
 _BINARY = 0x82
-#: Random bytes drawn at once for the masking keys of client frames (1024 keys).
-_MASK_POOL_BYTES = 4096
 
 
 def websocket_options(
@@ -75,8 +72,9 @@ class DirectSender:
     The frame itself is built here too (:meth:`_frame`), not by ``protocol.send_text``: that
     makes a ``Frame``, checks it, writes it through a ``BytesIO`` and draws each masking key
     with a system call (``secrets.token_bytes``), for a header that is two to four bytes.
-    Keys come from ``os.urandom`` here as there, 1024 at a time (RFC 6455 5.3 asks for a fresh,
-    unpredictable key per frame, from a strong source of entropy: that is still so). Only
+    Keys come from ``os.urandom`` here as there, 1024 at a time (``mediaplane.fresh_key``, or
+    the C pool of ``base64_frame`` for audio; RFC 6455 5.3 asks for a fresh, unpredictable key
+    per frame, from a strong source of entropy: that is still so). Only
     while the protocol has nothing of its own waiting to go out, no fragmented message open
     and no extension negotiated (a compressed connection frames through ``websockets``).
 
@@ -87,9 +85,7 @@ class DirectSender:
 
     __slots__ = (
         "_direct",
-        "_mask_at",
         "_masked",
-        "_masks",
         "_protocol",
         "_send",
         "_send_data",
@@ -113,8 +109,6 @@ class DirectSender:
             self._direct = True
         except AttributeError:
             self._direct = False
-        self._masks = b""
-        self._mask_at = _MASK_POOL_BYTES  # the pool is drawn at the first key
 
     def writable(self) -> bool:
         """Whether :meth:`write_now` would write now: open, not paused by flow control, no
@@ -159,26 +153,20 @@ class DirectSender:
             return False
         return True
 
-    def write_base64_now(self, prefix: bytes, data: bytes, suffix: bytes) -> bool:
-        """:meth:`write_now` of the text ``prefix + base64url(data) + suffix``, built, framed
-        and masked in one C call (:func:`gateway.mediaplane.base64_frame`): the shape of
-        every audio message to the model, whose SDKs encode bytes as URL-safe base64."""
-        if not self.writable():
-            return False
+    def write_base64(self, prefix: bytes, data: bytes, suffix: bytes) -> bool:
+        """:meth:`write_now` of the text ``prefix + base64url(data) + suffix`` (the shape of
+        every audio message to the model, whose SDKs encode bytes as URL-safe base64), right
+        after :meth:`writable` said True, with nothing written or awaited since: it is not
+        asked again. Built, framed and masked in one C call
+        (:func:`gateway.mediaplane.base64_frame`). False: the transport failed as it wrote,
+        and is aborted."""
         protocol = self._protocol
         if protocol.writes or protocol.extensions or protocol.expect_continuation_frame:
             text = prefix.decode() + wire.urlsafe_b64encode(data) + suffix.decode()
             return self.write_now(text)  # framed by websockets, behind what it has waiting
-        mask = self._mask() if self._masked else b""
+        # None: the C call draws the frame's fresh key itself (no Python call per key).
+        mask = None if self._masked else b""
         return self._write(base64_frame(_TEXT, prefix, data, suffix, mask, True))
-
-    def _mask(self) -> bytes:
-        """A fresh masking key, from the pool of ``os.urandom`` bytes."""
-        at = self._mask_at
-        if at >= len(self._masks):
-            self._masks, at = os.urandom(_MASK_POOL_BYTES), 0
-        self._mask_at = at + 4
-        return self._masks[at : at + 4]
 
     def _frame(self, payload: bytes, first: int) -> bytes:
         """A whole frame (RFC 6455 5.2) carrying ``payload``, masked on a client's side;
@@ -187,7 +175,7 @@ class DirectSender:
         header = frame_header(first, len(payload), masked=masked)
         if not masked:
             return header + payload
-        mask = self._mask()
+        mask = fresh_key()
         return header + mask + apply_mask(payload, mask)
 
     async def __call__(self, message: str | bytes) -> None:

@@ -221,15 +221,13 @@ class RealtimeSession:
             and conn.send.writable()
         )
 
-    def send_audio_now(self, audio: bytes, voiced: bool | None = None) -> bool:
-        """Caller audio on the connection's :class:`DirectSender`, if it can write now."""
-        if not self.audio_writable():
-            return False
+    def send_audio_now(self, audio: bytes, voiced: bool | None = None) -> None:
+        """Caller audio on the connection's :class:`DirectSender`, right after
+        :meth:`audio_writable` said True."""
         conn = self._conn
         assert conn is not None and isinstance(conn.send, DirectSender)
         if not conn.send.write_now(_append(audio)):
             self._hold(audio)  # the transport failed as it wrote: the reader reports the drop
-        return True
 
     async def send_text(self, text: str) -> None:
         """A user text turn (a note the caller does not hear), answered when the model is free;
