@@ -71,12 +71,39 @@ static void skip_ws(cursor *c)
 
 /* A JSON string with no escape and nothing outside printable ASCII: anything else declines
  * (returns 0), and the full parse reads it. */
+/* Whether any of the 8 bytes of `w` ends a plain string's run: a quote, a backslash, a control
+ * character or a byte outside printable ASCII (0x7f and up). Word-at-a-time: a model's audio
+ * string is thousands of base64 characters, and this reads them eight per step. */
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+static inline int stops_plain_run(uint64_t w)
+{
+    uint64_t quote = w ^ (ONES * '"');
+    uint64_t backslash = w ^ (ONES * '\\');
+    uint64_t zero_quote = (quote - ONES) & ~quote;         /* high bit set where a byte was 0 */
+    uint64_t zero_backslash = (backslash - ONES) & ~backslash;
+    uint64_t control = (w - ONES * 0x20) & ~w;             /* bytes below 0x20 (and see below) */
+    uint64_t high = w + ONES * 0x01;                       /* 0x7f becomes 0x80 */
+    /* A byte >= 0x80 sets its own high bit in w; 0x7f sets it in `high` (no carry out of a
+     * byte below 0x80 reaches the next); `control` can also flag bytes after a borrow, but only
+     * when some byte was below 0x20, which stops the run anyway. */
+    return ((zero_quote | zero_backslash | control | w | high) & HIGHS) != 0;
+}
+
 static int read_plain_string(cursor *c, span *out)
 {
     if (c->p >= c->end || *c->p != '"') {
         return 0;
     }
     const unsigned char *start = ++c->p;
+    while (c->end - c->p >= 8) {
+        uint64_t w;
+        memcpy(&w, c->p, 8);
+        if (stops_plain_run(w)) {
+            break; /* the byte loop below finds which, and judges it */
+        }
+        c->p += 8;
+    }
     while (c->p < c->end) {
         unsigned char ch = *c->p;
         if (ch == '"') {

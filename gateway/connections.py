@@ -261,8 +261,15 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
             if isinstance(cut, int):
                 break  # cut off by the end of the read
             _, payload, at = cut
-            if self._media_handler is not None and self._to_media_lane(payload):
-                continue
+            handler = self._media_handler
+            # The media lane (see offer_media_lane), inline: once per caller frame.
+            if handler is not None and not self.close_sent and not self.queue.qsize():
+                try:
+                    if handler(payload):
+                        continue
+                except Exception:
+                    self.logger.exception("The media lane's handler failed; it is withdrawn.")
+                    self._media_handler = None
             self.curr_msg_data_type = "text"
             self.frames = [payload]
             self.send_receive_event_to_app()
@@ -270,18 +277,6 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
                 return size
         self._partial = data[at:]
         return size
-
-    def _to_media_lane(self, payload: bytes) -> bool:
-        """Whether the media handler took this message (see :meth:`offer_media_lane`)."""
-        handler = self._media_handler
-        if handler is None or self.queue.qsize() or self.close_sent:
-            return False
-        try:
-            return handler(payload)
-        except Exception:
-            self.logger.exception("The media lane's handler failed; it is withdrawn.")
-            self._media_handler = None
-            return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._media_handler = None  # no reference to the application past the connection

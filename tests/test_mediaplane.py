@@ -391,3 +391,41 @@ def test_what_model_audio_reads_in_c_the_python_reader_reads_the_same(raw: bytes
     quick = mediaplane.model_audio(raw)
     if quick is not None:
         assert read_model_audio(raw) == quick
+
+
+# Bytes that end a plain string's run (the C scan reads eight bytes at a time, then judges the
+# byte that stopped it): a quote, a backslash, control characters, DEL, anything not ASCII.
+_STOPS = st.sampled_from([b'"', b"\\", b"\x00", b"\x1f", b"\x7f", b"\x80", b"\xff", b"\xc3\xa9"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    pcm=st.binary(min_size=30, max_size=120),
+    at=st.integers(0, 10**6),
+    stop=st.one_of(_STOPS, st.just(b"")),
+)
+def test_a_long_string_is_read_to_its_end_wherever_a_stop_falls(
+    pcm: bytes, at: int, stop: bytes
+) -> None:
+    """Model audio and a carrier's payload, long strings, with one stop byte (or none) at any
+    offset of any word: read only when there is none; and as the Python forms read them."""
+    data = base64.b64encode(pcm)
+    cut = at % (len(data) + 1)
+    spoiled = data[:cut] + stop + data[cut:]
+    model = (
+        b'{"serverContent":{"modelTurn":{"parts":[{"inlineData":'
+        b'{"mimeType":"audio/pcm;rate=24000","data":"' + spoiled + b'"}}]}}}'
+    )
+    carrier = (
+        b'{"event":"media","media":{"track":"inbound","payload":"' + spoiled + b'"},'
+        b'"streamSid":"' + _SID.encode() + b'"}'
+    )
+    got_model = mediaplane.model_audio(model)
+    got_carrier = mediaplane.carrier_media(carrier, b"streamSid", _SID.encode())
+    assert got_carrier == mediaplane.py_carrier_media(carrier, b"streamSid", _SID.encode())
+    if stop:
+        assert got_model is None
+        assert got_carrier is None
+    else:
+        assert got_model == pcm
+        assert got_carrier == pcm
