@@ -4,6 +4,7 @@ G.722."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -11,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.audio import analysis, g711, g722
-from gateway.audio.resample import model_to_wideband
+from gateway.audio import analysis, g711, g722, resample
+from gateway.audio.resample import model_to_telephone, model_to_wideband
 from gateway.audio.transcode import (
     G722_16K,
     L16_16K,
@@ -20,6 +21,8 @@ from gateway.audio.transcode import (
     PCMA_8K,
     PCMU_8K,
     AudioFormat,
+    CodedDownlink,
+    Downlink,
     UnsupportedAudioFormat,
     downlink_for,
     uplink_for,
@@ -492,3 +495,68 @@ def test_a_model_format_without_a_transcoder_is_refused() -> None:
         uplink_for(PCMU_8K, PCMA_8K)
     with pytest.raises(UnsupportedAudioFormat):
         downlink_for(G722_16K, PCMU_8K)
+
+
+# --- the one-call steps of the compiled resampler (G.711) ----------------------------------------
+
+needs_kernel = pytest.mark.skipif(not resample.COMPILED, reason="the C resampler is not built")
+
+
+def _loud_and_quiet(samples: int, seed: int) -> bytes:
+    """Noise whose level wanders from silence to clipping, so both answers of the voice check
+    and both ends of the codecs come up."""
+    rng = np.random.default_rng(seed)
+    level = 10 ** rng.uniform(-4, 0.2, samples // 40 + 1).repeat(40)[:samples]
+    return np.clip(rng.normal(0, 1, samples) * level * 32768, -32768, 32767).astype("<i2").tobytes()
+
+
+@needs_kernel
+@pytest.mark.parametrize("fmt", [PCMU_8K, PCMA_8K])
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 500), min_size=1, max_size=12), seed=st.integers(0, 99))
+def test_the_uplinks_one_call_step_answers_as_feed_then_voiced(
+    fmt: AudioFormat, sizes: list[int], seed: int
+) -> None:
+    """``feed_measured`` (decode, resample and voice check in C) gives what ``feed`` and then
+    ``voiced`` give, payload after payload of any size, silence to clipping."""
+    fused, plain = uplink_for(fmt), uplink_for(fmt)
+    assert fused.feed_measured != fused._feed_then_measure  # the C step is in use
+    codes = _pcm16le_to_carrier(fmt, _loud_and_quiet(sum(sizes), seed))
+    at = 0
+    for size in sizes:
+        payload = codes[at : at + size]
+        at += size
+        out = plain.feed(payload)
+        assert fused.feed_measured(payload) == (out, plain.voiced(out))
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("fmt", "encode"), [(PCMU_8K, g711.ulaw_encode), (PCMA_8K, g711.alaw_encode)]
+)
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 3001), min_size=1, max_size=12),
+    seed=st.integers(0, 99),
+    reset_at=st.integers(0, 12),
+)
+def test_the_g711_downlinks_one_call_step_gives_the_same_frames(
+    fmt: AudioFormat, encode: Callable[[bytes], bytes], sizes: list[int], seed: int, reset_at: int
+) -> None:
+    """The downlink to G.711 resamples and encodes in one C call, keeping what waits for a
+    whole frame encoded: the frames, the flushed tail and a reset match the PCM path's."""
+    fused = downlink_for(fmt)
+    plain = Downlink(fmt, encode, model_to_telephone())
+    assert isinstance(fused, CodedDownlink)
+    pcm = _loud_and_quiet(sum(sizes) // 2 * 2 + 2, seed)
+    at = 0
+    for i, size in enumerate(sizes):
+        if i == reset_at:
+            fused.reset()
+            plain.reset()
+        chunk = pcm[at : at + size]
+        at += size
+        assert fused.feed(chunk) == plain.feed(chunk)
+        assert fused.pending_bytes == plain.pending_bytes
+    assert fused.flush() == plain.flush()
+    assert fused.delay_ms == plain.delay_ms

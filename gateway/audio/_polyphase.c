@@ -365,6 +365,47 @@ done:
     return out;
 }
 
+/* process_encoded(table, pcm) -> codes: process(pcm), each output sample then encoded through
+ * `table` (16384 codes, indexed by the sample's top 14 bits: G.711 encodes no finer), with no
+ * PCM between the two. One call for the downlink's resample and encode
+ * (gateway/audio/transcode.py CodedDownlink); `pcm` last, for a functools.partial. */
+static PyObject *
+kernel_process_encoded(Kernel *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "process_encoded(table, pcm) takes 2 arguments");
+        return NULL;
+    }
+    Py_buffer table;
+    if (PyObject_GetBuffer(args[0], &table, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (table.len != 16384) {
+        PyBuffer_Release(&table);
+        PyErr_SetString(PyExc_ValueError, "table must hold 16384 codes");
+        return NULL;
+    }
+    PyObject *pcm = kernel_process(self, args[1]);
+    if (pcm == NULL) {
+        PyBuffer_Release(&table);
+        return NULL;
+    }
+    Py_ssize_t count = PyBytes_GET_SIZE(pcm) / 2;
+    PyObject *codes = PyBytes_FromStringAndSize(NULL, count);
+    if (codes != NULL) {
+        const unsigned char *from = (const unsigned char *)PyBytes_AS_STRING(pcm);
+        const unsigned char *to_code = (const unsigned char *)table.buf;
+        unsigned char *o = (unsigned char *)PyBytes_AS_STRING(codes);
+        for (Py_ssize_t j = 0; j < count; j++) {
+            unsigned int sample = (unsigned int)from[2 * j] | ((unsigned int)from[2 * j + 1] << 8);
+            o[j] = to_code[sample >> 2];
+        }
+    }
+    Py_DECREF(pcm);
+    PyBuffer_Release(&table);
+    return codes;
+}
+
 static PyObject *
 kernel_reset(Kernel *self, PyObject *Py_UNUSED(ignored))
 {
@@ -399,6 +440,9 @@ static PyMethodDef kernel_methods[] = {
     {"process_coded", (PyCFunction)(void (*)(void))kernel_process_coded, METH_FASTCALL,
      "Decode 8-bit codes through a 256-sample table, resample, and say whether the output's "
      "RMS reaches a threshold: (pcm, loud)."},
+    {"process_encoded", (PyCFunction)(void (*)(void))kernel_process_encoded, METH_FASTCALL,
+     "Resample a chunk of PCM16LE and encode each output sample through a 16384-code table "
+     "(indexed by its top 14 bits): the codes."},
     {"reset", (PyCFunction)kernel_reset, METH_NOARGS,
      "Forget all input: the next process() behaves like a fresh kernel's."},
     {"drop_odd", (PyCFunction)kernel_drop_odd, METH_NOARGS,

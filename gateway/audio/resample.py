@@ -350,6 +350,14 @@ class StreamResampler:
             return None
         return partial(self._kernel.process_coded, table, threshold)
 
+    def encoded_step(self, table: bytes) -> Callable[[bytes], bytes] | None:
+        """One C call per chunk: :meth:`process`, then each output sample encoded through
+        ``table`` (16384 codes, indexed by the sample's top 14 bits: G.711 encodes no finer);
+        None unless this instance is compiled. The downlink's :meth:`coded_step`."""
+        if self._kernel is None:
+            return None
+        return partial(self._kernel.process_encoded, table)
+
     @property
     def in_rate(self) -> int:
         return self._in_rate

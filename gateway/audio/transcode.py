@@ -386,6 +386,63 @@ class FramePassthrough:
         self._pending.clear()
 
 
+class CodedDownlink(FramePassthrough):
+    """Model PCM16LE at 24 kHz -> whole 20 ms frames of G.711, resampled and encoded in one C
+    call per model chunk (:meth:`~gateway.audio.resample.StreamResampler.encoded_step`).
+
+    The same frames as a :class:`Downlink` with that codec: G.711 is stateless, one byte per
+    sample, so what waits for a whole frame can wait encoded (as in
+    :class:`FramePassthrough`, whose framing this is), and the codec's silence byte pads the
+    last frame as encoding PCM silence would.
+    """
+
+    __slots__ = ("_encode", "_resampler", "_step")
+
+    def __init__(
+        self,
+        fmt: AudioFormat,
+        encode: Callable[[bytes], bytes],
+        resampler: StreamResampler,
+        step: Callable[[bytes], bytes],
+    ) -> None:
+        super().__init__(fmt)
+        self._encode = encode
+        self._resampler = resampler
+        self._step = step
+
+    @property
+    def delay_ms(self) -> float:
+        return self._resampler.delay_ms
+
+    def feed(self, pcm24k: bytes) -> list[bytes]:
+        """Accept a model chunk (any length); returns the whole frames it completes."""
+        return super().feed(self._step(pcm24k))
+
+    def flush(self) -> list[bytes]:
+        """End of a model turn: emit the filter tail, padded to a whole frame with silence."""
+        frames = super().feed(self._encode(self._resampler.flush()))
+        return frames + super().flush()
+
+    def reset(self) -> None:
+        """Barge-in: drop the unsent remainder and the filter state."""
+        super().reset()
+        self._resampler.reset()
+
+
+def _g711_downlink(fmt: AudioFormat, encode: Callable[[bytes], bytes]) -> AnyDownlink:
+    """The downlink to G.711: one C call per chunk when the resampler is compiled."""
+    resampler = model_to_telephone()
+    step = resampler.encoded_step(encode(_G711_TABLE_SAMPLES))
+    if step is None:
+        return Downlink(fmt, encode, resampler)
+    return CodedDownlink(fmt, encode, resampler, step)
+
+
+#: Every sample's top 14 bits, in order, as PCM16LE: encoded, the table of ``encoded_step``.
+_G711_TABLE_SAMPLES: Final = b"".join(
+    ((i << 2) & 0xFFFF).to_bytes(2, "little") for i in range(1 << 14)
+)
+
 #: A model -> carrier transcoder, as the bridge uses it.
 AnyDownlink = Downlink | FramePassthrough
 
@@ -431,9 +488,9 @@ def downlink_for(fmt: AudioFormat, model: AudioFormat = PCM16_24K) -> AnyDownlin
         return Downlink(fmt, _identity, Passthrough())
     _check_supported(fmt)
     if fmt.encoding == "PCMU":
-        return Downlink(fmt, g711.ulaw_encode, model_to_telephone())
+        return _g711_downlink(fmt, g711.ulaw_encode)
     if fmt.encoding == "PCMA":
-        return Downlink(fmt, g711.alaw_encode, model_to_telephone())
+        return _g711_downlink(fmt, g711.alaw_encode)
     if fmt.encoding == "G722":
         encoder = g722.G722Encoder()
         return Downlink(fmt, encoder.encode, model_to_wideband(), codec=encoder)
