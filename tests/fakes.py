@@ -94,6 +94,15 @@ class FakeCarrierSocket(_Recorder):
         self.sent.append(text)
         self._touch()
 
+    def send_now(self, text: str) -> bool:
+        """Taken at once, as an open server socket takes it; a closed or hanging-up one
+        leaves it to :meth:`send`, which fails as the server's does."""
+        if self.closes or self.hang_up_on_send is not None:
+            return False
+        self.sent.append(text)
+        self._touch()
+        return True
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
         self.closes.append((code, reason))
         self._touch()

@@ -11,6 +11,7 @@ import base64
 import itertools
 import json
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -19,13 +20,37 @@ from gateway.call.playout import Playout
 from gateway.carriers.twilio import TwilioCodec
 from tests.test_twilio_codec import start_message
 
+#: Whether the playouts under test get ``send_now`` (set per test by ``_both_ways``).
+_AT_ONCE = False
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["awaited", "at once"])
+def _both_ways(request: pytest.FixtureRequest) -> None:
+    """Every test twice: sends awaited only, and written at once from the refill's timer
+    whenever the carrier takes them (``send_now``, as the server's socket does)."""
+    global _AT_ONCE
+    _AT_ONCE = request.param
+
 
 class Recorder:
     def __init__(self) -> None:
         self.sent: list[tuple[float, dict[str, object]]] = []
+        #: How each message in ``sent`` went: "awaited" or "at once".
+        self.via: list[str] = []
 
     async def send(self, text: str) -> None:
         self.sent.append((time.monotonic(), json.loads(text)))
+        self.via.append("awaited")
+
+    def send_now(self, text: str) -> bool:
+        self.sent.append((time.monotonic(), json.loads(text)))
+        self.via.append("at once")
+        return True
+
+    @property
+    def now(self) -> Callable[[str], bool] | None:
+        """``send_now`` in the tests' "at once" run, else None (sends awaited only)."""
+        return self.send_now if _AT_ONCE else None
 
     def events(self) -> list[str]:
         return [str(m["event"]) for _, m in self.sent]
@@ -46,7 +71,7 @@ def _codec() -> TwilioCodec:
 
 async def test_sends_a_lead_at_once_then_paces_in_real_time() -> None:
     rec = Recorder()
-    playout = Playout(_codec(), rec.send, lead_ms=200, refill_ms=100)
+    playout = Playout(_codec(), rec.send, send_now=rec.now, lead_ms=200, refill_ms=100)
     runner = asyncio.create_task(playout.run())
     try:
         t0 = time.monotonic()
@@ -73,7 +98,7 @@ async def test_a_steady_answer_goes_out_as_one_media_message_per_refill(streamed
     one by one, and a refill woken a little late is not split into a full batch and a
     one-frame straggler."""
     rec = Recorder()
-    playout = Playout(_codec(), rec.send)  # the defaults: lead 240 ms, refill 100 ms
+    playout = Playout(_codec(), rec.send, send_now=rec.now)  # defaults: lead 240, refill 100 ms
     runner = asyncio.create_task(playout.run())
     try:
         for _ in range(30):  # 1.2 s of audio, in 0.6 s or at once
@@ -93,11 +118,15 @@ async def test_a_steady_answer_goes_out_as_one_media_message_per_refill(streamed
     assert all(n >= 5 for _, n in refills[:-1]), refills  # the last one ends the answer
     gaps = [b - a for (a, _), (b, _) in itertools.pairwise(refills)]
     assert min(gaps) > 0.05, gaps  # one message per refill, about 100 ms apart
+    if _AT_ONCE:  # every refill but the last was written from the timer, run() asleep
+        refill_via = [via for (t, m), via in zip(rec.sent, rec.via, strict=True)
+                      if m["event"] == "media" and t - first > 0.3]  # fmt: skip
+        assert set(refill_via[:-1]) == {"at once"}, refill_via
 
 
 async def test_interrupt_drops_queued_audio_and_clears_first() -> None:
     rec = Recorder()
-    playout = Playout(_codec(), rec.send, lead_ms=100, refill_ms=50)
+    playout = Playout(_codec(), rec.send, send_now=rec.now, lead_ms=100, refill_ms=50)
     runner = asyncio.create_task(playout.run())
     try:
         for _ in range(100):
@@ -123,7 +152,7 @@ async def test_interrupt_drops_queued_audio_and_clears_first() -> None:
 
 async def test_mark_echo_tells_played_from_flushed() -> None:
     rec = Recorder()
-    playout = Playout(_codec(), rec.send, lead_ms=1000)
+    playout = Playout(_codec(), rec.send, send_now=rec.now, lead_ms=1000)
     runner = asyncio.create_task(playout.run())
     try:
         playout.enqueue(b"\x01" * 160)
@@ -145,7 +174,7 @@ async def test_mark_echo_tells_played_from_flushed() -> None:
 @pytest.mark.parametrize("lead_ms", [40, 240])
 async def test_idle_playout_does_not_spin(lead_ms: int) -> None:
     rec = Recorder()
-    playout = Playout(_codec(), rec.send, lead_ms=lead_ms)
+    playout = Playout(_codec(), rec.send, send_now=rec.now, lead_ms=lead_ms)
     runner = asyncio.create_task(playout.run())
     try:
         cpu0 = time.process_time()
@@ -165,7 +194,9 @@ def _media_and_marks(rec: Recorder) -> list[str]:
 
 async def test_track_heard_follows_each_media_message_with_a_progress_mark() -> None:
     rec = Recorder()
-    playout = Playout(_codec(), rec.send, lead_ms=200, refill_ms=100, track_heard=True)
+    playout = Playout(
+        _codec(), rec.send, send_now=rec.now, lead_ms=200, refill_ms=100, track_heard=True
+    )
     runner = asyncio.create_task(playout.run())
     try:
         for _ in range(5):
@@ -184,7 +215,9 @@ async def test_unheard_is_what_was_sent_and_not_yet_played() -> None:
     """At a barge-in the carrier still holds what it was sent ahead of real time; the echoed
     progress marks bound what it can have played."""
     rec = Recorder()
-    playout = Playout(_codec(), rec.send, lead_ms=400, refill_ms=100, track_heard=True)
+    playout = Playout(
+        _codec(), rec.send, send_now=rec.now, lead_ms=400, refill_ms=100, track_heard=True
+    )
     runner = asyncio.create_task(playout.run())
     try:
         for _ in range(20):  # 400 ms: the whole lead goes out at once
@@ -244,7 +277,15 @@ async def test_a_late_carrier_lowers_the_heard_estimate() -> None:
     """A carrier that confirms less than the clock assumes (it buffers, or the network is
     slow) moves the estimate of what was heard back to its confirmations."""
     rec = Recorder()
-    playout = Playout(_codec(), rec.send, lead_ms=200, refill_ms=100, max_batch=1, track_heard=True)
+    playout = Playout(
+        _codec(),
+        rec.send,
+        send_now=rec.now,
+        lead_ms=200,
+        refill_ms=100,
+        max_batch=1,
+        track_heard=True,
+    )
     runner = asyncio.create_task(playout.run())
     try:
         for _ in range(10):

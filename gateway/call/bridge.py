@@ -114,6 +114,11 @@ class CarrierSocket(Protocol):
 
     async def send(self, text: str) -> None: ...
 
+    def send_now(self, text: str) -> bool:
+        """Write ``text`` at once and say True, or do nothing and say False (then
+        :meth:`send`, which waits or raises as it must)."""
+        ...
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close if still open; never raises."""
         ...
@@ -872,7 +877,7 @@ class CallBridge:
             self._playout = Playout(
                 self.codec, self.socket.send, lead_ms=self.options.playout_lead_ms,
                 tap=self.recording,  # the agent's audio as the caller hears it: paced, cut
-                track_heard=audio.tracks_playback,
+                track_heard=audio.tracks_playback, send_now=self.socket.send_now,
             )  # fmt: skip
         else:
             self._playout.track_heard = self._playout.track_heard or audio.tracks_playback

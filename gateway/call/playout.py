@@ -16,7 +16,11 @@ fixed *lead* ahead of real time (enough to ride out jitter) and holds the rest i
 Refills are batched: wake when the lead falls below ``lead - refill`` and top it back up with one
 media message holding every frame the refill needs, so a call costs a few wake-ups and messages a
 second, not fifty. New audio does not end that wait (the carrier still holds more than ``lead -
-refill``, so it can wait for the refill); only a barge-in does.
+refill``, so it can wait for the refill); only a barge-in does. Given ``send_now`` (a write that
+either happens at once or does nothing), a refill is done in the timer's own callback while the
+socket takes every message at once, and the next one armed there: :meth:`run` sleeps through
+the whole of an answer and wakes only for what must be awaited (a barge-in, a socket that
+cannot take a message now, the end of the queued audio).
 
 A :class:`PlayoutTap` (the call recording) sees the audio as the caller hears it: each frame with
 the moment the carrier starts playing it, and each barge-in, since only the playout knows both.
@@ -27,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,10 +72,13 @@ class Playout:
         max_batch: int | None = None,
         tap: PlayoutTap | None = None,
         track_heard: bool = False,
+        send_now: Callable[[str], bool] | None = None,
     ) -> None:
         self._codec = codec
         self._tap = tap
         self._send = send
+        #: Writes a message at once and says True, or does nothing and says False.
+        self._send_now = send_now
         self._frame_s = frame_ms / 1000
         self._lead_s = lead_ms / 1000
         self._refill_s = min(refill_ms / 1000, self._lead_s / 2)
@@ -85,6 +92,8 @@ class Playout:
         #: whether that wait is a refill's, which only a control message cuts short.
         self._waiter: asyncio.Future[None] | None = None
         self._pacing = False
+        #: The refill's timer while one is armed.
+        self._timer: asyncio.TimerHandle | None = None
         #: Monotonic time at which the carrier will have played everything sent so far.
         self._play_end = 0.0
         self._outstanding: set[str] = set()
@@ -198,25 +207,69 @@ class Playout:
 
         One future and, for a refill, one timer: a model chunk arriving meanwhile costs no
         wake-up of this coroutine (an event and a timeout context woke it for each, to find
-        no control message and wait again)."""
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        self._pacing = refill_in is not None
-        timer = None if refill_in is None else loop.call_later(refill_in, self._wake)
+        no control message and wait again). The timer may do the refill itself and arm the
+        next (:meth:`_refill_due`), so one wait can span many refills."""
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        self._pacing = False
+        if refill_in is not None:
+            self._arm(refill_in)
         try:
             await waiter
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
+            self._pacing = False
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def _arm(self, refill_in: float) -> None:
+        self._pacing = True
+        self._timer = asyncio.get_running_loop().call_later(refill_in, self._refill_due)
 
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _refill_due(self) -> None:
+        """The refill's timer, while :meth:`run` waits for it: top the carrier up here, and
+        arm the next refill while frames remain beyond the lead, when every message goes out
+        at once (``send_now``); otherwise, or once the queue has run dry, wake :meth:`run`,
+        which then does what it always did. A refill costs a timer callback, not a wake-up
+        of the coroutine (with its task step and three frames resumed): ten a second a call."""
+        self._timer = None
+        if self._send_now is not None and not self._control and self._top_up_now():
+            items = self._items
+            if items and not isinstance(items[0], _Mark):  # after a top-up: the lead is full
+                wait = self._play_end - time.monotonic() - (self._lead_s - self._refill_s)
+                if wait > 0:
+                    self._arm(wait)
+                    return
+        self._wake()
+
     async def _top_up(self) -> None:
-        """Send queued items until the carrier is a full lead ahead (or a clear is waiting).
+        """Send queued items until the carrier is a full lead ahead (or a clear is waiting)."""
+        for text in self._top_up_messages():
+            await self._send(text)
+
+    def _top_up_now(self) -> bool:
+        """:meth:`_top_up` with ``send_now``; False once a message could not go at once: it
+        then waits, first of all, for :meth:`run` to send it the awaiting way."""
+        assert self._send_now is not None
+        for text in self._top_up_messages():
+            try:
+                sent = self._send_now(text)
+            except Exception:
+                sent = False  # the awaiting send raises it again, to run()'s owner
+            if not sent:
+                self._control.appendleft(text)
+                return False
+        return True
+
+    def _top_up_messages(self) -> Iterator[str]:
+        """The messages of a top-up, each with its bookkeeping done as it is made: sent one by
+        one (awaited, or at once), they keep the carrier a full lead ahead. Each is made only
+        after the one before was sent, so a barge-in meanwhile (a control message) ends it.
 
         Frames that go out together are joined into media messages of whole 20 ms frames
         (:meth:`_take_batch`): each message costs a JSON envelope, a websocket frame and a
@@ -228,7 +281,7 @@ class Playout:
             if isinstance(item, _Mark):
                 self._items.popleft()
                 self._outstanding.add(item.name)
-                await self._send(self._codec.mark(item.name))
+                yield self._codec.mark(item.name)
                 continue
             now = time.monotonic()
             room = self._lead_s - max(0.0, self._play_end - now)
@@ -252,12 +305,12 @@ class Playout:
                 for i, frame in enumerate(frames):
                     self._tap.sent(frame, starts_at + i * self._frame_s)
             self.frames_sent += len(frames)
-            await self._send(self._codec.media(frames[0] if len(frames) == 1 else b"".join(frames)))
+            yield self._codec.media(frames[0] if len(frames) == 1 else b"".join(frames))
             if self.track_heard:
                 name = f"heard-{self.frames_sent}"
                 self._progress[name] = self._sent_s
                 self._outstanding.add(name)
-                await self._send(self._codec.mark(name))
+                yield self._codec.mark(name)
 
     def _take_batch(self, room: float) -> list[bytes]:
         """Take the frames of the next media message off the queue.

@@ -199,13 +199,18 @@ class StarletteCarrierSocket:
         return True
 
     async def send(self, text: str) -> None:
+        """Written at once when the socket allows it (:meth:`send_now`), else Starlette's
+        way."""
+        if not self.send_now(text):
+            await self._ws.send_text(text)
+
+    def send_now(self, text: str) -> bool:
         """Written at once when the socket allows it (an accepted socket, through
-        :class:`~gateway.connections.MediaWebSocketProtocol`), else Starlette's way."""
+        :class:`~gateway.connections.MediaWebSocketProtocol`); False, with nothing done,
+        otherwise."""
         send_now = self._send_now
         connected = self._ws.application_state is WebSocketState.CONNECTED
-        if send_now is not None and connected and send_now(text):
-            return
-        await self._ws.send_text(text)
+        return send_now is not None and connected and send_now(text)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self._gone or self._ws.application_state == WebSocketState.DISCONNECTED:
