@@ -241,25 +241,55 @@ sample_at(const unsigned char *p)
     return (double)(int16_t)(uint16_t)(p[0] | (p[1] << 8));
 }
 
-static PyObject *
-kernel_process(Kernel *self, PyObject *arg)
+/* The slot for the next input sample, with room for `count` of them; NULL (an error set)
+ * if the kernel was not initialised or memory ran out. */
+static double *
+kernel_reserve(Kernel *self, Py_ssize_t count)
 {
-    Py_buffer in;
     if (self->phases == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Kernel.__init__ was not called");
         return NULL;
     }
+    if (count > 0 && self->fill + count > self->capacity && kernel_make_room(self, count) < 0) {
+        return NULL;
+    }
+    return self->buf + self->fill;
+}
+
+/* Takes the `count` samples written at kernel_reserve's slot; returns, as PCM16LE, every output
+ * they release. */
+static PyObject *
+kernel_release(Kernel *self, Py_ssize_t count)
+{
+    self->fill += count;
+    self->samples_in += count;
+    long long target = self->samples_in / self->down * self->up;
+    Py_ssize_t ready = (Py_ssize_t)(target - self->samples_out);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 2 * ready);
+    if (out == NULL) {
+        return NULL;
+    }
+    self->run(self->phases, self->width, self->up, self->down, self->buf, self->first,
+            self->samples_out, ready, (unsigned char *)PyBytes_AS_STRING(out));
+    self->samples_out = target;
+    return out;
+}
+
+static PyObject *
+kernel_process(Kernel *self, PyObject *arg)
+{
+    Py_buffer in;
     if (PyObject_GetBuffer(arg, &in, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
     const unsigned char *bytes = (const unsigned char *)in.buf;
     Py_ssize_t len = in.len;
     Py_ssize_t count = (len + self->has_odd) / 2;
-    if (count > 0 && self->fill + count > self->capacity && kernel_make_room(self, count) < 0) {
+    double *to = kernel_reserve(self, count);
+    if (to == NULL) {
         PyBuffer_Release(&in);
         return NULL;
     }
-    double *to = self->buf + self->fill;
     if (self->has_odd && len > 0) {
         unsigned char pair[2] = {self->odd, bytes[0]};
         *to++ = sample_at(pair);
@@ -276,19 +306,7 @@ kernel_process(Kernel *self, PyObject *arg)
         self->odd = bytes[len - 1];
     }
     PyBuffer_Release(&in);
-    self->fill += count;
-    self->samples_in += count;
-
-    long long target = self->samples_in / self->down * self->up;
-    Py_ssize_t ready = (Py_ssize_t)(target - self->samples_out);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, 2 * ready);
-    if (out == NULL) {
-        return NULL;
-    }
-    self->run(self->phases, self->width, self->up, self->down, self->buf, self->first,
-            self->samples_out, ready, (unsigned char *)PyBytes_AS_STRING(out));
-    self->samples_out = target;
-    return out;
+    return kernel_release(self, count);
 }
 
 /* process_coded(table, threshold, codes) -> (pcm, loud): each byte of `codes` decoded through
@@ -302,10 +320,6 @@ kernel_process_coded(Kernel *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "process_coded(table, threshold, codes) takes 3 arguments");
-        return NULL;
-    }
-    if (self->phases == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Kernel.__init__ was not called");
         return NULL;
     }
     long threshold = PyLong_AsLong(args[1]);
@@ -330,27 +344,21 @@ kernel_process_coded(Kernel *self, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     }
     Py_ssize_t count = in.len;
-    if (count > 0 && self->fill + count > self->capacity && kernel_make_room(self, count) < 0) {
+    double *to = kernel_reserve(self, count);
+    if (to == NULL) {
         goto done;
     }
     const unsigned char *codes = (const unsigned char *)in.buf;
     const unsigned char *samples = (const unsigned char *)table.buf;
-    double *to = self->buf + self->fill;
     for (Py_ssize_t j = 0; j < count; j++) {
         to[j] = sample_at(samples + 2 * codes[j]);
     }
-    self->fill += count;
-    self->samples_in += count;
-    long long target = self->samples_in / self->down * self->up;
-    Py_ssize_t ready = (Py_ssize_t)(target - self->samples_out);
-    PyObject *pcm = PyBytes_FromStringAndSize(NULL, 2 * ready);
+    PyObject *pcm = kernel_release(self, count);
     if (pcm == NULL) {
         goto done;
     }
-    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(pcm);
-    self->run(self->phases, self->width, self->up, self->down, self->buf, self->first,
-              self->samples_out, ready, o);
-    self->samples_out = target;
+    Py_ssize_t ready = PyBytes_GET_SIZE(pcm) / 2;
+    const unsigned char *o = (const unsigned char *)PyBytes_AS_STRING(pcm);
     /* audioop.rms: sum of squares in a double (exact here: < 2**53), mean, sqrt, truncated. */
     double squares = 0.0;
     for (Py_ssize_t j = 0; j < ready; j++) {
