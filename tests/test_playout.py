@@ -299,3 +299,32 @@ async def test_a_late_carrier_lowers_the_heard_estimate() -> None:
         assert unheard >= 0.17  # 200 ms sent, at most 20 ms + a moment heard
     finally:
         await cancel_and_wait(runner)
+
+
+async def test_a_refill_that_fails_fails_run_as_it_always_did() -> None:
+    """A top-up that raises (here the codec, on the third media message) ends ``run()`` with
+    that error, whether the refill ran in the coroutine or in the timer's callback: the call
+    then ends on it, rather than its audio stopping unseen."""
+
+    class Failing(TwilioCodec):
+        made = 0
+
+        def media(self, payload: bytes) -> str:
+            self.made += 1
+            if self.made == 3:
+                raise RuntimeError("no media message")
+            return super().media(payload)
+
+    codec = Failing()
+    codec.parse(start_message())
+    rec = Recorder()
+    playout = Playout(codec, rec.send, send_now=rec.now, lead_ms=100, refill_ms=50)
+    runner = asyncio.create_task(playout.run())
+    try:
+        for _ in range(50):
+            playout.enqueue(b"\xff" * 160)
+        with pytest.raises(RuntimeError, match="no media message"):
+            await asyncio.wait_for(runner, 2)
+    finally:
+        await cancel_and_wait(runner)
+    assert codec.made == 3

@@ -238,13 +238,19 @@ class Playout:
         which then does what it always did. A refill costs a timer callback, not a wake-up
         of the coroutine (with its task step and three frames resumed): ten a second a call."""
         self._timer = None
-        if self._send_now is not None and not self._control and self._top_up_now():
-            items = self._items
-            if items and not isinstance(items[0], _Mark):  # after a top-up: the lead is full
-                wait = self._play_end - time.monotonic() - (self._lead_s - self._refill_s)
-                if wait > 0:
-                    self._arm(wait)
-                    return
+        try:
+            if self._send_now is not None and not self._control and self._top_up_now():
+                items = self._items
+                if items and not isinstance(items[0], _Mark):  # after a top-up: the lead is full
+                    wait = self._play_end - time.monotonic() - (self._lead_s - self._refill_s)
+                    if wait > 0:
+                        self._arm(wait)
+                        return
+        except Exception as exc:  # raised in run(), as the same top-up there would raise it
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+            return
         self._wake()
 
     async def _top_up(self) -> None:
