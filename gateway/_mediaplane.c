@@ -69,8 +69,6 @@ static void skip_ws(cursor *c)
     }
 }
 
-/* A JSON string with no escape and nothing outside printable ASCII: anything else declines
- * (returns 0), and the full parse reads it. */
 /* Whether any of the 8 bytes of `w` ends a plain string's run: a quote, a backslash, a control
  * character or a byte outside printable ASCII (0x7f and up). Word-at-a-time: a model's audio
  * string is thousands of base64 characters, and this reads them eight per step. */
@@ -90,6 +88,8 @@ static inline int stops_plain_run(uint64_t w)
     return ((zero_quote | zero_backslash | control | w | high) & HIGHS) != 0;
 }
 
+/* A JSON string with no escape and nothing outside printable ASCII: anything else declines
+ * (returns 0), and the full parse reads it. */
 static int read_plain_string(cursor *c, span *out)
 {
     if (c->p >= c->end || *c->p != '"') {
@@ -533,15 +533,14 @@ static PyObject *model_audio(PyObject *self, PyObject *arg)
 
 enum { CUT_OTHER = 0, CUT_SHORT = 1, CUT_WHOLE = 2 };
 
-/* The frame at d[at] (RFC 6455 5.2), if its first byte is one of `first_a`, `first_b` and its
- * mask bit is `masked`, with a payload of at most `limit` bytes (no limit when negative):
+/* The frame at d[at] (RFC 6455 5.2), if it is a whole (FIN) text or binary frame whose mask
+ * bit is `masked`, with a payload of at most `limit` bytes (no limit when negative):
  * CUT_WHOLE with its payload's start and end, CUT_SHORT with the end it would have (past
  * `size`: cut off by the end of the read), CUT_OTHER for a frame of another shape. */
 static int cut_frame(const unsigned char *d, Py_ssize_t size, Py_ssize_t at, Py_ssize_t limit,
-                     int masked, unsigned char first_a, unsigned char first_b,
-                     Py_ssize_t *start, Py_ssize_t *end)
+                     int masked, Py_ssize_t *start, Py_ssize_t *end)
 {
-    if (d[at] != first_a && d[at] != first_b) {
+    if (d[at] != 0x81 && d[at] != 0x82) {
         return CUT_OTHER;
     }
     if (size - at < 2) {
@@ -600,46 +599,33 @@ static PyObject *frame_payload(const unsigned char *d, Py_ssize_t start, Py_ssiz
     return payload;
 }
 
-/* Parses (data, at, limit) of data_frame; 0 with an exception set on bad input. */
-static int frame_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
-                      const char *usage, const unsigned char **d, Py_ssize_t *size,
-                      Py_ssize_t *at, Py_ssize_t *limit)
-{
-    if (nargs != want || !PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, usage);
-        return 0;
-    }
-    *at = PyLong_AsSsize_t(args[1]);
-    if (*at == -1 && PyErr_Occurred()) {
-        return 0;
-    }
-    *limit = PyLong_AsSsize_t(args[2]);
-    if (*limit == -1 && PyErr_Occurred()) {
-        return 0;
-    }
-    *d = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    *size = PyBytes_GET_SIZE(args[0]);
-    if (*at < 0 || *at >= *size) {
-        PyErr_SetString(PyExc_ValueError, "at must be within data");
-        return 0;
-    }
-    return 1;
-}
-
 static PyObject *data_frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    const unsigned char *d;
-    Py_ssize_t size, at, limit, start = 0, end = 0;
-    if (!frame_args(args, nargs, 4, "data_frame(data: bytes, at: int, limit: int, masked: bool)",
-                    &d, &size, &at, &limit)) {
+    if (nargs != 4 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "data_frame(data: bytes, at: int, limit: int, masked: bool)");
+        return NULL;
+    }
+    Py_ssize_t at = PyLong_AsSsize_t(args[1]);
+    if (at == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(args[2]);
+    if (limit == -1 && PyErr_Occurred()) {
         return NULL;
     }
     int masked = PyObject_IsTrue(args[3]);
     if (masked < 0) {
         return NULL;
     }
-    int cut = cut_frame(d, size, at, limit, masked, 0x81, 0x82, &start, &end);
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]), start = 0, end = 0;
+    if (at < 0 || at >= size) {
+        PyErr_SetString(PyExc_ValueError, "at must be within data");
+        return NULL;
+    }
+    int cut = cut_frame(d, size, at, limit, masked, &start, &end);
     if (cut == CUT_OTHER) {
         Py_RETURN_NONE;
     }
