@@ -88,11 +88,10 @@ class Playout:
         self._max_batch = None if max_batch is None else max(1, max_batch)
         self._items: deque[bytes | _Mark] = deque()
         self._control: deque[str] = deque()
-        #: What :meth:`run` awaits while it has nothing to do (None while it works), and
-        #: whether that wait is a refill's, which only a control message cuts short.
+        #: What :meth:`run` awaits while it has nothing to do (None while it works), and the
+        #: refill's timer while that wait is a refill's, which only a control message cuts
+        #: short (new frames and marks do not).
         self._waiter: asyncio.Future[None] | None = None
-        self._pacing = False
-        #: The refill's timer while one is armed.
         self._timer: asyncio.TimerHandle | None = None
         #: Monotonic time at which the carrier will have played everything sent so far.
         self._play_end = 0.0
@@ -116,13 +115,13 @@ class Playout:
             self._items.popleft()  # a runaway producer; the oldest audio is the least useful
             self.frames_overflowed += 1
         self._items.append(frame)
-        if self._waiter is not None and not self._pacing:
+        if self._timer is None:
             self._wake()
 
     def mark(self, name: str) -> None:
         """Queue a mark behind the frames already queued."""
         self._items.append(_Mark(name))
-        if self._waiter is not None and not self._pacing:
+        if self._timer is None:
             self._wake()
 
     def interrupt(self) -> int:
@@ -192,12 +191,20 @@ class Playout:
             if not self._items:
                 await self._idle(None)
                 continue
-            now = time.monotonic()
-            ahead = self._play_end - now
-            if ahead > self._lead_s - self._refill_s and not isinstance(self._items[0], _Mark):
+            refill_in = self._refill_in()
+            if refill_in is not None:
                 # Sleep until the lead has drained by one refill, unless barge-in wakes us.
-                await self._idle(ahead - (self._lead_s - self._refill_s))
+                await self._idle(refill_in)
             await self._top_up()
+
+    def _refill_in(self) -> float | None:
+        """Seconds until the next refill is due, while frames wait and the carrier is more
+        than ``lead - refill`` ahead; None when a top-up is due now (or a mark is next)."""
+        items = self._items
+        if not items or isinstance(items[0], _Mark):
+            return None
+        wait = self._play_end - time.monotonic() - (self._lead_s - self._refill_s)
+        return wait if wait > 0 else None
 
     async def _idle(self, refill_in: float | None) -> None:
         """Wait for work: for anything queued (``refill_in`` None), or for the refill due in
@@ -210,20 +217,17 @@ class Playout:
         no control message and wait again). The timer may do the refill itself and arm the
         next (:meth:`_refill_due`), so one wait can span many refills."""
         waiter = self._waiter = asyncio.get_running_loop().create_future()
-        self._pacing = False
         if refill_in is not None:
             self._arm(refill_in)
         try:
             await waiter
         finally:
             self._waiter = None
-            self._pacing = False
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
 
     def _arm(self, refill_in: float) -> None:
-        self._pacing = True
         self._timer = asyncio.get_running_loop().call_later(refill_in, self._refill_due)
 
     def _wake(self) -> None:
@@ -240,12 +244,10 @@ class Playout:
         self._timer = None
         try:
             if self._send_now is not None and not self._control and self._top_up_now():
-                items = self._items
-                if items and not isinstance(items[0], _Mark):  # after a top-up: the lead is full
-                    wait = self._play_end - time.monotonic() - (self._lead_s - self._refill_s)
-                    if wait > 0:
-                        self._arm(wait)
-                        return
+                refill_in = self._refill_in()  # frames left after a top-up: the lead is full
+                if refill_in is not None:
+                    self._arm(refill_in)
+                    return
         except Exception as exc:  # raised in run(), as the same top-up there would raise it
             waiter = self._waiter
             if waiter is not None and not waiter.done():
