@@ -19,8 +19,10 @@ the stateless codecs this gives the same bytes as padding with their silence cod
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Final, Literal, Protocol
 
 from gateway.audio import g711, g722
@@ -176,7 +178,7 @@ class Uplink:
         #: (:meth:`~gateway.audio.resample.StreamResampler.coded_step`), the same answer.
         self.feed_measured: Callable[[bytes], tuple[bytes, bool]] = self._feed_then_measure
         if codes and resampler is not None:
-            step = resampler.coded_step(decode(bytes(range(256))), THRESHOLD_RMS)
+            step = resampler.coded_step(_decode_table(decode), THRESHOLD_RMS)
             if step is not None:
                 self.feed_measured = step
 
@@ -432,16 +434,24 @@ class CodedDownlink(FramePassthrough):
 def _g711_downlink(fmt: AudioFormat, encode: Callable[[bytes], bytes]) -> AnyDownlink:
     """The downlink to G.711: one C call per chunk when the resampler is compiled."""
     resampler = model_to_telephone()
-    step = resampler.encoded_step(encode(_G711_TABLE_SAMPLES))
+    step = resampler.encoded_step(_encode_table(encode))
     if step is None:
         return Downlink(fmt, encode, resampler)
     return CodedDownlink(fmt, encode, resampler, step)
 
 
-#: Every sample's top 14 bits, in order, as PCM16LE: encoded, the table of ``encoded_step``.
-_G711_TABLE_SAMPLES: Final = b"".join(
-    ((i << 2) & 0xFFFF).to_bytes(2, "little") for i in range(1 << 14)
-)
+@cache
+def _encode_table(encode: Callable[[bytes], bytes]) -> bytes:
+    """``encode`` of every sample's top 14 bits, in order: the table of ``encoded_step``
+    (made once per codec, not per call)."""
+    return encode(struct.pack("<16384H", *range(0, 1 << 16, 4)))
+
+
+@cache
+def _decode_table(decode: Callable[[bytes], bytes]) -> bytes:
+    """``decode`` of every 8-bit code, in order: the table of ``coded_step``."""
+    return decode(bytes(range(256)))
+
 
 #: A model -> carrier transcoder, as the bridge uses it.
 AnyDownlink = Downlink | FramePassthrough
