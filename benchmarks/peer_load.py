@@ -382,36 +382,19 @@ async def run_pair(
             async with httpx.AsyncClient(timeout=10) as http:
                 for gateway, url, log_path in (first, second):
                     await _wait_healthy(http, url, gateway, log_path)
-                    warm = await TwilioCaller(  # one answer through every path
-                        url, audio=render([Silence(2.0)]), linger_s=1.2,
-                        from_number=CALLER_NUMBER.format(9999),
-                    ).run()  # fmt: skip
-                    assert not warm.violations, warm.violations
+                    await _warm(url)
             await asyncio.sleep(0.5)
-            job = {"ramp": args.ramp, "duration": args.duration, "dbfs": args.caller_dbfs,
-                   "nice": args.nice}  # fmt: skip
             per_side = max(1, args.workers // 2)
-            pipes, procs = [], []
-            ctx = mp.get_context("spawn")
-            for side, (_, url, _) in enumerate((first, second)):
-                indexes = list(range(side, n, 2))
-                for w in range(per_side):
-                    receiver, sender = ctx.Pipe(duplex=False)
-                    proc = ctx.Process(
-                        target=_worker, args=(url, indexes[w::per_side], n, job, sender)
-                    )
-                    proc.start()
-                    pipes.append(receiver)
-                    procs.append(proc)
+            pipes, procs = _start_callers(
+                [(url, list(range(side, n, 2))[w::per_side])
+                 for side, (_, url, _) in enumerate((first, second)) for w in range(per_side)],
+                n, args,
+            )  # fmt: skip
             await asyncio.sleep(args.ramp + 0.5)
             cpu0, load0, t0 = [_tree_cpu_s(p) for p in pids], _load_cpu_s(procs), time.monotonic()
             await asyncio.sleep(max(2.0, args.duration - args.ramp - 2.0))
             cpu1, load1, t1 = [_tree_cpu_s(p) for p in pids], _load_cpu_s(procs), time.monotonic()
-            results: list[dict[str, Any]] = []
-            for receiver in pipes:
-                results += await asyncio.to_thread(receiver.recv)
-            for proc in procs:
-                proc.join()
+            results = await _collect(pipes, procs)
     level = _analyse(n, sim, results, args.setup_delay_ms / 1000)
     level.cpu_s, level.window_s = sum(cpu1) - sum(cpu0), t1 - t0
     level.load_cpu_pct = (load1 - load0) / (t1 - t0) * 100
@@ -458,6 +441,42 @@ async def _lag_p99_ms(http: httpx.AsyncClient, url: str, workers: int, before: s
     return worst
 
 
+async def _warm(url: str) -> None:
+    """One answer through every path of the gateway at ``url``, before measuring."""
+    warm = await TwilioCaller(
+        url, audio=render([Silence(2.0)]), linger_s=1.2, from_number=CALLER_NUMBER.format(9999)
+    ).run()
+    assert not warm.violations, warm.violations
+
+
+def _start_callers(
+    assignments: list[tuple[str, list[int]]], n: int, args: argparse.Namespace
+) -> tuple[list[Any], list[mp.process.BaseProcess]]:
+    """One caller process per (gateway URL, caller indexes): their result pipes and processes."""
+    job = {"ramp": args.ramp, "duration": args.duration, "dbfs": args.caller_dbfs,
+           "nice": args.nice}  # fmt: skip
+    pipes: list[Any] = []
+    procs: list[mp.process.BaseProcess] = []
+    ctx = mp.get_context("spawn")
+    for url, indexes in assignments:
+        receiver, sender = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_worker, args=(url, indexes, n, job, sender))
+        proc.start()
+        pipes.append(receiver)
+        procs.append(proc)
+    return pipes, procs
+
+
+async def _collect(pipes: list[Any], procs: list[mp.process.BaseProcess]) -> list[dict[str, Any]]:
+    """What every caller observed, once its process has finished."""
+    results: list[dict[str, Any]] = []
+    for receiver in pipes:
+        results += await asyncio.to_thread(receiver.recv)
+    for proc in procs:
+        proc.join()
+    return results
+
+
 async def _drive(
     n: int,
     args: argparse.Namespace,
@@ -471,27 +490,15 @@ async def _drive(
         await _wait_healthy(http, url, gateway, log)
         if args.gateway_workers > 1:
             await asyncio.sleep(1.0)  # the other workers
-        warm = await TwilioCaller(  # one answer through every path, before measuring
-            url, audio=render([Silence(2.0)]), linger_s=1.2, from_number=CALLER_NUMBER.format(9999)
-        ).run()
-        assert not warm.violations, warm.violations
+        await _warm(url)
         await asyncio.sleep(0.5)
         idle_rss = _tree_rss_mb(pid)
         before = (await http.get(url + "/metrics")).text if args.gateway_workers == 1 else None
 
         workers = max(1, min(args.workers, n))
-        job = {"ramp": args.ramp, "duration": args.duration, "dbfs": args.caller_dbfs,
-               "nice": args.nice}  # fmt: skip
-        pipes, procs = [], []
-        ctx = mp.get_context("spawn")
-        for w in range(workers):
-            receiver, sender = ctx.Pipe(duplex=False)
-            proc = ctx.Process(
-                target=_worker, args=(url, list(range(w, n, workers)), n, job, sender)
-            )
-            proc.start()
-            pipes.append(receiver)
-            procs.append(proc)
+        pipes, procs = _start_callers(
+            [(url, list(range(w, n, workers))) for w in range(workers)], n, args
+        )
         # Steady window: every caller connected, none finished.
         await asyncio.sleep(args.ramp + 0.5)
         cpu0, load0, t0 = _tree_cpu_s(pid), _load_cpu_s(procs), time.monotonic()
@@ -500,11 +507,7 @@ async def _drive(
             await asyncio.sleep(0.5)
             peak_rss = max(peak_rss, _tree_rss_mb(pid))
         cpu1, load1, t1 = _tree_cpu_s(pid), _load_cpu_s(procs), time.monotonic()
-        results: list[dict[str, Any]] = []
-        for receiver in pipes:
-            results += await asyncio.to_thread(receiver.recv)
-        for proc in procs:
-            proc.join()
+        results = await _collect(pipes, procs)
         await asyncio.sleep(1.0)
         lag_p99_ms = await _lag_p99_ms(http, url, args.gateway_workers, before)
     level = _analyse(n, sim, results, args.setup_delay_ms / 1000)
