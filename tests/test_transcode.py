@@ -27,6 +27,7 @@ from gateway.audio.transcode import (
     downlink_for,
     uplink_for,
 )
+from tests.test_resample import require_compiled
 
 FORMATS = [
     pytest.param(PCMU_8K, id="PCMU"),
@@ -499,8 +500,6 @@ def test_a_model_format_without_a_transcoder_is_refused() -> None:
 
 # --- the one-call steps of the compiled resampler (G.711) ----------------------------------------
 
-needs_kernel = pytest.mark.skipif(not resample.COMPILED, reason="the C resampler is not built")
-
 
 def _loud_and_quiet(samples: int, seed: int) -> bytes:
     """Noise whose level wanders from silence to clipping, so both answers of the voice check
@@ -510,7 +509,6 @@ def _loud_and_quiet(samples: int, seed: int) -> bytes:
     return np.clip(rng.normal(0, 1, samples) * level * 32768, -32768, 32767).astype("<i2").tobytes()
 
 
-@needs_kernel
 @pytest.mark.parametrize("fmt", [PCMU_8K, PCMA_8K])
 @settings(max_examples=60, deadline=None)
 @given(sizes=st.lists(st.integers(0, 500), min_size=1, max_size=12), seed=st.integers(0, 99))
@@ -519,6 +517,8 @@ def test_the_uplinks_one_call_step_answers_as_feed_then_voiced(
 ) -> None:
     """``feed_measured`` (decode, resample and voice check in C) gives what ``feed`` and then
     ``voiced`` give, payload after payload of any size, silence to clipping."""
+    if not resample.COMPILED:
+        require_compiled()
     fused, plain = uplink_for(fmt), uplink_for(fmt)
     assert fused.feed_measured != fused._feed_then_measure  # the C step is in use
     codes = _pcm16le_to_carrier(fmt, _loud_and_quiet(sum(sizes), seed))
@@ -530,7 +530,6 @@ def test_the_uplinks_one_call_step_answers_as_feed_then_voiced(
         assert fused.feed_measured(payload) == (out, plain.voiced(out))
 
 
-@needs_kernel
 @pytest.mark.parametrize(
     ("fmt", "encode"), [(PCMU_8K, g711.ulaw_encode), (PCMA_8K, g711.alaw_encode)]
 )
@@ -545,6 +544,8 @@ def test_the_g711_downlinks_one_call_step_gives_the_same_frames(
 ) -> None:
     """The downlink to G.711 resamples and encodes in one C call, keeping what waits for a
     whole frame encoded: the frames, the flushed tail and a reset match the PCM path's."""
+    if not resample.COMPILED:
+        require_compiled()
     fused = downlink_for(fmt)
     plain = Downlink(fmt, encode, model_to_telephone())
     assert isinstance(fused, CodedDownlink)
