@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -451,3 +453,104 @@ def test_any_sequence_keeps_the_invariants(events: list[tuple[str, int]]) -> Non
         assert m.journal.audio_ms == pytest.approx(
             sum(e.ms for e in m.journal.entries if e.kind == "audio")
         )
+
+
+def _journalled(m: SessionMachine) -> list[tuple[object, ...]]:
+    return [(e.kind, e.pcm, e.turns, e.voiced, e.carried_by) for e in m.journal.entries]
+
+
+#: Frames (their sizes), whether they are voiced, whether the last one's write fails.
+_FRAMES = st.tuples(
+    st.lists(st.sampled_from([320, 640, 960]), min_size=1, max_size=30),
+    st.booleans(),
+    st.booleans(),
+)
+_AUDIO_EVENTS = st.lists(
+    st.one_of(
+        st.tuples(st.just("audio"), _FRAMES),
+        st.tuples(st.just("text"), st.none()),
+        st.tuples(st.just("model"), st.none()),
+        st.tuples(st.just("handle"), st.integers(0, 40)),
+        st.tuples(st.just("close"), st.sampled_from([1006, 1008, 1011])),
+        st.tuples(st.just("handoff"), st.none()),
+    ),
+    max_size=40,
+)
+
+
+def _step(m: SessionMachine, kind: str, value: Any, now: float, *, runs: bool) -> object:
+    """One event on ``m``, caller audio recorded in runs or entry by entry; what it did."""
+    step: Recover | End | Dial | None = None
+    if kind == "audio":
+        sizes, voiced, fails = value
+        for i, size in enumerate(sizes):
+            pcm = bytes([(int(now * 10) + i) % 251]) * size
+            last_fails = fails and i == len(sizes) - 1
+            if runs:
+                if m.record_audio(pcm, voiced, now=now) is not None and last_fails:
+                    m.unsend_last()
+            else:
+                entry = Sent("audio", pcm=pcm, voiced=voiced)
+                if m.record(entry, now=now) is not None and last_fails:
+                    entry.carried_by = None
+    elif kind == "text":
+        m.record(note(), now=now)
+    elif kind == "model":
+        m.model_output(m.generation)
+    elif kind == "handle":
+        consumed = value or None
+        step = m.handle_updated(m.generation, f"h{now}", consumed_index=consumed, now=now)
+    elif kind == "close":
+        step = m.closed(m.generation, value, "x", now=now)
+    elif kind == "handoff":
+        step = m.handoff()
+    if not isinstance(step, (Recover, Dial)):
+        return step
+    dial = step.dial if isinstance(step, Recover) else step
+    opening = m.opened(resumed=dial.handle is not None, now=now)
+    for entry in opening.replay:
+        m.resend(entry)
+    for entry in m.journal.unsent():
+        m.deliver(entry)
+    m.opening_sent()
+    return step, opening.kind, [(e.kind, e.pcm, e.voiced) for e in opening.replay]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_AUDIO_EVENTS, st.sampled_from([300, 2_000, 15_000]))
+def test_audio_recorded_in_runs_is_journalled_as_entry_by_entry(
+    events: list[tuple[str, Any]], limit_ms: int
+) -> None:
+    """record_audio (the caller's frames kept as a run, no entry each) against record (a
+    Sent each), through every step of the machine: the same journal, message for message
+    (numbering, voicing, what went unsent after a failed write), the same audio total and
+    bound, the same decisions and replays."""
+    a, b = (SessionMachine(Policy(replay_limit_ms=limit_ms, max_drops=100)) for _ in "ab")
+    open_call(a), open_call(b)
+    for n, (kind, value) in enumerate(events):
+        if a.phase == "ended":
+            break
+        now = 0.1 * (n + 1)
+        assert _step(a, kind, value, now, runs=False) == _step(b, kind, value, now, runs=True)
+        assert _journalled(a) == _journalled(b)
+        assert a.journal.audio_ms == b.journal.audio_ms
+        assert (a.journal.overflowed, a.journal.dropped_ms) == (
+            b.journal.overflowed,
+            b.journal.dropped_ms,
+        )
+        assert (a.phase, a.generation, a.accepting) == (b.phase, b.generation, b.accepting)
+
+
+def test_the_bound_takes_audio_run_by_run_and_keeps_the_notes_between() -> None:
+    m = open_call(SessionMachine(Policy(replay_limit_ms=40)))
+    frame = voice()[0].pcm
+    m.record_audio(frame, True, now=0.0)  # a run of one message
+    m.record(note(), now=0.0)
+    for _ in range(3):
+        m.record_audio(frame, True, now=0.0)  # each beyond the bound by one frame
+    assert [(e.kind, e.carried_by) for e in m.journal.entries] == [
+        ("turns", (1, 2)),
+        ("audio", (1, 4)),
+        ("audio", (1, 5)),
+    ]
+    assert m.journal.overflowed and m.journal.dropped_ms == 40 and m.journal.audio_ms == 40

@@ -78,17 +78,47 @@ class Sent:
         return len(self.pcm) / BYTES_PER_MS
 
 
+@dataclass(slots=True, eq=False)
+class _AudioRun:
+    """Caller audio sent as consecutive messages of one connection: ``frames[i]`` went as
+    message ``first + i`` of connection ``generation``. The journal's form of the frames
+    :meth:`SessionMachine.record_audio` records, fifty a second per call: a list entry each,
+    not a :class:`Sent` and its index tuple, which only a replay (rare) needs."""
+
+    generation: int
+    first: int
+    frames: list[bytes]
+    voiced: list[bool]
+
+    def entries(self) -> list[Sent]:
+        g, first = self.generation, self.first
+        return [
+            Sent("audio", pcm=pcm, voiced=v, carried_by=(g, first + i))
+            for i, (pcm, v) in enumerate(zip(self.frames, self.voiced, strict=True))
+        ]
+
+    def drop_first(self, count: int) -> None:
+        del self.frames[:count]
+        del self.voiced[:count]
+        self.first += count
+
+
 class Journal:
     """What the model was sent, or is yet to be sent, since the newest resumption handle.
 
     Sent entries are the part a resume must replay; unsent ones (queued while no connection
     could take them) are delivered after any opening. Audio is bounded by ``limit_ms``: beyond
     it the oldest audio goes and :attr:`overflowed` says the replay can no longer be faithful.
+
+    Audio sent on one connection message after message (:meth:`add_sent_audio`) is kept as a
+    run, one list item per message; :attr:`entries` gives it back as one :class:`Sent` each.
     """
 
     def __init__(self, limit_ms: float) -> None:
         self.limit_ms = limit_ms
-        self.entries: deque[Sent] = deque()
+        self._items: deque[Sent | _AudioRun] = deque()
+        #: The last item, while it is a run that the next message of its connection extends.
+        self._tail: _AudioRun | None = None
         self.audio_ms = 0.0
         self.overflowed = False
         #: Audio the bound pushed out (ms), over the call.
@@ -96,20 +126,64 @@ class Journal:
         #: Whether any entry holds voiced audio (else leading silence is trimmed).
         self._voiced = False
 
+    @property
+    def entries(self) -> list[Sent]:
+        """Everything journalled, in order, one :class:`Sent` per message."""
+        entries: list[Sent] = []
+        for item in self._items:
+            if isinstance(item, _AudioRun):
+                entries += item.entries()
+            else:
+                entries.append(item)
+        return entries
+
     def add(self, entry: Sent) -> None:
-        self.entries.append(entry)
+        self._items.append(entry)
+        self._tail = None
         if entry.kind != "audio":
             return
-        self.audio_ms += len(entry.pcm) / BYTES_PER_MS  # entry.ms, without a call (per frame)
-        self._voiced = self._voiced or entry.voiced
+        self._added_audio(len(entry.pcm), entry.voiced)
+
+    def add_sent_audio(self, pcm: bytes, voiced: bool, generation: int, index: int) -> None:
+        """:meth:`add` of ``Sent("audio", pcm=pcm, voiced=voiced, carried_by=(generation,
+        index))``, kept in a run with the messages sent just before it on that connection."""
+        tail = self._tail
+        if (
+            tail is not None
+            and tail.generation == generation
+            and tail.first + len(tail.frames) == index
+        ):
+            tail.frames.append(pcm)
+            tail.voiced.append(voiced)
+        else:
+            self._tail = _AudioRun(generation, index, [pcm], [voiced])
+            self._items.append(self._tail)
+        self._added_audio(len(pcm), voiced)
+
+    def _added_audio(self, size: int, voiced: bool) -> None:
+        self.audio_ms += size / BYTES_PER_MS  # Sent.ms, without a call (per frame)
+        self._voiced = self._voiced or voiced
         if not self._voiced:
             self._trim_silence()
         while self.audio_ms > self.limit_ms:
             if not self._drop_oldest_audio():
                 break
 
+    def unsend_last(self) -> None:
+        """The message :meth:`add_sent_audio` journalled last failed as it was written: nobody
+        heard it, so it is journalled as unsent, where it was (gone already, if the bound
+        pushed it out)."""
+        tail = self._tail
+        if tail is None:
+            return
+        pcm, voiced = tail.frames.pop(), tail.voiced.pop()
+        if not tail.frames:
+            self._items.pop()
+        self._items.append(Sent("audio", pcm=pcm, voiced=voiced))
+        self._tail = None
+
     def unsent(self) -> list[Sent]:
-        return [e for e in self.entries if e.carried_by is None]
+        return [e for e in self._items if isinstance(e, Sent) and e.carried_by is None]
 
     def sent(self) -> list[Sent]:
         return [e for e in self.entries if e.carried_by is not None]
@@ -117,40 +191,73 @@ class Journal:
     def forget_sent(self, through: tuple[int, int] | None = None) -> None:
         """Drop entries the server's state now includes: all sent ones, or those carried by
         generation ``through[0]`` up to message index ``through[1]``."""
-        kept: deque[Sent] = deque()
-        for entry in self.entries:
-            carried = entry.carried_by
-            included = carried is not None and (through is None or carried <= through)
-            if not included:
-                kept.append(entry)
-        self.entries = kept
-        self.audio_ms = sum(e.ms for e in kept if e.kind == "audio")
-        self._voiced = any(e.voiced for e in kept)
+        kept: deque[Sent | _AudioRun] = deque()
+        for item in self._items:
+            if isinstance(item, _AudioRun):
+                if through is None or item.generation < through[0]:
+                    continue
+                if item.generation == through[0]:
+                    included = through[1] - item.first + 1
+                    if included >= len(item.frames):
+                        continue
+                    if included > 0:
+                        item.drop_first(included)
+                kept.append(item)
+                continue
+            carried = item.carried_by
+            if carried is None or (through is not None and carried > through):
+                kept.append(item)
+        self._items = kept
+        last = kept[-1] if kept else None
+        self._tail = last if isinstance(last, _AudioRun) else None
+        entries = self.entries
+        self.audio_ms = sum(e.ms for e in entries if e.kind == "audio")
+        self._voiced = any(e.voiced for e in entries)
         self.overflowed = False
 
     def clear(self) -> None:
-        self.entries.clear()
+        self._items.clear()
+        self._tail = None
         self.audio_ms = 0.0
         self._voiced = False
         self.overflowed = False
 
     def _trim_silence(self) -> None:
         while self.audio_ms > SILENT_LEAD_MS:
-            head = self.entries[0]
+            head = self._items[0]
+            if isinstance(head, _AudioRun):
+                self.audio_ms -= len(head.frames[0]) / BYTES_PER_MS
+                self._drop_first_frame(0, head)
+                continue
             if head.kind != "audio":
                 return  # a text turn is never dropped
-            self.entries.popleft()
+            self._items.popleft()
             self.audio_ms -= head.ms
 
     def _drop_oldest_audio(self) -> bool:
-        for i, entry in enumerate(self.entries):
-            if entry.kind == "audio":
-                del self.entries[i]
-                self.audio_ms -= entry.ms
-                self.dropped_ms += entry.ms
-                self.overflowed = True
-                return True
+        for i, item in enumerate(self._items):
+            if isinstance(item, _AudioRun):
+                ms = len(item.frames[0]) / BYTES_PER_MS
+                self._drop_first_frame(i, item)
+            elif item.kind == "audio":
+                ms = item.ms
+                del self._items[i]
+            else:
+                continue
+            self.audio_ms -= ms
+            self.dropped_ms += ms
+            self.overflowed = True
+            return True
         return False
+
+    def _drop_first_frame(self, i: int, run: _AudioRun) -> None:
+        """Drop the first message of ``run``, item ``i``; the run with it if it was the last."""
+        if len(run.frames) > 1:
+            run.drop_first(1)
+            return
+        del self._items[i]
+        if run is self._tail:
+            self._tail = None
 
 
 # ---------------------------------------------------------------------------------- actions
@@ -351,6 +458,29 @@ class SessionMachine:
             entry.carried_by = (self.generation, index)
         self.journal.add(entry)
         return index
+
+    def record_audio(self, pcm: bytes, voiced: bool, *, now: float) -> int | None:
+        """:meth:`record` of ``Sent("audio", pcm=pcm, voiced=voiced)``, for caller audio
+        about to be sent on the current connection, fifty times a second per call: no entry
+        is made for it (:meth:`Journal.add_sent_audio`). :meth:`unsend_last` if the write
+        then fails."""
+        if voiced:
+            self._last_voice_at = now
+            self._since.caller_voice = True
+        if self.phase == "ended":
+            return None
+        if not self.accepting:
+            self.journal.add(Sent("audio", pcm=pcm, voiced=voiced))
+            return None
+        index = self._next_index
+        self._next_index = index + 1
+        self.journal.add_sent_audio(pcm, voiced, self.generation, index)
+        return index
+
+    def unsend_last(self) -> None:
+        """The message :meth:`record_audio` numbered last could not be written: nobody heard
+        it, so it is queued for the next connection like audio sent while none took it."""
+        self.journal.unsend_last()
 
     def resend(self, entry: Sent) -> int:
         """``entry``, from a replay, is being sent again on the current connection."""

@@ -321,11 +321,11 @@ class LiveSession:
         conn = self._conn
         assert conn is not None and conn.raw_send is not None
         loud = is_voiced(audio) if voiced is None else voiced
-        entry = Sent("audio", pcm=audio, voiced=loud)
-        if self.machine.record(entry, now=time.monotonic()) is None:
+        machine = self.machine
+        if machine.record_audio(audio, loud, now=time.monotonic()) is None:
             return  # the call ended
         if not conn.raw_send.write_base64(AUDIO_MESSAGE_PREFIX, audio, AUDIO_MESSAGE_SUFFIX):
-            entry.carried_by = None  # the transport failed as it wrote: nobody heard it
+            machine.unsend_last()  # the transport failed as it wrote: nobody heard it
             self._send_failed(conn, ConnectionResetError("the model socket failed on a write"))
 
     async def send_text(self, text: str) -> None:
