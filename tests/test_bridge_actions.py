@@ -11,10 +11,12 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pytest
 
 import gateway.call.actions as actions_module
 from gateway.agents import parse_agents
+from gateway.audio import g711
 from gateway.call.hooks import CallActionError
 from gateway.call.http_tools import ToolOutcome
 from gateway.call.tools import END_CALL_ACCEPTED, TRANSFER_DONE
@@ -28,7 +30,7 @@ from gateway.model.events import (
     TurnComplete,
 )
 from tests.servers import until
-from tests.test_bridge import begin, mark, media, stop, tone
+from tests.test_bridge import MULAW_FRAME_BYTES, begin, mark, media, stop, tone
 
 AGENTS_YAML = """
 tools:
@@ -247,6 +249,21 @@ async def test_a_quiet_line_is_checked_on_then_ended_after_a_goodbye() -> None:
         call.socket.feed(mark(name))
     assert await call.ended() == "idle_ended"
     assert actions.ended
+
+
+async def test_a_caller_who_speaks_is_not_checked_on_until_the_line_goes_quiet() -> None:
+    call = begin(graph=GRAPH, idle_prompt_s=0.3, idle_hangup_s=5.0)
+    await call.connected()
+    t = np.arange(MULAW_FRAME_BYTES) / 8000
+    voice = g711.ulaw_encode((8000 * np.sin(2 * np.pi * 300 * t)).astype("<i2").tobytes())
+    for seq in range(2, 2 + 60):  # 1.2 s of voice, at the pace of a phone
+        call.socket.feed(media(voice, seq))
+        await asyncio.sleep(0.02)
+    assert call.session.texts == []  # the watch looked twice meanwhile, and heard the caller
+    await call.session.until(lambda: call.session.texts)  # quiet now: checked on
+    assert "still there" in call.session.texts[0]
+    call.socket.feed(stop())
+    assert await call.ended() == "caller_hung_up"
 
 
 async def test_a_caller_who_hangs_up_during_the_transfer_notice_is_not_transferred() -> None:

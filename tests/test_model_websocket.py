@@ -171,6 +171,25 @@ async def test_base64_messages_arrive_as_the_text_they_stand_for_each_with_its_o
             assert len(set(keys)) >= len(pcms) - 10
 
 
+async def test_a_base64_message_the_transport_fails_to_write_aborts_the_connection() -> None:
+    """The transport raising as ``write_base64`` writes: False, and the connection aborted,
+    so the session treats it as lost (and journals the audio as unsent)."""
+    async with serve(_drain, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
+            send = DirectSender(ws)
+            assert send.writable()
+
+            def broken(data: bytes) -> None:
+                raise OSError("the socket broke")
+
+            transport: Any = ws.transport
+            transport.write = broken
+            assert not send.write_base64(b'{"audio":"', b"pcm", b'"}')
+            assert transport.is_closing()
+            await asyncio.wait_for(ws.wait_closed(), 5)
+
+
 async def test_a_servers_frames_go_unmasked_and_arrive_whole() -> None:
     # The simulators send through DirectSender on their server side: RFC 6455 forbids a
     # server to mask, and the websockets client fails the connection (1002) if one does.
