@@ -167,6 +167,9 @@ class Settings(BaseSettings):
     #: Default for ``gateway serve --workers``: processes serving calls on the one port. Unset:
     #: one per core the container may use (``gateway.cpus.available_cpus``).
     workers: int | None = Field(default=None, ge=1)
+    #: Under load, the event loop looks at its sockets at most once per this many ms and
+    #: handles what arrived together (``gateway.pacing``); 0: it wakes for every message.
+    loop_pacing_ms: float = Field(default=2.0, ge=0.0, le=10.0)
 
     # --- Gemini Live connection -------------------------------------------------------------
     #: Websocket keepalive towards Gemini. Pongs have been seen to take 8-30 s under load, and a

@@ -47,6 +47,7 @@ def test_defaults() -> None:
     assert str(settings.agents_file) == "agents.yaml"
     assert settings.public_url is None
     assert settings.stream_base() is None
+    assert settings.loop_pacing_ms == 2.0
 
 
 def test_google_api_key_is_an_alias_and_gemini_wins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,6 +93,8 @@ def test_public_url_builds_the_wss_stream_base(monkeypatch: pytest.MonkeyPatch) 
         ("TIMEZONE", "../etc/passwd", "TIMEZONE: unknown time zone"),
         ("WORKERS", "0", "WORKERS: Input should be greater than or equal to 1"),
         ("WORKERS", "auto", "WORKERS: Input should be a valid integer"),
+        ("LOOP_PACING_MS", "-1", "LOOP_PACING_MS: Input should be greater than or equal to 0"),
+        ("LOOP_PACING_MS", "50", "LOOP_PACING_MS: Input should be less than or equal to 10"),
     ],
 )
 def test_invalid_settings_name_the_variable(

@@ -40,6 +40,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.security",
             "gateway.claims",
             "gateway.cpus",
+            "gateway.pacing",
             "gateway.connections",
             "gateway.wire",
             "gateway.wsparser",

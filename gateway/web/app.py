@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from gateway.aio import cancel_and_wait
+from gateway.pacing import LoopPacer
 from gateway.web.admin import add_admin_routes
 from gateway.web.browser import add_browser_routes
 from gateway.web.console import add_console_routes
@@ -31,11 +32,15 @@ from gateway.web.twilio import add_twilio_routes
 def create_app(state: GatewayState) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        lag_probe = asyncio.create_task(state.metrics.watch_event_loop_lag(), name="lag-probe")
+        background = [asyncio.create_task(state.metrics.watch_event_loop_lag(), name="lag-probe")]
+        pacing_ms = state.settings.loop_pacing_ms
+        if pacing_ms:
+            pacer = LoopPacer(pacing_ms / 1000)
+            background.append(asyncio.create_task(pacer.run(), name="loop-pacer"))
         try:
             yield
         finally:
-            await cancel_and_wait(lag_probe)
+            await cancel_and_wait(*background)
         # Calls (and sockets not yet calls) still running at shutdown are ended: each bridge
         # closes both sides.
         tasks = [*state.calls, *state.pending]
