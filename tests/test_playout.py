@@ -124,6 +124,32 @@ async def test_a_steady_answer_goes_out_as_one_media_message_per_refill(streamed
         assert set(refill_via[:-1]) == {"at once"}, refill_via
 
 
+async def test_the_first_chunk_of_an_answer_goes_out_in_the_call_that_queued_it() -> None:
+    """With ``send_now`` and run() waiting with nothing queued, a model chunk's frames go out
+    from ``enqueue_all`` itself, as one message, with no loop iteration in between; chunks
+    queued before run() has woken wait for it and go together. Awaited only: run() sends."""
+    rec = Recorder()
+    playout = Playout(_codec(), rec.send, send_now=rec.now, lead_ms=200, refill_ms=100)
+    runner = asyncio.create_task(playout.run())
+    try:
+        await asyncio.sleep(0.01)  # run() waits
+        playout.enqueue_all([b"\x01" * 160, b"\x02" * 160])
+        assert rec.frames() == (2 if _AT_ONCE else 0)
+        assert len(rec.sent) == (1 if _AT_ONCE else 0)
+        playout.enqueue_all([b"\x03" * 160] * 4)  # before run() has looked: it sends these
+        assert rec.frames() == (2 if _AT_ONCE else 0)
+        await asyncio.sleep(0.05)
+        assert rec.frames() == 6
+        assert len(rec.sent) == (2 if _AT_ONCE else 1)
+        payloads = b"".join(
+            base64.b64decode(m["media"]["payload"])  # type: ignore[index]
+            for _, m in rec.sent
+        )
+        assert payloads == b"\x01" * 160 + b"\x02" * 160 + b"\x03" * 640
+    finally:
+        await cancel_and_wait(runner)
+
+
 async def test_interrupt_drops_queued_audio_and_clears_first() -> None:
     rec = Recorder()
     playout = Playout(_codec(), rec.send, send_now=rec.now, lead_ms=100, refill_ms=50)

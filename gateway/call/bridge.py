@@ -681,8 +681,7 @@ class CallBridge:
         assert downlink is not None
         assert playout is not None
         frames = downlink.feed(event.pcm)
-        for frame in frames:
-            playout.enqueue(frame)
+        playout.enqueue_all(frames)
         self._last_activity = time.monotonic()
         self.stats.frames_out(len(frames))
         if not self._speaking:
@@ -887,8 +886,7 @@ class CallBridge:
         downlink, playout = self._downlink, self._playout
         assert downlink is not None
         assert playout is not None
-        for frame in downlink.flush():
-            playout.enqueue(frame)
+        playout.enqueue_all(downlink.flush())
         self._speaking = False
 
     def _agent_started_speaking(self) -> None:

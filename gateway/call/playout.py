@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -111,12 +111,30 @@ class Playout:
         self.frames_overflowed = 0
 
     def enqueue(self, frame: bytes) -> None:
-        if len(self._items) >= self._max_items:
-            self._items.popleft()  # a runaway producer; the oldest audio is the least useful
-            self.frames_overflowed += 1
-        self._items.append(frame)
-        if self._timer is None:
-            self._wake()
+        self.enqueue_all((frame,))
+
+    def enqueue_all(self, frames: Iterable[bytes]) -> None:
+        """Queue ``frames`` (a model chunk's), then start sending them if nothing is.
+
+        While :meth:`run` waits with nothing queued and the socket takes messages at once
+        (``send_now``), the first top-up of an answer is sent from here, as the refill's
+        timer would send it, and the timer armed for the next: the first audio of an answer
+        goes out in the call that brought it, not a loop iteration later when :meth:`run`
+        wakes (one iteration can be a whole window when the loop is paced,
+        :mod:`gateway.pacing`)."""
+        items = self._items
+        for frame in frames:
+            if len(items) >= self._max_items:
+                items.popleft()  # a runaway producer; the oldest audio is the least useful
+                self.frames_overflowed += 1
+            items.append(frame)
+        if self._timer is not None:
+            return  # a refill is due: new frames wait for it (see _idle)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and self._refill_in() is None:
+            self._refill_due()  # run() waits with nothing queued: top up here, as the timer
+        else:
+            self._wake()  # run() is awake already, or wakes for what is due
 
     def mark(self, name: str) -> None:
         """Queue a mark behind the frames already queued."""
