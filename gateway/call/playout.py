@@ -254,7 +254,8 @@ class Playout:
             waiter.set_result(None)
 
     def _refill_due(self) -> None:
-        """The refill's timer, while :meth:`run` waits for it: top the carrier up here, and
+        """The refill's timer, while :meth:`run` waits for it (and :meth:`enqueue_all`, when
+        run() waits with nothing queued): top the carrier up here, and
         arm the next refill while frames remain beyond the lead, when every message goes out
         at once (``send_now``); otherwise, or once the queue has run dry, wake :meth:`run`,
         which then does what it always did. A refill costs a timer callback, not a wake-up

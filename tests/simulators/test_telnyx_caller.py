@@ -249,7 +249,12 @@ def test_texml_media_is_paced_in_real_time(texml_call: TexmlCall) -> None:
     a busy machine does not delay the ones after it (a relative schedule would drift)."""
     call = texml_call.call
     arrivals = np.array([t for t, m in call.messages if m["event"] == "media"]) - call.start_time
-    lateness = np.abs(arrivals - 0.020 * np.arange(1, N_MEDIA + 1))
+    schedule = 0.020 * np.arange(1, N_MEDIA + 1)
+    # Where the caller's schedule starts against the moment the gateway read `start`: a few ms
+    # on a loaded machine (5.5 ms was seen in a full parallel run), the same for every chunk.
+    offset = np.median(arrivals - schedule)
+    assert -0.005 < offset < 0.020
+    lateness = np.abs(arrivals - schedule - offset)
     assert np.median(lateness) < 0.005
     assert np.percentile(lateness, 80) < 0.040  # a stall on a loaded machine may hit a few
     assert np.median(lateness[-len(lateness) // 4 :]) < 0.005  # caught up: no drift
