@@ -39,6 +39,7 @@ What it decides, and why (sources in ``../shared/reference/gemini-live-protocol.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -210,10 +211,18 @@ class Journal:
         self._items = kept
         last = kept[-1] if kept else None
         self._tail = last if isinstance(last, _AudioRun) else None
-        entries = self.entries
-        self.audio_ms = sum(e.ms for e in entries if e.kind == "audio")
-        self._voiced = any(e.voiced for e in entries)
+        self.audio_ms = sum(self._audio_ms_each())  # message by message, as add() added them
+        self._voiced = any(
+            any(item.voiced) if isinstance(item, _AudioRun) else item.voiced for item in kept
+        )
         self.overflowed = False
+
+    def _audio_ms_each(self) -> Iterator[float]:
+        for item in self._items:
+            if isinstance(item, _AudioRun):
+                yield from (len(pcm) / BYTES_PER_MS for pcm in item.frames)
+            elif item.kind == "audio":
+                yield item.ms
 
     def clear(self) -> None:
         self._items.clear()
