@@ -255,10 +255,10 @@ class Playout:
 
     def _refill_due(self) -> None:
         """The refill's timer, while :meth:`run` waits for it (and :meth:`enqueue_all`, when
-        run() waits with nothing queued): top the carrier up here, and
-        arm the next refill while frames remain beyond the lead, when every message goes out
-        at once (``send_now``); otherwise, or once the queue has run dry, wake :meth:`run`,
-        which then does what it always did. A refill costs a timer callback, not a wake-up
+        run() waits with nothing queued): top the carrier up here, and arm the next refill
+        while frames remain beyond the lead, when every message goes out at once
+        (``send_now``); otherwise, or once the queue has run dry, wake :meth:`run`, which then
+        does what it always did. A refill costs a timer callback, not a wake-up
         of the coroutine (with its task step and three frames resumed): ten a second a call."""
         self._timer = None
         try:

@@ -118,8 +118,6 @@ class Journal:
     def __init__(self, limit_ms: float) -> None:
         self.limit_ms = limit_ms
         self._items: deque[Sent | _AudioRun] = deque()
-        #: The last item, while it is a run that the next message of its connection extends.
-        self._tail: _AudioRun | None = None
         self.audio_ms = 0.0
         self.overflowed = False
         #: Audio the bound pushed out (ms), over the call.
@@ -140,25 +138,25 @@ class Journal:
 
     def add(self, entry: Sent) -> None:
         self._items.append(entry)
-        self._tail = None
         if entry.kind != "audio":
             return
         self._added_audio(len(entry.pcm), entry.voiced)
 
     def add_sent_audio(self, pcm: bytes, voiced: bool, generation: int, index: int) -> None:
         """:meth:`add` of ``Sent("audio", pcm=pcm, voiced=voiced, carried_by=(generation,
-        index))``, kept in a run with the messages sent just before it on that connection."""
-        tail = self._tail
+        index))``, kept in a run with the messages sent just before it on that connection (the
+        last item, when it is their run)."""
+        items = self._items
+        tail = items[-1] if items else None
         if (
-            tail is not None
+            isinstance(tail, _AudioRun)
             and tail.generation == generation
             and tail.first + len(tail.frames) == index
         ):
             tail.frames.append(pcm)
             tail.voiced.append(voiced)
         else:
-            self._tail = _AudioRun(generation, index, [pcm], [voiced])
-            self._items.append(self._tail)
+            items.append(_AudioRun(generation, index, [pcm], [voiced]))
         self._added_audio(len(pcm), voiced)
 
     def _added_audio(self, size: int, voiced: bool) -> None:
@@ -173,15 +171,15 @@ class Journal:
     def unsend_last(self) -> None:
         """The message :meth:`add_sent_audio` journalled last failed as it was written: nobody
         heard it, so it is journalled as unsent, where it was (gone already, if the bound
-        pushed it out)."""
-        tail = self._tail
-        if tail is None:
+        pushed it out: the bound takes the oldest audio first, so the run is gone with it)."""
+        items = self._items
+        tail = items[-1] if items else None
+        if not isinstance(tail, _AudioRun):
             return
         pcm, voiced = tail.frames.pop(), tail.voiced.pop()
         if not tail.frames:
-            self._items.pop()
-        self._items.append(Sent("audio", pcm=pcm, voiced=voiced))
-        self._tail = None
+            items.pop()
+        items.append(Sent("audio", pcm=pcm, voiced=voiced))
 
     def unsent(self) -> list[Sent]:
         return [e for e in self._items if isinstance(e, Sent) and e.carried_by is None]
@@ -209,8 +207,6 @@ class Journal:
             if carried is None or (through is not None and carried > through):
                 kept.append(item)
         self._items = kept
-        last = kept[-1] if kept else None
-        self._tail = last if isinstance(last, _AudioRun) else None
         self.audio_ms = sum(self._audio_ms_each())  # message by message, as add() added them
         self._voiced = any(
             any(item.voiced) if isinstance(item, _AudioRun) else item.voiced for item in kept
@@ -226,7 +222,6 @@ class Journal:
 
     def clear(self) -> None:
         self._items.clear()
-        self._tail = None
         self.audio_ms = 0.0
         self._voiced = False
         self.overflowed = False
@@ -263,10 +258,8 @@ class Journal:
         """Drop the first message of ``run``, item ``i``; the run with it if it was the last."""
         if len(run.frames) > 1:
             run.drop_first(1)
-            return
-        del self._items[i]
-        if run is self._tail:
-            self._tail = None
+        else:
+            del self._items[i]
 
 
 # ---------------------------------------------------------------------------------- actions
