@@ -324,6 +324,12 @@ async def _gateway(
         # core it may use (an older checkout ignores the variable).
         "WORKERS": str(args.gateway_workers),
     }
+    if args.against and args.side_by_side:
+        # Each gateway carries half the calls, near the load where pacing starts (about 20 %
+        # of a core): a change that saves CPU could turn its pacing off and hide the saving.
+        # Paced always, both measure in the regime of one gateway under load. (A checkout
+        # from before LOOP_PACING_BUSY_PCT ignores it: compare such with LOOP_PACING_MS=0.)
+        env.setdefault("LOOP_PACING_BUSY_PCT", "0")
     command = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1",
                "--port", str(port)]  # fmt: skip
     if args.gateway_workers > 1:

@@ -170,6 +170,11 @@ class Settings(BaseSettings):
     #: Under load, the event loop looks at its sockets at most once per this many ms and
     #: handles what arrived together (``gateway.pacing``); 0: it wakes for every message.
     loop_pacing_ms: float = Field(default=2.0, ge=0.0, le=10.0)
+    #: Pacing starts once the process uses this share of one core (percent), and stops below
+    #: three quarters of it; 0: always (for measuring two gateways side by side, which each
+    #: carry half the calls and would sit at the threshold). A container with a fraction of
+    #: a core may want it lower.
+    loop_pacing_busy_pct: float = Field(default=20.0, ge=0.0, le=100.0)
 
     # --- Gemini Live connection -------------------------------------------------------------
     #: Websocket keepalive towards Gemini. Pongs have been seen to take 8-30 s under load, and a

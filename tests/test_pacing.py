@@ -166,3 +166,27 @@ async def test_the_gateway_paces_its_loop_unless_told_not_to(pacing_ms: float) -
         result = await h.call([Tone(300, 0.6), Silence(1.5)], linger_s=0.2)
         assert result.media_bytes_received > 0
     assert "loop-pacer" not in {task.get_name() for task in asyncio.all_tasks()}
+
+
+async def _iterations_take(count: int) -> float:
+    """How long ``count`` iterations of the running loop take, each yielding once."""
+    started = time.monotonic()
+    for _ in range(count):
+        await asyncio.sleep(0)
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize(("busy_pct", "paced"), [(0.0, True), (100.0, False)])
+async def test_the_busy_threshold_decides_when_the_served_loop_is_paced(
+    busy_pct: float, paced: bool
+) -> None:
+    """LOOP_PACING_BUSY_PCT: at 0 the app's loop (this test's: the server runs in it) is paced
+    from the first measurement on, even idle, so each of its iterations waits out a window;
+    at 100 an idle loop is never paced, and iterations do not wait."""
+    async with running(loop_pacing_ms=2.0, loop_pacing_busy_pct=busy_pct):
+        await asyncio.sleep(0.6)  # two of the pacer's measurements
+        took = await _iterations_take(50)
+    if paced:
+        assert took >= 50 * 0.002 * 0.9  # a window (2 ms) per iteration, less the clock's grain
+    else:
+        assert took < 50 * 0.002 * 0.5  # an idle loop's iterations take microseconds

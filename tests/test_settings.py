@@ -31,6 +31,8 @@ ENV_NAMES = (
     "ADMIN_API_TOKEN",
     "RECORDINGS_DIR",
     "WORKERS",
+    "LOOP_PACING_MS",
+    "LOOP_PACING_BUSY_PCT",
 )
 
 
@@ -48,6 +50,7 @@ def test_defaults() -> None:
     assert settings.public_url is None
     assert settings.stream_base() is None
     assert settings.loop_pacing_ms == 2.0
+    assert settings.loop_pacing_busy_pct == 20.0
 
 
 def test_google_api_key_is_an_alias_and_gemini_wins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,6 +98,16 @@ def test_public_url_builds_the_wss_stream_base(monkeypatch: pytest.MonkeyPatch) 
         ("WORKERS", "auto", "WORKERS: Input should be a valid integer"),
         ("LOOP_PACING_MS", "-1", "LOOP_PACING_MS: Input should be greater than or equal to 0"),
         ("LOOP_PACING_MS", "50", "LOOP_PACING_MS: Input should be less than or equal to 10"),
+        (
+            "LOOP_PACING_BUSY_PCT",
+            "-5",
+            "LOOP_PACING_BUSY_PCT: Input should be greater than or equal to 0",
+        ),
+        (
+            "LOOP_PACING_BUSY_PCT",
+            "150",
+            "LOOP_PACING_BUSY_PCT: Input should be less than or equal to 100",
+        ),
     ],
 )
 def test_invalid_settings_name_the_variable(
