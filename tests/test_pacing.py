@@ -183,10 +183,11 @@ async def test_the_busy_threshold_decides_when_the_served_loop_is_paced(
     """LOOP_PACING_BUSY_PCT: at 0 the app's loop (this test's: the server runs in it) is paced
     from the first measurement on, even idle, so each of its iterations waits out a window;
     at 100 an idle loop is never paced, and iterations do not wait."""
-    async with running(loop_pacing_ms=2.0, loop_pacing_busy_pct=busy_pct):
+    window_s, iterations = 0.010, 30  # the widest window: paced and not stay far apart
+    async with running(loop_pacing_ms=window_s * 1000, loop_pacing_busy_pct=busy_pct):
         await asyncio.sleep(0.6)  # two of the pacer's measurements
-        took = await _iterations_take(50)
+        took = await _iterations_take(iterations)
     if paced:
-        assert took >= 50 * 0.002 * 0.9  # a window (2 ms) per iteration, less the clock's grain
+        assert took >= iterations * window_s * 0.9  # a window each, less the clock's grain
     else:
-        assert took < 50 * 0.002 * 0.5  # an idle loop's iterations take microseconds
+        assert took < iterations * window_s * 0.5  # idle, each takes microseconds
