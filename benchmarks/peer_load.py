@@ -152,6 +152,17 @@ async def _lag_probe(out: list[tuple[float, float]]) -> None:
         out.append((now, max(0.0, now - due) * 1000))
 
 
+@contextlib.asynccontextmanager
+async def _probing_lag() -> AsyncIterator[list[tuple[float, float]]]:
+    """:func:`_lag_probe` for the block: the samples, the probe cancelled and awaited after."""
+    lags: list[tuple[float, float]] = []
+    probe = asyncio.create_task(_lag_probe(lags))
+    try:
+        yield lags
+    finally:
+        await cancel_and_wait(probe)
+
+
 def _worker(
     url: str,
     indexes: list[int],
@@ -175,12 +186,8 @@ def _worker(
                 "violations": result.violations}  # fmt: skip
 
     async def run() -> dict[str, Any]:
-        lags: list[tuple[float, float]] = []
-        probe = asyncio.create_task(_lag_probe(lags))
-        try:
+        async with _probing_lag() as lags:
             callers = await asyncio.gather(*(one(i) for i in indexes))
-        finally:
-            probe.cancel()
         return {"callers": callers, "lags": lags}
 
     with asyncio.Runner(loop_factory=_fast_loop()) as runner:
@@ -429,13 +436,19 @@ async def run_pair(
                  for side, (_, url, _) in enumerate((first, second)) for w in range(per_side)],
                 n, args,
             )  # fmt: skip
-            sim_lags: list[tuple[float, float]] = []
-            probe = asyncio.create_task(_lag_probe(sim_lags))
-            await asyncio.sleep(args.ramp + 0.5)
-            cpu0, load0, t0 = [_tree_cpu_s(p) for p in pids], _load_cpu_s(procs), time.monotonic()
-            await asyncio.sleep(max(2.0, args.duration - args.ramp - 2.0))
-            cpu1, load1, t1 = [_tree_cpu_s(p) for p in pids], _load_cpu_s(procs), time.monotonic()
-            await cancel_and_wait(probe)
+            async with _probing_lag() as sim_lags:
+                await asyncio.sleep(args.ramp + 0.5)
+                cpu0, load0, t0 = (
+                    [_tree_cpu_s(p) for p in pids],
+                    _load_cpu_s(procs),
+                    time.monotonic(),
+                )
+                await asyncio.sleep(max(2.0, args.duration - args.ramp - 2.0))
+                cpu1, load1, t1 = (
+                    [_tree_cpu_s(p) for p in pids],
+                    _load_cpu_s(procs),
+                    time.monotonic(),
+                )
             results, caller_lags = await _collect(pipes, procs)
     level = _analyse(n, sim, results, args.setup_delay_ms / 1000)
     level.sim_lag_p99_ms = _lag_p99_within(sim_lags, t0, t1)
@@ -554,17 +567,15 @@ async def _drive(
         pipes, procs = _start_callers(
             [(url, list(range(w, n, workers))) for w in range(workers)], n, args
         )
-        sim_lags: list[tuple[float, float]] = []
-        probe = asyncio.create_task(_lag_probe(sim_lags))
-        # Steady window: every caller connected, none finished.
-        await asyncio.sleep(args.ramp + 0.5)
-        cpu0, load0, t0 = _tree_cpu_s(pid), _load_cpu_s(procs), time.monotonic()
-        peak_rss = _tree_rss_mb(pid)
-        while time.monotonic() - t0 < max(2.0, args.duration - args.ramp - 2.0):
-            await asyncio.sleep(0.5)
-            peak_rss = max(peak_rss, _tree_rss_mb(pid))
-        cpu1, load1, t1 = _tree_cpu_s(pid), _load_cpu_s(procs), time.monotonic()
-        await cancel_and_wait(probe)
+        async with _probing_lag() as sim_lags:
+            # Steady window: every caller connected, none finished.
+            await asyncio.sleep(args.ramp + 0.5)
+            cpu0, load0, t0 = _tree_cpu_s(pid), _load_cpu_s(procs), time.monotonic()
+            peak_rss = _tree_rss_mb(pid)
+            while time.monotonic() - t0 < max(2.0, args.duration - args.ramp - 2.0):
+                await asyncio.sleep(0.5)
+                peak_rss = max(peak_rss, _tree_rss_mb(pid))
+            cpu1, load1, t1 = _tree_cpu_s(pid), _load_cpu_s(procs), time.monotonic()
         results, caller_lags = await _collect(pipes, procs)
         await asyncio.sleep(1.0)
         lag_p99_ms = await _lag_p99_ms(http, url, args.gateway_workers, before)

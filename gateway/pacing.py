@@ -32,10 +32,9 @@ import time
 #: Share of one core above which pacing starts, and below which it stops: about 20 and 15
 #: calls of the peer workload. Below, the loop has hardly more messages than windows, and
 #: the latency is worth more than the little CPU pacing would save. (``LOOP_PACING_BUSY_PCT``
-#: moves the first; the second follows it at ``OFF_FRACTION``.)
+#: moves the first; unless given, the second follows it at ``OFF_FRACTION``.)
 ON_SHARE = 0.20
 OFF_FRACTION = 0.75
-OFF_SHARE = ON_SHARE * OFF_FRACTION
 #: How often the share is measured: long enough that a burst of answers does not start it.
 CHECK_S = 0.25
 
@@ -48,9 +47,11 @@ class LoopPacer:
         window_s: float,
         *,
         on_share: float = ON_SHARE,
-        off_share: float = OFF_SHARE,
+        off_share: float | None = None,
         check_s: float = CHECK_S,
     ) -> None:
+        if off_share is None:
+            off_share = on_share * OFF_FRACTION
         if window_s <= 0:
             raise ValueError("window_s must be positive")
         if not 0 <= off_share <= on_share:

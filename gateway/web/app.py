@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from gateway.aio import cancel_and_wait
-from gateway.pacing import OFF_FRACTION, LoopPacer
+from gateway.pacing import LoopPacer
 from gateway.web.admin import add_admin_routes
 from gateway.web.browser import add_browser_routes
 from gateway.web.console import add_console_routes
@@ -36,7 +36,7 @@ def create_app(state: GatewayState) -> FastAPI:
         pacing_ms = state.settings.loop_pacing_ms
         if pacing_ms:
             busy = state.settings.loop_pacing_busy_pct / 100
-            pacer = LoopPacer(pacing_ms / 1000, on_share=busy, off_share=busy * OFF_FRACTION)
+            pacer = LoopPacer(pacing_ms / 1000, on_share=busy)
             background.append(asyncio.create_task(pacer.run(), name="loop-pacer"))
         try:
             yield
