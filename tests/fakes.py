@@ -153,6 +153,11 @@ class FakeModelSession(_Recorder):
         self.writable = True
         #: Caller audio that came through ``send_audio_now`` (also in ``audio_sent``).
         self.audio_sent_now = 0
+        #: The bridge's audio lane while this session is offered one (the fake's own audio
+        #: comes through next_event; a test may call the lane as a real session's reader does).
+        self.lane: Callable[[AudioOut], None] | None = None
+        #: Set: :meth:`close` waits for it, as a close handshake waits for the peer's answer.
+        self.close_gate: asyncio.Event | None = None
         self._open_error = open_error
         self._handoff_error = handoff_error
 
@@ -199,7 +204,7 @@ class FakeModelSession(_Recorder):
         return self.writable
 
     def offer_audio_lane(self, handler: Callable[[AudioOut], None] | None) -> None:
-        """Ignored, as a session may: the fake's audio comes through next_event."""
+        self.lane = handler
 
     def send_audio_now(self, audio: bytes, voiced: bool | None = None) -> None:
         """Taken at once, like a connected session's (the media lane); only while
@@ -233,6 +238,8 @@ class FakeModelSession(_Recorder):
         self.close_calls += 1
         self.actions.append(("close", ""))
         self._touch()
+        if self.close_gate is not None:
+            await self.close_gate.wait()
 
 
 class RecordingObserver(_Recorder):

@@ -38,7 +38,8 @@ from gateway.model.events import (
     ToolCallCancelled,
     TurnComplete,
 )
-from gateway.model.session import ModelConnectError
+from gateway.model.session import ModelAudio, ModelConnectError, SessionFactory
+from gateway.model.switch import ProviderSwitch
 from tests.fakes import WAIT_S, FakeCarrierSocket, FakeModelSession, RecordingObserver
 
 STREAM_SID = "MZ" + "a" * 32
@@ -192,9 +193,12 @@ def begin(
     start_call: bool = True,
     hooks: dict[str, Any] | None = None,
     tool_runner: Any = None,
+    new_live_session: SessionFactory | None = None,
     **options: Any,
 ) -> Call:
-    """Run a bridge over fakes; by default the carrier has already sent connected + start."""
+    """Run a bridge over fakes; by default the carrier has already sent connected + start.
+    ``new_live_session``: the call's sessions come from it (``session`` is then the one the
+    teardown checks), not from ``session`` alone."""
     socket = FakeCarrierSocket()
     session = session or FakeModelSession()
     tasks_before = asyncio.all_tasks()
@@ -213,7 +217,7 @@ def begin(
         socket,
         TwilioCodec(),
         graph=graph,
-        new_live_session=session.factory,
+        new_live_session=new_live_session or session.factory,
         options=BridgeOptions(**{"playout_lead_ms": 40.0, **options}),
         observers=(observed,),
         hooks=CallHooks(
@@ -455,6 +459,42 @@ async def test_handoff_answers_the_tool_first_and_plays_the_old_agent_out() -> N
     call.socket.feed(stop())
     assert await call.ended() == "caller_hung_up"
     assert call.event("call.ended")["handoffs"] == 1
+
+
+#: The advisor on OpenAI: a Twilio call's audio is μ-law both ways there, PCM16 on Gemini.
+OPENAI_ADVISOR = parse_agents(
+    AGENTS_YAML.replace("    voice: Charon\n", "    voice: sage\n    provider: openai\n")
+)
+
+
+async def test_a_handoff_across_providers_changes_the_audio_formats_at_once() -> None:
+    """From the moment the new provider's session takes over, it gets the caller's μ-law and
+    the caller its audio, though the old session's close still waits for its peer."""
+    gemini = FakeModelSession()
+    openai = FakeModelSession(model_audio=ModelAudio(PCMU_8K, PCMU_8K, tracks_playback=True))
+    gemini.close_gate = asyncio.Event()  # a close handshake whose answer is slow to come
+    switch = ProviderSwitch({"gemini": lambda: gemini, "openai": lambda: openai})
+    call = begin(graph=OPENAI_ADVISOR, session=gemini, new_live_session=lambda *_: switch)
+    await call.connected()
+    gemini.push(handoff_call("agent-advisor"))
+    await gemini.until(lambda: gemini.close_calls)
+    assert call.bridge.agent.id == "agent-advisor"
+    frames = [bytes([0x80 + i]) * MULAW_FRAME_BYTES for i in range(4)]
+    for i, payload in enumerate(frames):
+        await _caller_loop_waiting(call)
+        call.socket.feed(media(payload, seq=2 + i))
+    await openai.until(lambda: len(openai.audio_sent) == len(frames))
+    assert openai.audio_sent == frames  # μ-law as sent, never PCM16 meant for Gemini
+    assert gemini.audio_sent == []
+    assert openai.lane is not None
+    spoken = bytes(i % 256 for i in range(2 * MULAW_FRAME_BYTES))  # μ-law, 40 ms: the lead
+    openai.lane(AudioOut(spoken))
+    await call.socket.until(lambda: spoken in b"".join(media_frames(call.socket)))
+    gemini.close_gate.set()
+    call.socket.feed(stop())
+    assert await call.ended() == "caller_hung_up"
+    assert openai.close_calls == 1
+    assert call.event("handoff.completed")["to_agent"] == "agent-advisor"
 
 
 async def test_handoff_to_an_unknown_agent_is_refused_and_the_call_goes_on() -> None:

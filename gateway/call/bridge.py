@@ -848,7 +848,9 @@ class CallBridge:
             self.stats.error("live_connect")
             self.log.error("handoff.failed", target=agent.id, reason=exc.reason, code=exc.code)
             return False
-        if live.audio != self._model_audio:  # the new agent runs on another provider
+        # The new agent runs on another provider: its formats hold from this instant, so the
+        # transcoders change before anything awaits (ModelSession.hand_off).
+        if live.audio != self._model_audio:
             self._wire_audio(live.audio)
         self._cue_at = time.monotonic()
         self.stats.handed_off(elapsed)

@@ -74,7 +74,12 @@ class ModelSession(Protocol):
 
     async def hand_off(
         self, persona: AgentPersona, takeover: TakeoverFactory
-    ) -> tuple[bool, float]: ...
+    ) -> tuple[bool, float]:
+        """Move the conversation to ``persona``: whether it was kept, and the milliseconds the
+        move took. When :attr:`audio` changes, the new formats hold from the moment this
+        returns and not a task switch earlier: the caller rewires its transcoders right after,
+        before anything else can send or deliver audio."""
+        ...
 
     async def send_audio(self, audio: bytes) -> None:
         """Caller audio in ``audio.input``'s format."""

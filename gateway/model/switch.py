@@ -3,16 +3,20 @@
 An agents file may put one agent on OpenAI and the rest on Gemini (``provider:`` per agent).
 Neither service can take over the other's session, so a handoff across providers opens a fresh
 session at the new provider, told the history and the new agent's note (``takeover(False)``),
-and closes the old one. Its audio formats may differ (the bridge rebuilds its transcoders when
-``audio`` changes). Within one provider the session's own handoff applies.
+and closes the old one. Its audio formats may differ: the bridge rebuilds its transcoders when
+``audio`` changes, right as :meth:`ProviderSwitch.hand_off` returns, so the switch makes the new
+session current only then, and the old one's close runs behind. Within one provider the
+session's own handoff applies.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.agents import Provider
+from gateway.aio import cancel_and_wait
 from gateway.model.events import AudioOut, LiveEvent
 from gateway.model.persona import AgentPersona
 from gateway.model.session import ModelAudio, ModelSession
@@ -30,6 +34,8 @@ class ProviderSwitch:
         self._dropped_before = 0.0
         #: The consumer's audio lane, offered to each session as it becomes the current one.
         self._lane: Callable[[AudioOut], None] | None = None
+        #: Closes of the sessions handed off from, still under way (owned: awaited by close).
+        self._retiring: list[asyncio.Task[None]] = []
 
     @property
     def current(self) -> ModelSession:
@@ -59,19 +65,27 @@ class ProviderSwitch:
         provider = _provider(persona)
         if provider == self._provider:
             return await self.current.hand_off(persona, takeover)
-        old = self.current
         new = self._make[provider]()
         try:
             kept, elapsed = await new.open(persona, takeover)
         except BaseException:
             await new.close()
             raise
-        self._dropped_before += old.audio_dropped_ms
-        old.offer_audio_lane(None)
+        # From here to the return nothing awaits: the bridge's transcoders are still the old
+        # provider's, and a caller frame sent to the new session meanwhile (G.711 read as
+        # PCM16, or PCM16 as G.711: a roar) or the new session's first audio played through
+        # the old downlink would be heard. So the old session closes behind, in a task.
+        self._retire(self.current)
         self._provider, self._session = provider, new
         new.offer_audio_lane(self._lane)
-        await old.close()
         return kept, elapsed
+
+    def _retire(self, old: ModelSession) -> None:
+        """Detach ``old`` and close it in the background (its close handshake can take a
+        round trip or more); :meth:`close` awaits it."""
+        self._dropped_before += old.audio_dropped_ms
+        old.offer_audio_lane(None)
+        self._retiring.append(asyncio.create_task(old.close(), name="model-session-retire"))
 
     async def send_audio(self, audio: bytes) -> None:
         await self.current.send_audio(audio)
@@ -103,8 +117,25 @@ class ProviderSwitch:
             self._session.offer_audio_lane(handler)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        try:
+            if self._session is not None:
+                await self._session.close()
+        finally:
+            retiring, self._retiring = self._retiring, []
+            await _finish(retiring)
+
+
+async def _finish(tasks: list[asyncio.Task[None]]) -> None:
+    """Let the retiring sessions' closes end (each is bounded by its client's close timeout);
+    cancelled meanwhile, cancel them. An error in one surfaces once all are done."""
+    if not tasks:
+        return
+    try:
+        await asyncio.wait(tasks)
+    finally:
+        await cancel_and_wait(*tasks)
+    for task in tasks:
+        task.result()
 
 
 def _provider(persona: AgentPersona) -> Provider:
