@@ -156,8 +156,10 @@ class FakeModelSession(_Recorder):
         #: The bridge's audio lane while this session is offered one (the fake's own audio
         #: comes through next_event; a test may call the lane as a real session's reader does).
         self.lane: Callable[[AudioOut], None] | None = None
-        #: Set: :meth:`close` waits for it, as a close handshake waits for the peer's answer.
+        #: Set: :meth:`close` waits for it, as a close handshake waits for the peer's answer;
+        #: :meth:`open` waits for ``open_gate``, as a connect waits for the service.
         self.close_gate: asyncio.Event | None = None
+        self.open_gate: asyncio.Event | None = None
         self._open_error = open_error
         self._handoff_error = handoff_error
 
@@ -182,6 +184,8 @@ class FakeModelSession(_Recorder):
         self.opened.append(persona)
         self.actions.append(("open", persona.agent.id))
         self._touch()
+        if self.open_gate is not None:
+            await self.open_gate.wait()
         if self._open_error is not None:
             raise self._open_error
         return False, 12.5

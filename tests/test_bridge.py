@@ -497,6 +497,38 @@ async def test_a_handoff_across_providers_changes_the_audio_formats_at_once() ->
     assert call.event("handoff.completed")["to_agent"] == "agent-advisor"
 
 
+async def test_what_the_caller_says_while_the_new_provider_connects_reaches_the_new_agent() -> None:
+    """Held while the new session opens (its formats unknown yet, the old agent on its way
+    out), then sent to it first, transcoded for it, in order, ahead of what follows."""
+    gemini = FakeModelSession()
+    openai = FakeModelSession(model_audio=ModelAudio(PCMU_8K, PCMU_8K, tracks_playback=True))
+    openai.open_gate = asyncio.Event()  # a connect that takes a while
+    switch = ProviderSwitch({"gemini": lambda: gemini, "openai": lambda: openai})
+    call = begin(graph=OPENAI_ADVISOR, session=gemini, new_live_session=lambda *_: switch)
+    await call.connected()
+    call.socket.feed(media(b"\x11" * MULAW_FRAME_BYTES, seq=2))
+    await gemini.until(lambda: gemini.audio_sent)
+    gemini.push(handoff_call("agent-advisor"))
+    await openai.until(lambda: openai.opened)
+    during = [bytes([0x80 + i]) * MULAW_FRAME_BYTES for i in range(5)]
+    for i, payload in enumerate(during):
+        await _caller_loop_waiting(call)
+        call.socket.feed(media(payload, seq=3 + i))
+    await _caller_loop_waiting(call)
+    assert len(gemini.audio_sent) == 1  # the old agent heard none of it
+    assert openai.audio_sent == []
+    openai.open_gate.set()
+    await openai.until(lambda: len(openai.audio_sent) == len(during))
+    assert openai.audio_sent == during
+    after = b"\x22" * MULAW_FRAME_BYTES
+    call.socket.feed(media(after, seq=3 + len(during)))
+    await openai.until(lambda: len(openai.audio_sent) == len(during) + 1)
+    assert openai.audio_sent[-1] == after
+    call.socket.feed(stop())
+    assert await call.ended() == "caller_hung_up"
+    assert call.event("call.ended")["frames_in"] == 2 + len(during)
+
+
 async def test_handoff_to_an_unknown_agent_is_refused_and_the_call_goes_on() -> None:
     call = begin()
     await call.connected()

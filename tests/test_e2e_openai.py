@@ -381,6 +381,8 @@ async def test_one_call_can_cross_from_gemini_to_openai() -> None:
     # transcoded for Gemini while the old session was still closing.
     assert len(realtime.audio_in) > 8000
     assert bytes(realtime.audio_in) in _sent_audio(result)
+    # And every frame reached one model or the other (Gemini's PCM16 is 4 bytes a μ-law byte).
+    assert len(live.audio_in) // 4 + len(realtime.audio_in) == len(_sent_audio(result))
     assert any(t.startswith("[Call transfer]") for t in _user_texts(realtime))
     heard = _pitch_after(result, result.call_time(realtime.opened_at) + 0.2)
     assert abs(heard - voice_pitch_hz("sage")) < 15

@@ -208,6 +208,10 @@ class CallBridge:
         self._downlink: AnyDownlink | None = None
         #: The formats the transcoders were made for (a handoff to another provider changes).
         self._model_audio: ModelAudio | None = None
+        #: Caller payloads held during a handoff to another provider (None: not holding):
+        #: the new session's formats are known only once it is open, and the old agent is
+        #: on its way out. The new session gets them, transcoded for it, first thing.
+        self._held: list[bytes] | None = None
         self._playout: Playout | None = None
         self._turns = 0
         self._speaking = False
@@ -590,6 +594,9 @@ class CallBridge:
         self.stats.frame_admitted()
         if self.recording is not None:
             self.recording.caller(payload)
+        if self._held is not None:
+            self._held.append(payload)
+            return None
         audio, loud = uplink.feed_measured(payload)
         if loud and self._idle is not None:
             self._idle.caller_spoke(now)
@@ -842,9 +849,12 @@ class CallBridge:
         )
         self.stage, self.agent = stage, agent
         self.events.agent_changed(agent.id)
+        if agent.provider != previous.provider:
+            self._held = []  # what the caller says meanwhile is for the new agent
         try:
             resumed, elapsed = await live.hand_off(self._persona(), opening)
         except ModelConnectError as exc:
+            self._held = None
             self.stats.error("live_connect")
             self.log.error("handoff.failed", target=agent.id, reason=exc.reason, code=exc.code)
             return False
@@ -852,6 +862,7 @@ class CallBridge:
         # transcoders change before anything awaits (ModelSession.hand_off).
         if live.audio != self._model_audio:
             self._wire_audio(live.audio)
+        await self._release_held(live)
         self._cue_at = time.monotonic()
         self.stats.handed_off(elapsed)
         self.events.emit(
@@ -865,6 +876,22 @@ class CallBridge:
             _private={"reason": request.reason, "summary": request.summary},
         )
         return True
+
+    async def _release_held(self, live: ModelSession) -> None:
+        """Send the caller audio held during the handoff, in order, then stop holding: frames
+        arriving while these sends await join the queue behind them."""
+        held = self._held
+        while held:
+            self._held = []
+            uplink = self._uplink
+            assert uplink is not None
+            for payload in held:
+                audio, loud = uplink.feed_measured(payload)
+                if loud and self._idle is not None:
+                    self._idle.caller_spoke(time.monotonic())
+                await live.send_audio(audio)
+            held = self._held
+        self._held = None
 
     def _wire_audio(self, audio: ModelAudio) -> None:
         """Transcoders between the carrier's formats and the model's, and the playout (made
