@@ -498,8 +498,8 @@ async def test_a_handoff_across_providers_changes_the_audio_formats_at_once() ->
 
 
 async def test_what_the_caller_says_while_the_new_provider_connects_reaches_the_new_agent() -> None:
-    """Held while the new session opens (its formats unknown yet, the old agent on its way
-    out), then sent to it first, transcoded for it, in order, ahead of what follows."""
+    """Audio and keypad entries, held while the new session opens (its formats unknown yet,
+    the old agent on its way out), then sent to it first, in order, ahead of what follows."""
     gemini = FakeModelSession()
     openai = FakeModelSession(model_audio=ModelAudio(PCMU_8K, PCMU_8K, tracks_playback=True))
     openai.open_gate = asyncio.Event()  # a connect that takes a while
@@ -514,12 +514,16 @@ async def test_what_the_caller_says_while_the_new_provider_connects_reaches_the_
     for i, payload in enumerate(during):
         await _caller_loop_waiting(call)
         call.socket.feed(media(payload, seq=3 + i))
+    call.socket.feed(dtmf("7"), dtmf("#"))
+    await call.observed.until(lambda: "dtmf.entry" in call.names())
     await _caller_loop_waiting(call)
     assert len(gemini.audio_sent) == 1  # the old agent heard none of it
+    assert gemini.texts == []
     assert openai.audio_sent == []
     openai.open_gate.set()
-    await openai.until(lambda: len(openai.audio_sent) == len(during))
+    await openai.until(lambda: len(openai.audio_sent) == len(during) and openai.texts)
     assert openai.audio_sent == during
+    assert openai.texts == ["The caller pressed 7 # on the phone keypad."]
     after = b"\x22" * MULAW_FRAME_BYTES
     call.socket.feed(media(after, seq=3 + len(during)))
     await openai.until(lambda: len(openai.audio_sent) == len(during) + 1)

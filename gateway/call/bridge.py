@@ -208,10 +208,10 @@ class CallBridge:
         self._downlink: AnyDownlink | None = None
         #: The formats the transcoders were made for (a handoff to another provider changes).
         self._model_audio: ModelAudio | None = None
-        #: Caller payloads held during a handoff to another provider (None: not holding):
-        #: the new session's formats are known only once it is open, and the old agent is
-        #: on its way out. The new session gets them, transcoded for it, first thing.
-        self._held: list[bytes] | None = None
+        #: What the caller said (payloads) and keyed in (texts) during a handoff to another
+        #: provider (None: not holding): the new session's formats are known only once it is
+        #: open, and the old agent is on its way out. The new session gets it first, in order.
+        self._held: list[bytes | str] | None = None
         self._playout: Playout | None = None
         self._turns = 0
         self._speaking = False
@@ -623,6 +623,9 @@ class CallBridge:
         self.events.record(self.transcript.note("note", self.agent.id, text))
         # The keys can be a PIN or a card number: personal data, like a transcript.
         self.events.emit("dtmf.entry", keys=len(keys), _private={"digits": "".join(keys)})
+        if self._held is not None:
+            self._held.append(text)
+            return
         await self._live.send_text(text)
 
     async def _on_stop(self, _: StreamStopped) -> str:
@@ -878,15 +881,18 @@ class CallBridge:
         return True
 
     async def _release_held(self, live: ModelSession) -> None:
-        """Send the caller audio held during the handoff, in order, then stop holding: frames
-        arriving while these sends await join the queue behind them."""
+        """Send what was held during the handoff, in order, then stop holding: whatever
+        arrives while these sends await joins the queue behind them."""
         held = self._held
         while held:
             self._held = []
             uplink = self._uplink
             assert uplink is not None
-            for payload in held:
-                audio, loud = uplink.feed_measured(payload)
+            for item in held:
+                if isinstance(item, str):
+                    await live.send_text(item)
+                    continue
+                audio, loud = uplink.feed_measured(item)
                 if loud and self._idle is not None:
                     self._idle.caller_spoke(time.monotonic())
                 await live.send_audio(audio)
