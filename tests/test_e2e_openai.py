@@ -54,6 +54,9 @@ def _user_texts(conn: RealtimeConnectionRecord) -> list[str]:
     return [i.text or "" for i in conn.items if i.source == "client" and i.role == "user"]
 
 
+_LOUD = round(32768 * 10 ** (-40 / 20))  # a sample above -40 dBFS is sound
+
+
 def _pitch_after(result: CallResult, start_s: float, seconds: float = 0.3) -> float:
     """The pitch of the first stretch heard after ``start_s`` that is sound throughout.
 
@@ -64,20 +67,16 @@ def _pitch_after(result: CallResult, start_s: float, seconds: float = 0.3) -> fl
     pcm = np.frombuffer(result.heard_pcm(), dtype="<i2")
     rate = result.heard_rate
     size, block = int(seconds * rate), rate // 50
+    loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > _LOUD)
     at = int(start_s * rate)
-    while True:
-        loud = np.flatnonzero(np.abs(pcm[at:].astype(np.int32)) > _LOUD)
-        if not loud.size:
-            raise AssertionError(f"no {seconds} s of sound heard after {start_s} s")
-        onset = at + int(loud[0])
+    while (next_loud := int(np.searchsorted(loud, at))) < loud.size:
+        onset = int(loud[next_loud])
         chunk = pcm[onset : onset + size].tobytes()
         blocks = [chunk[i : i + 2 * block] for i in range(0, len(chunk), 2 * block)]
         if len(chunk) == 2 * size and all(rms_dbfs(b) > -40 for b in blocks):
             return dominant_frequency(chunk, rate)
         at = onset + block
-
-
-_LOUD = round(32768 * 10 ** (-40 / 20))  # a sample above -40 dBFS is sound
+    raise AssertionError(f"no {seconds} s of sound heard after {start_s} s")
 
 
 async def test_mulaw_passes_through_untouched_both_ways() -> None:

@@ -883,11 +883,10 @@ class CallBridge:
     async def _release_held(self, live: ModelSession) -> None:
         """Send what was held during the handoff, in order, then stop holding: whatever
         arrives while these sends await joins the queue behind them."""
-        held = self._held
+        held, uplink = self._held, self._uplink
+        assert uplink is not None
         while held:
             self._held = []
-            uplink = self._uplink
-            assert uplink is not None
             for item in held:
                 if isinstance(item, str):
                     await live.send_text(item)
