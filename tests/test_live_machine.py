@@ -190,6 +190,31 @@ def test_a_send_failure_stops_sending_and_the_loss_is_handled_as_a_drop() -> Non
     assert isinstance(step, Recover) and step.reason == "dropped"
 
 
+def test_a_send_failure_after_the_opening_resumes_with_a_replay_not_a_new_greeting() -> None:
+    m = open_call()
+    handle(m)
+    sentence = voice(25)
+    send(m, sentence)
+    m.send_failed(1)  # a write failed before the close was read
+    step = m.closed(1, 1011, "internal error", now=1.0)
+    assert isinstance(step, Recover) and step.dial.purpose == "dropped"
+    _, opening = reopen(m, step)
+    assert opening.kind == "replay" and list(opening.replay) == sentence
+
+
+def test_a_send_failure_after_a_takeover_went_out_does_not_take_the_call_over_again() -> None:
+    m = open_call()
+    handle(m)
+    m.handoff()
+    assert m.opened(resumed=True, now=0.5).kind == "handoff"
+    m.opening_sent()
+    send(m, voice(5))
+    m.send_failed(2)
+    step = m.closed(2, None, "send failed", now=1.0)
+    assert isinstance(step, Recover) and step.dial.purpose == "dropped"
+    assert m.opened(resumed=True, now=1.1).kind == "replay"
+
+
 # ------------------------------------------------------------------ goAway
 
 

@@ -8,6 +8,7 @@ bridge. Each test works a session directly, as the bridge does, without a phone 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,6 +22,7 @@ from gateway.live.client import make_client
 from gateway.live.session import LiveSession
 from gateway.model.events import (
     AudioOut,
+    HandleUpdated,
     LiveEvent,
     Reconnected,
     ToolCall,
@@ -38,8 +40,11 @@ FRAME = bytes(640)
 
 
 class _Conversation:
+    def __init__(self, greeting: str = "") -> None:
+        self._greeting = greeting
+
     def greeting(self) -> list[Turn]:
-        return []
+        return [Turn("user", self._greeting)] if self._greeting else []
 
     def reseed(self, *, until_handle: bool) -> tuple[list[Turn], bool]:
         return [], False
@@ -56,13 +61,13 @@ def _persona() -> AgentPersona:
 
 @asynccontextmanager
 async def _session(
-    steps: list[Step] | None = None, **sim_options: float
+    steps: list[Step] | None = None, *, greeting: str = "", **sim_options: float
 ) -> AsyncIterator[tuple[LiveSimulator, LiveSession]]:
     script = Script(steps or [])
     async with LiveSimulator(tls=TLS, think_ms=5, speed=20.0, script=script, **sim_options) as sim:
         settings = Settings(_env_file=None, gemini_api_key="test-key", gemini_base_url=sim.base_url)
         client = make_client(settings, ssl_context=sim.tls.client_context())
-        session = LiveSession(client, "gemini-test", _Conversation())
+        session = LiveSession(client, "gemini-test", _Conversation(greeting))
         try:
             await session.open(_persona())
             yield sim, session
@@ -91,6 +96,37 @@ async def test_sends_to_a_connection_the_server_closed_are_kept_for_the_next_one
     ]
     assert any("5 key" in t for t in texts)
     assert len(sim.connections[1].audio_in) >= 10 * len(FRAME)
+
+
+async def test_a_write_that_fails_before_the_close_is_read_resumes_with_a_replay() -> None:
+    """The server closes, and a caller frame's write fails before the consumer reads the
+    close (likely in a real call: the caller's audio is written every 20 ms). That is a drop
+    like any other: the resumed connection gets the audio sent since the handle again, and
+    the greeting, delivered long ago, is not sent twice (the caller would hear it again)."""
+    # 20 ms of a 400 Hz tone at 16 kHz: voice, to the gateway and to the simulator's VAD.
+    tone = (int(8000 * math.sin(2 * math.pi * 400 * n / 16_000)) for n in range(320))
+    voiced = b"".join(v.to_bytes(2, "little", signed=True) for v in tone)
+    steps = [Step(on="text", say="hello", seconds=0.05)]
+    async with _session(steps, greeting="Greet the caller.") as (sim, session):
+        await next_of(session, HandleUpdated)  # the greeting's turn is over, its handle read
+        await asyncio.sleep(0.2)  # and played (speech over it would be a barge-in)
+        for _ in range(25):  # half a second of a sentence, still going on at the drop
+            await session.send_audio(voiced)  # sent, journalled since the handle
+        await sim.wait_for(lambda: len(sim.connections[0].audio_in) >= 25 * len(voiced))
+        await sim.close(1011, "internal error")
+        await sim.wait_for(lambda: sim.connections[0].closed_at is not None)
+        await asyncio.sleep(0.05)  # the socket has seen the close: the next write fails
+        for _ in range(5):
+            await session.send_audio(voiced)
+        event = await next_of(session, Reconnected)
+        assert isinstance(event, Reconnected) and event.reason == "dropped" and event.resumed
+        await sim.wait_for(lambda: len(sim.connections[1].audio_in) >= 30 * len(voiced))
+        first, second = sim.connections
+    greetings = [c for c in second.client_contents if "Greet the caller." in str(c)]
+    assert greetings == []  # said once, on the first connection
+    assert [c for c in first.client_contents if "Greet the caller." in str(c)]
+    assert [h for h, _ in first.handles_issued] == ["sim-1-1"]  # none since the sentence began
+    assert bytes(second.audio_in[: 30 * len(voiced)]) == voiced * 30  # replayed, then the rest
 
 
 async def test_a_tool_call_of_a_replaced_connection_is_never_answered_on_the_new_one() -> None:

@@ -361,6 +361,9 @@ class SessionMachine:
     journal: Journal = field(init=False)
     #: The current connection has completed its opening and takes messages.
     accepting: bool = False
+    #: The current connection's opening went out. Not ``accepting``: a send that fails on it
+    #: later stops the accepting, but the greeting or takeover was delivered all the same.
+    opening_done: bool = False
     drops: int = 0
     policy_closes: int = 0
     ended: End | None = None
@@ -417,6 +420,7 @@ class SessionMachine:
         self.phase = "open"
         self._purpose = dialling.purpose
         self._opened_at = now
+        self.opening_done = False
         self._next_index = 1  # 0 was the setup message
         self._stop()  # a fresh connection: no goAway of an earlier one applies
         self._model_busy = False
@@ -442,6 +446,7 @@ class SessionMachine:
         """The opening went out: the connection now takes the caller's audio directly."""
         if self.phase == "open":
             self.accepting = True
+            self.opening_done = True
 
     # ------------------------------------------------------------------ sending
 
@@ -569,9 +574,12 @@ class SessionMachine:
                 return self._end(f"dropped ({detail}) again after a fresh session", code)
             if self.policy_closes == 2:
                 self.handle = None  # the resume did not help: a fresh session, reseeded
-        if not self.accepting and self._purpose in ("first", "handoff"):
+        if not self.opening_done and self._purpose in ("first", "handoff"):
             # Lost before its opening went out: the next connection must still greet the
-            # caller or take the call over, so it is dialled for the same purpose.
+            # caller or take the call over, so it is dialled for the same purpose. (Once it
+            # went out, a loss is a drop, even when a write failed before the close was read:
+            # the greeting again, or the audio since the handle lost, is what the caller
+            # would notice.)
             dial = self._dial(self._purpose, self.handle)
             return Recover("dropped", detail, dial)
         return self._recover("dropped", detail)
