@@ -187,7 +187,11 @@ async def _sockets(urls: list[tuple[str, dict[str, str]]]) -> AsyncIterator[dict
 
     async def one(url: str, headers: dict[str, str]) -> None:
         try:
-            opened.append(await websockets.connect(url, additional_headers=headers))
+            # The bound is for failing, not a timing check: every upgrade shares the loop of
+            # the in-process gateway, and a loaded machine (the CI's parallel run) takes seconds.
+            opened.append(
+                await websockets.connect(url, additional_headers=headers, open_timeout=60)
+            )
             outcome["accepted"] = outcome.get("accepted", 0) + 1
         except InvalidStatus as exc:
             key = str(exc.response.status_code)
@@ -201,8 +205,13 @@ async def _sockets(urls: list[tuple[str, dict[str, str]]]) -> AsyncIterator[dict
 
 
 async def test_idle_sockets_leave_a_signed_calls_admission_readyz_and_capacity_untouched() -> None:
-    """200 idle sockets on each stream route, with every verification setting on, and a
-    capacity of 2 calls: signed callers are still admitted, readyz stays 200."""
+    """100 idle sockets on each stream route, with every verification setting on, and a
+    capacity of 2 calls: signed callers are still admitted, readyz stays 200.
+
+    100 a route is past the 64 pending sockets allowed, and the flood's upgrades end within
+    the 5 s a pending socket is given: 2.7 s on a quiet machine, 4.0 s beside two busy
+    processes. 200 a route took 4.7 and 7.8 s, and in a full parallel run under load went
+    past the client's default 10 s open timeout."""
     private, public = _telnyx_keys()
     async with (
         running(twilio_auth_token=AUTH_TOKEN, telnyx_public_key=public,
@@ -216,11 +225,11 @@ async def test_idle_sockets_leave_a_signed_calls_admission_readyz_and_capacity_u
         replayed = signed_headers(twilio_bare, auth_token=AUTH_TOKEN)
         junk = "v2.Q0ExMjM.9999999999." + "a" * 32
         urls = (
-            [(twilio_bare, replayed)] * 200
-            + [(base + "/telnyx/stream", {})] * 200
+            [(twilio_bare, replayed)] * 100
+            + [(base + "/telnyx/stream", {})] * 100
             + [(f"{base}/twilio/stream/{junk}", signed_headers(f"{base}/twilio/stream/{junk}",
-                                                               auth_token=AUTH_TOKEN))] * 200
-            + [(f"{base}/telnyx/stream/{junk}", {})] * 200
+                                                               auth_token=AUTH_TOKEN))] * 100
+            + [(f"{base}/telnyx/stream/{junk}", {})] * 100
         )  # fmt: skip
         async with _sockets(urls) as outcome:
             state = h.gateway.state
@@ -236,7 +245,7 @@ async def test_idle_sockets_leave_a_signed_calls_admission_readyz_and_capacity_u
             await h.calls_finished()
             # Pending sockets get 5 s to send start, then the gateway closes them.
             await until(lambda: not state.pending, within_s=8)
-    assert outcome == {"accepted": 64, "503": 336, "403": 400}
+    assert outcome == {"accepted": 64, "503": 136, "403": 200}
     assert pending_while_flooded == 64
     assert ready.status_code == 200 and ready.json()["active_calls"] == 0
     assert "gateway_active_calls 0.0" in metrics
