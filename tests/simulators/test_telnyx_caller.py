@@ -251,9 +251,10 @@ def test_texml_media_is_paced_in_real_time(texml_call: TexmlCall) -> None:
     arrivals = np.array([t for t, m in call.messages if m["event"] == "media"]) - call.start_time
     schedule = 0.020 * np.arange(1, N_MEDIA + 1)
     # Where the caller's schedule starts against the moment the gateway read `start`: a few ms
-    # on a loaded machine (5.5 ms was seen in a full parallel run), the same for every chunk.
+    # either way on a loaded machine (5.5 ms was seen in a full parallel run, and -5.4 ms when
+    # the fake gateway read `start` late), the same for every chunk.
     offset = np.median(arrivals - schedule)
-    assert -0.005 < offset < 0.020
+    assert -0.020 < offset < 0.020
     lateness = np.abs(arrivals - schedule - offset)
     assert np.median(lateness) < 0.005
     assert np.percentile(lateness, 80) < 0.040  # a stall on a loaded machine may hit a few
