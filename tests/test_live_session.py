@@ -8,10 +8,10 @@ bridge. Each test works a session directly, as the bridge does, without a phone 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from callsim.callers.audio import Tone
 from callsim.live.model import prompt_text_tokens
 from callsim.live.records import ConnectionRecord
 from callsim.live.script import Script, Step, ToolCallSpec
@@ -104,8 +104,7 @@ async def test_a_write_that_fails_before_the_close_is_read_resumes_with_a_replay
     like any other: the resumed connection gets the audio sent since the handle again, and
     the greeting, delivered long ago, is not sent twice (the caller would hear it again)."""
     # 20 ms of a 400 Hz tone at 16 kHz: voice, to the gateway and to the simulator's VAD.
-    tone = (int(8000 * math.sin(2 * math.pi * 400 * n / 16_000)) for n in range(320))
-    voiced = b"".join(v.to_bytes(2, "little", signed=True) for v in tone)
+    voiced = Tone(400, 0.02).pcm(16_000)
     steps = [Step(on="text", say="hello", seconds=0.05)]
     async with _session(steps, greeting="Greet the caller.") as (sim, session):
         await next_of(session, HandleUpdated)  # the greeting's turn is over, its handle read
