@@ -7,6 +7,7 @@ Run by hand (not a test)::
     .venv/bin/python benchmarks/peer_load.py --calls 10,20,30 --capacity              # largest N
     .venv/bin/python benchmarks/peer_load.py --calls 30,50 --against ../before --rounds 2  # A/B
     .venv/bin/python benchmarks/peer_load.py --calls 50 --against ../before --side-by-side
+    .venv/bin/python benchmarks/peer_load.py --calls 10,30,50 --wire   # root, tcpdump: on the wire
 
 The workload, as the issue describes pipecat 1.14's run on one 2-core machine: the same fake
 Gemini Live, a Twilio load generator sending caller audio every 20 ms for the whole call, the
@@ -46,6 +47,10 @@ Measured per level, all peers sharing CLOCK_MONOTONIC:
   callers the model's audio), so a busy load generator adds about that much to the latency
   measured; the gateway's share of a p99 is what is left above it.
 
+``--wire`` reads the added latency again from a capture of the loopback (:mod:`wire`): both
+ends are the kernel's timestamps of the packets in and out of the gateway, so the load
+generators' own delays drop out (:func:`_wire_latency`).
+
 "SLO met": p99 ≤ 5 ms added each way and nothing lost, late or violated; a second column says
 whether both p99s stayed under 20 ms (``load.py``'s bound).
 """
@@ -54,22 +59,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import datetime as dt
 import json
 import multiprocessing as mp
 import os
 import platform
+import re
 import secrets
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -77,6 +86,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+import wire  # noqa: E402 -- benchmarks/wire.py
 from load import (  # noqa: E402 -- load.py's helpers; it runs nothing at import
     FRAME_S,
     _cpu_s,
@@ -183,7 +193,7 @@ def _worker(
         sent = [t for t, m in result.sent if m.get("event") == "media"]
         media = [t for t, m in result.received if m.get("event") == "media"]
         return {"index": i, "sent": sent, "media": media, "heard": result.heard_pcm(),
-                "violations": result.violations}  # fmt: skip
+                "violations": result.violations, "stream_sid": result.stream_sid}  # fmt: skip
 
     async def run() -> dict[str, Any]:
         async with _probing_lag() as lags:
@@ -303,6 +313,12 @@ class Level:
     #: stamp the model's audio arriving).
     sim_lag_p99_ms: float = float("nan")
     callers_lag_p99_ms: float = float("nan")
+    #: ``--wire``: the same latencies from the kernel's timestamps of a loopback capture
+    #: (:func:`_wire_latency`), and the packets the capture dropped.
+    wire: WireLatency | None = None
+    #: Time the hypervisor took the gateway's cores for something else over the steady window
+    #: (``steal`` in /proc/stat), in % of them: the gateway waits that long, unseen by its CPU.
+    steal_pct: float = float("nan")
 
     @property
     def cpu_pct(self) -> float:
@@ -524,6 +540,17 @@ def _start_callers(
     return pipes, procs
 
 
+def _stolen_s(cpus: list[int]) -> float:
+    """Seconds stolen from ``cpus`` by the hypervisor since boot (/proc/stat's 8th field)."""
+    wanted = {f"cpu{c}" for c in cpus}
+    ticks = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        fields = line.split()
+        if fields and fields[0] in wanted and len(fields) > 8:
+            ticks += int(fields[8])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _lag_p99_within(lags: list[tuple[float, float]], t0: float, t1: float) -> float:
     """The p99 of the lags probed between ``t0`` and ``t1``."""
     within = [ms for at, ms in lags if t0 <= at <= t1]
@@ -553,8 +580,27 @@ async def _drive(
     url: str,
     log: Path,
 ) -> Level:
+    # A capture is written to memory where there is a tmpfs: disk writeback would be work on
+    # the machine that no load generator accounts for.
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: ASYNC240 -- once, at once
+    with tempfile.TemporaryDirectory(dir=shm) as capture_dir:
+        return await _drive_in(n, args, sim, gateway, url, log, Path(capture_dir))
+
+
+async def _drive_in(
+    n: int,
+    args: argparse.Namespace,
+    sim: LiveSimulator,
+    gateway: subprocess.Popen[bytes],
+    url: str,
+    log: Path,
+    capture_dir: Path,
+) -> Level:
     pid = gateway.pid
-    async with httpx.AsyncClient(timeout=10) as http:
+    gateway_cpus = sorted(_cpus(args.gateway_cpus) or range(os.cpu_count() or 1))
+    gateway_port = urlsplit(url).port
+    assert gateway_port is not None
+    async with contextlib.AsyncExitStack() as stack, httpx.AsyncClient(timeout=10) as http:
         await _wait_healthy(http, url, gateway, log)
         if args.gateway_workers > 1:
             await asyncio.sleep(1.0)  # the other workers
@@ -562,6 +608,14 @@ async def _drive(
         await asyncio.sleep(0.5)
         idle_rss = _tree_rss_mb(pid)
         before = (await http.get(url + "/metrics")).text if args.gateway_workers == 1 else None
+        capture = None
+        if args.wire:
+            sim_port = urlsplit(sim.base_url).port
+            assert sim_port is not None
+            capture = await stack.enter_async_context(
+                wire.capturing(capture_dir / "lo.pcap", [gateway_port, sim_port],
+                               _cpus(args.load_cpus))
+            )  # fmt: skip
 
         workers = max(1, min(args.workers, n))
         pipes, procs = _start_callers(
@@ -571,21 +625,31 @@ async def _drive(
             # Steady window: every caller connected, none finished.
             await asyncio.sleep(args.ramp + 0.5)
             cpu0, load0, t0 = _tree_cpu_s(pid), _load_cpu_s(procs), time.monotonic()
+            stolen0 = _stolen_s(gateway_cpus)
             peak_rss = _tree_rss_mb(pid)
             while time.monotonic() - t0 < max(2.0, args.duration - args.ramp - 2.0):
                 await asyncio.sleep(0.5)
                 peak_rss = max(peak_rss, _tree_rss_mb(pid))
             cpu1, load1, t1 = _tree_cpu_s(pid), _load_cpu_s(procs), time.monotonic()
+            stolen1 = _stolen_s(gateway_cpus)
         results, caller_lags = await _collect(pipes, procs)
+        await stack.aclose()  # the capture, if any, stopped and written
         await asyncio.sleep(1.0)
         lag_p99_ms = await _lag_p99_ms(http, url, args.gateway_workers, before)
     level = _analyse(n, sim, results, args.setup_delay_ms / 1000)
     level.cpu_s, level.window_s = cpu1 - cpu0, t1 - t0
+    level.steal_pct = (stolen1 - stolen0) / (t1 - t0) / len(gateway_cpus) * 100
     level.rss_mb_per_call = (peak_rss - idle_rss) / n
     level.lag_p99_ms = lag_p99_ms
     level.load_cpu_pct = (load1 - load0) / (t1 - t0) * 100
     level.sim_lag_p99_ms = _lag_p99_within(sim_lags, t0, t1)
     level.callers_lag_p99_ms = _lag_p99_within(caller_lags, t0, t1)
+    if capture is not None:
+        level.wire = await asyncio.to_thread(
+            _wire_latency, capture, sim, results, args.setup_delay_ms / 1000, gateway_port,
+            wire.monotonic_offset(),
+        )  # fmt: skip
+        level.wire.window = (t0, t1)
     return level
 
 
@@ -641,6 +705,136 @@ def _analyse(n: int, sim: LiveSimulator, results: list[dict[str, Any]], setup_s:
     )
 
 
+MEDIA_EVENT = re.compile(rb'"event":\s*"media"')
+
+
+@dataclass
+class WireLatency:
+    """Added latency read on the wire (:mod:`wire`): up, a caller's media message reaching the
+    gateway's socket → the model frame it became leaving the gateway; down, an answer's first
+    audio record leaving the simulator → the answer's first media message leaving the gateway.
+    Both ends are the kernel's timestamps, taken in the writer's system call."""
+
+    #: (when the frame reached the gateway, ms added), every frame paired after its call's
+    #: Live connection was ready; (when the answer left the simulator, ms added), every answer.
+    up: list[tuple[float, float]]
+    down: list[tuple[float, float]]
+    #: Packets the capture dropped (tcpdump's count), and streams it left with a hole.
+    dropped: int | None
+    broken: int
+    #: Frames of silence inside an answer (holes of ≤ 100 ms) that a carrier playing each
+    #: media message as it left the gateway would have played: the gateway's share of "late".
+    late: int = 0
+    #: The same for the simulator's answers, played as they left it (its stamps, taken just
+    #: before each write): holes the gateway was handed, which it can only pass on.
+    late_upstream: int = 0
+    #: The steady window (every call connected, none finished), as the CPU's.
+    window: tuple[float, float] = (float("-inf"), float("inf"))
+
+    def _within(self, samples: list[tuple[float, float]], steady: bool) -> list[float]:
+        t0, t1 = self.window if steady else (float("-inf"), float("inf"))
+        return [ms for at, ms in samples if t0 <= at <= t1]
+
+    def ups(self, *, steady: bool = True) -> list[float]:
+        return self._within(self.up, steady)
+
+    def downs(self, *, steady: bool = True) -> list[float]:
+        return self._within(self.down, steady)
+
+    @property
+    def slo(self) -> bool:
+        """p99 ≤ 5 ms each way over the steady window."""
+        up, down = self.ups(), self.downs()
+        return bool(up and down) and max(_pct(up, 99), _pct(down, 99)) <= SLO_P99_MS
+
+
+def _wire_latency(
+    capture: wire.Capture,
+    sim: LiveSimulator,
+    results: list[dict[str, Any]],
+    setup_s: float,
+    gateway_port: int,
+    offset: float,
+) -> WireLatency:
+    """Pair what the callers sent and the simulator got, as :func:`_analyse` does, but with the
+    times of the packets on the wire (``offset``: the capture's clock less the monotonic one).
+
+    Carrier connections are told apart by the ``streamSid`` of the gateway's messages to the
+    caller; Live connections by the client port the simulator saw (``client_port``). The model
+    frames are the gateway's TLS records of the size most of them have (one caller frame's
+    audio message: the messages are of one size, base64 of 640 bytes of PCM)."""
+    flows = wire.streams(wire.packets(capture.path.read_bytes()))
+    broken = sum(1 for stream in flows.values() if stream.broken)
+    carrier_out: dict[str, tuple[Any, wire.Stream]] = {}
+    for key, stream in flows.items():
+        if key[0][1] != gateway_port:
+            continue
+        for message in wire.websocket_messages(stream):
+            found = re.search(rb'"streamSid":\s*"([^"]+)"', message.payload)
+            if found:
+                carrier_out[found.group(1).decode()] = (key, stream)
+                break
+    sim_port = urlsplit(sim.base_url).port
+    model_records: dict[int, list[wire.Message]] = {}
+    sizes: Counter[int] = Counter()
+    for (source, destination), stream in flows.items():
+        if destination[1] == sim_port:
+            records = [r for r in wire.tls_records(stream) if r.kind == "23"]
+            model_records[source[1]] = records
+            sizes.update(r.size for r in records)
+    audio_size = sizes.most_common(1)[0][0] if sizes else -1
+    by_caller = _sessions_by_caller(sim, loud_dbfs=-45.0)
+    up: list[tuple[float, float]] = []
+    down: list[tuple[float, float]] = []
+    late = late_upstream = 0
+    for r in results:
+        conns = by_caller.get(r["index"], [])
+        found_out = carrier_out.get(r.get("stream_sid", ""))
+        if not conns or found_out is None:
+            continue
+        (gateway, caller), to_caller = found_out
+        sent = [m.at - offset for m in wire.websocket_messages(flows[(caller, gateway)])
+                if MEDIA_EVENT.search(m.payload)]  # fmt: skip
+        frames = [m.at - offset for c in conns for m in model_records.get(c.client_port, [])
+                  if m.size == audio_size]  # fmt: skip
+        ready = conns[0].opened_at + setup_s + 0.05
+        pairs = zip(sent, frames, strict=False)
+        up += [(at, (written - at) * 1000) for at, written in pairs if at >= ready]
+        answers_at = sorted(
+            m.at - offset
+            for c in conns
+            for key in [(("127.0.0.1", sim_port), ("127.0.0.1", c.client_port))]
+            if key in flows
+            for m in wire.tls_records(flows[key])
+            if m.kind == "23"
+        )
+        out = [m for m in wire.websocket_messages(to_caller) if MEDIA_EVENT.search(m.payload)]
+        media = [(m.at - offset, wire.media_frames(m.payload)) for m in out]
+        media_at = np.array([at for at, _ in media])
+        late += wire.playback_holes(media)
+        late_upstream += wire.playback_holes(
+            [(m.at, _audio_ms(m.summary) / 1000 / wire.FRAME_S)
+             for c in conns for m in c.sent if m.summary.startswith("audio")]
+        )  # fmt: skip
+        for start in _turn_starts(conns):
+            # The simulator stamps a message just before it writes it: its record is the
+            # first on the wire at or after the stamp.
+            k = bisect.bisect_left(answers_at, start)
+            if k == len(answers_at):
+                continue
+            left = answers_at[k]
+            j = int(np.searchsorted(media_at, left))
+            if j < len(media_at) and (j == 0 or media_at[j - 1] < left - 0.3):
+                down.append((left, (media_at[j] - left) * 1000))
+    return WireLatency(up, down, capture.dropped, broken, late, late_upstream)
+
+
+def _audio_ms(summary: str) -> float:
+    """The length of the audio a simulator message summary names (``audio 40ms, …``)."""
+    found = re.match(r"audio (\d+(?:\.\d+)?)ms", summary)
+    return float(found.group(1)) if found else 0.0
+
+
 # ---------------------------------------------------------------------- output
 
 HEADER = (
@@ -666,6 +860,27 @@ def _row(v: Level) -> str:
         f"{v.rss_mb_per_call:.2f} | ≤{v.lag_p99_ms:.0f} | {v.load_cpu_pct:.0f} | "
         f"{v.sim_lag_p99_ms:.1f} / {v.callers_lag_p99_ms:.1f} | {v.media_per_call_s:.1f} | "
         f"{'yes' if v.slo else 'no'} | {'yes' if v.relaxed else 'no'} |"
+    )
+
+
+WIRE_HEADER = (
+    "| calls | steady: added up ms p50 / p99 (frames) | steady: added down ms p50 / p99 "
+    "(answers) | whole run: up / down p99 | late: gateway's / simulator's | gateway core "
+    "stolen % | packets dropped / streams cut | p99 ≤ 5 ms each way (steady) |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
+
+
+def _wire_row(v: Level) -> str:
+    w = v.wire
+    if w is None:
+        return f"| {v.calls} | — | — | — | — | — | — | — |"
+    up, down = w.ups(), w.downs()
+    return (
+        f"| {v.calls} | {_p50_p99(up)} ({len(up)}) | {_p50_p99(down)} ({len(down)}) | "
+        f"{_pct(w.ups(steady=False), 99):.1f} / {_pct(w.downs(steady=False), 99):.1f} | "
+        f"{w.late} / {w.late_upstream} | {v.steal_pct:.1f} | "
+        f"{'?' if w.dropped is None else w.dropped} / {w.broken} | {'yes' if w.slo else 'no'} |"
     )
 
 
@@ -730,7 +945,16 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument(
         "--max-calls", type=int, default=MAX_CALLS, help="--capacity stops here at the latest"
     )
-    return parser.parse_args()
+    parser.add_argument(
+        "--wire",
+        action="store_true",
+        help="also read the added latency off a loopback capture (tcpdump, root): kernel "
+        "timestamps, free of the load generators' delays",
+    )
+    args = parser.parse_args()
+    if args.wire and args.against:
+        parser.error("--wire measures one gateway's latency: not with --against")
+    return args
 
 
 async def main(args: argparse.Namespace, root: Path) -> None:
@@ -770,6 +994,8 @@ async def main(args: argparse.Namespace, root: Path) -> None:
         level = await run_level(n, args, root)
         levels.append(level)
         print(f"  {_row(level)}", file=sys.stderr, flush=True)
+        if level.wire is not None:
+            print(f"  on the wire: {_wire_row(level)}", file=sys.stderr, flush=True)
         if level.unattributed:
             print(f"  warning: {level.unattributed} calls not found at the simulator",
                   file=sys.stderr)  # fmt: skip
@@ -782,6 +1008,12 @@ async def main(args: argparse.Namespace, root: Path) -> None:
     print(HEADER)
     for level in levels:
         print(_row(level))
+    if any(level.wire is not None for level in levels):
+        print("\nOn the wire (kernel timestamps of a loopback capture: the gateway's share "
+              "alone):\n")  # fmt: skip
+        print(WIRE_HEADER)
+        for level in levels:
+            print(_wire_row(level))
     print("\nIn the issue's format:\n")
     print(PEER_HEADER)
     for level in levels:

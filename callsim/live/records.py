@@ -221,6 +221,9 @@ class ConnectionRecord:
     method: str
     api_key: str = field(repr=False)
     opened_at: float
+    #: The client's TCP port (its address is 127.0.0.1 here): tells this connection's packets
+    #: in a capture of the loopback (``benchmarks/wire.py``).
+    client_port: int | None = None
     #: The client's ``Sec-WebSocket-Extensions`` offer (e.g. permessage-deflate), as sent.
     extensions_offered: str = ""
     model: str | None = None
@@ -331,6 +334,7 @@ class ConnectionRecord:
                 if not m.summary.startswith("audio ")
             ],
             "opened_at": self.opened_at,
+            "client_port": self.client_port,
             "closed_at": self.closed_at,
             "close_code": self.close_code,
             "close_reason": self.close_reason,

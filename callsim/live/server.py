@@ -72,6 +72,13 @@ logger = logging.getLogger("callsim")
 SETUP_TIMEOUT_S = 30.0
 
 
+def _port(address: object) -> int | None:
+    """The port of a socket's peer address (``(host, port)``, or longer for IPv6)."""
+    if isinstance(address, tuple) and len(address) >= 2 and isinstance(address[1], int):
+        return address[1]
+    return None
+
+
 class LiveSimulator(SimServer[LiveConnection, ConnectionRecord]):
     """Local Gemini Live server. See the module docstring; all arguments are keyword-only.
 
@@ -248,6 +255,7 @@ class LiveSimulator(SimServer[LiveConnection, ConnectionRecord]):
             method=endpoint.method,
             api_key=handshake.find_api_key(request.path, request.headers) or "",
             opened_at=time.monotonic(),
+            client_port=_port(ws.remote_address),
             extensions_offered=", ".join(request.headers.get_all("Sec-WebSocket-Extensions")),
         )
         connection = LiveConnection(ws, record, binary=self.frames == "binary")

@@ -1,0 +1,336 @@
+"""Latency on the wire: what the gateway adds, read from the kernel's timestamps of a loopback
+capture, free of the load generators' own delays.
+
+A load generator stamps a message when its event loop gets to it. On a machine where the
+callers and the simulator share one busy core, that can be many milliseconds after the message
+arrived, and the delay lands in the latency measured (``peer_load.py``'s lag probes put it at
+4-15 ms at the p99 at 50 calls). A capture of the loopback (``tcpdump``) stamps each packet in
+the kernel as it is written, in the writer's own system call: the caller's media message as it
+reaches the gateway's socket, the gateway's model frame as the gateway writes it. The
+difference is the gateway's alone: its read, its work, its event loop's lag and pacing, its
+write; not the load generators' scheduling.
+
+Pure functions over bytes, as a capture file holds them, so they are tested without a capture
+(``tests/test_wire_capture.py``):
+
+- :func:`packets`: a pcap file's TCP segments (Ethernet or Linux "cooked" framing, IPv4);
+- :class:`Stream`: one direction of one TCP connection reassembled, with the kernel time of
+  the segment that carried each byte;
+- :func:`websocket_messages` and :func:`tls_records`: the messages in such a stream, each with
+  the time its last byte was written (a message is complete only then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import math
+import os
+import re
+import shutil
+import signal
+import struct
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: pcap's magic numbers: microsecond and nanosecond timestamps (as written, either byte order).
+_MAGIC = {0xA1B2C3D4: 1e-6, 0xA1B23C4D: 1e-9}
+LINKTYPE_ETHERNET = 1
+LINKTYPE_LINUX_SLL = 113
+_ETHERTYPE_IPV4 = 0x0800
+_WS_OPCODES = {1: "text", 2: "binary", 8: "close", 9: "ping", 10: "pong"}
+TLS_APPLICATION_DATA = 23
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A TCP segment with data: kernel time (s, the capture's clock), ends, sequence number."""
+
+    at: float
+    source: tuple[str, int]
+    destination: tuple[str, int]
+    seq: int
+    payload: bytes
+
+
+class CaptureError(ValueError):
+    """Not a capture this module reads (not pcap, or another link type)."""
+
+
+def packets(data: bytes) -> Iterator[Segment]:
+    """The TCP segments with data in a pcap file's bytes, in capture order (IPv4 only; the
+    gateway's benchmarks run on 127.0.0.1). A segment truncated by the capture's snap length
+    keeps what was captured."""
+    if len(data) < 24:
+        raise CaptureError("not a pcap file: shorter than its header")
+    for endian in ("<", ">"):
+        (magic,) = struct.unpack_from(endian + "I", data)
+        if magic in _MAGIC:
+            unit = _MAGIC[magic]
+            break
+    else:
+        raise CaptureError("not a pcap file (pcapng is not read: write with tcpdump -w)")
+    (linktype,) = struct.unpack_from(endian + "I", data, 20)
+    if linktype == LINKTYPE_ETHERNET:
+        link_len, type_at = 14, 12
+    elif linktype == LINKTYPE_LINUX_SLL:
+        link_len, type_at = 16, 14
+    else:
+        raise CaptureError(f"link type {linktype}: only Ethernet and Linux cooked are read")
+    record = struct.Struct(endian + "IIII")
+    offset = 24
+    while offset + 16 <= len(data):
+        seconds, fraction, captured, _ = record.unpack_from(data, offset)
+        offset += 16
+        frame = data[offset : offset + captured]
+        offset += captured
+        segment = _segment(frame, link_len, type_at, seconds + fraction * unit)
+        if segment is not None:
+            yield segment
+
+
+def _segment(frame: bytes, link_len: int, type_at: int, at: float) -> Segment | None:
+    if len(frame) < link_len + 20:
+        return None
+    (ethertype,) = struct.unpack_from("!H", frame, type_at)
+    if ethertype != _ETHERTYPE_IPV4:
+        return None
+    ip = link_len
+    ihl = (frame[ip] & 0x0F) * 4
+    (total,) = struct.unpack_from("!H", frame, ip + 2)
+    if frame[ip + 9] != 6 or len(frame) < ip + ihl + 20:  # not TCP, or cut short
+        return None
+    source_ip = ".".join(str(b) for b in frame[ip + 12 : ip + 16])
+    destination_ip = ".".join(str(b) for b in frame[ip + 16 : ip + 20])
+    tcp = ip + ihl
+    source_port, destination_port, seq = struct.unpack_from("!HHI", frame, tcp)
+    header = (frame[tcp + 12] >> 4) * 4
+    payload = frame[tcp + header : ip + total]
+    if not payload:
+        return None
+    return Segment(at, (source_ip, source_port), (destination_ip, destination_port), seq, payload)
+
+
+@dataclass(eq=False)
+class Stream:
+    """One direction of a TCP connection, from its first segment with data: the bytes in order,
+    and when the segment that carried each of them was written.
+
+    A retransmitted segment adds only what it holds beyond the bytes already in; a segment
+    beyond a hole (a packet the capture dropped) ends the stream there: nothing after it can
+    be placed, so :attr:`broken` says the messages read stop short."""
+
+    data: bytearray = field(default_factory=bytearray)
+    #: (offset just past a segment's last byte, its time), in order.
+    _ends: list[int] = field(default_factory=list)
+    _times: list[float] = field(default_factory=list)
+    _next_seq: int | None = None
+    broken: bool = False
+
+    def add(self, segment: Segment) -> None:
+        if self.broken:
+            return
+        if self._next_seq is None:
+            self._next_seq = segment.seq
+        ahead = (segment.seq - self._next_seq) % 2**32
+        if ahead >= 2**31:  # behind: a retransmission, wholly or partly of bytes already in
+            payload = segment.payload[2**32 - ahead :]
+        elif ahead:
+            self.broken = True
+            return
+        else:
+            payload = segment.payload
+        if not payload:
+            return
+        self.data += payload
+        self._next_seq = (self._next_seq + len(payload)) % 2**32
+        self._ends.append(len(self.data))
+        self._times.append(segment.at)
+
+    def time_of(self, end: int) -> float:
+        """When the byte just before offset ``end`` was written (so a message ending there was
+        complete)."""
+        return self._times[bisect.bisect_left(self._ends, end)]
+
+
+def streams(segments: Iterator[Segment]) -> dict[tuple[tuple[str, int], tuple[str, int]], Stream]:
+    """Every (source, destination) direction's :class:`Stream`."""
+    out: dict[tuple[tuple[str, int], tuple[str, int]], Stream] = {}
+    for segment in segments:
+        key = (segment.source, segment.destination)
+        stream = out.get(key)
+        if stream is None:
+            stream = out[key] = Stream()
+        stream.add(segment)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A websocket frame (its payload unmasked) or a TLS record (its size only: the payload is
+    ciphertext), and the time its last byte was written."""
+
+    at: float
+    kind: str
+    size: int
+    payload: bytes = b""
+
+
+def websocket_messages(stream: Stream) -> Iterator[Message]:
+    """The frames of a websocket stream that starts with its HTTP upgrade (request or response),
+    each unmasked; a frame cut off by the end of the capture is left out."""
+    data = stream.data
+    head_end = data.find(b"\r\n\r\n")
+    if head_end < 0 or not data.startswith((b"GET ", b"HTTP/1.1 101")):
+        return
+    offset = head_end + 4
+    while offset + 2 <= len(data):
+        first, second = data[offset], data[offset + 1]
+        length, at = second & 0x7F, offset + 2
+        if length == 126:
+            if at + 2 > len(data):
+                return
+            (length,) = struct.unpack_from("!H", data, at)
+            at += 2
+        elif length == 127:
+            if at + 8 > len(data):
+                return
+            (length,) = struct.unpack_from("!Q", data, at)
+            at += 8
+        mask = b""
+        if second & 0x80:
+            mask = bytes(data[at : at + 4])
+            at += 4
+        end = at + length
+        if end > len(data):
+            return
+        payload = bytes(data[at:end])
+        if mask:
+            payload = _unmask(payload, mask)
+        kind = _WS_OPCODES.get(first & 0x0F, "other")
+        yield Message(stream.time_of(end), kind, length, payload)
+        offset = end
+
+
+def _unmask(payload: bytes, mask: bytes) -> bytes:
+    repeated = (mask * (len(payload) // 4 + 1))[: len(payload)]
+    value = int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")
+    return value.to_bytes(len(payload), "big")
+
+
+def tls_records(stream: Stream) -> Iterator[Message]:
+    """The records of a TLS stream: ``kind`` is the content type's number (23: application
+    data) and ``size`` the length of its body; a record cut off by the capture's end is left
+    out."""
+    data = stream.data
+    offset = 0
+    while offset + 5 <= len(data):
+        content_type = data[offset]
+        (length,) = struct.unpack_from("!H", data, offset + 3)
+        end = offset + 5 + length
+        if end > len(data):
+            return
+        yield Message(stream.time_of(end), str(content_type), length)
+        offset = end
+
+
+#: A media message's μ-law payload (Twilio's and Telnyx's JSON), base64.
+_MEDIA_PAYLOAD = re.compile(rb'"payload":\s*"([A-Za-z0-9+/=]*)"')
+#: A G.711 frame: 20 ms at 8 kHz, a byte a sample.
+FRAME_S = 0.02
+FRAME_BYTES = 160
+
+
+def media_frames(message: bytes) -> int:
+    """The 20 ms frames of G.711 in a carrier media message (its base64 payload's size)."""
+    found = _MEDIA_PAYLOAD.search(message)
+    if found is None:
+        return 0
+    encoded = found.group(1)
+    size = len(encoded) * 3 // 4 - len(encoded) + len(encoded.rstrip(b"="))
+    return round(size / FRAME_BYTES)
+
+
+def playback_holes(media: list[tuple[float, float]]) -> int:
+    """Frames of silence a carrier would play inside an answer, had it started each media
+    message (its time, its frames) when it left the gateway, or when the one before it ended:
+    gaps of up to 100 ms between one message's end and the next one's start (a longer gap is
+    the pause between two answers)."""
+    holes = 0
+    play_end = float("-inf")
+    for at, frames in media:
+        gap = at - play_end
+        if 0 < gap <= 5 * FRAME_S + 1e-9:
+            holes += math.ceil(gap / FRAME_S - 1e-6)
+        play_end = max(play_end, at) + frames * FRAME_S
+    return holes
+
+
+# ---------------------------------------------------------------------- capturing (I/O)
+
+
+@dataclass(eq=False)
+class Capture:
+    """A running :func:`capturing`'s file, and what tcpdump said when it stopped."""
+
+    path: Path
+    received: int | None = None
+    dropped: int | None = None
+    stderr: str = ""
+
+
+@contextlib.asynccontextmanager
+async def capturing(path: Path, ports: list[int], cpus: set[int]) -> AsyncIterator[Capture]:
+    """``tcpdump`` on the loopback for the block: the TCP segments with data to or from
+    ``ports``, whole, with nanosecond kernel timestamps, written to ``path``; run on ``cpus``
+    (the load generators': the capture's copying is then theirs, except the kernel's tap of
+    each packet, done in the writer's system call). Needs root (or CAP_NET_RAW) and tcpdump
+    (Debian: ``apt-get install tcpdump``)."""
+    if shutil.which("tcpdump") is None:
+        raise CaptureError("--wire needs tcpdump (Debian: apt-get install tcpdump) and root")
+    with_data = "(((ip[2:2] - ((ip[0] & 0xf) << 2)) - ((tcp[12] & 0xf0) >> 2)) != 0)"
+    where = " or ".join(f"port {port}" for port in ports)
+    process = await asyncio.create_subprocess_exec(
+        "tcpdump", "-i", "lo", "-n", "-s", "0", "-B", "262144",
+        "--time-stamp-precision=nano", "-w", str(path), f"tcp and ({where}) and {with_data}",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+    )  # fmt: skip
+    assert process.stderr is not None
+    capture = Capture(path)
+    first = await asyncio.wait_for(process.stderr.readline(), 10)
+    if b"listening on" not in first:
+        await process.wait()
+        raise CaptureError(f"tcpdump did not start: {first.decode(errors='replace').strip()}")
+    try:
+        yield capture
+    finally:
+        process.send_signal(signal.SIGINT)
+        rest = await process.stderr.read()
+        await process.wait()
+        capture.stderr = rest.decode(errors="replace")
+        for line in capture.stderr.splitlines():
+            count, _, what = line.partition(" packets ")
+            if count.strip().isdigit():
+                if what.startswith("received by filter"):
+                    capture.received = int(count)
+                elif what.startswith("dropped by kernel"):
+                    capture.dropped = int(count)
+
+
+def monotonic_offset() -> float:
+    """The capture's clock (CLOCK_REALTIME) less CLOCK_MONOTONIC, the load generators' clock:
+    the closest of a few readings. Both advance alike (NTP slews both); only a step of the
+    wall clock during a run would move it."""
+    best: tuple[float, float] | None = None
+    for _ in range(20):
+        before = time.monotonic()
+        real = time.time()
+        after = time.monotonic()
+        if best is None or after - before < best[0]:
+            best = (after - before, real - (before + after) / 2)
+    assert best is not None
+    return best[1]
