@@ -56,13 +56,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+import wire  # noqa: E402 -- benchmarks/wire.py
 
 from callsim.callers.audio import Segment, Silence, Tone, render  # noqa: E402
 from callsim.callers.twilio import TwilioCaller  # noqa: E402
@@ -132,7 +135,8 @@ def _worker(
         sent = [(t, int(m["media"]["chunk"])) for t, m in result.sent if m.get("event") == "media"]
         media = [t for t, m in result.received if m.get("event") == "media"]
         return {"index": i, "sent": sent, "media": media, "heard": result.heard_pcm(),
-                "started_at": result.started_at, "violations": result.violations}  # fmt: skip
+                "started_at": result.started_at, "violations": result.violations,
+                "stream_sid": result.stream_sid}  # fmt: skip
 
     async def run() -> list[dict[str, Any]]:
         return await asyncio.gather(*(one(i) for i in indexes))
@@ -407,6 +411,12 @@ class Level:
     violations: int
     #: Calls whose model connections the analysis could not find (0 unless something broke).
     unattributed: int = 0
+    #: ``--wire`` (Gemini): the same up and down latencies read off a loopback capture, over
+    #: the steady window (:func:`_wire_live`), and the capture's dropped packets and cut
+    #: streams (both must be 0).
+    wire_up: list[float] | None = None
+    wire_down: list[float] | None = None
+    wire_faults: tuple[int | None, int] = (0, 0)
 
     @property
     def ok(self) -> bool:
@@ -575,7 +585,11 @@ async def _drive(
     url: str,
     provider: Provider,
 ) -> Level:
-    async with httpx.AsyncClient(timeout=10) as http:
+    capture: wire.Capture | None = None
+    wire_up: list[float] | None = None
+    wire_down: list[float] | None = None
+    wire_faults: tuple[int | None, int] = (0, 0)
+    async with contextlib.AsyncExitStack() as stack, httpx.AsyncClient(timeout=10) as http:
         for _ in range(200):
             try:
                 if (await http.get(url + "/healthz")).status_code == 200:
@@ -589,6 +603,14 @@ async def _drive(
         await asyncio.sleep(0.5)
         idle_rss = _rss_mb(pid)
         metrics_before = (await http.get(url + "/metrics")).text
+        if args.wire and isinstance(sim, LiveSimulator):
+            shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: ASYNC240 -- once
+            where = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=shm)))
+            capturing = await stack.enter_async_context(contextlib.AsyncExitStack())
+            capture = await capturing.enter_async_context(
+                wire.capturing(where / "lo.pcap", [_port_of(url), _port_of(sim.base_url)],
+                               _cpus(args.load_cpus))
+            )  # fmt: skip
 
         workers = max(1, min(args.workers, n))
         pipes, procs = [], []
@@ -619,6 +641,13 @@ async def _drive(
             proc.join()
         await asyncio.sleep(1.0)
         metrics_after = (await http.get(url + "/metrics")).text
+        if capture is not None:
+            await capturing.aclose()  # stopped and written (its directory goes with the block)
+            assert isinstance(sim, LiveSimulator)
+            wire_up, wire_down, wire_faults = await asyncio.to_thread(
+                _wire_live, capture, sim, results, (t0, t1), _port_of(url),
+                wire.monotonic_offset(),
+            )  # fmt: skip
 
     if isinstance(sim, LiveSimulator):
         seen = _observed_live(sim, args.setup_delay_ms / 1000)
@@ -699,7 +728,51 @@ async def _drive(
         late=late,
         violations=sum(len(r["violations"]) for r in results),
         unattributed=sum(1 for r in results if r["index"] not in seen.arrivals),
+        wire_up=wire_up,
+        wire_down=wire_down,
+        wire_faults=wire_faults,
     )
+
+
+def _port_of(url: str) -> int:
+    port = urlsplit(url).port
+    assert port is not None, url
+    return port
+
+
+def _wire_live(
+    capture: wire.Capture,
+    sim: LiveSimulator,
+    results: list[dict[str, Any]],
+    window: tuple[float, float],
+    gateway_port: int,
+    offset: float,
+) -> tuple[list[float], list[float], tuple[int | None, int]]:
+    """The added latency up and down over the steady ``window``, from the capture's kernel
+    timestamps (:class:`wire.Traffic`): each caller frame as it reached the gateway → the
+    model frame it became leaving it (the n-th of each, per call, over all its Live
+    connections: a handoff's takeover is text and replays no audio); each answer's first
+    record leaving the simulator → its first media message leaving the gateway. Frames sent
+    while a call had no usable Live connection were held: left out, as by the callers'
+    stamps."""
+    traffic = wire.Traffic(capture.path.read_bytes(), gateway_port, _port_of(sim.base_url), offset)
+    windows = _windows_without_connection(sim, sim.setup_delay_ms / 1000)
+    t0, t1 = window
+    up: list[float] = []
+    down: list[float] = []
+    for index, conns in _sessions_by_caller(sim).items():
+        sid = next((r["stream_sid"] for r in results if r["index"] == index), "")
+        if not traffic.has_call(sid):
+            continue
+        ports = [c.client_port for c in conns]
+        for at, written in zip(traffic.caller_frames(sid), traffic.model_frames(ports),
+                               strict=False):  # fmt: skip
+            if t0 <= at <= t1 and not any(a <= at <= b for a, b in windows):
+                up.append((written - at) * 1000)
+        media = [at for at, _ in traffic.gateway_media(sid)]
+        answers = wire.answer_latencies(_turn_starts(conns), traffic.model_records(ports), media)
+        down += [ms for at, ms in answers if t0 <= at <= t1]
+    return up, down, (capture.dropped, traffic.broken)
 
 
 def _openai_voices(same_voice: bool) -> tuple[str, ...]:
@@ -733,6 +806,22 @@ HEADER = (
 OPENAI_HEADER = HEADER.replace("caller→Live", "caller→Realtime").replace(
     "Live→caller", "Realtime→caller"
 )
+
+
+WIRE_HEADER = (
+    "| calls | caller→Live ms p50 / p99 (frames) | Live→caller ms p50 / p99 (answers) | "
+    "packets dropped / streams cut |\n|---|---|---|---|"
+)
+
+
+def _wire_row(level: Level) -> str:
+    up, down = level.wire_up or [], level.wire_down or []
+    dropped, broken = level.wire_faults
+    return (
+        f"| {level.calls} | {_pct(up, 50):.1f} / {_pct(up, 99):.1f} ({len(up)}) | "
+        f"{_pct(down, 50):.1f} / {_pct(down, 99):.1f} ({len(down)}) | "
+        f"{'?' if dropped is None else dropped} / {broken} |"
+    )
 
 
 def _title(provider: Provider, same_voice: bool) -> str:
@@ -810,6 +899,11 @@ async def main() -> None:
         "--gateway-cpus", default="0", help="CPUs the gateway may run on ('' = any)"
     )
     parser.add_argument("--load-cpus", default="1", help="CPUs of the simulator and callers")
+    parser.add_argument(
+        "--wire",
+        action="store_true",
+        help="Gemini: also read the added latency off a loopback capture (tcpdump, root)",
+    )
     args = parser.parse_args()
     providers: list[Provider] = ["gemini", "openai"] if args.provider == "both" else [args.provider]
     print(f"machine: {_machine()}; Python {platform.python_version()}; "
@@ -838,6 +932,13 @@ async def main() -> None:
         for by_provider in levels.values():
             print(_row(by_provider[provider]))
         print()
+        if provider == "gemini" and args.wire:
+            print("On the wire (kernel timestamps of a loopback capture, steady window: the "
+                  "gateway's share alone):\n")  # fmt: skip
+            print(WIRE_HEADER)
+            for by_provider in levels.values():
+                print(_wire_row(by_provider[provider]))
+            print()
     for n, by_provider in levels.items():
         print(_side_by_side(n, by_provider, args.same_voice) + "\n")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)

@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import contextlib
 import datetime as dt
 import json
@@ -73,7 +72,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -729,9 +727,6 @@ def _analyse(n: int, sim: LiveSimulator, results: list[dict[str, Any]], setup_s:
     )
 
 
-MEDIA_EVENT = re.compile(rb'"event":\s*"media"')
-
-
 @dataclass
 class WireLatency:
     """Added latency read on the wire (:mod:`wire`): up, a caller's media message reaching the
@@ -781,76 +776,34 @@ def _wire_latency(
     offset: float,
 ) -> WireLatency:
     """Pair what the callers sent and the simulator got, as :func:`_analyse` does, but with the
-    times of the packets on the wire (``offset``: the capture's clock less the monotonic one).
-
-    Carrier connections are told apart by the ``streamSid`` of the gateway's messages to the
-    caller; Live connections by the client port the simulator saw (``client_port``). The model
-    frames are the gateway's TLS records of the size most of them have (one caller frame's
-    audio message: the messages are of one size, base64 of 640 bytes of PCM)."""
-    flows = wire.streams(wire.packets(capture.path.read_bytes()))
-    broken = sum(1 for stream in flows.values() if stream.broken)
-    carrier_out: dict[str, tuple[Any, wire.Stream]] = {}
-    for key, stream in flows.items():
-        if key[0][1] != gateway_port:
-            continue
-        for message in wire.websocket_messages(stream):
-            found = re.search(rb'"streamSid":\s*"([^"]+)"', message.payload)
-            if found:
-                carrier_out[found.group(1).decode()] = (key, stream)
-                break
+    times of the packets on the wire (:class:`wire.Traffic`; ``offset``: the capture's clock
+    less the monotonic one)."""
     sim_port = urlsplit(sim.base_url).port
-    model_records: dict[int, list[wire.Message]] = {}
-    sizes: Counter[int] = Counter()
-    for (source, destination), stream in flows.items():
-        if destination[1] == sim_port:
-            records = [r for r in wire.tls_records(stream) if r.kind == "23"]
-            model_records[source[1]] = records
-            sizes.update(r.size for r in records)
-    audio_size = sizes.most_common(1)[0][0] if sizes else -1
+    assert sim_port is not None
+    traffic = wire.Traffic(capture.path.read_bytes(), gateway_port, sim_port, offset)
     by_caller = _sessions_by_caller(sim, loud_dbfs=-45.0)
     up: list[tuple[float, float]] = []
     down: list[tuple[float, float]] = []
     late = late_upstream = 0
     for r in results:
         conns = by_caller.get(r["index"], [])
-        found_out = carrier_out.get(r.get("stream_sid", ""))
-        if not conns or found_out is None:
+        sid = r.get("stream_sid", "")
+        if not conns or not traffic.has_call(sid):
             continue
-        (gateway, caller), to_caller = found_out
-        sent = [m.at - offset for m in wire.websocket_messages(flows[(caller, gateway)])
-                if MEDIA_EVENT.search(m.payload)]  # fmt: skip
-        frames = [m.at - offset for c in conns for m in model_records.get(c.client_port, [])
-                  if m.size == audio_size]  # fmt: skip
+        ports = [c.client_port for c in conns]
         ready = conns[0].opened_at + setup_s + 0.05
-        pairs = zip(sent, frames, strict=False)
+        pairs = zip(traffic.caller_frames(sid), traffic.model_frames(ports), strict=False)
         up += [(at, (written - at) * 1000) for at, written in pairs if at >= ready]
-        answers_at = sorted(
-            m.at - offset
-            for c in conns
-            for key in [(("127.0.0.1", sim_port), ("127.0.0.1", c.client_port))]
-            if key in flows
-            for m in wire.tls_records(flows[key])
-            if m.kind == "23"
-        )
-        out = [m for m in wire.websocket_messages(to_caller) if MEDIA_EVENT.search(m.payload)]
-        media = [(m.at - offset, wire.media_frames(m.payload)) for m in out]
-        media_at = np.array([at for at, _ in media])
+        media = traffic.gateway_media(sid)
         late += wire.playback_holes(media)
         late_upstream += wire.playback_holes(
             [(m.at, _audio_ms(m.summary) / 1000 / wire.FRAME_S)
              for c in conns for m in c.sent if m.summary.startswith("audio")]
         )  # fmt: skip
-        for start in _turn_starts(conns):
-            # The simulator stamps a message just before it writes it: its record is the
-            # first on the wire at or after the stamp.
-            k = bisect.bisect_left(answers_at, start)
-            if k == len(answers_at):
-                continue
-            left = answers_at[k]
-            j = int(np.searchsorted(media_at, left))
-            if j < len(media_at) and (j == 0 or media_at[j - 1] < left - 0.3):
-                down.append((left, (media_at[j] - left) * 1000))
-    return WireLatency(up, down, capture.dropped, broken, late, late_upstream)
+        down += wire.answer_latencies(
+            _turn_starts(conns), traffic.model_records(ports), [at for at, _ in media]
+        )
+    return WireLatency(up, down, capture.dropped, traffic.broken, late, late_upstream)
 
 
 def _audio_ms(summary: str) -> float:

@@ -32,6 +32,7 @@ import shutil
 import signal
 import struct
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,6 +268,96 @@ def playback_holes(media: list[tuple[float, float]]) -> int:
             holes += math.ceil(gap / FRAME_S - 1e-6)
         play_end = max(play_end, at) + frames * FRAME_S
     return holes
+
+
+def answer_latencies(
+    starts: list[float], model_records: list[float], media: list[float]
+) -> list[tuple[float, float]]:
+    """(when, ms) from each answer's first record leaving the model to its first media
+    message leaving the gateway. ``starts``: the model's own stamps of each answer's first
+    chunk, taken just before it wrote it, so its record is the first on the wire at or after
+    the stamp; the answer's first media is the first after that record with none in the
+    0.3 s before it (answers are apart; the last one's audio is long gone)."""
+    out: list[tuple[float, float]] = []
+    for start in starts:
+        k = bisect.bisect_left(model_records, start)
+        if k == len(model_records):
+            continue
+        left = model_records[k]
+        j = bisect.bisect_left(media, left)
+        if j < len(media) and (j == 0 or media[j - 1] < left - 0.3):
+            out.append((left, (media[j] - left) * 1000))
+    return out
+
+
+_STREAM_SID = re.compile(rb'"streamSid":\s*"([^"]+)"')
+_MEDIA_EVENT = re.compile(rb'"event":\s*"media"')
+_HOST = "127.0.0.1"
+
+
+class Traffic:
+    """A capture of a gateway's loopback traffic, read for what a load benchmark pairs: per
+    call, the caller's media messages in and the gateway's out (the carrier connection told by
+    the ``streamSid`` of the gateway's messages), and per Live connection (told by the client
+    port the simulator saw) the gateway's audio frames out and the simulator's records in.
+    Times are on the monotonic clock: the capture's less ``offset``."""
+
+    def __init__(self, capture: bytes, gateway_port: int, model_port: int, offset: float):
+        self.flows = streams(packets(capture))
+        self.broken = sum(1 for stream in self.flows.values() if stream.broken)
+        self._gateway_port, self._model_port, self._offset = gateway_port, model_port, offset
+        self._carrier: dict[str, tuple[tuple[str, int], tuple[str, int]]] = {}
+        for key, stream in self.flows.items():
+            if key[0][1] != gateway_port:
+                continue
+            for message in websocket_messages(stream):
+                found = _STREAM_SID.search(message.payload)
+                if found:
+                    self._carrier[found.group(1).decode()] = key
+                    break
+        self._to_model: dict[int, list[Message]] = {}
+        sizes: Counter[int] = Counter()
+        for (source, destination), stream in self.flows.items():
+            if destination[1] == model_port:
+                records = [r for r in tls_records(stream) if r.kind == "23"]
+                self._to_model[source[1]] = records
+                sizes.update(r.size for r in records)
+        #: The size of a caller frame's record to the model: most of them are (its messages
+        #: are of one size, base64 of 640 bytes of PCM).
+        self.audio_size = sizes.most_common(1)[0][0] if sizes else -1
+
+    def has_call(self, stream_sid: str) -> bool:
+        return stream_sid in self._carrier
+
+    def caller_frames(self, stream_sid: str) -> list[float]:
+        """When each of the caller's media messages reached the gateway."""
+        gateway, caller = self._carrier[stream_sid]
+        stream = self.flows.get((caller, gateway))
+        if stream is None:
+            return []
+        return [m.at - self._offset for m in websocket_messages(stream)
+                if _MEDIA_EVENT.search(m.payload)]  # fmt: skip
+
+    def gateway_media(self, stream_sid: str) -> list[tuple[float, int]]:
+        """When each media message left the gateway for the caller, and its 20 ms frames."""
+        stream = self.flows[self._carrier[stream_sid]]
+        return [(m.at - self._offset, media_frames(m.payload)) for m in websocket_messages(stream)
+                if _MEDIA_EVENT.search(m.payload)]  # fmt: skip
+
+    def model_frames(self, client_ports: list[int | None]) -> list[float]:
+        """When each caller frame left the gateway for the model, over these connections in
+        turn (their audio records, in order)."""
+        records = [m for port in client_ports for m in self._to_model.get(port or -1, [])]
+        return [m.at - self._offset for m in records if m.size == self.audio_size]
+
+    def model_records(self, client_ports: list[int | None]) -> list[float]:
+        """When each of the model's records left it for the gateway, on these connections."""
+        times: list[float] = []
+        for port in client_ports:
+            stream = self.flows.get(((_HOST, self._model_port), (_HOST, port or -1)))
+            if stream is not None:
+                times += [m.at - self._offset for m in tls_records(stream) if m.kind == "23"]
+        return sorted(times)
 
 
 # ---------------------------------------------------------------------- capturing (I/O)

@@ -243,3 +243,14 @@ def test_playback_holes_are_the_gaps_inside_an_answer_a_carrier_would_play() -> 
     assert wire.playback_holes(media) == 2
     # Ahead of time: each message queues behind the one before; no hole.
     assert wire.playback_holes([(0.0, 5), (0.01, 5), (0.05, 5)]) == 0
+
+
+def test_an_answer_is_timed_from_its_first_record_to_its_first_media_message() -> None:
+    records = [0.9, 1.0005, 1.02, 1.04, 3.0004, 3.02]
+    media = [0.5, 0.52, 1.002, 1.1, 1.2, 3.003, 3.1]
+    # Stamped 1.0 and 3.0: their records left at 1.0005 and 3.0004, their first media went at
+    # 1.002 and 3.003; an answer stamped after the last record is not paired.
+    latencies = wire.answer_latencies([1.0, 3.0, 5.0], records, media)
+    assert [(at, round(ms, 3)) for at, ms in latencies] == [(1.0005, 1.5), (3.0004, 2.6)]
+    # Media already flowing within 0.3 s before the record: not this answer's first.
+    assert wire.answer_latencies([1.0], records, [0.8, 1.002]) == []
