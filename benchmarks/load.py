@@ -604,8 +604,7 @@ async def _drive(
         idle_rss = _rss_mb(pid)
         metrics_before = (await http.get(url + "/metrics")).text
         if args.wire and isinstance(sim, LiveSimulator):
-            shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: ASYNC240 -- once
-            where = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=shm)))
+            where = stack.enter_context(wire.scratch_dir())
             capturing = await stack.enter_async_context(contextlib.AsyncExitStack())
             capture = await capturing.enter_async_context(
                 wire.capturing(where / "lo.pcap", [_port_of(url), _port_of(sim.base_url)],

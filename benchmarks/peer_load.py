@@ -601,22 +601,6 @@ async def _drive(
     url: str,
     log: Path,
 ) -> Level:
-    # A capture is written to memory where there is a tmpfs: disk writeback would be work on
-    # the machine that no load generator accounts for.
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: ASYNC240 -- once, at once
-    with tempfile.TemporaryDirectory(dir=shm) as capture_dir:
-        return await _drive_in(n, args, sim, gateway, url, log, Path(capture_dir))
-
-
-async def _drive_in(
-    n: int,
-    args: argparse.Namespace,
-    sim: LiveSimulator,
-    gateway: subprocess.Popen[bytes],
-    url: str,
-    log: Path,
-    capture_dir: Path,
-) -> Level:
     pid = gateway.pid
     gateway_cpus = sorted(_cpus(args.gateway_cpus) or range(os.cpu_count() or 1))
     gateway_port = urlsplit(url).port
@@ -630,13 +614,14 @@ async def _drive_in(
         idle_rss = _tree_rss_mb(pid)
         before = (await http.get(url + "/metrics")).text if args.gateway_workers == 1 else None
         capture = None
+        capturing = await stack.enter_async_context(contextlib.AsyncExitStack())
         if args.wire:
             sim_port = urlsplit(sim.base_url).port
             assert sim_port is not None
-            capture = await stack.enter_async_context(
-                wire.capturing(capture_dir / "lo.pcap", [gateway_port, sim_port],
-                               _cpus(args.load_cpus))
-            )  # fmt: skip
+            where = stack.enter_context(wire.scratch_dir())
+            capture = await capturing.enter_async_context(
+                wire.capturing(where / "lo.pcap", [gateway_port, sim_port], _cpus(args.load_cpus))
+            )
 
         workers = max(1, min(args.workers, n))
         pipes, procs = _start_callers(
@@ -654,7 +639,13 @@ async def _drive_in(
             cpu1, load1, t1 = _tree_cpu_s(pid), _load_cpu_s(procs), time.monotonic()
             stolen1, runtime1 = _stolen_s(gateway_cpus), _tree_runtime_s(pid)
         results, caller_lags = await _collect(pipes, procs)
-        await stack.aclose()  # the capture, if any, stopped and written
+        await capturing.aclose()  # the capture, if any, stopped and written
+        on_wire = None
+        if capture is not None:  # read before its directory goes, with the block
+            on_wire = await asyncio.to_thread(
+                _wire_latency, capture, sim, results, args.setup_delay_ms / 1000, gateway_port,
+                wire.monotonic_offset(),
+            )  # fmt: skip
         await asyncio.sleep(1.0)
         lag_p99_ms = await _lag_p99_ms(http, url, args.gateway_workers, before)
     level = _analyse(n, sim, results, args.setup_delay_ms / 1000)
@@ -666,11 +657,8 @@ async def _drive_in(
     level.load_cpu_pct = (load1 - load0) / (t1 - t0) * 100
     level.sim_lag_p99_ms = _lag_p99_within(sim_lags, t0, t1)
     level.callers_lag_p99_ms = _lag_p99_within(caller_lags, t0, t1)
-    if capture is not None:
-        level.wire = await asyncio.to_thread(
-            _wire_latency, capture, sim, results, args.setup_delay_ms / 1000, gateway_port,
-            wire.monotonic_offset(),
-        )  # fmt: skip
+    if on_wire is not None:
+        level.wire = on_wire
         level.wire.window = (t0, t1)
     return level
 

@@ -31,6 +31,7 @@ import re
 import shutil
 import signal
 import struct
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -410,6 +411,15 @@ async def capturing(path: Path, ports: list[int], cpus: set[int]) -> AsyncIterat
                     capture.received = int(count)
                 elif what.startswith("dropped by kernel"):
                     capture.dropped = int(count)
+
+
+@contextlib.contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """A temporary directory for a capture, in memory where there is a tmpfs (``/dev/shm``):
+    writing it to disk would be work on the machine that no load generator accounts for."""
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(dir=shm) as where:
+        yield Path(where)
 
 
 def monotonic_offset() -> float:
