@@ -17,7 +17,11 @@ Pure functions over bytes, as a capture file holds them, so they are tested with
 - :class:`Stream`: one direction of one TCP connection reassembled, with the kernel time of
   the segment that carried each byte;
 - :func:`websocket_messages` and :func:`tls_records`: the messages in such a stream, each with
-  the time its last byte was written (a message is complete only then).
+  the time its last byte was written (a message is complete only then);
+- :class:`Traffic`: a gateway's capture read for what a load benchmark pairs, per call and
+  per model connection; :func:`answer_latencies` and :func:`playback_holes`, the pairings.
+
+:func:`capturing` runs ``tcpdump`` for a block of a benchmark (root, and the Debian package).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ LINKTYPE_ETHERNET = 1
 LINKTYPE_LINUX_SLL = 113
 _ETHERTYPE_IPV4 = 0x0800
 _WS_OPCODES = {1: "text", 2: "binary", 8: "close", 9: "ping", 10: "pong"}
-TLS_APPLICATION_DATA = 23
+_TLS_TYPES = {20: "change_cipher_spec", 21: "alert", 22: "handshake", 23: "application_data"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,9 +228,9 @@ def _unmask(payload: bytes, mask: bytes) -> bytes:
 
 
 def tls_records(stream: Stream) -> Iterator[Message]:
-    """The records of a TLS stream: ``kind`` is the content type's number (23: application
-    data) and ``size`` the length of its body; a record cut off by the capture's end is left
-    out."""
+    """The records of a TLS stream: ``kind`` is the content type (``application_data`` for
+    every record once TLS 1.3 has shaken hands) and ``size`` the length of its body; a record
+    cut off by the capture's end is left out."""
     data = stream.data
     offset = 0
     while offset + 5 <= len(data):
@@ -235,7 +239,8 @@ def tls_records(stream: Stream) -> Iterator[Message]:
         end = offset + 5 + length
         if end > len(data):
             return
-        yield Message(stream.time_of(end), str(content_type), length)
+        kind = _TLS_TYPES.get(content_type, str(content_type))
+        yield Message(stream.time_of(end), kind, length)
         offset = end
 
 
@@ -320,7 +325,7 @@ class Traffic:
         sizes: Counter[int] = Counter()
         for (source, destination), stream in self.flows.items():
             if destination[1] == model_port:
-                records = [r for r in tls_records(stream) if r.kind == "23"]
+                records = [r for r in tls_records(stream) if r.kind == "application_data"]
                 self._to_model[source[1]] = records
                 sizes.update(r.size for r in records)
         #: The size of a caller frame's record to the model: most of them are (its messages
@@ -357,7 +362,8 @@ class Traffic:
         for port in client_ports:
             stream = self.flows.get(((_HOST, self._model_port), (_HOST, port or -1)))
             if stream is not None:
-                times += [m.at - self._offset for m in tls_records(stream) if m.kind == "23"]
+                records = [m for m in tls_records(stream) if m.kind == "application_data"]
+                times += [m.at - self._offset for m in records]
         return sorted(times)
 
 

@@ -196,9 +196,9 @@ def test_tls_records_are_sized_and_timed_by_their_last_byte() -> None:
     stream = _stream_of([(1.0, data[:100]), (2.0, data[100:1000]), (3.0, data[1000:])])
     records = list(wire.tls_records(stream))
     assert [(r.at, r.kind, r.size) for r in records] == [
-        (1.0, "22", 40),
-        (3.0, "23", 955),
-        (3.0, "23", 955),
+        (1.0, "handshake", 40),
+        (3.0, "application_data", 955),
+        (3.0, "application_data", 955),
     ]
 
 
@@ -254,3 +254,69 @@ def test_an_answer_is_timed_from_its_first_record_to_its_first_media_message() -
     assert [(at, round(ms, 3)) for at, ms in latencies] == [(1.0005, 1.5), (3.0004, 2.6)]
     # Media already flowing within 0.3 s before the record: not this answer's first.
     assert wire.answer_latencies([1.0], records, [0.8, 1.002]) == []
+
+
+GATEWAY = ("127.0.0.1", 8080)
+CALLER = ("127.0.0.1", 50001)
+OTHER_CALLER = ("127.0.0.1", 50002)
+MODEL = ("127.0.0.1", 9443)
+MODEL_CLIENT = ("127.0.0.1", 40001)
+OFFSET = 1_000.0  # the capture's clock less the monotonic one
+
+
+def _twilio(event: str, sid: str, frames: int = 1) -> bytes:
+    body: dict[str, object] = {"event": event, "streamSid": sid}
+    if event == "media":
+        body["media"] = {"payload": base64.b64encode(b"\xff" * 160 * frames).decode()}
+    return json.dumps(body).encode()
+
+
+class _Capture:
+    """Segments of several connections, each numbered on from its own sequence number."""
+
+    def __init__(self) -> None:
+        self.segments: list[tuple[float, tuple[str, int], tuple[str, int], int, bytes]] = []
+        self._seq: dict[tuple[tuple[str, int], tuple[str, int]], int] = {}
+
+    def send(
+        self, at: float, source: tuple[str, int], destination: tuple[str, int], data: bytes
+    ) -> None:
+        seq = self._seq.get((source, destination), 1)
+        self.segments.append((at + OFFSET, source, destination, seq, data))
+        self._seq[(source, destination)] = seq + len(data)
+
+    def bytes(self) -> bytes:
+        return _pcap(sorted(self.segments, key=lambda s: s[0]))
+
+
+def test_traffic_tells_calls_and_model_connections_apart_and_times_their_messages() -> None:
+    c = _Capture()
+    for caller, sid in ((CALLER, "MZ-one"), (OTHER_CALLER, "MZ-two")):
+        c.send(0.0, caller, GATEWAY, b"GET /streams HTTP/1.1\r\n\r\n")
+        c.send(0.001, GATEWAY, caller, b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+        c.send(0.01, caller, GATEWAY, _frame(_twilio("start", sid), mask=True))
+    c.send(0.002, MODEL_CLIENT, MODEL, _record(22, b"hello"))  # TLS: no HTTP to skip
+    c.send(0.003, MODEL_CLIENT, MODEL, _record(23, b"s" * 1500))  # the setup
+    c.send(0.004, MODEL, MODEL_CLIENT, _record(23, b"setupComplete"))
+    for i in range(3):  # three caller frames, each a model frame 1.5 ms later
+        c.send(0.02 + i * 0.02, CALLER, GATEWAY, _frame(_twilio("media", "MZ-one"), mask=True))
+        c.send(0.0215 + i * 0.02, MODEL_CLIENT, MODEL, _record(23, b"a" * 955))
+    c.send(0.05, OTHER_CALLER, GATEWAY, _frame(_twilio("media", "MZ-two"), mask=True))
+    c.send(0.2, MODEL, MODEL_CLIENT, _record(23, b"answer" * 300))
+    c.send(0.2016, GATEWAY, CALLER, _frame(_twilio("media", "MZ-one", frames=5), mask=False))
+    c.send(0.21, GATEWAY, CALLER, _frame(_twilio("mark", "MZ-one"), mask=False))
+    c.send(0.3, GATEWAY, OTHER_CALLER, _frame(_twilio("clear", "MZ-two"), mask=False))
+
+    traffic = wire.Traffic(c.bytes(), GATEWAY[1], MODEL[1], OFFSET)
+
+    assert traffic.broken == 0
+    assert traffic.has_call("MZ-one") and traffic.has_call("MZ-two")
+    assert not traffic.has_call("MZ-three")
+    assert traffic.caller_frames("MZ-one") == pytest.approx([0.02, 0.04, 0.06])
+    assert traffic.caller_frames("MZ-two") == pytest.approx([0.05])
+    assert traffic.audio_size == 955
+    assert traffic.model_frames([MODEL_CLIENT[1]]) == pytest.approx([0.0215, 0.0415, 0.0615])
+    assert traffic.model_frames([None, 12345]) == []
+    assert traffic.model_records([MODEL_CLIENT[1]]) == pytest.approx([0.004, 0.2])
+    assert traffic.gateway_media("MZ-one") == [(pytest.approx(0.2016), 5)]
+    assert traffic.gateway_media("MZ-two") == []
