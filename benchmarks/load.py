@@ -645,7 +645,7 @@ async def _drive(
             assert isinstance(sim, LiveSimulator)
             wire_up, wire_down, wire_faults = await asyncio.to_thread(
                 _wire_live, capture, sim, results, (t0, t1), _port_of(url),
-                wire.monotonic_offset(),
+                capture.offset,
             )  # fmt: skip
 
     if isinstance(sim, LiveSimulator):

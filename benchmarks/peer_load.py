@@ -76,7 +76,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -95,6 +94,7 @@ from load import (  # noqa: E402 -- load.py's helpers; it runs nothing at import
     _load_cpu_s,
     _machine,
     _pct,
+    _port_of,
     _quantile,
     _sessions_by_caller,
     _turn_starts,
@@ -603,8 +603,7 @@ async def _drive(
 ) -> Level:
     pid = gateway.pid
     gateway_cpus = sorted(_cpus(args.gateway_cpus) or range(os.cpu_count() or 1))
-    gateway_port = urlsplit(url).port
-    assert gateway_port is not None
+    gateway_port = _port_of(url)
     async with contextlib.AsyncExitStack() as stack, httpx.AsyncClient(timeout=10) as http:
         await _wait_healthy(http, url, gateway, log)
         if args.gateway_workers > 1:
@@ -616,11 +615,10 @@ async def _drive(
         capture = None
         capturing = await stack.enter_async_context(contextlib.AsyncExitStack())
         if args.wire:
-            sim_port = urlsplit(sim.base_url).port
-            assert sim_port is not None
             where = stack.enter_context(wire.scratch_dir())
+            ports = [gateway_port, _port_of(sim.base_url)]
             capture = await capturing.enter_async_context(
-                wire.capturing(where / "lo.pcap", [gateway_port, sim_port], _cpus(args.load_cpus))
+                wire.capturing(where / "lo.pcap", ports, _cpus(args.load_cpus))
             )
 
         workers = max(1, min(args.workers, n))
@@ -644,7 +642,7 @@ async def _drive(
         if capture is not None:  # read before its directory goes, with the block
             on_wire = await asyncio.to_thread(
                 _wire_latency, capture, sim, results, args.setup_delay_ms / 1000, gateway_port,
-                wire.monotonic_offset(),
+                capture.offset,
             )  # fmt: skip
         await asyncio.sleep(1.0)
         lag_p99_ms = await _lag_p99_ms(http, url, args.gateway_workers, before)
@@ -766,9 +764,7 @@ def _wire_latency(
     """Pair what the callers sent and the simulator got, as :func:`_analyse` does, but with the
     times of the packets on the wire (:class:`wire.Traffic`; ``offset``: the capture's clock
     less the monotonic one)."""
-    sim_port = urlsplit(sim.base_url).port
-    assert sim_port is not None
-    traffic = wire.Traffic(capture.path.read_bytes(), gateway_port, sim_port, offset)
+    traffic = wire.Traffic(capture.path.read_bytes(), gateway_port, _port_of(sim.base_url), offset)
     by_caller = _sessions_by_caller(sim, loud_dbfs=-45.0)
     up: list[tuple[float, float]] = []
     down: list[tuple[float, float]] = []

@@ -378,6 +378,20 @@ class Capture:
     received: int | None = None
     dropped: int | None = None
     stderr: str = ""
+    #: :func:`monotonic_offset` as the capture started and as it stopped: they differ only if
+    #: the wall clock was stepped meanwhile, and then no packet time can be trusted.
+    offsets: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def offset(self) -> float:
+        """The capture's clock less the monotonic one (see :attr:`offsets`)."""
+        start, stop = self.offsets
+        if abs(stop - start) > 0.001:
+            raise CaptureError(
+                f"the wall clock moved {(stop - start) * 1000:+.1f} ms during the capture: "
+                "its packet times cannot be put on the monotonic clock; run it again"
+            )
+        return start
 
 
 @contextlib.asynccontextmanager
@@ -399,6 +413,7 @@ async def capturing(path: Path, ports: list[int], cpus: set[int]) -> AsyncIterat
     )  # fmt: skip
     assert process.stderr is not None
     capture = Capture(path)
+    started = monotonic_offset()
     first = await asyncio.wait_for(process.stderr.readline(), 10)
     if b"listening on" not in first:
         await process.wait()
@@ -410,6 +425,7 @@ async def capturing(path: Path, ports: list[int], cpus: set[int]) -> AsyncIterat
         rest = await process.stderr.read()
         await process.wait()
         capture.stderr = rest.decode(errors="replace")
+        capture.offsets = (started, monotonic_offset())
         for line in capture.stderr.splitlines():
             count, _, what = line.partition(" packets ")
             if count.strip().isdigit():

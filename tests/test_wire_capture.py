@@ -320,3 +320,11 @@ def test_traffic_tells_calls_and_model_connections_apart_and_times_their_message
     assert traffic.model_records([MODEL_CLIENT[1]]) == pytest.approx([0.004, 0.2])
     assert traffic.gateway_media("MZ-one") == [(pytest.approx(0.2016), 5)]
     assert traffic.gateway_media("MZ-two") == []
+
+
+def test_a_capture_across_a_step_of_the_wall_clock_is_refused(tmp_path: Path) -> None:
+    steady = wire.Capture(tmp_path / "lo.pcap", offsets=(1_000.0, 1_000.0002))
+    assert steady.offset == 1_000.0
+    stepped = wire.Capture(tmp_path / "lo.pcap", offsets=(1_000.0, 1_000.5))
+    with pytest.raises(wire.CaptureError, match="wall clock moved"):
+        _ = stepped.offset
