@@ -642,7 +642,7 @@ async def _drive(
         if capture is not None:  # read before its directory goes, with the block
             on_wire = await asyncio.to_thread(
                 _wire_latency, capture, sim, results, args.setup_delay_ms / 1000, gateway_port,
-                capture.offset,
+                capture.offset, (t0, t1),
             )  # fmt: skip
         await asyncio.sleep(1.0)
         lag_p99_ms = await _lag_p99_ms(http, url, args.gateway_workers, before)
@@ -655,9 +655,7 @@ async def _drive(
     level.load_cpu_pct = (load1 - load0) / (t1 - t0) * 100
     level.sim_lag_p99_ms = _lag_p99_within(sim_lags, t0, t1)
     level.callers_lag_p99_ms = _lag_p99_within(caller_lags, t0, t1)
-    if on_wire is not None:
-        level.wire = on_wire
-        level.wire.window = (t0, t1)
+    level.wire = on_wire
     return level
 
 
@@ -729,12 +727,12 @@ class WireLatency:
     broken: int
     #: Frames of silence inside an answer (holes of ≤ 100 ms) that a carrier playing each
     #: media message as it left the gateway would have played: the gateway's share of "late".
-    late: int = 0
+    late: int
     #: The same for the simulator's answers, played as they left it (its stamps, taken just
     #: before each write): holes the gateway was handed, which it can only pass on.
-    late_upstream: int = 0
+    late_upstream: int
     #: The steady window (every call connected, none finished), as the CPU's.
-    window: tuple[float, float] = (float("-inf"), float("inf"))
+    window: tuple[float, float]
 
     def _within(self, samples: list[tuple[float, float]], steady: bool) -> list[float]:
         t0, t1 = self.window if steady else (float("-inf"), float("inf"))
@@ -760,6 +758,7 @@ def _wire_latency(
     setup_s: float,
     gateway_port: int,
     offset: float,
+    window: tuple[float, float],
 ) -> WireLatency:
     """Pair what the callers sent and the simulator got, as :func:`_analyse` does, but with the
     times of the packets on the wire (:class:`wire.Traffic`; ``offset``: the capture's clock
@@ -787,7 +786,7 @@ def _wire_latency(
         down += wire.answer_latencies(
             _turn_starts(conns), traffic.model_records(ports), [at for at, _ in media]
         )
-    return WireLatency(up, down, capture.dropped, traffic.broken, late, late_upstream)
+    return WireLatency(up, down, capture.dropped, traffic.broken, late, late_upstream, window)
 
 
 def _audio_ms(summary: str) -> float:

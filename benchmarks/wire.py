@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import tempfile
 import time
@@ -41,6 +42,8 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from websockets.utils import apply_mask
 
 #: pcap's magic numbers: microsecond and nanosecond timestamps (as written, either byte order).
 _MAGIC = {0xA1B2C3D4: 1e-6, 0xA1B23C4D: 1e-9}
@@ -109,8 +112,8 @@ def _segment(frame: bytes, link_len: int, type_at: int, at: float) -> Segment | 
     (total,) = struct.unpack_from("!H", frame, ip + 2)
     if frame[ip + 9] != 6 or len(frame) < ip + ihl + 20:  # not TCP, or cut short
         return None
-    source_ip = ".".join(str(b) for b in frame[ip + 12 : ip + 16])
-    destination_ip = ".".join(str(b) for b in frame[ip + 16 : ip + 20])
+    source_ip = socket.inet_ntoa(frame[ip + 12 : ip + 16])
+    destination_ip = socket.inet_ntoa(frame[ip + 16 : ip + 20])
     tcp = ip + ihl
     source_port, destination_port, seq = struct.unpack_from("!HHI", frame, tcp)
     header = (frame[tcp + 12] >> 4) * 4
@@ -215,16 +218,10 @@ def websocket_messages(stream: Stream) -> Iterator[Message]:
             return
         payload = bytes(data[at:end])
         if mask:
-            payload = _unmask(payload, mask)
+            payload = apply_mask(payload, mask)
         kind = _WS_OPCODES.get(first & 0x0F, "other")
         yield Message(stream.time_of(end), kind, length, payload)
         offset = end
-
-
-def _unmask(payload: bytes, mask: bytes) -> bytes:
-    repeated = (mask * (len(payload) // 4 + 1))[: len(payload)]
-    value = int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")
-    return value.to_bytes(len(payload), "big")
 
 
 def tls_records(stream: Stream) -> Iterator[Message]:
