@@ -233,3 +233,16 @@ async def test_a_simulator_bug_closes_only_that_connection_with_1011(
     assert sim.internal_errors == 1
     monkeypatch.undo()
     await assert_still_serving(sim)
+
+
+async def test_each_connection_records_its_clients_port(sim: LiveSimulator) -> None:
+    """What tells a connection's packets apart in a capture (``benchmarks/wire.py``)."""
+    first, second = await raw_client(sim), await raw_client(sim)
+    try:
+        await sim.wait_for(lambda: len(sim.connections) == 2)
+        ports = {record.client_port for record in sim.connections}
+        assert ports == {first.local_address[1], second.local_address[1]}
+        assert sim.connections[0].summary()["client_port"] == sim.connections[0].client_port
+    finally:
+        await first.close()
+        await second.close()
