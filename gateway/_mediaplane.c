@@ -28,6 +28,8 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
+#include "structmember.h"
 
 /* out[j] = in[j] ^ key[j % 4] for j < length (RFC 6455 5.3); `out` may be `in`. */
 static void apply_mask(unsigned char *out, const unsigned char *in, Py_ssize_t length,
@@ -271,6 +273,8 @@ static PyObject *decode_strict_base64(span s, int *declined)
     return out;
 }
 
+static PyObject *read_carrier_media(PyObject *raw, span stream_key, span stream_id);
+
 static PyObject *carrier_media(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
@@ -280,12 +284,18 @@ static PyObject *carrier_media(PyObject *self, PyObject *const *args, Py_ssize_t
                                          "stream_id: bytes)");
         return NULL;
     }
-    cursor c = {(const unsigned char *)PyBytes_AS_STRING(args[0]), NULL};
-    c.end = c.p + PyBytes_GET_SIZE(args[0]);
     span stream_key = {(const unsigned char *)PyBytes_AS_STRING(args[1]),
                        PyBytes_GET_SIZE(args[1])};
     span stream_id = {(const unsigned char *)PyBytes_AS_STRING(args[2]),
                       PyBytes_GET_SIZE(args[2])};
+    return read_carrier_media(args[0], stream_key, stream_id);
+}
+
+/* carrier_media's reading of `raw` (bytes): the audio, None, or NULL with an exception set. */
+static PyObject *read_carrier_media(PyObject *raw, span stream_key, span stream_id)
+{
+    cursor c = {(const unsigned char *)PyBytes_AS_STRING(raw), NULL};
+    c.end = c.p + PyBytes_GET_SIZE(raw);
 
     int has_event = 0, has_stream = 0, has_media = 0, has_track = 0, has_payload = 0;
     span event = {0}, stream = {0}, track = {0}, payload = {0};
@@ -676,6 +686,76 @@ static int fresh_key(unsigned char key[4])
     return 0;
 }
 
+/* The frame base64_frame makes, from plain buffers: a new bytes object, or NULL (no memory). */
+static PyObject *frame_of(unsigned char first, const void *prefix_at, Py_ssize_t prefix_len,
+                          const void *data_at, Py_ssize_t data_len, const void *suffix_at,
+                          Py_ssize_t suffix_len, const void *mask_at, Py_ssize_t mask_len,
+                          int urlsafe)
+{
+    Py_ssize_t encoded = (data_len + 2) / 3 * 4;
+    Py_ssize_t length = prefix_len + encoded + suffix_len;
+    Py_ssize_t header = length < 126 ? 2 : (length < 65536 ? 4 : 10);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, header + mask_len + length);
+    if (out == NULL) {
+        return NULL;
+    }
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+    unsigned char bit = mask_len ? 0x80 : 0;
+    o[0] = first;
+    if (length < 126) {
+        o[1] = bit | (unsigned char)length;
+    }
+    else if (length < 65536) {
+        o[1] = bit | 126;
+        o[2] = (unsigned char)(length >> 8);
+        o[3] = (unsigned char)length;
+    }
+    else {
+        o[1] = bit | 127;
+        for (int i = 0; i < 8; i++) {
+            o[2 + i] = (unsigned char)((unsigned long long)length >> (56 - 8 * i));
+        }
+    }
+    o += header;
+    memcpy(o, mask_at, (size_t)mask_len);
+    o += mask_len;
+    unsigned char *body = o;
+    memcpy(o, prefix_at, (size_t)prefix_len);
+    o += prefix_len;
+    const char *alphabet = urlsafe ? B64_URLSAFE : B64_ALPHABET;
+    const unsigned char *in = data_at;
+    Py_ssize_t i = 0;
+    for (; i + 3 <= data_len; i += 3) {
+        uint32_t v = ((uint32_t)in[i] << 16) | ((uint32_t)in[i + 1] << 8) | in[i + 2];
+        o[0] = (unsigned char)alphabet[v >> 18];
+        o[1] = (unsigned char)alphabet[(v >> 12) & 63];
+        o[2] = (unsigned char)alphabet[(v >> 6) & 63];
+        o[3] = (unsigned char)alphabet[v & 63];
+        o += 4;
+    }
+    if (data_len - i == 1) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        o[0] = (unsigned char)alphabet[v >> 18];
+        o[1] = (unsigned char)alphabet[(v >> 12) & 63];
+        o[2] = '=';
+        o[3] = '=';
+        o += 4;
+    }
+    else if (data_len - i == 2) {
+        uint32_t v = ((uint32_t)in[i] << 16) | ((uint32_t)in[i + 1] << 8);
+        o[0] = (unsigned char)alphabet[v >> 18];
+        o[1] = (unsigned char)alphabet[(v >> 12) & 63];
+        o[2] = (unsigned char)alphabet[(v >> 6) & 63];
+        o[3] = '=';
+        o += 4;
+    }
+    memcpy(o, suffix_at, (size_t)suffix_len);
+    if (mask_len) {
+        apply_mask(body, body, length, mask_at);
+    }
+    return out;
+}
+
 static PyObject *base64_frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
@@ -736,67 +816,8 @@ static PyObject *base64_frame(PyObject *self, PyObject *const *args, Py_ssize_t 
         PyErr_SetString(PyExc_ValueError, "mask must be 4 bytes, empty for none, or None");
         goto done;
     }
-    Py_ssize_t encoded = (data.len + 2) / 3 * 4;
-    Py_ssize_t length = prefix.len + encoded + suffix.len;
-    Py_ssize_t header = length < 126 ? 2 : (length < 65536 ? 4 : 10);
-    out = PyBytes_FromStringAndSize(NULL, header + mask.len + length);
-    if (out == NULL) {
-        goto done;
-    }
-    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
-    unsigned char bit = mask.len ? 0x80 : 0;
-    o[0] = (unsigned char)first;
-    if (length < 126) {
-        o[1] = bit | (unsigned char)length;
-    }
-    else if (length < 65536) {
-        o[1] = bit | 126;
-        o[2] = (unsigned char)(length >> 8);
-        o[3] = (unsigned char)length;
-    }
-    else {
-        o[1] = bit | 127;
-        for (int i = 0; i < 8; i++) {
-            o[2 + i] = (unsigned char)((unsigned long long)length >> (56 - 8 * i));
-        }
-    }
-    o += header;
-    memcpy(o, mask.buf, (size_t)mask.len);
-    o += mask.len;
-    unsigned char *body = o;
-    memcpy(o, prefix.buf, (size_t)prefix.len);
-    o += prefix.len;
-    const char *alphabet = urlsafe ? B64_URLSAFE : B64_ALPHABET;
-    const unsigned char *in = data.buf;
-    Py_ssize_t i = 0;
-    for (; i + 3 <= data.len; i += 3) {
-        uint32_t v = ((uint32_t)in[i] << 16) | ((uint32_t)in[i + 1] << 8) | in[i + 2];
-        o[0] = (unsigned char)alphabet[v >> 18];
-        o[1] = (unsigned char)alphabet[(v >> 12) & 63];
-        o[2] = (unsigned char)alphabet[(v >> 6) & 63];
-        o[3] = (unsigned char)alphabet[v & 63];
-        o += 4;
-    }
-    if (data.len - i == 1) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        o[0] = (unsigned char)alphabet[v >> 18];
-        o[1] = (unsigned char)alphabet[(v >> 12) & 63];
-        o[2] = '=';
-        o[3] = '=';
-        o += 4;
-    }
-    else if (data.len - i == 2) {
-        uint32_t v = ((uint32_t)in[i] << 16) | ((uint32_t)in[i + 1] << 8);
-        o[0] = (unsigned char)alphabet[v >> 18];
-        o[1] = (unsigned char)alphabet[(v >> 12) & 63];
-        o[2] = (unsigned char)alphabet[(v >> 6) & 63];
-        o[3] = '=';
-        o += 4;
-    }
-    memcpy(o, suffix.buf, (size_t)suffix.len);
-    if (mask.len) {
-        apply_mask(body, body, length, mask.buf);
-    }
+    out = frame_of((unsigned char)first, prefix.buf, prefix.len, data.buf, data.len, suffix.buf,
+                   suffix.len, mask.buf, mask.len, urlsafe);
 done:
     PyBuffer_Release(&prefix);
     PyBuffer_Release(&data);
@@ -804,6 +825,512 @@ done:
     PyBuffer_Release(&mask);
     return out;
 }
+
+/* ------------------------------------------------------------------ CallerLane */
+
+/* A call's caller frames, from the carrier's message to the model's frame, in one C call each:
+ * the bridge's own path (gateway/call/lane.py says which, and why) done over this struct
+ * instead of a dozen Python objects. It takes a frame only when the bridge's path would take
+ * it the same way; anything else goes to `fallback` untouched. What it changed stays here
+ * (pending) until `settle()` hands it to Python's owners through the sinks, after which the
+ * lane asks `reload()` for their state again before its next frame. */
+
+/* Pending frames handed to the journal at the latest after this many (a second). */
+#define LANE_FLUSH_FRAMES 50
+/* After reload() declined, frames left to the fallback before it is asked again. */
+#define LANE_RETRY_FRAMES 25
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *fallback;    /* (raw) -> bool: the bridge's own path */
+    PyObject *reload;      /* () -> None | (admitted_s, step, generation, next_index, target) */
+    PyObject *bridge_sink; /* (frames, admitted_s, last_at, last_loud_at) -> None */
+    PyObject *stream_key, *stream_id; /* bytes */
+    Py_ssize_t max_message;
+    double bytes_per_second, started_at, allowance_s;
+    char waiting; /* the caller loop waits in receive(): a frame may be taken now */
+    /* What reload() gave; valid while `ready`. */
+    int ready;
+    int retry_in;
+    PyObject *step;   /* (payload) -> (pcm, voiced) */
+    PyObject *target; /* (ws, protocol, transport, open_state, prefix, suffix, masked,
+                         journal_sink, on_failed) */
+    PyObject *ws, *protocol, *transport, *open_state, *prefix, *suffix, *journal_sink,
+        *on_failed, *write, *is_closing, *abort;
+    int masked;
+    long long generation, next_index, first_index;
+    double admitted_s;
+    /* Pending since the last settle. */
+    Py_ssize_t frames;
+    double last_at, last_loud_at;
+    PyObject *pcm;    /* list of bytes: the journal's frames */
+    PyObject *voiced; /* list of bools */
+} CallerLane;
+
+static PyObject *str_paused, *str_send_in_progress, *str_state, *str_writes, *str_extensions,
+    *str_expect_continuation_frame, *str_write, *str_is_closing, *str_abort;
+
+static void lane_unbind(CallerLane *self)
+{
+    Py_CLEAR(self->target);
+    Py_CLEAR(self->ws);
+    Py_CLEAR(self->protocol);
+    Py_CLEAR(self->transport);
+    Py_CLEAR(self->open_state);
+    Py_CLEAR(self->prefix);
+    Py_CLEAR(self->suffix);
+    Py_CLEAR(self->journal_sink);
+    Py_CLEAR(self->on_failed);
+    Py_CLEAR(self->write);
+    Py_CLEAR(self->is_closing);
+    Py_CLEAR(self->abort);
+    Py_CLEAR(self->step);
+    self->ready = 0;
+}
+
+static int lane_clear(CallerLane *self)
+{
+    lane_unbind(self);
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->reload);
+    Py_CLEAR(self->bridge_sink);
+    Py_CLEAR(self->stream_key);
+    Py_CLEAR(self->stream_id);
+    Py_CLEAR(self->pcm);
+    Py_CLEAR(self->voiced);
+    return 0;
+}
+
+static int lane_traverse(CallerLane *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->reload);
+    Py_VISIT(self->bridge_sink);
+    Py_VISIT(self->stream_key);
+    Py_VISIT(self->stream_id);
+    Py_VISIT(self->pcm);
+    Py_VISIT(self->voiced);
+    Py_VISIT(self->target);
+    Py_VISIT(self->ws);
+    Py_VISIT(self->protocol);
+    Py_VISIT(self->transport);
+    Py_VISIT(self->open_state);
+    Py_VISIT(self->prefix);
+    Py_VISIT(self->suffix);
+    Py_VISIT(self->journal_sink);
+    Py_VISIT(self->on_failed);
+    Py_VISIT(self->write);
+    Py_VISIT(self->is_closing);
+    Py_VISIT(self->abort);
+    Py_VISIT(self->step);
+    return 0;
+}
+
+static void lane_dealloc(CallerLane *self)
+{
+    PyObject_GC_UnTrack(self);
+    lane_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int lane_init(CallerLane *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"fallback", "reload", "bridge_sink", "stream_key", "stream_id",
+                             "max_message", "bytes_per_second", "started_at", "allowance_s",
+                             NULL};
+    PyObject *fallback, *reload, *bridge_sink, *stream_key, *stream_id;
+    Py_ssize_t max_message;
+    double bytes_per_second, started_at, allowance_s;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOSSnddd:CallerLane", kwlist, &fallback,
+                                     &reload, &bridge_sink, &stream_key, &stream_id,
+                                     &max_message, &bytes_per_second, &started_at,
+                                     &allowance_s)) {
+        return -1;
+    }
+    if (bytes_per_second <= 0) {
+        PyErr_SetString(PyExc_ValueError, "bytes_per_second must be positive");
+        return -1;
+    }
+    lane_clear(self);
+    self->fallback = Py_NewRef(fallback);
+    self->reload = Py_NewRef(reload);
+    self->bridge_sink = Py_NewRef(bridge_sink);
+    self->stream_key = Py_NewRef(stream_key);
+    self->stream_id = Py_NewRef(stream_id);
+    self->max_message = max_message;
+    self->bytes_per_second = bytes_per_second;
+    self->started_at = started_at;
+    self->allowance_s = allowance_s;
+    self->pcm = PyList_New(0);
+    self->voiced = PyList_New(0);
+    if (self->pcm == NULL || self->voiced == NULL) {
+        return -1;
+    }
+    self->frames = 0;
+    self->last_loud_at = -1.0;
+    self->retry_in = 0;
+    return 0;
+}
+
+/* Hand everything pending to its owners; the lane reloads before its next frame. */
+static int lane_settle_now(CallerLane *self)
+{
+    self->ready = 0;
+    Py_ssize_t frames = self->frames;
+    if (frames == 0) {
+        return 0;
+    }
+    /* Taken out first: a sink that comes back here finds nothing pending. */
+    PyObject *pcm = self->pcm, *voiced = self->voiced;
+    PyObject *journal_sink = self->journal_sink;
+    double last_at = self->last_at, last_loud_at = self->last_loud_at;
+    self->frames = 0;
+    self->last_loud_at = -1.0;
+    self->pcm = PyList_New(0);
+    self->voiced = PyList_New(0);
+    if (self->pcm == NULL || self->voiced == NULL) {
+        Py_XDECREF(pcm);
+        Py_XDECREF(voiced);
+        return -1;
+    }
+    Py_XINCREF(journal_sink);
+    PyObject *r = PyObject_CallFunction(self->bridge_sink, "nddd", frames, self->admitted_s,
+                                        last_at, last_loud_at);
+    int failed = r == NULL;
+    Py_XDECREF(r);
+    if (!failed && journal_sink != NULL) {
+        r = PyObject_CallFunction(journal_sink, "LLOOd", self->generation, self->first_index,
+                                  pcm, voiced, last_loud_at);
+        failed = r == NULL;
+        Py_XDECREF(r);
+    }
+    Py_XDECREF(journal_sink);
+    Py_DECREF(pcm);
+    Py_DECREF(voiced);
+    return failed ? -1 : 0;
+}
+
+/* 1: bound and ready; 0: reload() declined (or is not asked yet); -1: an error. */
+static int lane_reload(CallerLane *self)
+{
+    if (self->retry_in > 0) {
+        self->retry_in--;
+        return 0;
+    }
+    PyObject *r = PyObject_CallNoArgs(self->reload);
+    if (r == NULL) {
+        return -1;
+    }
+    if (r == Py_None) {
+        Py_DECREF(r);
+        self->retry_in = LANE_RETRY_FRAMES;
+        return 0;
+    }
+    double admitted_s;
+    long long generation, next_index;
+    PyObject *step, *target;
+    if (!PyArg_ParseTuple(r, "dOLLO!:reload", &admitted_s, &step, &generation, &next_index,
+                          &PyTuple_Type, &target)) {
+        Py_DECREF(r);
+        return -1;
+    }
+    if (target != self->target) {
+        PyObject *ws, *protocol, *transport, *open_state, *prefix, *suffix, *journal_sink,
+            *on_failed;
+        int masked;
+        if (!PyArg_ParseTuple(target, "OOOOSSpOO:target", &ws, &protocol, &transport,
+                              &open_state, &prefix, &suffix, &masked, &journal_sink,
+                              &on_failed)) {
+            Py_DECREF(r);
+            return -1;
+        }
+        PyObject *write = PyObject_GetAttr(transport, str_write);
+        PyObject *is_closing = PyObject_GetAttr(transport, str_is_closing);
+        PyObject *abort = PyObject_GetAttr(transport, str_abort);
+        if (write == NULL || is_closing == NULL || abort == NULL) {
+            Py_XDECREF(write);
+            Py_XDECREF(is_closing);
+            Py_XDECREF(abort);
+            Py_DECREF(r);
+            return -1;
+        }
+        lane_unbind(self);
+        self->target = Py_NewRef(target);
+        self->ws = Py_NewRef(ws);
+        self->protocol = Py_NewRef(protocol);
+        self->transport = Py_NewRef(transport);
+        self->open_state = Py_NewRef(open_state);
+        self->prefix = Py_NewRef(prefix);
+        self->suffix = Py_NewRef(suffix);
+        self->journal_sink = Py_NewRef(journal_sink);
+        self->on_failed = Py_NewRef(on_failed);
+        self->write = write;
+        self->is_closing = is_closing;
+        self->abort = abort;
+        self->masked = masked;
+    }
+    Py_XSETREF(self->step, Py_NewRef(step));
+    self->admitted_s = admitted_s;
+    self->generation = generation;
+    self->next_index = next_index;
+    self->ready = 1;
+    Py_DECREF(r);
+    return 1;
+}
+
+/* Truth of attribute `name` of `obj`: 1, 0, or -1 with an exception set. */
+static int attr_true(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) {
+        return -1;
+    }
+    int t = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return t;
+}
+
+/* Whether the model's socket takes a frame now, as DirectSender.writable() and
+ * write_base64's own checks decide it: 1, 0, or -1 with an exception set. */
+static int lane_writable(CallerLane *self)
+{
+    PyObject *state = PyObject_GetAttr(self->protocol, str_state);
+    if (state == NULL) {
+        return -1;
+    }
+    int open = state == self->open_state;
+    Py_DECREF(state);
+    if (!open) {
+        return 0;
+    }
+    int t = attr_true(self->ws, str_paused);
+    if (t != 0) {
+        return t < 0 ? -1 : 0;
+    }
+    PyObject *sending = PyObject_GetAttr(self->ws, str_send_in_progress);
+    if (sending == NULL) {
+        return -1;
+    }
+    int idle = sending == Py_None;
+    Py_DECREF(sending);
+    if (!idle) {
+        return 0;
+    }
+    PyObject *closing = PyObject_CallNoArgs(self->is_closing);
+    if (closing == NULL) {
+        return -1;
+    }
+    t = PyObject_IsTrue(closing);
+    Py_DECREF(closing);
+    if (t != 0) {
+        return t < 0 ? -1 : 0;
+    }
+    PyObject *names[3] = {str_writes, str_extensions, str_expect_continuation_frame};
+    for (int i = 0; i < 3; i++) {
+        t = attr_true(self->protocol, names[i]);
+        if (t != 0) {
+            return t < 0 ? -1 : 0;
+        }
+    }
+    return 1;
+}
+
+static double monotonic_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* time.monotonic()'s clock on Linux */
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static PyObject *lane_take(CallerLane *self, PyObject *raw)
+{
+    if (!self->waiting || self->fallback == NULL || !PyBytes_Check(raw) ||
+        PyBytes_GET_SIZE(raw) > self->max_message) {
+        goto decline;
+    }
+    if (!self->ready) {
+        int ready = lane_reload(self);
+        if (ready < 0) {
+            return NULL;
+        }
+        if (!ready) {
+            goto decline;
+        }
+    }
+    int writable = lane_writable(self);
+    if (writable < 0) {
+        return NULL;
+    }
+    if (!writable) {
+        goto decline;
+    }
+    span key = {(const unsigned char *)PyBytes_AS_STRING(self->stream_key),
+                PyBytes_GET_SIZE(self->stream_key)};
+    span id = {(const unsigned char *)PyBytes_AS_STRING(self->stream_id),
+               PyBytes_GET_SIZE(self->stream_id)};
+    PyObject *payload = read_carrier_media(raw, key, id);
+    if (payload == NULL) {
+        return NULL;
+    }
+    if (payload == Py_None) {
+        Py_DECREF(payload);
+        goto decline;
+    }
+    double now = monotonic_now();
+    double seconds = (double)PyBytes_GET_SIZE(payload) / self->bytes_per_second;
+    if (self->admitted_s + seconds > now - self->started_at + self->allowance_s) {
+        Py_DECREF(payload); /* ahead of real time: the bridge drops it, and says so */
+        goto decline;
+    }
+    PyObject *measured = PyObject_CallOneArg(self->step, payload);
+    Py_DECREF(payload);
+    if (measured == NULL) {
+        return NULL;
+    }
+    if (!PyTuple_Check(measured) || PyTuple_GET_SIZE(measured) != 2 ||
+        !PyBytes_Check(PyTuple_GET_ITEM(measured, 0))) {
+        Py_DECREF(measured);
+        PyErr_SetString(PyExc_TypeError, "the uplink's step must return (bytes, bool)");
+        return NULL;
+    }
+    PyObject *pcm = PyTuple_GET_ITEM(measured, 0);
+    int loud = PyObject_IsTrue(PyTuple_GET_ITEM(measured, 1));
+    if (loud < 0) {
+        Py_DECREF(measured);
+        return NULL;
+    }
+    /* Taken: from here on the frame is the lane's. */
+    self->admitted_s += seconds;
+    self->last_at = now;
+    if (loud) {
+        self->last_loud_at = now;
+    }
+    if (self->frames == 0) {
+        self->first_index = self->next_index;
+    }
+    self->next_index++;
+    self->frames++;
+    if (PyList_Append(self->pcm, pcm) < 0 ||
+        PyList_Append(self->voiced, loud ? Py_True : Py_False) < 0) {
+        Py_DECREF(measured);
+        return NULL;
+    }
+    unsigned char key4[4];
+    if (self->masked && fresh_key(key4) < 0) {
+        Py_DECREF(measured);
+        return NULL;
+    }
+    PyObject *frame = frame_of(0x81, PyBytes_AS_STRING(self->prefix),
+                               PyBytes_GET_SIZE(self->prefix), PyBytes_AS_STRING(pcm),
+                               PyBytes_GET_SIZE(pcm), PyBytes_AS_STRING(self->suffix),
+                               PyBytes_GET_SIZE(self->suffix), key4, self->masked ? 4 : 0, 1);
+    Py_DECREF(measured);
+    if (frame == NULL) {
+        return NULL;
+    }
+    PyObject *written = PyObject_CallOneArg(self->write, frame);
+    Py_DECREF(frame);
+    if (written == NULL) {
+        /* DirectSender._write: the transport broke as it wrote; abort it, and the session
+         * learns of it as it would (the frame journalled as unsent, the connection lost). */
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            return NULL;
+        }
+        PyErr_Clear();
+        PyObject *on_failed = Py_NewRef(self->on_failed);
+        PyObject *aborted = PyObject_CallNoArgs(self->abort);
+        if (aborted == NULL || lane_settle_now(self) < 0) {
+            Py_XDECREF(aborted);
+            Py_DECREF(on_failed);
+            return NULL;
+        }
+        Py_DECREF(aborted);
+        PyObject *r = PyObject_CallNoArgs(on_failed);
+        Py_DECREF(on_failed);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+        Py_RETURN_TRUE;
+    }
+    Py_DECREF(written);
+    if (self->frames >= LANE_FLUSH_FRAMES && lane_settle_now(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+decline:
+    if (self->fallback == NULL) {
+        Py_RETURN_FALSE;
+    }
+    return PyObject_CallOneArg(self->fallback, raw);
+}
+
+static PyObject *lane_settle(CallerLane *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->bridge_sink != NULL && lane_settle_now(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *lane_close(CallerLane *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->bridge_sink != NULL && lane_settle_now(self) < 0) {
+        return NULL;
+    }
+    lane_clear(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *lane_get_pending(CallerLane *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSsize_t(self->frames);
+}
+
+static PyObject *lane_get_ready(CallerLane *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->ready);
+}
+
+static PyMethodDef lane_methods[] = {
+    {"take", (PyCFunction)lane_take, METH_O,
+     "Take one caller message (bytes): True when taken here or by the fallback."},
+    {"settle", (PyCFunction)lane_settle, METH_NOARGS,
+     "Hand what is pending to the sinks; reload before the next frame."},
+    {"close", (PyCFunction)lane_close, METH_NOARGS,
+     "Settle, then let go of everything (the lane declines every frame after)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef lane_members[] = {
+    {"waiting", T_BOOL, offsetof(CallerLane, waiting), 0,
+     "Whether the caller loop waits in receive() (a frame may be taken now)."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef lane_getset[] = {
+    {"pending", (getter)lane_get_pending, NULL, "Frames taken since the last settle.", NULL},
+    {"ready", (getter)lane_get_ready, NULL, "Whether the lane is bound and reloaded.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject CallerLaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gateway._mediaplane.CallerLane",
+    .tp_doc = "A call's caller frames in one C call each (gateway/call/lane.py).",
+    .tp_basicsize = sizeof(CallerLane),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)lane_init,
+    .tp_dealloc = (destructor)lane_dealloc,
+    .tp_traverse = (traverseproc)lane_traverse,
+    .tp_clear = (inquiry)lane_clear,
+    .tp_methods = lane_methods,
+    .tp_members = lane_members,
+    .tp_getset = lane_getset,
+};
 
 /* ------------------------------------------------------------------ the module */
 
@@ -845,5 +1372,31 @@ PyInit__mediaplane(void)
     if (urandom == NULL) {
         return NULL;
     }
-    return PyModule_Create(&module);
+    struct {
+        PyObject **slot;
+        const char *name;
+    } names[] = {
+        {&str_paused, "paused"}, {&str_send_in_progress, "send_in_progress"},
+        {&str_state, "state"}, {&str_writes, "writes"}, {&str_extensions, "extensions"},
+        {&str_expect_continuation_frame, "expect_continuation_frame"}, {&str_write, "write"},
+        {&str_is_closing, "is_closing"}, {&str_abort, "abort"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        *names[i].slot = PyUnicode_InternFromString(names[i].name);
+        if (*names[i].slot == NULL) {
+            return NULL;
+        }
+    }
+    if (PyType_Ready(&CallerLaneType) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "CallerLane", (PyObject *)&CallerLaneType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -175,6 +175,9 @@ class Settings(BaseSettings):
     #: carry half the calls and would sit at the threshold). A container with a fraction of
     #: a core may want it lower.
     loop_pacing_busy_pct: float = Field(default=20.0, ge=0.0, le=100.0)
+    #: Caller frames take the compiled lane (``gateway.call.lane``) where it applies; false:
+    #: every frame takes the bridge's Python path (the lane's specification), as a way back.
+    compiled_lane: bool = True
 
     # --- Gemini Live connection -------------------------------------------------------------
     #: Websocket keepalive towards Gemini. Pongs have been seen to take 8-30 s under load, and a

@@ -18,7 +18,7 @@ import structlog
 from gateway.audio.transcode import PCM16_16K, PCM16_24K, AudioFormat
 from gateway.model.events import AudioOut, LiveEvent
 from gateway.model.persona import AgentPersona
-from gateway.model.session import ModelAudio, ModelConnectError
+from gateway.model.session import AudioLaneState, ModelAudio, ModelConnectError
 from gateway.model.turns import Conversation, TakeoverFactory, Turn
 
 #: How long a test waits for something the code under test is about to do.
@@ -209,6 +209,11 @@ class FakeModelSession(_Recorder):
 
     def offer_audio_lane(self, handler: Callable[[AudioOut], None] | None) -> None:
         self.lane = handler
+
+    def audio_lane(self, settle: Callable[[], None]) -> AudioLaneState | None:
+        """None: no model socket for the compiled lane to write to (the bridge's own path
+        takes every frame, as it does for OpenAI's sessions)."""
+        return None
 
     def send_audio_now(self, audio: bytes, voiced: bool | None = None) -> None:
         """Taken at once, like a connected session's (the media lane); only while

@@ -36,6 +36,12 @@ class RealTimeBudget:
         self.admitted_s = 0.0
         self.dropped_s = 0.0
 
+    @property
+    def terms(self) -> tuple[float, float, float]:
+        """``(bytes_per_second, started_at, allowance_s)``: what :meth:`admit` weighs a frame
+        against (the bridge's compiled lane admits by the same rule)."""
+        return self._bytes_per_second, self._started_at, self._allowance_s
+
     def admit(self, nbytes: int, now: float) -> bool:
         """Whether ``nbytes`` of audio arriving at ``now`` may go on (else it is counted)."""
         seconds = nbytes / self._bytes_per_second

@@ -53,6 +53,7 @@ from gateway.call.hooks import CallHooks, Refusal
 from gateway.call.http_tools import HttpToolRunner
 from gateway.call.idle import CHECK_IN_PROMPT, GOODBYE_PROMPT, IdleAction, IdleWatch
 from gateway.call.keypad import Keypad, entry_text
+from gateway.call.lane import CallerLane
 from gateway.call.playout import Playout
 from gateway.call.stats import CALLER_ENDED, MODEL_FAILED, CallStats
 from gateway.call.tools import HandoffRequest, answer_tool_call
@@ -154,6 +155,9 @@ class BridgeOptions:
     timezone: tzinfo = UTC
     #: Each call is recorded to ``<dir>/<call id>.wav`` when set (RECORDINGS_DIR).
     recordings_dir: Path | None = None
+    #: Caller frames through the compiled lane where it applies (``gateway/call/lane.py``);
+    #: False: every frame takes the bridge's own path (the lane's specification).
+    compiled_lane: bool = True
 
 
 class CallBridge:
@@ -219,6 +223,8 @@ class CallBridge:
         #: The caller loop is parked in ``socket.receive()``: a media message may be taken
         #: straight from the socket (:meth:`_take_media`) without reordering anything.
         self._caller_waiting = False
+        #: The compiled lane, while the call has one (see :meth:`_media_handler`).
+        self._lane: CallerLane | None = None
         self._idle: IdleWatch | None = None
         #: The call's prompt variables (``{{caller_number}}``…), known at ``start``.
         self._variables: dict[str, str] = {}
@@ -272,7 +278,7 @@ class CallBridge:
             self._wire_audio(live.audio)
             self._cue_at = time.monotonic() if self.agent.greeting else None
             self.events.emit("call.connected", live_connect_ms=round(elapsed, 1))
-            self.socket.take_media(self._take_media)
+            self.socket.take_media(self._media_handler())
             caller = asyncio.create_task(self._caller_loop(), name="caller")
             model = asyncio.create_task(self._model_loop(), name="model")
             playout = asyncio.create_task(self._run_playout(), name="playout")
@@ -301,6 +307,7 @@ class CallBridge:
             raise
         finally:
             self.socket.take_media(None)
+            self._close_lane()
             await cancel_and_wait(*tasks, *self._side_tasks)
             if self._live is not None:
                 await self._live.close()
@@ -516,10 +523,15 @@ class CallBridge:
             if handled % FAIRNESS_EVERY == 0:
                 await asyncio.sleep(0)
             self._caller_waiting = True
+            lane = self._lane
+            if lane is not None:
+                lane.waiting = True
             try:
                 data = await self.socket.receive()
             finally:
                 self._caller_waiting = False
+                if lane is not None:
+                    lane.waiting = False
             if data is None:
                 return "caller_disconnected"
             try:
@@ -541,6 +553,87 @@ class CallBridge:
         if admitted is not None:
             assert self._live is not None
             await self._live.send_audio(admitted[0])
+
+    def _media_handler(self) -> Callable[[bytes], bool]:
+        """What the socket hands each media message to first: the compiled lane
+        (:mod:`gateway.call.lane`), whose fallback is :meth:`_take_media`, or that alone.
+
+        No lane for a call being recorded (the recording hears each frame), for a carrier whose
+        messages have no quick shape (Telnyx reorders by its numbering), or without the
+        compiled module."""
+        codec, budget = self.codec, self._budget
+        shape = codec.quick_shape
+        if (
+            CallerLane is None
+            or not self.options.compiled_lane
+            or self.recording is not None
+            or shape is None
+            or budget is None
+        ):
+            return self._take_media
+        bytes_per_second, started_at, allowance_s = budget.terms
+        lane = self._lane = CallerLane(
+            self._take_media,
+            self._lane_reload,
+            self._lane_settled,
+            shape[0],
+            shape[1],
+            self.options.max_message_bytes,
+            bytes_per_second,
+            started_at,
+            allowance_s,
+        )
+        return lane.take
+
+    def _lane_reload(
+        self,
+    ) -> tuple[float, Callable[[bytes], tuple[bytes, bool]], int, int, tuple[Any, ...]] | None:
+        """What the lane works from until it next settles: the budget's total, the uplink's
+        step, and where the session takes audio now (None: nowhere, or the bridge must see
+        each frame itself: a handoff holds them)."""
+        live, budget, uplink, lane = self._live, self._budget, self._uplink, self._lane
+        if live is None or budget is None or uplink is None or lane is None:
+            return None
+        if self._held is not None or self.recording is not None:
+            return None
+        state = live.audio_lane(lane.settle)
+        if state is None:
+            return None
+        return (
+            budget.admitted_s,
+            uplink.feed_measured,
+            state.generation,
+            state.next_index,
+            (state.target),
+        )
+
+    def _lane_settled(
+        self, frames: int, admitted_s: float, last_at: float, last_loud_at: float
+    ) -> None:
+        """The lane's frames since it last settled, counted as :meth:`_admit_caller_audio`
+        counts each: ``frames`` taken, the budget's total now, the last frame's time and
+        the last voiced one's (negative: none)."""
+        stats = self.stats
+        stats.frames_in += frames
+        stats.frames_in_lane += frames
+        stats.frames_admitted(frames)
+        assert self._budget is not None
+        self._budget.admitted_s = admitted_s
+        if last_at > self._last_activity:
+            self._last_activity = last_at
+        if last_loud_at >= 0 and self._idle is not None:
+            self._idle.caller_spoke(last_loud_at)
+
+    def _settle_lane(self) -> None:
+        """Bring the lane's frames in before the bridge reads or changes what it counts."""
+        lane = self._lane
+        if lane is not None:
+            lane.settle()
+
+    def _close_lane(self) -> None:
+        lane, self._lane = self._lane, None
+        if lane is not None:
+            lane.close()
 
     def _take_media(self, raw: bytes) -> bool:
         """The media lane: a caller frame handled as the socket reads it, with no queue, task
@@ -578,6 +671,7 @@ class CallBridge:
         """Count, budget, record and transcode one caller frame: the model's audio, and
         whether it is voiced (for the idle watch; the model session need not measure it
         again), or None when the frame is dropped (audio arriving faster than real time)."""
+        self._settle_lane()
         uplink, budget = self._uplink, self._budget
         assert uplink is not None
         assert budget is not None
@@ -707,6 +801,7 @@ class CallBridge:
         self.events.record(self.transcript.caller_piece(event.text, self.agent.id))
 
     async def _on_caller_turn_ended(self, _: CallerTurnEnded) -> None:
+        self._settle_lane()  # the lane's voiced frames came before this
         self._cue_at = time.monotonic()  # the caller spoke: the next audio answers it
         if self._idle is not None:
             self._idle.caller_spoke(self._cue_at)
@@ -853,6 +948,7 @@ class CallBridge:
         self.stage, self.agent = stage, agent
         self.events.agent_changed(agent.id)
         if agent.provider != previous.provider:
+            self._settle_lane()  # what the lane sent is the old agent's; the rest is held
             self._held = []  # what the caller says meanwhile is for the new agent
         try:
             resumed, elapsed = await live.hand_off(self._persona(), opening)
@@ -903,6 +999,7 @@ class CallBridge:
         once; a handoff to another provider makes new transcoders, the playout stays)."""
         started = self._started
         assert started is not None
+        self._settle_lane()  # the lane transcodes with the uplink it reloads
         self._model_audio = audio
         self._uplink = uplink_for(started.audio_format, audio.input)
         self._downlink = downlink_for(started.outbound_format, audio.output)
@@ -953,6 +1050,7 @@ class CallBridge:
             if self._keypad.deadline is not None:
                 wake = min(wake, self._keypad.deadline)
             await asyncio.sleep(max(0.0, wake - now))
+            self._settle_lane()
             now = time.monotonic()
             if opts.max_duration_s and now - (self._begun_at or now) >= opts.max_duration_s:
                 return "max_duration"

@@ -62,6 +62,7 @@ class CallStats:
         "bad_messages",
         "barge_ins",
         "frames_in",
+        "frames_in_lane",
         "handoffs",
         "reconnects",
     )
@@ -70,6 +71,8 @@ class CallStats:
         self.bad_messages = 0
         #: Caller media messages received, whether or not the real-time budget admitted them.
         self.frames_in = 0
+        #: Of those, the frames the compiled lane took (``gateway.call.lane``).
+        self.frames_in_lane = 0
         #: Whether caller audio ever ran ahead of real time (and some was dropped).
         self.audio_ahead = False
         self.handoffs = 0
@@ -92,6 +95,12 @@ class CallStats:
     def frame_admitted(self) -> None:
         """A caller frame within the real-time budget goes up to the model."""
         self._unreported_in += 1
+        if self._unreported_in >= FRAMES_PER_METRIC_UPDATE:
+            self._report_frames()
+
+    def frames_admitted(self, count: int) -> None:
+        """:meth:`frame_admitted` of ``count`` frames (the compiled lane's, as it settles)."""
+        self._unreported_in += count
         if self._unreported_in >= FRAMES_PER_METRIC_UPDATE:
             self._report_frames()
 
@@ -177,6 +186,7 @@ class CallStats:
             "barge_ins": self.barge_ins,
             "bad_messages": self.bad_messages,
             "frames_in": self.frames_in,
+            "frames_in_lane": self.frames_in_lane,
             "frames_out": playout.frames_sent if playout else 0,
             "frames_dropped": playout.frames_dropped if playout else 0,
             "audio_dropped_ms": round(model_audio_dropped_ms),

@@ -257,6 +257,13 @@ class CarrierCodec(Protocol):
         answer exactly that audio; None otherwise (then parse it)."""
         ...
 
+    @property
+    def quick_shape(self) -> tuple[bytes, bytes] | None:
+        """The stream key and stream id :meth:`quick_audio` reads messages with
+        (:func:`gateway.mediaplane.carrier_media`'s last two arguments); None while it answers
+        None to every message."""
+        ...
+
     def media(self, payload: bytes) -> str:
         """Outbound audio (codec bytes, one or more whole 20 ms frames) → message text."""
         ...

@@ -79,6 +79,10 @@ class StreamCodec(ABC):
         #: The stream key and id as bytes, for :meth:`quick_audio` (None: not streaming).
         self._quick: tuple[bytes, bytes] | None = None
 
+    @property
+    def quick_shape(self) -> tuple[bytes, bytes] | None:
+        return self._quick
+
     def quick_audio(self, raw: bytes) -> bytes | None:
         """The audio of a media message of this stream, read straight from its bytes.
 

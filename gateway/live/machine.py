@@ -39,7 +39,7 @@ What it decides, and why (sources in ``../shared/reference/gemini-live-protocol.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -158,6 +158,30 @@ class Journal:
         else:
             items.append(_AudioRun(generation, index, [pcm], [voiced]))
         self._added_audio(len(pcm), voiced)
+
+    def add_sent_run(
+        self, frames: list[bytes], voiced: list[bool], generation: int, first: int
+    ) -> None:
+        """:meth:`add_sent_audio` of each of ``frames``, numbered from ``first``, in one go:
+        the same journal as frame by frame. The frames join the run first, then each is
+        counted in order; the silence trim and the bound take from the head, which holds only
+        frames counted already, so what they take is what they took frame by frame."""
+        if not frames:
+            return
+        items = self._items
+        tail = items[-1] if items else None
+        if (
+            isinstance(tail, _AudioRun)
+            and tail.generation == generation
+            and tail.first + len(tail.frames) == first
+        ):
+            tail.frames += frames
+            tail.voiced += voiced
+        else:
+            items.append(_AudioRun(generation, first, list(frames), list(voiced)))
+        added = self._added_audio
+        for pcm, loud in zip(frames, voiced, strict=True):
+            added(len(pcm), loud)
 
     def _added_audio(self, size: int, voiced: bool) -> None:
         self.audio_ms += size / BYTES_PER_MS  # Sent.ms, without a call (per frame)
@@ -379,24 +403,61 @@ class SessionMachine:
     _goaway_pending: bool = False
     _boundary_at: float | None = None
     _force_fresh: bool = False
+    #: Called before any method reads or changes the journal, the message numbering or the
+    #: caller's voice time: the bridge's compiled lane (``gateway/call/lane.py``) hands over
+    #: there the frames it sent since (:meth:`absorb_audio`).
+    settle_hook: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self.journal = Journal(self.policy.replay_limit_ms)
+
+    def settle(self) -> None:
+        """Bring in what the lane sent since it last settled (see :attr:`settle_hook`)."""
+        hook = self.settle_hook
+        if hook is not None:
+            hook()
+
+    def absorb_audio(
+        self,
+        generation: int,
+        first: int,
+        frames: list[bytes],
+        voiced: list[bool],
+        last_voice_at: float,
+    ) -> None:
+        """Caller audio the lane sent on connection ``generation`` as messages ``first``,
+        ``first + 1``…, while it took messages (``accepting``, and nothing of this machine
+        changed meanwhile: every method settles first): journalled and numbered as
+        :meth:`record_audio` would have done frame by frame. ``last_voice_at``: the last of
+        them that was voiced (negative: none)."""
+        if last_voice_at >= 0:
+            self._last_voice_at = last_voice_at
+            self._since.caller_voice = True
+        self._next_index = first + len(frames)
+        self.journal.add_sent_run(frames, voiced, generation, first)
+
+    @property
+    def next_index(self) -> int:
+        """The index the next message on the current connection gets."""
+        return self._next_index
 
     # ------------------------------------------------------------------ dialling
 
     def start(self) -> Dial:
         """The call's first connection: a fresh session."""
+        self.settle()
         assert self.phase == "idle", self.phase
         return self._dial("first", None)
 
     def handoff(self) -> Dial:
         """The bridge moves the call to another agent: resume the newest handle."""
+        self.settle()
         self._check_live()
         return self._dial("handoff", self.handle)
 
     def dial_failed(self, code: int | None, *, permanent: bool) -> Dial | End:
         """The dial could not open a connection (refused at the upgrade or at setup)."""
+        self.settle()
         dialling = self._dialling
         assert dialling is not None and self.phase == "connecting"
         if code in POLICY_CLOSE_CODES:
@@ -414,6 +475,7 @@ class SessionMachine:
 
     def opened(self, *, resumed: bool, now: float) -> Opening:
         """The dialled connection completed its setup: what to send first."""
+        self.settle()
         dialling = self._dialling
         assert dialling is not None and self.phase == "connecting"
         self._dialling = None
@@ -444,6 +506,7 @@ class SessionMachine:
 
     def opening_sent(self) -> None:
         """The opening went out: the connection now takes the caller's audio directly."""
+        self.settle()
         if self.phase == "open":
             self.accepting = True
             self.opening_done = True
@@ -453,6 +516,7 @@ class SessionMachine:
     def record(self, entry: Sent, *, now: float) -> int | None:
         """``entry`` is about to be sent (returns its message index on the current
         connection) or queued (None) when no connection takes messages."""
+        self.settle()
         if entry.voiced:
             self._last_voice_at = now
             self._since.caller_voice = True
@@ -471,6 +535,7 @@ class SessionMachine:
         about to be sent on the current connection, fifty times a second per call: no entry
         is made for it (:meth:`Journal.add_sent_audio`). :meth:`unsend_last` if the write
         then fails."""
+        self.settle()
         if voiced:
             self._last_voice_at = now
             self._since.caller_voice = True
@@ -487,16 +552,19 @@ class SessionMachine:
     def unsend_last(self) -> None:
         """The message :meth:`record_audio` numbered last could not be written: nobody heard
         it, so it is queued for the next connection like audio sent while none took it."""
+        self.settle()
         self.journal.unsend_last()
 
     def resend(self, entry: Sent) -> int:
         """``entry``, from a replay, is being sent again on the current connection."""
+        self.settle()
         self._carry(entry)
         self.journal.add(entry)
         return entry.carried_by[1]  # type: ignore[index]
 
     def deliver(self, entry: Sent) -> int:
         """``entry``, queued in the journal meanwhile, is being sent on the current connection."""
+        self.settle()
         self._carry(entry)
         return entry.carried_by[1]  # type: ignore[index]
 
@@ -507,6 +575,7 @@ class SessionMachine:
     def send_failed(self, generation: int) -> None:
         """A send on connection ``generation`` raised: it is gone. Nothing more goes out on it;
         the driver reports the loss as :meth:`closed`, from the consumer's side."""
+        self.settle()
         if self.is_current(generation):
             self.accepting = False
 
@@ -516,7 +585,8 @@ class SessionMachine:
         return generation == self.generation and self.phase != "ended"
 
     def model_output(self, generation: int) -> None:
-        """Model audio, transcription of it, or a tool call arrived."""
+        """Model audio, transcription of it, or a tool call arrived. (No settle: nothing
+        here is what the lane changes, and this comes with every model message.)"""
         if self.is_current(generation):
             self._since.model_output = True
             self._since.model_done = False
@@ -525,6 +595,7 @@ class SessionMachine:
 
     def turn_boundary(self, generation: int, *, now: float) -> Recover | None:
         """turnComplete or interrupted: the model is idle again."""
+        self.settle()
         if not self.is_current(generation):
             return None
         self._since.model_done = True
@@ -537,6 +608,7 @@ class SessionMachine:
         self, generation: int, handle: str, *, consumed_index: int | None, now: float
     ) -> Recover | None:
         """A resumable ``sessionResumptionUpdate`` with a new handle."""
+        self.settle()
         if not self.is_current(generation):
             return None
         self.handle = handle
@@ -545,6 +617,7 @@ class SessionMachine:
         return self._maybe_move(now)
 
     def go_away(self, generation: int, time_left_s: float | None, *, now: float) -> Recover | None:
+        self.settle()
         if not self.is_current(generation) or self.phase != "open":
             return None
         seconds = self.policy.goaway_default_s if time_left_s is None else time_left_s
@@ -558,6 +631,7 @@ class SessionMachine:
         self, generation: int, code: int | None, reason: str, *, now: float
     ) -> Recover | End | None:
         """Connection ``generation`` is gone (closed by the server, lost, or a send failed)."""
+        self.settle()
         if not self.is_current(generation) or self.phase != "open":
             return None  # replaced already, or the dial in progress will report on its own
         detail = f"{code}: {reason}" if code is not None else reason
@@ -586,6 +660,7 @@ class SessionMachine:
 
     def tick(self, now: float) -> Recover | None:
         """Time passed: a goAway deadline or the grace after a turn boundary may be due."""
+        self.settle()
         if self.phase != "open" or not self._goaway_pending:
             return None
         if self._goaway_deadline is not None and now >= self._goaway_deadline:
@@ -595,7 +670,8 @@ class SessionMachine:
     def next_deadline(self) -> float | None:
         """When :meth:`tick` must be called next (None: no timer is running)."""
         if self.phase != "open" or not self._goaway_pending:
-            return None
+            return None  # (the lane changes neither: no settle before, on every event)
+        self.settle()
         times = [t for t in (self._goaway_deadline,) if t is not None]
         if self._boundary_at is not None and not self._model_busy:
             quiet_at = self._last_voice_at + self.policy.voice_hangover_s
@@ -604,6 +680,7 @@ class SessionMachine:
 
     def close(self) -> None:
         """The call is over: nothing more is dialled or queued."""
+        self.settle()
         if self.phase != "ended":
             self._end("closed", None)
         self.journal.clear()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import time
 from collections.abc import Callable, Sequence, Sized
@@ -66,7 +67,7 @@ from gateway.model.events import (
     UsageReported,
 )
 from gateway.model.persona import AgentPersona
-from gateway.model.session import ModelAudio, ModelConnectError, ModelSession
+from gateway.model.session import AudioLaneState, ModelAudio, ModelConnectError, ModelSession
 from gateway.model.turns import Conversation, TakeoverFactory, Turn
 from gateway.model.websocket import DirectReader, DirectSender
 
@@ -88,6 +89,9 @@ class _Connection:
     reader: asyncio.Task[None] | None = None
     #: The SDK session's websocket, for the audio fast path (None: use the SDK).
     raw_send: DirectSender | None = None
+    #: What the bridge's compiled lane writes this connection's audio with (made when first
+    #: asked for, :meth:`LiveSession.audio_lane`).
+    lane_target: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +140,7 @@ class LiveSession:
     @property
     def audio_dropped_ms(self) -> float:
         """Caller audio the replay bound pushed out over the call."""
+        self.machine.settle()
         return self.machine.journal.dropped_ms
 
     # ------------------------------------------------------------------ connection lifecycle
@@ -268,7 +273,11 @@ class LiveSession:
             await self._send_entry(conn, entry)
         # Audio keeps arriving while this awaits and is queued behind; the final emptiness
         # check and opening_sent() (which lets sends go straight out) happen without an await.
-        while queued := self.machine.journal.unsent():
+        while True:
+            self.machine.settle()
+            queued = self.machine.journal.unsent()
+            if not queued:
+                break
             for entry in queued:
                 self.machine.deliver(entry)
                 await self._send_entry(conn, entry)
@@ -312,6 +321,39 @@ class LiveSession:
             and self.machine.accepting
             and conn.raw_send.writable()
         )
+
+    def audio_lane(self, settle: Callable[[], None]) -> AudioLaneState | None:
+        """Where the bridge's compiled lane (``gateway/call/lane.py``) may write caller audio
+        now, as :meth:`send_audio_now` writes it, and journal it, as :meth:`send_audio_now`
+        journals it (through :meth:`SessionMachine.absorb_audio`); None when that is not
+        now (no connection takes audio directly). ``settle`` is then called before anything
+        here reads what the lane changed."""
+        conn, machine = self._conn, self.machine
+        if (
+            conn is None
+            or conn.raw_send is None
+            or not machine.accepting
+            or machine.phase == "ended"
+        ):
+            return None
+        target = conn.lane_target
+        if target is None:
+            target = conn.lane_target = conn.raw_send.lane_target(
+                AUDIO_MESSAGE_PREFIX,
+                AUDIO_MESSAGE_SUFFIX,
+                machine.absorb_audio,
+                functools.partial(self._lane_write_failed, conn),
+            )
+            if target is None:
+                return None
+        machine.settle_hook = settle
+        return AudioLaneState(machine.generation, machine.next_index, target)
+
+    def _lane_write_failed(self, conn: _Connection) -> None:
+        """The lane's write of the frame it journalled last failed (the transport is aborted):
+        what :meth:`send_audio_now` does when its own write fails."""
+        self.machine.unsend_last()
+        self._send_failed(conn, ConnectionResetError("the model socket failed on a write"))
 
     def send_audio_now(self, audio: bytes, voiced: bool | None = None) -> None:
         """Caller audio written at once (:meth:`DirectSender.write_base64`), journalled as

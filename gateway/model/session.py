@@ -45,6 +45,17 @@ class ModelAudio:
     tracks_playback: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class AudioLaneState:
+    """Where the bridge's compiled lane (``gateway/call/lane.py``) may write caller audio:
+    connection ``generation``, whose next message is number ``next_index``, through
+    ``target`` (:meth:`gateway.model.websocket.DirectSender.lane_target`)."""
+
+    generation: int
+    next_index: int
+    target: tuple[Any, ...]
+
+
 class ModelSession(Protocol):
     """One call's conversation with the model, across however many connections it takes.
 
@@ -87,6 +98,13 @@ class ModelSession(Protocol):
 
     def audio_writable(self) -> bool:
         """Whether :meth:`send_audio_now` would write this instant."""
+        ...
+
+    def audio_lane(self, settle: Callable[[], None]) -> AudioLaneState | None:
+        """Where the bridge's compiled lane may write caller audio now, journalled as
+        :meth:`send_audio_now` would journal it; None when it may not (a provider without
+        one answers None always). ``settle`` is called before the session reads anything the
+        lane changed."""
         ...
 
     def send_audio_now(self, audio: bytes, voiced: bool | None = None) -> None:

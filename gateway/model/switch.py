@@ -19,7 +19,7 @@ from gateway.agents import Provider
 from gateway.aio import cancel_and_wait
 from gateway.model.events import AudioOut, LiveEvent
 from gateway.model.persona import AgentPersona
-from gateway.model.session import ModelAudio, ModelSession
+from gateway.model.session import AudioLaneState, ModelAudio, ModelSession
 from gateway.model.turns import TakeoverFactory
 
 
@@ -93,6 +93,10 @@ class ProviderSwitch:
     def audio_writable(self) -> bool:
         session = self._session
         return session is not None and session.audio_writable()
+
+    def audio_lane(self, settle: Callable[[], None]) -> AudioLaneState | None:
+        session = self._session
+        return None if session is None else session.audio_lane(settle)
 
     def send_audio_now(self, audio: bytes, voiced: bool | None = None) -> None:
         self.current.send_audio_now(audio, voiced)

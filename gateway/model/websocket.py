@@ -168,6 +168,26 @@ class DirectSender:
         mask = None if self._masked else b""
         return self._write(base64_frame(_TEXT, prefix, data, suffix, mask, True))
 
+    def lane_target(
+        self,
+        prefix: bytes,
+        suffix: bytes,
+        journal: Callable[..., None],
+        failed: Callable[[], None],
+    ) -> tuple[Any, ...] | None:
+        """What the bridge's compiled lane (``gateway._mediaplane.CallerLane``) needs to
+        write :meth:`write_base64`'s frames itself, with :meth:`writable`'s checks and its
+        own: the connection, its protocol, the transport, the open state, the message's
+        ``prefix`` and ``suffix``, whether frames are masked, and the session's ``journal``
+        and ``failed`` (the write failed) callbacks. None when this socket is not one it can
+        write to (another shape: only :meth:`__call__` will do)."""
+        if not self._direct:
+            return None
+        return (
+            self._ws, self._protocol, self._transport, _OPEN, prefix, suffix, self._masked,
+            journal, failed,
+        )  # fmt: skip
+
     def _frame(self, payload: bytes, first: int) -> bytes:
         """A whole frame (RFC 6455 5.2) carrying ``payload``, masked on a client's side;
         ``first`` is its first byte (FIN and the opcode)."""

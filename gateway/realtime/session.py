@@ -43,7 +43,7 @@ from gateway.aio import cancel_and_wait
 from gateway.audio.transcode import AudioFormat
 from gateway.model.events import AudioOut, LiveEvent, Reconnected, SessionEnded, ToolCall
 from gateway.model.persona import AgentPersona
-from gateway.model.session import ModelAudio, ModelConnectError, ModelSession
+from gateway.model.session import AudioLaneState, ModelAudio, ModelConnectError, ModelSession
 from gateway.model.turns import Conversation, TakeoverFactory, Turn
 from gateway.model.websocket import DirectSender
 from gateway.realtime.config import event, realtime_audio, seed_events, session_config
@@ -220,6 +220,11 @@ class RealtimeSession:
             and isinstance(conn.send, DirectSender)
             and conn.send.writable()
         )
+
+    def audio_lane(self, settle: Callable[[], None]) -> AudioLaneState | None:
+        """None: the compiled lane writes Gemini's messages only; this session's audio goes
+        through :meth:`send_audio_now`."""
+        return None
 
     def send_audio_now(self, audio: bytes, voiced: bool | None = None) -> None:
         """Caller audio on the connection's :class:`DirectSender`, right after

@@ -165,6 +165,7 @@ class GatewayState:
             idle_hangup_s=s.idle_hangup_s,
             timezone=s.tzinfo(),
             recordings_dir=s.recordings_dir,
+            compiled_lane=s.compiled_lane,
         )
 
     def claim_stream(self, token: object, carrier: str, call_id: str | None = None) -> StreamGrant:
