@@ -12,7 +12,9 @@ journal the lane filled.
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
+import time
 from typing import Any
 
 import pytest
@@ -21,8 +23,9 @@ from hypothesis import strategies as st
 
 from callsim.callers.audio import Silence, Tone
 from callsim.live.script import Step
-from gateway.call.lane import AVAILABLE
+from gateway.call.lane import AVAILABLE, CallerLane
 from gateway.live.machine import Journal, Sent, SessionMachine
+from gateway.mediaplane import py_data_frame
 from tests.conftest import StructuredLogs
 from tests.harness import agents, running
 
@@ -193,3 +196,216 @@ async def test_a_drop_mid_sentence_is_replayed_from_the_journal_the_lane_filled(
     assert replayed["messages"] >= 40  # at least the 0.8 s of the sentence already sent
     (utterance,) = heard  # the whole 1.6 s sentence, not the 0.8 s after the drop
     assert float(re.search(r"\(([\d.]+) s\)", utterance).group(1)) >= 1.5  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------ the lane's own contract
+#
+# The lane against plain objects standing where the model's socket stands (its websocket, its
+# protocol, its transport), as websockets' own protocol tests stand plain bytes where the
+# network is: what it writes, when it declines, and what it hands over when it settles.
+
+STREAM = b"MZ0123"
+PREFIX, SUFFIX = b'{"realtimeInput":{"audio":{"data":"', b'"}}}'
+OPEN = object()
+
+
+def _message(payload: bytes, stream: bytes = STREAM) -> bytes:
+    encoded = base64.b64encode(payload)
+    return b'{"event":"media","streamSid":"' + stream + b'","media":{"payload":"' + encoded + b'"}}'
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+        self.fail = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        if self.fail:
+            raise ConnectionResetError("gone")
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class _Protocol:
+    def __init__(self) -> None:
+        self.state: object = OPEN
+        self.writes: list[bytes] = []
+        self.extensions: list[object] = []
+        self.expect_continuation_frame = False
+
+
+class _Ws:
+    def __init__(self) -> None:
+        self.paused = False
+        self.send_in_progress: object = None
+
+
+def _uplink_step(codes: bytes) -> tuple[bytes, bool]:
+    """An uplink's step in miniature: four bytes out per code, voiced above 0x80."""
+    return codes * 4, codes[0] > 0x80
+
+
+class _Rig:
+    """A lane over plain objects, with everything it hands to Python recorded."""
+
+    def __init__(self, *, admitted_s: float = 0.0, allowance_s: float = 1.0) -> None:
+        self.transport, self.protocol, self.ws = _Transport(), _Protocol(), _Ws()
+        self.fallen_back: list[bytes] = []
+        self.bridge: list[tuple[int, float, float, float]] = []
+        self.journal: list[tuple[int, int, list[bytes], list[bool], float]] = []
+        self.failed = 0
+        self.reloads = 0
+        self.available = True
+        self.admitted_s = admitted_s
+        self.target = (
+            self.ws, self.protocol, self.transport, OPEN, PREFIX, SUFFIX, True,
+            lambda *a: self.journal.append(a), self._failed,
+        )  # fmt: skip
+        self.lane = CallerLane(
+            self._fallback, self._reload, lambda *a: self.bridge.append(a), b"streamSid",
+            STREAM, 1000, 8000.0, time.monotonic() - 10.0, allowance_s,
+        )  # fmt: skip
+        self.lane.waiting = True
+
+    def _fallback(self, raw: bytes) -> bool:
+        self.fallen_back.append(raw)
+        return False
+
+    def _failed(self) -> None:
+        self.failed += 1
+
+    def _reload(self) -> tuple[Any, ...] | None:
+        self.reloads += 1
+        if not self.available:
+            return None
+        return self.admitted_s, _uplink_step, 3, 7, self.target
+
+    def payloads(self) -> list[bytes]:
+        """What each written frame carried, unmasked, between the prefix and the suffix."""
+        out = []
+        for frame in self.transport.written:
+            cut = py_data_frame(frame, 0, -1, True)
+            assert isinstance(cut, tuple) and cut[0] == 1 and cut[2] == len(frame)
+            text = cut[1]
+            assert text.startswith(PREFIX) and text.endswith(SUFFIX)
+            out.append(base64.urlsafe_b64decode(text[len(PREFIX) : -len(SUFFIX)]))
+        return out
+
+
+@needs_lane
+def test_a_taken_frame_is_the_model_frame_the_python_path_writes_and_is_settled_whole() -> None:
+    rig = _Rig()
+    frames = [bytes([0x81 + i]) * 160 for i in range(3)]
+    for frame in frames:
+        assert rig.lane.take(_message(frame)) is True
+    assert rig.fallen_back == [] and rig.reloads == 1
+    # The uplink's step (here codes x 4) went out as URL-safe base64 in a masked text frame.
+    assert rig.payloads() == [f * 4 for f in frames]
+    assert rig.lane.pending == 3 and rig.bridge == [] and rig.journal == []
+    rig.lane.settle()
+    ((count, admitted_s, last_at, last_loud_at),) = rig.bridge
+    assert count == 3 and admitted_s == pytest.approx(3 * 160 / 8000)
+    assert last_at == last_loud_at > 0  # every frame was voiced (its first code > 0x80)
+    ((generation, first, pcm, voiced, voice_at),) = rig.journal
+    assert (generation, first, pcm, voiced, voice_at) == (
+        3,
+        7,
+        [f * 4 for f in frames],
+        [True] * 3,
+        last_loud_at,
+    )
+    assert not rig.lane.ready and rig.lane.pending == 0
+    assert rig.lane.take(_message(frames[0])) is True
+    assert rig.reloads == 2  # asked again after the settle
+
+
+@needs_lane
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda rig: setattr(rig.lane, "waiting", False),
+        lambda rig: setattr(rig.ws, "paused", True),
+        lambda rig: setattr(rig.ws, "send_in_progress", object()),
+        lambda rig: setattr(rig.transport, "closing", True),
+        lambda rig: setattr(rig.protocol, "state", object()),
+        lambda rig: rig.protocol.writes.append(b"ping"),
+        lambda rig: rig.protocol.extensions.append(object()),
+        lambda rig: setattr(rig.protocol, "expect_continuation_frame", True),
+        lambda rig: setattr(rig, "available", False),
+    ],
+    ids=[
+        "caller-loop-busy", "paused", "send-in-progress", "closing", "not-open", "writes-waiting",
+        "extension", "fragmented", "no-session",
+    ],
+)  # fmt: skip
+def test_a_frame_the_python_path_must_see_goes_to_it_untouched(spoil: Any) -> None:
+    rig = _Rig()
+    spoil(rig)
+    message = _message(b"\x90" * 160)
+    assert rig.lane.take(message) is False  # the fallback's answer
+    assert rig.fallen_back == [message]
+    assert rig.transport.written == [] and rig.lane.pending == 0
+    rig.lane.settle()
+    assert rig.bridge == [] and rig.journal == []
+
+
+@needs_lane
+@pytest.mark.parametrize(
+    "message",
+    [
+        _message(b"\x90" * 160, stream=b"MZother"),  # another stream
+        b'{"event":"mark","streamSid":"MZ0123","mark":{"name":"m"}}',
+        b'{"event":"media","media":{"payload":"kJCQ"},"extra":1}',  # a number: full parse
+        b"x" * 1001,  # over the size the bridge takes
+    ],
+)
+def test_messages_of_another_shape_go_to_the_python_path(message: bytes) -> None:
+    rig = _Rig()
+    assert rig.lane.take(message) is False
+    assert rig.fallen_back == [message] and rig.transport.written == []
+
+
+@needs_lane
+def test_audio_ahead_of_real_time_goes_to_the_python_path_which_drops_it() -> None:
+    rig = _Rig(admitted_s=10.0, allowance_s=0.01)  # 10 s elapsed, 10 s admitted already
+    assert rig.lane.take(_message(b"\x90" * 160)) is False
+    assert len(rig.fallen_back) == 1 and rig.transport.written == []
+
+
+@needs_lane
+def test_a_failed_write_aborts_settles_then_reports_the_loss() -> None:
+    rig = _Rig()
+    assert rig.lane.take(_message(b"\x90" * 160)) is True
+    rig.transport.fail = True
+    assert rig.lane.take(_message(b"\x91" * 160)) is True  # taken: the session handles the loss
+    assert rig.transport.aborted and rig.failed == 1
+    ((_, first, pcm, _, _),) = rig.journal  # both frames journalled before the report, which
+    assert first == 7 and len(pcm) == 2  # then marks the last one unsent
+    assert rig.lane.pending == 0 and not rig.lane.ready
+
+
+@needs_lane
+def test_the_lane_settles_by_itself_every_second_of_frames() -> None:
+    rig = _Rig()
+    for _ in range(120):
+        assert rig.lane.take(_message(b"\x90" * 160)) is True
+    assert [len(j[2]) for j in rig.journal] == [50, 50]
+    assert [j[1] for j in rig.journal] == [7, 7]  # each reload gave index 7 again (the rig)
+    assert rig.lane.pending == 20
+
+
+@needs_lane
+def test_a_closed_lane_settles_then_declines_everything() -> None:
+    rig = _Rig()
+    assert rig.lane.take(_message(b"\x90" * 160)) is True
+    rig.lane.close()
+    assert len(rig.journal) == 1
+    assert rig.lane.take(_message(b"\x90" * 160)) is False
+    rig.lane.settle()  # harmless
