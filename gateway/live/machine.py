@@ -146,17 +146,12 @@ class Journal:
         """:meth:`add` of ``Sent("audio", pcm=pcm, voiced=voiced, carried_by=(generation,
         index))``, kept in a run with the messages sent just before it on that connection (the
         last item, when it is their run)."""
-        items = self._items
-        tail = items[-1] if items else None
-        if (
-            isinstance(tail, _AudioRun)
-            and tail.generation == generation
-            and tail.first + len(tail.frames) == index
-        ):
-            tail.frames.append(pcm)
-            tail.voiced.append(voiced)
+        run = self._run_before(generation, index)
+        if run is not None:
+            run.frames.append(pcm)
+            run.voiced.append(voiced)
         else:
-            items.append(_AudioRun(generation, index, [pcm], [voiced]))
+            self._items.append(_AudioRun(generation, index, [pcm], [voiced]))
         self._added_audio(len(pcm), voiced)
 
     def add_sent_run(
@@ -168,20 +163,27 @@ class Journal:
         frames counted already, so what they take is what they took frame by frame."""
         if not frames:
             return
-        items = self._items
-        tail = items[-1] if items else None
-        if (
-            isinstance(tail, _AudioRun)
-            and tail.generation == generation
-            and tail.first + len(tail.frames) == first
-        ):
-            tail.frames += frames
-            tail.voiced += voiced
+        run = self._run_before(generation, first)
+        if run is not None:
+            run.frames += frames
+            run.voiced += voiced
         else:
-            items.append(_AudioRun(generation, first, list(frames), list(voiced)))
+            self._items.append(_AudioRun(generation, first, list(frames), list(voiced)))
         added = self._added_audio
         for pcm, loud in zip(frames, voiced, strict=True):
             added(len(pcm), loud)
+
+    def _run_before(self, generation: int, index: int) -> _AudioRun | None:
+        """The journal's last item, when it is the run of connection ``generation`` that
+        message ``index`` continues."""
+        tail = self._items[-1] if self._items else None
+        if (
+            isinstance(tail, _AudioRun)
+            and tail.generation == generation
+            and tail.first + len(tail.frames) == index
+        ):
+            return tail
+        return None
 
     def _added_audio(self, size: int, voiced: bool) -> None:
         self.audio_ms += size / BYTES_PER_MS  # Sent.ms, without a call (per frame)
