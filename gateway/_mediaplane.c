@@ -980,27 +980,29 @@ static int lane_settle_now(CallerLane *self)
     if (frames == 0) {
         return 0;
     }
+    PyObject *fresh_pcm = PyList_New(0), *fresh_voiced = PyList_New(0);
+    if (fresh_pcm == NULL || fresh_voiced == NULL) {
+        Py_XDECREF(fresh_pcm);
+        Py_XDECREF(fresh_voiced);
+        return -1; /* nothing handed over: still pending */
+    }
     /* Taken out first: a sink that comes back here finds nothing pending. */
     PyObject *pcm = self->pcm, *voiced = self->voiced;
-    PyObject *journal_sink = self->journal_sink;
-    double last_at = self->last_at, last_loud_at = self->last_loud_at;
+    PyObject *journal_sink = Py_XNewRef(self->journal_sink);
+    double admitted_s = self->admitted_s, last_at = self->last_at;
+    double last_loud_at = self->last_loud_at;
+    long long generation = self->generation, first_index = self->first_index;
+    self->pcm = fresh_pcm;
+    self->voiced = fresh_voiced;
     self->frames = 0;
     self->last_loud_at = -1.0;
-    self->pcm = PyList_New(0);
-    self->voiced = PyList_New(0);
-    if (self->pcm == NULL || self->voiced == NULL) {
-        Py_XDECREF(pcm);
-        Py_XDECREF(voiced);
-        return -1;
-    }
-    Py_XINCREF(journal_sink);
-    PyObject *r = PyObject_CallFunction(self->bridge_sink, "nddd", frames, self->admitted_s,
-                                        last_at, last_loud_at);
+    PyObject *r = PyObject_CallFunction(self->bridge_sink, "nddd", frames, admitted_s, last_at,
+                                        last_loud_at);
     int failed = r == NULL;
     Py_XDECREF(r);
     if (!failed && journal_sink != NULL) {
-        r = PyObject_CallFunction(journal_sink, "LLOOd", self->generation, self->first_index,
-                                  pcm, voiced, last_loud_at);
+        r = PyObject_CallFunction(journal_sink, "LLOOd", generation, first_index, pcm, voiced,
+                                  last_loud_at);
         failed = r == NULL;
         Py_XDECREF(r);
     }
