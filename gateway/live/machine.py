@@ -169,6 +169,13 @@ class Journal:
             run.voiced += voiced
         else:
             self._items.append(_AudioRun(generation, first, list(frames), list(voiced)))
+        if self._voiced:  # no trim: the bound alone, which takes the same oldest audio
+            # at the end as after each frame (every figure is a whole number of 1/32 ms, so
+            # the sums are exact in any order)
+            self.audio_ms += sum(map(len, frames)) / BYTES_PER_MS
+            while self.audio_ms > self.limit_ms and self._drop_oldest_audio():
+                pass
+            return
         added = self._added_audio
         for pcm, loud in zip(frames, voiced, strict=True):
             added(len(pcm), loud)
