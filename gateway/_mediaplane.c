@@ -849,7 +849,6 @@ typedef struct {
     Py_ssize_t max_message;
     double bytes_per_second, started_at, allowance_s;
     char waiting; /* the caller loop waits in receive(): a frame may be taken now */
-    Py_ssize_t stopped_at; /* where take_frames() stopped (or failed) */
     /* What reload() gave; valid while `ready`. */
     int ready;
     int retry_in;
@@ -1268,54 +1267,6 @@ decline:
     return PyObject_CallOneArg(self->fallback, raw);
 }
 
-/* take() of each whole masked text frame of `data` from `at` on, unmasked, in order, as the
- * carrier socket's own loop hands them over one at a time (gateway/connections.py): returns
- * where it stopped, at the first frame not taken (declined, of another shape, or cut off by
- * the end of the read), which that loop then reads as it always did. An error raised for a
- * frame leaves `stopped_at` at that frame's start. */
-static PyObject *lane_take_frames(CallerLane *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 3 || !PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "take_frames(data: bytes, at: int, limit: int)");
-        return NULL;
-    }
-    Py_ssize_t at = PyLong_AsSsize_t(args[1]);
-    Py_ssize_t limit = PyLong_AsSsize_t(args[2]);
-    if ((at == -1 || limit == -1) && PyErr_Occurred()) {
-        return NULL;
-    }
-    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
-    if (at < 0 || at > size) {
-        PyErr_SetString(PyExc_ValueError, "at must be within data");
-        return NULL;
-    }
-    while (at < size && d[at] == 0x81) {
-        Py_ssize_t start, end;
-        if (cut_frame(d, size, at, limit, 1, &start, &end) != CUT_WHOLE) {
-            break;
-        }
-        PyObject *payload = frame_payload(d, start, end, 1);
-        if (payload == NULL) {
-            return NULL;
-        }
-        self->stopped_at = at;
-        PyObject *taken = lane_take(self, payload);
-        Py_DECREF(payload);
-        if (taken == NULL) {
-            return NULL;
-        }
-        int yes = taken == Py_True;
-        Py_DECREF(taken);
-        if (!yes) {
-            break;
-        }
-        at = end;
-    }
-    self->stopped_at = at;
-    return PyLong_FromSsize_t(at);
-}
-
 static PyObject *lane_settle(CallerLane *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->bridge_sink != NULL && lane_settle_now(self) < 0) {
@@ -1348,8 +1299,6 @@ static PyObject *lane_get_ready(CallerLane *self, void *closure)
 static PyMethodDef lane_methods[] = {
     {"take", (PyCFunction)lane_take, METH_O,
      "Take one caller message (bytes): True when taken here or by the fallback."},
-    {"take_frames", (PyCFunction)(void (*)(void))lane_take_frames, METH_FASTCALL,
-     "take() of each whole masked text frame of data from `at`: where it stopped."},
     {"settle", (PyCFunction)lane_settle, METH_NOARGS,
      "Hand what is pending to the sinks; reload before the next frame."},
     {"close", (PyCFunction)lane_close, METH_NOARGS,
@@ -1360,8 +1309,6 @@ static PyMethodDef lane_methods[] = {
 static PyMemberDef lane_members[] = {
     {"waiting", T_BOOL, offsetof(CallerLane, waiting), 0,
      "Whether the caller loop waits in receive() (a frame may be taken now)."},
-    {"stopped_at", T_PYSSIZET, offsetof(CallerLane, stopped_at), READONLY,
-     "Where take_frames() stopped, or the frame it failed on."},
     {NULL, 0, 0, 0, NULL},
 };
 

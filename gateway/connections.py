@@ -120,9 +120,6 @@ MEDIA_SEND = "callbridge.media_send"
 #: Takes a text message's bytes (unmasked, UTF-8 not yet checked) as it is read: True if it
 #: took it, False to have it queued as usual (and checked there).
 MediaHandler = Callable[[bytes], bool]
-#: Takes a read's run of whole masked text frames at once: ``(data, at, limit)`` -> where it
-#: stopped (see :meth:`MediaWebSocketProtocol.offer_media_lane`).
-MediaFrames = Callable[[bytes, int, int], int]
 
 _OPEN = State.OPEN
 #: The text opcode, as ``data_frame`` reports it: every media message is a text frame.
@@ -163,8 +160,6 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
 
     #: The application's media handler while it offers one (:meth:`offer_media_lane`).
     _media_handler: MediaHandler | None = None
-    #: Its owner's ``take_frames``, when it has one (the compiled caller lane).
-    _media_frames: MediaFrames | None = None
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -210,16 +205,8 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         checks it (invalid UTF-8: its 1007 close). Handing the bytes saves a decode per frame
         when the handler reads them as bytes. A handler that raises is withdrawn: the error is
         logged and the message is queued, so the application's own path meets it.
-
-        A handler bound to an object with ``take_frames(data, at, limit)`` (the compiled
-        caller lane, :mod:`gateway.call.lane`) is handed a read's run of whole masked text
-        frames in that one call, which takes them as the handler would one by one and says
-        where it stopped (its ``stopped_at`` too, when it raised): the frame there, and what
-        follows, go through the loop below as before.
         """
         self._media_handler = handler
-        frames = getattr(getattr(handler, "__self__", None), "take_frames", None)
-        self._media_frames = frames if callable(frames) else None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -266,16 +253,6 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         limit = self._frame_limit
         at = 0
         while at < size:
-            take_frames = self._media_frames
-            if take_frames is not None and not self.close_sent and not self.queue.qsize():
-                try:
-                    at = take_frames(data, at, limit)
-                except Exception:
-                    self.logger.exception("The media lane's handler failed; it is withdrawn.")
-                    at = take_frames.__self__.stopped_at  # type: ignore[attr-defined]
-                    self._media_handler = self._media_frames = None
-                if at >= size:
-                    break
             # One C call: the header read, the bounds checked, the payload unmasked.
             cut = data_frame(data, at, limit, True)
             if cut is None or (not isinstance(cut, int) and cut[0] != _TEXT):
@@ -292,7 +269,7 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
                         continue
                 except Exception:
                     self.logger.exception("The media lane's handler failed; it is withdrawn.")
-                    self._media_handler = self._media_frames = None
+                    self._media_handler = None
             self.curr_msg_data_type = "text"
             self.frames = [payload]
             self.send_receive_event_to_app()
@@ -302,8 +279,7 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         return size
 
     def connection_lost(self, exc: Exception | None) -> None:
-        # No reference to the application past the connection.
-        self._media_handler = self._media_frames = None
+        self._media_handler = None  # no reference to the application past the connection
         super().connection_lost(exc)
 
     def send_receive_event_to_app(self) -> None:

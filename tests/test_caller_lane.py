@@ -20,14 +20,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from websockets.utils import apply_mask
 
 from callsim.callers.audio import Silence, Tone
 from callsim.live.script import Step
 from gateway.call.lane import AVAILABLE, CallerLane
 from gateway.live.machine import Journal, Sent, SessionMachine
 from gateway.mediaplane import py_data_frame
-from gateway.wsparser import frame_header
 from tests.conftest import StructuredLogs
 from tests.harness import agents, running
 
@@ -411,57 +409,3 @@ def test_a_closed_lane_settles_then_declines_everything() -> None:
     assert len(rig.journal) == 1
     assert rig.lane.take(_message(b"\x90" * 160)) is False
     rig.lane.settle()  # harmless
-
-
-def _masked(payload: bytes, first: int = 0x81) -> bytes:
-    """A client's frame of ``payload``, as a carrier sends it (masked, RFC 6455 5.3)."""
-    key = b"\x01\x02\x03\x04"
-    return frame_header(first, len(payload), masked=True) + key + apply_mask(payload, key)
-
-
-@needs_lane
-def test_a_run_of_frames_is_taken_in_one_call_up_to_the_first_not_taken() -> None:
-    rig = _Rig()
-    media = [_masked(_message(bytes([0x90 + i]) * 160)) for i in range(3)]
-    mark = _masked(b'{"event":"mark","streamSid":"MZ0123","mark":{"name":"m"}}')
-    data = b"".join(media) + mark + media[0] + media[1][:7]
-    stop = sum(map(len, media))
-    assert rig.lane.take_frames(data, 0, 65535) == stop == rig.lane.stopped_at
-    assert rig.payloads() == [bytes([0x90 + i]) * 640 for i in range(3)]
-    assert len(rig.fallen_back) == 1  # the mark, offered to the Python path, which declined
-    after_mark = stop + len(mark)
-    # From past the mark: one frame taken, then a frame cut off by the end of the read.
-    assert rig.lane.take_frames(data, after_mark, 65535) == after_mark + len(media[0])
-    # Another shape stops it before anything is offered: binary, a fragment, unmasked.
-    for other in (
-        _masked(b"x", 0x82),
-        _masked(b"x", 0x01),
-        frame_header(0x81, 1, masked=False) + b"x",
-    ):
-        assert rig.lane.take_frames(other + media[0], 0, 65535) == 0
-    assert rig.lane.take_frames(media[0], 0, 10) == 0  # over the size limit
-    assert len(rig.fallen_back) == 1 and len(rig.transport.written) == 4
-
-
-@needs_lane
-def test_an_error_in_a_run_leaves_where_it_stopped() -> None:
-    """The socket's loop reads ``stopped_at`` when the run raises, to queue that frame."""
-    rig = _Rig()
-    media = _masked(_message(b"\x90" * 160))
-    steps: list[bytes] = []
-
-    def second_fails(codes: bytes) -> tuple[bytes, bool]:
-        steps.append(codes)
-        if len(steps) == 2:
-            raise ValueError("a bug in the step")
-        return _uplink_step(codes)
-
-    lane = CallerLane(
-        rig._fallback, lambda: (0.0, second_fails, 3, 7, rig.target), rig.bridge.append,
-        b"streamSid", STREAM, 1000, 8000.0, time.monotonic() - 10.0, 1.0,
-    )  # fmt: skip
-    lane.waiting = True
-    with pytest.raises(ValueError, match="a bug in the step"):
-        lane.take_frames(media * 3, 0, 65535)
-    assert lane.stopped_at == len(media)  # the second frame's start
-    assert len(rig.transport.written) == 1

@@ -24,7 +24,6 @@ from gateway.connections import (
     MEDIA_SEND,
     MediaWebSocketProtocol,
 )
-from gateway.mediaplane import data_frame
 
 
 class _Observed(MediaWebSocketProtocol):
@@ -324,40 +323,12 @@ async def test_a_close_frame_is_answered_and_ends_the_stream() -> None:
 # ---------------------------------------------------------------------- the media lane
 
 
-class _RunTaker:
-    """A lane's owner that takes a read's run of frames at once, as the compiled caller lane
-    does (``take_frames``): each whole masked text frame to ``take`` in order, stopping at the
-    first it does not take, or that is not one."""
-
-    def __init__(self, take: Any) -> None:
-        self._take = take
-        self.stopped_at = 0
-        self.runs = 0
-
-    def take(self, raw: bytes) -> bool:
-        return bool(self._take(raw))
-
-    def take_frames(self, data: bytes, at: int, limit: int) -> int:
-        self.runs += 1
-        while at < len(data):
-            cut = data_frame(data, at, limit, True)
-            if not isinstance(cut, tuple) or cut[0] != Opcode.TEXT.value:
-                break
-            self.stopped_at = at
-            if not self.take(cut[1]):
-                break
-            at = cut[2]
-        self.stopped_at = at
-        return at
-
-
 @contextlib.asynccontextmanager
 async def _lane_server(
-    takes: Any = lambda text: '"media"' in text, *, runs: _RunTaker | None = None
+    takes: Any = lambda text: '"media"' in text,
 ) -> AsyncIterator[tuple[int, list[Any]]]:
     """A server whose app offers a media lane taking what ``takes`` accepts, and keeps every
-    message it sees, by either way, in the order it saw them: ("lane" | "queue", text). With
-    ``runs``, the lane is that object's ``take`` (so the socket hands it runs of frames)."""
+    message it sees, by either way, in the order it saw them: ("lane" | "queue", text)."""
     got: list[Any] = []
 
     def lane(raw: bytes) -> bool:
@@ -373,9 +344,7 @@ async def _lane_server(
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
         await send({"type": "websocket.accept"})
-        if runs is not None:
-            runs._take = lane
-        scope["extensions"][MEDIA_LANE](lane if runs is None else runs.take)
+        scope["extensions"][MEDIA_LANE](lane)
         while (message := await receive())["type"] == "websocket.receive":
             got.append(("queue", message.get("text", message.get("bytes"))))
         got.append(("disconnect", message.get("code")))
@@ -395,22 +364,15 @@ _LANE_TEXTS = st.lists(
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    texts=_LANE_TEXTS,
-    cuts=st.lists(st.integers(min_value=0), max_size=20),
-    by_runs=st.booleans(),
-    data=st.data(),
-)
+@given(texts=_LANE_TEXTS, cuts=st.lists(st.integers(min_value=0), max_size=20), data=st.data())
 async def test_the_media_lane_keeps_the_order_messages_were_sent_in(
-    texts: list[str], cuts: list[int], by_runs: bool, data: st.DataObject
+    texts: list[str], cuts: list[int], data: st.DataObject
 ) -> None:
     """The lane takes a message only while none waits in the queue ahead of it: whatever the
     mix and however the bytes are cut, the app sees every message once, in order, by either
-    way; pings still get their pongs. The same when the lane takes a read's frames as a run
-    (``take_frames``, the compiled caller lane's way)."""
+    way; pings still get their pongs."""
     pings = data.draw(st.lists(st.booleans(), min_size=len(texts), max_size=len(texts)))
-    runs = _RunTaker(None) if by_runs else None
-    async with _lane_server(runs=runs) as (port, got):
+    async with _lane_server() as (port, got):
         client = await _RawClient.open(port)
         try:
             await _write_cut(client, texts, pings, cuts)
@@ -465,26 +427,6 @@ async def test_a_lane_that_raises_is_withdrawn_and_its_message_queued(
         await _until(lambda: len(got) == 2)
         assert got == [("queue", '{"n":1}'), ("queue", '{"n":2}')]
         assert calls == ['{"n":1}']  # withdrawn after the failure
-        assert "media lane's handler failed" in caplog.text
-        client.close()
-
-
-async def test_a_run_taker_that_raises_is_withdrawn_and_the_frame_it_failed_on_queued(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    def takes(text: str) -> bool:
-        if '"n":2' in text:
-            raise ValueError("a bug in the lane")
-        return True
-
-    runs = _RunTaker(None)
-    async with _lane_server(takes=takes, runs=runs) as (port, got):
-        client = await _RawClient.open(port)
-        frames = [_frame(Opcode.TEXT, f'{{"n":{n}}}'.encode()) for n in (1, 2, 3)]
-        await client.write(b"".join(frames))  # one read, most likely; either way the same
-        await _until(lambda: len(got) == 3)
-        assert got == [("lane", '{"n":1}'), ("queue", '{"n":2}'), ("queue", '{"n":3}')]
-        assert runs.runs >= 1
         assert "media lane's handler failed" in caplog.text
         client.close()
 
