@@ -599,13 +599,8 @@ class CallBridge:
         state = live.audio_lane(lane.settle)
         if state is None:
             return None
-        return (
-            budget.admitted_s,
-            uplink.feed_measured,
-            state.generation,
-            state.next_index,
-            (state.target),
-        )
+        step = uplink.feed_measured
+        return budget.admitted_s, step, state.generation, state.next_index, state.target
 
     def _lane_settled(
         self, frames: int, admitted_s: float, last_at: float, last_loud_at: float
