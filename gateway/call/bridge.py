@@ -594,7 +594,7 @@ class CallBridge:
         live, budget, uplink, lane = self._live, self._budget, self._uplink, self._lane
         if live is None or budget is None or uplink is None or lane is None:
             return None
-        if self._held is not None or self.recording is not None:
+        if self._held is not None:
             return None
         state = live.audio_lane(lane.settle)
         if state is None:

@@ -94,9 +94,7 @@ class CallStats:
 
     def frame_admitted(self) -> None:
         """A caller frame within the real-time budget goes up to the model."""
-        self._unreported_in += 1
-        if self._unreported_in >= FRAMES_PER_METRIC_UPDATE:
-            self._report_frames()
+        self.frames_admitted(1)
 
     def frames_admitted(self, count: int) -> None:
         """:meth:`frame_admitted` of ``count`` frames (the compiled lane's, as it settles)."""
