@@ -856,7 +856,7 @@ typedef struct {
     PyObject *target; /* (ws, protocol, transport, open_state, prefix, suffix, masked,
                          journal_sink, on_failed) */
     PyObject *ws, *protocol, *transport, *open_state, *prefix, *suffix, *journal_sink,
-        *on_failed, *write, *is_closing, *abort;
+        *on_failed, *write, *is_closing;
     int masked;
     long long generation, next_index, first_index;
     double admitted_s;
@@ -883,7 +883,6 @@ static void lane_unbind(CallerLane *self)
     Py_CLEAR(self->on_failed);
     Py_CLEAR(self->write);
     Py_CLEAR(self->is_closing);
-    Py_CLEAR(self->abort);
     Py_CLEAR(self->step);
     self->ready = 0;
 }
@@ -921,7 +920,6 @@ static int lane_traverse(CallerLane *self, visitproc visit, void *arg)
     Py_VISIT(self->on_failed);
     Py_VISIT(self->write);
     Py_VISIT(self->is_closing);
-    Py_VISIT(self->abort);
     Py_VISIT(self->step);
     return 0;
 }
@@ -1048,11 +1046,9 @@ static int lane_reload(CallerLane *self)
         }
         PyObject *write = PyObject_GetAttr(transport, str_write);
         PyObject *is_closing = PyObject_GetAttr(transport, str_is_closing);
-        PyObject *abort = PyObject_GetAttr(transport, str_abort);
-        if (write == NULL || is_closing == NULL || abort == NULL) {
+        if (write == NULL || is_closing == NULL) {
             Py_XDECREF(write);
             Py_XDECREF(is_closing);
-            Py_XDECREF(abort);
             Py_DECREF(r);
             return -1;
         }
@@ -1068,7 +1064,6 @@ static int lane_reload(CallerLane *self)
         self->on_failed = Py_NewRef(on_failed);
         self->write = write;
         self->is_closing = is_closing;
-        self->abort = abort;
         self->masked = masked;
     }
     Py_XSETREF(self->step, Py_NewRef(step));
@@ -1240,7 +1235,7 @@ static PyObject *lane_take(CallerLane *self, PyObject *raw)
         }
         PyErr_Clear();
         PyObject *on_failed = Py_NewRef(self->on_failed);
-        PyObject *aborted = PyObject_CallNoArgs(self->abort);
+        PyObject *aborted = PyObject_CallMethodNoArgs(self->transport, str_abort);
         if (aborted == NULL || lane_settle_now(self) < 0) {
             Py_XDECREF(aborted);
             Py_DECREF(on_failed);

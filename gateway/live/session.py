@@ -346,7 +346,7 @@ class LiveSession:
             )
             if target is None:
                 return None
-        machine.settle_hook = settle
+            machine.settle_hook = settle
         return AudioLaneState(machine.generation, machine.next_index, target)
 
     def _lane_write_failed(self, conn: _Connection) -> None:
